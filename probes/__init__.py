@@ -1,0 +1,1 @@
+"""Probe kinds: one module each, registered in ``PROBES`` (probes/registry.py)."""

@@ -1,0 +1,284 @@
+"""The probe contract: ProbeSpec (config model + behaviour), ProbeContext, FireResult.
+
+A probe kind is a pydantic model subclassing ``ProbeSpec`` with ``kind: Literal["…"]`` and an
+``async fire(ctx)``. It is registered once in ``probes/registry.py``; the config discriminator is
+derived from that registry. ``probes/http.py`` is the reference kind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tracecanary.assertions.expect import TraceExpectation
+from tracecanary.assertions.response import ResponseExpectation
+from tracecanary.assertions.side_effects import SideEffect
+from tracecanary.assertions.units import Duration
+from tracecanary.assertions.verdict import Finding
+
+if TYPE_CHECKING:
+    import aiohttp
+    from opentelemetry.trace import Span as OtelSpan
+
+    from .integrations import Integrations
+    from .templating import Templates
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors; values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Retries(StrictModel):
+    """Re-run a failed probe before declaring the verdict final; each attempt is its own run."""
+
+    count: int = Field(0, ge=0, le=10, description="Extra attempts after a failure.")
+    delay: Duration = Field(0.0, description="Wait between attempts.")
+
+
+class Inject(StrictModel):
+    """Which trace headers outgoing requests carry (switch off for targets that reject unknown headers)."""
+
+    traceparent: bool = True
+    tracestate: bool = True
+    baggage: bool = True
+    sentry_trace: bool = True
+
+
+class AlertRef(StrictModel):
+    """Which alert policy judges this probe's verdicts."""
+
+    policy: str = Field("default", description="Name under alerts.policies.")
+
+
+class Expect(StrictModel):
+    """What a run must produce: a response, a trace, side effects."""
+
+    response: ResponseExpectation | None = None
+    trace: TraceExpectation | None = None
+    side_effects: list[SideEffect] = Field(default_factory=list)
+
+
+def _parse_jitter(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        frac = float(value)
+    elif isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            frac = float(value.strip()[:-1]) / 100
+        except ValueError as e:
+            raise ValueError(f"invalid jitter {value!r}: expected a percentage like 10%") from e
+    else:
+        raise ValueError(f"invalid jitter {value!r}: expected a percentage like 10%")
+    if not 0 <= frac <= 1:
+        raise ValueError(f"invalid jitter {value!r}: must be between 0% and 100%")
+    return frac
+
+
+class ProbeSpec(StrictModel):
+    """Fields every probe kind shares: identity, schedule, deadline, retries, expectations."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=100, description="Unique id, [a-z0-9-].")
+    kind: str
+    description: str = ""
+    every: Duration | None = Field(None, description="Interval between runs, e.g. 60s.")
+    cron: str | None = Field(None, description="Cron schedule, e.g. \"0 8 * * *\" (with timezone).")
+    timezone: str = Field("UTC", description="IANA timezone for cron.")
+    jitter: float = Field(0.1, description="Random phase as a fraction of the interval, written 10%.")
+    start_at: datetime | None = Field(None, description="Do not run before this time.")
+    pause: bool = Field(False, description="Keep the probe loaded but do not schedule it.")
+    overlap: Literal["skip", "queue", "allow"] = Field("skip", description="When a run is still going.")
+    timeout: Duration = Field(60.0, description="Deadline for the whole run, from the trigger.")
+    retries: Retries = Field(default_factory=Retries)
+    tags: list[str] = Field(default_factory=list)
+    inject: Inject = Field(default_factory=Inject)
+    expect: Expect = Field(default_factory=Expect)
+    alert: AlertRef | None = None
+
+    _jitter = field_validator("jitter", mode="before")(classmethod(lambda cls, v: _parse_jitter(v)))
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"invalid cron expression {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown timezone {value!r}") from e
+        return value
+
+    @model_validator(mode="after")
+    def _schedule(self) -> ProbeSpec:
+        if self.every is not None and self.cron is not None:
+            raise ValueError("set either every or cron, not both")
+        if self.every is not None and self.every <= 0:
+            raise ValueError("every must be positive")
+        return self
+
+    async def fire(self, ctx: ProbeContext) -> FireResult:
+        """Trigger the system under test once; raise ProbeError when it cannot be triggered."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class TraceContext:
+    """The W3C identity of one run: its trace id and the probe's root span id."""
+
+    trace_id: str
+    span_id: str
+    sampled: bool = True
+
+    def traceparent(self, span_id: str | None = None) -> str:
+        return f"00-{self.trace_id}-{span_id or self.span_id}-{'01' if self.sampled else '00'}"
+
+
+@dataclass
+class ResponseSummary:
+    """What a trigger's response looked like (stored with the run, judged by assertions/response)."""
+
+    status: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body_text: str = ""
+    json: Any = None
+    latency_s: float = 0.0
+    method: str = ""
+    url: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "headers": dict(self.headers),
+            "body": self.body_text[:4096],
+            "json": self.json,
+            "latency_s": self.latency_s,
+            "method": self.method,
+            "url": self.url,
+        }
+
+
+@dataclass
+class FireResult:
+    """What ``fire`` returns: the response (if any), findings of its own, outputs to record."""
+
+    response: ResponseSummary | None = None
+    findings: list[Finding] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+class RunLog:
+    """A per-run buffered log, stored with the result (failed runs keep it)."""
+
+    def __init__(self, limit: int = 2000) -> None:
+        self.lines: list[str] = []
+        self._limit = limit
+        self._t0 = time.monotonic()
+
+    def __call__(self, message: str, **fields: Any) -> None:
+        if len(self.lines) >= self._limit:
+            return
+        kv = " ".join(f"{k}={v!r}" for k, v in fields.items())
+        self.lines.append(f"+{time.monotonic() - self._t0:8.3f}s {message}{' ' + kv if kv else ''}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass
+class ProbeContext:
+    """Everything a probe needs for one run. Built by the runner; probes never build their own."""
+
+    probe_id: str
+    run_id: str
+    attempt: int
+    first_run_id: str
+    trace: TraceContext
+    session: aiohttp.ClientSession
+    templates: Templates
+    integrations: Integrations
+    inject: Inject
+    log: RunLog
+    trigger_ns: int
+    deadline_s: float
+    """anyio monotonic deadline of the whole run."""
+    steps: MutableMapping[str, Any] = field(default_factory=dict)
+    tracer: Any = None
+    """An OpenTelemetry tracer whose spans land in the run's buffer and the telemetry exporter."""
+    root_span: OtelSpan | None = None
+
+    def template_vars(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "probe_id": self.probe_id,
+            "trace_id": self.trace.trace_id,
+            "span_id": self.trace.span_id,
+            "traceparent": self.trace.traceparent(),
+            "attempt": self.attempt,
+            "steps": self.steps,
+            "now": datetime.now().astimezone().isoformat(),
+        }
+
+    def render(self, value: Any) -> Any:
+        """Render ``{{ … }}`` in every string inside ``value`` with this run's variables."""
+        return self.templates.render(value, self.template_vars())
+
+    def trace_headers(self, span_id: str | None = None) -> dict[str, str]:
+        """traceparent, tracestate, baggage and sentry-trace for an outgoing request/message."""
+        sid = span_id or self.trace.span_id
+        headers: dict[str, str] = {}
+        if self.inject.traceparent:
+            headers["traceparent"] = self.trace.traceparent(sid)
+        if self.inject.tracestate:
+            headers["tracestate"] = f"tracecanary={self.run_id}"
+        if self.inject.baggage:
+            members = [
+                f"tracecanary.probe_id={self.probe_id}",
+                f"tracecanary.run_id={self.run_id}",
+            ]
+            if self.inject.sentry_trace:
+                members += [f"sentry-trace_id={self.trace.trace_id}", "sentry-sampled=true"]
+            headers["baggage"] = ",".join(members)
+        if self.inject.sentry_trace:
+            headers["sentry-trace"] = f"{self.trace.trace_id}-{sid}-{'1' if self.trace.sampled else '0'}"
+        return headers
+
+    @contextmanager
+    def client_span(self, name: str, kind: str = "client", **attributes: Any) -> Iterator[str]:
+        """Open a child span of the probe's root span; yields its hex span id for header injection."""
+        if self.tracer is None or self.root_span is None:
+            yield self.trace.span_id
+            return
+        from opentelemetry import trace as otel_trace
+
+        kinds = {
+            "client": otel_trace.SpanKind.CLIENT,
+            "producer": otel_trace.SpanKind.PRODUCER,
+            "internal": otel_trace.SpanKind.INTERNAL,
+        }
+        parent = otel_trace.set_span_in_context(self.root_span)
+        with self.tracer.start_as_current_span(
+            name, context=parent, kind=kinds[kind], attributes=attributes
+        ) as span:
+            yield format(span.get_span_context().span_id, "016x")
+
+    def remaining_s(self) -> float:
+        import anyio
+
+        return max(0.0, self.deadline_s - anyio.current_time())

@@ -1,0 +1,10 @@
+"""The one place probe kinds are registered; the config discriminator is derived from it."""
+
+from __future__ import annotations
+
+from .base import ProbeSpec
+from .http import HttpProbe
+
+PROBES: dict[str, type[ProbeSpec]] = {
+    "http": HttpProbe,
+}

@@ -1,0 +1,12 @@
+"""Shared fixtures. Area fixtures live in tests/fixtures/ and are registered here."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["tests.fixtures.kafka"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
