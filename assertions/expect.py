@@ -1,22 +1,256 @@
-"""The ``expect.trace`` document (owned by the trace-assertions work; see tree.py for matching)."""
+"""The ``expect.trace`` document: expected trees, whole-trace rules, correlation, alternatives, checks.
+
+Everything here is validated at load (regexes compile, durations parse, selectors and Tracetest
+assertions parse) so a run never discovers a broken expectation. ``tree.py`` compiles these models
+into matchers; ``judge.py`` runs them against arriving spans.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .match import Matcher, coerce_matcher
 from .units import Duration
+
+NamePattern = str | Matcher
+"""A span or service name: exact, glob with ``*``, or an operator map such as ``{matches: regex}``."""
+
+SpanKindName = Literal["server", "client", "producer", "consumer", "internal", "unspecified"]
+StatusName = Literal["ok", "error", "unset"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _validate_matchers(value: dict[str, Any]) -> dict[str, Any]:
+    """Attribute maps take literals or operator maps; operator maps are validated here, at load."""
+    for key, m in value.items():
+        if isinstance(m, dict):
+            try:
+                coerce_matcher(m)
+            except ValueError as e:
+                raise ValueError(f"attribute {key!r}: {e}") from e
+    return value
+
+
+class EventSpec(_Strict):
+    """An event the span must carry (exceptions are events named ``exception``)."""
+
+    name: NamePattern | None = Field(None, description="Event name: exact, glob, or {matches: regex}.")
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="Event attribute → literal or operator map."
+    )
+
+    _attrs = field_validator("attributes")(classmethod(lambda cls, v: _validate_matchers(v)))
+
+
+class CountRange(_Strict):
+    """How many distinct spans may satisfy a node: any of ``equals``, ``gt``, ``gte``, ``lt``, ``lte``."""
+
+    equals: int | None = Field(None, ge=0, description="Exactly this many.")
+    gt: int | None = Field(None, ge=0, description="More than this many.")
+    gte: int | None = Field(None, ge=0, description="At least this many.")
+    lt: int | None = Field(None, ge=1, description="Fewer than this many.")
+    lte: int | None = Field(None, ge=0, description="At most this many.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CountRange:
+        if not self.model_fields_set:
+            raise ValueError("empty count: expected an integer or one of equals, gt, gte, lt, lte")
+        lo, hi = self.bounds()
+        if hi is not None and lo > hi:
+            raise ValueError(f"count range is empty: at least {lo}, at most {hi}")
+        return self
+
+    def bounds(self) -> tuple[int, int | None]:
+        """(minimum, maximum or None) spans."""
+        lo, hi = 0, None
+        if self.equals is not None:
+            lo, hi = self.equals, self.equals
+        if self.gt is not None:
+            lo = max(lo, self.gt + 1)
+        if self.gte is not None:
+            lo = max(lo, self.gte)
+        for cap in (None if self.lt is None else self.lt - 1, self.lte):
+            if cap is not None:
+                hi = cap if hi is None else min(hi, cap)
+        return lo, hi
+
+
+class NodeDegraded(_Strict):
+    """Soft thresholds on a node: over them the run is ``degraded`` (still a pass)."""
+
+    max_duration: Duration | None = Field(None, description="Matched span longer than this → degraded.")
+
+
+class SpanConstraint(_Strict):
+    """Constraints on one span; every stated constraint must hold (used by ``forbid`` as is)."""
+
+    span: NamePattern | None = Field(None, description="Span name: exact, glob with *, or {matches: regex}.")
+    service: NamePattern | None = Field(None, description="service.name of the span's resource (exact/glob/map).")
+    kind: SpanKindName | None = Field(None, description="Span kind.")
+    status: StatusName | None = Field(None, description="Span status code.")
+    attributes: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Span attribute → literal (equals) or operator map "
+        "(equals|contains|matches|gt|gte|lt|lte|exists|one_of|not).",
+    )
+    resource: dict[str, Any] = Field(
+        default_factory=dict, description="Resource attribute → literal or operator map."
+    )
+    events: list[EventSpec] = Field(default_factory=list, description="Events the span must carry.")
+    min_duration: Duration | None = Field(None, description="The span lasts at least this long.")
+    max_duration: Duration | None = Field(None, description="The span lasts at most this long.")
+
+    _attrs = field_validator("attributes", "resource")(classmethod(lambda cls, v: _validate_matchers(v)))
+
+    @model_validator(mode="after")
+    def _durations(self) -> SpanConstraint:
+        lo, hi = self.min_duration, self.max_duration
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"min_duration {lo:g}s exceeds max_duration {hi:g}s")
+        return self
+
+
+class SpanNode(SpanConstraint):
+    """An expected span and what must hang below it (children, descendants, linked)."""
+
+    count: int | CountRange | None = Field(
+        None, description="How many distinct spans satisfy this node (with its subtree); default: at least one."
+    )
+    within: Duration | None = Field(
+        None, description="The span must end within this long of the probe trigger (offline: earliest span)."
+    )
+    degraded: NodeDegraded | None = Field(None, description="Soft thresholds: over them → degraded.")
+    ordered: bool = Field(False, description="Children must start in the listed order.")
+    children: list[SpanNode] = Field(default_factory=list, description="Direct children.")
+    descendants: list[SpanNode] = Field(default_factory=list, description="Spans anywhere below.")
+    linked: list[SpanNode] = Field(
+        default_factory=list, description="Spans, in any trace, carrying a span link to this span."
+    )
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, value: int | CountRange | None) -> int | CountRange | None:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("count must not be negative")
+        return value
+
+    def count_bounds(self) -> tuple[int, int | None]:
+        """(minimum, maximum or None) distinct spans; default at least one."""
+        if self.count is None:
+            return 1, None
+        if isinstance(self.count, int):
+            return self.count, self.count
+        return self.count.bounds()
+
+
+class LimitsDegraded(_Strict):
+    """Soft whole-trace thresholds: over them the run is ``degraded``."""
+
+    max_duration: Duration | None = Field(None, description="Trace longer than this → degraded.")
+    max_spans: int | None = Field(None, ge=0, description="More spans than this → degraded.")
+
+
+class Limits(_Strict):
+    """Upper bounds on the whole trace (probe trace plus linked and correlated traces)."""
+
+    max_spans: int | None = Field(None, ge=0, description="At most this many spans.")
+    max_duration: Duration | None = Field(None, description="From the earliest start to the latest end.")
+    max_depth: int | None = Field(None, ge=1, description="Longest parent→child chain, in spans.")
+    degraded: LimitsDegraded | None = Field(None, description="Soft thresholds beside the hard ones.")
+
+
+class Correlate(_Strict):
+    """Find one more trace by an attribute value (when the system starts a trace we cannot propagate into)."""
+
+    attribute: str = Field(min_length=1, description="Span attribute holding the correlation value.")
+    equals: str = Field(description="The value; templated per run, e.g. \"{{ steps.create.json.id }}\".")
+
+
+class Check(_Strict):
+    """A Tracetest-style check: a selector and assertions that every selected span must satisfy."""
+
+    name: str | None = Field(None, description="Label shown in findings.")
+    select: str = Field("", description='Selector, e.g. span[name="x" service.name="y"] span[kind="client"].')
+    assert_: list[str] = Field(
+        alias="assert", min_length=1, description="Assertions: 'attr:http.status_code = 200', 'count >= 1'."
+    )
+
+    @model_validator(mode="after")
+    def _parse(self) -> Check:
+        from .selectors import parse_assertion, parse_selector
+
+        parse_selector(self.select)
+        for a in self.assert_:
+            parse_assertion(a)
+        return self
+
+
+class TracetestSpec(_Strict):
+    """Tracetest's own spec form (``specs: [{selector, assertions}]``), accepted unchanged."""
+
+    name: str | None = Field(None, description="Label shown in findings.")
+    selector: str = Field("", description="Tracetest selector; empty selects every span.")
+    assertions: list[str] = Field(min_length=1, description="Tracetest assertions.")
+
+    @model_validator(mode="after")
+    def _parse(self) -> TracetestSpec:
+        from .selectors import parse_assertion, parse_selector
+
+        parse_selector(self.selector)
+        for a in self.assertions:
+            parse_assertion(a)
+        return self
 
 
 class TraceExpectation(BaseModel):
     """Expected trace shape; the same document ``tracecanary assert --expect`` takes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     source: Literal["buffer", "sentry"] = Field("buffer", description="Where the spans come from.")
     settle: Duration = Field(2.0, description="Quiet time after the last span before whole-trace rules pass.")
-    tree: list[dict[str, Any]] = Field(default_factory=list, description="Expected span tree anchors.")
-    forbid: list[dict[str, Any]] = Field(default_factory=list)
-    limits: dict[str, Any] | None = None
-    no_orphans: bool = False
+    tree: list[SpanNode] = Field(
+        default_factory=list, description="Expected anchors; each matches a distinct span anywhere in the trace."
+    )
+    forbid: list[SpanConstraint] = Field(default_factory=list, description="No span may satisfy any of these.")
+    limits: Limits | None = Field(None, description="Upper bounds on the whole trace.")
+    no_orphans: bool = Field(False, description="Every span's parent must be in the trace.")
+    correlate: Correlate | None = Field(None, description="One more trace, found by an attribute value.")
+    any_of: list[TraceExpectation] = Field(
+        default_factory=list, description="Alternatives (each an expectation document); at least one must hold."
+    )
+    checks: list[Check] = Field(default_factory=list, description="Tracetest-style selector checks.")
+    specs: list[TracetestSpec] = Field(default_factory=list, description="Tracetest's specs, unchanged.")
+
+    def has_whole_trace_rules(self) -> bool:
+        """Rules that need the whole trace, so a pass waits for ``settle`` of quiet."""
+        if self.forbid or self.limits is not None or self.no_orphans or self.checks or self.specs:
+            return True
+        stack = list(self.tree)
+        while stack:
+            node = stack.pop()
+            if node.count_bounds()[1] is not None:
+                return True
+            stack.extend((*node.children, *node.descendants, *node.linked))
+        return any(alt.has_whole_trace_rules() for alt in self.any_of)
+
+    def max_within_s(self) -> float | None:
+        """The largest ``within`` in the document (the runner checks it against ``timeout``)."""
+        found: list[float] = []
+        stack = list(self.tree)
+        while stack:
+            node = stack.pop()
+            if node.within is not None:
+                found.append(node.within)
+            stack.extend((*node.children, *node.descendants, *node.linked))
+        found.extend(w for alt in self.any_of if (w := alt.max_within_s()) is not None)
+        return max(found, default=None)
+
+
+SpanNode.model_rebuild()
+TraceExpectation.model_rebuild()

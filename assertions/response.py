@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from jsonpath_ng.ext.parser import parse as jsonpath_parse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .units import Duration
+from .match import check
+from .units import Duration, format_duration
+from .verdict import Finding, Verdict
 
 
 class DegradedResponse(BaseModel):
@@ -28,3 +33,153 @@ class ResponseExpectation(BaseModel):
     body: Any = Field(None, description="Matcher for the body text (e.g. {matches: regex}).")
     max_latency: Duration | None = Field(None, description="Hard latency bound: over it the run fails.")
     degraded: DegradedResponse | None = None
+
+    @field_validator("json_fields")
+    @classmethod
+    def _paths(cls, value: list[str]) -> list[str]:
+        return [validate_json_path(p) for p in value]
+
+    @field_validator("json_")
+    @classmethod
+    def _json_paths(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for path in value:
+            validate_json_path(path)
+        return value
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, value: int | list[int] | str | None) -> int | list[int] | str | None:
+        if isinstance(value, str):
+            try:
+                status_ok(value, 200)
+            except ValueError as e:
+                raise ValueError(f"invalid status {value!r}: expected 200, [200, 202], \"200-299\" or \"2xx\"") from e
+        return value
+
+
+# --- judgement ---------------------------------------------------------------------------------
+@lru_cache(maxsize=1024)
+def _compiled_path(path: str) -> Any:
+    text = path.strip()
+    if not text.startswith("$"):
+        text = "$." + text if not text.startswith("[") else "$" + text
+    try:
+        return jsonpath_parse(text)
+    except Exception as e:  # jsonpath-ng raises bare Exception subclasses from its lexer/parser
+        raise ValueError(f"invalid JSONPath {path!r}: {e}") from e
+
+
+def select_json(path: str, document: Any) -> list[Any]:
+    """Values at ``path`` (JSONPath; ``a.b[0]`` is read as ``$.a.b[0]``) in ``document``."""
+    return [m.value for m in _compiled_path(path).find(document)]
+
+
+def validate_json_path(path: str) -> str:
+    """Raise ValueError for an unparsable JSONPath (config validation uses the same parser)."""
+    _compiled_path(path)
+    return path
+
+
+def status_ok(spec: int | list[int] | str | None, status: int) -> bool:
+    """Whether ``status`` satisfies ``200``, ``[200, 202]``, ``"200-299"``, ``"2xx"`` (None: any 2xx)."""
+    if spec is None:
+        return 200 <= status < 300
+    if isinstance(spec, int):
+        return status == spec
+    if isinstance(spec, list):
+        return status in spec
+    text = spec.strip().lower()
+    if len(text) == 3 and text.endswith("xx") and text[0].isdigit():
+        return status // 100 == int(text[0])
+    if "-" in text:
+        lo, _, hi = text.partition("-")
+        return int(lo) <= status <= int(hi)
+    return status == int(text)
+
+
+def _describe_status(spec: int | list[int] | str | None) -> str:
+    return "any 2xx" if spec is None else str(spec)
+
+
+def _finding(type_: str, path: str, message: str, expected: Any, observed: Any, **kw: Any) -> Finding:
+    return Finding(type=type_, path=path, message=message, expected=expected, observed=observed, **kw)
+
+
+def _judge_json(exp: ResponseExpectation, doc: Any, has_json: bool) -> list[Finding]:
+    out: list[Finding] = []
+    for path in exp.json_fields:
+        if not has_json or not select_json(path, doc):
+            out.append(_finding(
+                "response.missing_data", f"expect.response.json_fields[{path}]",
+                f"response JSON lacks {path!r}" if has_json else f"response is not JSON; {path!r} missing",
+                path, None if not has_json else sorted(doc) if isinstance(doc, dict) else type(doc).__name__,
+            ))
+    for path, matcher in exp.json_.items():
+        values = select_json(path, doc) if has_json else []
+        why = check(matcher, values[0] if values else None, present=bool(values))
+        if why is not None:
+            out.append(_finding(
+                "response.json", f"expect.response.json[{path}]", f"response JSON {path}: {why}",
+                matcher, values[0] if values else None,
+            ))
+    return out
+
+
+def _judge_headers_body(exp: ResponseExpectation, response: Mapping[str, Any]) -> list[Finding]:
+    out: list[Finding] = []
+    headers = {str(k).lower(): v for k, v in (response.get("headers") or {}).items()}
+    for name, matcher in exp.headers.items():
+        present = name.lower() in headers
+        observed = headers.get(name.lower())
+        why = check(matcher, observed, present=present)
+        if why is not None:
+            out.append(_finding(
+                "response.header", f"expect.response.headers[{name}]", f"response header {name}: {why}",
+                matcher, observed,
+            ))
+    if exp.body is not None:
+        body = response.get("body") or ""
+        why = check(exp.body, body)
+        if why is not None:
+            out.append(_finding("response.body", "expect.response.body", f"response body: {why}", exp.body, body[:200]))
+    return out
+
+
+def _judge_latency(exp: ResponseExpectation, latency_s: float) -> list[Finding]:
+    if exp.max_latency is not None and latency_s > exp.max_latency:
+        return [_finding(
+            "response.latency", "expect.response.max_latency",
+            f"response took {format_duration(latency_s)}, limit {format_duration(exp.max_latency)}",
+            exp.max_latency, latency_s,
+        )]
+    soft = exp.degraded.max_latency if exp.degraded is not None else None
+    if soft is not None and latency_s > soft:
+        return [_finding(
+            "response.latency", "expect.response.degraded.max_latency",
+            f"response took {format_duration(latency_s)}, degraded over {format_duration(soft)}",
+            soft, latency_s, severity=Verdict.DEGRADED,
+        )]
+    return []
+
+
+def judge_response(exp: ResponseExpectation | None, response: Mapping[str, Any] | None) -> list[Finding]:
+    """Findings for ``response`` (``ResponseSummary.to_dict()``) against ``exp`` (None: any 2xx)."""
+    if response is None or response.get("status") is None:
+        if exp is None:
+            return []
+        return [_finding("response.status", "expect.response", "no response was received",
+                         _describe_status(exp.status), None)]
+    exp = exp or ResponseExpectation()
+    status = int(response["status"])
+    out: list[Finding] = []
+    if not status_ok(exp.status, status):
+        out.append(_finding(
+            "response.status", "expect.response.status",
+            f"[STATUS] ({status}) expected {_describe_status(exp.status)}", _describe_status(exp.status), status,
+            details={"body": str(response.get("body") or "")[:500]},
+        ))
+    doc = response.get("json")
+    out += _judge_json(exp, doc, doc is not None)
+    out += _judge_headers_body(exp, response)
+    out += _judge_latency(exp, float(response.get("latency_s") or 0.0))
+    return out

@@ -168,3 +168,74 @@ def group_traces(spans: Iterable[Span]) -> dict[str, Trace]:
     for s in spans:
         groups.setdefault(s.trace_id, []).append(s)
     return {tid: Trace.build(tid, ss) for tid, ss in groups.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def _from_jsonable(value: Any) -> AttrValue:
+    if isinstance(value, dict):
+        if set(value) == {"bytes"}:
+            return bytes.fromhex(value["bytes"])
+        return MappingProxyType({k: _from_jsonable(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_from_jsonable(v) for v in value)
+    return value  # type: ignore[no-any-return]
+
+
+def span_to_dict(span: Span) -> dict[str, Any]:
+    """A compact JSON-able dict of a span (store snapshots, API, dashboard)."""
+    return {
+        "trace_id": span.trace_id,
+        "span_id": span.span_id,
+        "parent_span_id": span.parent_span_id,
+        "name": span.name,
+        "kind": int(span.kind),
+        "start_ns": span.start_ns,
+        "end_ns": span.end_ns,
+        "service": span.service,
+        "attributes": _jsonable(span.attributes),
+        "resource": _jsonable(span.resource),
+        "events": [
+            {"name": e.name, "time_ns": e.time_ns, "attributes": _jsonable(e.attributes)} for e in span.events
+        ],
+        "links": [
+            {"trace_id": ln.trace_id, "span_id": ln.span_id, "attributes": _jsonable(ln.attributes)}
+            for ln in span.links
+        ],
+        "status_code": int(span.status_code),
+        "status_message": span.status_message,
+        "scope": span.scope,
+    }
+
+
+def span_from_dict(d: Mapping[str, Any]) -> Span:
+    """Inverse of :func:`span_to_dict`."""
+
+    def attrs(x: Any) -> Attributes:
+        return MappingProxyType({k: _from_jsonable(v) for k, v in (x or {}).items()})
+
+    return Span(
+        trace_id=d["trace_id"],
+        span_id=d["span_id"],
+        parent_span_id=d.get("parent_span_id"),
+        name=d["name"],
+        kind=SpanKind(d.get("kind", 0)),
+        start_ns=int(d.get("start_ns", 0)),
+        end_ns=int(d.get("end_ns", 0)),
+        service=d.get("service", ""),
+        attributes=attrs(d.get("attributes")),
+        resource=attrs(d.get("resource")),
+        events=tuple(SpanEvent(e["name"], int(e["time_ns"]), attrs(e.get("attributes"))) for e in d.get("events", ())),
+        links=tuple(SpanLink(x["trace_id"], x["span_id"], attrs(x.get("attributes"))) for x in d.get("links", ())),
+        status_code=StatusCode(d.get("status_code", 0)),
+        status_message=d.get("status_message", ""),
+        scope=d.get("scope", ""),
+    )

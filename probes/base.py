@@ -7,6 +7,7 @@ derived from that registry. ``probes/http.py`` is the reference kind.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -84,7 +85,7 @@ def _parse_jitter(value: Any) -> float:
 class ProbeSpec(StrictModel):
     """Fields every probe kind shares: identity, schedule, deadline, retries, expectations."""
 
-    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=100, description="Unique id, [a-z0-9-].")
+    id: str = Field(description="Unique id: lowercase letters, digits and '-'.")
     kind: str
     description: str = ""
     every: Duration | None = Field(None, description="Interval between runs, e.g. 60s.")
@@ -100,6 +101,13 @@ class ProbeSpec(StrictModel):
     inject: Inject = Field(default_factory=Inject)
     expect: Expect = Field(default_factory=Expect)
     alert: AlertRef | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,99}", value):
+            raise ValueError(f"invalid probe id {value!r}: use lowercase letters, digits and '-' (at most 100)")
+        return value
 
     _jitter = field_validator("jitter", mode="before")(classmethod(lambda cls, v: _parse_jitter(v)))
 
@@ -136,6 +144,15 @@ class ProbeSpec(StrictModel):
     async def fire(self, ctx: ProbeContext) -> FireResult:
         """Trigger the system under test once; raise ProbeError when it cannot be triggered."""
         raise NotImplementedError
+
+    async def teardown(self, ctx: ProbeContext) -> list[Finding]:
+        """Clean up after the run (delete what ``fire`` created); findings of its own.
+
+        The runner calls it exactly once per run, after expectations settle, whether ``fire``
+        succeeded, failed or was cancelled. Implementations shield themselves and bound their
+        own time, so the caller may be in a cancelled scope. Default: nothing to clean up.
+        """
+        return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +239,8 @@ class ProbeContext:
     tracer: Any = None
     """An OpenTelemetry tracer whose spans land in the run's buffer and the telemetry exporter."""
     root_span: OtelSpan | None = None
+    resources: MutableMapping[str, Any] = field(default_factory=dict)
+    """Long-lived objects shared across runs and owned by the daemon (e.g. ``kafka_producers``)."""
 
     def template_vars(self) -> dict[str, Any]:
         return {

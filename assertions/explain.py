@@ -1,0 +1,164 @@
+"""Explanations for a miss: which expected node was not found, the closest spans, what each broke.
+
+Pure functions over the matcher's index and solver (``tree.py``). The wording follows one rule:
+state what was expected and what was observed, naming spans as ``span "name" (svc x)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .spans import Span
+from .tree import CNode, Solver, SpanIndex, bipartite, describe
+from .units import format_duration
+from .verdict import Finding
+
+MAX_CLOSEST = 3
+MAX_SCAN = 20_000
+
+
+def _all_broken(node: CNode, span: Span, solver: Solver) -> list[str]:
+    broken = node.broken(span)
+    if node.spec.within is not None and (why := solver.within_ok(node, span)) is not None:
+        broken.append(why)
+    return broken
+
+
+def closest(node: CNode, scope: list[str], solver: Solver, limit: int = MAX_CLOSEST) -> list[dict[str, Any]]:
+    """Spans of ``scope`` ranked by how many of ``node``'s own constraints they satisfy."""
+    total = len(node.checks) + (1 if node.spec.within is not None else 0)
+    ranked: list[tuple[int, int, str, list[str]]] = []
+    for sid in scope[:MAX_SCAN]:
+        span = solver.index.by_id[sid]
+        broken = _all_broken(node, span, solver)
+        name_ok = 0 if any(b.startswith("name ") for b in broken) else 1
+        ranked.append((total - len(broken), name_ok, sid, broken))
+    ranked.sort(key=lambda r: (-r[1], -r[0], solver.index.by_id[r[2]].start_ns))
+    out = []
+    for satisfied, _name_ok, sid, broken in ranked[:limit]:
+        span = solver.index.by_id[sid]
+        out.append({"span_id": sid, "label": span.label(), "satisfied": satisfied, "total": total,
+                    "broken": broken})
+    return out
+
+
+def _closest_text(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "no span in scope"
+    parts = []
+    for it in items:
+        broken = "; ".join(it["broken"]) or "its own constraints hold, its subtree does not"
+        parts.append(f"{it['label']}: {broken}")
+    return "closest: " + " | ".join(parts)
+
+
+class Explainer:
+    """Walks the expected tree from the failing anchors down to the deepest missing node."""
+
+    def __init__(self, solver: Solver, in_scope: Callable[[str], bool]) -> None:
+        self.solver = solver
+        self.index: SpanIndex = solver.index
+        self.in_scope = in_scope
+        self.findings: list[Finding] = []
+        self.missing: list[dict[str, Any]] = []
+
+    def _scope(self, node: CNode, under: str | None) -> list[str]:
+        ids = self.index.scope(node.relation, under)
+        return [x for x in ids if self.in_scope(x)] if under is None else ids
+
+    def _score(self, node: CNode, sid: str, depth: int = 0) -> int:
+        """How much of ``node``'s subtree can be satisfied below ``sid`` (to pick the best partial)."""
+        if self.solver.full(node, sid) is not None:
+            return node.size()
+        if depth > 8:
+            return 0
+        score = 0
+        for c in node.groups():
+            local = [x for x in self._scope(c, sid) if x in self.index.local[c.idx]]
+            score += max((self._score(c, x, depth + 1) for x in local[:50]), default=0)
+        return score
+
+    def node(self, node: CNode, under: str | None, found: list[str]) -> None:
+        """Explain why ``node`` (below span ``under``; None = top level) got fewer spans than needed."""
+        under_txt = f" under {self.index.by_id[under].label()}" if under else ""
+        need = node.lo
+        if node.hi is not None and len(found) > node.hi:
+            labels = ", ".join(self.index.by_id[x].label() for x in found[:5])
+            self._add("trace.count", node, f"expected at most {node.hi} × {describe(node.spec)}{under_txt}, "
+                      f"observed {len(found)}: {labels}", node.hi, len(found), under)
+            return
+        if len(found) >= need:
+            return
+        scope = self._scope(node, under)
+        partial = [x for x in scope if x in self.index.local[node.idx] and x not in found]
+        for sid in partial:
+            span = self.index.by_id[sid]
+            if node.spec.within is not None and (why := self.solver.within_ok(node, span)) is not None:
+                self._add("trace.within", node, f"{span.label()}: {why}", node.spec.within, why, under)
+                return
+        if partial:
+            best = max(partial, key=lambda x: self._score(node, x))
+            self.structure(node, best)
+            return
+        items = closest(node, scope, self.solver)
+        have = f"found {len(found)} of {need}: " if found else ""
+        count = f"{need} × " if need > 1 else ""
+        msg = f"expected {count}{describe(node.spec)}{under_txt}, {have}not found; {_closest_text(items)}"
+        self._add("trace.missing", node, msg, describe(node.spec), [i["label"] for i in items], under,
+                  closest=items)
+
+    def structure(self, node: CNode, sid: str) -> None:
+        """``sid`` satisfies ``node`` itself; explain which part of its subtree is missing."""
+        cands = {c.idx: self.solver.candidates(c, sid) for c in node.groups()}
+        short = False
+        for c in node.groups():
+            got = cands[c.idx]
+            if len(got) < c.lo or (c.hi is not None and len(got) > c.hi):
+                short = True
+                self.node(c, sid, got)
+        if short:
+            return
+        span = self.index.by_id[sid]
+        if node.spec.ordered and node.children:
+            unordered = bipartite([cands[c.idx] for c in node.children for _ in range(c.lo)])
+            if unordered is not None:
+                seen = [f'{self.index.by_id[x].name}' for c in node.children for x in cands[c.idx][:1]]
+                self._add("trace.order", node, f"children of {span.label()} out of order: expected "
+                          f"{[describe(c.spec) for c in node.children]}, observed start order {seen}",
+                          [describe(c.spec) for c in node.children], seen, sid)
+                return
+        names = [describe(c.spec) for c in node.groups()]
+        self._add("trace.distinct", node, f"below {span.label()} the expected {names} need distinct spans; "
+                  "some of them can only take the same span", names, {str(k): v for k, v in cands.items()}, sid)
+
+    def _add(self, ftype: str, node: CNode, msg: str, expected: Any, observed: Any, under: str | None,
+             closest: list[dict[str, Any]] | None = None) -> None:
+        self.findings.append(Finding(type=ftype, path=node.path, message=msg, expected=expected,
+                                     observed=observed, details={"under": under, "closest": closest or []}))
+        self.missing.append({"path": node.path, "expected": describe(node.spec), "under": under,
+                             "reason": ftype, "message": msg, "closest": closest or []})
+
+
+def duration_text(seconds: float) -> str:
+    return format_duration(seconds)
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """The person-readable rendering of a judge report (``TraceJudge.report()``)."""
+    lines = [f"verdict: {report.get('verdict') or 'pending'}"]
+    for f in report.get("findings", []):
+        sev = f.get("severity", "fail")
+        where = f"{f['path']}: " if f.get("path") else ""
+        lines.append(f"  [{sev}] {where}{f['message']}")
+    nodes = report.get("nodes", {})
+    if nodes:
+        lines.append("expected nodes:")
+        for path, sid in nodes.items():
+            lines.append(f"  {path} → {sid or 'not found'}")
+    unexpected = report.get("unexpected_count", 0)
+    if unexpected:
+        lines.append(f"unexpected spans: {unexpected} (matched no expected node)")
+    lines.append(f"spans: {report.get('span_count', 0)} arrived"
+                 + (f", last ended at {report['last_span_end_ns']} ns" if report.get("last_span_end_ns") else ""))
+    return "\n".join(lines)

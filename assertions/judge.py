@@ -1,0 +1,417 @@
+"""The incremental trace judge: feed spans as they arrive, ask for a verdict as early as it is known.
+
+``feed`` indexes spans and forgets only the memoised answers they can change; ``check`` re-solves
+only the anchors whose candidates were touched. A ``forbid`` hit or an exceeded upper bound fails
+at once; the run passes once every positive expectation is matched and — when a rule needs the
+whole trace — ``settle`` seconds of quiet have passed. ``finish`` gives the verdict at the
+deadline with full explanations. ``judge_offline`` is the same engine over a known whole trace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .expect import TraceExpectation
+from .explain import Explainer
+from .selectors import run_check
+from .spans import Span, group_traces
+from .tree import Assign, CNode, Solver, SpanIndex, bipartite, compile_checks, compile_tree, describe
+from .units import format_duration
+from .verdict import Finding, Verdict, verdict_of
+
+
+@dataclass
+class JudgeState:
+    """What the judge knows now."""
+
+    done: bool
+    verdict: Verdict | None
+    findings: list[Finding] = field(default_factory=list)
+    settle_remaining_s: float | None = None
+
+
+class TraceJudge:
+    """Judges one run's trace(s) against an expectation, span by span."""
+
+    def __init__(self, expectation: TraceExpectation, *, root_trace_id: str | None, trigger_ns: int | None,
+                 correlated_trace_ids: Iterable[str] = (), correlate_value: str | None = None,
+                 base_path: str = "expect.trace") -> None:
+        self.exp = expectation
+        self.base = base_path
+        self.trigger_ns = trigger_ns
+        self.nodes = compile_tree(expectation.tree, base_path)
+        self.anchors = [n for n in self.nodes if n.relation == "tree"]
+        self.index = SpanIndex(self.nodes)
+        self.solver = Solver(self.index, self._within)
+        self.forbid = [compile_checks(c) for c in expectation.forbid]
+        self.pool_all = root_trace_id is None
+        self.pool: set[str] = set(correlated_trace_ids) | ({root_trace_id} if root_trace_id else set())
+        self.correlate_value = correlate_value
+        self.trace_spans: dict[str, list[str]] = {}
+        self.trace_edges: dict[str, set[str]] = {}
+        self.anchor_full: list[set[str]] = [set() for _ in self.anchors]
+        self.dirty: set[str] = set()
+        self.top: tuple[Assign | None] | None = None
+        self.forbid_hits: list[tuple[int, str]] = []
+        self.pool_count = 0
+        self.first_start_ns: int | None = None
+        self.last_end_ns = 0
+        self.max_depth_seen = 0
+        self.last_arrival_unix_ns: int | None = None
+        self.whole_rules = expectation.model_copy(update={"any_of": []}).has_whole_trace_rules()
+        self.alts = [TraceJudge(alt, root_trace_id=root_trace_id, trigger_ns=trigger_ns,
+                                correlated_trace_ids=self.pool, correlate_value=correlate_value,
+                                base_path=f"{base_path}.any_of[{i}]")
+                     for i, alt in enumerate(expectation.any_of)]
+
+    # ---- intake -------------------------------------------------------------------------------
+
+    def add_trace(self, trace_id: str) -> None:
+        """Search anchors in one more trace (a correlated trace the runner found)."""
+        self._join_pool(trace_id)
+        for alt in self.alts:
+            alt.add_trace(trace_id)
+
+    def feed(self, spans: Iterable[Span]) -> None:
+        """Index spans of any relevant trace (probe, linking, correlated); duplicates are ignored."""
+        spans = list(spans)
+        for span in spans:
+            self._feed_one(span)
+        if spans:
+            self.last_arrival_unix_ns = time.time_ns()
+        for alt in self.alts:
+            alt.feed(spans)
+
+    def _feed_one(self, span: Span) -> None:
+        if not self.index.add(span):
+            return
+        tid = span.trace_id
+        self.trace_spans.setdefault(tid, []).append(span.span_id)
+        if self.pool_all or tid in self.pool:
+            self._count(span)
+        for link in span.links:
+            if link.trace_id != tid:
+                self.trace_edges.setdefault(tid, set()).add(link.trace_id)
+                self.trace_edges.setdefault(link.trace_id, set()).add(tid)
+                if tid in self.pool or link.trace_id in self.pool:
+                    self._join_pool(tid)
+                    self._join_pool(link.trace_id)
+        if (self.correlate_value is not None and self.exp.correlate is not None
+                and str(span.attributes.get(self.exp.correlate.attribute)) == self.correlate_value):
+            self._join_pool(tid)
+        affected = self.index.affected(span)
+        self.solver.forget(affected)
+        self.dirty |= affected
+
+    def _join_pool(self, trace_id: str) -> None:
+        if self.pool_all or trace_id in self.pool:
+            return
+        stack = [trace_id]
+        while stack:
+            tid = stack.pop()
+            if tid in self.pool:
+                continue
+            self.pool.add(tid)
+            for sid in self.trace_spans.get(tid, ()):
+                self.dirty.add(sid)
+                self._count(self.index.by_id[sid])
+            stack.extend(self.trace_edges.get(tid, ()))
+
+    def _count(self, span: Span) -> None:
+        """Whole-trace bookkeeping for a span of the pool (forbid, size, duration, depth)."""
+        self.pool_count += 1
+        if self.first_start_ns is None or span.start_ns < self.first_start_ns:
+            if self.trigger_ns is None and self.first_start_ns is not None:
+                self.solver.memo.clear()  # `within` is measured from the earliest span offline
+                self.dirty |= set(self.index.by_id)
+            self.first_start_ns = span.start_ns
+        self.last_end_ns = max(self.last_end_ns, span.end_ns)
+        for i, checks in enumerate(self.forbid):
+            if all(c(span) is None for c in checks):
+                self.forbid_hits.append((i, span.span_id))
+        depth, s = 1, span
+        while s.parent_span_id and (s := self.index.by_id.get(s.parent_span_id)) is not None:  # type: ignore[assignment]
+            depth += 1
+        self.max_depth_seen = max(self.max_depth_seen, depth)
+
+    def in_pool(self, sid: str) -> bool:
+        return self.pool_all or self.index.by_id[sid].trace_id in self.pool
+
+    def _within(self, node: CNode, span: Span) -> str | None:
+        limit = node.spec.within
+        origin = self.trigger_ns if self.trigger_ns is not None else self.first_start_ns
+        if limit is None or origin is None:
+            return None
+        took = (span.end_ns - origin) / 1e9
+        if took <= limit:
+            return None
+        return f"ended {format_duration(took)} after the trigger > within {format_duration(limit)}"
+
+    # ---- solving ------------------------------------------------------------------------------
+
+    def _refresh(self) -> Assign | None:
+        if self.dirty:
+            for a, full in zip(self.anchors, self.anchor_full, strict=True):
+                local = self.index.local[a.idx]
+                touched = (self.dirty & local) if len(self.dirty) < len(local) else {
+                    x for x in local if x in self.dirty}
+                for sid in touched:
+                    if self.in_pool(sid) and self.solver.full(a, sid) is not None:
+                        full.add(sid)
+                    else:
+                        full.discard(sid)
+            self.dirty.clear()
+            self.top = None
+        if self.top is None:
+            self.top = (self._solve_top(),)
+        return self.top[0]
+
+    def _sorted(self, ids: set[str]) -> list[str]:
+        return sorted(ids, key=lambda x: (self.index.by_id[x].start_ns, x))
+
+    def _solve_top(self) -> Assign | None:
+        for a, full in zip(self.anchors, self.anchor_full, strict=True):
+            if len(full) < a.lo or (a.hi is not None and len(full) > a.hi):
+                return None
+        slot_nodes = [a for a in self.anchors for _ in range(a.lo)]
+        got = bipartite([self._sorted(self.anchor_full[i]) for i, a in enumerate(self.anchors)
+                         for _ in range(a.lo)])
+        if got is None:
+            return None
+        out: Assign = {a.idx: [] for a in self.anchors}
+        for a, sid in zip(slot_nodes, got, strict=True):
+            out[a.idx].append(sid)
+        return out
+
+    def _early_failures(self) -> list[Finding]:
+        out = [Finding(type="trace.forbid", path=f"{self.base}.forbid[{i}]",
+                       message=f"{self.index.by_id[sid].label()} is forbidden: matches "
+                       f"{describe(self.exp.forbid[i])}", expected="absent", observed=sid)
+               for i, sid in self.forbid_hits]
+        lim = self.exp.limits
+        path = f"{self.base}.limits"
+        if lim is not None:
+            if lim.max_spans is not None and self.pool_count > lim.max_spans:
+                out.append(Finding(type="trace.limit", path=f"{path}.max_spans", expected=lim.max_spans,
+                                   observed=self.pool_count,
+                                   message=f"{self.pool_count} spans > max_spans {lim.max_spans}"))
+            took = self._duration_s()
+            if lim.max_duration is not None and took > lim.max_duration:
+                out.append(Finding(type="trace.limit", path=f"{path}.max_duration", expected=lim.max_duration,
+                                   observed=took, message=f"trace lasted {format_duration(took)} > "
+                                   f"max_duration {format_duration(lim.max_duration)}"))
+            if lim.max_depth is not None and self.max_depth_seen > lim.max_depth:
+                out.append(Finding(type="trace.limit", path=f"{path}.max_depth", expected=lim.max_depth,
+                                   observed=self.max_depth_seen,
+                                   message=f"trace depth {self.max_depth_seen} > max_depth {lim.max_depth}"))
+        for a, full in zip(self.anchors, self.anchor_full, strict=True):
+            if a.hi is not None and len(full) > a.hi:
+                labels = ", ".join(self.index.by_id[x].label() for x in self._sorted(full)[:5])
+                out.append(Finding(type="trace.count", path=a.path, expected=a.hi, observed=len(full),
+                                   message=f"expected at most {a.hi} × {describe(a.spec)}, "
+                                   f"observed {len(full)}: {labels}"))
+        return out
+
+    def _duration_s(self) -> float:
+        if self.first_start_ns is None:
+            return 0.0
+        return max(0, self.last_end_ns - self.first_start_ns) / 1e9
+
+
+    # ---- verdicts -----------------------------------------------------------------------------
+
+    def check(self, *, quiet_s: float) -> JudgeState:
+        """Early verdict if one is known; else how long the whole-trace rules still wait."""
+        early = self._early_failures()
+        if early:
+            return JudgeState(True, Verdict.FAIL, early)
+        alt_states = [alt.check(quiet_s=quiet_s) for alt in self.alts]
+        if alt_states and all(s.done and s.verdict == Verdict.FAIL for s in alt_states):
+            return JudgeState(True, Verdict.FAIL, self._any_of_findings(final=False))
+        if self._refresh() is None:
+            return JudgeState(False, None, [])
+        alt_findings: list[Finding] = []
+        if alt_states:
+            held = [s for s in alt_states if s.done and s.verdict is not None and s.verdict.ok]
+            if not held:
+                waits = [s.settle_remaining_s for s in alt_states if s.settle_remaining_s is not None]
+                return JudgeState(False, None, [], min(waits) if waits else None)
+            alt_findings = held[0].findings
+        if not self.whole_rules:
+            findings = self._degraded() + alt_findings
+            return JudgeState(True, verdict_of(findings), findings)
+        remaining = max(0.0, self.exp.settle - quiet_s)
+        if remaining > 0:
+            return JudgeState(False, None, [], remaining)
+        findings = self._settled_findings() + self._degraded() + alt_findings
+        if any(f.severity == Verdict.FAIL for f in findings):
+            return JudgeState(False, None, [], 0.0)  # may still be repaired by late spans: the deadline decides
+        return JudgeState(True, verdict_of(findings), findings)
+
+    def finish(self) -> JudgeState:
+        """The final verdict (at the deadline, or over a whole known trace) with explanations."""
+        findings = self._early_failures()
+        top = self._refresh()
+        if top is None:
+            findings.extend(self._explain().findings)
+        if self.alts and not any(f.type == "trace.any_of" for f in findings):
+            findings.extend(self._any_of_findings(final=True))
+        findings.extend(self._settled_findings())
+        if not any(f.severity == Verdict.FAIL for f in findings) and top is not None:
+            findings.extend(self._degraded())
+        findings = _dedupe(findings)
+        return JudgeState(True, verdict_of(findings), findings)
+
+    def _explain(self) -> Explainer:
+        ex = Explainer(self.solver, self.in_pool)
+        for a, full in zip(self.anchors, self.anchor_full, strict=True):
+            ex.node(a, None, self._sorted(full))
+        if not ex.findings and self._refresh() is None:
+            names = [describe(a.spec) for a in self.anchors]
+            ex.findings.append(Finding(type="trace.distinct", path=f"{self.base}.tree", expected=names,
+                                       observed={a.path: self._sorted(f) for a, f in
+                                                 zip(self.anchors, self.anchor_full, strict=True)},
+                                       message=f"the anchors {names} need distinct spans; some can only "
+                                       "take the same span"))
+        return ex
+
+    def _any_of_findings(self, *, final: bool) -> list[Finding]:
+        states = [(alt, alt.finish() if final else alt.check(quiet_s=float("inf"))) for alt in self.alts]
+        held = [s for _, s in states if s.verdict is not None and s.verdict.ok]
+        if held:
+            return [f for f in held[0].findings if f.severity != Verdict.FAIL]
+        alt, state = min(states, key=lambda p: (len([f for f in p[1].findings if f.severity == Verdict.FAIL]),
+                                                -p[0].matched_nodes()))
+        head = Finding(type="trace.any_of", path=f"{self.base}.any_of", expected=f"one of {len(self.alts)}",
+                       observed="none holds",
+                       message=f"none of the {len(self.alts)} alternatives holds; closest is {alt.base}")
+        return [head, *state.findings]
+
+    def matched_nodes(self) -> int:
+        return sum(1 for v in self.report_nodes().values() if v)
+
+    def _settled_findings(self) -> list[Finding]:
+        out: list[Finding] = []
+        spans = [s for s in self.index.by_id.values() if self.pool_all or s.trace_id in self.pool]
+        if self.exp.no_orphans:
+            present = {s.span_id for s in spans}
+            for s in spans:
+                if s.parent_span_id and s.parent_span_id not in present:
+                    out.append(Finding(type="trace.orphan", path=f"{self.base}.no_orphans", expected="parent present",
+                                       observed=s.parent_span_id, message=f"{s.label()} is an orphan: its parent "
+                                       f"{s.parent_span_id} is not in the trace (broken context propagation?)"))
+        lim = self.exp.limits
+        if lim is not None and lim.max_depth is not None:
+            depth = max((t.depth() for t in group_traces(spans).values()), default=0)
+            if depth > lim.max_depth:
+                out.append(Finding(type="trace.limit", path=f"{self.base}.limits.max_depth", expected=lim.max_depth,
+                                   observed=depth, message=f"trace depth {depth} > max_depth {lim.max_depth}"))
+        checks = [(f"checks[{i}]", c.name, c.select, c.assert_) for i, c in enumerate(self.exp.checks)]
+        checks += [(f"specs[{i}]", c.name, c.selector, c.assertions) for i, c in enumerate(self.exp.specs)]
+        for where, name, selector, assertions in checks:
+            for msg in run_check(selector, assertions, spans):
+                label = f"{name}: " if name else ""
+                out.append(Finding(type="trace.check", path=f"{self.base}.{where}", expected=selector or "all spans",
+                                   observed=msg, message=f"{label}{msg}"))
+        return out
+
+    def _degraded(self) -> list[Finding]:
+        out: list[Finding] = []
+        nodes = self.report_nodes()
+        for n in self.nodes:
+            deg = n.spec.degraded
+            sid = nodes.get(n.path)
+            if deg is None or deg.max_duration is None or sid is None:
+                continue
+            span = self.index.by_id[sid]
+            if span.duration_s > deg.max_duration:
+                out.append(Finding(type="trace.degraded", severity=Verdict.DEGRADED, path=f"{n.path}.degraded",
+                                   expected=deg.max_duration, observed=span.duration_s,
+                                   message=f"{span.label()}: {format_duration(span.duration_s)} > degraded "
+                                   f"max {format_duration(deg.max_duration)}"))
+        lim = self.exp.limits
+        if lim is not None and lim.degraded is not None:
+            took, d = self._duration_s(), lim.degraded
+            if d.max_duration is not None and took > d.max_duration:
+                out.append(Finding(type="trace.degraded", severity=Verdict.DEGRADED,
+                                   path=f"{self.base}.limits.degraded.max_duration", expected=d.max_duration,
+                                   observed=took, message=f"trace lasted {format_duration(took)} > degraded "
+                                   f"max {format_duration(d.max_duration)}"))
+            if d.max_spans is not None and self.pool_count > d.max_spans:
+                out.append(Finding(type="trace.degraded", severity=Verdict.DEGRADED,
+                                   path=f"{self.base}.limits.degraded.max_spans", expected=d.max_spans,
+                                   observed=self.pool_count,
+                                   message=f"{self.pool_count} spans > degraded max_spans {d.max_spans}"))
+        return out
+
+    # ---- reporting ----------------------------------------------------------------------------
+
+    def report_nodes(self) -> dict[str, str | None]:
+        """Expected node path → the span matched to it (a witness; for a miss, the best partial), or None."""
+        out: dict[str, str | None] = {n.path: None for n in self.nodes}
+        top = self._refresh()
+        stack: list[tuple[CNode, str]] = []
+        for a, full in zip(self.anchors, self.anchor_full, strict=True):
+            ids = top[a.idx] if top is not None else self._sorted(full)
+            if not ids:
+                ids = self._sorted({x for x in self.index.local[a.idx] if self.in_pool(x)})
+            stack.extend((a, sid) for sid in ids[:1])
+        while stack:
+            node, sid = stack.pop()
+            out[node.path] = sid
+            assign = self.solver.full(node, sid)
+            for c in node.groups():
+                if assign is not None:
+                    ids = assign.get(c.idx, [])
+                else:
+                    ids = self.solver.candidates(c, sid) or [
+                        x for x in self.index.scope(c.relation, sid) if x in self.index.local[c.idx]]
+                if ids:
+                    stack.append((c, ids[0]))
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """JSON for the store and dashboard."""
+        state = self.finish()
+        known = set().union(*self.index.local) if self.index.local else set()
+        pool = [s for s in self.index.by_id.values() if self.pool_all or s.trace_id in self.pool]
+        unexpected = [s.span_id for s in sorted(pool, key=lambda s: s.start_ns) if s.span_id not in known]
+        ex = self._explain() if self._refresh() is None else None
+        return {
+            "verdict": state.verdict.value if state.verdict else None,
+            "findings": [f.model_dump(mode="json") for f in state.findings],
+            "nodes": self.report_nodes(),
+            "missing": ex.missing if ex else [],
+            "unexpected": unexpected[:200],
+            "unexpected_count": len(unexpected),
+            "span_count": len(pool),
+            "spans_received": len(self.index.by_id),
+            "traces": sorted({s.trace_id for s in pool}),
+            "first_span_start_ns": self.first_start_ns,
+            "last_span_end_ns": self.last_end_ns or None,
+            "last_arrival_unix_ns": self.last_arrival_unix_ns,
+            "alternatives": [{"path": a.base, "holds": a.finish().verdict in (Verdict.PASS, Verdict.DEGRADED)}
+                             for a in self.alts],
+        }
+
+
+def _dedupe(findings: list[Finding]) -> list[Finding]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for f in findings:
+        key = (f.path, f.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def judge_offline(expectation: TraceExpectation, spans: Sequence[Span], *,
+                  trace_id: str | None = None, correlate_value: str | None = None) -> JudgeState:
+    """Judge a whole known trace (a file): whole-trace rules are judged at once."""
+    judge = TraceJudge(expectation, root_trace_id=trace_id, trigger_ns=None, correlate_value=correlate_value)
+    judge.feed(spans)
+    return judge.finish()

@@ -1,0 +1,242 @@
+"""Alert settings and the per-probe alert state machine (pure: no I/O, no clock of its own).
+
+States: ``ok → failing → ok`` plus ``degraded``. Only FINAL verdicts drive it (a run followed by a retry
+is not a verdict yet): ``fail``/``error`` count as failures, ``degraded`` as a soft failure, ``pass`` as
+a pass. ``step()`` takes the stored state and one final run and returns the next state and the events
+to announce; the manager persists the state and claims each event's dedup key before sending, so a
+restart (or a second replica) never announces the same incident twice.
+
+Incident ids are deterministic: ``<probe id>:<first failing run id>``; dedup keys are
+``<incident id>:<event>`` (reminders add their number), so any replica computes the same key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from tracecanary.assertions.units import Duration
+
+from .base import ChannelConfigBase, EventKind
+from .registry import CHANNELS
+from .silences import SilenceSettings
+
+__all__ = [
+    "AlertsSettings", "ChannelConfig", "Decision", "FailureWindow", "Observation", "PolicySettings",
+    "ProbeAlertState", "SilenceSettings", "step", "validate_references",
+]
+
+if TYPE_CHECKING:
+    ChannelConfig = ChannelConfigBase
+else:
+    ChannelConfig = Annotated[Union[tuple(CHANNELS.values())], Field(discriminator="type")]  # noqa: UP007
+
+NotifyOn = Literal["failing", "recovered", "degraded"]
+DEFAULT_NOTIFY_ON: tuple[NotifyOn, ...] = ("failing", "recovered")
+_WINDOW_RE = re.compile(r"^\s*(\d+)\s+of\s+(\d+)\s*$")
+
+
+class FailureWindow(BaseModel):
+    """``failures: 3 of 5``: fire when at least ``count`` of the last ``of`` final runs failed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int = Field(ge=1, le=100, description="Failures needed inside the window.")
+    of: int = Field(ge=1, le=100, description="Window length in final runs.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> FailureWindow:
+        if self.count > self.of:
+            raise ValueError(f"failures: {self.count} of {self.of} can never fire (count > window)")
+        return self
+
+
+def _parse_window(value: Any) -> Any:
+    if isinstance(value, str):
+        m = _WINDOW_RE.match(value)
+        if not m:
+            raise ValueError(f"invalid failures window {value!r}: expected e.g. '3 of 5'")
+        return {"count": int(m.group(1)), "of": int(m.group(2))}
+    return value
+
+
+class PolicySettings(BaseModel):
+    """When a probe's alerts fire, repeat and resolve, and where they go."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: list[str] = Field(default_factory=list, description="Names under alerts.channels.")
+    failure_threshold: int = Field(2, ge=1, le=100, description="Consecutive failed final runs to fire "
+                                   "(also consecutive degraded runs to report degraded).")
+    recovery_threshold: int = Field(1, ge=1, le=100, description="Consecutive passing final runs to resolve.")
+    failures: Annotated[FailureWindow | None, BeforeValidator(_parse_window)] = Field(
+        None, description="Window rule for flapping targets, e.g. '3 of 5'; replaces failure_threshold.")
+    remind_every: Duration | None = Field(None, description="Repeat the alert while still failing, e.g. 1h.")
+    notify_on: list[NotifyOn] = Field(default_factory=lambda: list(DEFAULT_NOTIFY_ON),
+                                      description="Which transitions are sent: failing, recovered, degraded.")
+
+
+class AlertsSettings(BaseModel):
+    """The ``alerts:`` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict, description="Named channels.")
+    policies: dict[str, PolicySettings] = Field(default_factory=dict, description="Named policies.")
+    silences: list[SilenceSettings] = Field(default_factory=list, description="Configured silences.")
+    queue_size: int = Field(1000, ge=1, description="Pending deliveries kept; the oldest is dropped beyond.")
+    channel_failure_threshold: int = Field(3, ge=1, description="Consecutive failed deliveries after "
+                                           "which a channel raises its own alert on the other channels.")
+
+
+def validate_references(settings: AlertsSettings) -> list[str]:
+    """Cross-field errors: a policy naming a channel that does not exist."""
+    known = ", ".join(sorted(settings.channels))
+    errors = []
+    for name, policy in settings.policies.items():
+        for i, channel in enumerate(policy.channels):
+            if channel not in settings.channels:
+                errors.append(f'alerts.policies.{name}.channels[{i}]: unknown channel "{channel}" (known: {known})')
+    return errors
+
+
+class ProbeAlertState(BaseModel):
+    """Per-probe state, stored as JSON in the store's kv space (namespace ``alerts.state``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: Literal["ok", "failing", "degraded"] = "ok"
+    fail_streak: int = 0
+    degraded_streak: int = 0
+    pass_streak: int = 0
+    streak_first_run_id: str | None = None
+    streak_first_ns: int | None = None
+    window: list[tuple[str, bool]] = Field(default_factory=list)
+    """Recent final runs (run id, failed), newest last, as long as the failures window."""
+    incident_id: str | None = None
+    incident_started_ns: int | None = None
+    notified: bool = False
+    reminders: int = 0
+    last_run_id: str | None = None
+    last_verdict: str | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One final run as the state machine sees it."""
+
+    probe_id: str
+    run_id: str
+    verdict: str
+    time_ns: int
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    kind: EventKind
+    incident_id: str
+    dedup_key: str
+
+
+@dataclass
+class Decision:
+    state: ProbeAlertState
+    send: list[AlertEvent] = field(default_factory=list)
+    """Events to announce (already filtered by notify_on and silence)."""
+    silenced: list[AlertEvent] = field(default_factory=list)
+    """Events a silence held back (recorded, not sent)."""
+
+
+def _event(kind: EventKind, incident_id: str, suffix: str = "") -> AlertEvent:
+    return AlertEvent(kind, incident_id, f"{incident_id}:{kind}{suffix}")
+
+
+def _fires(state: ProbeAlertState, policy: PolicySettings) -> tuple[bool, str | None]:
+    """Whether the failure rule holds, and the first failing run id of the incident it opens."""
+    if policy.failures is not None:
+        failed = [run_id for run_id, f in state.window if f]
+        return len(failed) >= policy.failures.count, (failed[0] if failed else None)
+    return state.fail_streak >= policy.failure_threshold, state.streak_first_run_id
+
+
+def _count(state: ProbeAlertState, obs: Observation, policy: PolicySettings) -> str:
+    """Update streaks and window; return the run's class: failed | degraded | passed."""
+    verdict = obs.verdict
+    cls = "failed" if verdict in ("fail", "error") else "degraded" if verdict == "degraded" else "passed"
+    if cls == "passed" or (cls == "degraded" and state.status == "failing"):
+        state.pass_streak += 1
+    else:
+        state.pass_streak = 0
+    if cls == "failed":
+        if state.fail_streak == 0:
+            state.streak_first_run_id, state.streak_first_ns = obs.run_id, obs.time_ns
+        state.fail_streak += 1
+        state.degraded_streak = 0
+    else:
+        state.fail_streak = 0
+        state.degraded_streak = state.degraded_streak + 1 if cls == "degraded" else 0
+    size = policy.failures.of if policy.failures else 1
+    state.window = [*state.window, (obs.run_id, cls == "failed")][-size:]
+    state.last_run_id, state.last_verdict = obs.run_id, verdict
+    return cls
+
+
+def _open(state: ProbeAlertState, status: Literal["failing", "degraded"], incident_id: str, now_ns: int) -> None:
+    state.status, state.incident_id, state.incident_started_ns = status, incident_id, now_ns
+    state.notified, state.reminders, state.pass_streak = False, 0, 0
+
+
+def step(
+    prev: ProbeAlertState, policy: PolicySettings, obs: Observation, *, silenced: bool
+) -> Decision:
+    """Advance one probe's state by one final run. Idempotent for a run already seen."""
+    if prev.last_run_id == obs.run_id:
+        return Decision(prev.model_copy(deep=True))
+    state = prev.model_copy(deep=True)
+    cls = _count(state, obs, policy)
+    candidates: list[AlertEvent] = []
+    if state.status != "failing" and cls == "failed":
+        fires, first_run = _fires(state, policy)
+        if fires:
+            _open(state, "failing", f"{obs.probe_id}:{first_run or obs.run_id}", obs.time_ns)
+            candidates.append(_event("failing", state.incident_id or ""))
+    elif state.status == "ok" and cls == "degraded" and state.degraded_streak >= policy.failure_threshold:
+        _open(state, "degraded", f"{obs.probe_id}:{state.streak_first_run_id or obs.run_id}", obs.time_ns)
+        candidates.append(_event("degraded", state.incident_id or ""))
+    elif state.status != "ok" and state.pass_streak >= policy.recovery_threshold:
+        if state.notified:
+            candidates.append(_event("recovered", state.incident_id or ""))
+        state.status, state.incident_id, state.incident_started_ns = "ok", None, None
+        state.notified, state.reminders = False, 0
+    elif state.status == "failing" and cls == "failed":
+        candidates += _still_failing(state, policy, obs)
+    return _filter(state, policy, candidates, silenced)
+
+
+def _still_failing(state: ProbeAlertState, policy: PolicySettings, obs: Observation) -> list[AlertEvent]:
+    incident = state.incident_id or ""
+    if not state.notified:
+        return [_event("failing", incident)]  # a silence ended (or notify_on changed) mid-incident
+    if policy.remind_every and state.incident_started_ns is not None:
+        n = int((obs.time_ns - state.incident_started_ns) / 1e9 // policy.remind_every)
+        if n > state.reminders:
+            state.reminders = n
+            return [_event("reminder", incident, f":{n}")]
+    return []
+
+
+def _filter(state: ProbeAlertState, policy: PolicySettings, events: list[AlertEvent], silenced: bool) -> Decision:
+    decision = Decision(state)
+    for ev in events:
+        wanted = "failing" if ev.kind == "reminder" else ev.kind
+        if wanted not in policy.notify_on:
+            continue
+        if silenced:
+            decision.silenced.append(ev)
+            continue
+        decision.send.append(ev)
+        if ev.kind in ("failing", "degraded"):
+            state.notified = True
+    return decision

@@ -1,0 +1,124 @@
+"""Silences and maintenance windows: which probes, and when (one-off or recurring, DST-correct).
+
+A recurring window is a cron expression evaluated on the wall clock of ``timezone`` plus an absolute
+``duration``: ``cron: "0 9 * * *", timezone: America/New_York, duration: 1h`` covers 09:00–10:00 New
+York time on both sides of a DST change (14:00 UTC in winter, 13:00 UTC in summer). A start that falls
+in a spring-forward gap is read with the pre-transition offset (02:30 → 03:30 daylight time).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from tracecanary.assertions.units import Duration
+
+
+class SilenceSettings(BaseModel):
+    """A silence: matching probes' transitions are recorded but not sent while it is active.
+
+    A probe matches when it matches ``probes`` (any glob; omitted = every probe) and carries one of
+    ``tags`` (omitted = any tags). At least one of the two must be given.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    probes: list[str] = Field(default_factory=list, description="Probe id globs, e.g. 'orders-*'.")
+    tags: list[str] = Field(default_factory=list, description="Probe tags; a probe with any of them matches.")
+    comment: str = Field("", description="Why (shown on the dashboard and API).")
+    start: datetime | None = Field(None, description="One-off window start (ISO 8601; naive = timezone).")
+    end: datetime | None = Field(None, description="One-off window end (ISO 8601; naive = timezone).")
+    cron: str | None = Field(None, description="Recurring window start, cron on the wall clock of timezone.")
+    duration: Duration | None = Field(None, description="Length of each recurring window, e.g. 2h.")
+    timezone: str = Field("UTC", description="IANA timezone for cron and for naive start/end.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_tz(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ValueError(f"unknown timezone {value!r}") from e
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        from croniter import croniter
+
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"invalid cron expression {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> SilenceSettings:
+        if not self.probes and not self.tags:
+            raise ValueError("a silence needs probes or tags (probes: ['*'] silences every probe)")
+        one_off = self.start is not None or self.end is not None
+        recurring = self.cron is not None or self.duration is not None
+        if one_off == recurring:
+            raise ValueError("set either start/end (one-off) or cron/duration (recurring)")
+        if recurring and (self.cron is None or not self.duration):
+            raise ValueError("a recurring silence needs both cron and a positive duration")
+        if one_off:
+            start, end = self.window_bounds()
+            if start is not None and end is not None and end <= start:
+                raise ValueError("end must be after start")
+        return self
+
+    @property
+    def kind(self) -> Literal["one-off", "recurring"]:
+        return "recurring" if self.cron else "one-off"
+
+    def _aware(self, value: datetime | None) -> datetime | None:
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=ZoneInfo(self.timezone))
+
+    def window_bounds(self) -> tuple[datetime | None, datetime | None]:
+        """One-off window as aware datetimes (None = open-ended)."""
+        return self._aware(self.start), self._aware(self.end)
+
+    def matches_probe(self, probe_id: str, tags: Sequence[str]) -> bool:
+        if self.probes and not any(fnmatch.fnmatchcase(probe_id, g) for g in self.probes):
+            return False
+        return not self.tags or any(t in tags for t in self.tags)
+
+    def active_at(self, now_s: float) -> bool:
+        """True when ``now_s`` (epoch seconds) lies inside a window of this silence."""
+        now = datetime.fromtimestamp(now_s, UTC)
+        if self.cron is None:
+            start, end = self.window_bounds()
+            return (start is None or start <= now) and (end is None or now < end)
+        return any(s <= now < s + timedelta(seconds=self.duration or 0.0) for s in self.recent_starts(now))
+
+    def recent_starts(self, now: datetime, count: int = 3) -> list[datetime]:
+        """The last ``count`` window starts at or before ``now``, as aware UTC datetimes.
+
+        Cron runs over naive wall-clock time, then each start is placed in the zone: this is what
+        keeps "09:00 local" at 09:00 across DST instead of drifting by the offset change.
+        """
+        from croniter import croniter
+
+        tz = ZoneInfo(self.timezone)
+        wall_now = now.astimezone(tz).replace(tzinfo=None)
+        it = croniter(self.cron, wall_now + timedelta(seconds=1))
+        starts: list[datetime] = []
+        for _ in range(count):
+            wall = it.get_prev(datetime)
+            starts.append(wall.replace(tzinfo=tz).astimezone(UTC))
+        return starts
+
+
+def silenced_by(
+    silences: Sequence[tuple[str, SilenceSettings]], probe_id: str, tags: Sequence[str], now_s: float
+) -> str | None:
+    """The id of the first active silence matching the probe, or None."""
+    for silence_id, s in silences:
+        if s.matches_probe(probe_id, tags) and s.active_at(now_s):
+            return silence_id
+    return None

@@ -1,0 +1,223 @@
+"""The engine both `run` and `check` use: store, trace buffer, span intake, runner, HTTP servers.
+
+``async with Engine(config, overrides).started() as engine:`` opens everything inside one task group
+(components start with ``tg.start()`` and report ready) and closes it all on exit. ``check`` is not
+a second implementation: it starts the same engine without the scheduler.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+from aiohttp import web
+
+from tracecanary.errors import StartupError
+from tracecanary.probes.base import ProbeSpec
+
+from .config import Config
+from .runner import Runner, RunnerDeps
+from .settings import OtlpSettings
+from .spans.buffer import TraceBuffer
+from .store.base import Store
+from .store.sqlite import open_store
+from .watchers.base import EventHub, Services
+
+log = logging.getLogger("tracecanary.engine")
+
+
+@dataclass
+class Overrides:
+    """CLI flags that override addresses for `run` and `check` alike."""
+
+    listen: str | None = None
+    otlp_http: str | None = None
+    otlp_grpc: str | None = None
+    """``none`` disables the gRPC receiver."""
+    store: str | None = None
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        return host, int(port)
+    except ValueError as e:
+        raise StartupError(f"invalid address {addr!r}: expected host:port") from e
+
+
+async def start_site(runner: web.AppRunner, addr: str, what: str) -> web.TCPSite:
+    """Bind a site; a port already in use is a startup error (exit 2), never a silent fallback."""
+    host, port = split_addr(addr)
+    site = web.TCPSite(runner, host, port, reuse_address=False)
+    try:
+        await site.start()
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise StartupError(f"{what}: address {addr} is already in use") from e
+        raise StartupError(f"{what}: cannot listen on {addr}: {e.strerror}") from e
+    return site
+
+
+def bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp keeps the asyncio server here
+    assert server is not None
+    sockets = getattr(server, "sockets", None) or []
+    for s in sockets:
+        name = s.getsockname()
+        if s.family in (socket.AF_INET, socket.AF_INET6):
+            return int(name[1])
+    raise RuntimeError("site has no bound socket")
+
+
+@dataclass
+class Engine:
+    """Built components; fields are filled by ``started()``."""
+
+    config: Config
+    overrides: Overrides = field(default_factory=Overrides)
+    serve_api: bool = True
+    store: Store = field(init=False)
+    buffer: TraceBuffer = field(init=False)
+    runner: Runner = field(init=False)
+    services: Services = field(init=False)
+    session: aiohttp.ClientSession = field(init=False)
+    app: web.Application = field(init=False)
+    addresses: dict[str, str] = field(default_factory=dict)
+    ready: bool = False
+    extra_routes: list[Callable[[Engine], list[web.RouteDef]]] = field(default_factory=list)
+    hooks: list[Any] = field(default_factory=list)
+
+    @property
+    def otlp_settings(self) -> OtlpSettings:
+        otlp = self.config.daemon.otlp
+        update: dict[str, Any] = {}
+        if self.overrides.otlp_http is not None:
+            update["http"] = None if self.overrides.otlp_http == "none" else self.overrides.otlp_http
+        if self.overrides.otlp_grpc is not None:
+            update["grpc"] = None if self.overrides.otlp_grpc == "none" else self.overrides.otlp_grpc
+        return otlp.model_copy(update=update) if update else otlp
+
+    @property
+    def listen(self) -> str:
+        return self.overrides.listen or self.config.daemon.listen
+
+    def store_url(self, tmpdir: str | None) -> str:
+        if self.overrides.store:
+            return self.overrides.store
+        if tmpdir is not None:
+            return f"sqlite:///{Path(tmpdir) / 'check.db'}"
+        return self.config.daemon.store
+
+    @asynccontextmanager
+    async def started(self, *, temporary_store: bool = False) -> AsyncIterator[Engine]:
+        with tempfile.TemporaryDirectory(prefix="tracecanary-") as tmp:
+            self.store = open_store(self.store_url(tmp if temporary_store else None))
+            await self.store.open()
+            try:
+                async with aiohttp.ClientSession() as session, anyio.create_task_group() as tg:
+                    self.session = session
+                    await self._build(tg)
+                    self.ready = True
+                    try:
+                        yield self
+                    finally:
+                        self.ready = False
+                        tg.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.store.aclose()
+
+    async def _build(self, tg: anyio.abc.TaskGroup) -> None:
+        d = self.config.daemon
+        self.buffer = TraceBuffer(
+            max_spans=d.buffer.max_spans, max_bytes=d.buffer.max_bytes, retention_s=d.buffer.retention,
+            correlation_attributes=_correlation_attributes(self.config),
+        )
+        self.services = Services(github_events=EventHub(), slack_events=None)
+        self.runner = Runner(RunnerDeps(
+            store=self.store, buffer=self.buffer, session=self.session, integrations=self.config.integrations,
+            hooks=self.hooks, services=self.services, max_concurrent_runs=d.max_concurrent_runs,
+            poll_interval_s=d.poll_interval,
+        ))
+        await self._serve_http(tg)
+
+    async def _serve_http(self, tg: anyio.abc.TaskGroup) -> None:
+        from .spans.grpc import serve_otlp_grpc
+        from .spans.receiver import otlp_routes
+
+        otlp = self.otlp_settings
+        self.app = web.Application(client_max_size=otlp.max_body + 1)
+        self.app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz)])
+        for make in self.extra_routes:
+            self.app.add_routes(make(self))
+        shared = otlp.http is not None and otlp.http == self.listen
+        if shared:
+            self.app.add_routes(otlp_routes(self.buffer, otlp))
+        if self.serve_api or shared:
+            site = await self._start_app(tg, self.app, self.listen, "api")
+            self.addresses["api"] = f"{split_addr(self.listen)[0]}:{bound_port(site)}"
+        if otlp.http is not None and not shared:
+            otlp_app = web.Application(client_max_size=otlp.max_body + 1)
+            otlp_app.add_routes(otlp_routes(self.buffer, otlp))
+            site = await self._start_app(tg, otlp_app, otlp.http, "otlp http receiver")
+            self.addresses["otlp_http"] = f"{split_addr(otlp.http)[0]}:{bound_port(site)}"
+        elif shared:
+            self.addresses["otlp_http"] = self.addresses["api"]
+        if otlp.grpc is not None:
+            port = await tg.start(serve_otlp_grpc, self.buffer, otlp)
+            self.addresses["otlp_grpc"] = f"{split_addr(otlp.grpc)[0]}:{port or split_addr(otlp.grpc)[1]}"
+        if self.config.daemon.kafka is not None:
+            from .spans.kafka import run_kafka_source
+
+            await tg.start(run_kafka_source, self.buffer, self.config.daemon.kafka)
+
+    async def _start_app(self, tg: anyio.abc.TaskGroup, app: web.Application, addr: str, what: str) -> web.TCPSite:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            site = await start_site(runner, addr, what)
+        except BaseException:
+            await runner.cleanup()
+            raise
+
+        async def keep(task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await runner.cleanup()
+
+        await tg.start(keep)
+        return site
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if not self.ready:
+            return web.json_response({"status": "starting"}, status=503)
+        return web.json_response({"status": "ready", "in_flight": len(self.runner.in_flight)})
+
+    def probes(self) -> list[ProbeSpec]:
+        return list(self.config.probes)
+
+
+def _correlation_attributes(config: Config) -> list[str]:
+    keys = list(config.daemon.buffer.correlation_attributes)
+    for p in config.probes:
+        trace = p.expect.trace
+        corr = getattr(trace, "correlate", None) if trace is not None else None
+        if corr is not None and corr.attribute not in keys:
+            keys.append(corr.attribute)
+    return keys

@@ -1,0 +1,255 @@
+"""When probes run: ``every`` with a stable per-probe phase, ``cron`` in a timezone, overlap policy.
+
+One timer heap for every probe (not one task per probe): the loop sleeps until the earliest due
+time, pops what is due, reschedules it and hands the run to ``fire`` in a task group the scheduler
+owns. Due times are wall-clock instants (so ``every: 60s`` keeps its phase across restarts and cron
+follows the timezone, DST included) converted to the monotonic clock for waiting.
+
+Phase of an ``every`` probe: ``hash(id) → fraction × interval × jitter`` past the epoch-aligned grid,
+so 10k probes with ``jitter: 100%`` spread over the whole interval and a restart keeps each one's
+slot. Cron jobs with a fixed hour run once on the repeated hour of a DST fall-back (as Vixie cron
+does); jobs whose hour field is a wildcard run on both passes, because real time passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from croniter import croniter
+from tracecanary.probes.base import ProbeSpec
+
+log = logging.getLogger("tracecanary.scheduler")
+
+FireFn = Callable[[ProbeSpec, float], Awaitable[None]]
+"""``fire(probe, scheduled_at)``; ``scheduled_at`` is the wall-clock (epoch seconds) due time."""
+
+LATE_SKIP_S = 1.0
+"""A tick missed by more than this (suspend, overload) is dropped instead of fired late."""
+
+
+def phase_fraction(probe_id: str) -> float:
+    """A stable number in [0, 1) derived from the probe id (same on every host and restart)."""
+    return int.from_bytes(hashlib.sha256(probe_id.encode()).digest()[:8], "big") / 2**64
+
+
+def every_next_wall(probe_id: str, interval_s: float, jitter: float, not_before: float) -> float:
+    """The first grid instant ``k·interval + phase`` at or after ``not_before`` (epoch seconds)."""
+    phase_s = phase_fraction(probe_id) * interval_s * jitter
+    k = math.ceil((not_before - phase_s) / interval_s)
+    return k * interval_s + phase_s
+
+
+def _second_pass_of_fold(when: datetime) -> bool:
+    tz = when.tzinfo
+    naive = when.replace(tzinfo=None)
+    first, second = naive.replace(tzinfo=tz, fold=0), naive.replace(tzinfo=tz, fold=1)
+    return first.utcoffset() != second.utcoffset() and when.utcoffset() == second.utcoffset()
+
+
+def cron_next_wall(expr: str, timezone: str, after: float) -> float:
+    """The first cron instant strictly after ``after`` (epoch seconds), DST-correct in ``timezone``."""
+    tz = ZoneInfo(timezone)
+    fixed_hour = not expr.split()[1].startswith("*")
+    it = croniter(expr, datetime.fromtimestamp(after, tz))
+    for _ in range(4):
+        nxt: datetime = it.get_next(datetime)
+        if not (fixed_hour and _second_pass_of_fold(nxt)):
+            return nxt.timestamp()
+    raise AssertionError(f"cron {expr!r}: no instant outside a DST fold")  # pragma: no cover
+
+
+@dataclass(eq=False)
+class _State:
+    spec: ProbeSpec
+    generation: int = 0
+    due_wall: float | None = None
+    running: int = 0
+    pending: float | None = None
+    skipped: int = 0
+    fired: int = 0
+
+
+class Scheduler:
+    """Fires probes on their schedules; ``run`` inside the daemon's task group, ``stop`` to stop firing.
+
+    ``set_probes`` must be called from inside the event loop (it reads the anyio clock).
+    """
+
+    def __init__(
+        self,
+        fire: FireFn,
+        *,
+        clock: Callable[[], float] = anyio.current_time,
+        wall: Callable[[], float] = time.time,
+        owns: Callable[[str], bool] = lambda probe_id: True,
+        on_lateness: Callable[[str, float], None] | None = None,
+        on_skip: Callable[[str], None] | None = None,
+    ) -> None:
+        self._fire = fire
+        self._clock = clock
+        self._wall = wall
+        self._owns = owns
+        self._on_lateness = on_lateness
+        self._on_skip = on_skip
+        self._states: dict[str, _State] = {}
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._seq = 0
+        self._tg: TaskGroup | None = None
+        self._wake = anyio.Event()
+        self._stopped = False
+
+    # --- configuration ---------------------------------------------------------------------
+    def set_probes(self, probes: Sequence[ProbeSpec]) -> None:
+        """Load or reload: unchanged specs keep their next due time, changed ones are rescheduled."""
+        seen: set[str] = set()
+        for spec in probes:
+            seen.add(spec.id)
+            state = self._states.get(spec.id)
+            if state is not None and state.spec == spec:
+                continue
+            if state is None:
+                state = self._states[spec.id] = _State(spec)
+            else:
+                state.spec = spec
+                state.generation += 1
+            self._schedule(state, self._first_due(spec))
+        for probe_id in set(self._states) - seen:
+            del self._states[probe_id]
+        self._wake.set()
+        log.info("scheduler probes=%d scheduled=%d", len(self._states), sum(
+            1 for s in self._states.values() if s.due_wall is not None))
+
+    def _first_due(self, spec: ProbeSpec) -> float | None:
+        if spec.pause:
+            return None
+        now = self._wall()
+        not_before = max(now, spec.start_at.timestamp()) if spec.start_at is not None else now
+        if spec.every is not None:
+            return every_next_wall(spec.id, spec.every, spec.jitter, not_before)
+        if spec.cron is not None:
+            return cron_next_wall(spec.cron, spec.timezone, not_before - 1e-6)
+        return None
+
+    def _next_due(self, spec: ProbeSpec, previous: float) -> float | None:
+        now = self._wall()
+        if spec.every is not None:
+            nxt = previous + spec.every
+            if nxt < now - LATE_SKIP_S:
+                nxt = every_next_wall(spec.id, spec.every, spec.jitter, now)
+            return nxt
+        if spec.cron is not None:
+            nxt = cron_next_wall(spec.cron, spec.timezone, previous)
+            return nxt if nxt >= now - LATE_SKIP_S else cron_next_wall(spec.cron, spec.timezone, now)
+        return None
+
+    def _schedule(self, state: _State, due_wall: float | None) -> None:
+        state.due_wall = due_wall
+        if due_wall is None:
+            return
+        due_mono = self._clock() + (due_wall - self._wall())
+        self._seq += 1
+        heapq.heappush(self._heap, (due_mono, self._seq, state.spec.id, state.generation))
+
+    # --- queries ---------------------------------------------------------------------------
+    def next_run(self, probe_id: str) -> datetime | None:
+        """When the probe fires next (UTC), or None when paused, unscheduled, unknown or not ours."""
+        state = self._states.get(probe_id)
+        if state is None or state.due_wall is None or not self._owns(probe_id):
+            return None
+        return datetime.fromtimestamp(state.due_wall, UTC)
+
+    def skipped(self, probe_id: str) -> int:
+        """Ticks dropped by the overlap policy (skip, or queue with one already pending)."""
+        state = self._states.get(probe_id)
+        return state.skipped if state else 0
+
+    def running(self, probe_id: str) -> int:
+        """Runs of the probe currently in flight."""
+        state = self._states.get(probe_id)
+        return state.running if state else 0
+
+    # --- running ---------------------------------------------------------------------------
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Fire due probes until ``stop``; then wait for in-flight runs and return."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            while not self._stopped:
+                self._fire_due(tg)
+                self._wake = anyio.Event()
+                delay = self._heap[0][0] - self._clock() if self._heap else math.inf
+                if delay > 0 and not self._stopped:
+                    with anyio.move_on_after(delay):
+                        await self._wake.wait()
+        self._tg = None
+
+    def stop(self) -> None:
+        """Fire nothing more (queued runs are dropped); ``run`` returns when in-flight runs end."""
+        self._stopped = True
+        for state in self._states.values():
+            state.pending = None
+        self._wake.set()
+
+    def run_now(self, probe_id: str) -> bool:
+        """Fire the probe at once (overlap policy applies); False when skipped. KeyError if unknown."""
+        state = self._states[probe_id]
+        if self._tg is None or self._stopped:
+            raise RuntimeError("scheduler is not running")
+        return self._dispatch(self._tg, state, self._wall())
+
+    def _fire_due(self, tg: TaskGroup) -> None:
+        now = self._clock()
+        while self._heap and self._heap[0][0] <= now and not self._stopped:
+            due_mono, _, probe_id, generation = heapq.heappop(self._heap)
+            state = self._states.get(probe_id)
+            if state is None or state.generation != generation or state.due_wall is None:
+                continue
+            scheduled = state.due_wall
+            if state.spec.cron is not None and self._wall() < scheduled - 0.05:
+                self._schedule(state, scheduled)  # the wall clock lags the monotonic one: wait more
+                continue
+            self._schedule(state, self._next_due(state.spec, scheduled))
+            if not self._owns(probe_id):
+                continue
+            if self._on_lateness is not None:
+                self._on_lateness(probe_id, self._clock() - due_mono)
+            self._dispatch(tg, state, scheduled)
+
+    def _dispatch(self, tg: TaskGroup, state: _State, scheduled: float) -> bool:
+        spec = state.spec
+        if state.running and spec.overlap != "allow":
+            if spec.overlap == "queue" and state.pending is None:
+                state.pending = scheduled
+                return True
+            state.skipped += 1
+            log.info("probe overlap skipped probe=%s policy=%s skipped=%d", spec.id, spec.overlap, state.skipped)
+            if self._on_skip is not None:
+                self._on_skip(spec.id)
+            return False
+        state.running += 1
+        state.fired += 1
+        tg.start_soon(self._run_one, tg, state, spec, scheduled)
+        return True
+
+    async def _run_one(self, tg: TaskGroup, state: _State, spec: ProbeSpec, scheduled: float) -> None:
+        try:
+            await self._fire(spec, scheduled)
+        except Exception:
+            log.exception("probe fire failed probe=%s", spec.id)
+        finally:
+            state.running -= 1
+            if state.pending is not None and not self._stopped and self._states.get(spec.id) is state:
+                queued, state.pending = state.pending, None
+                state.running += 1
+                state.fired += 1
+                tg.start_soon(self._run_one, tg, state, state.spec, queued)

@@ -1,0 +1,116 @@
+"""Daemon settings (the ``daemon:`` section) and the other top-level sections beside ``probes:``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from tracecanary.assertions.units import Duration, Size
+from tracecanary.probes.base import StrictModel
+
+
+class OtlpSettings(StrictModel):
+    """The OTLP receiver: where systems under test export their spans."""
+
+    http: str | None = Field("127.0.0.1:4318", description="OTLP/HTTP listen address (POST /v1/traces); null = off.")
+    grpc: str | None = Field("127.0.0.1:4317", description="OTLP/gRPC listen address; null = off.")
+    token: str | None = Field(None, description="Require `Authorization: Bearer <token>` when set.")
+    max_body: Size = Field(64 * 1024 * 1024, description="Largest accepted body after decompression (413 above).")
+    max_pending_batches: int = Field(64, ge=1, description="Ingest backlog bound; beyond it 429/503 + Retry-After.")
+
+
+class KafkaSpanSettings(StrictModel):
+    """Consume spans an OpenTelemetry Collector's kafka exporter writes."""
+
+    bootstrap: str = Field(description="Kafka bootstrap servers, host:port[,host:port].")
+    spans_topics: list[str] = Field(default_factory=lambda: ["otlp_spans"], description="Topics to consume.")
+    group: str = Field("tracecanary", description="Consumer group id.")
+    initial_offset: str = Field("latest", pattern="^(latest|earliest)$", description="Where a new group starts.")
+    encoding: str = Field(
+        "auto", pattern="^(auto|otlp_proto|otlp_json)$", description="Message encoding (auto detects)."
+    )
+
+
+class RetentionSettings(StrictModel):
+    """How long recorded runs are kept."""
+
+    max_age: Duration = Field(30 * 86400.0, description="Delete runs older than this.")
+    max_runs_per_probe: int = Field(10_000, ge=1, description="Keep at most this many runs per probe.")
+
+
+class BufferSettings(StrictModel):
+    """The in-memory trace buffer runs wait on."""
+
+    max_spans: int = Field(1_000_000, ge=1000, description="Hard span budget; oldest traces evicted first.")
+    max_bytes: Size = Field(1024 * 1024 * 1024, description="Hard memory budget (estimated bytes).")
+    retention: Duration = Field(600.0, description="How long a trace is kept after its last span.")
+    correlation_attributes: list[str] = Field(
+        default_factory=list, description="Span attributes indexed for `correlate:` (e.g. job.id)."
+    )
+
+
+class TelemetrySettings(StrictModel):
+    """The daemon's own spans (probe root spans included) exported over OTLP."""
+
+    otlp_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint; unset = off. Never our own receiver.")
+    service_name: str = Field("tracecanary", description="service.name of the daemon's own spans.")
+
+
+class DaemonSettings(StrictModel):
+    """The ``daemon:`` section."""
+
+    listen: str = Field("127.0.0.1:8080", description="API, dashboard, /metrics, /healthz, /hooks/github.")
+    public_url: str | None = Field(None, description="Dashboard URL used in alerts (default: http://<listen>).")
+    otlp: OtlpSettings = Field(default_factory=OtlpSettings)
+    store: str = Field("sqlite:///tracecanary.db", description="Results store URL (sqlite:////abs/path.db).")
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    buffer: BufferSettings = Field(default_factory=BufferSettings)
+    kafka: KafkaSpanSettings | None = Field(None, description="Kafka span source; unset = off.")
+    max_concurrent_runs: int = Field(64, ge=1, description="Runs in flight at once, all probes together.")
+    shutdown_grace: Duration = Field(30.0, description="On SIGTERM, how long in-flight runs may finish.")
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    api_token: str | None = Field(None, description="Bearer token for API writes (and reads when set).")
+    poll_interval: Duration = Field(2.0, description="Default poll interval of polling watchers.")
+
+
+class ChannelRef(StrictModel):
+    """Placeholder channel config until the alerts module lands: a type and its settings."""
+
+    model_config = {"extra": "allow", "frozen": True}
+    type: str
+
+
+class PolicyRef(StrictModel):
+    """Placeholder policy config until the alerts module lands."""
+
+    model_config = {"extra": "allow", "frozen": True}
+    channels: list[str] = Field(default_factory=list)
+
+
+class AlertsSection(StrictModel):
+    """The ``alerts:`` section: channels and policies."""
+
+    channels: dict[str, ChannelRef] = Field(default_factory=dict)
+    policies: dict[str, PolicyRef] = Field(default_factory=dict)
+
+
+class ExtraSections(StrictModel):
+    """``links:``, ``alerts:`` and ``demo:``."""
+
+    links: dict[str, str] = Field(default_factory=dict, description="Trace link URL templates by name.")
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
+    demo: dict[str, Any] | None = None
+
+    def policy_names(self) -> set[str]:
+        return set(self.alerts.policies) | {"default"} if not self.alerts.policies else set(self.alerts.policies)
+
+    def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """(path inside alerts, message) for each policy naming an unknown channel."""
+        out = []
+        known = ", ".join(sorted(self.alerts.channels)) or "none defined"
+        for name, policy in self.alerts.policies.items():
+            for i, ch in enumerate(policy.channels):
+                if ch not in self.alerts.channels:
+                    out.append((("policies", name, "channels", i), f'unknown channel "{ch}" (known: {known})'))
+        return out

@@ -1,0 +1,52 @@
+"""Shared pieces of OTLP decoding: the decode result, the decode error and id checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tracecanary.assertions.spans import Span
+from tracecanary.errors import TracecanaryError
+
+ZERO_TRACE_ID = bytes(16)
+ZERO_SPAN_ID = bytes(8)
+
+
+class OtlpDecodeError(TracecanaryError):
+    """The body is not an OTLP ``ExportTraceServiceRequest`` (truncated, wrong type, bad JSON)."""
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """Spans decoded from one export request; ``rejected`` spans had invalid ids.
+
+    ``errors`` holds one message per rejected span (capped), reported to the client as OTLP
+    ``partial_success.error_message``.
+    """
+
+    spans: list[Span] = field(default_factory=list)
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def reject(self, message: str) -> None:
+        self.rejected += 1
+        if len(self.errors) < 10:
+            self.errors.append(message)
+
+    @property
+    def error_message(self) -> str:
+        """One line for ``partial_success.error_message`` (empty when nothing was rejected)."""
+        if not self.rejected:
+            return ""
+        more = f" (and {self.rejected - len(self.errors)} more)" if self.rejected > len(self.errors) else ""
+        return f"rejected {self.rejected} spans: " + "; ".join(self.errors) + more
+
+
+def check_ids(trace_id: bytes, span_id: bytes, parent_id: bytes) -> str | None:
+    """Why a span's ids are invalid, or None when they are fine."""
+    if len(trace_id) != 16 or trace_id == ZERO_TRACE_ID:
+        return f"invalid trace id {trace_id.hex()!r} (need 16 non-zero bytes)"
+    if len(span_id) != 8 or span_id == ZERO_SPAN_ID:
+        return f"invalid span id {span_id.hex()!r} (need 8 non-zero bytes)"
+    if parent_id and len(parent_id) != 8:
+        return f"invalid parent span id {parent_id.hex()!r} (need 8 bytes or none)"
+    return None

@@ -1,0 +1,336 @@
+"""OTLP trace decoding and encoding: protobuf (here) and JSON (``otlp_json``), into the span model.
+
+The receiver's hot path is :func:`scan_protobuf`: it validates the body with one full protobuf parse,
+then reads every span's trace id, span id and parent id in bulk through a second, "merged" view of
+the same bytes (a schema in which each repeated message field is declared singular, so protobuf's
+merge rule concatenates the ids of every span into one list; no Python loop per span). Spans are
+decoded into :class:`~tracecanary.assertions.spans.Span` only for traces someone waits on, or later,
+when a trace is read from the buffer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection, Container, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from tracecanary.assertions.spans import AttrValue, Span, SpanEvent, SpanKind, SpanLink, StatusCode
+from tracecanary.daemon.spans.model import (
+    ZERO_SPAN_ID,
+    ZERO_TRACE_ID,
+    DecodedBatch,
+    OtlpDecodeError,
+    check_ids,
+)
+from tracecanary.daemon.spans.otlp_json import decode_json, spans_to_otlp_json
+
+__all__ = [
+    "DecodedBatch",
+    "OtlpDecodeError",
+    "RawBatch",
+    "decode_json",
+    "decode_protobuf",
+    "decode_request",
+    "encode_request",
+    "scan_protobuf",
+    "spans_to_otlp_json",
+]
+
+_KINDS = {int(k): k for k in SpanKind}
+_STATUS = {int(c): c for c in StatusCode}
+
+
+def _merged_request_class() -> Any:
+    """ExportTraceServiceRequest seen with singular nesting: every span's ids land in one list."""
+    t = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="tracecanary_merged.proto", package="tcmerged", syntax="proto3")
+
+    def message(name: str, fields: list[tuple[str, int, int, int, str]]) -> None:
+        m = fdp.message_type.add(name=name)
+        for fname, number, ftype, label, type_name in fields:
+            f = m.field.add(name=fname, number=number, type=ftype, label=label)  # type: ignore[arg-type]
+            if type_name:
+                f.type_name = type_name
+
+    one, many, msg, raw = t.LABEL_OPTIONAL, t.LABEL_REPEATED, t.TYPE_MESSAGE, t.TYPE_BYTES
+    message("Request", [("resource_spans", 1, msg, one, ".tcmerged.ResourceSpans")])
+    message("ResourceSpans", [("scope_spans", 2, msg, one, ".tcmerged.ScopeSpans")])
+    message("ScopeSpans", [("spans", 2, msg, one, ".tcmerged.Span")])
+    message("Span", [
+        ("trace_id", 1, raw, many, ""), ("span_id", 2, raw, many, ""),
+        ("parent_span_id", 4, raw, many, ""), ("links", 13, raw, many, ""),
+    ])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tcmerged.Request"))
+
+
+_MergedRequest = _merged_request_class()
+
+
+def parse_request(body: bytes) -> ExportTraceServiceRequest:
+    """Parse a serialized ``ExportTraceServiceRequest`` (or ``TracesData``: same wire format)."""
+    try:
+        req: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(body)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise OtlpDecodeError(f"undecodable protobuf ExportTraceServiceRequest: {e}") from e
+    return req
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+def _any_value(v: Any) -> AttrValue:
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return tuple(_any_value(x) for x in v.array_value.values)
+    if kind == "kvlist_value":
+        return {kv.key: _any_value(kv.value) for kv in v.kvlist_value.values}
+    value: AttrValue = getattr(v, kind)
+    return value
+
+
+def _attrs(kvs: Iterable[Any]) -> dict[str, AttrValue]:
+    return {kv.key: _any_value(kv.value) for kv in kvs}
+
+
+def _links(links: Iterable[Any]) -> tuple[SpanLink, ...]:
+    out = []
+    for link in links:
+        tid, sid = link.trace_id, link.span_id
+        if len(tid) == 16 and len(sid) == 8 and tid != ZERO_TRACE_ID and sid != ZERO_SPAN_ID:
+            out.append(SpanLink(tid.hex(), sid.hex(), _attrs(link.attributes)))
+    return tuple(out)
+
+
+def _span(sp: Any, resource: tuple[str, dict[str, AttrValue]], scope: str) -> Span:
+    parent = sp.parent_span_id
+    status = sp.status
+    return Span(
+        trace_id=sp.trace_id.hex(),
+        span_id=sp.span_id.hex(),
+        parent_span_id=parent.hex() if parent else None,
+        name=sp.name,
+        kind=_KINDS.get(sp.kind, SpanKind.UNSPECIFIED),
+        start_ns=sp.start_time_unix_nano,
+        end_ns=sp.end_time_unix_nano,
+        service=resource[0],
+        attributes=_attrs(sp.attributes),
+        resource=resource[1],
+        events=tuple(SpanEvent(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in sp.events),
+        links=_links(sp.links) if sp.links else (),
+        status_code=_STATUS.get(status.code, StatusCode.UNSET),
+        status_message=status.message,
+        scope=scope,
+    )
+
+
+def _resource(rs: Any) -> tuple[str, dict[str, AttrValue]]:
+    attrs = _attrs(rs.resource.attributes)
+    service = attrs.get("service.name")
+    return (service if isinstance(service, str) else "", attrs)
+
+
+def decode_request(req: ExportTraceServiceRequest, only: Container[bytes] | None = None) -> DecodedBatch:
+    """Decode every span of a parsed request (or only those whose raw trace id is in ``only``)."""
+    out = DecodedBatch()
+    for rs in req.resource_spans:
+        resource: tuple[str, dict[str, AttrValue]] | None = None
+        for ss in rs.scope_spans:
+            scope = ss.scope.name
+            for sp in ss.spans:
+                if only is not None and sp.trace_id not in only:
+                    continue
+                problem = check_ids(sp.trace_id, sp.span_id, sp.parent_span_id)
+                if problem is not None:
+                    out.reject(f"span {sp.name!r}: {problem}")
+                    continue
+                if resource is None:
+                    resource = _resource(rs)
+                out.spans.append(_span(sp, resource, scope))
+    return out
+
+
+def decode_protobuf(body: bytes) -> DecodedBatch:
+    """Decode a protobuf ``ExportTraceServiceRequest`` (or ``TracesData``) body completely."""
+    return decode_request(parse_request(body))
+
+
+@dataclass(slots=True)
+class RawBatch:
+    """A validated protobuf batch whose spans are not decoded yet.
+
+    ``trace_counts`` maps each raw 16-byte trace id to its number of spans. When some span had
+    invalid ids, ``fallback`` holds the fully decoded valid spans (and the rejections) instead.
+    """
+
+    body: bytes
+    message: ExportTraceServiceRequest
+    span_count: int
+    trace_counts: dict[bytes, int]
+    has_links: bool
+    fallback: DecodedBatch | None = None
+
+    @property
+    def rejected(self) -> int:
+        return self.fallback.rejected if self.fallback else 0
+
+    @property
+    def error_message(self) -> str:
+        return self.fallback.error_message if self.fallback else ""
+
+    def decode(self, only: Container[bytes] | None = None) -> list[Span]:
+        """Decode the spans (of the traces in ``only``) into the span model."""
+        return decode_request(self.message, only).spans
+
+    def link_pairs(self) -> set[tuple[bytes, bytes]]:
+        """``(linking trace id, linked trace id)`` for every valid span link in the batch."""
+        pairs: set[tuple[bytes, bytes]] = set()
+        if not self.has_links:
+            return pairs
+        for rs in self.message.resource_spans:
+            for ss in rs.scope_spans:
+                for sp in ss.spans:
+                    if sp.links:
+                        src = sp.trace_id
+                        pairs.update((src, ln.trace_id) for ln in sp.links if len(ln.trace_id) == 16)
+        return pairs
+
+    def attribute_hits(self, keys: Collection[str]) -> set[tuple[str, AttrValue, bytes]]:
+        """``(key, value, trace id)`` for span or resource attributes named in ``keys``.
+
+        Keys whose UTF-8 bytes do not occur in the body are skipped without decoding anything.
+        """
+        wanted = {k for k in keys if k.encode() in self.body}
+        hits: set[tuple[str, AttrValue, bytes]] = set()
+        if not wanted:
+            return hits
+        for rs in self.message.resource_spans:
+            res = [(kv.key, kv.value) for kv in rs.resource.attributes if kv.key in wanted]
+            for ss in rs.scope_spans:
+                for sp in ss.spans:
+                    for key, value in res:
+                        hits.add((key, _hashable(_any_value(value)), sp.trace_id))
+                    for kv in sp.attributes:
+                        if kv.key in wanted:
+                            hits.add((kv.key, _hashable(_any_value(kv.value)), sp.trace_id))
+        return hits
+
+
+def _hashable(value: AttrValue) -> AttrValue:
+    return repr(value) if isinstance(value, Mapping) else value
+
+
+def scan_protobuf(body: bytes) -> RawBatch:
+    """Validate a protobuf body and read its trace ids in bulk (the receiver's hot path)."""
+    message = parse_request(body)
+    span_count = sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
+    try:
+        ids = _MergedRequest.FromString(body).resource_spans.scope_spans.spans
+    except (DecodeError, ValueError, RuntimeError) as e:  # pragma: no cover - full parse passed
+        raise OtlpDecodeError(f"undecodable protobuf ExportTraceServiceRequest: {e}") from e
+    trace_ids = ids.trace_id
+    counts = Counter(trace_ids)
+    valid = (
+        len(trace_ids) == span_count
+        and len(ids.span_id) == span_count
+        and set(map(len, counts)) <= {16}
+        and set(map(len, ids.span_id)) <= {8}
+        and set(map(len, ids.parent_span_id)) <= {0, 8}
+        and ZERO_TRACE_ID not in counts
+        and ZERO_SPAN_ID not in ids.span_id
+    )
+    batch = RawBatch(body, message, span_count, dict(counts), len(ids.links) > 0)
+    if not valid:
+        batch.fallback = decode_request(message)
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding
+
+
+def _set_any(av: Any, value: AttrValue) -> None:
+    if isinstance(value, str):
+        av.string_value = value
+    elif isinstance(value, bool):
+        av.bool_value = value
+    elif isinstance(value, int):
+        av.int_value = value
+    elif isinstance(value, float):
+        av.double_value = value
+    elif isinstance(value, bytes):
+        av.bytes_value = value
+    elif isinstance(value, tuple | list):
+        arr = av.array_value
+        arr.SetInParent()
+        for item in value:
+            _set_any(arr.values.add(), item)
+    elif isinstance(value, Mapping):
+        kvl = av.kvlist_value
+        kvl.SetInParent()
+        _set_attrs(kvl.values, value)
+
+
+def _set_attrs(target: Any, attrs: Mapping[str, AttrValue]) -> None:
+    for key, value in attrs.items():
+        kv = target.add()
+        kv.key = key
+        _set_any(kv.value, value)
+
+
+def resource_of(span: Span) -> dict[str, AttrValue]:
+    """The span's resource attributes, with ``service.name`` filled in from ``service``."""
+    attrs = dict(span.resource)
+    if span.service and "service.name" not in attrs:
+        attrs["service.name"] = span.service
+    return attrs
+
+
+def encode_request(spans: Iterable[Span]) -> ExportTraceServiceRequest:
+    """Encode spans as one ``ExportTraceServiceRequest``, grouped by resource and scope."""
+    req = ExportTraceServiceRequest()
+    scopes: dict[tuple[str, str], Any] = {}
+    resources: dict[str, Any] = {}
+    for span in spans:
+        attrs = resource_of(span)
+        rkey = repr(sorted(attrs.items(), key=lambda kv: kv[0]))
+        rs = resources.get(rkey)
+        if rs is None:
+            rs = resources[rkey] = req.resource_spans.add()
+            _set_attrs(rs.resource.attributes, attrs)
+        ss = scopes.get((rkey, span.scope))
+        if ss is None:
+            ss = scopes[(rkey, span.scope)] = rs.scope_spans.add()
+            ss.scope.name = span.scope
+        _encode_span(ss.spans.add(), span)
+    return req
+
+
+def _encode_span(sp: Any, span: Span) -> None:
+    sp.trace_id = bytes.fromhex(span.trace_id)
+    sp.span_id = bytes.fromhex(span.span_id)
+    if span.parent_span_id:
+        sp.parent_span_id = bytes.fromhex(span.parent_span_id)
+    sp.name = span.name
+    sp.kind = int(span.kind)
+    sp.start_time_unix_nano = span.start_ns
+    sp.end_time_unix_nano = span.end_ns
+    _set_attrs(sp.attributes, span.attributes)
+    for ev in span.events:
+        e = sp.events.add()
+        e.name, e.time_unix_nano = ev.name, ev.time_ns
+        _set_attrs(e.attributes, ev.attributes)
+    for link in span.links:
+        ln = sp.links.add()
+        ln.trace_id, ln.span_id = bytes.fromhex(link.trace_id), bytes.fromhex(link.span_id)
+        _set_attrs(ln.attributes, link.attributes)
+    sp.status.code = int(span.status_code)
+    sp.status.message = span.status_message

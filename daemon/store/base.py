@@ -1,0 +1,96 @@
+"""The results store protocol: probes, runs, an append-only event log and a small key-value space.
+
+One protocol, several backends (SQLite now, Postgres with scale-out), one test suite for all
+(tests/store/test_store.py runs against every backend in ``BACKENDS``). Run writes happen inside a
+shielded scope in the runner so cancellation cannot lose a result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from tracecanary.assertions.spans import Span
+from tracecanary.assertions.verdict import Finding, Verdict
+
+
+class RunStatus(StrEnum):
+    """Lifecycle of a run; separate from its verdict. An aborted run has no verdict, and a reason."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+
+@dataclass
+class RunRecord:
+    """One probe run (every retry attempt is its own record, linked by ``first_run_id``)."""
+
+    run_id: str
+    probe_id: str
+    kind: str
+    attempt: int
+    first_run_id: str
+    trace_id: str
+    started_ns: int
+    status: RunStatus = RunStatus.RUNNING
+    finished_ns: int | None = None
+    verdict: Verdict | None = None
+    abort_reason: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+    response: dict[str, Any] | None = None
+    trace_report: dict[str, Any] | None = None
+    """The judge's JSON report: matched nodes, missing nodes with candidates, unexpected spans."""
+    side_effects: list[dict[str, Any]] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)
+    log: str = ""
+    span_count: int = 0
+    time_to_verdict_s: float | None = None
+    final: bool = True
+    """False when a retry follows this attempt."""
+    spans: list[Span] = field(default_factory=list)
+    """Snapshot of the judged spans (stored compressed; empty when loaded without spans)."""
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.finished_ns is None:
+            return None
+        return (self.finished_ns - self.started_ns) / 1e9
+
+
+@dataclass
+class ProbeRow:
+    probe_id: str
+    kind: str
+    spec: dict[str, Any]
+    tags: list[str]
+    updated_ns: int
+
+
+class Store(Protocol):
+    """What the daemon, `check`, alerts, API and dashboard need from a results store."""
+
+    async def open(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+    async def upsert_probe(self, probe_id: str, kind: str, spec: dict[str, Any], tags: list[str]) -> None: ...
+    async def list_probes(self) -> list[ProbeRow]: ...
+
+    async def insert_run(self, run: RunRecord) -> None: ...
+    async def finish_run(self, run: RunRecord) -> None: ...
+    async def get_run(self, run_id: str, *, with_spans: bool = False) -> RunRecord | None: ...
+    async def list_runs(
+        self, probe_id: str | None = None, *, limit: int = 50, before_ns: int | None = None
+    ) -> list[RunRecord]: ...
+    async def abort_running(self, reason: str) -> int: ...
+    async def apply_retention(self, *, max_age_s: float, max_runs_per_probe: int) -> int: ...
+
+    async def append_event(self, kind: str, data: dict[str, Any]) -> int: ...
+    async def list_events(self, kind: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    async def kv_get(self, namespace: str, key: str) -> Any | None: ...
+    async def kv_put(self, namespace: str, key: str, value: Any) -> None: ...
+    async def kv_delete(self, namespace: str, key: str) -> None: ...
+    async def kv_list(self, namespace: str) -> dict[str, Any]: ...

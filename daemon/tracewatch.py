@@ -1,0 +1,132 @@
+"""Wait on the trace buffer for a run's spans and judge them as they arrive (no polling loop).
+
+The probe's own trace, the traces whose spans link into it (queues, schedulers) and the trace named
+by ``correlate`` are watched; each arriving span is fed to the incremental judge, which decides as
+early as the expectation allows (DESIGN "Semantics": forbid/upper bounds fail at once; whole-trace
+rules wait for ``settle`` of quiet; otherwise the deadline decides).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from tracecanary.assertions.expect import TraceExpectation
+from tracecanary.assertions.judge import JudgeState, TraceJudge
+from tracecanary.assertions.spans import Span
+from tracecanary.assertions.verdict import Finding, Verdict
+from tracecanary.probes.base import ProbeContext
+
+from .spans.buffer import TraceBuffer, Watch
+
+
+@dataclass
+class TraceOutcome:
+    findings: list[Finding]
+    report: dict[str, Any] | None
+    spans: list[Span] = field(default_factory=list)
+    time_to_verdict_s: float | None = None
+
+
+class _Tracked:
+    """The set of traces a run judges, grown as links and correlations reveal more."""
+
+    def __init__(self, buffer: TraceBuffer, watch: Watch, judge: TraceJudge) -> None:
+        self.buffer, self.watch, self.judge = buffer, watch, judge
+        self.traces: set[str] = set()
+        self.seen: set[tuple[str, str]] = set()
+        self.spans: list[Span] = []
+        self.last_arrival_s: float | None = None
+
+    def track(self, trace_id: str) -> None:
+        if trace_id in self.traces:
+            return
+        self.traces.add(trace_id)
+        self.watch.add_trace(trace_id)
+        self.watch.add_links_to(trace_id)
+        self.feed(self.buffer.trace(trace_id))
+        for linking in self.buffer.linking_traces(trace_id):
+            self.track(linking)
+
+    def feed(self, spans: list[Span]) -> None:
+        fresh = [s for s in spans if (s.trace_id, s.span_id) not in self.seen]
+        if not fresh:
+            return
+        self.seen.update((s.trace_id, s.span_id) for s in fresh)
+        self.spans.extend(fresh)
+        self.judge.feed(fresh)
+        self.last_arrival_s = anyio.current_time()
+        for s in fresh:
+            if s.trace_id not in self.traces:
+                self.track(s.trace_id)  # a span that links into a tracked trace: follow its trace
+
+
+async def watch_trace(
+    expectation: TraceExpectation, ctx: ProbeContext, buffer: TraceBuffer, root: Span,
+    *, sentry_source: Any = None,
+) -> TraceOutcome:
+    """Judge the run's trace; returns at the verdict or at the run deadline."""
+    judge = TraceJudge(expectation, root_trace_id=ctx.trace.trace_id, trigger_ns=ctx.trigger_ns)
+    if expectation.source == "sentry":
+        return await _from_sentry(expectation, ctx, judge, root, sentry_source)
+    judge.feed([root])
+    with buffer.watch() as watch:
+        tracked = _Tracked(buffer, watch, judge)
+        tracked.seen.add((root.trace_id, root.span_id))
+        tracked.spans.append(root)
+        tracked.track(ctx.trace.trace_id)
+        correlate = getattr(expectation, "correlate", None)
+        if correlate is not None:
+            value = str(ctx.render(correlate.equals))
+            watch.add_correlation(correlate.attribute, value)
+            for tid in buffer.traces_with_attribute(correlate.attribute, value):
+                tracked.track(tid)
+        state = await _loop(tracked, ctx, expectation)
+    ttv = None if tracked.last_arrival_s is None else max(0.0, anyio.current_time() - tracked.last_arrival_s)
+    return TraceOutcome(list(state.findings), judge.report(), tracked.spans, ttv)
+
+
+async def _loop(tracked: _Tracked, ctx: ProbeContext, expectation: TraceExpectation) -> JudgeState:
+    judge = tracked.judge
+    started_s = anyio.current_time()
+    while True:
+        now = anyio.current_time()
+        quiet_s = now - (tracked.last_arrival_s if tracked.last_arrival_s is not None else started_s)
+        state = judge.check(quiet_s=quiet_s)
+        if state.done:
+            return state
+        remaining = ctx.deadline_s - now
+        if remaining <= 0:
+            return judge.finish()
+        wait_s = remaining
+        if state.settle_remaining_s is not None:
+            wait_s = min(wait_s, max(0.0, state.settle_remaining_s) + 0.001)
+        new = await tracked.watch.wait(wait_s)
+        if new:
+            tracked.feed(list(new))
+
+
+async def _from_sentry(
+    expectation: TraceExpectation, ctx: ProbeContext, judge: TraceJudge, root: Span, source: Any
+) -> TraceOutcome:
+    if source is None:
+        return TraceOutcome([Finding(
+            type="error", severity=Verdict.ERROR, path="expect.trace.source",
+            message="expect.trace.source is sentry but integrations.sentry (org, token) is not configured",
+        )], None)
+    judge.feed([root])
+    fed: set[str] = set()
+
+    def until(spans: list[Span]) -> bool:
+        fresh = [s for s in spans if s.span_id not in fed]
+        fed.update(s.span_id for s in fresh)
+        judge.feed(fresh)
+        return judge.check(quiet_s=float("inf")).done
+
+    spans = await source.poll(ctx.trace.trace_id, until, ctx.deadline_s)
+    state = judge.check(quiet_s=float("inf"))
+    if not state.done:
+        state = judge.finish()
+    return TraceOutcome(list(state.findings), judge.report(), [root, *spans])

@@ -1,0 +1,113 @@
+"""The watcher contract: observe a side effect (I/O) and return findings judged by assertions/.
+
+A watcher is ``async def watch(effect, ctx) -> list[Finding]`` registered in ``watchers/registry.py``
+under the side-effect key (``slack``, ``github``, ``kafka``, ``http``, ``sentry``). It must return by
+``min(ctx.trigger + effect.within, ctx.deadline)``; an ``absent: true`` effect is judged when its
+window closes. Event-driven sources (Slack Socket Mode, GitHub webhooks) publish into an ``EventHub``
+held in ``Services``; watchers subscribe to it and fall back to polling when no hub is running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from tracecanary.assertions.verdict import Finding
+from tracecanary.probes.base import ProbeContext
+
+Event = dict[str, Any]
+Predicate = Callable[[Event], bool]
+
+
+class EventHub:
+    """Fan-out of external events (webhook deliveries, Socket Mode envelopes) to waiting watchers.
+
+    Keeps the last ``history`` events for ``history_s`` so a watcher that subscribes a moment after
+    the event arrived still sees it.
+    """
+
+    def __init__(self, history: int = 10_000, history_s: float = 600.0) -> None:
+        self._recent: deque[tuple[float, Event]] = deque(maxlen=history)
+        self._history_s = history_s
+        self._waiters: set[_Subscription] = set()
+        self.published = 0
+
+    def publish(self, event: Event) -> None:
+        now = time.monotonic()
+        self._recent.append((now, event))
+        self.published += 1
+        for sub in list(self._waiters):
+            sub.offer(event)
+
+    def recent(self) -> Iterator[Event]:
+        horizon = time.monotonic() - self._history_s
+        for t, ev in self._recent:
+            if t >= horizon:
+                yield ev
+
+    @contextmanager
+    def subscribe(self, predicate: Predicate, replay: bool = True) -> Iterator[_Subscription]:
+        sub = _Subscription(predicate)
+        if replay:
+            for ev in self.recent():
+                sub.offer(ev)
+        self._waiters.add(sub)
+        try:
+            yield sub
+        finally:
+            self._waiters.discard(sub)
+
+
+class _Subscription:
+    def __init__(self, predicate: Predicate) -> None:
+        self._predicate = predicate
+        self.events: list[Event] = []
+        self._event = anyio.Event()
+
+    def offer(self, event: Event) -> None:
+        if self._predicate(event):
+            self.events.append(event)
+            self._event.set()
+
+    async def next_batch(self, timeout_s: float) -> list[Event]:
+        """Events matched since the last call; waits up to ``timeout_s`` for at least one."""
+        if not self.events:
+            with anyio.move_on_after(max(0.0, timeout_s)):
+                await self._event.wait()
+        batch, self.events = self.events, []
+        self._event = anyio.Event()
+        return batch
+
+
+@dataclass
+class Services:
+    """Long-lived components watchers may use; absent ones are None (watchers then poll)."""
+
+    github_events: EventHub | None = None
+    slack_events: EventHub | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WatchContext:
+    """What a watcher gets: the run's ProbeContext, fire outputs and the shared services."""
+
+    probe: ProbeContext
+    services: Services
+    outputs: dict[str, Any] = field(default_factory=dict)
+    poll_interval_s: float = 2.0
+    """Default poll interval for polling fallbacks (tests inject small values)."""
+
+    def window_end_s(self, within_s: float) -> float:
+        """anyio-monotonic time at which a side effect's ``within`` window closes (≤ run deadline)."""
+        elapsed_s = (time.time_ns() - self.probe.trigger_ns) / 1e9
+        return min(self.probe.deadline_s, anyio.current_time() + max(0.0, within_s - elapsed_s))
+
+
+Watcher = Callable[[Any, WatchContext], Awaitable[list[Finding]]]

@@ -1,0 +1,113 @@
+"""Kafka side effects: watch a topic for a message (key/value/header matchers) within the window.
+
+Only messages produced at or after the run's trigger count, whenever the watcher starts: each
+partition is positioned at the first offset whose timestamp is ≥ the trigger (``ListOffsets`` by
+time), falling back to the end offset read *before* that lookup (brokers that cannot answer by
+time, or no such message yet). Judgement is ``assertions.side_effects.judge_kafka``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+import anyio
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+from tracecanary.assertions.side_effects import KafkaEffect, judge_kafka, kafka_mismatch
+from tracecanary.assertions.verdict import Finding
+
+from .base import WatchContext
+
+log = logging.getLogger("tracecanary.watchers.kafka")
+
+MAX_KEPT = 1000
+"""Messages kept for the explanation of a miss (the newest)."""
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode(errors="replace")
+
+
+def record_dict(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    """A consumed record as the plain data ``judge_kafka`` takes."""
+    return {
+        "topic": record.topic, "partition": record.partition, "offset": record.offset,
+        "timestamp_ms": record.timestamp, "key": _text(record.key), "value": _text(record.value),
+        "headers": {k: v.decode(errors="replace") for k, v in record.headers},
+    }
+
+
+async def _position(consumer: AIOKafkaConsumer[bytes, bytes], topic: str, since_ms: int) -> bool:
+    """Assign every partition of ``topic`` at the first offset at/after ``since_ms``; False if unknown yet."""
+    await consumer.topics()  # refresh metadata
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        return False
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    ends = await consumer.end_offsets(tps)
+    by_time = await consumer.offsets_for_times({tp: since_ms for tp in tps})
+    for tp in tps:
+        found = by_time.get(tp)
+        # Some brokers answer "not found" as (0, -1) instead of None: only trust a real timestamp.
+        offset = found.offset if found is not None and found.timestamp >= 0 else ends[tp]
+        consumer.seek(tp, offset)
+    return True
+
+
+async def watch_kafka(effect: KafkaEffect, wctx: WatchContext, *, path: str = "kafka") -> list[Finding]:
+    """Consume ``effect.topic`` until a matching message arrives or the window closes, then judge."""
+    rendered = KafkaEffect.model_validate(wctx.probe.render(effect.model_dump(by_alias=True)))
+    topic = rendered.topic
+    end_s = wctx.window_end_s(rendered.within)
+    since_ms = wctx.probe.trigger_ns // 1_000_000
+    bootstrap = wctx.probe.integrations.kafka.bootstrap
+    seen: deque[dict[str, Any]] = deque(maxlen=MAX_KEPT)
+    consumer: AIOKafkaConsumer[bytes, bytes] = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100,
+    )
+    try:
+        with anyio.fail_after(max(0.001, end_s - anyio.current_time())):
+            await consumer.start()
+    except (TimeoutError, KafkaError, OSError) as e:
+        await _stop(consumer)
+        return [_error(rendered, path, f"cannot connect to {bootstrap}: {type(e).__name__}: {e}")]
+    try:
+        with anyio.move_on_after(max(0.0, end_s - anyio.current_time())):
+            positioned = False
+            while True:
+                if not positioned:
+                    positioned = await _position(consumer, topic, since_ms)
+                    if not positioned:
+                        await anyio.sleep(wctx.poll_interval_s)  # topic not created yet: look again
+                        continue
+                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+                found = False
+                for records in batch.values():
+                    for record in records:
+                        message = record_dict(record)
+                        seen.append(message)
+                        found = found or kafka_mismatch(rendered, message) is None
+                if found and not rendered.absent:
+                    break
+    except KafkaError as e:
+        return [_error(rendered, path, f"consuming {topic}: {type(e).__name__}: {e}")]
+    finally:
+        await _stop(consumer)
+    wctx.probe.log("kafka watch done", topic=topic, seen=len(seen))
+    return judge_kafka(rendered, list(seen), path=path)
+
+
+def _error(effect: KafkaEffect, path: str, message: str) -> Finding:
+    return Finding(type="side_effect", path=path, message=f"kafka {effect.topic}: {message}",
+                   expected={"topic": effect.topic}, observed=None, details={"kind": "kafka"})
+
+
+async def _stop(consumer: AIOKafkaConsumer[bytes, bytes]) -> None:
+    with anyio.move_on_after(5, shield=True):
+        try:
+            await consumer.stop()
+        except (KafkaError, OSError) as e:
+            log.debug("kafka consumer stop failed error=%s", e)

@@ -1,0 +1,292 @@
+"""A Sentry emulator: envelope ingestion, cron check-ins and the read APIs tracecanary uses.
+
+The real sentry-sdk in a demo service sends envelopes here (DSN ``http://KEY@127.0.0.1:PORT/1``), and
+tracecanary's trace source, watcher and cron reporter talk to it over HTTP exactly as to sentry.io:
+
+- ``POST /api/{project_id}/envelope/`` — ``X-Sentry-Auth: Sentry sentry_key=…`` (or ``?sentry_key=``),
+  optional ``Content-Encoding: gzip|deflate|br``; ``event``, ``transaction`` and ``check_in`` items.
+- ``GET|POST /api/{project_id}/cron/{monitor_slug}/{sentry_key}/?status=…`` — the HTTP check-in API
+  (``duration`` in ms there; a JSON body may carry ``monitor_config`` to upsert the monitor).
+- Bearer-token API under ``/api/0/``: ``organizations/{org}/trace/{trace_id}/`` (new trace view; 404
+  when ``legacy_only``), ``organizations/{org}/events-trace/{trace_id}/`` (legacy),
+  ``organizations/{org}/events/`` (Discover, ``query=trace:…``), ``projects/{org}/{project}/events/{id}/``,
+  ``organizations/{org}/monitors/{slug}/checkins/``.
+
+Fault injection through the constructor or attributes: ``ingest_delay_s`` (events become visible late,
+as in Sentry), ``legacy_only`` (an older self-hosted Sentry) and :meth:`throttle` (429 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import zlib
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+from sentry_sdk.envelope import Envelope
+
+from .sentry_store import (
+    DISCOVER_FIELDS,
+    SentryStore,
+    discover_row,
+    epoch_s,
+    event_details,
+    events_trace_view,
+    trace_view,
+)
+
+log = logging.getLogger("tracecanary.demo.sentry")
+
+MAX_BODY_BYTES = 20 << 20
+_AUTH_KEY_RE = re.compile(r"sentry_key=([^,\s]+)")
+_TRACE_QUERY_RE = re.compile(r"\btrace:([0-9a-fA-F]{32})\b")
+
+
+class SentryEmulator:
+    """An aiohttp app standing in for sentry.io; ``await start()`` returns its base URL.
+
+    ``projects`` maps project id → slug. ``token`` is the API bearer token, ``public_key`` the DSN key.
+    """
+
+    def __init__(
+        self,
+        *,
+        org: str = "acme",
+        projects: Mapping[str, str] | None = None,
+        public_key: str = "publickey0123456789",
+        token: str = "sntrys-emulator-token",
+        legacy_only: bool = False,
+        ingest_delay_s: float = 0.0,
+        max_events: int = 50_000,
+    ) -> None:
+        self.org = org
+        self.projects = dict(projects or {"1": "demo"})
+        self.public_key = public_key
+        self.token = token
+        self.legacy_only = legacy_only
+        self.store = SentryStore(max_events=max_events, ingest_delay_s=ingest_delay_s)
+        self.api_requests: list[str] = []
+        """Paths of bearer-token API requests, in order (tests count polls with it)."""
+        self.api_request_times: list[float] = []
+        """time.monotonic() of each API request, parallel to ``api_requests``."""
+        self._throttle_left = 0
+        self._throttle_retry_after_s = 0.0
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    @property
+    def ingest_delay_s(self) -> float:
+        return self.store.ingest_delay_s
+
+    @ingest_delay_s.setter
+    def ingest_delay_s(self, value: float) -> None:
+        self.store.ingest_delay_s = value
+
+    def dsn(self, project_id: str | None = None) -> str:
+        """``http://KEY@127.0.0.1:PORT/PROJECT_ID`` for sentry-sdk."""
+        pid = project_id or next(iter(self.projects))
+        return self.base_url.replace("://", f"://{self.public_key}@", 1) + f"/{pid}"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/api/{project_id}/envelope/", self._envelope)
+        app.router.add_route("*", "/api/{project_id}/cron/{slug}/{key}/", self._http_check_in)
+        api = "/api/0/organizations/{org}"
+        app.router.add_get(api + "/trace/{trace_id}/", self._trace)
+        app.router.add_get(api + "/events-trace/{trace_id}/", self._events_trace)
+        app.router.add_get(api + "/events/", self._discover)
+        app.router.add_get(api + "/monitors/{slug}/checkins/", self._monitor_check_ins)
+        app.router.add_get("/api/0/projects/{org}/{project}/events/{event_id}/", self._event)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runner = runner
+        bound = runner.addresses[0]
+        self.base_url = f"http://{host}:{bound[1]}"
+        log.info("sentry emulator listening url=%s org=%s", self.base_url, self.org)
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def __aenter__(self) -> SentryEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def throttle(self, requests: int, retry_after_s: float = 1.0) -> None:
+        """Answer the next ``requests`` API requests with 429 and ``Retry-After: retry_after_s``."""
+        self._throttle_left = requests
+        self._throttle_retry_after_s = retry_after_s
+
+    # --- ingestion ------------------------------------------------------------------------------
+    def _check_key(self, request: web.Request) -> None:
+        header = request.headers.get("X-Sentry-Auth", "")
+        found = _AUTH_KEY_RE.search(header)
+        key = found.group(1) if found else request.query.get("sentry_key", "")
+        if key != self.public_key:
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"detail": "missing or unknown sentry_key"}), content_type="application/json"
+            )
+
+    def _project_slug(self, request: web.Request) -> str:
+        pid = request.match_info["project_id"]
+        if pid not in self.projects:
+            raise web.HTTPNotFound(text=json.dumps({"detail": "unknown project"}), content_type="application/json")
+        return self.projects[pid]
+
+    async def _envelope(self, request: web.Request) -> web.Response:
+        self._check_key(request)
+        slug = self._project_slug(request)
+        pid = request.match_info["project_id"]
+        body = _decode_body(await request.read())
+        try:
+            envelope = Envelope.deserialize(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise web.HTTPBadRequest(text=json.dumps({"detail": f"invalid envelope: {e}"})) from e
+        for item in envelope.items:
+            kind = item.type
+            if kind not in ("event", "transaction", "check_in"):
+                continue  # sessions, client reports, attachments: accepted, not stored
+            try:
+                payload = json.loads(item.get_bytes())
+            except ValueError:
+                continue
+            if kind == "check_in":
+                self.store.add_check_in(pid, payload, source="envelope")
+            else:
+                stored = self.store.add_event("error" if kind == "event" else "transaction", pid, slug, payload)
+                log.debug("ingested kind=%s event_id=%s trace_id=%s", stored.kind, stored.event_id, stored.trace_id)
+        return web.json_response({"id": envelope.headers.get("event_id")})
+
+    async def _http_check_in(self, request: web.Request) -> web.Response:
+        if request.match_info["key"] != self.public_key:
+            raise web.HTTPUnauthorized(text=json.dumps({"detail": "unknown sentry_key"}))
+        self._project_slug(request)
+        body: dict[str, Any] = {}
+        if request.can_read_body:
+            raw = await request.read()
+            if raw:
+                try:
+                    body = json.loads(raw)
+                except ValueError as e:
+                    raise web.HTTPBadRequest(text=json.dumps({"detail": "invalid JSON"})) from e
+        q = request.query
+        duration_ms = body.get("duration", q.get("duration"))
+        check_in = self.store.add_check_in(
+            request.match_info["project_id"],
+            {
+                "monitor_slug": request.match_info["slug"],
+                "check_in_id": body.get("check_in_id") or q.get("check_in_id"),
+                "status": body.get("status") or q.get("status"),
+                "duration": float(duration_ms) / 1000 if duration_ms is not None else None,
+                "environment": body.get("environment") or q.get("environment"),
+                "monitor_config": body.get("monitor_config"),
+            },
+            source="http",
+        )
+        return web.json_response({"id": check_in.check_in_id}, status=202)
+
+    # --- read API -------------------------------------------------------------------------------
+    def _api_guard(self, request: web.Request) -> None:
+        self.api_requests.append(request.path)
+        self.api_request_times.append(time.monotonic())
+        if request.headers.get("Authorization", "") != f"Bearer {self.token}":
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"detail": "Authentication credentials were not provided."}),
+                content_type="application/json",
+            )
+        if request.match_info.get("org", self.org) != self.org:
+            raise web.HTTPNotFound(text=json.dumps({"detail": "The requested resource does not exist"}))
+        if self._throttle_left > 0:
+            self._throttle_left -= 1
+            raise web.HTTPTooManyRequests(
+                headers={"Retry-After": f"{self._throttle_retry_after_s:g}"},
+                text=json.dumps({"detail": "You are attempting to use this endpoint too frequently."}),
+                content_type="application/json",
+            )
+
+    async def _trace(self, request: web.Request) -> web.Response:
+        self._api_guard(request)
+        if self.legacy_only:
+            raise web.HTTPNotFound(text=json.dumps({"detail": "The requested resource does not exist"}))
+        trace_id = request.match_info["trace_id"].lower()
+        additional = request.query.getall("additional_attributes", [])
+        return web.json_response(trace_view(self.store, trace_id, list(additional)))
+
+    async def _events_trace(self, request: web.Request) -> web.Response:
+        self._api_guard(request)
+        return web.json_response(events_trace_view(self.store, request.match_info["trace_id"].lower()))
+
+    async def _event(self, request: web.Request) -> web.Response:
+        self._api_guard(request)
+        ev = self.store.find_event(request.match_info["event_id"])
+        if ev is None or request.match_info["project"] not in (ev.project_slug, ev.project_id):
+            raise web.HTTPNotFound(text=json.dumps({"detail": "Event not found"}))
+        return web.json_response(event_details(ev))
+
+    async def _discover(self, request: web.Request) -> web.Response:
+        self._api_guard(request)
+        query = request.query.get("query", "")
+        dataset = request.query.get("dataset", "discover")
+        fields = list(request.query.getall("field", [])) or list(DISCOVER_FIELDS)
+        found = _TRACE_QUERY_RE.search(query)
+        trace_id = found.group(1).lower() if found else None
+        kind = {"errors": "error", "transactions": "transaction"}.get(dataset)
+        if "event.type:error" in query:
+            kind = "error"
+        found_events = self.store.visible(kind, trace_id)
+        sort = request.query.get("sort", "")
+        if sort.lstrip("-") == "timestamp":
+            found_events.sort(key=lambda e: epoch_s(e.payload.get("timestamp")), reverse=sort.startswith("-"))
+        rows = [discover_row(e, fields) for e in found_events]
+        limit = int(request.query.get("per_page", "100"))
+        return web.json_response({"data": rows[:limit], "meta": {"fields": {f: "string" for f in fields}}})
+
+    async def _monitor_check_ins(self, request: web.Request) -> web.Response:
+        self._api_guard(request)
+        monitor = self.store.monitors.get(request.match_info["slug"])
+        if monitor is None:
+            raise web.HTTPNotFound(text=json.dumps({"detail": "Monitor not found"}))
+        rows = [
+            {
+                "id": c.check_in_id,
+                "status": c.status,
+                "duration": round(c.duration_s * 1000) if c.duration_s is not None else None,
+                "environment": c.environment,
+                "monitorConfig": monitor.config,
+            }
+            for c in reversed(monitor.check_ins)
+        ]
+        return web.json_response(rows)
+
+
+def _decode_body(raw: bytes) -> bytes:
+    """aiohttp already inflates ``Content-Encoding: gzip|deflate`` (and ``br`` with brotli) within
+    ``client_max_size``; a body that still starts with the gzip magic was double-wrapped by a proxy."""
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        # Bounded inflate: a small bomb must not expand past the body cap in memory.
+        data = zlib.decompressobj(wbits=31).decompress(raw, MAX_BODY_BYTES + 1)
+    except zlib.error as e:
+        raise web.HTTPBadRequest(text=json.dumps({"detail": f"cannot decode gzip body: {e}"})) from e
+    if len(data) > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=len(data))
+    return data

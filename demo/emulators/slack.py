@@ -1,0 +1,560 @@
+"""A Slack Web API + Socket Mode + Events API emulator that the real ``slack_sdk`` clients run against.
+
+Speaks the wire formats documented at api.slack.com: ``{"ok": …}`` JSON bodies, bearer tokens,
+``invalid_auth``/``not_authed``, per-method rate limits (HTTP 429 + ``Retry-After`` + ``ratelimited``),
+cursor pagination (``response_metadata.next_cursor``, base64 ``next_ts:…``), message metadata, and
+``app_mention`` generation when a message mentions the bot user. Events go out two ways: Socket Mode
+``events_api`` envelopes (redelivered until acked with ``{"envelope_id"}``) and signed Events API
+HTTP POSTs to ``events_url``. Everything is configured through the constructor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import socket
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+log = logging.getLogger("tracecanary.demo.slack")
+
+MENTION_RE = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class SlackToken:
+    """Who a token authenticates as: ``kind`` is user, bot or app."""
+
+    kind: str
+    user_id: str = ""
+    bot_id: str = ""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``calls`` per ``window_s`` for one method; beyond that, 429 with ``Retry-After``."""
+
+    calls: int
+    window_s: float = 60.0
+
+
+@dataclass
+class _Envelope:
+    envelope_id: str
+    payload: dict[str, Any]
+    attempts: int = 0
+    sent_at: float = 0.0
+
+
+@dataclass
+class _State:
+    messages: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    calls: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    storm_left: dict[str, int] = field(default_factory=dict)
+    unacked: dict[str, _Envelope] = field(default_factory=dict)
+    acked: list[str] = field(default_factory=list)
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+    rate_limited: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+def slack_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """``v0=`` + hex HMAC-SHA256(secret, ``v0:{ts}:{body}``), as Slack signs requests."""
+    base = b"v0:" + timestamp.encode() + b":" + body
+    return "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+
+
+def _cursor(ts: str) -> str:
+    return base64.b64encode(f"next_ts:{ts.replace('.', '')}".encode()).decode()
+
+
+def _uncursor(cursor: str) -> str | None:
+    try:
+        raw = base64.b64decode(cursor.encode(), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not raw.startswith("next_ts:") or len(raw) < 15:
+        return None
+    digits = raw[len("next_ts:"):]
+    return f"{digits[:-6]}.{digits[-6:]}"
+
+
+class SlackEmulator:
+    """An aiohttp app emulating Slack; ``await start()`` returns the Web API base URL (``…/api/``)."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        team_id: str = "T0TRACECAN",
+        team: str = "tracecanary",
+        app_id: str = "A0TRACECAN",
+        bot_user_id: str = "U0BOT",
+        bot_id: str = "B0BOT",
+        tokens: dict[str, SlackToken] | None = None,
+        users: dict[str, dict[str, Any]] | None = None,
+        channels: Iterable[str] | None = None,
+        signing_secret: str = "signing-secret",
+        events_url: str | None = None,
+        http_event_types: Iterable[str] = ("app_mention",),
+        socket_event_types: Iterable[str] = ("app_mention", "message"),
+        rate_limits: dict[str, RateLimit] | None = None,
+        storms: dict[str, int] | None = None,
+        retry_after_s: int = 1,
+        redeliver_after_s: float = 3.0,
+        max_redeliveries: int = 3,
+        http_ack_timeout_s: float = 3.0,
+    ) -> None:
+        self.host, self.port = host, port
+        self.team_id, self.team, self.app_id = team_id, team, app_id
+        self.bot_user_id, self.bot_id = bot_user_id, bot_id
+        self.tokens = tokens or {
+            "xoxp-user": SlackToken("user", user_id="U0PROBER"),
+            "xoxb-bot": SlackToken("bot", user_id=bot_user_id, bot_id=bot_id),
+            "xapp-app": SlackToken("app"),
+        }
+        self.users = users or {
+            "U0PROBER": {"name": "prober", "real_name": "Probe Account", "is_bot": False},
+            bot_user_id: {"name": "bot", "real_name": "Bot Under Test", "is_bot": True, "bot_id": bot_id},
+        }
+        self.channels = set(channels) if channels is not None else None
+        self.signing_secret = signing_secret
+        self.events_url = events_url
+        self.http_event_types = set(http_event_types)
+        self.socket_event_types = set(socket_event_types)
+        self.rate_limits = rate_limits or {}
+        self.retry_after_s = retry_after_s
+        self.redeliver_after_s = redeliver_after_s
+        self.max_redeliveries = max_redeliveries
+        self.http_ack_timeout_s = http_ack_timeout_s
+        self.state = _State(storm_left=dict(storms or {}))
+        self._last_ts = 0.0
+        self._sockets: list[web.WebSocketResponse] = []
+        self._rr = 0
+        self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sends: set[asyncio.Task[None]] = set()
+        self._changed = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.base_url = ""
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_route("*", "/api/{method}", self._api)
+        app.router.add_get("/link/", self._socket)
+        return app
+
+    async def start(self) -> str:
+        self._runner = web.AppRunner(self.app())
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+        self.base_url = f"http://{self.host}:{self.port}/api/"
+        self._session = aiohttp.ClientSession()
+        self._tasks = [asyncio.create_task(self._deliver_loop()), asyncio.create_task(self._redeliver_loop())]
+        return self.base_url
+
+    async def stop(self) -> None:
+        for task in [*self._tasks, *self._sends]:
+            task.cancel()
+        for task in [*self._tasks, *self._sends]:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._tasks = []
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> SlackEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- inspection ----------------------------------------------------------------------------
+    def messages(self, channel: str) -> list[dict[str, Any]]:
+        """Every message in ``channel`` (threads included), oldest first."""
+        return list(self.state.messages.get(channel, []))
+
+    @property
+    def socket_connections(self) -> int:
+        return len(self._sockets)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
+        """Wait (bounded) until ``predicate()`` holds; re-checked whenever the emulator's state changes."""
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                await self._changed.wait()
+                self._changed.clear()
+
+    def _touch(self) -> None:
+        self._changed.set()
+
+    # --- Web API -------------------------------------------------------------------------------
+    async def _params(self, request: web.Request) -> dict[str, Any]:
+        params: dict[str, Any] = dict(request.query)
+        if request.method == "POST" and request.can_read_body:
+            ctype = request.content_type
+            if ctype == "application/json":
+                body = await request.json()
+                if isinstance(body, dict):
+                    params.update(body)
+            else:
+                params.update(dict(await request.post()))
+        return params
+
+    def _auth(self, request: web.Request, params: dict[str, Any]) -> tuple[SlackToken | None, str | None]:
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else params.pop("token", None)
+        if not token:
+            return None, "not_authed"
+        ident = self.tokens.get(str(token))
+        return (ident, None) if ident else (None, "invalid_auth")
+
+    def _rate_limited(self, method: str) -> bool:
+        if self.state.storm_left.get(method, 0) > 0:
+            self.state.storm_left[method] -= 1
+            return True
+        limit = self.rate_limits.get(method)
+        if limit is None:
+            return False
+        now = time.monotonic()
+        calls = self.state.calls[method]
+        while calls and calls[0] <= now - limit.window_s:
+            calls.popleft()
+        if len(calls) >= limit.calls:
+            return True
+        calls.append(now)
+        return False
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params = await self._params(request)
+        ident, error = self._auth(request, params)
+        if ident is None:
+            return web.json_response({"ok": False, "error": error})
+        if self._rate_limited(method):
+            self.state.rate_limited[method] += 1
+            return web.json_response(
+                {"ok": False, "error": "ratelimited"}, status=429,
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+        handler = {
+            "auth.test": self._auth_test,
+            "chat.postMessage": self._post_message,
+            "conversations.history": self._history,
+            "conversations.replies": self._replies,
+            "users.info": self._users_info,
+            "apps.connections.open": self._connections_open,
+        }.get(method)
+        if handler is None:
+            return web.json_response({"ok": False, "error": "unknown_method"}, status=404)
+        if (method == "apps.connections.open") != (ident.kind == "app"):
+            return web.json_response({"ok": False, "error": "not_allowed_token_type"})
+        body = handler(ident, params)
+        return web.json_response(body)
+
+    def _auth_test(self, ident: SlackToken, params: dict[str, Any]) -> dict[str, Any]:
+        user = self.users.get(ident.user_id, {})
+        body: dict[str, Any] = {
+            "ok": True, "url": f"https://{self.team}.slack.com/", "team": self.team,
+            "user": user.get("name", ""), "team_id": self.team_id, "user_id": ident.user_id,
+        }
+        if ident.kind == "bot":
+            body["bot_id"] = ident.bot_id
+        body["is_enterprise_install"] = False
+        return body
+
+    def _users_info(self, ident: SlackToken, params: dict[str, Any]) -> dict[str, Any]:
+        uid = str(params.get("user", ""))
+        user = self.users.get(uid)
+        if user is None:
+            return {"ok": False, "error": "user_not_found"}
+        body = {
+            "id": uid, "team_id": self.team_id, "name": user["name"], "deleted": False,
+            "real_name": user.get("real_name", user["name"]), "tz": "UTC", "tz_label": "Coordinated Universal Time",
+            "tz_offset": 0, "profile": {"real_name": user.get("real_name", user["name"]), "team": self.team_id},
+            "is_admin": False, "is_owner": False, "is_primary_owner": False, "is_restricted": False,
+            "is_ultra_restricted": False, "is_bot": bool(user.get("is_bot")), "is_app_user": False,
+            "updated": 1502138686,
+        }
+        if user.get("bot_id"):
+            body["profile"]["bot_id"] = user["bot_id"]
+        return {"ok": True, "user": body}
+
+    def _connections_open(self, ident: SlackToken, params: dict[str, Any]) -> dict[str, Any]:
+        ticket = uuid.uuid4().hex
+        return {"ok": True, "url": f"ws://{self.host}:{self.port}/link/?ticket={ticket}&app_id={self.app_id}"}
+
+    def _next_ts(self) -> str:
+        now = max(time.time(), self._last_ts + 1e-6)
+        self._last_ts = now
+        return f"{now:.6f}"
+
+    def _channel_ok(self, channel: str) -> bool:
+        if self.channels is not None:
+            return channel in self.channels
+        return bool(channel) and channel[0] in "CGD"
+
+    def _post_message(self, ident: SlackToken, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel", ""))
+        if not self._channel_ok(channel):
+            return {"ok": False, "error": "channel_not_found"}
+        text = params.get("text")
+        blocks = params.get("blocks")
+        if isinstance(blocks, str):
+            blocks = json.loads(blocks)
+        if not text and not blocks and not params.get("attachments"):
+            return {"ok": False, "error": "no_text"}
+        metadata = params.get("metadata")
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata)
+        ts = self._next_ts()
+        msg: dict[str, Any] = {"user": ident.user_id, "type": "message", "ts": ts, "text": text or ""}
+        if ident.kind == "bot":
+            msg = {"bot_id": ident.bot_id, **msg, "app_id": self.app_id}
+        msg["team"] = self.team_id
+        if blocks:
+            msg["blocks"] = blocks
+        thread_ts = params.get("thread_ts")
+        if thread_ts:
+            msg["thread_ts"] = str(thread_ts)
+            parent = self._find(channel, str(thread_ts))
+            if parent is not None:
+                msg["parent_user_id"] = parent.get("user", "")
+                parent["thread_ts"] = parent["ts"]
+                parent["reply_count"] = parent.get("reply_count", 0) + 1
+                users = parent.setdefault("reply_users", [])
+                if ident.user_id not in users:
+                    users.append(ident.user_id)
+                parent["reply_users_count"] = len(users)
+                parent["latest_reply"] = ts
+        if isinstance(metadata, dict):
+            msg["metadata"] = {"event_type": metadata.get("event_type"), "event_payload": metadata.get("event_payload", {})}
+        self.state.messages[channel].append(msg)
+        self._emit(channel, msg)
+        self._touch()
+        public = {k: v for k, v in msg.items() if k not in ("metadata", "reply_users")}
+        return {"ok": True, "channel": channel, "ts": ts, "message": public}
+
+    def _find(self, channel: str, ts: str) -> dict[str, Any] | None:
+        for msg in self.state.messages.get(channel, []):
+            if msg["ts"] == ts:
+                return msg
+        return None
+
+    @staticmethod
+    def _limit(params: dict[str, Any], default: int) -> int:
+        try:
+            return max(1, min(999, int(params.get("limit", default))))
+        except ValueError:
+            return default
+
+    @staticmethod
+    def _view(msg: dict[str, Any], with_metadata: bool) -> dict[str, Any]:
+        return {k: v for k, v in msg.items() if with_metadata or k != "metadata"}
+
+    def _window(self, msgs: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
+        oldest = float(params.get("oldest") or 0)
+        latest = float(params.get("latest") or 0) or float("inf")
+        inclusive = str(params.get("inclusive", "")).lower() in ("1", "true")
+        keep = []
+        for m in msgs:
+            t = float(m["ts"])
+            if (oldest < t < latest) or (inclusive and t in (oldest, latest)):
+                keep.append(m)
+        return keep
+
+    def _page(
+        self, msgs: list[dict[str, Any]], params: dict[str, Any], default_limit: int, newest_first: bool
+    ) -> tuple[list[dict[str, Any]], str | None] | None:
+        cursor = params.get("cursor")
+        if cursor:
+            start_ts = _uncursor(str(cursor))
+            if start_ts is None:
+                return None
+            start = float(start_ts)
+            msgs = [m for m in msgs if (float(m["ts"]) <= start if newest_first else float(m["ts"]) >= start)]
+        limit = self._limit(params, default_limit)
+        page, rest = msgs[:limit], msgs[limit:]
+        return page, (_cursor(rest[0]["ts"]) if rest else None)
+
+    def _history(self, ident: SlackToken, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel", ""))
+        if not self._channel_ok(channel):
+            return {"ok": False, "error": "channel_not_found"}
+        top = [m for m in self.state.messages.get(channel, []) if m.get("thread_ts") in (None, m["ts"])]
+        msgs = sorted(self._window(top, params), key=lambda m: float(m["ts"]), reverse=True)
+        paged = self._page(msgs, params, 100, newest_first=True)
+        if paged is None:
+            return {"ok": False, "error": "invalid_cursor"}
+        page, nxt = paged
+        meta = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
+        body: dict[str, Any] = {"ok": True, "messages": [self._view(m, meta) for m in page], "has_more": nxt is not None,
+                                "pin_count": 0, "channel_actions_ts": None, "channel_actions_count": 0}
+        if nxt:
+            body["response_metadata"] = {"next_cursor": nxt}
+        return body
+
+    def _replies(self, ident: SlackToken, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel", ""))
+        if not self._channel_ok(channel):
+            return {"ok": False, "error": "channel_not_found"}
+        ts = str(params.get("ts", ""))
+        thread = [m for m in self.state.messages.get(channel, []) if m["ts"] == ts or m.get("thread_ts") == ts]
+        if not thread:
+            return {"ok": False, "error": "thread_not_found"}
+        parent = [m for m in thread if m["ts"] == ts]
+        replies = self._window([m for m in thread if m["ts"] != ts], params)
+        msgs = parent + sorted(replies, key=lambda m: float(m["ts"]))
+        paged = self._page(msgs, params, 1000, newest_first=False)
+        if paged is None:
+            return {"ok": False, "error": "invalid_cursor"}
+        page, nxt = paged
+        meta = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
+        body: dict[str, Any] = {"ok": True, "messages": [self._view(m, meta) for m in page], "has_more": nxt is not None}
+        if nxt:
+            body["response_metadata"] = {"next_cursor": nxt}
+        return body
+
+    # --- events --------------------------------------------------------------------------------
+    def _event_payload(self, event: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "token": "verification-token-deprecated", "team_id": self.team_id, "api_app_id": self.app_id,
+            "event": event, "type": "event_callback", "event_id": "Ev" + uuid.uuid4().hex[:10].upper(),
+            "event_time": int(time.time()), "event_context": uuid.uuid4().hex,
+            "authorizations": [{"enterprise_id": None, "team_id": self.team_id, "user_id": self.bot_user_id,
+                                "is_bot": True, "is_enterprise_install": False}],
+            "is_ext_shared_channel": False,
+        }
+
+    def _emit(self, channel: str, msg: dict[str, Any]) -> None:
+        base = {k: v for k, v in msg.items() if k not in ("reply_users", "reply_count", "reply_users_count", "latest_reply")}
+        events = [("message", {**base, "channel": channel, "event_ts": msg["ts"], "channel_type": "channel"})]
+        mentioned = set(MENTION_RE.findall(msg.get("text") or ""))
+        if self.bot_user_id in mentioned and msg.get("user") != self.bot_user_id:
+            mention = {"type": "app_mention", "user": msg["user"], "text": msg["text"], "ts": msg["ts"],
+                       "channel": channel, "event_ts": msg["ts"]}
+            for key in ("thread_ts", "metadata", "blocks", "team"):
+                if key in msg:
+                    mention[key] = msg[key]
+            events.append(("app_mention", mention))
+        for kind, event in events:
+            payload = self._event_payload(event)
+            if kind in self.socket_event_types and self._sockets:
+                env = _Envelope(envelope_id=str(uuid.uuid4()), payload=payload)
+                self.state.unacked[env.envelope_id] = env
+                task = asyncio.get_running_loop().create_task(self._send_envelope(env))
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
+            if kind in self.http_event_types and self.events_url:
+                try:
+                    self._outbox.put_nowait(payload)
+                except asyncio.QueueFull:
+                    log.warning("slack emulator outbox full dropped=event_callback")
+
+    async def _send_envelope(self, env: _Envelope) -> None:
+        env.attempts += 1
+        env.sent_at = time.monotonic()
+        if not self._sockets:
+            return
+        ws = self._sockets[self._rr % len(self._sockets)]
+        self._rr += 1
+        retry = env.attempts - 1
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.send_json({
+            "envelope_id": env.envelope_id, "payload": env.payload, "type": "events_api",
+                "accepts_response_payload": False, "retry_attempt": retry,
+                "retry_reason": "timeout" if retry else "",
+            })
+
+    async def _redeliver_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.05, self.redeliver_after_s / 4))
+            now = time.monotonic()
+            for env in list(self.state.unacked.values()):
+                if env.attempts and now - env.sent_at >= self.redeliver_after_s:
+                    if env.attempts > self.max_redeliveries:
+                        self.state.unacked.pop(env.envelope_id, None)
+                    else:
+                        await self._send_envelope(env)
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        self._sockets.append(ws)
+        self._touch()
+        await ws.send_json({"type": "hello", "num_connections": len(self._sockets),
+                            "debug_info": {"host": "applink-emulator", "build_number": 1,
+                                           "approximate_connection_time": 18060},
+                            "connection_info": {"app_id": self.app_id}})
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(msg.data)
+                except ValueError:
+                    continue
+                eid = data.get("envelope_id") if isinstance(data, dict) else None
+                if eid and self.state.unacked.pop(eid, None) is not None:
+                    self.state.acked.append(eid)
+                    self._touch()
+        finally:
+            self._sockets.remove(ws)
+            self._touch()
+        return ws
+
+    async def _deliver_loop(self) -> None:
+        while True:
+            payload = await self._outbox.get()
+            await self._deliver_http(payload)
+
+    async def _deliver_http(self, payload: dict[str, Any]) -> None:
+        assert self._session is not None and self.events_url is not None
+        body = json.dumps(payload).encode()
+        for attempt in range(self.max_redeliveries + 1):
+            ts = str(int(time.time()))
+            headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": ts,
+                       "X-Slack-Signature": slack_signature(self.signing_secret, ts, body),
+                       "User-Agent": "Slackbot 1.0 (+https://api.slack.com/robots)"}
+            if attempt:
+                headers |= {"X-Slack-Retry-Num": str(attempt), "X-Slack-Retry-Reason": "http_error"}
+            record: dict[str, Any] = {"event_id": payload["event_id"], "attempt": attempt, "status": None}
+            self.state.deliveries.append(record)
+            try:
+                async with asyncio.timeout(self.http_ack_timeout_s):
+                    async with self._session.post(self.events_url, data=body, headers=headers) as resp:
+                        record["status"] = resp.status
+                        if resp.status < 300:
+                            return
+            except (TimeoutError, aiohttp.ClientError) as e:
+                record["error"] = type(e).__name__
+            await asyncio.sleep(min(1.0, self.redeliver_after_s))

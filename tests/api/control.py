@@ -1,0 +1,174 @@
+"""A test Control backed by the real SqliteStore, and builders for realistic runs (spans, findings, report).
+
+``LocalControl.run_now`` behaves like the daemon from the API's point of view: it stores a running
+run, feeds its spans into the live view one by one, then stores the finished run. Every delay is a
+constructor argument so tests stay fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tracecanary.assertions.expect import TraceExpectation
+from tracecanary.assertions.judge import TraceJudge
+from tracecanary.assertions.spans import Span, SpanKind, SpanLink, StatusCode
+from tracecanary.assertions.verdict import Finding, Verdict
+from tracecanary.daemon.alerts.silences import SilenceSettings
+from tracecanary.daemon.store.base import RunRecord, RunStatus
+from tracecanary.daemon.store.sqlite import SqliteStore
+from tracecanary.probes.base import ProbeSpec
+from tracecanary.probes.http import HttpProbe
+
+MS = 1_000_000
+
+
+def probe(probe_id: str, **kw: Any) -> ProbeSpec:
+    return HttpProbe.model_validate({"id": probe_id, "kind": "http", "every": "60s",
+                                     "request": {"url": "http://127.0.0.1:9/webhook"}, **kw})
+
+
+def new_ids() -> tuple[str, str]:
+    return uuid.uuid4().hex, uuid.uuid4().hex[:16]
+
+
+def _span(trace_id: str, sid: str, parent: str | None, name: str, t0: int, start_ms: float, dur_ms: float,
+          service: str, kind: SpanKind = SpanKind.INTERNAL, status: StatusCode = StatusCode.UNSET,
+          links: tuple[SpanLink, ...] = (), **attrs: Any) -> Span:
+    return Span(trace_id=trace_id, span_id=sid, parent_span_id=parent, name=name, kind=kind,
+                start_ns=t0 + int(start_ms * MS), end_ns=t0 + int((start_ms + dur_ms) * MS), service=service,
+                attributes=attrs, links=links, status_code=status)
+
+
+def webhook_spans(trace_id: str, t0: int, *, drop_gex: bool = False, gex_error: bool = False) -> list[Span]:
+    """The demo shop's webhook tree: probe root → POST /webhook → validate, enrich (2 fetches), publish;
+    a linked consumer trace → chat.postMessage."""
+    ids = {n: uuid.uuid4().hex[:16] for n in ("root", "post", "val", "enr", "mkt", "gex", "pub", "proc", "slack")}
+    s = [
+        _span(trace_id, ids["root"], None, "tracecanary probe shop-webhook", t0, 0, 120, "tracecanary"),
+        _span(trace_id, ids["post"], ids["root"], "POST /webhook", t0, 2, 80, "ingest", SpanKind.SERVER),
+        _span(trace_id, ids["val"], ids["post"], "validate-payload", t0, 4, 3, "ingest"),
+        _span(trace_id, ids["enr"], ids["post"], "data-enrichment", t0, 8, 50, "ingest"),
+        _span(trace_id, ids["mkt"], ids["enr"], "fetch-market-data", t0, 9, 20, "ingest", SpanKind.CLIENT),
+        _span(trace_id, ids["pub"], ids["post"], "orders publish", t0, 60, 10, "ingest", SpanKind.PRODUCER),
+    ]
+    if not drop_gex:
+        s.append(_span(trace_id, ids["gex"], ids["enr"], "fetch-gex-data", t0, 30, 25, "ingest", SpanKind.CLIENT,
+                       StatusCode.ERROR if gex_error else StatusCode.UNSET))
+    worker_trace = uuid.uuid4().hex
+    s.append(_span(worker_trace, ids["proc"], None, "orders process", t0, 75, 40, "worker", SpanKind.CONSUMER,
+                   links=(SpanLink(trace_id, ids["pub"]),)))
+    s.append(_span(worker_trace, ids["slack"], ids["proc"], "chat.postMessage", t0, 90, 20, "worker",
+                   SpanKind.CLIENT, **{"slack.channel": "C0ALERT"}))
+    return s
+
+
+WEBHOOK_EXPECT = TraceExpectation.model_validate({"tree": [{
+    "span": "POST /webhook", "service": "ingest", "children": [
+        {"span": "validate-payload"},
+        {"span": "data-enrichment", "children": [{"span": "fetch-market-data"}, {"span": "fetch-gex-data"}]},
+        {"span": "orders publish", "kind": "producer", "linked": [
+            {"span": "orders process", "descendants": [{"span": "chat.postMessage"}]}]},
+    ]}]})
+
+
+def judge(trace_id: str, spans: list[Span]) -> dict[str, Any]:
+    """The real judge's report over the spans (what the runner stores as ``trace_report``)."""
+    j = TraceJudge(WEBHOOK_EXPECT, root_trace_id=trace_id, trigger_ns=None)
+    j.feed(spans)
+    return j.report()
+
+
+def make_run(probe_id: str, t0: int, *, verdict: Verdict = Verdict.PASS, missing_gex: bool = False,
+             duration_ms: float = 120.0) -> RunRecord:
+    trace_id = uuid.uuid4().hex
+    spans = webhook_spans(trace_id, t0, drop_gex=missing_gex)
+    report = judge(trace_id, spans)
+    findings = [Finding.model_validate(f) for f in report["findings"]]
+    assert (report["verdict"] == "fail") == missing_gex
+    run_id = uuid.uuid4().hex[:12]
+    return RunRecord(
+        run_id=run_id, probe_id=probe_id, kind="http", attempt=1, first_run_id=run_id, trace_id=trace_id,
+        started_ns=t0, status=RunStatus.FINISHED, finished_ns=t0 + int(duration_ms * MS), verdict=verdict,
+        findings=findings,
+        response={"status": 200, "headers": {"Content-Type": "application/json", "Set-Cookie": "sid=s3cr3t"},
+                  "body": '{"signal_id": "s-1"}', "json": {"signal_id": "s-1"}, "latency_s": 0.08,
+                  "method": "POST", "url": "http://127.0.0.1/webhook"},
+        trace_report=report,
+        side_effects=[{"kind": "slack", "channel": "C0ALERT", "ok": not missing_gex,
+                       "observed": [{"text": "ORB_BREAKOUT signal s-1", "ts": "1700000000.000100"}]}],
+        links={"jaeger": f"http://127.0.0.1:16686/trace/{trace_id}"},
+        log="+   0.000s http request method='POST'\n+   0.080s http response status=200",
+        span_count=len(spans), spans=spans, time_to_verdict_s=duration_ms / 1000,
+    )
+
+
+class SilenceBook:
+    """A small in-memory silence manager with the AlertManager's method names."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, SilenceSettings] = {}
+
+    def add_silence(self, settings: SilenceSettings) -> str:
+        sid = uuid.uuid4().hex[:8]
+        self._items[sid] = settings
+        return sid
+
+    def remove_silence(self, silence_id: str) -> bool:
+        return self._items.pop(silence_id, None) is not None
+
+    def list_silences(self) -> list[tuple[str, SilenceSettings]]:
+        return list(self._items.items())
+
+    def list_alerts(self) -> list[dict[str, Any]]:
+        return [{"probe_id": "shop-webhook", "state": "failing", "token": "xoxb-never-shown"}]
+
+
+@dataclass
+class LocalControl:
+    store: SqliteStore
+    probe_specs: list[ProbeSpec]
+    span_delay_s: float = 0.05
+    alerts: SilenceBook | None = None
+    live: dict[str, list[Span]] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    fail_next: bool = False
+
+    def probes(self) -> list[ProbeSpec]:
+        return list(self.probe_specs)
+
+    def next_run(self, probe_id: str) -> datetime | None:
+        return datetime.now(UTC) + timedelta(seconds=42)
+
+    async def run_now(self, probe_id: str) -> str:
+        if probe_id not in {p.id for p in self.probe_specs}:
+            raise KeyError(probe_id)
+        done = make_run(probe_id, time.time_ns(), missing_gex=self.fail_next,
+                        verdict=Verdict.FAIL if self.fail_next else Verdict.PASS)
+        running = RunRecord(run_id=done.run_id, probe_id=probe_id, kind="http", attempt=1,
+                            first_run_id=done.run_id, trace_id=done.trace_id, started_ns=done.started_ns)
+        await self.store.insert_run(running)
+        self.live[done.trace_id] = []
+        task = asyncio.get_running_loop().create_task(self._play(done))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return done.run_id
+
+    async def _play(self, done: RunRecord) -> None:
+        for s in done.spans:
+            await asyncio.sleep(self.span_delay_s)
+            self.live[done.trace_id].append(s)
+        await self.store.finish_run(done)
+
+    def live_spans(self, trace_id: str) -> list[Span]:
+        return list(self.live.get(trace_id, []))
+
+    def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
+        return {"jaeger": f"http://127.0.0.1:16686/trace/{trace_id}"}
+
+    def settings_public(self) -> dict[str, Any]:
+        return {"listen": "127.0.0.1:0", "api_token": "[redacted]"}

@@ -1,0 +1,106 @@
+"""Config loading: every invalid fixture prints exactly its expected errors and exits 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracecanary.daemon.config import expand_env, load_config, schema
+from tracecanary.errors import ConfigError
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+FIXTURES = sorted(HERE.glob("invalid-*.yaml"))
+
+
+def expected_errors(path: Path) -> list[str]:
+    """A fixture's expected messages are its leading ``# error: …`` comment lines."""
+    out = []
+    for line in path.read_text().splitlines():
+        if line.startswith("# error: "):
+            out.append(line[len("# error: "):])
+    return out
+
+
+def test_there_is_a_fixture_per_rule() -> None:
+    names = {p.stem for p in FIXTURES}
+    for rule in ("duplicate-id", "unknown-kind", "bad-duration", "bad-cron", "unknown-key",
+                 "within-over-timeout", "unknown-policy", "unknown-channel"):
+        assert f"invalid-{rule}" in names
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=[p.stem for p in FIXTURES])
+def test_invalid_fixture_exact_messages(fixture: Path) -> None:
+    expected = expected_errors(fixture)
+    assert expected, f"{fixture.name} has no '# error:' lines"
+    rel = fixture.relative_to(ROOT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACECANARY_TEST_UNSET")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tracecanary.daemon.cli", "validate", str(rel)],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[:-1] == expected
+    assert lines[-1] == f"{len(expected)} error{'s' if len(expected) != 1 else ''}"
+
+
+def test_valid_config_directory_merges_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(
+        "probes:\n  - id: one\n    kind: http\n    every: 30s\n    request: {url: 'http://127.0.0.1:9/'}\n")
+    (tmp_path / "b.yml").write_text(
+        "daemon:\n  listen: 127.0.0.1:0\n  max_concurrent_runs: 3\n"
+        "probes:\n  - id: two\n    kind: http\n    cron: '*/5 * * * *'\n    request: {url: 'http://127.0.0.1:9/'}\n")
+    cfg = load_config(tmp_path)
+    assert [p.id for p in cfg.probes] == ["one", "two"]
+    assert cfg.daemon.max_concurrent_runs == 3
+    assert cfg.probes[0].every == 30.0
+    proc = subprocess.run([sys.executable, "-m", "tracecanary.daemon.cli", "validate", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_section_in_two_files_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("daemon: {listen: 127.0.0.1:1}\n")
+    (tmp_path / "b.yaml").write_text("daemon: {listen: 127.0.0.1:2}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path)
+    assert e.value.errors == [f"{tmp_path / 'b.yaml'}:1 daemon: also set in {tmp_path / 'a.yaml'}; set each section in one file"]
+
+
+def test_env_expansion(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cr3t\n")
+    env = {"TARGET": "http://127.0.0.1:1234"}
+    assert expand_env("${TARGET}/x", env) == "http://127.0.0.1:1234/x"
+    assert expand_env("${MISSING:-fallback}", env) == "fallback"
+    assert expand_env("${MISSING:-}", env) == ""
+    assert expand_env(f"${{file:{secret}}}", env) == "s3cr3t"
+    assert expand_env("$${LITERAL}", env) == "${LITERAL}"
+    with pytest.raises(ValueError, match="MISSING is not set"):
+        expand_env("${MISSING}", env)
+    with pytest.raises(ValueError, match="cannot read secret file"):
+        expand_env("${file:/nonexistent/secret}", env)
+
+
+def test_templates_are_left_for_the_run(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("probes:\n  - id: one\n    kind: http\n    request:\n      url: 'http://127.0.0.1:9/'\n"
+                 "      json: {test_id: '{{ run_id }}'}\n")
+    cfg = load_config(f)
+    assert cfg.probes[0].request.json_ == {"test_id": "{{ run_id }}"}  # type: ignore[attr-defined]
+
+
+def test_schema_file_is_fresh() -> None:
+    committed = json.loads((ROOT / "config" / "schema.json").read_text())
+    assert committed == schema(), "config/schema.json is stale: run `tracecanary schema > config/schema.json`"
+
+
+def test_demo_suite_is_valid() -> None:
+    cfg = load_config(ROOT / "config" / "demo.yaml")
+    assert cfg.probes
