@@ -43,9 +43,13 @@ def closest(node: CNode, scope: list[str], solver: Solver, limit: int = MAX_CLOS
     return out
 
 
-def _closest_text(items: list[dict[str, Any]]) -> str:
+_EMPTY_SCOPE = {"tree": "no spans arrived", "children": "it has no child spans",
+                "descendants": "it has no descendant spans", "linked": "no span links to it"}
+
+
+def _closest_text(items: list[dict[str, Any]], relation: str) -> str:
     if not items:
-        return "no span in scope"
+        return _EMPTY_SCOPE.get(relation, "no span in scope")
     parts = []
     for it in items:
         broken = "; ".join(it["broken"]) or "its own constraints hold, its subtree does not"
@@ -104,7 +108,7 @@ class Explainer:
         items = closest(node, scope, self.solver)
         have = f"found {len(found)} of {need}: " if found else ""
         count = f"{need} × " if need > 1 else ""
-        msg = f"expected {count}{describe(node.spec)}{under_txt}, {have}not found; {_closest_text(items)}"
+        msg = f"expected {count}{describe(node.spec)}{under_txt}, {have}not found; {_closest_text(items, node.relation)}"
         self._add("trace.missing", node, msg, describe(node.spec), [i["label"] for i in items], under,
                   closest=items)
 

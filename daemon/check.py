@@ -49,7 +49,11 @@ class CheckOptions:
 
 async def run_check(config: Config, opts: CheckOptions, console: Console | None = None) -> int:
     """Run the pass; print live progress and the summary; write reports; return the exit code."""
-    console = console or Console(stderr=False)
+    if console is None:
+        import sys
+
+        # Reports piped to a file or CI log get a wide table instead of folded cells.
+        console = Console() if sys.stdout.isatty() else Console(width=200)
     gates = [parse_gate(g) for g in opts.fail_if]
     probes = selected(config.probes, opts.probes)
     if not probes:

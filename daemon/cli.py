@@ -112,6 +112,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAIL
+    except BaseExceptionGroup as group:
+        startup = _leaf(group, StartupError)
+        if startup is None:
+            raise
+        print(f"tracecanary: {startup}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _leaf(group: BaseExceptionGroup[BaseException], kind: type[StartupError]) -> StartupError | None:
+    """The first exception of ``kind`` inside a (nested) exception group from a task group."""
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _leaf(exc, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def _dispatch(args: argparse.Namespace) -> int:

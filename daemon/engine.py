@@ -152,7 +152,6 @@ class Engine:
         await self._serve_http(tg)
 
     async def _serve_http(self, tg: anyio.abc.TaskGroup) -> None:
-        from .spans.grpc import serve_otlp_grpc
         from .spans.receiver import otlp_routes
 
         otlp = self.otlp_settings
@@ -174,6 +173,8 @@ class Engine:
         elif shared:
             self.addresses["otlp_http"] = self.addresses["api"]
         if otlp.grpc is not None:
+            from .spans.grpc import serve_otlp_grpc
+
             port = await tg.start(serve_otlp_grpc, self.buffer, otlp)
             self.addresses["otlp_grpc"] = f"{split_addr(otlp.grpc)[0]}:{port or split_addr(otlp.grpc)[1]}"
         if self.config.daemon.kafka is not None:

@@ -16,7 +16,6 @@ import anyio
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import Field
-
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
 

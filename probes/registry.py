@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from .base import ProbeSpec
 from .http import HttpProbe
+from .slack import SlackMentionProbe
 
 PROBES: dict[str, type[ProbeSpec]] = {
     "http": HttpProbe,
+    "slack_mention": SlackMentionProbe,
 }

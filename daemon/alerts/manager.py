@@ -219,6 +219,7 @@ class AlertManager:
         ref_key = f"{note.incident_id}|{item.channel}"
         thread = await self.store.kv_get(NS_REFS, ref_key)
         error: DeliveryError | None = None
+        ref: dict[str, Any] | None = None
         delays = (0.0, *self._retry_delays_s)
         for attempt, delay in enumerate(delays, start=1):
             if attempt > 1:
@@ -233,18 +234,20 @@ class AlertManager:
                 log.exception("alert.channel_crashed channel=%s", item.channel)
                 error = DeliveryError(f"{type(e).__name__}: {e}", retryable=False)
             else:
-                await self._record(item, attempt, started_s, "sent", None)
-                if ref and thread is None:
-                    await self.store.kv_put(NS_REFS, ref_key, ref)
                 error = None
                 break
             last = attempt == len(delays) or not error.retryable
             await self._record(item, attempt, started_s, "failed" if last else "retry", str(error))
             if last:
                 break
-        await self.store.kv_delete(NS_OUTBOX, item.key)
-        self._pending.discard(item.key)
-        await self._health(item.channel, error)
+        with anyio.CancelScope(shield=True):  # sent is sent: a shutdown must not make us send it again
+            if error is None:
+                await self._record(item, attempt, started_s, "sent", None)
+                if ref and thread is None:
+                    await self.store.kv_put(NS_REFS, ref_key, ref)
+            await self.store.kv_delete(NS_OUTBOX, item.key)
+            self._pending.discard(item.key)
+            await self._health(item.channel, error)
 
     async def _record(self, item: Delivery, attempt: int, started_s: float, outcome: str,
                       error: str | None) -> None:

@@ -210,6 +210,7 @@ def step(
             candidates.append(_event("recovered", state.incident_id or ""))
         state.status, state.incident_id, state.incident_started_ns = "ok", None, None
         state.notified, state.reminders = False, 0
+        state.window = []  # a new incident needs new evidence: no re-firing on stale window failures
     elif state.status == "failing" and cls == "failed":
         candidates += _still_failing(state, policy, obs)
     return _filter(state, policy, candidates, silenced)

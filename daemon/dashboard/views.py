@@ -34,7 +34,7 @@ def _env() -> jinja2.Environment:
     )
     env.filters["age"] = fmt_age
     env.filters["iso_ns"] = iso_ns
-    env.filters["pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+    env.filters["pretty"] = lambda v: v if isinstance(v, str) else json.dumps(v, indent=2, sort_keys=True, default=str)
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
     env.filters["secs"] = lambda v: "–" if v is None else (f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s")
     return env
@@ -141,7 +141,7 @@ def _sse(event: str, data: str) -> bytes:
     return f"event: {event}\n{lines}\n".encode()
 
 
-def dashboard_routes(control: Control, *, live_poll_s: float = 0.25, live_max_s: float = 600.0) -> list[web.RouteDef]:
+def dashboard_routes(control: Control, *, live_poll_s: float = 0.25, live_max_s: float = 600.0) -> list[web.AbstractRouteDef]:
     """The dashboard's pages, its SSE stream and its static files."""
     d = Dashboard(control, live_poll_s=live_poll_s, live_max_s=live_max_s)
     return [

@@ -77,7 +77,9 @@ class _Builder:
         return round(100.0 * (ns - self.t0) / self.span_ns, 3)
 
     def span_row(self, s: Span, depth: int, orphan: bool) -> Row:
-        mark = "matched" if s.span_id in self.matched else "unexpected" if s.span_id in self.unexpected else ""
+        # the probe's own spans (service tracecanary) are the trigger, never "unexpected"
+        unexpected = s.span_id in self.unexpected and s.service != "tracecanary"
+        mark = "matched" if s.span_id in self.matched else "unexpected" if unexpected else ""
         if orphan and not mark:
             mark = "orphan"
         status = "error" if s.status_code is StatusCode.ERROR else "ok" if s.status_code is StatusCode.OK else "unset"

@@ -12,11 +12,14 @@ import hmac
 import json
 import logging
 import socket
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import anyio.abc
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -144,17 +147,62 @@ def _success(content_type: str, rejected: int, message: str) -> web.Response:
 
 
 async def read_body(request: web.BaseRequest, max_body: int) -> bytes:
-    """Read the (already inflated) body, failing as soon as it grows past ``max_body``."""
-    if not request.headers.get("Content-Encoding") and (request.content_length or 0) > max_body:
+    """Read and inflate the body, failing as soon as it grows past ``max_body`` decompressed bytes.
+
+    When aiohttp already inflates the stream (its default), the stream is read as is; our own
+    ``AppRunner`` turns that off so that a rejected bomb's remaining compressed bytes are drained
+    without being inflated.
+    """
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    inflated_by_aiohttp = getattr(request.content, "total_compressed_bytes", None) is not None
+    if encoding in ("", "identity") and (request.content_length or 0) > max_body:
         raise BodyTooLargeError(f"body of {request.content_length} bytes exceeds max_body {max_body}")
+    inflater = None if inflated_by_aiohttp or encoding in ("", "identity") else _Inflater(encoding, max_body)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > max_body:
-            raise BodyTooLargeError(f"decompressed body exceeds max_body {max_body} bytes")
-        chunks.append(chunk)
+        pieces = inflater.feed(chunk) if inflater else (chunk,)
+        for piece in pieces:
+            size += len(piece)
+            if size > max_body:
+                raise BodyTooLargeError(f"decompressed body exceeds max_body {max_body} bytes")
+            chunks.append(piece)
+    if inflater:
+        inflater.finish()
     return b"".join(chunks)
+
+
+class _Inflater:
+    """Streaming gzip/deflate with every output piece capped: a bomb never inflates past the cap."""
+
+    _MAX_MEMBERS = 64
+
+    def __init__(self, encoding: str, max_body: int) -> None:
+        self.gzip = encoding in ("gzip", "x-gzip")
+        self.max_piece = max_body + 1
+        self.members = 1
+        self.obj: Any = zlib.decompressobj(31) if self.gzip else None
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self.obj is None:  # deflate: zlib-wrapped per RFC 9110, raw deflate accepted too
+            self.obj = zlib.decompressobj(15 if data[:1] and data[0] & 0x0F == 8 else -15)
+        try:
+            while data:
+                piece = self.obj.decompress(data, self.max_piece)
+                yield piece
+                data = self.obj.unconsumed_tail
+                if self.obj.eof and self.obj.unused_data and self.gzip:
+                    data = self.obj.unused_data  # concatenated gzip members
+                    self.members += 1
+                    if self.members > self._MAX_MEMBERS:
+                        raise OtlpDecodeError(f"more than {self._MAX_MEMBERS} gzip members")
+                    self.obj = zlib.decompressobj(31)
+        except zlib.error as e:
+            raise OtlpDecodeError(f"undecodable {'gzip' if self.gzip else 'deflate'} body: {e}") from e
+
+    def finish(self) -> None:
+        if self.obj is None or not self.obj.eof:
+            raise OtlpDecodeError("truncated compressed body")
 
 
 class OtlpHttpHandler:
@@ -164,7 +212,7 @@ class OtlpHttpHandler:
         self.ingest = ingest
         self.settings = ingest.settings
 
-    async def __call__(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.Response:
         ctype = request.content_type.lower()
         if not authorized(request.headers.get("Authorization"), self.settings.token):
             return _error(401, ctype, code_pb2.UNAUTHENTICATED, "missing or wrong bearer token")
@@ -190,12 +238,9 @@ class OtlpHttpHandler:
             return _error(400, ctype, code_pb2.INVALID_ARGUMENT, str(e))
         except TimeoutError:
             return _error(408, ctype, code_pb2.DEADLINE_EXCEEDED, "export body not received in time")
-        except web.HTTPException:
-            raise
-        except Exception as e:  # aiohttp raises ContentEncodingError subclasses for broken gzip
-            if type(e).__name__ in ("ContentEncodingError", "TransferEncodingError"):
-                return _error(400, ctype, code_pb2.INVALID_ARGUMENT, f"undecodable body: {e}")
-            raise
+        except RequestPayloadError as e:  # broken gzip/deflate stream
+            return _error(400, ctype, code_pb2.INVALID_ARGUMENT, f"undecodable body: {str(e).strip()}",
+                          headers={"Connection": "close"})
         finally:
             self.ingest.release()
         return _success(ctype, rejected, message)
@@ -203,7 +248,7 @@ class OtlpHttpHandler:
 
 def otlp_routes(buffer: TraceBuffer, settings: OtlpSettings, ingest: Ingest | None = None) -> list[web.RouteDef]:
     """Routes serving ``POST /v1/traces`` (mount on any aiohttp app)."""
-    return [web.post("/v1/traces", OtlpHttpHandler(ingest or Ingest(buffer, settings)))]
+    return [web.post("/v1/traces", OtlpHttpHandler(ingest or Ingest(buffer, settings)).handle)]
 
 
 def make_otlp_app(buffer: TraceBuffer, settings: OtlpSettings, ingest: Ingest | None = None) -> web.Application:
@@ -224,7 +269,7 @@ async def serve_otlp_http(
     if settings.http is None:
         raise StartupError("otlp http receiver is disabled (daemon.otlp.http is null)")
     host, port = split_address(settings.http)
-    runner = web.AppRunner(make_otlp_app(buffer, settings, ingest), access_log=None)
+    runner = web.AppRunner(make_otlp_app(buffer, settings, ingest), access_log=None, auto_decompress=False)
     await runner.setup()
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)

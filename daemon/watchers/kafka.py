@@ -24,6 +24,8 @@ log = logging.getLogger("tracecanary.watchers.kafka")
 
 MAX_KEPT = 1000
 """Messages kept for the explanation of a miss (the newest)."""
+MIN_CONNECT_S = 2.0
+MIN_READ_S = 0.5
 
 
 def _text(raw: bytes | None) -> str | None:
@@ -39,22 +41,33 @@ def record_dict(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
     }
 
 
-async def _position(consumer: AIOKafkaConsumer[bytes, bytes], topic: str, since_ms: int) -> bool:
-    """Assign every partition of ``topic`` at the first offset at/after ``since_ms``; False if unknown yet."""
-    await consumer.topics()  # refresh metadata
-    partitions = consumer.partitions_for_topic(topic)
+async def _position(
+    consumer: AIOKafkaConsumer[bytes, bytes], topic: str, since_ms: int
+) -> dict[TopicPartition, int] | None:
+    """Assign every partition of ``topic`` and seek back to ``since_ms``; returns the end offsets
+    read first (records at or past them arrived after we started), or None if the topic is unknown."""
+    # ``consumer.topics()`` does not refresh the consumer's own cluster view (``partitions_for_topic``
+    # stays None for a topic created after start), so read a fresh metadata snapshot directly.
+    cluster = await consumer._client.fetch_all_metadata()
+    partitions = cluster.partitions_for_topic(topic)
     if not partitions:
-        return False
+        return None
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]
     consumer.assign(tps)
-    ends = await consumer.end_offsets(tps)
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
     by_time = await consumer.offsets_for_times({tp: since_ms for tp in tps})
     for tp in tps:
         found = by_time.get(tp)
-        # Some brokers answer "not found" as (0, -1) instead of None: only trust a real timestamp.
+        # Some brokers answer "not found" as (0, -1) rather than None: trust only real timestamps.
         offset = found.offset if found is not None and found.timestamp >= 0 else ends[tp]
-        consumer.seek(tp, offset)
-    return True
+        consumer.seek(tp, min(offset, ends[tp]))
+    return ends
+
+
+def _after_trigger(record: ConsumerRecord[bytes, bytes], ends: dict[TopicPartition, int], since_ms: int) -> bool:
+    """Records past the end snapshot arrived after we started; older ones count by their timestamp."""
+    end = ends.get(TopicPartition(record.topic, record.partition), 0)
+    return bool(record.offset >= end or record.timestamp >= since_ms)
 
 
 async def watch_kafka(effect: KafkaEffect, wctx: WatchContext, *, path: str = "kafka") -> list[Finding]:
@@ -68,25 +81,30 @@ async def watch_kafka(effect: KafkaEffect, wctx: WatchContext, *, path: str = "k
     consumer: AIOKafkaConsumer[bytes, bytes] = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=100,
     )
+    # A watcher may start after its window closed (slow fire): messages are found by timestamp,
+    # so still connect and read once, within the run's deadline.
+    connect_s = min(max(end_s - anyio.current_time(), MIN_CONNECT_S), wctx.probe.remaining_s())
     try:
-        with anyio.fail_after(max(0.001, end_s - anyio.current_time())):
+        with anyio.fail_after(max(0.001, connect_s)):
             await consumer.start()
     except (TimeoutError, KafkaError, OSError) as e:
         await _stop(consumer)
         return [_error(rendered, path, f"cannot connect to {bootstrap}: {type(e).__name__}: {e}")]
     try:
-        with anyio.move_on_after(max(0.0, end_s - anyio.current_time())):
-            positioned = False
+        with anyio.move_on_after(max(MIN_READ_S, end_s - anyio.current_time())):
+            ends: dict[TopicPartition, int] | None = None
             while True:
-                if not positioned:
-                    positioned = await _position(consumer, topic, since_ms)
-                    if not positioned:
+                if ends is None:
+                    ends = await _position(consumer, topic, since_ms)
+                    if ends is None:
                         await anyio.sleep(wctx.poll_interval_s)  # topic not created yet: look again
                         continue
                 batch = await consumer.getmany(timeout_ms=200, max_records=500)
                 found = False
                 for records in batch.values():
                     for record in records:
+                        if not _after_trigger(record, ends, since_ms):
+                            continue
                         message = record_dict(record)
                         seen.append(message)
                         found = found or kafka_mismatch(rendered, message) is None

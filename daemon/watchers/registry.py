@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from .base import Watcher
+from .github import watch_github
 from .kafka import watch_kafka
 from .sentry import watch_sentry
+from .slack import watch_slack
 
 WATCHERS: dict[str, Watcher] = {
+    "github": watch_github,
+    "slack": watch_slack,
     "kafka": watch_kafka,
     "sentry": watch_sentry,
 }

@@ -83,17 +83,20 @@ class GitHubEmulator:
         port: int = 0,
         repos: list[str] | None = None,
         tokens: dict[str, str] | None = None,
-        webhook_url: str | None = None,
+        webhook_url: str | list[str] | None = None,
         webhook_secret: str | None = "webhook-secret",
         rate_limit: int = 5000,
         rate_reset_s: float = 3600.0,
         storm: int = 0,
         storm_status: int = 403,
+        storm_methods: tuple[str, ...] = ("GET", "POST", "PATCH", "DELETE"),
         retry_after_s: int = 1,
     ) -> None:
         self.host, self.port = host, port
         self.tokens = tokens or {"ghp-bot": "review-bot[bot]", "ghp-prober": "prober"}
-        self.webhook_url, self.webhook_secret = webhook_url, webhook_secret
+        self.webhook_urls = [webhook_url] if isinstance(webhook_url, str) else list(webhook_url or [])
+        self.webhook_secret = webhook_secret
+        self.storm_methods = storm_methods
         self.rate_limit, self.rate_reset_s = rate_limit, rate_reset_s
         self.storm_left, self.storm_status, self.retry_after_s = storm, storm_status, retry_after_s
         self.repos: dict[str, _Repo] = {}
@@ -195,7 +198,7 @@ class GitHubEmulator:
         token = auth.split(" ", 1)[1] if " " in auth else ""
         if auth and token not in self.tokens:
             return web.json_response(error_body(401, "Bad credentials"), status=401, headers=self._rate_headers())
-        if self.storm_left > 0:
+        if self.storm_left > 0 and request.method in self.storm_methods:
             self.storm_left -= 1
             msg = ("You have exceeded a secondary rate limit. Please wait a few minutes before you try again. "
                    "If you reach out to GitHub Support for help, please include the request ID "
@@ -512,7 +515,7 @@ class GitHubEmulator:
     # --- webhooks ------------------------------------------------------------------------------
     def emit(self, event: str, repo: _Repo, payload: dict[str, Any], sender: str) -> None:
         """Queue a webhook delivery of ``event`` (payload gains ``repository`` and ``sender``)."""
-        if not self.webhook_url:
+        if not self.webhook_urls:
             return
         full = {**payload, "repository": self.repository(repo), "sender": self.user(sender)}
         try:
@@ -523,10 +526,11 @@ class GitHubEmulator:
     async def _deliver_loop(self) -> None:
         while True:
             event, payload = await self._outbox.get()
-            await self._deliver(event, payload)
+            for url in self.webhook_urls:
+                await self._deliver(url, event, payload)
 
-    async def _deliver(self, event: str, payload: dict[str, Any]) -> None:
-        assert self._session is not None and self.webhook_url is not None
+    async def _deliver(self, url: str, event: str, payload: dict[str, Any]) -> None:
+        assert self._session is not None
         body = json.dumps(payload).encode()
         delivery = str(uuid.uuid4())
         headers = {
@@ -538,11 +542,12 @@ class GitHubEmulator:
         if self.webhook_secret:
             headers["X-Hub-Signature-256"] = hub_signature(self.webhook_secret, body)
             headers["X-Hub-Signature"] = "sha1=" + hmac.new(self.webhook_secret.encode(), body, hashlib.sha1).hexdigest()
-        record: dict[str, Any] = {"event": event, "delivery": delivery, "action": payload.get("action"), "status": None}
+        record: dict[str, Any] = {"event": event, "delivery": delivery, "action": payload.get("action"),
+                                  "url": url, "status": None}
         self.deliveries.append(record)
         try:
             async with asyncio.timeout(10.0):
-                async with self._session.post(self.webhook_url, data=body, headers=headers) as resp:
+                async with self._session.post(url, data=body, headers=headers) as resp:
                     record["status"] = resp.status
         except (TimeoutError, aiohttp.ClientError) as e:
             record["error"] = type(e).__name__

@@ -1,0 +1,143 @@
+"""Propose an ``expect.trace`` document from recorded traces of healthy runs.
+
+Structure follows name, service and kind. A node is required only when every example has it
+(for repeated siblings: every instance of the parent has it); repeated siblings become a
+``count`` (exact when every example agrees, else a range). Consumer traces that link back to a
+span become ``linked`` nodes under it. Attributes are kept only when every instance agrees and
+they do not look volatile (ids, timestamps, hosts, ports). The trace's ``max_duration`` is the
+slowest example's times a margin; if no example has an error span, errors are forbidden.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .spans import Span, SpanKind, StatusCode
+
+Key = tuple[str, str, int]
+
+VOLATILE_KEY = re.compile(
+    r"(^|[._])(id|ids|uuid|guid|time|timestamp|date|host|hostname|port|pid|ip|address|addr|peer|"
+    r"user_agent|thread|sequence|seq|offset|request_id|trace|span|token|nonce|etag)($|[._])"
+    r"|(^|[._])url($|[._])|^http\.target$|^url\.full$|^url\.query$",
+    re.IGNORECASE,
+)
+VOLATILE_VALUE = re.compile(
+    r"^[0-9a-f]{16,}$|^[0-9a-f]{8}-[0-9a-f]{4}-|^\d{4}-\d{2}-\d{2}[T ]\d{2}:|^\d{10,}$", re.IGNORECASE
+)
+MAX_ATTRIBUTES = 8
+
+
+def _key(span: Span) -> Key:
+    return (span.name, span.service, int(span.kind))
+
+
+class _Example:
+    def __init__(self, spans: Sequence[Span]) -> None:
+        self.spans = list(spans)
+        ids = {s.span_id for s in self.spans}
+        self.children: dict[str, list[Span]] = {}
+        self.linkers: dict[str, list[Span]] = {}
+        for s in self.spans:
+            if s.parent_span_id and s.parent_span_id in ids:
+                self.children.setdefault(s.parent_span_id, []).append(s)
+            for ln in s.links:
+                if ln.span_id in ids and not (s.parent_span_id and s.parent_span_id in ids):
+                    self.linkers.setdefault(ln.span_id, []).append(s)
+        linked = {s.span_id for group in self.linkers.values() for s in group}
+        self.roots = [s for s in self.spans
+                      if not (s.parent_span_id and s.parent_span_id in ids) and s.span_id not in linked]
+
+    def duration_ns(self) -> int:
+        if not self.spans:
+            return 0
+        return max(s.end_ns for s in self.spans) - min(s.start_ns for s in self.spans)
+
+
+def _stable_attributes(instances: list[Span]) -> dict[str, Any]:
+    first = instances[0].attributes
+    out: dict[str, Any] = {}
+    for k, v in sorted(first.items()):
+        if VOLATILE_KEY.search(k) or not isinstance(v, str | int | float | bool):
+            continue
+        if isinstance(v, str) and VOLATILE_VALUE.search(v):
+            continue
+        if all(s.attributes.get(k, object()) == v for s in instances[1:]) and len(out) < MAX_ATTRIBUTES:
+            out[k] = v
+    return out
+
+
+def _node(instances: list[tuple[_Example, Span]], count: tuple[int, int] | None) -> dict[str, Any]:
+    span = instances[0][1]
+    node: dict[str, Any] = {"span": span.name}
+    if span.service:
+        node["service"] = span.service
+    if span.kind not in (SpanKind.UNSPECIFIED,):
+        node["kind"] = span.kind.name.lower()
+    attrs = _stable_attributes([s for _, s in instances])
+    if attrs:
+        node["attributes"] = attrs
+    if count is not None:
+        lo, hi = count
+        if lo == hi and lo != 1:
+            node["count"] = lo
+        elif lo != hi:
+            node["count"] = {"gte": lo, "lte": hi}
+    for rel in ("children", "linked"):
+        subs = _merge([(ex, (ex.children if rel == "children" else ex.linkers).get(s.span_id, []))
+                       for ex, s in instances])
+        if subs:
+            node[rel] = subs
+    return node
+
+
+def _merge(groups: list[tuple[_Example, list[Span]]], *, counted: bool = True) -> list[dict[str, Any]]:
+    """Nodes for the keys present in every group; repeated keys get a count."""
+    if not groups:
+        return []
+    per_group: list[dict[Key, list[Span]]] = []
+    for _ex, spans in groups:
+        by_key: dict[Key, list[Span]] = {}
+        for s in sorted(spans, key=lambda s: (s.start_ns, s.span_id)):
+            by_key.setdefault(_key(s), []).append(s)
+        per_group.append(by_key)
+    common = set(per_group[0])
+    for by_key in per_group[1:]:
+        common &= set(by_key)
+    out = []
+    for k in sorted(common, key=lambda k: (per_group[0][k][0].start_ns, k)):
+        counts = [len(by_key[k]) for by_key in per_group]
+        instances = [(ex, s) for (ex, _), by_key in zip(groups, per_group, strict=True) for s in by_key[k]]
+        # Top-level anchors are searched in the whole trace: only a lower bound is safe there.
+        bounds = (min(counts), max(counts)) if counted else (min(counts), min(counts))
+        node = _node(instances, bounds)
+        if not counted and min(counts) > 1:
+            node["count"] = {"gte": min(counts)}
+        out.append(node)
+    return out
+
+
+def propose(traces: Sequence[Sequence[Span]], root_name: str | None = None, *,
+            margin: float = 1.5) -> dict[str, Any]:
+    """An ``expect.trace`` mapping that every example passes (see module docstring)."""
+    examples = [_Example(t) for t in traces if t]
+    if not examples:
+        raise ValueError("no spans in the examples: nothing to propose")
+    if root_name is not None:
+        roots = [(ex, [s for s in ex.spans if s.name == root_name][:1]) for ex in examples]
+        missing = [i for i, (_, r) in enumerate(roots) if not r]
+        if missing:
+            raise ValueError(f"root span {root_name!r} is absent from example(s) {missing}")
+        tree = _merge(roots, counted=False)
+    else:
+        tree = _merge([(ex, ex.roots) for ex in examples], counted=False)
+    doc: dict[str, Any] = {"tree": tree}
+    if not any(s.status_code == StatusCode.ERROR for ex in examples for s in ex.spans):
+        doc["forbid"] = [{"status": "error"}]
+    slowest_ns = max(ex.duration_ns() for ex in examples)
+    limit_ms = max(1, math.ceil(slowest_ns * margin / 1e6))
+    doc["limits"] = {"max_duration": f"{limit_ms}ms"}
+    return doc

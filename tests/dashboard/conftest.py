@@ -1,0 +1,66 @@
+"""Dashboard + API on a real loopback socket over the real SqliteStore; Debian chromium via Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tracecanary.daemon.api import api_routes
+from tracecanary.daemon.dashboard.views import dashboard_routes
+from tracecanary.daemon.store.sqlite import SqliteStore
+
+from ..api.conftest import seed
+from ..api.control import LocalControl, SilenceBook, probe
+
+CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@dataclass
+class Site:
+    base: str
+    control: LocalControl
+
+
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    store = SqliteStore(f"sqlite:///{tmp_path / 'dash.db'}")
+    await store.open()
+    await seed(store)
+    control = LocalControl(store=store, probe_specs=[probe("shop-slack"), probe("shop-webhook")],
+                           span_delay_s=0.15, alerts=SilenceBook())
+    app = web.Application()
+    app.add_routes(api_routes(control, api_token=None))
+    app.add_routes(dashboard_routes(control, live_poll_s=0.05, live_max_s=20))
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    yield Site(str(server.make_url("")).rstrip("/"), control)
+    for t in list(control.tasks):
+        t.cancel()
+    await server.close()
+    await store.aclose()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
+        pytest.skip(f"chromium not found at {CHROMIUM}")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            await b.close()

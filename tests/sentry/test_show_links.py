@@ -1,0 +1,75 @@
+"""`trace show --source sentry` output and trace link templates."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+import anyio
+import pytest
+from pydantic import ValidationError
+
+from tracecanary.daemon.links import LinkSettings, host_of, render_links
+from tracecanary.daemon.spans.sentry import SentryTraceSource
+from tracecanary.daemon.spans.sentry_show import render_minimal_waterfall, show_sentry_trace
+from tracecanary.demo.emulators.sentry import SentryEmulator
+
+from .conftest import Service, integration_for
+from .test_trace_source import complete, fire
+
+TID = "0af7651916cd43dd8448eb211c80319c"
+
+
+@pytest.mark.anyio
+async def test_show_prints_tree_errors_and_link(sentry_emulator: SentryEmulator, sentry_service: Service) -> None:
+    integration = integration_for(sentry_emulator)
+    async with aiohttp.ClientSession() as session:
+        ctx, _ = await fire(session, sentry_service, fail=True)
+        source = SentryTraceSource(session, integration, poll_initial_s=0.02)
+        spans = await source.poll(ctx.trace.trace_id, lambda s: complete(s) and any(x.events for x in s),
+                                  anyio.current_time() + 10)
+        text = await show_sentry_trace(integration, ctx.trace.trace_id, LinkSettings({"jaeger": "http://{host}/trace/{trace_id}"}))
+    for name in ("POST /checkout", "load-cart", "charge-card", "fraud-check", "PaymentDeclinedError"):
+        assert name in text
+    lines = text.splitlines()
+    assert lines[-2] == f"sentry: https://acme.sentry.io/explore/traces/trace/{ctx.trace.trace_id}"
+    assert lines[-1] == f"jaeger: http://{host_of(sentry_emulator.base_url)}/trace/{ctx.trace.trace_id}"
+    minimal = render_minimal_waterfall(spans).splitlines()
+    assert minimal[0].startswith(f"trace {ctx.trace.trace_id}  4 spans")
+    # "<offset> <indent><name>  [shop] …": the indentation mirrors the tree; the error hangs under charge-card.
+    body = [re.sub(r"^\s*\S+ ", "", line).split("  [shop]")[0] for line in minimal[1:]]
+    assert body == [
+        "POST /checkout", "  load-cart", "  charge-card",
+        "    ! PaymentDeclinedError: card 4242 declined", "    fraud-check",
+    ]
+    assert "ERROR (internal_error)" in minimal[1] and "[parent not in trace]" in minimal[1]
+
+
+@pytest.mark.anyio
+async def test_show_unknown_trace_says_so(sentry_emulator: SentryEmulator) -> None:
+    text = await show_sentry_trace(integration_for(sentry_emulator), TID.upper())
+    assert text.splitlines()[0].startswith(f"trace {TID}: no spans in Sentry yet")
+
+
+def test_links_render_defaults_templates_and_skip_missing() -> None:
+    settings = LinkSettings({
+        "tempo": "https://grafana.local/explore?traceId={trace_id}",
+        "run": "http://{host}/runs/{run_id}?probe={probe_id}",
+    })
+    links = render_links(settings, trace_id=TID, run_id="r 1", probe_id="orders", org="acme", host="canary.local:8080")
+    assert links == {
+        "sentry": f"https://acme.sentry.io/explore/traces/trace/{TID}",
+        "tempo": f"https://grafana.local/explore?traceId={TID}",
+        "run": "http://canary.local:8080/runs/r%201?probe=orders",
+    }
+    # No org: no sentry link; no host: the template needing it is skipped, not half-rendered.
+    assert render_links(settings, trace_id=TID, run_id="r1") == {"tempo": f"https://grafana.local/explore?traceId={TID}"}
+    self_hosted = LinkSettings({"sentry": "https://{host}/organizations/{org}/explore/traces/trace/{trace_id}"})
+    assert render_links(self_hosted, trace_id=TID, org="acme", host=host_of("https://sentry.corp:9000/")) == {
+        "sentry": f"https://sentry.corp:9000/organizations/acme/explore/traces/trace/{TID}"
+    }
+
+
+def test_links_reject_unknown_placeholder() -> None:
+    with pytest.raises(ValidationError, match=r"link 'jaeger': unknown placeholder \{traceid\}"):
+        LinkSettings.model_validate({"jaeger": "http://j/trace/{traceid}"})
