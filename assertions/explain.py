@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .spans import Span
-from .tree import CNode, Solver, SpanIndex, bipartite, describe
+from .tree import CNode, Solver, SpanIndex, bipartite, describe, max_bipartite
 from .units import format_duration
 from .verdict import Finding
 
@@ -132,9 +132,29 @@ class Explainer:
                           f"{[describe(c.spec) for c in node.children]}, observed start order {seen}",
                           [describe(c.spec) for c in node.children], seen, sid)
                 return
-        names = [describe(c.spec) for c in node.groups()]
-        self._add("trace.distinct", node, f"below {span.label()} the expected {names} need distinct spans; "
-                  "some of them can only take the same span", names, {str(k): v for k, v in cands.items()}, sid)
+        self.distinct(list(node.groups()), cands, sid)
+
+    def distinct(self, nodes: list[CNode], cands: dict[int, list[str]], under: str | None) -> None:
+        """Each node has enough candidates alone, not together: name the nodes left without a span."""
+        slot_nodes = [c for c in nodes for _ in range(c.lo)]
+        got = max_bipartite([cands[c.idx] for c in slot_nodes])
+        where = f" under {self.index.by_id[under].label()}" if under else ""
+        reported: set[int] = set()
+        for c, sid in zip(slot_nodes, got, strict=True):
+            if sid is not None or c.idx in reported:
+                continue
+            reported.add(c.idx)
+            taken = {x for x in got if x is not None}
+            partial = [x for x in self._scope(c, under) if x in self.index.local[c.idx]
+                       and x not in taken and self.solver.full(c, x) is None]
+            if partial:  # a span that is almost this node: say what its subtree lacks
+                self.structure(c, max(partial, key=lambda x: self._score(c, x)))
+                continue
+            rivals = sorted({o.path for o in nodes if o is not c and set(cands[o.idx]) & set(cands[c.idx])})
+            labels = ", ".join(self.index.by_id[x].label() for x in cands[c.idx][:3])
+            self._add("trace.distinct", c, f"expected {describe(c.spec)}{where}: its candidate(s) {labels} "
+                      f"are all taken by sibling node(s) {', '.join(rivals)} (siblings need distinct spans)",
+                      describe(c.spec), cands[c.idx], under)
 
     def _add(self, ftype: str, node: CNode, msg: str, expected: Any, observed: Any, under: str | None,
              closest: list[dict[str, Any]] | None = None) -> None:

@@ -270,12 +270,8 @@ class TraceJudge:
         for a, full in zip(self.anchors, self.anchor_full, strict=True):
             ex.node(a, None, self._sorted(full))
         if not ex.findings and self._refresh() is None:
-            names = [describe(a.spec) for a in self.anchors]
-            ex.findings.append(Finding(type="trace.distinct", path=f"{self.base}.tree", expected=names,
-                                       observed={a.path: self._sorted(f) for a, f in
-                                                 zip(self.anchors, self.anchor_full, strict=True)},
-                                       message=f"the anchors {names} need distinct spans; some can only "
-                                       "take the same span"))
+            ex.distinct(self.anchors, {a.idx: self._sorted(f) for a, f in
+                                       zip(self.anchors, self.anchor_full, strict=True)}, None)
         return ex
 
     def _any_of_findings(self, *, final: bool) -> list[Finding]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from .spans import Span, SpanKind, StatusCode
@@ -70,22 +71,17 @@ def _stable_attributes(instances: list[Span]) -> dict[str, Any]:
     return out
 
 
-def _node(instances: list[tuple[_Example, Span]], count: tuple[int, int] | None) -> dict[str, Any]:
+def _node(instances: list[tuple[_Example, Span]]) -> dict[str, Any]:
+    """One node merging aligned instances (one span per example, or several per example)."""
     span = instances[0][1]
     node: dict[str, Any] = {"span": span.name}
     if span.service:
         node["service"] = span.service
-    if span.kind not in (SpanKind.UNSPECIFIED,):
+    if span.kind != SpanKind.UNSPECIFIED:
         node["kind"] = span.kind.name.lower()
     attrs = _stable_attributes([s for _, s in instances])
     if attrs:
         node["attributes"] = attrs
-    if count is not None:
-        lo, hi = count
-        if lo == hi and lo != 1:
-            node["count"] = lo
-        elif lo != hi:
-            node["count"] = {"gte": lo, "lte": hi}
     for rel in ("children", "linked"):
         subs = _merge([(ex, (ex.children if rel == "children" else ex.linkers).get(s.span_id, []))
                        for ex, s in instances])
@@ -94,29 +90,58 @@ def _node(instances: list[tuple[_Example, Span]], count: tuple[int, int] | None)
     return node
 
 
-def _merge(groups: list[tuple[_Example, list[Span]]], *, counted: bool = True) -> list[dict[str, Any]]:
-    """Nodes for the keys present in every group; repeated keys get a count."""
-    if not groups:
-        return []
+def _size(ex: _Example, span: Span) -> tuple[int, int]:
+    kids = ex.children.get(span.span_id, []) + ex.linkers.get(span.span_id, [])
+    return len({_key(k) for k in kids}), 1 + sum(_size(ex, k)[1] for k in kids)
+
+
+def _shape_order(ex: _Example, span: Span) -> tuple[int, int, int]:
+    keys, size = _size(ex, span)
+    return -keys, -size, span.start_ns
+
+
+def _merge(groups: list[tuple[_Example, list[Span]]], *, top: bool = False) -> list[dict[str, Any]]:
+    """Nodes for the keys present in every group.
+
+    Repeated siblings are aligned by shape (richest subtree first) across groups; when every
+    aligned position merges to the same node they become one node with a count, otherwise one
+    node per shape, each with a lower bound only (an upper bound would count the other shapes).
+    Top-level anchors are searched in the whole trace, so they only ever get a lower bound.
+    """
     per_group: list[dict[Key, list[Span]]] = []
-    for _ex, spans in groups:
+    for ex, spans in groups:
         by_key: dict[Key, list[Span]] = {}
         for s in sorted(spans, key=lambda s: (s.start_ns, s.span_id)):
             by_key.setdefault(_key(s), []).append(s)
+        for k, v in by_key.items():
+            by_key[k] = sorted(v, key=partial(_shape_order, ex))
         per_group.append(by_key)
-    common = set(per_group[0])
+    common = set(per_group[0]) if per_group else set()
     for by_key in per_group[1:]:
         common &= set(by_key)
-    out = []
-    for k in sorted(common, key=lambda k: (per_group[0][k][0].start_ns, k)):
+    out: list[dict[str, Any]] = []
+    for k in sorted(common, key=lambda k: (min(s.start_ns for s in per_group[0][k]), k)):
         counts = [len(by_key[k]) for by_key in per_group]
-        instances = [(ex, s) for (ex, _), by_key in zip(groups, per_group, strict=True) for s in by_key[k]]
-        # Top-level anchors are searched in the whole trace: only a lower bound is safe there.
-        bounds = (min(counts), max(counts)) if counted else (min(counts), min(counts))
-        node = _node(instances, bounds)
-        if not counted and min(counts) > 1:
-            node["count"] = {"gte": min(counts)}
-        out.append(node)
+        lo, hi = min(counts), max(counts)
+        positions = [_node([(ex, by_key[k][j]) for (ex, _), by_key in zip(groups, per_group, strict=True)])
+                     for j in range(lo)]
+        if all(p == positions[0] for p in positions):
+            node = positions[0]
+            if top and lo > 1:
+                node["count"] = {"gte": lo}
+            elif not top and lo == hi and lo != 1:
+                node["count"] = lo
+            elif not top and lo != hi:
+                node["count"] = {"gte": lo, "lte": hi}
+            out.append(node)
+            continue
+        run: list[dict[str, Any]] = []
+        for p in [*positions, None]:
+            if run and p != run[0]:
+                out.append({**run[0], "count": {"gte": len(run)}} if len(run) > 1 else run[0])
+                run = []
+            if p is not None:
+                run.append(p)
     return out
 
 
@@ -131,9 +156,9 @@ def propose(traces: Sequence[Sequence[Span]], root_name: str | None = None, *,
         missing = [i for i, (_, r) in enumerate(roots) if not r]
         if missing:
             raise ValueError(f"root span {root_name!r} is absent from example(s) {missing}")
-        tree = _merge(roots, counted=False)
+        tree = _merge(roots, top=True)
     else:
-        tree = _merge([(ex, ex.roots) for ex in examples], counted=False)
+        tree = _merge([(ex, ex.roots) for ex in examples], top=True)
     doc: dict[str, Any] = {"tree": tree}
     if not any(s.status_code == StatusCode.ERROR for ex in examples for s in ex.spans):
         doc["forbid"] = [{"status": "error"}]

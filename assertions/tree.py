@@ -160,8 +160,8 @@ def compile_tree(anchors: Iterable[SpanNode], base: str = "expect.trace") -> lis
     return nodes
 
 
-def bipartite(slots: list[list[str]]) -> list[str] | None:
-    """Give each slot a distinct span from its candidates (augmenting paths), or None if impossible."""
+def max_bipartite(slots: list[list[str]]) -> list[str | None]:
+    """A maximum matching of slots to distinct candidate spans (augmenting paths); None = unfilled."""
     owner: dict[str, int] = {}
 
     def augment(i: int, seen: set[str]) -> bool:
@@ -176,12 +176,17 @@ def bipartite(slots: list[list[str]]) -> list[str] | None:
         return False
 
     for i in range(len(slots)):
-        if not augment(i, set()):
-            return None
-    got = [""] * len(slots)
+        augment(i, set())
+    got: list[str | None] = [None] * len(slots)
     for sid, i in owner.items():
         got[i] = sid
     return got
+
+
+def bipartite(slots: list[list[str]]) -> list[str] | None:
+    """Give each slot a distinct span from its candidates, or None if impossible."""
+    got = max_bipartite(slots)
+    return None if any(g is None for g in got) else [g for g in got if g is not None]
 
 
 class SpanIndex:

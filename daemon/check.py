@@ -144,7 +144,7 @@ def _print_summary(console: Console, summaries: Sequence[ProbeSummary], failed_g
 
     for s in summaries:
         st = s.stats()
-        table.add_row(s.probe_id, f"[{_STYLE[s.state]}]{s.state}[/]", str(st["runs"]), f(st["p50_s"]),
+        table.add_row(s.probe_id, f"[{_STYLE[s.state]}]{s.state}[/]", str(st["final_runs"]), f(st["p50_s"]),
                       f(st["p95_s"]), f(st["p99_s"]), f(st["max_s"]), f"{st['error_rate']:.0%}", s.reason())
     console.print(table)
     for g in failed_gates:

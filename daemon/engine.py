@@ -58,7 +58,8 @@ def split_addr(addr: str) -> tuple[str, int]:
 async def start_site(runner: web.AppRunner, addr: str, what: str) -> web.TCPSite:
     """Bind a site; a port already in use is a startup error (exit 2), never a silent fallback."""
     host, port = split_addr(addr)
-    site = web.TCPSite(runner, host, port, reuse_address=False)
+    # SO_REUSEADDR: a port left in TIME_WAIT is free; a port with a live listener still fails (Linux).
+    site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
         await site.start()
     except OSError as e:

@@ -82,7 +82,7 @@ class ProbeSummary:
         finals = self.final_runs
         errors = sum(1 for r in finals if not (r.verdict is not None and r.verdict.ok))
         return {
-            "runs": len(finals),
+            "final_runs": len(finals),
             "attempts": len(self.runs),
             "passed": sum(1 for r in finals if r.verdict is Verdict.PASS),
             "degraded": sum(1 for r in finals if r.verdict is Verdict.DEGRADED),
@@ -204,7 +204,7 @@ def markdown(summaries: Sequence[ProbeSummary], gate_failures_: Sequence[str]) -
     for s in summaries:
         st = s.stats()
         reason = s.reason().replace("|", "\\|")
-        lines.append(f"| {s.probe_id} | {s.state} | {st['runs']} | {_fmt(st['p50_s'])} | {_fmt(st['p95_s'])} | "
+        lines.append(f"| {s.probe_id} | {s.state} | {st['final_runs']} | {_fmt(st['p50_s'])} | {_fmt(st['p95_s'])} | "
                      f"{_fmt(st['p99_s'])} | {_fmt(st['max_s'])} | {st['error_rate']:.0%} | {reason} |")
     if gate_failures_:
         lines += ["", "## Gates failed", *[f"- {g}" for g in gate_failures_]]

@@ -6,18 +6,11 @@ from typing import Any
 
 from pydantic import Field
 
-from tracecanary.assertions.units import Duration, Size
+from tracecanary.assertions.units import Duration
 from tracecanary.probes.base import StrictModel
 
-
-class OtlpSettings(StrictModel):
-    """The OTLP receiver: where systems under test export their spans."""
-
-    http: str | None = Field("127.0.0.1:4318", description="OTLP/HTTP listen address (POST /v1/traces); null = off.")
-    grpc: str | None = Field("127.0.0.1:4317", description="OTLP/gRPC listen address; null = off.")
-    token: str | None = Field(None, description="Require `Authorization: Bearer <token>` when set.")
-    max_body: Size = Field(64 * 1024 * 1024, description="Largest accepted body after decompression (413 above).")
-    max_pending_batches: int = Field(64, ge=1, description="Ingest backlog bound; beyond it 429/503 + Retry-After.")
+from .spans.buffer import BufferSettings
+from .spans.receiver import OtlpSettings
 
 
 class KafkaSpanSettings(StrictModel):
@@ -37,17 +30,6 @@ class RetentionSettings(StrictModel):
 
     max_age: Duration = Field(30 * 86400.0, description="Delete runs older than this.")
     max_runs_per_probe: int = Field(10_000, ge=1, description="Keep at most this many runs per probe.")
-
-
-class BufferSettings(StrictModel):
-    """The in-memory trace buffer runs wait on."""
-
-    max_spans: int = Field(1_000_000, ge=1000, description="Hard span budget; oldest traces evicted first.")
-    max_bytes: Size = Field(1024 * 1024 * 1024, description="Hard memory budget (estimated bytes).")
-    retention: Duration = Field(600.0, description="How long a trace is kept after its last span.")
-    correlation_attributes: list[str] = Field(
-        default_factory=list, description="Span attributes indexed for `correlate:` (e.g. job.id)."
-    )
 
 
 class TelemetrySettings(StrictModel):

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
 

@@ -32,7 +32,9 @@ def sha(seed: str, salt: str) -> str:
 
 def stable_id(seed: str, salt: str, digits: int = 9) -> int:
     """A positive integer id derived from ``seed`` (GitHub ids are 9–10 digits)."""
-    return int(hashlib.sha256(f"{seed}:{salt}".encode()).hexdigest(), 16) % 10**digits + 10 ** (digits - 1)
+    floor: int = 10 ** (digits - 1)
+    value = int(hashlib.sha256(f"{seed}:{salt}".encode()).hexdigest(), 16)
+    return value % (9 * floor) + floor
 
 
 def _iso(now: datetime) -> str:

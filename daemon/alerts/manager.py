@@ -89,6 +89,8 @@ class AlertManager:
         self._channel_locks: dict[str, anyio.Lock] = {}
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._pending: set[str] = set()
+        self._inflight = 0
+        self._settled = anyio.Condition()
         """Outbox keys queued in memory (so run() does not queue them a second time)."""
 
     # --- RunHook ---------------------------------------------------------------------------------
@@ -205,9 +207,22 @@ class AlertManager:
     async def _worker(self) -> None:
         while True:
             item = await self.queue.get()
-            lock = self._channel_locks.setdefault(item.channel, anyio.Lock())
-            async with lock:  # per-channel order: a recovery never overtakes its firing message
-                await self._deliver(item)
+            self._inflight += 1
+            try:
+                lock = self._channel_locks.setdefault(item.channel, anyio.Lock())
+                async with lock:  # per-channel order: a recovery never overtakes its firing message
+                    await self._deliver(item)
+            finally:
+                self._inflight -= 1
+                with anyio.CancelScope(shield=True):
+                    async with self._settled:
+                        self._settled.notify_all()
+
+    async def wait_idle(self) -> None:
+        """Until nothing is queued or being delivered (wrap in ``anyio.fail_after``); needs ``run()``."""
+        async with self._settled:
+            while len(self.queue) or self._inflight:
+                await self._settled.wait()
 
     async def _deliver(self, item: Delivery) -> None:
         channel = self.channels.get(item.channel)

@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import aiohttp
 import anyio
-
 from tracecanary.assertions.spans import Span, StatusCode, Trace
 from tracecanary.assertions.units import format_duration
 from tracecanary.daemon.links import LinkSettings, host_of, render_links
@@ -48,8 +47,8 @@ def render_minimal_waterfall(spans: list[Span]) -> str:
         for ev in span.events:
             if ev.name == "exception":
                 lines.append(
-                    f"{'':>8} {'  ' * depth}  ! {ev.attributes.get('exception.type')}: "
-                    f"{ev.attributes.get('exception.message')}"
+                    f"{'':>8} {'  ' * depth}  ! {ev.attributes.get('exception.type')!s}: "
+                    f"{ev.attributes.get('exception.message')!s}"
                 )
         stack.extend((c, depth + 1) for c in reversed(trace.children(span)))
     return "\n".join(lines)

@@ -114,6 +114,8 @@ async def watch_github(effect: GithubEffect, ctx: WatchContext) -> list[Finding]
     except ValueError as e:
         return [Finding(type="side_effect", severity=Verdict.ERROR, path="side_effects.github",
                         message=f"pull/issue is not a number after templating: {e}")]
+    target = "pull" if effect.pull is not None else "issue"
+    effect = effect.model_copy(update={target: number, "repo": str(ctx.probe.render(effect.repo))})
     end_s = ctx.window_end_s(effect.within)
     hub = ctx.services.github_events
     if hub is not None:

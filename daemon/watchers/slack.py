@@ -91,6 +91,7 @@ class _Scope:
 async def watch_slack(effect: SlackEffect, ctx: WatchContext) -> list[Finding]:
     """Wait until a message satisfying ``effect`` arrives (or, with ``absent``, the window closes)."""
     channel = str(ctx.probe.render(effect.channel))
+    effect = effect.model_copy(update={"channel": channel})
     out = ctx.outputs.get("slack") or {}
     thread_ts = out.get("ts") if effect.in_thread else None
     if effect.in_thread and not thread_ts:

@@ -115,6 +115,15 @@ class GitHubEmulator:
         self._session: aiohttp.ClientSession | None = None
         self.base_url = ""
 
+    @property
+    def webhook_url(self) -> str | None:
+        """The first webhook URL (set it to point deliveries at one receiver after start)."""
+        return self.webhook_urls[0] if self.webhook_urls else None
+
+    @webhook_url.setter
+    def webhook_url(self, url: str | None) -> None:
+        self.webhook_urls = [url] if url else []
+
     # --- lifecycle -----------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._middleware])

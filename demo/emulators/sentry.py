@@ -290,3 +290,28 @@ def _decode_body(raw: bytes) -> bytes:
     if len(data) > MAX_BODY_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=len(data))
     return data
+
+
+async def _serve(port: int, org: str, legacy_only: bool) -> None:
+    import anyio
+
+    emulator = SentryEmulator(org=org, legacy_only=legacy_only)
+    await emulator.start(port=port)
+    try:
+        print(f"sentry emulator {emulator.base_url} dsn={emulator.dsn()} token={emulator.token}", flush=True)
+        await anyio.sleep_forever()
+    finally:
+        await emulator.stop()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    import anyio
+
+    parser = argparse.ArgumentParser(description="Run the Sentry emulator on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--org", default="acme")
+    parser.add_argument("--legacy-only", action="store_true")
+    args = parser.parse_args()
+    anyio.run(_serve, args.port, args.org, args.legacy_only)

@@ -13,7 +13,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +92,7 @@ class Service:
 
     name: str
     app: web.Application
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     cleanup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
@@ -109,7 +109,7 @@ async def serve(service: Service, host: str = "127.0.0.1") -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(job()) for job in service.background]
+    tasks: list[asyncio.Task[None]] = [asyncio.create_task(job()) for job in service.background]
     print(f"READY {service.name} http://{host}:{sock.getsockname()[1]}", flush=True)
     try:
         waiter = asyncio.create_task(stop.wait())

@@ -57,7 +57,7 @@ class Worker:
                 headers = {k: v.decode(errors="replace") for k, v in (msg.headers or [])}
                 try:
                     await self.handle(json.loads(msg.value), headers)
-                except Exception as e:  # noqa: BLE001 - one bad message must not stop the worker
+                except Exception as e:
                     log.exception("message failed offset=%s error=%r", msg.offset, e)
         finally:
             await consumer.stop()

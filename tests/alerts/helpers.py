@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 from aiohttp import web
-
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.store.base import RunRecord, RunStatus
@@ -49,11 +48,10 @@ class Clock:
         return self.now_s
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
-    """Bounded wait until an async condition holds (re-checked every 10 ms)."""
+async def settled(mgr: AlertManager, timeout_s: float = 5.0) -> None:
+    """Bounded wait until the manager has nothing queued or in flight."""
     with anyio.fail_after(timeout_s):
-        while not await check():
-            await anyio.sleep(0.01)
+        await mgr.wait_idle()
 
 
 @asynccontextmanager

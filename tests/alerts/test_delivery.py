@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-
 from tracecanary.daemon.alerts.base import Notification
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
@@ -18,7 +17,7 @@ from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.demo.emulators.slack import SlackEmulator
 from tracecanary.probes.integrations import Integrations
 
-from .helpers import Clock, WebhookReceiver, eventually, idle, probe, run, running, serve
+from .helpers import Clock, WebhookReceiver, probe, run, running, serve, settled
 
 pytestmark = pytest.mark.anyio
 SECRET = "It's a Secret to Everybody"
@@ -44,7 +43,7 @@ async def test_signed_webhook_retries_5xx_and_429_then_delivers(store: SqliteSto
                            dashboard_url="http://canary.test")
         async with running(mgr):
             await mgr.on_run_finished(probe("orders", tags=("payments",)), run("orders", 1, "fail"))
-            await eventually(lambda: idle(mgr))
+            await settled(mgr)
     assert rx.bad_signatures == 0 and len(rx.received) == 3
     [body] = rx.accepted
     assert body["event"] == "failing" and body["version"] == 1
@@ -66,7 +65,7 @@ async def test_4xx_is_not_retried(store: SqliteStore) -> None:
         mgr = AlertManager(store, webhook_settings(f"{base}/hook"), retry_delays_s=(0.01, 0.01))
         async with running(mgr):
             await mgr.on_run_finished(probe("orders"), run("orders", 1, "fail"))
-            await eventually(lambda: idle(mgr))
+            await settled(mgr)
     assert len(rx.received) == 1
     [attempt] = await store.list_events("alert.attempt")
     assert attempt["data"]["outcome"] == "failed" and attempt["data"]["error"].startswith("webhook 404")
@@ -80,11 +79,11 @@ async def test_body_template_is_sandboxed_jinja(store: SqliteStore) -> None:
                            links=lambda t, r, p: {"sentry": f"https://s.example/{t}"})
         async with running(mgr):
             await mgr.on_run_finished(probe("orders"), run("orders", 1, "fail"))
-            await eventually(lambda: idle(mgr))
+            await settled(mgr)
     assert rx.accepted == [{"text": f"orders is failing (FAIL) https://s.example/{1:032x}", "n": 2}]
     evil = WebhookChannelConfig(url="http://x", body_template="{{ n.__class__.__mro__ }}")
     note = Notification(event="failing", dedup_key="k", incident_id="i", probe_id="p")
-    with pytest.raises(Exception, match="unsafe|undefined|access"):
+    with pytest.raises(Exception, match=r"unsafe|undefined|access"):
         render_body(evil, note)
 
 
@@ -101,7 +100,7 @@ async def test_outbox_survives_a_crash_before_delivery(db_url: str) -> None:
         mgr = AlertManager(second, webhook_settings(f"{base}/hook"))
         async with running(mgr):
             await mgr.on_run_finished(probe("orders"), run("orders", 2, "fail"))  # no new incident
-            await eventually(lambda: idle(mgr))
+            await settled(mgr)
         await second.aclose()
     assert [b["dedup_key"] for b in rx.accepted] == ["orders:orders-r1:failing"]
 
@@ -127,7 +126,7 @@ async def test_sentry_event_per_incident(store: SqliteStore, sentry: SentryEmula
     async with running(mgr):
         for i, verdict in enumerate(["fail", "pass", "error"], start=1):
             await mgr.on_run_finished(probe("orders"), run("orders", i, verdict))
-        await eventually(lambda: idle(mgr))
+        await settled(mgr)
     errors = sentry.store.errors
     assert len(errors) == 2  # one per incident; recoveries are not sent to Sentry
     first = errors[0].payload
@@ -155,7 +154,7 @@ async def test_failing_channel_raises_its_own_alert_elsewhere(
         for pid in ("a", "b", "c"):
             await mgr.on_run_finished(probe(pid), run(pid, 1, "fail"))
         await slack.wait_until(lambda: len(slack.messages("C0OPS")) == 1)
-        await eventually(lambda: idle(mgr))
+        await settled(mgr)
         health = {h["channel"]: h for h in await mgr.channel_health()}
     [msg] = slack.messages("C0OPS")
     assert msg["text"].startswith("alert channel sentry is failing")
@@ -179,7 +178,7 @@ async def test_api_silence_records_instead_of_sending(store: SqliteStore) -> Non
             assert listed["id"] == silence_id and listed["active"] and listed["created_by"] == "alice"
             clock.now_s += 3600  # 10:30: the window is over and the probe still fails
             await mgr.on_run_finished(p, run("orders", 2, "fail"))
-            await eventually(lambda: idle(mgr))
+            await settled(mgr)
             assert await mgr.remove_silence(silence_id) and not await mgr.remove_silence(silence_id)
             assert await mgr.list_silences() == []
     [held] = await store.list_events("alert.silenced")

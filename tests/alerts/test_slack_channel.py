@@ -6,14 +6,13 @@ import json
 from typing import Any
 
 import pytest
-
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
 from tracecanary.daemon.store.sqlite import SqliteStore
 from tracecanary.demo.emulators.slack import SlackEmulator
 from tracecanary.probes.integrations import Integrations
 
-from .helpers import Clock, eventually, idle, probe, run, running
+from .helpers import Clock, idle, probe, run, running, settled
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +46,7 @@ async def test_firing_message_then_threaded_recovery(store: SqliteStore, slack: 
         await slack.wait_until(lambda: len(slack.messages("C0ALERT")) == 1)
         await mgr.on_run_finished(p, run(p.id, 4, "pass"))
         await slack.wait_until(lambda: len(slack.messages("C0ALERT")) == 2)
-        await eventually(lambda: idle(mgr))
+        await settled(mgr)
         attempts = await store.list_events("alert.attempt")
 
     firing, recovery = slack.messages("C0ALERT")
@@ -73,7 +72,7 @@ async def test_restart_mid_incident_sends_no_duplicate_and_threads_recovery(
         for i in (1, 2):
             await mgr.on_run_finished(p, run(p.id, i, "fail"))
         await slack.wait_until(lambda: len(slack.messages("C0ALERT")) == 1)
-        await eventually(lambda: idle(mgr))
+        await settled(mgr)
     await first.aclose()
 
     second = SqliteStore(db_url)  # a new process: nothing in memory, everything from the store
@@ -86,7 +85,7 @@ async def test_restart_mid_incident_sends_no_duplicate_and_threads_recovery(
         await mgr.on_run_finished(p, run(p.id, 4, "fail"))  # 11m 40s in: the first reminder
         await mgr.on_run_finished(p, run(p.id, 5, "pass"))
         await slack.wait_until(lambda: len(slack.messages("C0ALERT")) == 3)
-        await eventually(lambda: idle(mgr))
+        await settled(mgr)
         alerts = await mgr.list_alerts()
     await second.aclose()
 
@@ -106,7 +105,8 @@ async def test_two_replicas_announce_an_incident_once(store: SqliteStore, slack:
             await a.on_run_finished(p, run(p.id, i, "fail"))
             await b.on_run_finished(p, run(p.id, i, "fail"))
         await slack.wait_until(lambda: len(slack.messages("C0ALERT")) >= 1)
-        await eventually(lambda: idle(a))
+        await settled(a)
+        await settled(b)
     assert len(slack.messages("C0ALERT")) == 1
 
 
@@ -116,7 +116,7 @@ async def test_rate_limited_post_is_retried_by_the_client(store: SqliteStore) ->
         async with running(manager(store, slack, settings(failure_threshold=1), Clock())) as mgr:
             await mgr.on_run_finished(p, run(p.id, 1, "error"))
             await slack.wait_until(lambda: len(slack.messages("C0ALERT")) == 1)
-            await eventually(lambda: idle(mgr))
+            await settled(mgr)
         assert slack.state.rate_limited["chat.postMessage"] == 1
     outcomes = [e["data"]["outcome"] for e in await store.list_events("alert.attempt")]
     assert outcomes == ["sent"]
@@ -131,7 +131,7 @@ async def test_invalid_token_is_a_permanent_failure(store: SqliteStore, slack: S
     mgr = AlertManager(store, s, retry_delays_s=(0.01,), on_attempt=lambda c, o: counted.append((c, o)))
     async with running(mgr):
         await mgr.on_run_finished(probe("orders"), run("orders", 1, "fail"))
-        await eventually(lambda: idle(mgr))
+        await settled(mgr)
     [attempt] = await store.list_events("alert.attempt")
     assert attempt["data"]["outcome"] == "failed" and "invalid_auth" in attempt["data"]["error"]
     assert counted == [("oncall", "failed")]

@@ -29,7 +29,7 @@ async def _receiver(request: web.Request) -> web.Response:
         return web.json_response({"error": str(e)}, status=401)
     return web.json_response({
         "event": event.event, "delivery_id": event.delivery_id, "data": event.data,
-        "headers": {k: v for k, v in request.headers.items() if k.lower().startswith(("x-", "user-agent"))},
+        "headers": {k: v for k, v in request.headers.items() if k.lower().startswith(("x-", "user-agent", "traceparent"))},
     }, status=202)
 
 

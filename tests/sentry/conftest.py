@@ -11,7 +11,6 @@ from subprocess import PIPE
 import anyio
 import anyio.abc
 import pytest
-
 from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.probes.integrations import SentryIntegration
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import aiohttp
 import anyio
 import pytest
 from pydantic import ValidationError
-
 from tracecanary.daemon.links import LinkSettings, host_of, render_links
 from tracecanary.daemon.spans.sentry import SentryTraceSource
 from tracecanary.daemon.spans.sentry_show import render_minimal_waterfall, show_sentry_trace
@@ -37,7 +34,7 @@ async def test_show_prints_tree_errors_and_link(sentry_emulator: SentryEmulator,
     minimal = render_minimal_waterfall(spans).splitlines()
     assert minimal[0].startswith(f"trace {ctx.trace.trace_id}  4 spans")
     # "<offset> <indent><name>  [shop] …": the indentation mirrors the tree; the error hangs under charge-card.
-    body = [re.sub(r"^\s*\S+ ", "", line).split("  [shop]")[0] for line in minimal[1:]]
+    body = [line[9:].split("  [shop]")[0] for line in minimal[1:]]
     assert body == [
         "POST /checkout", "  load-cart", "  charge-card",
         "    ! PaymentDeclinedError: card 4242 declined", "    fraud-check",

@@ -8,7 +8,6 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
-
 from tracecanary.assertions.spans import Span, SpanKind, StatusCode, Trace
 from tracecanary.daemon.spans.sentry import SentryAuthError, SentryTraceSource
 from tracecanary.demo.emulators.sentry import SentryEmulator

@@ -16,7 +16,6 @@ from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
-
 from tracecanary.daemon.spans.otlp import encode_request, spans_to_otlp_json
 
 from .conftest import LiveReceiver, start_receiver
@@ -27,8 +26,9 @@ JS = {"Content-Type": "application/json"}
 
 
 async def _wait_for(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    """Bounded wait on state owned by the server (polled: it has no event to await)."""
     with anyio.fail_after(timeout_s):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110
             await anyio.sleep(0.005)
 
 
@@ -209,8 +209,8 @@ async def test_backlog_full_is_429_with_retry_after() -> None:
         live = await start_receiver(tg, max_pending_batches=1, retry_after="2s")
         port = int(live.url.split(":")[2].split("/")[0])
         stream = await anyio.connect_tcp("127.0.0.1", port)
-        head = (f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                f"Content-Length: 20\r\n\r\n{{\"resourceSpans\":").encode()
+        head = (b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 20\r\n\r\n{\"resourceSpans\":")
         await stream.send(head)  # the body stays incomplete: the one ingest slot is busy
         await _wait_for(lambda: live.ingest.pending == 1)
         async with aiohttp.ClientSession() as http:

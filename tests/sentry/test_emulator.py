@@ -1,0 +1,160 @@
+"""The Sentry emulator at the HTTP level: ingestion auth and encodings, API shapes, check-ins, faults."""
+
+from __future__ import annotations
+
+import gzip
+import time
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from sentry_sdk.envelope import Envelope, Item, PayloadRef
+from tracecanary.demo.emulators.sentry import SentryEmulator
+
+pytestmark = pytest.mark.anyio
+
+TID = "4bf92f3577b34da6a3ce929d0e0e4736"
+T0 = 1_800_000_000.0
+
+
+def envelope(*items: tuple[str, dict[str, Any]]) -> bytes:
+    env = Envelope(headers={"sent_at": "2027-01-15T08:00:00Z"})
+    for kind, payload in items:
+        env.add_item(Item(payload=PayloadRef(json=payload), type=kind))
+    return env.serialize()
+
+
+def transaction(name: str, span_id: str, parent: str | None, children: list[dict[str, Any]], status: str = "ok") -> dict[str, Any]:
+    return {
+        "type": "transaction", "event_id": span_id * 2, "transaction": name,
+        "start_timestamp": T0, "timestamp": T0 + 0.5, "sdk": {"name": "sentry.python"},
+        "contexts": {"trace": {"trace_id": TID, "span_id": span_id, "parent_span_id": parent, "op": "http.server",
+                               "status": status}},
+        "spans": children,
+    }
+
+
+def child(span_id: str, parent: str, op: str, description: str, status: str | None = None) -> dict[str, Any]:
+    return {"trace_id": TID, "span_id": span_id, "parent_span_id": parent, "op": op, "description": description,
+            "start_timestamp": "2027-01-15T08:00:00.100000Z", "timestamp": "2027-01-15T08:00:00.300000Z",
+            "status": status}
+
+
+def error(span_id: str, message: str) -> dict[str, Any]:
+    return {"event_id": span_id * 2, "level": "error", "timestamp": T0 + 0.2,
+            "exception": {"values": [{"type": "KeyError", "value": message}]},
+            "contexts": {"trace": {"trace_id": TID, "span_id": span_id}}}
+
+
+async def post_envelope(session: aiohttp.ClientSession, emu: SentryEmulator, body: bytes, **kw: Any) -> int:
+    with anyio.fail_after(5):
+        async with session.post(f"{emu.base_url}/api/1/envelope/", data=body, **kw) as resp:
+            return resp.status
+
+
+async def api(session: aiohttp.ClientSession, emu: SentryEmulator, path: str, token: str | None = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token or emu.token}"} if token != "" else {}
+    with anyio.fail_after(5):
+        async with session.get(f"{emu.base_url}/api/0{path}", headers=headers) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+def auth(emu: SentryEmulator) -> dict[str, str]:
+    return {"X-Sentry-Auth": f"Sentry sentry_key={emu.public_key}, sentry_version=7, sentry_client=test/1.0",
+            "Content-Type": "application/x-sentry-envelope"}
+
+
+async def test_ingest_auth_gzip_and_trace_shapes(sentry_emulator: SentryEmulator) -> None:
+    emu = sentry_emulator
+    root = transaction("POST /orders", "a" * 16, "f" * 16, [child("b" * 16, "a" * 16, "db.query", "SELECT 1", "ok")])
+    downstream = transaction("orders process", "c" * 16, "b" * 16, [], status="internal_error")
+    body = envelope(("transaction", root), ("transaction", downstream), ("event", error("c" * 16, "'sku'")),
+                    ("event", error("9" * 16, "'lost'")))
+    async with aiohttp.ClientSession() as session:
+        assert await post_envelope(session, emu, body) == 401
+        assert await post_envelope(session, emu, body, params={"sentry_key": "nope"}) == 401
+        gz = {**auth(emu), "Content-Encoding": "gzip"}
+        assert await post_envelope(session, emu, gzip.compress(body), headers=gz) == 200
+        assert (len(emu.store.transactions), len(emu.store.errors)) == (2, 2)
+
+        assert (await api(session, emu, f"/organizations/acme/trace/{TID}/", token=""))[0] == 401
+        assert (await api(session, emu, f"/organizations/other/trace/{TID}/"))[0] == 404
+        status, tree = await api(session, emu, f"/organizations/acme/trace/{TID}/?additional_attributes=span.status")
+    assert status == 200
+    top_span, lost = tree
+    assert set(top_span) >= {"event_id", "parent_span_id", "op", "description", "start_timestamp", "end_timestamp",
+                             "duration", "project_slug", "is_transaction", "children", "errors", "transaction_id"}
+    assert (top_span["event_id"], top_span["parent_span_id"], top_span["is_transaction"]) == ("a" * 16, "f" * 16, True)
+    assert top_span["duration"] == 500.0 and top_span["project_slug"] == "shop"
+    (db,) = top_span["children"]
+    assert (db["description"], db["is_transaction"], db["additional_attributes"]) == ("SELECT 1", False, {"span.status": "ok"})
+    (process,) = db["children"]
+    assert process["description"] == "orders process" and process["errors"][0]["description"] == "KeyError: 'sku'"
+    assert (lost["event_type"], lost["description"]) == ("error", "KeyError: 'lost'")
+
+
+async def test_legacy_view_and_event_details(sentry_emulator: SentryEmulator) -> None:
+    emu = sentry_emulator
+    root = transaction("POST /orders", "a" * 16, None, [child("b" * 16, "a" * 16, "db.query", "SELECT 1")])
+    downstream = transaction("orders process", "c" * 16, "b" * 16, [])
+    body = envelope(("transaction", root), ("transaction", downstream), ("event", error("b" * 16, "'x'")),
+                    ("event", error("9" * 16, "'lost'")))
+    async with aiohttp.ClientSession() as session:
+        assert await post_envelope(session, emu, body, headers=auth(emu)) == 200
+        status, legacy = await api(session, emu, f"/organizations/acme/events-trace/{TID}/")
+        assert status == 200
+        (top,) = legacy["transactions"]
+        assert (top["span_id"], top["transaction.duration"], top["generation"]) == ("a" * 16, 500, 0)
+        assert top["errors"][0]["span"] == "b" * 16 and top["errors"][0]["title"] == "KeyError: 'x'"
+        (sub,) = top["children"]
+        assert (sub["parent_event_id"], sub["generation"]) == (top["event_id"], 1)
+        assert [e["title"] for e in legacy["orphan_errors"]] == ["KeyError: 'lost'"]
+        status, details = await api(session, emu, f"/projects/acme/shop/events/{top['event_id']}/")
+        assert status == 200 and details["entries"][0]["type"] == "spans"
+        assert details["entries"][0]["data"][0]["span_id"] == "b" * 16
+        emu.legacy_only = True
+        assert (await api(session, emu, f"/organizations/acme/trace/{TID}/"))[0] == 404
+
+
+async def test_http_check_ins_upsert_and_update(sentry_emulator: SentryEmulator) -> None:
+    emu = sentry_emulator
+    cron = f"{emu.base_url}/api/1/cron/nightly/{emu.public_key}/"
+    async with aiohttp.ClientSession() as session:
+        with anyio.fail_after(5):
+            async with session.get(cron, params={"status": "in_progress"}) as resp:
+                assert resp.status == 202
+                check_in_id = (await resp.json())["id"]
+            config = {"schedule": {"type": "crontab", "value": "0 3 * * *"}, "max_runtime": 5}
+            async with session.post(cron, json={"status": "error", "check_in_id": check_in_id, "duration": 1500,
+                                                "monitor_config": config}) as resp:
+                assert resp.status == 202
+            async with session.get(f"{emu.base_url}/api/1/cron/nightly/wrong-key/", params={"status": "ok"}) as resp:
+                assert resp.status == 401
+        status, rows = await api(session, emu, "/organizations/acme/monitors/nightly/checkins/")
+    assert status == 200
+    assert rows == [{"id": check_in_id, "status": "error", "duration": 1500, "environment": None,
+                     "monitorConfig": config}]
+    assert emu.store.check_ins[0].source == "http"
+
+
+async def test_throttle_and_ingest_delay(sentry_emulator: SentryEmulator) -> None:
+    emu = sentry_emulator
+    emu.ingest_delay_s = 0.3
+    emu.throttle(1, retry_after_s=7)
+    path = f"/organizations/acme/events/?dataset=errors&query=trace:{TID}&field=id&field=level"
+    async with aiohttp.ClientSession() as session:
+        assert await post_envelope(session, emu, envelope(("event", error("d" * 16, "'k'"))), headers=auth(emu)) == 200
+        t0 = time.monotonic()
+        with anyio.fail_after(5):
+            async with session.get(emu.base_url + "/api/0" + path, headers={"Authorization": f"Bearer {emu.token}"}) as r:
+                assert (r.status, r.headers["Retry-After"]) == (429, "7")
+        rows: list[Any] = []
+        with anyio.fail_after(5):
+            while not rows:
+                status, body = await api(session, emu, path)
+                assert status == 200
+                rows = body["data"]
+                await anyio.sleep(0.02)
+    assert time.monotonic() - t0 >= 0.25
+    assert rows == [{"id": "d" * 32, "level": "error"}]
