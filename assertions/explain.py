@@ -83,7 +83,7 @@ class Explainer:
             score += max((self._score(c, x, depth + 1) for x in local[:50]), default=0)
         return score
 
-    def node(self, node: CNode, under: str | None, found: list[str]) -> None:
+    def node(self, node: CNode, under: str | None, found: list[str], taken: frozenset[str] = frozenset()) -> None:
         """Explain why ``node`` (below span ``under``; None = top level) got fewer spans than needed."""
         under_txt = f" under {self.index.by_id[under].label()}" if under else ""
         need = node.lo
@@ -95,7 +95,8 @@ class Explainer:
         if len(found) >= need:
             return
         scope = self._scope(node, under)
-        partial = [x for x in scope if x in self.index.local[node.idx] and x not in found]
+        # Spans that satisfy the node itself but not its subtree; spans a sibling needs are skipped.
+        partial = [x for x in scope if x in self.index.local[node.idx] and x not in found and x not in taken]
         for sid in partial:
             span = self.index.by_id[sid]
             if node.spec.within is not None and (why := self.solver.within_ok(node, span)) is not None:
@@ -115,13 +116,7 @@ class Explainer:
     def structure(self, node: CNode, sid: str) -> None:
         """``sid`` satisfies ``node`` itself; explain which part of its subtree is missing."""
         cands = {c.idx: self.solver.candidates(c, sid) for c in node.groups()}
-        short = False
-        for c in node.groups():
-            got = cands[c.idx]
-            if len(got) < c.lo or (c.hi is not None and len(got) > c.hi):
-                short = True
-                self.node(c, sid, got)
-        if short:
+        if self.group(list(node.groups()), cands, sid):
             return
         span = self.index.by_id[sid]
         if node.spec.ordered and node.children:
@@ -133,6 +128,19 @@ class Explainer:
                           [describe(c.spec) for c in node.children], seen, sid)
                 return
         self.distinct(list(node.groups()), cands, sid)
+
+    def group(self, nodes: list[CNode], cands: dict[int, list[str]], under: str | None) -> bool:
+        """Explain the sibling nodes whose counts are not met; False when every count is met."""
+        slot_nodes = [c for c in nodes for _ in range(c.lo)]
+        owners = {sid: c.idx for c, sid in zip(slot_nodes, max_bipartite([cands[c.idx] for c in slot_nodes]),
+                                               strict=True) if sid is not None}
+        short = False
+        for c in nodes:
+            got = cands[c.idx]
+            if len(got) < c.lo or (c.hi is not None and len(got) > c.hi):
+                short = True
+                self.node(c, under, got, frozenset(x for x, o in owners.items() if o != c.idx))
+        return short
 
     def distinct(self, nodes: list[CNode], cands: dict[int, list[str]], under: str | None) -> None:
         """Each node has enough candidates alone, not together: name the nodes left without a span."""

@@ -49,6 +49,11 @@ class TraceJudge:
         self.forbid = [compile_checks(c) for c in expectation.forbid]
         self.pool_all = root_trace_id is None
         self.pool: set[str] = set(correlated_trace_ids) | ({root_trace_id} if root_trace_id else set())
+        # The correlated trace: the runner resolves the template and feeds that trace; without the
+        # resolved value, any fed trace carrying the attribute is taken (a literal `equals` is used as is).
+        corr = expectation.correlate
+        if correlate_value is None and corr is not None and "{{" not in corr.equals:
+            correlate_value = corr.equals
         self.correlate_value = correlate_value
         self.trace_spans: dict[str, list[str]] = {}
         self.trace_edges: dict[str, set[str]] = {}
@@ -99,8 +104,9 @@ class TraceJudge:
                 if tid in self.pool or link.trace_id in self.pool:
                     self._join_pool(tid)
                     self._join_pool(link.trace_id)
-        if (self.correlate_value is not None and self.exp.correlate is not None
-                and str(span.attributes.get(self.exp.correlate.attribute)) == self.correlate_value):
+        corr = self.exp.correlate
+        if corr is not None and corr.attribute in span.attributes and (
+                self.correlate_value is None or str(span.attributes[corr.attribute]) == self.correlate_value):
             self._join_pool(tid)
         affected = self.index.affected(span)
         self.solver.forget(affected)
@@ -267,11 +273,9 @@ class TraceJudge:
 
     def _explain(self) -> Explainer:
         ex = Explainer(self.solver, self.in_pool)
-        for a, full in zip(self.anchors, self.anchor_full, strict=True):
-            ex.node(a, None, self._sorted(full))
-        if not ex.findings and self._refresh() is None:
-            ex.distinct(self.anchors, {a.idx: self._sorted(f) for a, f in
-                                       zip(self.anchors, self.anchor_full, strict=True)}, None)
+        cands = {a.idx: self._sorted(f) for a, f in zip(self.anchors, self.anchor_full, strict=True)}
+        if not ex.group(self.anchors, cands, None) and self._refresh() is None:
+            ex.distinct(self.anchors, cands, None)
         return ex
 
     def _any_of_findings(self, *, final: bool) -> list[Finding]:

@@ -382,7 +382,7 @@ def sentry_event_matches(spec: SentryEvent, event: Mapping[str, Any]) -> bool:
     return any(check(spec.message, t) is None for t in texts) or (not texts and check(spec.message, "") is None)
 
 
-def judge_sentry(effect: SentryEffect, events: Sequence[Mapping[str, Any]], path: str = "sentry") -> list[Finding]:
+def judge_sentry(effect: SentryEffect, events: Sequence[Mapping[str, Any]], *, path: str = "sentry") -> list[Finding]:
     """Judge the Sentry events seen for the run's trace; quote what arrived when nothing matched.
 
     Without ``absent`` a missing match is a failure (the watcher calls this again until the window

@@ -20,11 +20,14 @@ from typing import Any
 import aiohttp
 import anyio
 from aiohttp import web
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from tracecanary.errors import StartupError
 from tracecanary.probes.base import ProbeSpec
 
 from .config import Config
+from .links import host_of, render_links
+from .telemetry import add_span_sink, otel_span_to_span, setup_telemetry
 from .runner import Runner, RunnerDeps
 from .settings import OtlpSettings
 from .spans.buffer import TraceBuffer
@@ -33,6 +36,8 @@ from .store.sqlite import open_store
 from .watchers.base import EventHub, Services
 
 log = logging.getLogger("tracecanary.engine")
+
+RUNNER_SCOPE = "tracecanary.runner"
 
 
 @dataclass
@@ -134,6 +139,7 @@ class Engine:
                     finally:
                         self.ready = False
                         tg.cancel_scope.cancel()
+                        await anyio.to_thread.run_sync(self.provider.shutdown)
             finally:
                 with anyio.CancelScope(shield=True):
                     await self.store.aclose()
@@ -145,12 +151,39 @@ class Engine:
             correlation_attributes=_correlation_attributes(self.config),
         )
         self.services = Services(github_events=EventHub(), slack_events=None)
+        self.provider = self._telemetry()
         self.runner = Runner(RunnerDeps(
             store=self.store, buffer=self.buffer, session=self.session, integrations=self.config.integrations,
             hooks=self.hooks, services=self.services, max_concurrent_runs=d.max_concurrent_runs,
-            poll_interval_s=d.poll_interval,
+            poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
+            links=self.links_for,
         ))
         await self._serve_http(tg)
+
+    def _telemetry(self) -> TracerProvider:
+        """The daemon's own tracer provider; probe spans also go straight into the buffer.
+
+        Only the runner's spans (probe root and client spans) enter the buffer, so the judged tree
+        has no false orphan; receiver or alert spans never do (no feedback loop).
+        """
+        t = self.config.daemon.telemetry
+        otlp = self.otlp_settings
+        provider = setup_telemetry(t.otlp_endpoint, service_name=t.service_name,
+                                   own_receiver_addrs=[a for a in (otlp.http, otlp.grpc) if a])
+        buffer = self.buffer
+
+        def sink(rs: ReadableSpan) -> None:
+            scope = rs.instrumentation_scope
+            if scope is not None and scope.name == RUNNER_SCOPE:
+                buffer.add_spans([otel_span_to_span(rs)])
+
+        add_span_sink(provider, sink)
+        return provider
+
+    def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
+        sentry = self.config.integrations.sentry
+        return render_links(self.config.extra.links, trace_id=trace_id, run_id=run_id, probe_id=probe_id,
+                            org=sentry.org, host=host_of(sentry.api_url) if sentry.api_url else None)
 
     async def _serve_http(self, tg: anyio.abc.TaskGroup) -> None:
         from .spans.receiver import otlp_routes

@@ -9,6 +9,7 @@ from pydantic import Field
 from tracecanary.assertions.units import Duration
 from tracecanary.probes.base import StrictModel
 
+from .links import LinkSettings
 from .spans.buffer import BufferSettings
 from .spans.receiver import OtlpSettings
 
@@ -80,7 +81,7 @@ class AlertsSection(StrictModel):
 class ExtraSections(StrictModel):
     """``links:``, ``alerts:`` and ``demo:``."""
 
-    links: dict[str, str] = Field(default_factory=dict, description="Trace link URL templates by name.")
+    links: LinkSettings = Field(default_factory=LinkSettings, description="Trace link URL templates by name.")
     alerts: AlertsSection = Field(default_factory=AlertsSection)
     demo: dict[str, Any] | None = None
 

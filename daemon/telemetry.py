@@ -13,7 +13,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import trace as otel_trace
@@ -22,7 +23,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from tracecanary.assertions.spans import Span, SpanEvent, SpanKind, SpanLink, StatusCode
+from tracecanary.assertions.spans import AttrValue, Span, SpanEvent, SpanKind, SpanLink, StatusCode
 
 log = logging.getLogger("tracecanary.telemetry")
 
@@ -119,12 +120,25 @@ def _hex(value: int, width: int) -> str:
     return format(value, f"0{width}x")
 
 
+def _attrs(values: Mapping[str, Any] | None) -> dict[str, AttrValue]:
+    """Attribute maps of the shared model: sequences become tuples (hashable, immutable)."""
+    out: dict[str, AttrValue] = {}
+    for key, value in (values or {}).items():
+        if isinstance(value, list | tuple):
+            out[key] = tuple(value)
+        elif isinstance(value, Mapping):
+            out[key] = dict(value)
+        else:
+            out[key] = value
+    return out
+
+
 def otel_span_to_span(rs: ReadableSpan) -> Span:
     """Convert an SDK span to the shared model (hex ids, OTLP kind/status numbers, ns times)."""
     ctx = rs.get_span_context()
     if ctx is None:  # pragma: no cover - SDK spans always carry a context
         raise ValueError(f"span {rs.name!r} has no context")
-    resource = dict(rs.resource.attributes) if rs.resource is not None else {}
+    resource = _attrs(rs.resource.attributes if rs.resource is not None else None)
     start_ns = rs.start_time or 0
     return Span(
         trace_id=_hex(ctx.trace_id, 32),
@@ -135,11 +149,11 @@ def otel_span_to_span(rs: ReadableSpan) -> Span:
         start_ns=start_ns,
         end_ns=rs.end_time or start_ns,
         service=str(resource.get("service.name", "")),
-        attributes=dict(rs.attributes or {}),
+        attributes=_attrs(rs.attributes),
         resource=resource,
-        events=tuple(SpanEvent(e.name, e.timestamp, dict(e.attributes or {})) for e in rs.events),
+        events=tuple(SpanEvent(e.name, e.timestamp, _attrs(e.attributes)) for e in rs.events),
         links=tuple(SpanLink(_hex(link.context.trace_id, 32), _hex(link.context.span_id, 16),
-                             dict(link.attributes or {})) for link in rs.links),
+                             _attrs(link.attributes)) for link in rs.links),
         status_code=StatusCode[rs.status.status_code.name],
         status_message=rs.status.description or "",
         scope=rs.instrumentation_scope.name if rs.instrumentation_scope is not None else "",

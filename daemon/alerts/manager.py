@@ -25,10 +25,12 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
 from anyio.abc import TaskStatus
+from opentelemetry.trace import Tracer
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.probes.base import ProbeSpec
 from tracecanary.probes.integrations import Integrations
@@ -71,6 +73,7 @@ class AlertManager:
         channels: dict[str, Channel] | None = None,
         on_attempt: Callable[[str, str], None] | None = None,
         workers: int = 4,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -84,6 +87,7 @@ class AlertManager:
             name: cfg.build(name, integrations) for name, cfg in settings.channels.items()}
         self._on_attempt = on_attempt
         self._workers = workers
+        self._tracer = tracer
         self.queue = DeliveryQueue(settings.queue_size)
         self._probe_locks: dict[str, anyio.Lock] = {}
         self._channel_locks: dict[str, anyio.Lock] = {}
@@ -242,7 +246,8 @@ class AlertManager:
                 await anyio.sleep(wait)
             started_s = self._clock()
             try:
-                ref = await channel.send(note, thread)
+                with self._span(item, attempt):
+                    ref = await channel.send(note, thread)
             except DeliveryError as e:
                 error = e
             except Exception as e:  # a channel bug must not kill the worker: record it, do not retry
@@ -263,6 +268,15 @@ class AlertManager:
             await self.store.kv_delete(NS_OUTBOX, item.key)
             self._pending.discard(item.key)
             await self._health(item.channel, error)
+
+    def _span(self, item: Delivery, attempt: int) -> AbstractContextManager[object]:
+        """A span per delivery attempt in the daemon's own telemetry (errors recorded by the SDK)."""
+        if self._tracer is None:
+            return nullcontext()
+        return self._tracer.start_as_current_span(f"alert.deliver {item.channel}", attributes={
+            "tracecanary.alert.channel": item.channel, "tracecanary.alert.event": item.note.event,
+            "tracecanary.probe.id": item.note.probe_id, "tracecanary.alert.incident": item.note.incident_id,
+            "tracecanary.alert.attempt": attempt})
 
     async def _record(self, item: Delivery, attempt: int, started_s: float, outcome: str,
                       error: str | None) -> None:

@@ -54,6 +54,7 @@ class KafkaSourceStats:
     spans: int = 0
     bad_messages: int = 0
     commits: int = 0
+    committed_messages: int = 0
 
 
 def _is_json(value: bytes) -> bool:
@@ -115,6 +116,7 @@ async def run_kafka_source(
             try:
                 await consumer.commit()
                 stats.commits += 1
+                stats.committed_messages += sum(len(r) for r in batches.values())
             except KafkaError as e:  # a rebalance took the partitions: the next owner re-reads
                 log.warning("kafka span source commit failed error=%r", str(e))
     finally:

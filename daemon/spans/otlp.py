@@ -18,6 +18,7 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as _PbSpan
 from tracecanary.assertions.spans import AttrValue, Span, SpanEvent, SpanKind, SpanLink, StatusCode
 from tracecanary.daemon.spans.model import (
     ZERO_SPAN_ID,
@@ -36,10 +37,13 @@ __all__ = [
     "decode_protobuf",
     "decode_request",
     "encode_request",
+    "find_attribute_hits",
+    "find_link_pairs",
     "scan_protobuf",
     "spans_to_otlp_json",
 ]
 
+_Link = _PbSpan.Link
 _KINDS = {int(k): k for k in SpanKind}
 _STATUS = {int(c): c for c in StatusCode}
 
@@ -175,8 +179,12 @@ class RawBatch:
     message: ExportTraceServiceRequest
     span_count: int
     trace_counts: dict[bytes, int]
-    has_links: bool
+    links_raw: list[bytes]
     fallback: DecodedBatch | None = None
+
+    @property
+    def has_links(self) -> bool:
+        return bool(self.links_raw)
 
     @property
     def rejected(self) -> int:
@@ -190,38 +198,48 @@ class RawBatch:
         """Decode the spans (of the traces in ``only``) into the span model."""
         return decode_request(self.message, only).spans
 
-    def link_pairs(self) -> set[tuple[bytes, bytes]]:
-        """``(linking trace id, linked trace id)`` for every valid span link in the batch."""
-        pairs: set[tuple[bytes, bytes]] = set()
-        if not self.has_links:
-            return pairs
-        for rs in self.message.resource_spans:
-            for ss in rs.scope_spans:
-                for sp in ss.spans:
-                    if sp.links:
-                        src = sp.trace_id
-                        pairs.update((src, ln.trace_id) for ln in sp.links if len(ln.trace_id) == 16)
-        return pairs
+    def link_targets(self) -> set[bytes]:
+        """Trace ids that spans of this batch link into (read in bulk, no per-span decoding)."""
+        targets: set[bytes] = set()
+        for raw in self.links_raw:
+            if raw[:2] == b"\x0a\x10":  # trace_id first, as every encoder writes it
+                tid = raw[2:18]
+            else:
+                tid = _Link.FromString(raw).trace_id
+            if len(tid) == 16 and tid != ZERO_TRACE_ID:
+                targets.add(tid)
+        return targets
 
-    def attribute_hits(self, keys: Collection[str]) -> set[tuple[str, AttrValue, bytes]]:
-        """``(key, value, trace id)`` for span or resource attributes named in ``keys``.
 
-        Keys whose UTF-8 bytes do not occur in the body are skipped without decoding anything.
-        """
-        wanted = {k for k in keys if k.encode() in self.body}
-        hits: set[tuple[str, AttrValue, bytes]] = set()
-        if not wanted:
-            return hits
-        for rs in self.message.resource_spans:
-            res = [(kv.key, kv.value) for kv in rs.resource.attributes if kv.key in wanted]
-            for ss in rs.scope_spans:
-                for sp in ss.spans:
-                    for key, value in res:
-                        hits.add((key, _hashable(_any_value(value)), sp.trace_id))
-                    for kv in sp.attributes:
-                        if kv.key in wanted:
-                            hits.add((kv.key, _hashable(_any_value(kv.value)), sp.trace_id))
-        return hits
+def find_link_pairs(message: ExportTraceServiceRequest, targets: Container[bytes] | None = None
+                    ) -> set[tuple[bytes, bytes]]:
+    """``(linking trace id, linked trace id)`` for span links (into ``targets`` when given)."""
+    pairs: set[tuple[bytes, bytes]] = set()
+    for rs in message.resource_spans:
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                if sp.links:
+                    src = sp.trace_id
+                    for ln in sp.links:
+                        if len(ln.trace_id) == 16 and (targets is None or ln.trace_id in targets):
+                            pairs.add((src, ln.trace_id))
+    return pairs
+
+
+def find_attribute_hits(message: ExportTraceServiceRequest, keys: Collection[str]
+                        ) -> set[tuple[str, AttrValue, bytes]]:
+    """``(key, value, trace id)`` for span or resource attributes named in ``keys``."""
+    hits: set[tuple[str, AttrValue, bytes]] = set()
+    for rs in message.resource_spans:
+        res = [(kv.key, kv.value) for kv in rs.resource.attributes if kv.key in keys]
+        for ss in rs.scope_spans:
+            for sp in ss.spans:
+                for key, value in res:
+                    hits.add((key, _hashable(_any_value(value)), sp.trace_id))
+                for kv in sp.attributes:
+                    if kv.key in keys:
+                        hits.add((kv.key, _hashable(_any_value(kv.value)), sp.trace_id))
+    return hits
 
 
 def _hashable(value: AttrValue) -> AttrValue:
@@ -247,7 +265,7 @@ def scan_protobuf(body: bytes) -> RawBatch:
         and ZERO_TRACE_ID not in counts
         and ZERO_SPAN_ID not in ids.span_id
     )
-    batch = RawBatch(body, message, span_count, dict(counts), len(ids.links) > 0)
+    batch = RawBatch(body, message, span_count, dict(counts), list(ids.links) if ids.links else [])
     if not valid:
         batch.fallback = decode_request(message)
     return batch

@@ -158,6 +158,7 @@ class SentryTraceSource:
             raise SentryApiError(f"events-trace {trace_id}: unexpected shape {type(data).__name__}")
         txns = list(walk_legacy(data.get("transactions") or []))
         details: dict[str, Json] = {}
+        failures: list[SentryApiError] = []
 
         async def one(txn: Json) -> None:
             async with self._event_fetch_limit:
@@ -165,12 +166,17 @@ class SentryTraceSource:
                 try:
                     details[str(txn.get("event_id"))] = await self._get(path)
                 except SentryApiError as e:
-                    if e.status != 404:  # an event not in nodestore yet: keep the transaction alone
-                        raise
+                    if e.status != 404:  # 404: not in nodestore yet; keep the transaction alone
+                        failures.append(e)
+                except TimeoutError:
+                    failures.append(SentryApiError(f"GET {path}: timed out"))
 
         async with anyio.create_task_group() as tg:
             for txn in txns:
                 tg.start_soon(one, txn)
+        if failures:
+            # Raised here, not inside the group, so callers see the error itself (429 → Retry-After).
+            raise failures[0]
         return convert_legacy(trace_id, txns, details, data.get("orphan_errors") or [])
 
     async def error_events(self, trace_id: str, limit: int = 100) -> list[Json]:

@@ -182,6 +182,12 @@ class SqliteStore:
             rows = await cur.fetchall()
         return [self._row_to_run(r) for r in rows]
 
+    async def runs_for_trace(self, trace_id: str) -> list[RunRecord]:
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE trace_id=? OR run_id=? ORDER BY started_ns"
+        async with self.db.execute(sql, (trace_id, trace_id)) as cur:
+            rows = await cur.fetchall()
+        return [self._row_to_run(r) for r in rows]
+
     async def abort_running(self, reason: str) -> int:
         cursor = await self.db.execute(
             "UPDATE runs SET status=?, abort_reason=?, finished_ns=COALESCE(finished_ns, ?), verdict=NULL "

@@ -75,6 +75,7 @@ class SentryEmulator:
         self.api_request_times: list[float] = []
         """time.monotonic() of each API request, parallel to ``api_requests``."""
         self._throttle_left = 0
+        self._throttle_skip = 0
         self._throttle_retry_after_s = 0.0
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -130,8 +131,9 @@ class SentryEmulator:
     ) -> None:
         await self.stop()
 
-    def throttle(self, requests: int, retry_after_s: float = 1.0) -> None:
-        """Answer the next ``requests`` API requests with 429 and ``Retry-After: retry_after_s``."""
+    def throttle(self, requests: int, retry_after_s: float = 1.0, *, after: int = 0) -> None:
+        """Let ``after`` API requests through, then answer ``requests`` with 429 + ``Retry-After``."""
+        self._throttle_skip = after
         self._throttle_left = requests
         self._throttle_retry_after_s = retry_after_s
 
@@ -214,7 +216,9 @@ class SentryEmulator:
             )
         if request.match_info.get("org", self.org) != self.org:
             raise web.HTTPNotFound(text=json.dumps({"detail": "The requested resource does not exist"}))
-        if self._throttle_left > 0:
+        if self._throttle_skip > 0:
+            self._throttle_skip -= 1
+        elif self._throttle_left > 0:
             self._throttle_left -= 1
             raise web.HTTPTooManyRequests(
                 headers={"Retry-After": f"{self._throttle_retry_after_s:g}"},

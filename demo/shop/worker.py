@@ -84,6 +84,8 @@ class Worker:
     async def signal(self, m: dict[str, Any]) -> None:
         with self.tracer.start_as_current_span("enrich-order", attributes={"signal.id": m["signal_id"]}):
             summary = f"{m['scenario']} signal {m['signal_id']} for {m['symbol']} at {m['enrichment']['price']:.2f}"
+            if m.get("test_id"):
+                summary += f" (test {m['test_id']})"
         with self.tracer.start_as_current_span("db.insert", kind=SpanKind.CLIENT,
                                                attributes={"db.system": "sqlite", "db.operation.name": "INSERT"}):
             await asyncio.to_thread(self._insert, m)

@@ -7,12 +7,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan
 from tracecanary.daemon.alerts.base import Notification
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
 from tracecanary.daemon.alerts.silences import SilenceSettings
 from tracecanary.daemon.alerts.webhook import WebhookChannelConfig, render_body, verify
 from tracecanary.daemon.store.sqlite import SqliteStore
+from tracecanary.daemon.telemetry import add_span_sink, setup_telemetry
 from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.demo.emulators.slack import SlackEmulator
 from tracecanary.probes.integrations import Integrations
@@ -39,8 +41,11 @@ def test_signature_matches_the_github_test_vector() -> None:
 async def test_signed_webhook_retries_5xx_and_429_then_delivers(store: SqliteStore) -> None:
     rx = WebhookReceiver(SECRET, script=[(503, {}), (429, {"Retry-After": "0"})])
     async with serve(rx.app()) as base:
+        provider = setup_telemetry(None, own_receiver_addrs=[])
+        spans: list[ReadableSpan] = []
+        add_span_sink(provider, spans.append)
         mgr = AlertManager(store, webhook_settings(f"{base}/hook"), retry_delays_s=(0.01, 0.01, 0.01),
-                           dashboard_url="http://canary.test")
+                           dashboard_url="http://canary.test", tracer=provider.get_tracer("tracecanary.alerts"))
         async with running(mgr):
             await mgr.on_run_finished(probe("orders", tags=("payments",)), run("orders", 1, "fail"))
             await settled(mgr)
@@ -57,6 +62,8 @@ async def test_signed_webhook_retries_5xx_and_429_then_delivers(store: SqliteSto
     assert headers["X-Tracecanary-Delivery"] == "orders:orders-r1:failing" and headers["X-Tracecanary-Event"] == "failing"
     outcomes = [e["data"]["outcome"] for e in reversed(await store.list_events("alert.attempt"))]
     assert outcomes == ["retry", "retry", "sent"]
+    assert [(sp.name, sp.status.status_code.name, sp.attributes["tracecanary.alert.attempt"]) for sp in spans] == [
+        ("alert.deliver hook", "ERROR", 1), ("alert.deliver hook", "ERROR", 2), ("alert.deliver hook", "UNSET", 3)]
 
 
 async def test_4xx_is_not_retried(store: SqliteStore) -> None:

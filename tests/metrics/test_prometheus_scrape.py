@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,22 @@ async def wait_for_result(prom: Any, session: aiohttp.ClientSession, promql: str
             if result:
                 return result
             await anyio.sleep(0.2)  # Prometheus offers no push notification of a finished scrape
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "tracecanary.json"
+NAME_RE = re.compile(r"\b((?:probe|tracecanary)_[a-z_]+)\b")
+
+
+async def check_dashboard_queries(prom: Any, session: aiohttp.ClientSession, m: Metrics) -> None:
+    """Every panel query of the Grafana dashboard parses in Prometheus and names only our metrics."""
+    exported = {s.name for fam in m.registry.collect() for s in fam.samples}
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
+    assert len(exprs) >= 12
+    for expr in exprs:
+        names = set(NAME_RE.findall(expr))
+        assert names and names <= exported, (expr, names - exported)
+        promql = expr.replace("$__rate_interval", "1m").replace("$__range", "5m").replace("$probe", ".*")
+        await prom.query(session, promql)  # asserts status == success (it parsed and ran)
 
 
 async def test_prometheus_scrapes_probe_success_and_duration_quantile(tmp_path: Path) -> None:
@@ -93,5 +111,6 @@ async def test_prometheus_scrapes_probe_success_and_duration_quantile(tmp_path: 
                 assert float(row["value"][1]) == value, promql
             [tgt] = await prom.targets(session)
             assert tgt["health"] == "up" and tgt["lastError"] == ""
+            await check_dashboard_queries(prom, session, m)
     finally:
         await runner.cleanup()

@@ -56,7 +56,7 @@ async def test_failed_delete_is_a_teardown_finding(api: tuple[JobsApi, str, aioh
     await probe.fire(ctx)
     jobs.jobs.clear()  # someone else removed it: the delete answers 404
     [finding] = await probe.teardown(ctx)
-    assert finding.type == "teardown" and finding.path == "delete.expect.response.status"
+    assert finding.type == "teardown" and finding.path == "delete[0].expect.response.status"
     assert finding.observed == 404
     assert not await _probe(url, delete_expect="200-404").teardown(ctx)
 

@@ -9,7 +9,7 @@ import aiohttp
 import anyio
 import pytest
 from tracecanary.assertions.spans import Span, SpanKind, StatusCode, Trace
-from tracecanary.daemon.spans.sentry import SentryAuthError, SentryTraceSource
+from tracecanary.daemon.spans.sentry import SentryAuthError, SentryRateLimitedError, SentryTraceSource
 from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.probes.integrations import SentryIntegration
 
@@ -151,3 +151,23 @@ async def test_bad_token_raises(sentry_emulator: SentryEmulator) -> None:
         source = SentryTraceSource(session, bad, poll_initial_s=0.01)
         with pytest.raises(SentryAuthError):
             await source.poll("cd" * 16, complete, anyio.current_time() + 5)
+
+
+async def test_legacy_detail_fetch_rate_limited_surfaces_as_retry_after() -> None:
+    async with SentryEmulator(projects={"1": "shop"}, legacy_only=True) as emulator:
+        service = await start_service(emulator.dsn())
+        try:
+            async with aiohttp.ClientSession() as session:
+                ctx, _ = await fire(session, service)
+                source = SentryTraceSource(session, integration_for(emulator), poll_initial_s=0.02)
+                await source.poll(ctx.trace.trace_id, complete, anyio.current_time() + 10)
+                # events-trace answers, the per-transaction event fetch is throttled: a plain 429 error.
+                emulator.throttle(1, retry_after_s=0.15, after=1)
+                with pytest.raises(SentryRateLimitedError) as caught:
+                    await source.fetch(ctx.trace.trace_id)
+                assert caught.value.retry_after_s == 0.15
+                emulator.throttle(1, retry_after_s=0.15, after=1)
+                spans = await source.poll(ctx.trace.trace_id, complete, anyio.current_time() + 10)
+        finally:
+            await stop_service(service)
+    assert_checkout_tree(spans, ctx)

@@ -88,3 +88,11 @@ def test_judge_sentry_pure() -> None:
     assert judge_sentry(effect(absent=True), []) == []
     (g,) = judge_sentry(effect(absent=True), rows)
     assert g.details["event_ids"] == ["e1"]
+
+
+async def test_missing_sentry_credentials_is_an_error_finding() -> None:
+    async with aiohttp.ClientSession() as session:
+        probe: Any = make_probe_context(session, Integrations())
+        (f,) = await watch_sentry(effect(), WatchContext(probe=probe, services=Services(), poll_interval_s=0.01))
+    assert f.severity == "error"
+    assert f.message == "sentry: integrations.sentry needs org and token (event:read) for trace lookups"

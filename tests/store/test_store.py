@@ -58,6 +58,9 @@ async def test_run_roundtrip_with_findings_and_spans(store: Store) -> None:
     assert got.log == "line1\nline2"
     without = await store.get_run(run.run_id)
     assert without is not None and without.spans == []
+    assert [r.run_id for r in await store.runs_for_trace("ab" * 16)] == [run.run_id]
+    assert [r.run_id for r in await store.runs_for_trace(run.run_id)] == [run.run_id]
+    assert await store.runs_for_trace("00" * 16) == []
 
 
 @pytest.mark.anyio
