@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .match import Matcher, coerce_matcher
 from .units import Duration
@@ -31,8 +31,9 @@ def _validate_matchers(value: dict[str, Any]) -> dict[str, Any]:
         if isinstance(m, dict):
             try:
                 coerce_matcher(m)
-            except ValueError as e:
-                raise ValueError(f"attribute {key!r}: {e}") from e
+            except ValidationError as e:
+                why = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+                raise ValueError(f"attribute {key!r}: {why}") from e
     return value
 
 

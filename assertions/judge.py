@@ -59,13 +59,17 @@ class TraceJudge:
         self.trace_edges: dict[str, set[str]] = {}
         self.anchor_full: list[set[str]] = [set() for _ in self.anchors]
         self.dirty: set[str] = set()
+        self.dirty_all = False
+        self.pending: list[Span] = []
         self.top: tuple[Assign | None] | None = None
         self.forbid_hits: list[tuple[int, str]] = []
         self.pool_count = 0
         self.first_start_ns: int | None = None
         self.last_end_ns = 0
         self.max_depth_seen = 0
+        self.depth: dict[str, int] = {}
         self.last_arrival_unix_ns: int | None = None
+        self.has_within = any(n.spec.within is not None for n in self.nodes)
         self.whole_rules = expectation.model_copy(update={"any_of": []}).has_whole_trace_rules()
         self.alts = [TraceJudge(alt, root_trace_id=root_trace_id, trigger_ns=trigger_ns,
                                 correlated_trace_ids=self.pool, correlate_value=correlate_value,
@@ -108,9 +112,7 @@ class TraceJudge:
         if corr is not None and corr.attribute in span.attributes and (
                 self.correlate_value is None or str(span.attributes[corr.attribute]) == self.correlate_value):
             self._join_pool(tid)
-        affected = self.index.affected(span)
-        self.solver.forget(affected)
-        self.dirty |= affected
+        self.pending.append(span)  # invalidation is batched until the next check
 
     def _join_pool(self, trace_id: str) -> None:
         if self.pool_all or trace_id in self.pool:
@@ -130,17 +132,17 @@ class TraceJudge:
         """Whole-trace bookkeeping for a span of the pool (forbid, size, duration, depth)."""
         self.pool_count += 1
         if self.first_start_ns is None or span.start_ns < self.first_start_ns:
-            if self.trigger_ns is None and self.first_start_ns is not None:
+            if self.trigger_ns is None and self.first_start_ns is not None and self.has_within:
                 self.solver.memo.clear()  # `within` is measured from the earliest span offline
-                self.dirty |= set(self.index.by_id)
+                self.dirty_all = True
             self.first_start_ns = span.start_ns
         self.last_end_ns = max(self.last_end_ns, span.end_ns)
         for i, checks in enumerate(self.forbid):
             if all(c(span) is None for c in checks):
                 self.forbid_hits.append((i, span.span_id))
-        depth, s = 1, span
-        while s.parent_span_id and (s := self.index.by_id.get(s.parent_span_id)) is not None:  # type: ignore[assignment]
-            depth += 1
+        # Depth as known on arrival (a late parent is caught by the exact count at settle/finish).
+        depth = self.depth.get(span.parent_span_id or "", 0) + 1
+        self.depth[span.span_id] = depth
         self.max_depth_seen = max(self.max_depth_seen, depth)
 
     def in_pool(self, sid: str) -> bool:
@@ -159,6 +161,23 @@ class TraceJudge:
     # ---- solving ------------------------------------------------------------------------------
 
     def _refresh(self) -> Assign | None:
+        if self.pending:
+            if self.solver.memo:
+                affected = self.index.affected(self.pending)
+                self.solver.forget(affected)
+                self.dirty |= affected
+            else:  # nothing solved yet: every anchor candidate is solved from scratch anyway
+                self.dirty_all = True
+            self.pending.clear()
+        if self.dirty_all:
+            self.solver.memo.clear()
+            for a, full in zip(self.anchors, self.anchor_full, strict=True):
+                full.clear()
+                full.update(x for x in self.index.local[a.idx]
+                            if self.in_pool(x) and self.solver.full(a, x) is not None)
+            self.dirty_all = False
+            self.dirty.clear()
+            self.top = None
         if self.dirty:
             for a, full in zip(self.anchors, self.anchor_full, strict=True):
                 local = self.index.local[a.idx]

@@ -255,7 +255,7 @@ def _kafka_summary(message: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def judge_kafka(effect: KafkaEffect, messages: Sequence[Mapping[str, Any]], *, path: str = "kafka") -> list[Finding]:
+def judge_kafka(effect: KafkaEffect, messages: Sequence[Mapping[str, Any]], *, path: str = "side_effects.kafka") -> list[Finding]:
     """Judge the messages a watcher saw on ``effect.topic`` during the window."""
     matched = [m for m in messages if kafka_mismatch(effect, m) is None]
     wanted = {"topic": effect.topic, "key": effect.key, "value": effect.value, "header": effect.header}
@@ -318,7 +318,7 @@ def http_until_mismatch(until: HttpPollUntil, observation: Mapping[str, Any]) ->
     return None
 
 
-def judge_http(effect: HttpEffect, observations: Sequence[Mapping[str, Any]], *, path: str = "http") -> list[Finding]:
+def judge_http(effect: HttpEffect, observations: Sequence[Mapping[str, Any]], *, path: str = "side_effects.http") -> list[Finding]:
     """Judge the polls a watcher made: the endpoint must (or, absent, must not) reach ``until``."""
     held = [o for o in observations if http_until_mismatch(effect.until, o) is None]
     expected = effect.until.model_dump(by_alias=True, exclude_defaults=True)

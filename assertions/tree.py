@@ -77,12 +77,17 @@ def _event_check(ev: Any) -> Check:
     return chk
 
 
-def compile_checks(spec: SpanConstraint) -> list[Check]:
+def compile_name_check(spec: SpanConstraint) -> Check | None:
+    if (name := spec.span) is None:
+        return None
+    return lambda s: None if name_matches(name, s.name) else f'name "{s.name}", expected {_pattern_text(name)}'
+
+
+def compile_checks(spec: SpanConstraint, *, with_name: bool = True) -> list[Check]:
     """The node's own constraints, each reporting what it observed when it breaks."""
     checks: list[Check] = []
-    if (name := spec.span) is not None:
-        checks.append(lambda s: None if name_matches(name, s.name)
-                      else f'name "{s.name}", expected {_pattern_text(name)}')
+    if with_name and (name_check := compile_name_check(spec)) is not None:
+        checks.append(name_check)
     if (svc := spec.service) is not None:
         checks.append(lambda s: None if name_matches(svc, s.service)
                       else f'service "{s.service}", expected {_pattern_text(svc)}')
@@ -122,18 +127,18 @@ class CNode:
     descendants: list[CNode] = field(default_factory=list)
     linked: list[CNode] = field(default_factory=list)
 
-    @property
-    def exact_name(self) -> str | None:
-        n = self.spec.span
-        return n if isinstance(n, str) and not any(c in n for c in "*?[") else None
-
     def groups(self) -> Iterator[CNode]:
         yield from self.children
         yield from self.descendants
         yield from self.linked
 
     def local_ok(self, span: Span) -> bool:
-        return all(c(span) is None for c in self.checks)
+        """The node's own constraints hold (the name is checked by the index's name cache)."""
+        return all(c(span) is None for c in self.rest)
+
+    @property
+    def rest(self) -> list[Check]:
+        return self.checks[1:] if self.spec.span is not None else self.checks
 
     def broken(self, span: Span) -> list[str]:
         return [why for c in self.checks if (why := c(span)) is not None]
@@ -198,13 +203,8 @@ class SpanIndex:
         self.children: dict[str, list[str]] = {}
         self.linkers: dict[str, list[str]] = {}
         self.local: list[set[str]] = [set() for _ in nodes]
+        # Span names repeat: which nodes' name patterns accept a name is computed once per name.
         self._by_name: dict[str, list[CNode]] = {}
-        self._generic: list[CNode] = []
-        for n in nodes:
-            if (name := n.exact_name) is not None:
-                self._by_name.setdefault(name, []).append(n)
-            else:
-                self._generic.append(n)
 
     def add(self, span: Span) -> bool:
         """Index one span; False when its id was already known (duplicates are ignored)."""
@@ -216,10 +216,11 @@ class SpanIndex:
             self.children.setdefault(span.parent_span_id, []).append(sid)
         for link in span.links:
             self.linkers.setdefault(link.span_id, []).append(sid)
-        for n in self._by_name.get(span.name, ()):
-            if n.local_ok(span):
-                self.local[n.idx].add(sid)
-        for n in self._generic:
+        nodes = self._by_name.get(span.name)
+        if nodes is None:
+            nodes = self._by_name[span.name] = [n for n in self.nodes if n.spec.span is None
+                                                or name_matches(n.spec.span, span.name)]
+        for n in nodes:
             if n.local_ok(span):
                 self.local[n.idx].add(sid)
         return True
@@ -235,10 +236,12 @@ class SpanIndex:
             seen += 1
         return False
 
-    def affected(self, span: Span) -> set[str]:
-        """Span ids whose full-match answer may change now that ``span`` arrived."""
+    def affected(self, spans: Iterable[Span]) -> set[str]:
+        """Span ids whose full-match answer may change now that ``spans`` arrived: each span and its
+        ancestors, and through span links the ancestors of the spans it links to. Walks share the
+        visited set, so a batch costs its size plus its distinct ancestors."""
         out: set[str] = set()
-        stack = [span.span_id]
+        stack = [s.span_id for s in spans]
         while stack:
             sid = stack.pop()
             while sid and sid not in out:

@@ -37,17 +37,23 @@ class Daemon:
         self.reloads = 0
 
     async def run(self) -> int:
+        from .control_impl import DaemonControl
         from .wiring import wire_daemon
 
-        wire_daemon(self.engine)
+        self.control = DaemonControl(self.engine)
+        wire_daemon(self.engine, self.control)
         async with self.engine.started() as engine:
+            if engine.alerts is not None:
+                self.control.alerts = engine.alerts
             aborted = await engine.store.abort_running("daemon restart")
             if aborted:
                 log.warning("marked runs left running by a previous process as aborted count=%d", aborted)
             await self._upsert_probes(self.config.probes)
-            self.scheduler = Scheduler(self._fire)
+            self.scheduler = Scheduler(self._fire, on_lateness=engine.metrics.lateness)
             self.scheduler.set_probes(self.config.probes)
+            self.control.scheduler = self.scheduler
             async with anyio.create_task_group() as tg:
+                self.control.task_group = tg
                 await tg.start(self.scheduler.run)
                 tg.start_soon(self._retention_loop)
                 log.info("daemon ready addresses=%s probes=%d", engine.addresses, len(self.config.probes))
@@ -77,6 +83,8 @@ class Daemon:
         self.scheduler.stop()
         with anyio.move_on_after(self.config.daemon.shutdown_grace):
             await self.engine.runner.wait_idle()
+            if self.engine.alerts is not None:
+                await self.engine.alerts.wait_idle()
 
     async def reload(self) -> bool:
         try:
@@ -91,6 +99,7 @@ class Daemon:
         await self._upsert_probes(new.probes)
         assert self.scheduler is not None
         self.scheduler.set_probes(new.probes)
+        self.engine.metrics.retain(new.probes)
         self.reloads += 1
         log.info("config reloaded probes=%d", len(new.probes))
         return True

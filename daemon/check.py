@@ -70,11 +70,17 @@ async def run_check(config: Config, opts: CheckOptions, console: Console | None 
             console.print("receivers: " + ", ".join(f"{k}={v}" for k, v in engine.addresses.items()))
         await _run_all(engine, probes, opts, runs, console)
         if opts.record:
-            _record(opts.record, runs)
+            await anyio.to_thread.run_sync(_record, opts.record, runs)
     summaries = summarize(runs, [p.id for p in probes])
     failed_gates = gate_failures(summaries, gates)
     code = 0 if all(s.ok for s in summaries) and not failed_gates else 1
     _print_summary(console, summaries, failed_gates)
+    await anyio.to_thread.run_sync(_write_reports, opts, summaries, code, failed_gates, started_ns)
+    return code
+
+
+def _write_reports(opts: CheckOptions, summaries: list[ProbeSummary], code: int, failed_gates: list[str],
+                   started_ns: int) -> None:
     if opts.json:
         write_json(opts.json, json_report(summaries, exit_code=code, gates=opts.fail_if,
                                           gate_failures_=failed_gates, started_ns=started_ns))
@@ -82,7 +88,6 @@ async def run_check(config: Config, opts: CheckOptions, console: Console | None 
         Path(opts.junit).write_text(junit_xml(summaries))
     if opts.markdown:
         Path(opts.markdown).write_text(markdown(summaries, failed_gates))
-    return code
 
 
 def config_store_set(config: Config) -> bool:

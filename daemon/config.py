@@ -395,9 +395,9 @@ def schema() -> dict[str, Any]:
         probes: list[probe_union] = Field(default_factory=list)  # type: ignore[valid-type]
         daemon: DaemonSettings | None = None
         integrations: Integrations | None = None
-        links: ExtraSections.model_fields["links"].annotation | None = None  # type: ignore[name-defined]
-        alerts: ExtraSections.model_fields["alerts"].annotation | None = None  # type: ignore[name-defined]
-        demo: ExtraSections.model_fields["demo"].annotation | None = None  # type: ignore[name-defined]
+        links: ExtraSections.model_fields[links].annotation | None = None  # type: ignore[name-defined]
+        alerts: ExtraSections.model_fields[alerts].annotation | None = None  # type: ignore[name-defined]
+        demo: ExtraSections.model_fields[demo].annotation | None = None  # type: ignore[name-defined]
 
     doc = TypeAdapter(SuiteFileSchema).json_schema(mode="validation")
     doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -26,13 +26,15 @@ from tracecanary.errors import StartupError
 from tracecanary.probes.base import ProbeSpec
 
 from .config import Config
+from .alerts.manager import AlertManager
 from .links import host_of, render_links
-from .telemetry import add_span_sink, otel_span_to_span, setup_telemetry
+from .metrics import Metrics
 from .runner import Runner, RunnerDeps
 from .settings import OtlpSettings
 from .spans.buffer import TraceBuffer
 from .store.base import Store
 from .store.sqlite import open_store
+from .telemetry import add_span_sink, otel_span_to_span, setup_telemetry
 from .watchers.base import EventHub, Services
 
 log = logging.getLogger("tracecanary.engine")
@@ -102,6 +104,11 @@ class Engine:
     ready: bool = False
     extra_routes: list[Callable[[Engine], list[web.RouteDef]]] = field(default_factory=list)
     hooks: list[Any] = field(default_factory=list)
+    daemon_mode: bool = False
+    """The daemon alerts and sends Sentry check-ins; a `check` pass reports through its exit code."""
+    metrics: Metrics = field(init=False)
+    alerts: AlertManager | None = field(init=False, default=None)
+    sentry_source: Any = field(init=False, default=None)
 
     @property
     def otlp_settings(self) -> OtlpSettings:
@@ -151,14 +158,58 @@ class Engine:
             correlation_attributes=_correlation_attributes(self.config),
         )
         self.services = Services(github_events=EventHub(), slack_events=None)
+        self.metrics = Metrics()
+        self.metrics.set_buffer_gauge(lambda: float(self.buffer.stats().spans))
+        self.hooks.append(self.metrics)
         self.provider = self._telemetry()
+        await self._start_components(tg)
         self.runner = Runner(RunnerDeps(
             store=self.store, buffer=self.buffer, session=self.session, integrations=self.config.integrations,
             hooks=self.hooks, services=self.services, max_concurrent_runs=d.max_concurrent_runs,
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
-            links=self.links_for,
+            links=self.links_for, sentry_source=self.sentry_source,
         ))
         await self._serve_http(tg)
+
+    async def _start_components(self, tg: anyio.abc.TaskGroup) -> None:
+        """Alerts, the Slack Socket Mode listener and Sentry check-ins, each when configured."""
+        cfg = self.config
+        if self.daemon_mode:
+            self.alerts = AlertManager(
+                self.store, cfg.extra.alerts, links=self.links_for, dashboard_url=self.dashboard_url,
+                integrations=cfg.integrations, on_attempt=self.metrics.alert_sent,
+            )
+            self.hooks.append(self.alerts)
+            await tg.start(self.alerts.run)
+        slack = cfg.integrations.slack
+        if slack.app_token:
+            from .watchers.slack import SlackSocketListener
+
+            self.services.slack_events = EventHub()
+            listener = SlackSocketListener(self.services.slack_events, app_token=slack.app_token,
+                                           base_url=slack.base_url)
+            await tg.start(listener.run)
+        sentry = cfg.integrations.sentry
+        if sentry.dsn and self.daemon_mode:
+            from tracecanary import __version__
+
+            from .cron_hook import CronHook
+            from .sentry_reporting import init_sentry
+
+            secrets = [v for v in (cfg.integrations.slack.user_token, cfg.integrations.slack.bot_token,
+                                   cfg.integrations.slack.app_token, cfg.integrations.github.token,
+                                   sentry.token, cfg.daemon.api_token, cfg.daemon.otlp.token) if v]
+            init_sentry(sentry.dsn, environment="tracecanary", release=f"tracecanary@{__version__}",
+                        secrets=secrets)
+            self.hooks.append(CronHook())
+        if sentry.org and sentry.token:
+            from .spans.sentry import SentryTraceSource
+
+            self.sentry_source = SentryTraceSource(self.session, sentry)
+
+    @property
+    def dashboard_url(self) -> str:
+        return self.config.daemon.public_url or f"http://{self.addresses.get('api', self.listen)}"
 
     def _telemetry(self) -> TracerProvider:
         """The daemon's own tracer provider; probe spans also go straight into the buffer.

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+
 from tracecanary.probes.base import ProbeSpec
 
 from .store.base import RunRecord, RunStatus

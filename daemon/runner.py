@@ -71,9 +71,14 @@ class Runner:
         self.in_flight: dict[str, RunRecord] = {}
         self._changed = anyio.Event()
 
-    async def run_probe(self, probe: ProbeSpec, *, retry_delay_override_s: float | None = None) -> RunRecord:
-        """Run a probe with its retries; returns the final attempt's record."""
-        first_run_id = new_run_id()
+    async def run_probe(
+        self, probe: ProbeSpec, *, first_run_id: str | None = None, retry_delay_override_s: float | None = None
+    ) -> RunRecord:
+        """Run a probe with its retries; returns the final attempt's record.
+
+        ``first_run_id`` lets a caller (the API's "run now") know the run id before the run starts.
+        """
+        first_run_id = first_run_id or new_run_id()
         attempts = probe.retries.count + 1
         run: RunRecord | None = None
         for attempt in range(1, attempts + 1):
@@ -227,7 +232,7 @@ class Runner:
         try:
             with anyio.fail_after(30):
                 run.findings.extend(await probe.teardown(ctx))
-        except Exception as e:  # noqa: BLE001 - a teardown failure is a finding, never a lost run
+        except Exception as e:
             run.findings.append(Finding(type="teardown", severity=Verdict.FAIL, message=f"teardown failed: {e}"))
         if run.status is RunStatus.FINISHED:
             run.verdict = verdict_of(run.findings)

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from croniter import croniter
+
 from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.scheduler")
@@ -112,17 +113,18 @@ class Scheduler:
     def set_probes(self, probes: Sequence[ProbeSpec]) -> None:
         """Load or reload: unchanged specs keep their next due time, changed ones are rescheduled."""
         seen: set[str] = set()
+        offset = self._clock() - self._wall()
         for spec in probes:
             seen.add(spec.id)
             state = self._states.get(spec.id)
-            if state is not None and state.spec == spec:
+            if state is not None and (state.spec is spec or state.spec == spec):
                 continue
             if state is None:
                 state = self._states[spec.id] = _State(spec)
             else:
                 state.spec = spec
                 state.generation += 1
-            self._schedule(state, self._first_due(spec))
+            self._schedule(state, self._first_due(spec), offset)
         for probe_id in set(self._states) - seen:
             del self._states[probe_id]
         self._wake.set()
@@ -144,7 +146,7 @@ class Scheduler:
         now = self._wall()
         if spec.every is not None:
             nxt = previous + spec.every
-            if nxt < now - LATE_SKIP_S:
+            if nxt < now - min(LATE_SKIP_S, spec.every / 2):  # missed ticks are dropped, not replayed
                 nxt = every_next_wall(spec.id, spec.every, spec.jitter, now)
             return nxt
         if spec.cron is not None:
@@ -152,11 +154,12 @@ class Scheduler:
             return nxt if nxt >= now - LATE_SKIP_S else cron_next_wall(spec.cron, spec.timezone, now)
         return None
 
-    def _schedule(self, state: _State, due_wall: float | None) -> None:
+    def _schedule(self, state: _State, due_wall: float | None, mono_minus_wall: float | None = None) -> None:
         state.due_wall = due_wall
         if due_wall is None:
             return
-        due_mono = self._clock() + (due_wall - self._wall())
+        offset = self._clock() - self._wall() if mono_minus_wall is None else mono_minus_wall
+        due_mono = due_wall + offset
         self._seq += 1
         heapq.heappush(self._heap, (due_mono, self._seq, state.spec.id, state.generation))
 

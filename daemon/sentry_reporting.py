@@ -22,6 +22,7 @@ import sentry_sdk
 from sentry_sdk.crons import capture_checkin
 from sentry_sdk.crons.consts import MonitorStatus
 from sentry_sdk.integrations.logging import LoggingIntegration
+
 from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.sentry_reporting")

@@ -9,6 +9,7 @@ from pydantic import Field
 from tracecanary.assertions.units import Duration
 from tracecanary.probes.base import StrictModel
 
+from .alerts.policy import AlertsSettings
 from .links import LinkSettings
 from .spans.buffer import BufferSettings
 from .spans.receiver import OtlpSettings
@@ -57,32 +58,11 @@ class DaemonSettings(StrictModel):
     poll_interval: Duration = Field(2.0, description="Default poll interval of polling watchers.")
 
 
-class ChannelRef(StrictModel):
-    """Placeholder channel config until the alerts module lands: a type and its settings."""
-
-    model_config = {"extra": "allow", "frozen": True}
-    type: str
-
-
-class PolicyRef(StrictModel):
-    """Placeholder policy config until the alerts module lands."""
-
-    model_config = {"extra": "allow", "frozen": True}
-    channels: list[str] = Field(default_factory=list)
-
-
-class AlertsSection(StrictModel):
-    """The ``alerts:`` section: channels and policies."""
-
-    channels: dict[str, ChannelRef] = Field(default_factory=dict)
-    policies: dict[str, PolicyRef] = Field(default_factory=dict)
-
-
 class ExtraSections(StrictModel):
     """``links:``, ``alerts:`` and ``demo:``."""
 
     links: LinkSettings = Field(default_factory=LinkSettings, description="Trace link URL templates by name.")
-    alerts: AlertsSection = Field(default_factory=AlertsSection)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
     demo: dict[str, Any] | None = None
 
     def policy_names(self) -> set[str]:

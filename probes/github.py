@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
+
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
 
@@ -70,7 +71,7 @@ class GithubDelivery(StrictModel):
             action=self.action, sender=self.sender, comment=str(ctx.render(self.comment)), ref=self.ref,
             now=datetime.now().astimezone(),
         )
-        payload = deep_merge(payload, ctx.render(self.payload))
+        payload = deep_merge(payload, ctx.templates.render_native(self.payload, ctx.template_vars()))
         missing = missing_required(self.event, payload) if self.validate_payload else []
         if missing:
             raise ProbeError(f"github {self.event} payload lacks required field(s): {', '.join(missing)}")

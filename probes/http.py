@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 import aiohttp
 import anyio
 from pydantic import Field, model_validator
+
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
 
@@ -98,7 +99,7 @@ class HttpRequest(StrictModel):
         lower = {k.lower() for k in headers}
         body: bytes | None = None
         if self.json_ is not None:
-            body = jsonlib.dumps(ctx.render(self.json_), separators=(",", ":")).encode()
+            body = jsonlib.dumps(ctx.templates.render_native(self.json_, ctx.template_vars()), separators=(",", ":")).encode()
             if "content-type" not in lower:
                 headers["Content-Type"] = "application/json"
         elif self.form is not None:

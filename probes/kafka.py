@@ -16,6 +16,7 @@ import anyio
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from pydantic import Field
+
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
 
@@ -111,7 +112,8 @@ class KafkaMessage(StrictModel):
         """Publish and wait for the acknowledgement of all in-sync replicas."""
         topic = str(ctx.render(self.topic))
         bootstrap = self.bootstrap or ctx.integrations.kafka.bootstrap
-        value = _encode(ctx.render(self.value))
+        value = _encode(ctx.templates.render_native(self.value, ctx.template_vars()) if not isinstance(
+            self.value, str) else ctx.render(self.value))
         key = _encode(ctx.render(self.key))
         if value is not None and len(value) > MAX_MESSAGE_BYTES:
             raise ProbeError(f"kafka {topic}: value is {len(value)} bytes, limit {MAX_MESSAGE_BYTES}")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
+
 from tracecanary.assertions.response import ResponseExpectation, select_json, status_ok, validate_json_path
 from tracecanary.assertions.units import Duration, format_duration
 from tracecanary.assertions.verdict import Finding

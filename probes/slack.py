@@ -24,6 +24,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
 

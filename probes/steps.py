@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import anyio
 from pydantic import Field, PrivateAttr, field_validator, model_validator
+
 from tracecanary.assertions.response import (
     ResponseExpectation,
     judge_response,
@@ -216,6 +217,8 @@ class StepsProbe(ProbeSpec):
             if step.responds:
                 final.response = result.response
             if any(f.severity == Verdict.FAIL for f in failed):
+                # This step's response was judged here; handing it on would judge it twice.
+                final.response = None
                 ctx.log("steps stopped", step=step.label)
                 break
         final.findings = findings

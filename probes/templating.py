@@ -6,13 +6,26 @@ under test returned (captures), so the sandbox refuses attribute access to inter
 
 from __future__ import annotations
 
+import re
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from tracecanary.assertions.units import parse_duration_s
 from tracecanary.errors import ProbeError
+
+MAX_CACHED = 4096
+"""Compiled templates kept (config strings; the cache is dropped when it grows past this)."""
+_SINGLE_EXPR = re.compile(r"^\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}$", re.S)
+
+
+def _now_plus(duration: str | float = 0) -> str:
+    """ISO 8601 UTC time ``duration`` from now (``now_plus('1m')``), for APIs that take a run time."""
+    return (datetime.now(UTC) + timedelta(seconds=parse_duration_s(duration))).isoformat()
 
 
 class Templates:
@@ -21,7 +34,10 @@ class Templates:
     def __init__(self) -> None:
         self.env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
         self.env.globals["random_uuid"] = lambda: str(uuid.uuid4())
+        self.env.globals["now_plus"] = _now_plus
+        self.env.globals["unix_time"] = lambda: int(time.time())
         self._cache: dict[str, Any] = {}
+        self._expr_cache: dict[str, Any] = {}
 
     def render_str(self, text: str, variables: dict[str, Any]) -> str:
         if "{{" not in text and "{%" not in text:
@@ -29,6 +45,8 @@ class Templates:
         try:
             template = self._cache.get(text)
             if template is None:
+                if len(self._cache) >= MAX_CACHED:
+                    self._cache.clear()
                 template = self._cache[text] = self.env.from_string(text)
             return str(template.render(variables))
         except TemplateError as e:
@@ -42,3 +60,34 @@ class Templates:
         if isinstance(value, list | tuple):
             return [self.render(v, variables) for v in value]
         return value
+
+    def render_native(self, value: Any, variables: dict[str, Any]) -> Any:
+        """Like ``render``, but a string that is one whole ``{{ expr }}`` keeps the value's type.
+
+        For JSON bodies and payloads: ``{"id": "{{ steps.create.json.id }}"}`` sends the id as the
+        number (or object) it was, not as its text.
+        """
+        if isinstance(value, str):
+            m = _SINGLE_EXPR.match(value.strip())
+            if m is None:
+                return self.render_str(value, variables)
+            return self._eval(m.group("expr").strip(), value, variables)
+        if isinstance(value, dict):
+            return {self.render(k, variables): self.render_native(v, variables) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.render_native(v, variables) for v in value]
+        return value
+
+    def _eval(self, expr: str, text: str, variables: dict[str, Any]) -> Any:
+        try:
+            compiled = self._expr_cache.get(expr)
+            if compiled is None:
+                if len(self._expr_cache) >= MAX_CACHED:
+                    self._expr_cache.clear()
+                compiled = self._expr_cache[expr] = self.env.compile_expression(expr, undefined_to_none=False)
+            result = compiled(**variables)
+            if isinstance(result, Undefined):
+                str(result)  # StrictUndefined raises UndefinedError naming the missing variable
+        except TemplateError as e:
+            raise ProbeError(f"template {text!r}: {e}") from e
+        return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import TracecanaryError
 from tracecanary.probes.integrations import Integrations
@@ -124,6 +125,10 @@ class ChannelConfigBase(BaseModel):
     def build(self, name: str, integrations: Integrations) -> Channel:
         """The live channel for this config."""
         raise NotImplementedError
+
+    def problems(self, integrations: Integrations) -> list[str]:
+        """Cross-section errors as ``(field): message`` (e.g. no token here nor in integrations)."""
+        return []
 
 
 def retry_after_s(value: str | None) -> float | None:

@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import anyio
 from anyio.abc import TaskStatus
 from opentelemetry.trace import Tracer
+
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.probes.base import ProbeSpec
 from tracecanary.probes.integrations import Integrations

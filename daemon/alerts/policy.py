@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
 from tracecanary.assertions.units import Duration
+from tracecanary.probes.integrations import Integrations
 
 from .base import ChannelConfigBase, EventKind
 from .registry import CHANNELS
@@ -91,14 +93,18 @@ class AlertsSettings(BaseModel):
                                            "which a channel raises its own alert on the other channels.")
 
 
-def validate_references(settings: AlertsSettings) -> list[str]:
-    """Cross-field errors: a policy naming a channel that does not exist."""
+def validate_references(settings: AlertsSettings, integrations: Integrations | None = None) -> list[str]:
+    """Cross-field errors: a policy naming a channel that does not exist; with ``integrations``, also
+    channels lacking credentials found neither in their own settings nor in ``integrations:``."""
     known = ", ".join(sorted(settings.channels))
     errors = []
     for name, policy in settings.policies.items():
         for i, channel in enumerate(policy.channels):
             if channel not in settings.channels:
                 errors.append(f'alerts.policies.{name}.channels[{i}]: unknown channel "{channel}" (known: {known})')
+    if integrations is not None:
+        for name, config in settings.channels.items():
+            errors += [f"alerts.channels.{name}.{problem}" for problem in config.problems(integrations)]
     return errors
 
 

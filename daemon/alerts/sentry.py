@@ -26,6 +26,7 @@ import anyio
 from pydantic import Field
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.utils import BadDsn, Dsn
+
 from tracecanary.probes.integrations import Integrations
 
 from .base import Channel, ChannelConfigBase, DeliveryError, EventKind, Notification, retry_after_s
@@ -46,6 +47,16 @@ class SentryChannelConfig(ChannelConfigBase):
 
     def build(self, name: str, integrations: Integrations) -> Channel:
         return SentryChannel(name, self, self.dsn or integrations.sentry.dsn)
+
+    def problems(self, integrations: Integrations) -> list[str]:
+        dsn = self.dsn or integrations.sentry.dsn
+        if not dsn:
+            return ["dsn: no Sentry DSN (set dsn here or integrations.sentry.dsn)"]
+        try:
+            Dsn(dsn)
+        except BadDsn as e:
+            return [f"dsn: invalid Sentry DSN: {e}"]
+        return []
 
 
 def build_event(note: Notification, *, environment: str | None = None) -> dict[str, Any]:

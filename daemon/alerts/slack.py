@@ -20,6 +20,7 @@ from pydantic import Field
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
+
 from tracecanary.probes.integrations import Integrations
 
 from .base import Channel, ChannelConfigBase, DeliveryError, EventKind, Notification, retry_after_s
@@ -45,6 +46,11 @@ class SlackChannelConfig(ChannelConfigBase):
 
     def build(self, name: str, integrations: Integrations) -> Channel:
         return SlackChannel(name, self, integrations)
+
+    def problems(self, integrations: Integrations) -> list[str]:
+        if self.token or integrations.slack.bot_token:
+            return []
+        return ["token: no Slack token (set token here or integrations.slack.bot_token)"]
 
 
 def _esc(text: str) -> str:

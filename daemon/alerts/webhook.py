@@ -44,6 +44,7 @@ import anyio
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import Field, field_validator
+
 from tracecanary.probes.integrations import Integrations
 
 from .base import Channel, ChannelConfigBase, DeliveryError, EventKind, Notification, retry_after_s

@@ -12,16 +12,26 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from tracecanary.assertions.spans import AttrValue, Span
 from tracecanary.assertions.units import Duration, Size
-from tracecanary.daemon.spans.otlp import RawBatch, decode_request, parse_request
+from tracecanary.daemon.spans.otlp import (
+    RawBatch,
+    decode_request,
+    find_attribute_hits,
+    find_link_pairs,
+    parse_request,
+)
 from tracecanary.daemon.spans.watch import Watch, index_value
 
 log = logging.getLogger("tracecanary.spans.buffer")
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V", bound=Hashable)
 
 _TRACE_OVERHEAD_B = 400
 _RAW_SPAN_OVERHEAD_B = 40
@@ -65,11 +75,26 @@ class BufferStats:
     received_total: int
 
 
+class _Chunk:
+    """One raw protobuf batch shared by the traces whose undecoded spans it holds.
+
+    ``live`` counts those traces; when it drops to zero the chunk leaves the lazy indexes.
+    """
+
+    __slots__ = ("body", "corr_keys", "link_targets", "live")
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.live = 0
+        self.link_targets: set[bytes] = set()
+        self.corr_keys: set[str] = set()
+
+
 class _Entry:
-    __slots__ = ("bodies", "corr", "count", "link_targets", "nbytes", "spans")
+    __slots__ = ("chunks", "corr", "count", "link_targets", "nbytes", "spans")
 
     def __init__(self) -> None:
-        self.bodies: list[bytes] = []  # raw batches holding undecoded spans of this trace
+        self.chunks: list[_Chunk] = []  # raw batches holding undecoded spans of this trace
         self.spans: list[Span] = []  # decoded spans
         self.count = 0
         self.nbytes = _TRACE_OVERHEAD_B
@@ -78,7 +103,12 @@ class _Entry:
 
 
 class TraceBuffer:
-    """Recent spans of all traces under a span/byte budget and a retention window."""
+    """Recent spans of all traces under a span/byte budget and a retention window.
+
+    Link and correlation indexes are exact but partly lazy: a raw batch is only noted as holding
+    links into some trace (read in bulk) or the bytes of a tracked attribute key; which of its traces
+    those belong to is resolved when someone asks or waits for that target or key.
+    """
 
     def __init__(
         self,
@@ -99,9 +129,11 @@ class TraceBuffer:
         self._evicted_spans = 0
         self._evicted_traces = 0
         self._received = 0
-        self._tracked: set[str] = set(correlation_attributes)
+        self._tracked: dict[str, bytes] = {k: k.encode() for k in correlation_attributes}
         self._links: dict[bytes, set[bytes]] = {}
         self._corr: dict[tuple[str, AttrValue], set[bytes]] = {}
+        self._link_chunks: dict[bytes, set[_Chunk]] = {}
+        self._corr_chunks: dict[str, set[_Chunk]] = {}
         self._watch_traces: dict[bytes, set[Watch]] = {}
         self._watch_links: dict[bytes, set[Watch]] = {}
         self._watch_corr: dict[tuple[str, AttrValue], set[Watch]] = {}
@@ -120,30 +152,21 @@ class TraceBuffer:
             key = _trace_key(span.trace_id)
             if key:
                 groups.setdefault(key, []).append(span)
-        for key, group in groups.items():
-            for span in group:
-                for link in span.links:
-                    target = _trace_key(link.trace_id)
-                    if target:
-                        self._index_link(key, target)
-                if self._tracked:
-                    for attrs in (span.resource, span.attributes):
-                        for k in self._tracked.intersection(attrs):
-                            self._index_corr(key, k, attrs[k])
         now = self._clock()
+        for key, group in groups.items():
+            self._touch(key, now)
+            self._index_decoded(key, group)
         added = 0
         for key, group in groups.items():
-            entry = self._touch(key, now)
+            entry = self._entries.get(key) or self._touch(key, now)
             entry.spans.extend(group)
             entry.count += len(group)
             nbytes = sum(_span_bytes(s) for s in group)
             entry.nbytes += nbytes
             self._bytes += nbytes
             added += len(group)
-            watches = self._watch_traces.get(key)
-            if watches:
-                for w in watches:
-                    w.deliver(group)
+            for w in tuple(self._watch_traces.get(key, ())):
+                w.deliver(group)
         self._spans += added
         self._received += added
         self._evict(now)
@@ -155,33 +178,51 @@ class TraceBuffer:
             return self.add_spans(batch.fallback.spans)
         if not batch.span_count:
             return 0
-        counts = batch.trace_counts
-        if batch.has_links:
-            for src, target in batch.link_pairs():
-                self._index_link(src, target)
-        if self._tracked:
-            for attr, value, tid in batch.attribute_hits(self._tracked):
-                self._index_corr(tid, attr, value)
-        decoded: dict[bytes, list[Span]] = {}
-        if self._watch_traces:
-            watched = self._watch_traces.keys() & counts.keys()
-            if watched:
-                for span in batch.decode(only=watched):
-                    decoded.setdefault(bytes.fromhex(span.trace_id), []).append(span)
-        body = batch.body
-        per_span = len(body) // batch.span_count + _RAW_SPAN_OVERHEAD_B
+        counts, body = batch.trace_counts, batch.body
         now = self._clock()
+        for key in counts:
+            self._touch(key, now)
+        chunk = _Chunk(body)
+        if batch.has_links:
+            chunk.link_targets = batch.link_targets()
+            watched_targets = chunk.link_targets.intersection(self._watch_links)
+            if watched_targets:  # resolve now: the watchers must follow the linking traces at once
+                for src, target in find_link_pairs(batch.message, watched_targets):
+                    self._index_link(src, target)
+                chunk.link_targets -= watched_targets
+        if self._tracked:
+            chunk.corr_keys = {k for k, needle in self._tracked.items() if needle in body}
+            watched_keys = chunk.corr_keys.intersection(k for k, _ in self._watch_corr)
+            if watched_keys:
+                for attr, value, tid in find_attribute_hits(batch.message, watched_keys):
+                    self._index_corr(tid, attr, value)
+                chunk.corr_keys -= watched_keys
+        decoded: dict[bytes, list[Span]] = {}
+        watched = self._watch_traces.keys() & counts.keys() if self._watch_traces else ()
+        if watched:
+            for span in batch.decode(only=watched):
+                decoded.setdefault(bytes.fromhex(span.trace_id), []).append(span)
+        per_span = len(body) // batch.span_count + _RAW_SPAN_OVERHEAD_B
         for key, count in counts.items():
-            entry = self._touch(key, now)
+            entry = self._entries[key]
             group = decoded.get(key)
             if group is None:
-                entry.bodies.append(body)
+                entry.chunks.append(chunk)
+                chunk.live += 1
             else:
                 entry.spans.extend(group)
-                for w in self._watch_traces.get(key, ()):
+                for w in tuple(self._watch_traces.get(key, ())):
                     w.deliver(group)
             entry.count += count
             entry.nbytes += count * per_span
+        if decoded and (chunk.link_targets or chunk.corr_keys):
+            for key, group in decoded.items():
+                self._index_decoded(key, group)
+        if chunk.live:
+            for target in chunk.link_targets:
+                self._link_chunks.setdefault(target, set()).add(chunk)
+            for attr in chunk.corr_keys:
+                self._corr_chunks.setdefault(attr, set()).add(chunk)
         self._bytes += batch.span_count * per_span
         self._spans += batch.span_count
         self._received += batch.span_count
@@ -197,15 +238,26 @@ class TraceBuffer:
         self._updated[key] = now
         return entry
 
+    def _index_decoded(self, key: bytes, spans: Iterable[Span]) -> None:
+        """Index links and tracked attributes of decoded spans of one trace."""
+        for span in spans:
+            for link in span.links:
+                target = _trace_key(link.trace_id)
+                if target:
+                    self._index_link(key, target)
+            if self._tracked:
+                for attrs in (span.resource, span.attributes):
+                    for k in self._tracked.keys() & attrs.keys():
+                        self._index_corr(key, k, attrs[k])
+
     def _index_link(self, src: bytes, target: bytes) -> None:
+        entry = self._entries.get(src)
+        if entry is None:
+            return  # the linking trace was evicted
         sources = self._links.setdefault(target, set())
         if src in sources:
             return
         sources.add(src)
-        entry = self._entries.get(src)
-        if entry is None:
-            entry = self._entries[src] = _Entry()
-            self._updated[src] = self._clock()
         if entry.link_targets is None:
             entry.link_targets = set()
         entry.link_targets.add(target)
@@ -213,20 +265,40 @@ class TraceBuffer:
             w.follow(src)
 
     def _index_corr(self, tid: bytes, key: str, value: AttrValue) -> None:
+        entry = self._entries.get(tid)
+        if entry is None:
+            return
         ikey = (key, index_value(value))
         tids = self._corr.setdefault(ikey, set())
         if tid in tids:
             return
         tids.add(tid)
-        entry = self._entries.get(tid)
-        if entry is None:
-            entry = self._entries[tid] = _Entry()
-            self._updated[tid] = self._clock()
         if entry.corr is None:
             entry.corr = set()
         entry.corr.add(ikey)
         for w in tuple(self._watch_corr.get(ikey, ())):
             w.follow(tid)
+
+    def _resolve_links(self, target: bytes) -> None:
+        for chunk in self._link_chunks.pop(target, ()):
+            chunk.link_targets.discard(target)
+            for src, tgt in find_link_pairs(parse_request(chunk.body), (target,)):
+                self._index_link(src, tgt)
+
+    def _resolve_corr(self, key: str) -> None:
+        for chunk in self._corr_chunks.pop(key, ()):
+            chunk.corr_keys.discard(key)
+            for attr, value, tid in find_attribute_hits(parse_request(chunk.body), (key,)):
+                self._index_corr(tid, attr, value)
+
+    def _release(self, chunk: _Chunk) -> None:
+        chunk.live -= 1
+        if chunk.live:
+            return
+        for target in chunk.link_targets:
+            _discard(self._link_chunks, target, chunk)
+        for attr in chunk.corr_keys:
+            _discard(self._corr_chunks, attr, chunk)
 
     # ------------------------------------------------------------------ eviction
 
@@ -244,18 +316,12 @@ class TraceBuffer:
             self._bytes -= entry.nbytes - _TRACE_OVERHEAD_B
             self._evicted_spans += entry.count
             self._evicted_traces += 1
+            for chunk in entry.chunks:
+                self._release(chunk)
             for target in entry.link_targets or ():
-                sources = self._links.get(target)
-                if sources is not None:
-                    sources.discard(key)
-                    if not sources:
-                        del self._links[target]
+                _discard(self._links, target, key)
             for ikey in entry.corr or ():
-                tids = self._corr.get(ikey)
-                if tids is not None:
-                    tids.discard(key)
-                    if not tids:
-                        del self._corr[ikey]
+                _discard(self._corr, ikey, key)
 
     def expire(self) -> None:
         """Evict traces past the retention window now (ingest does this too)."""
@@ -267,11 +333,16 @@ class TraceBuffer:
         entry = self._entries.get(key)
         if entry is None:
             return []
-        if entry.bodies:
+        if entry.chunks:
             only = {key}
-            for body in dict.fromkeys(entry.bodies, None):  # a body once, even if listed twice
-                entry.spans.extend(decode_request(parse_request(body), only).spans)
-            entry.bodies.clear()
+            decoded: list[Span] = []
+            for chunk in dict.fromkeys(entry.chunks):  # a chunk once, even if listed twice
+                decoded.extend(decode_request(parse_request(chunk.body), only, lazy=True).spans)
+            chunks, entry.chunks = entry.chunks, []
+            for chunk in chunks:
+                self._release(chunk)
+            entry.spans.extend(decoded)
+            self._index_decoded(key, decoded)
         return entry.spans
 
     def trace(self, trace_id: str) -> list[Span]:
@@ -281,26 +352,28 @@ class TraceBuffer:
 
     def linking_traces(self, trace_id: str) -> set[str]:
         """Ids of buffered traces that hold a span with a link into ``trace_id``."""
-        return {k.hex() for k in self._links.get(_trace_key(trace_id), ())}
+        return {k.hex() for k in self._sources_linking(_trace_key(trace_id))}
 
     def traces_with_attribute(self, key: str, value: AttrValue) -> set[str]:
         """Ids of traces with a span (or resource) attribute ``key`` equal to ``value``.
 
         Only keys in ``correlation_attributes`` or added with :meth:`track_attribute` are indexed.
         """
-        return {k.hex() for k in self._corr.get((key, index_value(value)), ())}
+        return {k.hex() for k in self._traces_correlated((key, index_value(value)))}
 
     def track_attribute(self, key: str) -> None:
         """Index one more correlation attribute, including for spans already buffered."""
         if key in self._tracked:
             return
-        self._tracked.add(key)
-        needle = key.encode()
+        needle = self._tracked[key] = key.encode()
+        seen: set[int] = set()
         for tid, entry in list(self._entries.items()):
-            for body in dict.fromkeys(entry.bodies, None):
-                if needle in body:
-                    self._materialize(tid)
-                    break
+            for chunk in entry.chunks:
+                if id(chunk) not in seen:
+                    seen.add(id(chunk))
+                    if needle in chunk.body:
+                        chunk.corr_keys.add(key)
+                        self._corr_chunks.setdefault(key, set()).add(chunk)
             for span in entry.spans:
                 for attrs in (span.resource, span.attributes):
                     if key in attrs:
@@ -326,7 +399,17 @@ class TraceBuffer:
         return list(self._materialize(key))
 
     def _sources_linking(self, target: bytes) -> set[bytes]:
+        self._resolve_links(target)
         return set(self._links.get(target, ()))
 
     def _traces_correlated(self, ikey: tuple[str, AttrValue]) -> set[bytes]:
+        self._resolve_corr(ikey[0])
         return set(self._corr.get(ikey, ()))
+
+
+def _discard(index: dict[_K, set[_V]], key: _K, value: _V) -> None:
+    values = index.get(key)
+    if values is not None:
+        values.discard(value)
+        if not values:
+            del index[key]

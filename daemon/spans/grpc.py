@@ -17,6 +17,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration as PbDuration
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.otlp import OtlpDecodeError
 from tracecanary.daemon.spans.receiver import PROTOBUF, Ingest, OtlpSettings, authorized, split_address

@@ -18,6 +18,7 @@ import anyio.abc
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field
+
 from tracecanary.assertions.units import Duration
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.otlp import OtlpDecodeError, decode_json, scan_protobuf

@@ -11,7 +11,7 @@ when a trace is read from the buffer.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Container, Iterable, Mapping
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,16 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as _PbSpan
-from tracecanary.assertions.spans import AttrValue, Span, SpanEvent, SpanKind, SpanLink, StatusCode
+
+from tracecanary.assertions.spans import (
+    EMPTY_ATTRS,
+    AttrValue,
+    Span,
+    SpanEvent,
+    SpanKind,
+    SpanLink,
+    StatusCode,
+)
 from tracecanary.daemon.spans.model import (
     ZERO_SPAN_ID,
     ZERO_TRACE_ID,
@@ -105,6 +114,47 @@ def _attrs(kvs: Iterable[Any]) -> dict[str, AttrValue]:
     return {kv.key: _any_value(kv.value) for kv in kvs}
 
 
+class LazyAttributes(Mapping[str, AttrValue]):
+    """Span attributes decoded from protobuf on first use (most spans' attributes are never read).
+
+    Keeps the parsed batch alive until then. Compares equal to a dict with the same items.
+    """
+
+    __slots__ = ("_dict", "_kvs")
+
+    def __init__(self, kvs: Any) -> None:
+        self._kvs: Any = kvs
+        self._dict: dict[str, AttrValue] | None = None
+
+    def _items(self) -> dict[str, AttrValue]:
+        if self._dict is None:
+            self._dict = _attrs(self._kvs)
+            self._kvs = None
+        return self._dict
+
+    def __getitem__(self, key: str) -> AttrValue:
+        return self._items()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return self._items() == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._items())
+
+
 def _links(links: Iterable[Any]) -> tuple[SpanLink, ...]:
     out = []
     for link in links:
@@ -114,7 +164,7 @@ def _links(links: Iterable[Any]) -> tuple[SpanLink, ...]:
     return tuple(out)
 
 
-def _span(sp: Any, resource: tuple[str, dict[str, AttrValue]], scope: str) -> Span:
+def _span(sp: Any, resource: tuple[str, dict[str, AttrValue]], scope: str, lazy: bool) -> Span:
     parent = sp.parent_span_id
     status = sp.status
     return Span(
@@ -126,7 +176,7 @@ def _span(sp: Any, resource: tuple[str, dict[str, AttrValue]], scope: str) -> Sp
         start_ns=sp.start_time_unix_nano,
         end_ns=sp.end_time_unix_nano,
         service=resource[0],
-        attributes=_attrs(sp.attributes),
+        attributes=(LazyAttributes(sp.attributes) if sp.attributes else EMPTY_ATTRS) if lazy else _attrs(sp.attributes),
         resource=resource[1],
         events=tuple(SpanEvent(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in sp.events),
         links=_links(sp.links) if sp.links else (),
@@ -142,8 +192,12 @@ def _resource(rs: Any) -> tuple[str, dict[str, AttrValue]]:
     return (service if isinstance(service, str) else "", attrs)
 
 
-def decode_request(req: ExportTraceServiceRequest, only: Container[bytes] | None = None) -> DecodedBatch:
-    """Decode every span of a parsed request (or only those whose raw trace id is in ``only``)."""
+def decode_request(req: ExportTraceServiceRequest, only: Container[bytes] | None = None, *,
+                   lazy: bool = False) -> DecodedBatch:
+    """Decode every span of a parsed request (or only those whose raw trace id is in ``only``).
+
+    ``lazy``: span attributes are :class:`LazyAttributes`, decoded on first use.
+    """
     out = DecodedBatch()
     for rs in req.resource_spans:
         resource: tuple[str, dict[str, AttrValue]] | None = None
@@ -158,7 +212,7 @@ def decode_request(req: ExportTraceServiceRequest, only: Container[bytes] | None
                     continue
                 if resource is None:
                     resource = _resource(rs)
-                out.spans.append(_span(sp, resource, scope))
+                out.spans.append(_span(sp, resource, scope, lazy))
     return out
 
 
@@ -178,7 +232,7 @@ class RawBatch:
     body: bytes
     message: ExportTraceServiceRequest
     span_count: int
-    trace_counts: dict[bytes, int]
+    trace_counts: Mapping[bytes, int]
     links_raw: list[bytes]
     fallback: DecodedBatch | None = None
 
@@ -196,7 +250,7 @@ class RawBatch:
 
     def decode(self, only: Container[bytes] | None = None) -> list[Span]:
         """Decode the spans (of the traces in ``only``) into the span model."""
-        return decode_request(self.message, only).spans
+        return decode_request(self.message, only, lazy=True).spans
 
     def link_targets(self) -> set[bytes]:
         """Trace ids that spans of this batch link into (read in bulk, no per-span decoding)."""
@@ -254,18 +308,18 @@ def scan_protobuf(body: bytes) -> RawBatch:
         ids = _MergedRequest.FromString(body).resource_spans.scope_spans.spans
     except (DecodeError, ValueError, RuntimeError) as e:  # pragma: no cover - full parse passed
         raise OtlpDecodeError(f"undecodable protobuf ExportTraceServiceRequest: {e}") from e
-    trace_ids = ids.trace_id
+    trace_ids, span_ids = list(ids.trace_id), list(ids.span_id)
     counts = Counter(trace_ids)
     valid = (
         len(trace_ids) == span_count
-        and len(ids.span_id) == span_count
+        and len(span_ids) == span_count
         and set(map(len, counts)) <= {16}
-        and set(map(len, ids.span_id)) <= {8}
+        and set(map(len, span_ids)) <= {8}
         and set(map(len, ids.parent_span_id)) <= {0, 8}
         and ZERO_TRACE_ID not in counts
-        and ZERO_SPAN_ID not in ids.span_id
+        and span_ids.count(ZERO_SPAN_ID) == 0
     )
-    batch = RawBatch(body, message, span_count, dict(counts), list(ids.links) if ids.links else [])
+    batch = RawBatch(body, message, span_count, counts, list(ids.links) if ids.links else [])
     if not valid:
         batch.fallback = decode_request(message)
     return batch

@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from tracecanary.assertions.units import Duration, Size
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.otlp import DecodedBatch, OtlpDecodeError, RawBatch, decode_json, scan_protobuf
@@ -94,6 +96,7 @@ class Ingest:
         self.settings = settings
         self.pending = 0
         self.throttled_total = 0
+        self.exports: Counter[str] = Counter()  # accepted export requests by content type
 
     def try_acquire(self) -> bool:
         if self.pending >= self.settings.max_pending_batches:
@@ -108,6 +111,7 @@ class Ingest:
     async def ingest(self, body: bytes, content_type: str) -> tuple[int, str]:
         """Decode and buffer; returns (rejected spans, error message). Raises OtlpDecodeError."""
         decoded: RawBatch | DecodedBatch
+        self.exports[content_type] += 1
         decode = scan_protobuf if content_type == PROTOBUF else decode_json
         if len(body) > _OFFLOAD_BYTES:
             decoded = await anyio.to_thread.run_sync(decode, body)

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+
 from tracecanary.assertions.spans import AttrValue, Span
 
 if TYPE_CHECKING:

@@ -240,6 +240,14 @@ class SqliteStore:
         )
         await self.db.commit()
 
+    async def kv_put_if_absent(self, namespace: str, key: str, value: Any) -> bool:
+        cursor = await self.db.execute(
+            "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) ON CONFLICT(namespace, key) DO NOTHING",
+            (namespace, key, _dumps(value)),
+        )
+        await self.db.commit()
+        return int(cursor.rowcount) == 1
+
     async def kv_delete(self, namespace: str, key: str) -> None:
         await self.db.execute("DELETE FROM kv WHERE namespace=? AND key=?", (namespace, key))
         await self.db.commit()

@@ -17,6 +17,7 @@ import aiohttp
 import anyio
 import gidgethub
 from gidgethub.aiohttp import GitHubAPI
+
 from tracecanary.assertions.side_effects import GithubEffect, judge_github
 from tracecanary.assertions.verdict import Finding, Verdict
 
@@ -27,6 +28,10 @@ log = logging.getLogger("tracecanary.watchers.github")
 KINDS = ("comments", "review_comments", "reviews", "check_runs")
 CLOCK_SKEW_S = 1.0
 MAX_ITEMS = 3000
+RECONCILE_MAX_S = 3.0
+RECONCILE_SHARE = 0.25
+"""In webhook mode the last share of the window (≤ 3 s) checks REST once, so a lost delivery or a
+webhook not pointed at the daemon does not fail a run whose effect did happen."""
 
 
 class PacedGitHubAPI(GitHubAPI):
@@ -93,18 +98,23 @@ def _event_number(ev: Event) -> list[int]:
 
 
 def _fold(observed: dict[str, list[dict[str, Any]]], ev: Event) -> None:
-    """Add what a webhook delivery says appeared to ``observed`` (REST shapes)."""
+    """Add (or update, by id) what a webhook delivery says appeared to ``observed`` (REST shapes)."""
     p, name = ev.get("payload") or {}, ev.get("event")
     action = p.get("action")
-    if name == "issue_comment" and action == "created":
-        observed["comments"].append(p["comment"])
-    elif name == "pull_request_review_comment" and action == "created":
-        observed["review_comments"].append(p["comment"])
-    elif name == "pull_request_review" and action == "submitted":
-        observed["reviews"].append(p["review"])
-    elif name == "check_run" and action in ("created", "completed", "rerequested"):
-        runs = observed["check_runs"]
-        runs[:] = [r for r in runs if r.get("id") != p["check_run"].get("id")] + [p["check_run"]]
+    kinds = {
+        ("issue_comment", "created"): ("comments", "comment"),
+        ("pull_request_review_comment", "created"): ("review_comments", "comment"),
+        ("pull_request_review", "submitted"): ("reviews", "review"),
+        ("check_run", "created"): ("check_runs", "check_run"),
+        ("check_run", "completed"): ("check_runs", "check_run"),
+        ("check_run", "rerequested"): ("check_runs", "check_run"),
+    }
+    kind, key = kinds.get((str(name), str(action)), (None, None))
+    if kind is None or not isinstance(p.get(key), dict):
+        return
+    item = p[key]
+    items = observed[kind]
+    items[:] = [i for i in items if i.get("id") != item.get("id")] + [item]
 
 
 async def watch_github(effect: GithubEffect, ctx: WatchContext) -> list[Finding]:
@@ -119,8 +129,15 @@ async def watch_github(effect: GithubEffect, ctx: WatchContext) -> list[Finding]
     end_s = ctx.window_end_s(effect.within)
     hub = ctx.services.github_events
     if hub is not None:
-        observed = await _watch_events(effect, ctx, hub, number, end_s)
+        token = ctx.probe.integrations.github.token
+        reserve_s = min(RECONCILE_MAX_S, RECONCILE_SHARE * max(0.0, end_s - anyio.current_time())) if token else 0.0
+        observed = await _watch_events(effect, ctx, hub, number, end_s - reserve_s)
         via = "webhook"
+        if reserve_s and not _settled(effect, observed):
+            observed = await _reconcile(effect, ctx, number, observed, end_s)
+            via = "webhook+rest"
+            if not _settled(effect, observed):
+                observed = await _watch_events(effect, ctx, hub, number, end_s, observed)
     else:
         outcome = await _poll(effect, ctx, number, end_s)
         if isinstance(outcome, Finding):
@@ -131,12 +148,31 @@ async def watch_github(effect: GithubEffect, ctx: WatchContext) -> list[Finding]
     return judge_github(effect, observed)
 
 
+async def _reconcile(effect: GithubEffect, ctx: WatchContext, number: int,
+                     observed: dict[str, list[dict[str, Any]]], end_s: float) -> dict[str, list[dict[str, Any]]]:
+    cfg = ctx.probe.integrations.github
+    gh = PacedGitHubAPI(ctx.probe.session, "tracecanary", oauth_token=cfg.token, base_url=cfg.base_url,
+                        deadline_s=end_s)
+    with anyio.move_on_after(max(0.0, end_s - anyio.current_time())):
+        try:
+            fetched = await _fetch(gh, effect, number, ctx.probe.trigger_ns / 1e9)
+        except (gidgethub.GitHubException, aiohttp.ClientError) as e:
+            log.warning("github reconcile failed repo=%s error=%s", effect.repo, e)
+            return observed
+        merged = _empty()
+        for kind in KINDS:
+            by_id = {item.get("id"): item for item in [*observed[kind], *fetched[kind]]}
+            merged[kind] = list(by_id.values())
+        return merged
+    return observed
+
+
 def _empty() -> dict[str, list[dict[str, Any]]]:
     return {k: [] for k in KINDS}
 
 
-async def _watch_events(effect: GithubEffect, ctx: WatchContext, hub: EventHub, number: int,
-                        end_s: float) -> dict[str, list[dict[str, Any]]]:
+async def _watch_events(effect: GithubEffect, ctx: WatchContext, hub: EventHub, number: int, end_s: float,
+                        initial: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, list[dict[str, Any]]]:
     repo = effect.repo.lower()
     since_ns = ctx.probe.trigger_ns - int(CLOCK_SKEW_S * 1e9)
 
@@ -145,7 +181,7 @@ async def _watch_events(effect: GithubEffect, ctx: WatchContext, hub: EventHub, 
         return (str(full).lower() == repo and number in _event_number(ev)
                 and int(ev.get("received_ns", since_ns)) >= since_ns)
 
-    observed = _empty()
+    observed = initial or _empty()
     seen: set[str] = set()
     with hub.subscribe(relevant) as sub:
         while True:

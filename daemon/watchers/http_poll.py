@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+
 from tracecanary.assertions.side_effects import HttpEffect, HttpPollRequest, http_until_mismatch, judge_http
 from tracecanary.assertions.verdict import Finding
 from tracecanary.probes.base import ProbeContext
@@ -46,7 +47,7 @@ async def poll_once(ctx: ProbeContext, request: HttpPollRequest, timeout_s: floa
     return {"status": None, "json": None, "body": "", "error": error, "latency_s": time.perf_counter() - t0}
 
 
-async def watch_http(effect: HttpEffect, wctx: WatchContext, *, path: str = "http") -> list[Finding]:
+async def watch_http(effect: HttpEffect, wctx: WatchContext, *, path: str = "side_effects.http") -> list[Finding]:
     """Poll until the endpoint reports the expected state (or, with absent, until the window ends)."""
     rendered = HttpEffect.model_validate(wctx.probe.render(effect.model_dump(by_alias=True)))
     end_s = wctx.window_end_s(rendered.within)

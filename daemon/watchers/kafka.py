@@ -15,8 +15,9 @@ from typing import Any
 import anyio
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
+
 from tracecanary.assertions.side_effects import KafkaEffect, judge_kafka, kafka_mismatch
-from tracecanary.assertions.verdict import Finding
+from tracecanary.assertions.verdict import Finding, Verdict
 
 from .base import WatchContext
 
@@ -70,7 +71,7 @@ def _after_trigger(record: ConsumerRecord[bytes, bytes], ends: dict[TopicPartiti
     return bool(record.offset >= end or record.timestamp >= since_ms)
 
 
-async def watch_kafka(effect: KafkaEffect, wctx: WatchContext, *, path: str = "kafka") -> list[Finding]:
+async def watch_kafka(effect: KafkaEffect, wctx: WatchContext, *, path: str = "side_effects.kafka") -> list[Finding]:
     """Consume ``effect.topic`` until a matching message arrives or the window closes, then judge."""
     rendered = KafkaEffect.model_validate(wctx.probe.render(effect.model_dump(by_alias=True)))
     topic = rendered.topic
@@ -119,7 +120,7 @@ async def watch_kafka(effect: KafkaEffect, wctx: WatchContext, *, path: str = "k
 
 
 def _error(effect: KafkaEffect, path: str, message: str) -> Finding:
-    return Finding(type="side_effect", path=path, message=f"kafka {effect.topic}: {message}",
+    return Finding(type="side_effect", severity=Verdict.ERROR, path=path, message=f"kafka {effect.topic}: {message}",
                    expected={"topic": effect.topic}, observed=None, details={"kind": "kafka"})
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import anyio
+
 from tracecanary.assertions.side_effects import SentryEffect, judge_sentry
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.spans.sentry import (

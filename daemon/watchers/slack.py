@@ -22,6 +22,7 @@ from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
+
 from tracecanary.assertions.side_effects import SlackEffect, judge_slack, slack_mismatch
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.probes.slack import slack_client
@@ -34,6 +35,10 @@ IGNORED_SUBTYPES = frozenset({"message_changed", "message_deleted", "channel_joi
 MAX_PAGES = 10
 PAGE_LIMIT = 200
 CLOCK_SKEW_S = 1.0
+RECONCILE_MAX_S = 3.0
+RECONCILE_SHARE = 0.25
+"""With Socket Mode, the last share of the window (≤ 3 s) polls once with the bot token, so an event
+lost while the socket reconnected does not fail a run whose reply did arrive."""
 
 
 class SlackPacer:
@@ -92,7 +97,7 @@ async def watch_slack(effect: SlackEffect, ctx: WatchContext) -> list[Finding]:
     """Wait until a message satisfying ``effect`` arrives (or, with ``absent``, the window closes)."""
     channel = str(ctx.probe.render(effect.channel))
     effect = effect.model_copy(update={"channel": channel})
-    out = ctx.outputs.get("slack") or {}
+    out = _slack_output(ctx.outputs)
     thread_ts = out.get("ts") if effect.in_thread else None
     if effect.in_thread and not thread_ts:
         return [Finding(type="side_effect", severity=Verdict.ERROR, path="side_effects.slack",
@@ -102,8 +107,15 @@ async def watch_slack(effect: SlackEffect, ctx: WatchContext) -> list[Finding]:
     end_s = ctx.window_end_s(effect.within)
     hub = ctx.services.slack_events
     if hub is not None:
-        seen = await _watch_events(effect, scope, hub, end_s)
+        token = ctx.probe.integrations.slack.bot_token
+        reserve_s = min(RECONCILE_MAX_S, RECONCILE_SHARE * max(0.0, end_s - anyio.current_time())) if token else 0.0
+        seen = await _watch_events(effect, scope, hub, end_s - reserve_s)
         via = "socket_mode"
+        if reserve_s and not _done(effect, seen):
+            seen = await _reconcile(scope, ctx, seen, end_s, out.get("ts"))
+            via = "socket_mode+polling"
+            if not _done(effect, seen):
+                seen = await _watch_events(effect, scope, hub, end_s, seen)
     else:
         outcome = await _poll(effect, scope, ctx, end_s, out.get("ts"))
         if isinstance(outcome, Finding):
@@ -113,18 +125,41 @@ async def watch_slack(effect: SlackEffect, ctx: WatchContext) -> list[Finding]:
     return judge_slack(effect, seen)
 
 
+def _slack_output(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``outputs.slack`` of a slack_mention probe, or of the last slack_mention step of a steps probe."""
+    if isinstance(outputs.get("slack"), dict):
+        return dict(outputs["slack"])
+    nested = [v["slack"] for v in outputs.values() if isinstance(v, dict) and isinstance(v.get("slack"), dict)]
+    return dict(nested[-1]) if nested else {}
+
+
 def _done(effect: SlackEffect, seen: list[dict[str, Any]]) -> bool:
     return any(slack_mismatch(effect, m) is None for m in seen)
 
 
-async def _watch_events(effect: SlackEffect, scope: _Scope, hub: EventHub, end_s: float) -> list[dict[str, Any]]:
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
+async def _watch_events(effect: SlackEffect, scope: _Scope, hub: EventHub, end_s: float,
+                        initial: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    seen = {_key(m): m for m in initial or []}
     with hub.subscribe(scope.event) as sub:
         while True:
             for ev in await sub.next_batch(end_s - anyio.current_time()):
                 seen.setdefault(_key(ev), ev)
             if _done(effect, list(seen.values())) or anyio.current_time() >= end_s:
                 return list(seen.values())
+
+
+async def _reconcile(scope: _Scope, ctx: WatchContext, seen: list[dict[str, Any]], end_s: float,
+                     probe_ts: str | None) -> list[dict[str, Any]]:
+    cfg = ctx.probe.integrations.slack
+    pacer = ctx.services.extra.setdefault("slack_pacer", SlackPacer())
+    merged = {_key(m): m for m in seen}
+    with anyio.move_on_after(max(0.0, end_s - anyio.current_time())):
+        try:
+            for msg in await _fetch(slack_client(cfg.bot_token, cfg.base_url, max_retries=0), pacer, scope, probe_ts):
+                merged.setdefault(_key(msg), msg)
+        except SlackApiError as e:
+            log.warning("slack reconcile failed channel=%s error=%s", scope.channel, e.response.get("error"))
+    return list(merged.values())
 
 
 async def _poll(

@@ -44,6 +44,7 @@ log = logging.getLogger("tracecanary.demo.sentry")
 
 MAX_BODY_BYTES = 20 << 20
 _AUTH_KEY_RE = re.compile(r"sentry_key=([^,\s]+)")
+_JSON = "application/json"
 _TRACE_QUERY_RE = re.compile(r"\btrace:([0-9a-fA-F]{32})\b")
 
 
@@ -143,14 +144,12 @@ class SentryEmulator:
         found = _AUTH_KEY_RE.search(header)
         key = found.group(1) if found else request.query.get("sentry_key", "")
         if key != self.public_key:
-            raise web.HTTPUnauthorized(
-                text=json.dumps({"detail": "missing or unknown sentry_key"}), content_type="application/json"
-            )
+            raise _error(web.HTTPUnauthorized, "missing or unknown sentry_key")
 
     def _project_slug(self, request: web.Request) -> str:
         pid = request.match_info["project_id"]
         if pid not in self.projects:
-            raise web.HTTPNotFound(text=json.dumps({"detail": "unknown project"}), content_type="application/json")
+            raise _error(web.HTTPNotFound, "unknown project")
         return self.projects[pid]
 
     async def _envelope(self, request: web.Request) -> web.Response:
@@ -161,7 +160,7 @@ class SentryEmulator:
         try:
             envelope = Envelope.deserialize(body)
         except (ValueError, UnicodeDecodeError) as e:
-            raise web.HTTPBadRequest(text=json.dumps({"detail": f"invalid envelope: {e}"})) from e
+            raise _error(web.HTTPBadRequest, f"invalid envelope: {e}") from e
         for item in envelope.items:
             kind = item.type
             if kind not in ("event", "transaction", "check_in"):
@@ -179,7 +178,7 @@ class SentryEmulator:
 
     async def _http_check_in(self, request: web.Request) -> web.Response:
         if request.match_info["key"] != self.public_key:
-            raise web.HTTPUnauthorized(text=json.dumps({"detail": "unknown sentry_key"}))
+            raise _error(web.HTTPUnauthorized, "unknown sentry_key")
         self._project_slug(request)
         body: dict[str, Any] = {}
         if request.can_read_body:
@@ -188,7 +187,7 @@ class SentryEmulator:
                 try:
                     body = json.loads(raw)
                 except ValueError as e:
-                    raise web.HTTPBadRequest(text=json.dumps({"detail": "invalid JSON"})) from e
+                    raise _error(web.HTTPBadRequest, "invalid JSON") from e
         q = request.query
         duration_ms = body.get("duration", q.get("duration"))
         check_in = self.store.add_check_in(
@@ -210,39 +209,40 @@ class SentryEmulator:
         self.api_requests.append(request.path)
         self.api_request_times.append(time.monotonic())
         if request.headers.get("Authorization", "") != f"Bearer {self.token}":
-            raise web.HTTPUnauthorized(
-                text=json.dumps({"detail": "Authentication credentials were not provided."}),
-                content_type="application/json",
-            )
+            raise _error(web.HTTPUnauthorized, "Authentication credentials were not provided.")
         if request.match_info.get("org", self.org) != self.org:
-            raise web.HTTPNotFound(text=json.dumps({"detail": "The requested resource does not exist"}))
+            raise _error(web.HTTPNotFound, "The requested resource does not exist")
         if self._throttle_skip > 0:
             self._throttle_skip -= 1
         elif self._throttle_left > 0:
             self._throttle_left -= 1
-            raise web.HTTPTooManyRequests(
+            raise _error(
+                web.HTTPTooManyRequests,
+                "You are attempting to use this endpoint too frequently.",
                 headers={"Retry-After": f"{self._throttle_retry_after_s:g}"},
-                text=json.dumps({"detail": "You are attempting to use this endpoint too frequently."}),
-                content_type="application/json",
             )
 
     async def _trace(self, request: web.Request) -> web.Response:
         self._api_guard(request)
         if self.legacy_only:
-            raise web.HTTPNotFound(text=json.dumps({"detail": "The requested resource does not exist"}))
+            raise _error(web.HTTPNotFound, "The requested resource does not exist")
         trace_id = request.match_info["trace_id"].lower()
         additional = request.query.getall("additional_attributes", [])
         return web.json_response(trace_view(self.store, trace_id, list(additional)))
 
     async def _events_trace(self, request: web.Request) -> web.Response:
         self._api_guard(request)
-        return web.json_response(events_trace_view(self.store, request.match_info["trace_id"].lower()))
+        view = events_trace_view(self.store, request.match_info["trace_id"].lower())
+        if not view["transactions"]:
+            # Sentry's events-trace answers 404 (empty body) while no transaction of the trace is stored.
+            raise web.HTTPNotFound()
+        return web.json_response(view)
 
     async def _event(self, request: web.Request) -> web.Response:
         self._api_guard(request)
         ev = self.store.find_event(request.match_info["event_id"])
         if ev is None or request.match_info["project"] not in (ev.project_slug, ev.project_id):
-            raise web.HTTPNotFound(text=json.dumps({"detail": "Event not found"}))
+            raise _error(web.HTTPNotFound, "Event not found")
         return web.json_response(event_details(ev))
 
     async def _discover(self, request: web.Request) -> web.Response:
@@ -267,7 +267,7 @@ class SentryEmulator:
         self._api_guard(request)
         monitor = self.store.monitors.get(request.match_info["slug"])
         if monitor is None:
-            raise web.HTTPNotFound(text=json.dumps({"detail": "Monitor not found"}))
+            raise _error(web.HTTPNotFound, "Monitor not found")
         rows = [
             {
                 "id": c.check_in_id,
@@ -281,6 +281,11 @@ class SentryEmulator:
         return web.json_response(rows)
 
 
+def _error(cls: type[web.HTTPError], detail: str, **kwargs: Any) -> web.HTTPError:
+    """Sentry's error body: ``{"detail": …}`` as JSON."""
+    return cls(text=json.dumps({"detail": detail}), content_type=_JSON, **kwargs)
+
+
 def _decode_body(raw: bytes) -> bytes:
     """aiohttp already inflates ``Content-Encoding: gzip|deflate`` (and ``br`` with brotli) within
     ``client_max_size``; a body that still starts with the gzip magic was double-wrapped by a proxy."""
@@ -290,7 +295,7 @@ def _decode_body(raw: bytes) -> bytes:
         # Bounded inflate: a small bomb must not expand past the body cap in memory.
         data = zlib.decompressobj(wbits=31).decompress(raw, MAX_BODY_BYTES + 1)
     except zlib.error as e:
-        raise web.HTTPBadRequest(text=json.dumps({"detail": f"cannot decode gzip body: {e}"})) from e
+        raise _error(web.HTTPBadRequest, f"cannot decode gzip body: {e}") from e
     if len(data) > MAX_BODY_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=len(data))
     return data

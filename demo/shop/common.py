@@ -52,6 +52,17 @@ def setup_tracing(service: str, otlp_endpoint: str | None, *, export_delay_ms: i
     return trace.get_tracer(f"tracecanary.demo.{service}")
 
 
+def setup_sentry(dsn: str | None, service: str) -> None:
+    """sentry-sdk with tracing: the aiohttp integration continues ``sentry-trace``/``baggage`` from the
+    probe, so the service's transactions share the probe's trace id in Sentry (or the emulator)."""
+    if not dsn:
+        return
+    import sentry_sdk
+
+    sentry_sdk.init(dsn=dsn, traces_sample_rate=1.0, environment="demo", server_name=service,
+                    release="tracecanary-demo-shop@1", shutdown_timeout=2)
+
+
 def extract(headers: Mapping[str, str]) -> Context:
     """W3C trace context (traceparent, tracestate, baggage) from incoming headers."""
     return propagate.extract(dict(headers))

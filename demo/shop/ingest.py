@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .common import Faults, Service, admin_routes, extract, inject, main, setup_tracing
+from .common import Faults, Service, admin_routes, extract, inject, main, setup_sentry, setup_tracing
 
 MAX_BODY_BYTES = 256 * 1024
 REQUIRED = ("symbol", "scenario")
@@ -46,6 +46,7 @@ class Ingest:
         self.bootstrap = str(config["kafka_bootstrap"])
         self.faults = Faults(slow_s=float(config.get("slow_s", 1.5)))
         self.tracer = setup_tracing("ingest", config.get("otlp_endpoint"))
+        setup_sentry(config.get("sentry_dsn"), "ingest")
         self.producer: AIOKafkaProducer | None = None
         self.dependency_s = float(config.get("dependency_s", 0.005))
 

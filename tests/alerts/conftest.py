@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
 from tracecanary.daemon.store.sqlite import SqliteStore
 from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.demo.emulators.slack import SlackEmulator

@@ -6,8 +6,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
+
 from tracecanary.daemon.alerts.base import Notification
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
@@ -191,3 +193,37 @@ async def test_api_silence_records_instead_of_sending(store: SqliteStore) -> Non
     [held] = await store.list_events("alert.silenced")
     assert held["data"]["silence_id"] == silence_id and held["data"]["event"] == "failing"
     assert [b["dedup_key"] for b in rx.accepted] == ["orders:orders-r1:failing"]
+
+
+async def test_retry_after_is_honoured(store: SqliteStore) -> None:
+    rx = WebhookReceiver(SECRET, script=[(429, {"Retry-After": "1"})])
+    async with serve(rx.app()) as base:
+        mgr = AlertManager(store, webhook_settings(f"{base}/hook"), retry_delays_s=(0.01,))
+        async with running(mgr):
+            started = anyio.current_time()
+            await mgr.on_run_finished(probe("orders"), run("orders", 1, "fail"))
+            await settled(mgr)
+            elapsed = anyio.current_time() - started
+    assert len(rx.accepted) == 1 and elapsed >= 0.95  # the server's 1 s, not our 10 ms backoff
+
+
+async def test_channel_recovery_is_announced_in_the_failure_thread(store: SqliteStore, slack: SlackEmulator) -> None:
+    rx = WebhookReceiver(SECRET, script=[(500, {}), (500, {})])
+    async with serve(rx.app()) as base:
+        s = AlertsSettings.model_validate({
+            "channels": {"hook": {"type": "webhook", "url": f"{base}/hook", "secret": SECRET},
+                         "oncall": {"type": "slack", "channel": "C0OPS"}},
+            "policies": {"default": {"channels": ["hook"], "failure_threshold": 1}},
+            "channel_failure_threshold": 2})
+        mgr = AlertManager(store, s, retry_delays_s=(), integrations=Integrations.model_validate(
+            {"slack": {"bot_token": "xoxb-bot", "base_url": slack.base_url}}))
+        async with running(mgr):
+            for pid in ("a", "b", "c"):
+                await mgr.on_run_finished(probe(pid), run(pid, 1, "fail"))
+                await settled(mgr)
+            health = {h["channel"]: h for h in await mgr.channel_health()}
+    failing, recovered = slack.messages("C0OPS")
+    assert failing["text"].startswith("alert channel hook is failing")
+    assert recovered["text"].startswith("alert channel hook recovered") and recovered["thread_ts"] == failing["ts"]
+    assert [b["probe"]["id"] for b in rx.accepted] == ["c"]
+    assert not health["hook"]["failing"] and health["hook"]["consecutive_failures"] == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+
 from tracecanary.daemon.alerts.policy import (
     AlertsSettings,
     Observation,
@@ -12,6 +13,7 @@ from tracecanary.daemon.alerts.policy import (
     step,
     validate_references,
 )
+from tracecanary.probes.integrations import Integrations
 
 P = "orders"
 
@@ -116,6 +118,19 @@ def test_unknown_channel_reference_message() -> None:
     s = _settings(policies={"default": {"channels": ["oncall", "pager", "hook"]}})
     assert validate_references(s) == [
         'alerts.policies.default.channels[1]: unknown channel "pager" (known: hook, oncall)']
+
+
+def test_missing_credentials_are_config_errors() -> None:
+    s = AlertsSettings.model_validate({"channels": {
+        "oncall": {"type": "slack", "channel": "C1"}, "issues": {"type": "sentry"},
+        "bad": {"type": "sentry", "dsn": "http://127.0.0.1/1"}}})
+    assert validate_references(s, Integrations()) == [
+        "alerts.channels.oncall.token: no Slack token (set token here or integrations.slack.bot_token)",
+        "alerts.channels.issues.dsn: no Sentry DSN (set dsn here or integrations.sentry.dsn)",
+        "alerts.channels.bad.dsn: invalid Sentry DSN: Missing public key",
+    ]
+    ok = Integrations.model_validate({"slack": {"bot_token": "xoxb-1"}, "sentry": {"dsn": "http://k@127.0.0.1/1"}})
+    assert validate_references(s, ok) == ["alerts.channels.bad.dsn: invalid Sentry DSN: Missing public key"]
 
 
 @pytest.mark.parametrize(("doc", "needle"), [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+
 from tracecanary.daemon.alerts.silences import SilenceSettings, silenced_by
 
 

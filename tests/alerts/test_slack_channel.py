@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import pytest
+
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
 from tracecanary.daemon.store.sqlite import SqliteStore
 from tracecanary.demo.emulators.slack import SlackEmulator
 from tracecanary.probes.integrations import Integrations
 
-from .helpers import Clock, idle, probe, run, running, settled
+from .helpers import ClaimingSqliteStore, Clock, idle, probe, run, running, settled
 
 pytestmark = pytest.mark.anyio
 
@@ -97,17 +99,27 @@ async def test_restart_mid_incident_sends_no_duplicate_and_threads_recovery(
     assert alerts["incidents"] == []
 
 
-async def test_two_replicas_announce_an_incident_once(store: SqliteStore, slack: SlackEmulator) -> None:
+async def test_two_replicas_announce_an_incident_once(db_url: str, slack: SlackEmulator) -> None:
     p = probe("orders")
-    a, b = manager(store, slack, settings(), Clock()), manager(store, slack, settings(), Clock())
+    stores = [ClaimingSqliteStore(db_url), ClaimingSqliteStore(db_url)]  # two processes, one database
+    for st in stores:
+        await st.open()
+    a, b = (manager(st, slack, settings(), Clock()) for st in stores)
+
+    async def feed(mgr: AlertManager) -> None:
+        for i in (1, 2):
+            await mgr.on_run_finished(p, run(p.id, i, "fail"))
+
     async with running(a), running(b):
-        for i in (1, 2):  # both replicas see the same final runs (e.g. during a rebalance)
-            await a.on_run_finished(p, run(p.id, i, "fail"))
-            await b.on_run_finished(p, run(p.id, i, "fail"))
-        await slack.wait_until(lambda: len(slack.messages("C0ALERT")) >= 1)
+        async with anyio.create_task_group() as tg:  # both judge the same final runs (a rebalance)
+            tg.start_soon(feed, a)
+            tg.start_soon(feed, b)
         await settled(a)
         await settled(b)
-    assert len(slack.messages("C0ALERT")) == 1
+    claims = await stores[0].kv_list("alerts.claims")
+    for st in stores:
+        await st.aclose()
+    assert len(slack.messages("C0ALERT")) == 1 and list(claims) == ["orders:orders-r1:failing"]
 
 
 async def test_rate_limited_post_is_retried_by_the_client(store: SqliteStore) -> None:

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.api import api_routes
 from tracecanary.daemon.api_schema import openapi_document

@@ -6,6 +6,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
 from tracecanary.daemon.api import api_routes
 
 from .conftest import TOKEN, ApiEnv

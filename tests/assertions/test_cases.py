@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.judge import TraceJudge, judge_offline
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.judge import TraceJudge, judge_offline
 from tracecanary.assertions.propose import propose

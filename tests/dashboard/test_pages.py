@@ -47,3 +47,44 @@ async def test_run_page_waterfall_with_ghost_under_its_parent(site: Site) -> Non
     assert "expect.trace.tree[0].children[1].children[1]" in html  # finding path
     assert "open in jaeger" in html
 
+
+
+class ChaosSwitch:
+    """The two methods the dashboard asks of ``control.demo`` (DemoWorld in `tracecanary demo`)."""
+
+    def __init__(self) -> None:
+        self.active: str | None = None
+
+    def chaos_state(self) -> dict[str, object]:
+        return {"faults": ["drop-span", "silent-bot"], "active": self.active}
+
+    async def set_fault(self, name: str | None) -> None:
+        self.active = name
+
+
+async def test_chaos_toggle_only_in_demo(site: Site) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{site.base}/demo/chaos", data={"fault": "silent-bot"}) as r:
+            assert r.status == 404
+        switch = ChaosSwitch()
+        site.control.demo = switch  # type: ignore[attr-defined]
+        html = await _get(f"{site.base}/")
+        assert '<option value="silent-bot" >silent-bot</option>' in html
+        async with s.post(f"{site.base}/demo/chaos", data={"fault": "silent-bot"}, allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/"
+        assert switch.active == "silent-bot"
+        assert "fault: silent-bot" in await _get(f"{site.base}/")
+        async with s.post(f"{site.base}/demo/chaos", data={"fault": ""}, allow_redirects=False) as r:
+            assert r.status == 303
+        assert switch.active is None
+
+
+async def test_live_stream_sends_waterfall_then_done(site: Site) -> None:
+    run_id = await site.control.run_now("shop-slack")
+    events: list[str] = []
+    async with aiohttp.ClientSession() as s, s.get(f"{site.base}/runs/{run_id}/live") as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        async for line in r.content:
+            if line.startswith(b"event: "):
+                events.append(line[7:].decode().strip())
+    assert events[0] == "waterfall" and events[-1] == "done" and events.count("waterfall") >= 2

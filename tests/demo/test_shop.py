@@ -170,3 +170,25 @@ async def test_pull_request_webhook_gets_review_comment(demo: Demo) -> None:
 
 def _root_links(spans: list[Span], trace_id: str) -> tuple[Any, ...]:
     return tuple(ln for s in spans if s.trace_id == trace_id and s.name == "pulls process" for ln in s.links)
+
+
+async def test_ingest_reports_transactions_to_sentry_in_the_probe_trace(demo: Demo) -> None:
+    trace_id, tp = traceparent()
+    span_id = tp.split("-")[2]
+    raw, headers = signed({"symbol": "SPY", "scenario": "SENTRY"})
+    env = demo.world.env
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{demo.world.services['ingest']}/webhook", data=raw, headers={
+            **headers, "traceparent": tp, "sentry-trace": f"{trace_id}-{span_id}-1",
+            "baggage": f"sentry-trace_id={trace_id},sentry-sampled=true",
+        }) as r:
+            assert r.status == 200
+        url = f"{env['DEMO_SENTRY_URL']}/api/0/organizations/{env['DEMO_SENTRY_ORG']}/trace/{trace_id}/"
+        with anyio.fail_after(15):
+            while True:
+                async with s.get(url, headers={"Authorization": f"Bearer {env['DEMO_SENTRY_TOKEN']}"}) as r:
+                    spans = await r.json() if r.status == 200 else []
+                if spans:
+                    break
+                await demo.sink.changed.wait()  # exports happen on the same schedule; re-check on activity
+    assert any(sp.get("parent_span_id") == span_id for sp in spans)

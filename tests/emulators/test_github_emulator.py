@@ -11,6 +11,7 @@ import gidgethub
 import pytest
 from gidgethub.aiohttp import GitHubAPI
 from gidgethub.sansio import validate_event
+
 from tracecanary.demo.emulators.github import GitHubEmulator, hub_signature
 
 from .hook_receiver import HookReceiver

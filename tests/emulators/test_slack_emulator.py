@@ -18,6 +18,7 @@ from slack_sdk.socket_mode.aiohttp import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
+
 from tracecanary.demo.emulators.slack import RateLimit, SlackEmulator
 
 from .hook_receiver import HookReceiver

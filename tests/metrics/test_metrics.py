@@ -7,6 +7,7 @@ import anyio
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
+
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.metrics import Metrics, metrics_routes
 from tracecanary.daemon.store.base import RunRecord, RunStatus

@@ -11,12 +11,12 @@ import aiohttp
 import anyio
 import pytest
 from aiohttp import web
+
+from tests.fixtures.prometheus import prometheus_server
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.metrics import Metrics, metrics_routes
 from tracecanary.daemon.store.base import RunRecord, RunStatus
 from tracecanary.probes.base import ProbeSpec
-
-from tests.fixtures.prometheus import prometheus_server
 
 pytestmark = pytest.mark.anyio
 

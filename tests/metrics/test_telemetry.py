@@ -13,6 +13,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode, set_span_in_context
+
 from tracecanary.assertions import spans as model
 from tracecanary.daemon.telemetry import (
     TraceContextFilter,

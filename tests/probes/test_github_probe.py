@@ -14,6 +14,7 @@ from gidgethub.sansio import Event, validate_event
 from tracecanary.errors import ProbeError
 from tracecanary.probes.github import GithubWebhookProbe, delivery_id
 from tracecanary.probes.integrations import Integrations
+from tracecanary.probes.steps import StepsProbe
 
 from .helpers import make_ctx, serve
 
@@ -112,7 +113,7 @@ async def test_wrong_secret_is_refused_by_the_receiver(receiver: tuple[str, aioh
 @pytest.mark.anyio
 async def test_override_removing_a_required_field_is_refused(receiver: tuple[str, aiohttp.ClientSession]) -> None:
     url, session = receiver
-    with pytest.raises(ProbeError, match="pull_request payload lacks required field.*: number"):
+    with pytest.raises(ProbeError, match=r"pull_request payload lacks required field.*: number"):
         await _probe(url=url, event="pull_request", payload={"number": None}).fire(make_ctx(session))
     unchecked = _probe(url=url, event="pull_request", secret=SECRET, payload={"number": None},
                        validate_payload=False)
@@ -126,3 +127,23 @@ def test_config_errors() -> None:
     with pytest.raises(ValueError, match="event push takes no action"):
         _probe(url="http://x", event="push", action="opened")
     assert delivery_id("not-a-uuid") == delivery_id("not-a-uuid") != delivery_id("other")
+
+
+@pytest.mark.anyio
+async def test_github_step_then_http_step_share_the_trace(receiver: tuple[str, aiohttp.ClientSession]) -> None:
+    url, session = receiver
+    ctx = make_ctx(session, integrations=_integrations())
+    probe = StepsProbe.model_validate({"id": "s", "kind": "steps", "steps": [
+        {"name": "deliver", "github_webhook": {"url": url, "event": "pull_request", "number": 5},
+         "capture": {"delivery": "$.delivery_id", "sha": "$.data.pull_request.head.sha"}, "expect": {"status": 202}},
+        {"name": "redeliver", "github_webhook": {"url": url, "event": "issue_comment", "number": 5,
+                                                  "comment": "re {{ steps.deliver.sha }}"}},
+    ]})
+    result = await probe.fire(ctx)
+    assert result.findings == []
+    assert ctx.steps["deliver"]["delivery"] == ctx.run_id
+    assert result.response is not None
+    data = result.response.json["data"]
+    assert data["comment"]["body"] == f"re {ctx.steps['deliver']['sha']}"
+    assert result.outputs["deliver"]["event"] == "pull_request"
+    assert result.response.json["headers"]["traceparent"].split("-")[1] == ctx.trace.trace_id

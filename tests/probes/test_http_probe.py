@@ -16,6 +16,7 @@ from aiohttp import web
 from gidgethub import ValidationFailure
 from gidgethub.sansio import validate_event
 from slack_sdk.signature import SignatureVerifier
+
 from tracecanary.errors import ProbeError
 from tracecanary.probes.http import HttpProbe
 from tracecanary.probes.signing import github_signature, hmac_hex

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from tracecanary.assertions.response import ResponseExpectation, judge_response
 from tracecanary.assertions.verdict import Verdict, verdict_of
 from tracecanary.probes.base import ResponseSummary

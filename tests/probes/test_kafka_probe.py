@@ -11,7 +11,9 @@ import aiohttp
 import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
 from tracecanary.assertions.side_effects import KafkaEffect, judge_kafka
+from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.watchers.base import Services, WatchContext
 from tracecanary.daemon.watchers.kafka import watch_kafka
 from tracecanary.demo.broker import TansuBroker
@@ -19,6 +21,7 @@ from tracecanary.errors import ProbeError
 from tracecanary.probes.base import ProbeContext
 from tracecanary.probes.integrations import Integrations
 from tracecanary.probes.kafka import KafkaProbe, KafkaProducers
+from tracecanary.probes.steps import StepsProbe
 
 from .helpers import make_ctx
 
@@ -175,3 +178,32 @@ def test_judge_kafka_explains_a_miss_and_absent() -> None:
     forbidden = KafkaEffect.model_validate({"topic": "t", "value": {"contains": "ok"}, "absent": True})
     [hit] = judge_kafka(forbidden, [{"offset": 3, "key": None, "value": "ok", "headers": {}}])
     assert "forbidden message" in hit.message
+
+
+@pytest.mark.anyio
+async def test_kafka_step_in_a_steps_probe_records_outputs(
+    kafka_broker: TansuBroker, session: aiohttp.ClientSession
+) -> None:
+    topic = _topic()
+    ctx = _ctx(session, kafka_broker)
+    probe = StepsProbe.model_validate({"id": "s", "kind": "steps", "steps": [
+        {"name": "publish", "kafka": {"topic": topic, "key": "{{ run_id }}", "value": {"n": 1}}},
+        {"name": "again", "kafka": {"topic": topic, "value": "after offset {{ steps.publish.outputs.offset }}"}},
+    ]})
+    with anyio.fail_after(20):
+        result = await probe.fire(ctx)
+    assert result.findings == [] and result.response is None
+    first, second = ctx.steps["publish"]["outputs"], ctx.steps["again"]["outputs"]
+    assert first["topic"] == second["topic"] == topic
+    record = await _read_one(kafka_broker.bootstrap, topic, second["partition"], second["offset"])
+    assert record.value == f"after offset {first['offset']}".encode()
+    assert {k: v.decode() for k, v in record.headers}["traceparent"].startswith(f"00-{ctx.trace.trace_id}-")
+
+
+@pytest.mark.anyio
+async def test_watcher_reports_an_unreachable_broker_as_error(session: aiohttp.ClientSession) -> None:
+    integrations = Integrations.model_validate({"kafka": {"bootstrap": "127.0.0.1:1"}})
+    ctx = make_ctx(session, integrations=integrations, deadline_s=0.5)
+    with anyio.fail_after(10):
+        [finding] = await watch_kafka(_effect("t", within="200ms"), WatchContext(probe=ctx, services=Services()))
+    assert finding.severity == Verdict.ERROR and "cannot connect" in finding.message

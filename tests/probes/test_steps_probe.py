@@ -75,6 +75,7 @@ async def test_failed_step_stops_the_sequence_and_teardown_still_cleans_up(
     assert finding.type == "response.status" and finding.path == "steps[1].expect.response.status"
     assert finding.observed == 500 and finding.message.startswith("boom: ")
     assert "never" not in ctx.steps
+    assert result.response is None and ctx.steps["boom"]["status"] == 500  # judged once, here
     assert await probe.teardown(ctx) == []
     assert ctx.steps["create"]["id"] not in jobs.jobs
 

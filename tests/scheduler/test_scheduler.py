@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import anyio
 import anyio.abc
 import pytest
+
 from tracecanary.daemon.scheduler import Scheduler, cron_next_wall, every_next_wall, phase_fraction
 from tracecanary.probes.base import ProbeSpec
 from tracecanary.probes.http import HttpProbe

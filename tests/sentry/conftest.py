@@ -11,18 +11,11 @@ from subprocess import PIPE
 import anyio
 import anyio.abc
 import pytest
+
 from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.probes.integrations import SentryIntegration
 
 SERVICE = Path(__file__).with_name("sentry_service.py")
-
-
-@pytest.fixture
-async def sentry_emulator() -> AsyncIterator[SentryEmulator]:
-    emulator = SentryEmulator(org="acme", projects={"1": "shop"})
-    await emulator.start()
-    yield emulator
-    await emulator.stop()
 
 
 def integration_for(emulator: SentryEmulator) -> SentryIntegration:

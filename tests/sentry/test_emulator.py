@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ import aiohttp
 import anyio
 import pytest
 from sentry_sdk.envelope import Envelope, Item, PayloadRef
+
 from tracecanary.demo.emulators.sentry import SentryEmulator
 
 pytestmark = pytest.mark.anyio
@@ -57,7 +59,8 @@ async def api(session: aiohttp.ClientSession, emu: SentryEmulator, path: str, to
     headers = {"Authorization": f"Bearer {token or emu.token}"} if token != "" else {}
     with anyio.fail_after(5):
         async with session.get(f"{emu.base_url}/api/0{path}", headers=headers) as resp:
-            return resp.status, await resp.json(content_type=None)
+            text = await resp.text()
+            return resp.status, json.loads(text) if resp.content_type == "application/json" else text
 
 
 def auth(emu: SentryEmulator) -> dict[str, str]:
@@ -115,6 +118,7 @@ async def test_legacy_view_and_event_details(sentry_emulator: SentryEmulator) ->
         assert details["entries"][0]["data"][0]["span_id"] == "b" * 16
         emu.legacy_only = True
         assert (await api(session, emu, f"/organizations/acme/trace/{TID}/"))[0] == 404
+        assert (await api(session, emu, f"/organizations/acme/events-trace/{'0' * 31}1/"))[0] == 404
 
 
 async def test_http_check_ins_upsert_and_update(sentry_emulator: SentryEmulator) -> None:

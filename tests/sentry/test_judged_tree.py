@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+
 from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.judge import judge_offline
 from tracecanary.assertions.spans import Span

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+
 from tracecanary.daemon.sentry_reporting import CronReporter, scrub_event
 from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.probes.http import HttpProbe

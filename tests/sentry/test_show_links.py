@@ -6,9 +6,9 @@ import aiohttp
 import anyio
 import pytest
 from pydantic import ValidationError
+
 from tracecanary.daemon.links import LinkSettings, host_of, render_links
-from tracecanary.daemon.spans.sentry import SentryTraceSource
-from tracecanary.daemon.spans.sentry_show import render_minimal_waterfall, show_sentry_trace
+from tracecanary.daemon.spans.sentry import SentryTraceSource, show_sentry_trace
 from tracecanary.demo.emulators.sentry import SentryEmulator
 
 from .conftest import Service, integration_for
@@ -23,23 +23,25 @@ async def test_show_prints_tree_errors_and_link(sentry_emulator: SentryEmulator,
     async with aiohttp.ClientSession() as session:
         ctx, _ = await fire(session, sentry_service, fail=True)
         source = SentryTraceSource(session, integration, poll_initial_s=0.02)
-        spans = await source.poll(ctx.trace.trace_id, lambda s: complete(s) and any(x.events for x in s),
-                                  anyio.current_time() + 10)
-        text = await show_sentry_trace(integration, ctx.trace.trace_id, LinkSettings({"jaeger": "http://{host}/trace/{trace_id}"}))
-    for name in ("POST /checkout", "load-cart", "charge-card", "fraud-check", "PaymentDeclinedError"):
-        assert name in text
+        await source.poll(ctx.trace.trace_id, lambda s: complete(s) and any(x.events for x in s),
+                          anyio.current_time() + 10)
+        jaeger = LinkSettings({"jaeger": "http://{host}/trace/{trace_id}"})
+        text = await show_sentry_trace(integration, ctx.trace.trace_id.upper(), jaeger, session=session)
     lines = text.splitlines()
+    assert lines[0].startswith(f"trace {ctx.trace.trace_id} · 4 spans")
+    # Waterfall rows in tree order, indented under their parents, with service, kind and status.
+    rows = {name: next(line for line in lines if f" {name} (shop)" in line)
+            for name in ("POST /checkout", "load-cart", "charge-card", "fraud-check")}
+    assert [lines.index(r) for r in rows.values()] == sorted(lines.index(r) for r in rows.values())
+    assert "] POST /checkout (shop) server" in rows["POST /checkout"]
+    assert "]   charge-card (shop) client" in rows["charge-card"]
+    assert "ERROR: PaymentDeclinedError: card 4242 declined" in rows["charge-card"]
+    assert "]     fraud-check (shop) internal" in rows["fraud-check"]
+    assert "orphan: parent " + ctx.trace.span_id in rows["POST /checkout"]
+    (err,) = [line for line in lines if line.startswith("  ✗ ")]
+    assert err.startswith("  ✗ charge-card (shop): PaymentDeclinedError: card 4242 declined [error, event ")
     assert lines[-2] == f"sentry: https://acme.sentry.io/explore/traces/trace/{ctx.trace.trace_id}"
     assert lines[-1] == f"jaeger: http://{host_of(sentry_emulator.base_url)}/trace/{ctx.trace.trace_id}"
-    minimal = render_minimal_waterfall(spans).splitlines()
-    assert minimal[0].startswith(f"trace {ctx.trace.trace_id}  4 spans")
-    # "<offset> <indent><name>  [shop] …": the indentation mirrors the tree; the error hangs under charge-card.
-    body = [line[9:].split("  [shop]")[0] for line in minimal[1:]]
-    assert body == [
-        "POST /checkout", "  load-cart", "  charge-card",
-        "    ! PaymentDeclinedError: card 4242 declined", "    fraud-check",
-    ]
-    assert "ERROR (internal_error)" in minimal[1] and "[parent not in trace]" in minimal[1]
 
 
 @pytest.mark.anyio

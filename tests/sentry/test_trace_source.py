@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+
 from tracecanary.assertions.spans import Span, SpanKind, StatusCode, Trace
 from tracecanary.daemon.spans.sentry import SentryAuthError, SentryRateLimitedError, SentryTraceSource
 from tracecanary.demo.emulators.sentry import SentryEmulator
@@ -94,7 +95,8 @@ async def test_error_becomes_exception_event_on_its_span(
 
 
 async def test_legacy_events_trace_fallback() -> None:
-    async with SentryEmulator(projects={"1": "shop"}, legacy_only=True) as emulator:
+    # With an ingest delay, the legacy view first answers 404 (no transaction yet): that is "not yet".
+    async with SentryEmulator(projects={"1": "shop"}, legacy_only=True, ingest_delay_s=0.3) as emulator:
         service = await start_service(emulator.dsn())
         try:
             async with aiohttp.ClientSession() as session:
@@ -110,7 +112,7 @@ async def test_legacy_events_trace_fallback() -> None:
     assert charge.events[0].attributes["exception.type"] == "PaymentDeclinedError"
     # New view tried once (404), then only the legacy endpoints.
     assert sum("/trace/" in p for p in emulator.api_requests) == 1
-    assert any("/events-trace/" in p for p in emulator.api_requests)
+    assert sum("/events-trace/" in p for p in emulator.api_requests) >= 2
 
 
 async def test_polls_until_ingested_and_respects_retry_after() -> None:
@@ -171,3 +173,26 @@ async def test_legacy_detail_fetch_rate_limited_surfaces_as_retry_after() -> Non
         finally:
             await stop_service(service)
     assert_checkout_tree(spans, ctx)
+
+
+async def test_large_trace_is_read_whole(sentry_emulator: SentryEmulator) -> None:
+    """A trace view bigger than one read buffer (here ~300 KiB) arrives whole, not cut at 64 KiB."""
+    from sentry_sdk.envelope import Envelope, Item, PayloadRef
+
+    trace_id, root = "12" * 16, "34" * 8
+    t0 = time.time()
+    spans = [{"trace_id": trace_id, "span_id": f"{i:016x}", "parent_span_id": root, "op": "db.query",
+              "description": f"SELECT {'x' * 500} /* {i} */", "start_timestamp": t0, "timestamp": t0 + 0.001}
+             for i in range(1, 501)]
+    txn = {"type": "transaction", "transaction": "batch", "start_timestamp": t0, "timestamp": t0 + 1,
+           "contexts": {"trace": {"trace_id": trace_id, "span_id": root, "op": "task"}}, "spans": spans}
+    env = Envelope(headers={})
+    env.add_item(Item(payload=PayloadRef(json=txn), type="transaction"))
+    async with aiohttp.ClientSession() as session:
+        with anyio.fail_after(10):
+            async with session.post(f"{sentry_emulator.base_url}/api/1/envelope/", data=env.serialize(),
+                                    params={"sentry_key": sentry_emulator.public_key}) as resp:
+                assert resp.status == 200
+        got = await SentryTraceSource(session, integration_for(sentry_emulator)).fetch(trace_id)
+    assert len(got) == 501
+    assert Trace.build(trace_id, got).roots[0].name == "batch"

@@ -7,6 +7,7 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+
 from tracecanary.assertions.side_effects import SentryEffect, judge_sentry
 from tracecanary.daemon.watchers.base import Services, WatchContext
 from tracecanary.daemon.watchers.registry import WATCHERS

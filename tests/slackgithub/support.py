@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import anyio
 from aiohttp import web
+
 from tracecanary.probes.base import Inject, ProbeContext, RunLog, TraceContext
 from tracecanary.probes.integrations import Integrations
 from tracecanary.probes.templating import Templates

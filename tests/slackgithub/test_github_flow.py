@@ -12,6 +12,7 @@ import aiohttp
 import anyio
 import pytest
 from gidgethub.aiohttp import GitHubAPI
+
 from tracecanary.assertions.side_effects import GithubEffect
 from tracecanary.assertions.verdict import Finding
 from tracecanary.daemon.hooks_github import github_hook_routes
@@ -137,3 +138,14 @@ async def test_hook_route_verifies_signatures() -> None:
     events = list(hub.recent())
     assert [e["payload"]["number"] for e in events] == [1, 1]
     assert events[0]["delivery"] == "d-1" and events[0]["traceparent"].startswith("00-aaaa")
+
+
+@pytest.mark.anyio
+async def test_webhooks_not_pointed_at_daemon_are_reconciled_by_rest() -> None:
+    hub = EventHub()  # a hub, but GitHub only delivers to the bot
+    async with github_world(None) as (_bot, em):
+        t0 = time.monotonic()
+        log, findings = await open_pr_and_watch(em, Services(github_events=hub), {**COMMENT, "within": "2s"})
+        waited_s = time.monotonic() - t0
+    assert findings == [] and "via='webhook+rest'" in log
+    assert 1.0 < waited_s < 2.5  # events for 75% of the window, then one REST check

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import anyio
 import pytest
+
 from tracecanary.assertions.side_effects import SlackEffect
 from tracecanary.assertions.verdict import Finding
 from tracecanary.daemon.watchers.base import EventHub, Services, WatchContext
@@ -18,6 +19,7 @@ from tracecanary.demo.emulators.slack import SlackEmulator
 from tracecanary.errors import ProbeError
 from tracecanary.probes.base import ProbeContext
 from tracecanary.probes.slack import SlackMentionProbe
+from tracecanary.probes.steps import StepsProbe
 
 from .bot import BotUnderTest
 from .support import probe_context
@@ -164,3 +166,25 @@ async def test_probe_errors_are_probe_errors() -> None:
     with pytest.raises(ValueError, match="deliver: events_api needs"):
         SlackMentionProbe.model_validate({"id": "x", "channel": CHANNEL, "bot_user_id": "U0BOT",
                                           "deliver": "events_api"})
+
+
+@pytest.mark.anyio
+async def test_socket_events_lost_are_reconciled_by_polling() -> None:
+    async with slack_world() as (_bot, em):
+        hub = EventHub()  # Socket Mode "running" but its events never arrive
+        ctx, findings = await mention_and_watch(em, fast_services(hub), effect(within="2s"))
+    assert findings == [] and "via='socket_mode+polling'" in ctx.log.text()
+
+
+@pytest.mark.anyio
+async def test_mention_as_a_step_of_a_steps_probe() -> None:
+    probe = StepsProbe.model_validate({"id": "steps-mention", "kind": "steps", "steps": [
+        {"name": "mention", "slack_mention": {"channel": CHANNEL, "bot_user_id": "U0BOT", "text": "hi {{ run_id }}"}}]})
+    async with slack_world() as (bot, em), aiohttp.ClientSession() as session:
+        ctx = probe_context(session, integrations(em))
+        fired = await probe.fire(ctx)
+        wctx = WatchContext(probe=ctx, services=fast_services(), outputs=fired.outputs, poll_interval_s=0.05)
+        with anyio.fail_after(10):
+            findings = await watch_slack(effect(), wctx)
+    assert fired.outputs["mention"]["slack"]["channel"] == CHANNEL
+    assert findings == [] and bot.mentions[0]["text"] == f"<@U0BOT> hi {ctx.run_id}"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import anyio
 import pytest
+
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.receiver import Ingest, OtlpSettings, serve_otlp_http
 

@@ -8,6 +8,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, Status, StatusCode
+
 from tracecanary.assertions.spans import Span, SpanEvent, SpanKind, SpanLink
 from tracecanary.assertions.spans import StatusCode as Code
 

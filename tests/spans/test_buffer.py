@@ -6,6 +6,7 @@ import os
 
 import anyio
 import pytest
+
 from tracecanary.assertions.spans import Span, SpanLink
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.otlp import encode_request, scan_protobuf

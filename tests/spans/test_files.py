@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from tracecanary.assertions.spans import Span, SpanKind, SpanLink, StatusCode
 from tracecanary.daemon.spans.files import TraceFileError, load_spans, render_waterfall, write_jsonl
 from tracecanary.daemon.spans.otlp import encode_request, spans_to_otlp_json

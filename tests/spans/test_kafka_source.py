@@ -9,6 +9,7 @@ import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.kafka import KafkaSourceStats, KafkaSpanSettings, run_kafka_source
 from tracecanary.daemon.spans.otlp import encode_request, spans_to_otlp_json
@@ -63,7 +64,7 @@ async def test_kafka_source_reads_proto_and_json_and_commits(kafka_broker) -> No
                 while len(got) < len(spans) + len(json_spans):
                     got.extend(await w.wait(30))
         with anyio.fail_after(20):
-            while stats.committed_messages < 3:  # noqa: ASYNC110 - counters of the source
+            while stats.committed_messages < 3:
                 await anyio.sleep(0.02)
         tg.cancel_scope.cancel()
     by_id = {s.span_id: s for s in got}

@@ -10,6 +10,7 @@ import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
+
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.grpc import serve_otlp_grpc
 from tracecanary.daemon.spans.otlp import encode_request

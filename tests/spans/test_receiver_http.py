@@ -16,6 +16,7 @@ from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
+
 from tracecanary.daemon.spans.otlp import encode_request, spans_to_otlp_json
 
 from .conftest import LiveReceiver, start_receiver
@@ -28,7 +29,7 @@ JS = {"Content-Type": "application/json"}
 async def _wait_for(predicate, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     """Bounded wait on state owned by the server (polled: it has no event to await)."""
     with anyio.fail_after(timeout_s):
-        while not predicate():  # noqa: ASYNC110
+        while not predicate():
             await anyio.sleep(0.005)
 
 
@@ -240,3 +241,34 @@ async def test_port_in_use_is_startup_error() -> None:
         with pytest.raises(StartupError, match="cannot listen"):
             await serve_otlp_http(TraceBuffer(), OtlpSettings(http=taken, grpc=None))
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_routes_mounted_on_an_app_that_inflates_itself(gzip_bomb: bytes) -> None:
+    """Mounted on another aiohttp app (default auto_decompress): gzip still works, a bomb is still cut off."""
+    from aiohttp import web
+
+    from tracecanary.daemon.spans.buffer import TraceBuffer
+    from tracecanary.daemon.spans.receiver import OtlpSettings, otlp_routes
+
+    buffer = TraceBuffer()
+    app = web.Application()
+    app.add_routes(otlp_routes(buffer, OtlpSettings(max_body="4MiB")))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}/v1/traces"
+    try:
+        exporter = OTLPSpanExporter(endpoint=url, compression=Compression.Gzip, timeout=5)
+        assert await anyio.to_thread.run_sync(exporter.export, make_sdk_spans()) is SpanExportResult.SUCCESS
+        assert buffer.stats().spans == 4
+        rss_before = _peak_rss_mib()
+        _peak_rss_reset()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, data=gzip_bomb, headers={**PB, "Content-Encoding": "gzip"}) as r:
+                assert r.status == 413
+        assert _peak_rss_mib() - rss_before < 200
+    finally:
+        await runner.cleanup()

@@ -116,6 +116,9 @@ async def test_events_and_kv(store: Store) -> None:
     assert await store.kv_get("alerts", "p") == {"state": "failing", "n": 2}
     await store.kv_put("alerts", "p", {"state": "ok"})
     assert await store.kv_list("alerts") == {"p": {"state": "ok"}}
+    assert await store.kv_put_if_absent("claims", "incident-1", {"owner": "a"}) is True
+    assert await store.kv_put_if_absent("claims", "incident-1", {"owner": "b"}) is False
+    assert await store.kv_get("claims", "incident-1") == {"owner": "a"}
     await store.kv_delete("alerts", "p")
     assert await store.kv_get("alerts", "p") is None
 

@@ -1,0 +1,140 @@
+"""Trace-assertion figures: full evaluation of a 50-node expectation against a 10k-span trace
+(goal ≤ 50 ms) and the incremental cost per arriving span (goal ≤ 20 µs median).
+
+    python benchmarks/assertions.py [--quick]
+
+Spans arrive in export order (children end, and are exported, before their parents) in batches
+of 64; "feed" is indexing one span, "feed+check" adds one ``check()`` per batch, amortised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from typing import Any
+
+from tracecanary.assertions.expect import TraceExpectation
+from tracecanary.assertions.judge import TraceJudge, judge_offline
+from tracecanary.assertions.spans import Span, SpanKind, StatusCode
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def build_trace(n_spans: int, n_services: int = 20, seed: int = 7) -> list[Span]:
+    """A checkout trace: a root, one handler per service, each with a deep random subtree."""
+    rnd = random.Random(seed)
+    spans: list[Span] = []
+    counter = 0
+
+    def sid() -> str:
+        nonlocal counter
+        counter += 1
+        return f"{counter:016x}"
+
+    t0 = 1_700_000_000_000_000_000
+    root = Span(TRACE_ID, sid(), None, "POST /checkout", SpanKind.SERVER, t0, t0 + 900_000_000, "gateway",
+                {"http.status_code": 200}, status_code=StatusCode.OK)
+    spans.append(root)
+    per_service = (n_spans - 1) // n_services
+    for i in range(n_services):
+        svc = f"svc-{i}"
+        handler = Span(TRACE_ID, sid(), root.span_id, f"{svc} handle", SpanKind.SERVER,
+                       t0 + i * 1_000_000, t0 + 800_000_000, svc, {"http.route": f"/{svc}"})
+        spans.append(handler)
+        frontier = [handler]
+        depth = {handler.span_id: 2}
+        for j in range(per_service - 1):
+            # Realistic shape: fan-out under recent spans, depth capped at 12.
+            parent = handler if j < 3 else rnd.choice(frontier[-40:])
+            start = parent.start_ns + rnd.randint(1, 1000) * 1000
+            span = Span(TRACE_ID, sid(), parent.span_id, f"{svc} op-{j % 25}", SpanKind.INTERNAL, start,
+                        start + rnd.randint(1, 5000) * 1000, svc, {"db.system": "postgres", "n": j})
+            spans.append(span)
+            depth[span.span_id] = depth[parent.span_id] + 1
+            if depth[span.span_id] < 12:
+                frontier.append(span)
+    return spans
+
+
+def build_expectation(n_services: int = 10) -> TraceExpectation:
+    """51 nodes: the root, and per service a handler with 3 children and a descendant."""
+    children: list[dict[str, Any]] = []
+    for i in range(n_services):
+        svc = f"svc-{i}"
+        children.append({
+            "span": f"{svc} handle", "service": svc, "attributes": {"http.route": {"matches": f"^/{svc}$"}},
+            "children": [{"span": f"{svc} op-0"}, {"span": f"{svc} op-1"}, {"span": f"{svc} op-*"}],
+            "descendants": [{"span": f"{svc} op-2*", "attributes": {"db.system": "postgres"}}],
+        })
+    doc = {"tree": [{"span": "POST /checkout", "kind": "server", "status": "ok", "children": children}]}
+    exp = TraceExpectation.model_validate(doc)
+    return exp
+
+
+def export_order(spans: list[Span], batch: int = 64) -> list[list[Span]]:
+    ordered = sorted(spans, key=lambda s: s.end_ns)
+    return [ordered[i:i + batch] for i in range(0, len(ordered), batch)]
+
+
+def bench_full(exp: TraceExpectation, spans: list[Span], reps: int) -> list[float]:
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        state = judge_offline(exp, spans, trace_id=TRACE_ID)
+        times.append(time.perf_counter() - t)
+        assert state.verdict is not None and state.verdict.value == "pass", [str(f) for f in state.findings]
+    return times
+
+
+def bench_incremental(exp: TraceExpectation, spans: list[Span]) -> tuple[list[float], list[float], float]:
+    feed_us: list[float] = []
+    per_span_us: list[float] = []
+    judge = TraceJudge(exp, root_trace_id=TRACE_ID, trigger_ns=None)
+    verdict_at: float | None = None
+    for batch in export_order(spans):
+        t_batch = time.perf_counter()
+        for s in batch:
+            t = time.perf_counter()
+            judge.feed((s,))
+            feed_us.append((time.perf_counter() - t) * 1e6)
+        state = judge.check(quiet_s=0.0)
+        per_span_us.append((time.perf_counter() - t_batch) * 1e6 / len(batch))
+        if state.done and verdict_at is None:
+            verdict_at = time.perf_counter()
+    t = time.perf_counter()
+    judge.check(quiet_s=0.0)
+    last_check_ms = (time.perf_counter() - t) * 1e3
+    return feed_us, per_span_us, last_check_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (CI)")
+    args = parser.parse_args()
+    reps = 3 if args.quick else 15
+    spans = build_trace(10_000)
+    exp = build_expectation()
+    n_nodes = sum(1 for _ in _walk(exp.tree))
+    full = bench_full(exp, spans, reps)
+    feed_us, per_span_us, check_ms = bench_incremental(exp, spans)
+    q = statistics.quantiles(feed_us, n=100)
+    print(f"expectation nodes: {n_nodes}; trace spans: {len(spans)}")
+    print(f"full evaluation (index + solve + verdict): median {statistics.median(full) * 1e3:.1f} ms, "
+          f"best {min(full) * 1e3:.1f} ms (goal <= 50 ms)")
+    print(f"incremental feed per span: median {statistics.median(feed_us):.1f} us, p99 {q[98]:.1f} us "
+          f"(goal <= 20 us median)")
+    print(f"incremental feed+check per span (check once per 64-span batch): median "
+          f"{statistics.median(per_span_us):.1f} us, p99 {statistics.quantiles(per_span_us, n=100)[98]:.1f} us")
+    print(f"check() after the last span: {check_ms:.2f} ms")
+
+
+def _walk(nodes: Any) -> Any:
+    for n in nodes:
+        yield n
+        yield from _walk([*n.children, *n.descendants, *n.linked])
+
+
+if __name__ == "__main__":
+    main()
