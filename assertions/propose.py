@@ -95,9 +95,15 @@ def _size(ex: _Example, span: Span) -> tuple[int, int]:
     return len({_key(k) for k in kids}), 1 + sum(_size(ex, k)[1] for k in kids)
 
 
-def _shape_order(ex: _Example, span: Span) -> tuple[int, int, int]:
+def _signature(ex: _Example, span: Span) -> str:
+    """A canonical text of the subtree's shape (keys, recursively), equal for equal shapes."""
+    kids = ex.children.get(span.span_id, []) + ex.linkers.get(span.span_id, [])
+    return f"{_key(span)}[{','.join(sorted(_signature(ex, k) for k in kids))}]"
+
+
+def _shape_order(ex: _Example, span: Span) -> tuple[int, int, str, int]:
     keys, size = _size(ex, span)
-    return -keys, -size, span.start_ns
+    return -keys, -size, _signature(ex, span), span.start_ns
 
 
 def _merge(groups: list[tuple[_Example, list[Span]]], *, top: bool = False) -> list[dict[str, Any]]:

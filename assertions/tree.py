@@ -205,6 +205,14 @@ class SpanIndex:
         self.local: list[set[str]] = [set() for _ in nodes]
         # Span names repeat: which nodes' name patterns accept a name is computed once per name.
         self._by_name: dict[str, list[CNode]] = {}
+        self._exact: dict[str, list[CNode]] = {}
+        self._patterned: list[CNode] = []
+        for n in nodes:
+            name = n.spec.span
+            if isinstance(name, str) and not any(c in name for c in "*?["):
+                self._exact.setdefault(name, []).append(n)
+            else:
+                self._patterned.append(n)
 
     def add(self, span: Span) -> bool:
         """Index one span; False when its id was already known (duplicates are ignored)."""
@@ -218,8 +226,8 @@ class SpanIndex:
             self.linkers.setdefault(link.span_id, []).append(sid)
         nodes = self._by_name.get(span.name)
         if nodes is None:
-            nodes = self._by_name[span.name] = [n for n in self.nodes if n.spec.span is None
-                                                or name_matches(n.spec.span, span.name)]
+            nodes = self._by_name[span.name] = self._exact.get(span.name, []) + [
+                n for n in self._patterned if n.spec.span is None or name_matches(n.spec.span, span.name)]
         for n in nodes:
             if n.local_ok(span):
                 self.local[n.idx].add(sid)

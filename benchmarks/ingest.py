@@ -158,7 +158,13 @@ def receiver_main(conn: Any, max_spans: int) -> None:
         await anyio.wait_all_tasks_blocked()  # let the waiters drain what was delivered
         return web.json_response({"delivered": delivered[0], **_stats()})
 
-    app.add_routes([web.post("/bench/watch", watch), web.post("/bench/sample", sample),
+    async def offload(request: web.Request) -> web.Response:
+        from tracecanary.daemon.spans import receiver
+
+        receiver._OFFLOAD_BYTES = (await request.json())["bytes"]  # decode in a worker thread above this
+        return web.json_response({"ok": True})
+
+    app.add_routes([web.post("/bench/offload", offload), web.post("/bench/watch", watch), web.post("/bench/sample", sample),
                     web.get("/bench/stats", stats)])
 
     async def main() -> None:
@@ -262,6 +268,16 @@ def main() -> int:
         print(f"(a) unwatched traces:  {rate_a:>10,.0f} spans/s per receiver core = {rate_a / ids_rate:.0%} of the "
               f"trace-id limit (goal 300,000); wall clock {n_a * SPANS_PER_BATCH / elapsed:,.0f} spans/s; "
               f"sample of {len(sample_ids)} traces read back complete: {ok}")
+
+        if not quick:  # the same traffic with decoding in a worker thread, for comparison
+            control(port, "/bench/offload", {"bytes": 0})
+            batches_t = make_bodies(template, trace_ids, n_a // 2, seed=4)
+            cpu0 = control(port, "/bench/stats")["cpu_s"]
+            elapsed_t = post(port, [b for b, _ in batches_t])
+            cpu_t = control(port, "/bench/stats")["cpu_s"] - cpu0
+            control(port, "/bench/offload", {"bytes": 1024 * 1024})
+            print(f"    same, decoded in a worker thread: {len(batches_t) * SPANS_PER_BATCH / cpu_t:,.0f} spans/s "
+                  f"per receiver CPU second; wall clock {len(batches_t) * SPANS_PER_BATCH / elapsed_t:,.0f} spans/s")
 
         batches_b = make_bodies(template, trace_ids, n_b, seed=2)
         control(port, "/bench/watch", {"traces": [t for _, ts in batches_b for t in ts], "watchers": 64})

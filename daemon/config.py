@@ -27,6 +27,8 @@ from tracecanary.probes.base import ProbeSpec, StrictModel
 from tracecanary.probes.integrations import Integrations
 from tracecanary.probes.registry import PROBES
 
+from .alerts.policy import AlertsSettings
+from .links import LinkSettings
 from .settings import DaemonSettings, ExtraSections
 
 Loc = tuple[str | int, ...]
@@ -395,9 +397,9 @@ def schema() -> dict[str, Any]:
         probes: list[probe_union] = Field(default_factory=list)  # type: ignore[valid-type]
         daemon: DaemonSettings | None = None
         integrations: Integrations | None = None
-        links: ExtraSections.model_fields[links].annotation | None = None  # type: ignore[name-defined]
-        alerts: ExtraSections.model_fields[alerts].annotation | None = None  # type: ignore[name-defined]
-        demo: ExtraSections.model_fields[demo].annotation | None = None  # type: ignore[name-defined]
+        links: LinkSettings | None = None
+        alerts: AlertsSettings | None = None
+        demo: dict[str, Any] | None = None
 
     doc = TypeAdapter(SuiteFileSchema).json_schema(mode="validation")
     doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"

@@ -12,7 +12,9 @@ from .store.base import Store
 
 
 class Control(Protocol):
-    store: Store
+    @property
+    def store(self) -> Store:
+        """The results store."""
 
     def probes(self) -> list[ProbeSpec]:
         """The probes of the loaded config, in config order."""

@@ -30,7 +30,7 @@ class DaemonControl:
             self.alerts = alerts
 
     @property
-    def store(self) -> Store:  # type: ignore[override]
+    def store(self) -> Store:
         return self.engine.store
 
     def probes(self) -> list[ProbeSpec]:

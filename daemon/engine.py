@@ -30,8 +30,8 @@ from .alerts.manager import AlertManager
 from .links import host_of, render_links
 from .metrics import Metrics
 from .runner import Runner, RunnerDeps
-from .settings import OtlpSettings
 from .spans.buffer import TraceBuffer
+from .spans.receiver import OtlpSettings
 from .store.base import Store
 from .store.sqlite import open_store
 from .telemetry import add_span_sink, otel_span_to_span, setup_telemetry

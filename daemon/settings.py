@@ -70,7 +70,7 @@ class ExtraSections(StrictModel):
 
     def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
         """(path inside alerts, message) for each policy naming an unknown channel."""
-        out = []
+        out: list[tuple[tuple[str | int, ...], str]] = []
         known = ", ".join(sorted(self.alerts.channels)) or "none defined"
         for name, policy in self.alerts.policies.items():
             for i, ch in enumerate(policy.channels):

@@ -19,7 +19,8 @@ from tracecanary.assertions.spans import Span
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.probes.base import ProbeContext
 
-from .spans.buffer import TraceBuffer, Watch
+from .spans.buffer import TraceBuffer
+from .spans.watch import Watch
 
 
 @dataclass

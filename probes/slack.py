@@ -59,11 +59,13 @@ class ChannelPacer:
         await anyio.sleep(at - now)
 
 
-def slack_client(token: str | None, base_url: str, *, max_retries: int = 3) -> AsyncWebClient:
+def slack_client(token: str | None, base_url: str, *, max_retries: int = 3,
+                 session: aiohttp.ClientSession | None = None) -> AsyncWebClient:
     """An AsyncWebClient that sleeps ``Retry-After`` on 429 and retries 5xx (defaults cover neither)."""
     return AsyncWebClient(
         token=token,
         base_url=base_url,
+        session=session,
         retry_handlers=[
             AsyncRateLimitErrorRetryHandler(max_retry_count=max_retries),
             AsyncServerErrorRetryHandler(max_retry_count=max_retries),
@@ -108,7 +110,7 @@ class SlackMentionProbe(ProbeSpec):
         channel = ctx.render(self.channel)
         thread = ctx.render(self.thread) if self.thread else None
         await self._pacer.wait(channel, self.min_post_interval)
-        client = slack_client(cfg.user_token, cfg.base_url)
+        client = slack_client(cfg.user_token, cfg.base_url, session=ctx.session)
         with ctx.client_span("chat.postMessage", "producer", **{"slack.channel": channel}) as sid:
             payload = {"traceparent": ctx.trace.traceparent(sid), "run_id": ctx.run_id, "probe_id": ctx.probe_id}
             payload.update({k: v for k, v in ctx.trace_headers(sid).items() if k != "traceparent"})

@@ -15,7 +15,7 @@ import re
 from typing import Any, Literal
 
 import anyio
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tracecanary.assertions.response import (
     ResponseExpectation,
@@ -98,8 +98,13 @@ class Step(StrictModel):
         if self.slack_mention is not None:
             from .registry import PROBES  # the registry imports this module
 
-            self._slack = PROBES["slack_mention"].model_validate(
-                {"id": "step", "kind": "slack_mention", **self.slack_mention})
+            try:
+                self._slack = PROBES["slack_mention"].model_validate(
+                    {"id": "step", "kind": "slack_mention", **self.slack_mention})
+            except ValidationError as e:
+                first = e.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"slack_mention.{where}: {first['msg']}") from None
         if (self.capture or self.expect) and self.wait is not None:
             raise ValueError("a wait step has no response to capture or expect")
         return self

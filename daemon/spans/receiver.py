@@ -4,6 +4,10 @@ Protobuf and JSON bodies, ``Content-Encoding: gzip`` and ``deflate`` (aiohttp in
 bounded chunks; the size cap counts decompressed bytes as they stream in, so a small gzip bomb is cut
 off at the cap), replies in the request's content type, ``partial_success`` for spans with invalid
 ids, ``google.rpc.Status`` error bodies, 429 + ``Retry-After`` when too many exports are in flight.
+
+Mounting :func:`otlp_routes` on another app works with aiohttp's default inflation too, but run that
+app's ``AppRunner(..., auto_decompress=False)`` (the handler inflates by itself): otherwise aiohttp's
+lingering close inflates the rest of a rejected gzip bomb (bounded memory, but seconds of CPU).
 """
 
 from __future__ import annotations

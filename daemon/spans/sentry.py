@@ -189,8 +189,9 @@ class SentryTraceSource:
 
     async def error_events(self, trace_id: str, limit: int = 100) -> list[Json]:
         """Error events of ``trace_id`` from Discover (``dataset=errors``, ``query=trace:…``) as rows."""
+        # project=-1: every project the token can see (a trace crosses projects).
         params = [("dataset", "errors"), ("query", f"trace:{trace_id.lower()}"), ("per_page", str(limit)),
-                  ("statsPeriod", "24h"), ("sort", "-timestamp")]
+                  ("statsPeriod", "24h"), ("sort", "-timestamp"), ("project", "-1")]
         params += [("field", f) for f in ("id", "title", "message", "level", "timestamp", "trace", "trace.span", "project")]
         data = await self._get(f"/organizations/{self._org}/events/", params)
         rows = data.get("data") if isinstance(data, dict) else None

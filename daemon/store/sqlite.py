@@ -169,7 +169,8 @@ class SqliteStore:
     async def list_runs(
         self, probe_id: str | None = None, *, limit: int = 50, before_ns: int | None = None
     ) -> list[RunRecord]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if probe_id is not None:
             where.append("probe_id=?")
             args.append(probe_id)

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 import anyio
 from anyio.abc import TaskStatus
 from slack_sdk.errors import SlackApiError
@@ -35,6 +36,8 @@ IGNORED_SUBTYPES = frozenset({"message_changed", "message_deleted", "channel_joi
 MAX_PAGES = 10
 PAGE_LIMIT = 200
 CLOCK_SKEW_S = 1.0
+FETCH_TIMEOUT_S = 30.0
+FETCH_GRACE_S = 2.0
 RECONCILE_MAX_S = 3.0
 RECONCILE_SHARE = 0.25
 """With Socket Mode, the last share of the window (≤ 3 s) polls once with the bot token, so an event
@@ -155,10 +158,13 @@ async def _reconcile(scope: _Scope, ctx: WatchContext, seen: list[dict[str, Any]
     merged = {_key(m): m for m in seen}
     with anyio.move_on_after(max(0.0, end_s - anyio.current_time())):
         try:
-            for msg in await _fetch(slack_client(cfg.bot_token, cfg.base_url, max_retries=0), pacer, scope, probe_ts):
+            client = slack_client(cfg.bot_token, cfg.base_url, max_retries=0, session=ctx.probe.session)
+            for msg in await _fetch(client, pacer, scope, probe_ts):
                 merged.setdefault(_key(msg), msg)
         except SlackApiError as e:
             log.warning("slack reconcile failed channel=%s error=%s", scope.channel, e.response.get("error"))
+        except aiohttp.ClientError as e:
+            log.warning("slack reconcile failed channel=%s error=%s", scope.channel, type(e).__name__)
     return list(merged.values())
 
 
@@ -170,12 +176,14 @@ async def _poll(
         return Finding(type="side_effect", severity=Verdict.ERROR, path="side_effects.slack",
                        message="Slack polling needs integrations.slack.bot_token (or app_token for Socket Mode)")
     pacer = ctx.services.extra.setdefault("slack_pacer", SlackPacer())
-    client = slack_client(cfg.bot_token, cfg.base_url, max_retries=0)
+    client = slack_client(cfg.bot_token, cfg.base_url, max_retries=0, session=ctx.probe.session)
     seen: dict[tuple[str, str], dict[str, Any]] = {}
     interval_s = ctx.poll_interval_s
     while True:
         try:
-            with anyio.fail_after(max(0.5, min(30.0, ctx.probe.remaining_s()))):
+            # a Retry-After penalty may outlast the window: never wait (much) past its end
+            budget_s = min(FETCH_TIMEOUT_S, max(end_s - anyio.current_time(), FETCH_GRACE_S))
+            with anyio.fail_after(min(budget_s, max(0.001, ctx.probe.remaining_s()))):
                 for msg in await _fetch(client, pacer, scope, probe_ts):
                     seen.setdefault(_key(msg), msg)
         except SlackApiError as e:
@@ -183,8 +191,8 @@ async def _poll(
             if error != "ratelimited":
                 return Finding(type="side_effect", severity=Verdict.ERROR, path="side_effects.slack",
                                message=f"Slack polling of {scope.channel} failed: {error}", observed=error)
-        except TimeoutError:
-            log.warning("slack poll timed out channel=%s", scope.channel)
+        except (TimeoutError, aiohttp.ClientError) as e:
+            log.warning("slack poll failed channel=%s error=%s", scope.channel, type(e).__name__)
         now = anyio.current_time()
         if _done(effect, list(seen.values())) or now >= end_s:
             return list(seen.values())

@@ -149,3 +149,6 @@ def test_step_config_errors() -> None:
         _probe([{"http": {"url": "http://x"}, "capture": {"a": {"header": "X", "regex": "y"}}}])
     with pytest.raises(ValueError, match="a wait step has no response"):
         _probe([{"wait": "1s", "capture": {"a": "$.x"}}])
+    with pytest.raises(ValueError, match=r"slack_mention\.bot_user_id: String should match pattern"):
+        _probe([{"slack_mention": {"channel": "C1", "bot_user_id": "bad"}}])
+    assert _probe([{"slack_mention": {"channel": "C1", "bot_user_id": "U0BOT"}}]).steps[0].label == "slack_mention"

@@ -256,3 +256,21 @@ async def test_run_now_owns_filter_and_stop_drains() -> None:
         with anyio.fail_after(5):
             await done.wait()
     assert [pid for pid, _ in rec.calls] == ["mine"]
+
+
+@pytest.mark.anyio
+async def test_missed_ticks_after_a_wall_clock_jump_are_dropped_not_replayed() -> None:
+    t0, jump = anyio.current_time(), [0.0]
+    rec = Recorder()
+    sched = Scheduler(rec, wall=lambda: 1_000_000.0 + (anyio.current_time() - t0) + jump[0])
+    sched.set_probes([_spec("j", every="100ms", jitter=0)])
+
+    async def body() -> None:
+        await rec.until(lambda: len(rec.calls) == 1)
+        jump[0] = 10.0  # the machine slept: the wall clock moved on, the monotonic one did not
+        await rec.until(lambda: len(rec.calls) == 4)
+
+    await _running(sched, body)
+    times = [t for _, t in rec.calls]
+    assert times[2] - times[1] == pytest.approx(10.0, abs=0.15)  # one leap to the current grid slot
+    assert times[3] - times[2] == pytest.approx(0.1, abs=1e-6)

@@ -188,3 +188,13 @@ async def test_mention_as_a_step_of_a_steps_probe() -> None:
             findings = await watch_slack(effect(), wctx)
     assert fired.outputs["mention"]["slack"]["channel"] == CHANNEL
     assert findings == [] and bot.mentions[0]["text"] == f"<@U0BOT> hi {ctx.run_id}"
+
+
+@pytest.mark.anyio
+async def test_polling_a_missing_channel_is_an_error_finding() -> None:
+    async with slack_world() as (_bot, em), aiohttp.ClientSession() as session:
+        ctx = probe_context(session, integrations(em))
+        wctx = WatchContext(probe=ctx, services=fast_services(), poll_interval_s=0.05)
+        with anyio.fail_after(5):
+            [f] = await watch_slack(effect(channel="XNOPE", in_thread=False), wctx)
+    assert f.severity == "error" and f.message == "Slack polling of XNOPE failed: channel_not_found"
