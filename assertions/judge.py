@@ -55,6 +55,7 @@ class TraceJudge:
         if correlate_value is None and corr is not None and "{{" not in corr.equals:
             correlate_value = corr.equals
         self.correlate_value = correlate_value
+        self.corr_attr = corr.attribute if corr is not None else None
         self.trace_spans: dict[str, list[str]] = {}
         self.trace_edges: dict[str, set[str]] = {}
         self.anchor_full: list[set[str]] = [set() for _ in self.anchors]
@@ -108,9 +109,9 @@ class TraceJudge:
                 if tid in self.pool or link.trace_id in self.pool:
                     self._join_pool(tid)
                     self._join_pool(link.trace_id)
-        corr = self.exp.correlate
-        if corr is not None and corr.attribute in span.attributes and (
-                self.correlate_value is None or str(span.attributes[corr.attribute]) == self.correlate_value):
+        corr = self.corr_attr
+        if corr is not None and corr in span.attributes and (
+                self.correlate_value is None or str(span.attributes[corr]) == self.correlate_value):
             self._join_pool(tid)
         self.pending.append(span)  # invalidation is batched until the next check
 
@@ -136,14 +137,17 @@ class TraceJudge:
                 self.solver.memo.clear()  # `within` is measured from the earliest span offline
                 self.dirty_all = True
             self.first_start_ns = span.start_ns
-        self.last_end_ns = max(self.last_end_ns, span.end_ns)
-        for i, checks in enumerate(self.forbid):
-            if all(c(span) is None for c in checks):
-                self.forbid_hits.append((i, span.span_id))
+        if span.end_ns > self.last_end_ns:
+            self.last_end_ns = span.end_ns
+        if self.forbid:
+            for i, checks in enumerate(self.forbid):
+                if all(c(span) is None for c in checks):
+                    self.forbid_hits.append((i, span.span_id))
         # Depth as known on arrival (a late parent is caught by the exact count at settle/finish).
         depth = self.depth.get(span.parent_span_id or "", 0) + 1
         self.depth[span.span_id] = depth
-        self.max_depth_seen = max(self.max_depth_seen, depth)
+        if depth > self.max_depth_seen:
+            self.max_depth_seen = depth
 
     def in_pool(self, sid: str) -> bool:
         return self.pool_all or self.index.by_id[sid].trace_id in self.pool
@@ -314,6 +318,9 @@ class TraceJudge:
 
     def _settled_findings(self) -> list[Finding]:
         out: list[Finding] = []
+        exp = self.exp
+        if not (exp.no_orphans or exp.checks or exp.specs or (exp.limits and exp.limits.max_depth)):
+            return out
         spans = [s for s in self.index.by_id.values() if self.pool_all or s.trace_id in self.pool]
         if self.exp.no_orphans:
             present = {s.span_id for s in spans}

@@ -14,8 +14,11 @@ through span links the ancestors of the spans it links to).
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .expect import NamePattern, SpanConstraint, SpanNode
@@ -132,13 +135,18 @@ class CNode:
         yield from self.descendants
         yield from self.linked
 
-    def local_ok(self, span: Span) -> bool:
-        """The node's own constraints hold (the name is checked by the index's name cache)."""
-        return all(c(span) is None for c in self.rest)
+    rest: list[Check] = field(default_factory=list)
 
-    @property
-    def rest(self) -> list[Check]:
-        return self.checks[1:] if self.spec.span is not None else self.checks
+    def __post_init__(self) -> None:
+        # The name is checked once per distinct span name by the index; the rest per span.
+        self.rest = self.checks[1:] if self.spec.span is not None else list(self.checks)
+
+    def local_ok(self, span: Span) -> bool:
+        """The node's own constraints hold, its name aside (checked by the index's name cache)."""
+        for c in self.rest:
+            if c(span) is not None:
+                return False
+        return True
 
     def broken(self, span: Span) -> list[str]:
         return [why for c in self.checks if (why := c(span)) is not None]
@@ -194,6 +202,15 @@ def bipartite(slots: list[list[str]]) -> list[str] | None:
     return None if any(g is None for g in got) else [g for g in got if g is not None]
 
 
+def _compiled_glob(pattern: str) -> Callable[[str], bool]:
+    rx = re.compile(fnmatch.translate(pattern))
+    return lambda name: rx.match(name) is not None
+
+
+def _name_ok(pattern: Matcher | None, name: str) -> bool:
+    return pattern is None or name_matches(pattern, name)
+
+
 class SpanIndex:
     """Spans by id, parentage, incoming span links, and per-node local candidates."""
 
@@ -206,13 +223,15 @@ class SpanIndex:
         # Span names repeat: which nodes' name patterns accept a name is computed once per name.
         self._by_name: dict[str, list[CNode]] = {}
         self._exact: dict[str, list[CNode]] = {}
-        self._patterned: list[CNode] = []
+        self._patterned: list[tuple[CNode, Callable[[str], bool]]] = []
         for n in nodes:
             name = n.spec.span
             if isinstance(name, str) and not any(c in name for c in "*?["):
                 self._exact.setdefault(name, []).append(n)
+            elif isinstance(name, str):
+                self._patterned.append((n, _compiled_glob(name)))
             else:
-                self._patterned.append(n)
+                self._patterned.append((n, partial(_name_ok, name)))
 
     def add(self, span: Span) -> bool:
         """Index one span; False when its id was already known (duplicates are ignored)."""
@@ -227,7 +246,7 @@ class SpanIndex:
         nodes = self._by_name.get(span.name)
         if nodes is None:
             nodes = self._by_name[span.name] = self._exact.get(span.name, []) + [
-                n for n in self._patterned if n.spec.span is None or name_matches(n.spec.span, span.name)]
+                n for n, ok in self._patterned if ok(span.name)]
         for n in nodes:
             if n.local_ok(span):
                 self.local[n.idx].add(sid)

@@ -15,6 +15,7 @@ the watcher starts; the figure is the time from that post to the watcher returni
 from __future__ import annotations
 
 import argparse
+import functools
 import secrets
 import socket
 import statistics
@@ -29,6 +30,7 @@ from gidgethub.aiohttp import GitHubAPI
 from slack_sdk.web.async_client import AsyncWebClient
 
 from tracecanary.assertions.side_effects import GithubEffect, SlackEffect
+from tracecanary.assertions.verdict import Finding
 from tracecanary.daemon.hooks_github import github_hook_routes
 from tracecanary.daemon.watchers.base import EventHub, Services, WatchContext
 from tracecanary.daemon.watchers.github import watch_github
@@ -50,7 +52,7 @@ def _ctx(session: aiohttp.ClientSession, integrations: dict[str, object]) -> Pro
     )
 
 
-async def _measure(watch: Callable[[], Awaitable[list[object]]], post: Callable[[], Awaitable[None]],
+async def _measure(watch: Callable[[], Awaitable[list[Finding]]], post: Callable[[], Awaitable[None]],
                    delay_s: float) -> float:
     posted: list[float] = []
     async with anyio.create_task_group() as tg:
@@ -83,7 +85,7 @@ async def slack_rounds(mode: str, rounds: int, poll_s: float, delay_s: float) ->
             async def post(ts: str = ts) -> None:
                 await bot.chat_postMessage(channel="C1", text="pong", thread_ts=ts)
 
-            out.append(await _measure(lambda wctx=wctx, eff=eff: watch_slack(eff, wctx), post, delay_s))
+            out.append(await _measure(functools.partial(watch_slack, eff, wctx), post, delay_s))
         tg.cancel_scope.cancel()
     return out
 
@@ -113,7 +115,7 @@ async def github_rounds(mode: str, rounds: int, poll_s: float, delay_s: float) -
                 async def post(n: int = pr["number"]) -> None:
                     await gh.post(f"/repos/acme/app/issues/{n}/comments", data={"body": "LGTM"})
 
-                out.append(await _measure(lambda wctx=wctx, eff=eff: watch_github(eff, wctx), post, delay_s))
+                out.append(await _measure(functools.partial(watch_github, eff, wctx), post, delay_s))
     finally:
         await runner.cleanup()
     return out

@@ -127,9 +127,17 @@ class Scheduler:
             self._schedule(state, self._first_due(spec), offset)
         for probe_id in set(self._states) - seen:
             del self._states[probe_id]
+        if len(self._heap) > 2 * len(self._states) + 64:
+            self._compact()
         self._wake.set()
         log.info("scheduler probes=%d scheduled=%d", len(self._states), sum(
             1 for s in self._states.values() if s.due_wall is not None))
+
+    def _compact(self) -> None:
+        """Drop heap entries of removed or rescheduled probes (reloads leave them behind)."""
+        live = {(pid, st.generation) for pid, st in self._states.items() if st.due_wall is not None}
+        self._heap = [e for e in self._heap if (e[2], e[3]) in live]
+        heapq.heapify(self._heap)
 
     def _first_due(self, spec: ProbeSpec) -> float | None:
         if spec.pause:

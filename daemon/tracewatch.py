@@ -112,22 +112,30 @@ async def _loop(tracked: _Tracked, ctx: ProbeContext, expectation: TraceExpectat
 async def _from_sentry(
     expectation: TraceExpectation, ctx: ProbeContext, judge: TraceJudge, root: Span, source: Any
 ) -> TraceOutcome:
+    """Poll Sentry until the tree matches (or a forbid rule fails) or the deadline.
+
+    Sentry ingests with delay and an error may arrive after its transaction, changing a span already
+    seen; so each poll judges the whole fetched trace afresh (Sentry traces are small).
+    """
     if source is None:
         return TraceOutcome([Finding(
             type="error", severity=Verdict.ERROR, path="expect.trace.source",
             message="expect.trace.source is sentry but integrations.sentry (org, token) is not configured",
         )], None)
-    judge.feed([root])
-    fed: set[str] = set()
+    latest: list[TraceJudge] = [judge]
+
+    def fresh(spans: list[Span]) -> TraceJudge:
+        j = TraceJudge(expectation, root_trace_id=ctx.trace.trace_id, trigger_ns=ctx.trigger_ns)
+        j.feed([root, *spans])
+        return j
 
     def until(spans: list[Span]) -> bool:
-        fresh = [s for s in spans if s.span_id not in fed]
-        fed.update(s.span_id for s in fresh)
-        judge.feed(fresh)
-        return judge.check(quiet_s=float("inf")).done
+        latest[0] = fresh(spans)
+        return latest[0].check(quiet_s=float("inf")).done
 
     spans = await source.poll(ctx.trace.trace_id, until, ctx.deadline_s)
-    state = judge.check(quiet_s=float("inf"))
+    final = fresh(spans)
+    state = final.check(quiet_s=float("inf"))
     if not state.done:
-        state = judge.finish()
-    return TraceOutcome(list(state.findings), judge.report(), [root, *spans])
+        state = final.finish()
+    return TraceOutcome(list(state.findings), final.report(), [root, *spans])

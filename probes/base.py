@@ -272,7 +272,12 @@ class ProbeContext:
                 f"tracecanary.run_id={self.run_id}",
             ]
             if self.inject.sentry_trace:
-                members += [f"sentry-trace_id={self.trace.trace_id}", "sentry-sampled=true"]
+                members += [f"sentry-trace_id={self.trace.trace_id}",
+                            f"sentry-sampled={'true' if self.trace.sampled else 'false'}"]
+                org_id = self.integrations.sentry.resolved_org_id()
+                if org_id:
+                    # sentry-sdk with strict_trace_continuation starts a new trace without it.
+                    members.append(f"sentry-org_id={org_id}")
             headers["baggage"] = ",".join(members)
         if self.inject.sentry_trace:
             headers["sentry-trace"] = f"{self.trace.trace_id}-{sid}-{'1' if self.trace.sampled else '0'}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field
 
 from .base import StrictModel
@@ -32,6 +34,17 @@ class SentryIntegration(StrictModel):
     token: str | None = None
     api_url: str = "https://sentry.io"
     dsn: str | None = None
+    org_id: str | None = Field(None, description="Numeric org id (sent as sentry-org_id); default: from the DSN host.")
+
+    def resolved_org_id(self) -> str | None:
+        """``org_id``, or the ``o<digits>`` of a sentry.io DSN host (``…@o123.ingest.sentry.io/…``)."""
+        if self.org_id:
+            return self.org_id
+        if self.dsn:
+            m = re.search(r"@o(\d+)\.", self.dsn)
+            if m:
+                return m.group(1)
+        return None
 
 
 class KafkaIntegration(StrictModel):

@@ -274,3 +274,12 @@ async def test_missed_ticks_after_a_wall_clock_jump_are_dropped_not_replayed() -
     times = [t for _, t in rec.calls]
     assert times[2] - times[1] == pytest.approx(10.0, abs=0.15)  # one leap to the current grid slot
     assert times[3] - times[2] == pytest.approx(0.1, abs=1e-6)
+
+
+@pytest.mark.anyio
+async def test_reloads_do_not_grow_the_timer_heap() -> None:
+    sched = Scheduler(_noop)
+    for i in range(50):
+        sched.set_probes([_spec(f"p{j}", every=f"{10 + i}m") for j in range(20)])
+    assert len(sched._heap) <= 2 * 20 + 64
+    assert all(sched.next_run(f"p{j}") is not None for j in range(20))
