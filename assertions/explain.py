@@ -7,6 +7,7 @@ state what was expected and what was observed, naming spans as ``span "name" (sv
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from .spans import Span
@@ -172,10 +173,6 @@ class Explainer:
                              "reason": ftype, "message": msg, "closest": closest or []})
 
 
-def duration_text(seconds: float) -> str:
-    return format_duration(seconds)
-
-
 def render_text(report: dict[str, Any]) -> str:
     """The person-readable rendering of a judge report (``TraceJudge.report()``)."""
     lines = [f"verdict: {report.get('verdict') or 'pending'}"]
@@ -188,9 +185,20 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append("expected nodes:")
         for path, sid in nodes.items():
             lines.append(f"  {path} → {sid or 'not found'}")
+    for m in report.get("missing", []):
+        for c in m.get("closest", []):
+            lines.append(f"  near {m['path']}: {c['label']} [{c['span_id']}] satisfies {c['satisfied']}/"
+                         f"{c['total']}: {'; '.join(c['broken']) or 'own constraints hold'}")
     unexpected = report.get("unexpected_count", 0)
     if unexpected:
-        lines.append(f"unexpected spans: {unexpected} (matched no expected node)")
-    lines.append(f"spans: {report.get('span_count', 0)} arrived"
-                 + (f", last ended at {report['last_span_end_ns']} ns" if report.get("last_span_end_ns") else ""))
+        ids = ", ".join(report.get("unexpected", [])[:5])
+        lines.append(f"unexpected spans: {unexpected} matched no expected node ({ids}{', …' if unexpected > 5 else ''})")
+    summary = f"spans: {report.get('span_count', 0)} in {len(report.get('traces', []))} trace(s)"
+    first, last = report.get("first_span_start_ns"), report.get("last_span_end_ns")
+    if first and last:
+        summary += f", the last ended {format_duration(max(0, last - first) / 1e9)} after the first began"
+    if report.get("last_arrival_unix_ns"):
+        at = datetime.fromtimestamp(report["last_arrival_unix_ns"] / 1e9, tz=UTC)
+        summary += f"; last arrival {at.isoformat(timespec='milliseconds')}"
+    lines.append(summary)
     return "\n".join(lines)

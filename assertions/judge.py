@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import rules
 from .expect import TraceExpectation
 from .explain import Explainer
-from .selectors import run_check
-from .spans import Span, group_traces
+from .spans import Span
 from .tree import Assign, CNode, Solver, SpanIndex, bipartite, compile_checks, compile_tree, describe
 from .units import format_duration
 from .verdict import Finding, Verdict, verdict_of
@@ -220,22 +220,8 @@ class TraceJudge:
                        message=f"{self.index.by_id[sid].label()} is forbidden: matches "
                        f"{describe(self.exp.forbid[i])}", expected="absent", observed=sid)
                for i, sid in self.forbid_hits]
-        lim = self.exp.limits
-        path = f"{self.base}.limits"
-        if lim is not None:
-            if lim.max_spans is not None and self.pool_count > lim.max_spans:
-                out.append(Finding(type="trace.limit", path=f"{path}.max_spans", expected=lim.max_spans,
-                                   observed=self.pool_count,
-                                   message=f"{self.pool_count} spans > max_spans {lim.max_spans}"))
-            took = self._duration_s()
-            if lim.max_duration is not None and took > lim.max_duration:
-                out.append(Finding(type="trace.limit", path=f"{path}.max_duration", expected=lim.max_duration,
-                                   observed=took, message=f"trace lasted {format_duration(took)} > "
-                                   f"max_duration {format_duration(lim.max_duration)}"))
-            if lim.max_depth is not None and self.max_depth_seen > lim.max_depth:
-                out.append(Finding(type="trace.limit", path=f"{path}.max_depth", expected=lim.max_depth,
-                                   observed=self.max_depth_seen,
-                                   message=f"trace depth {self.max_depth_seen} > max_depth {lim.max_depth}"))
+        out.extend(rules.limit_findings(self.exp.limits, f"{self.base}.limits", spans=self.pool_count,
+                                        duration_s=self._duration_s(), depth=self.max_depth_seen))
         for a, full in zip(self.anchors, self.anchor_full, strict=True):
             if a.hi is not None and len(full) > a.hi:
                 labels = ", ".join(self.index.by_id[x].label() for x in self._sorted(full)[:5])
@@ -317,32 +303,11 @@ class TraceJudge:
         return sum(1 for v in self.report_nodes().values() if v)
 
     def _settled_findings(self) -> list[Finding]:
-        out: list[Finding] = []
         exp = self.exp
         if not (exp.no_orphans or exp.checks or exp.specs or (exp.limits and exp.limits.max_depth)):
-            return out
+            return []
         spans = [s for s in self.index.by_id.values() if self.pool_all or s.trace_id in self.pool]
-        if self.exp.no_orphans:
-            present = {s.span_id for s in spans}
-            for s in spans:
-                if s.parent_span_id and s.parent_span_id not in present:
-                    out.append(Finding(type="trace.orphan", path=f"{self.base}.no_orphans", expected="parent present",
-                                       observed=s.parent_span_id, message=f"{s.label()} is an orphan: its parent "
-                                       f"{s.parent_span_id} is not in the trace (broken context propagation?)"))
-        lim = self.exp.limits
-        if lim is not None and lim.max_depth is not None:
-            depth = max((t.depth() for t in group_traces(spans).values()), default=0)
-            if depth > lim.max_depth:
-                out.append(Finding(type="trace.limit", path=f"{self.base}.limits.max_depth", expected=lim.max_depth,
-                                   observed=depth, message=f"trace depth {depth} > max_depth {lim.max_depth}"))
-        checks = [(f"checks[{i}]", c.name, c.select, c.assert_) for i, c in enumerate(self.exp.checks)]
-        checks += [(f"specs[{i}]", c.name, c.selector, c.assertions) for i, c in enumerate(self.exp.specs)]
-        for where, name, selector, assertions in checks:
-            for msg in run_check(selector, assertions, spans):
-                label = f"{name}: " if name else ""
-                out.append(Finding(type="trace.check", path=f"{self.base}.{where}", expected=selector or "all spans",
-                                   observed=msg, message=f"{label}{msg}"))
-        return out
+        return rules.settled_findings(exp, spans, self.base)
 
     def _degraded(self) -> list[Finding]:
         out: list[Finding] = []
@@ -360,17 +325,8 @@ class TraceJudge:
                                    f"max {format_duration(deg.max_duration)}"))
         lim = self.exp.limits
         if lim is not None and lim.degraded is not None:
-            took, d = self._duration_s(), lim.degraded
-            if d.max_duration is not None and took > d.max_duration:
-                out.append(Finding(type="trace.degraded", severity=Verdict.DEGRADED,
-                                   path=f"{self.base}.limits.degraded.max_duration", expected=d.max_duration,
-                                   observed=took, message=f"trace lasted {format_duration(took)} > degraded "
-                                   f"max {format_duration(d.max_duration)}"))
-            if d.max_spans is not None and self.pool_count > d.max_spans:
-                out.append(Finding(type="trace.degraded", severity=Verdict.DEGRADED,
-                                   path=f"{self.base}.limits.degraded.max_spans", expected=d.max_spans,
-                                   observed=self.pool_count,
-                                   message=f"{self.pool_count} spans > degraded max_spans {d.max_spans}"))
+            out.extend(rules.degraded_limit_findings(lim.degraded, f"{self.base}.limits.degraded",
+                                                     spans=self.pool_count, duration_s=self._duration_s()))
         return out
 
     # ---- reporting ----------------------------------------------------------------------------

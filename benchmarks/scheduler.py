@@ -74,9 +74,10 @@ async def phase(name: str, specs: list[ProbeSpec], seconds: float) -> dict[str, 
         "mean_ms": statistics.fmean(late_ms) if late_ms else float("nan"),
         "cpu_pct": 100 * cpu_s / wall_s, "load_ms": load_s * 1000, "reload_ms": reload_s * 1000,
     }
+    lateness = (f"lateness p50={out['p50_ms']:.2f}ms p99={out['p99_ms']:.2f}ms max={out['max_ms']:.2f}ms "
+                if late_ms else "lateness n/a (nothing due) ")
     print(
-        f"{name:7s} probes={len(specs)} fires={len(late_ms)} ({out['fires_per_s']:.0f}/s) "
-        f"lateness p50={out['p50_ms']:.2f}ms p99={out['p99_ms']:.2f}ms max={out['max_ms']:.2f}ms "
+        f"{name:7s} probes={len(specs)} fires={len(late_ms)} ({out['fires_per_s']:.0f}/s) {lateness}"
         f"cpu={out['cpu_pct']:.1f}% due-during-load={len(during_load)} set_probes={out['load_ms']:.0f}ms reload(no-op)={out['reload_ms']:.0f}ms",
         flush=True,
     )

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from .alerts.silences import SilenceSettings
 from .api_schema import AlertsOut, ErrorOut, FireOut, ProbeList, RunPage, SilenceOut, openapi_document
 from .control import Control
-from .dashboard.summary import iso_ns, probe_statuses, redact, run_detail, run_summary
+from .dashboard.summary import RunWindows, iso_ns, probe_statuses, redact, run_detail, run_summary
 
 log = logging.getLogger("tracecanary.api")
 
@@ -78,12 +78,13 @@ class Api:
 
     def __init__(self, control: Control) -> None:
         self.control = control
+        self.windows = RunWindows()
 
     def _alerts(self) -> Any:
         return getattr(self.control, "alerts", None)
 
     async def list_probes(self, request: web.Request) -> web.Response:
-        rows = await probe_statuses(self.control)
+        rows = await probe_statuses(self.control, self.windows)
         return _json(ProbeList(probes=rows, generated_at=iso_ns(time.time_ns())))
 
     async def list_runs(self, request: web.Request) -> web.Response:

@@ -179,6 +179,9 @@ class Runner:
                 message=f"trigger did not complete within the probe's timeout {probe.timeout:g}s",
             ))
             result = FireResult()
+        except Exception as e:  # a bug in a probe kind must cost one run, never the daemon
+            run.findings.append(internal_error("probe.fire", e, probe.id, run.run_id))
+            result = FireResult()
         run.outputs = dict(result.outputs)
         run.findings.extend(result.findings)
         run.response = result.response.to_dict() if result.response is not None else None
@@ -193,9 +196,12 @@ class Runner:
 
         async def trace_task() -> None:
             assert probe.expect.trace is not None
-            outcome.append(await watch_trace(
-                probe.expect.trace, ctx, self.deps.buffer, root, sentry_source=self.deps.sentry_source,
-            ))
+            try:
+                outcome.append(await watch_trace(
+                    probe.expect.trace, ctx, self.deps.buffer, root, sentry_source=self.deps.sentry_source,
+                ))
+            except Exception as e:
+                outcome.append(TraceOutcome([internal_error("expect.trace", e, probe.id, run.run_id)], None))
 
         async def effect_task(i: int, effect: SideEffect) -> None:
             watcher = WATCHERS.get(effect.kind)
@@ -207,7 +213,10 @@ class Runner:
                 return
             wctx = WatchContext(probe=ctx, services=self.deps.services, outputs=run.outputs,
                                 poll_interval_s=self.deps.poll_interval_s)
-            found = await watcher(effect.spec, wctx)
+            try:
+                found = await watcher(effect.spec, wctx)
+            except Exception as e:
+                found = [internal_error(f"expect.side_effects[{i}]", e, probe.id, run.run_id)]
             effects.append((i, effect, [f if f.path else f.model_copy(update={"path": f"expect.side_effects[{i}]"})
                                         for f in found]))
 
@@ -262,6 +271,19 @@ class Runner:
                 await getattr(hook, name)(probe, run)
             except Exception:
                 log.exception("hook %s failed hook=%s run_id=%s", name, type(hook).__name__, run.run_id)
+
+
+def internal_error(path: str, exc: Exception, probe_id: str, run_id: str) -> Finding:
+    """An unexpected exception becomes an ``error`` finding; it is logged and reported to Sentry."""
+    log.error("internal error path=%s probe=%s run_id=%s", path, probe_id, run_id, exc_info=exc)
+    try:
+        from .sentry_reporting import capture_daemon_exception
+
+        capture_daemon_exception(exc, probe_id, run_id)
+    except Exception:
+        log.debug("sentry capture failed", exc_info=True)
+    return Finding(type="error.internal", severity=Verdict.ERROR, path=path,
+                   message=f"internal error: {type(exc).__name__}: {exc}")
 
 
 def selected(probes: Sequence[ProbeSpec], globs: Sequence[str]) -> list[ProbeSpec]:

@@ -7,6 +7,7 @@ server-rendered pages agree on every number.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import re
 import time
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from ..api_schema import (
     TreeNode,
 )
 from ..control import Control
-from ..store.base import RunRecord, RunStatus
+from ..store.base import RunRecord, RunStatus, Store
 
 DAY_NS = 86_400 * 10**9
 HISTORY_RUNS = 30
@@ -115,10 +116,44 @@ def _state(last_final: RunRecord | None, silenced: bool) -> str:
     return "failing"
 
 
-async def probe_status(control: Control, probe: ProbeSpec, now_ns: int | None = None) -> ProbeStatus:
+class RunWindows:
+    """Per-probe cache of the latest runs, re-read only when the newest run changed.
+
+    The overview refreshes every few seconds; re-reading 500 runs per probe each time would cost ~45 ms
+    per probe on SQLite. Asking for the newest run is cheap, and a window holding a running run is
+    never cached (its status is about to change).
+    """
+
+    def __init__(self, max_probes: int = 10_000) -> None:
+        self._cache: dict[str, tuple[tuple[str, str], list[RunRecord]]] = {}
+        self._max_probes = max_probes
+
+    async def latest(self, store: Store, probe_id: str) -> list[RunRecord]:
+        head = await store.list_runs(probe_id, limit=1)
+        if not head:
+            self._cache.pop(probe_id, None)
+            return []
+        key = (head[0].run_id, str(head[0].status))
+        hit = self._cache.get(probe_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        runs = [
+            replace(r, response=None, trace_report=None, log="", side_effects=[], outputs={}, spans=[])
+            for r in await store.list_runs(probe_id, limit=WINDOW_RUNS)
+        ]
+        if all(r.status is not RunStatus.RUNNING for r in runs):
+            if len(self._cache) >= self._max_probes:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[probe_id] = (key, runs)
+        return runs
+
+
+async def probe_status(
+    control: Control, probe: ProbeSpec, now_ns: int | None = None, windows: RunWindows | None = None
+) -> ProbeStatus:
     """One probe's overview row, from its latest runs in the store."""
     now_ns = now_ns or time.time_ns()
-    runs = await control.store.list_runs(probe.id, limit=WINDOW_RUNS, before_ns=None)
+    runs = await (windows or RunWindows()).latest(control.store, probe.id)
     judged = [r for r in runs if r.status is RunStatus.FINISHED and r.verdict is not None and r.final]
     last_final = judged[0] if judged else None
     day = [r for r in judged if r.started_ns >= now_ns - DAY_NS]
@@ -142,10 +177,10 @@ async def probe_status(control: Control, probe: ProbeSpec, now_ns: int | None = 
     )
 
 
-async def probe_statuses(control: Control) -> list[ProbeStatus]:
+async def probe_statuses(control: Control, windows: RunWindows | None = None) -> list[ProbeStatus]:
     """Every probe, failing first, then degraded, pending, ok, silenced (config order within a state)."""
     now_ns = time.time_ns()
-    rows = [await probe_status(control, p, now_ns) for p in control.probes()]
+    rows = [await probe_status(control, p, now_ns, windows) for p in control.probes()]
     return sorted(rows, key=lambda r: STATE_ORDER[r.state])
 
 

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from ..control import Control
 from ..store.base import RunRecord, RunStatus
-from .summary import fmt_age, iso_ns, probe_status, probe_statuses, redact, run_summary
+from .summary import RunWindows, fmt_age, iso_ns, probe_status, probe_statuses, redact, run_summary
 from .waterfall import build_waterfall
 
 log = logging.getLogger("tracecanary.dashboard")
@@ -58,6 +58,7 @@ def duration_chart(runs: list[RunRecord]) -> dict[str, Any]:
 class Dashboard:
     def __init__(self, control: Control, *, live_poll_s: float, live_max_s: float) -> None:
         self.control = control
+        self.windows = RunWindows()
         self.env = _env()
         self.live_poll_s = live_poll_s
         self.live_max_s = live_max_s
@@ -70,7 +71,7 @@ class Dashboard:
         return getattr(self.control, "demo", None)
 
     async def overview(self, request: web.Request) -> web.Response:
-        rows = await probe_statuses(self.control)
+        rows = await probe_statuses(self.control, self.windows)
         counts = {s: sum(1 for r in rows if r.state == s) for s in ("failing", "degraded", "pending", "ok", "silenced")}
         demo = self._demo()
         return self.render("overview.html", probes=rows, counts=counts, now_ns=time.time_ns(),
@@ -82,7 +83,7 @@ class Dashboard:
         spec = next((p for p in self.control.probes() if p.id == pid), None)
         if spec is None:
             raise web.HTTPNotFound(text=f"unknown probe {pid}")
-        status = await probe_status(self.control, spec)
+        status = await probe_status(self.control, spec, windows=self.windows)
         runs = await self.control.store.list_runs(pid, limit=RUNS_ON_PROBE_PAGE)
         return self.render("probe.html", probe=status, spec=redact(spec.model_dump(mode="json", exclude_none=True)),
                            runs=[run_summary(r) for r in runs], chart=duration_chart(runs))

@@ -167,6 +167,7 @@ def _links(links: Iterable[Any]) -> tuple[SpanLink, ...]:
 def _span(sp: Any, resource: tuple[str, dict[str, AttrValue]], scope: str, lazy: bool) -> Span:
     parent = sp.parent_span_id
     status = sp.status
+    attrs, events, links = sp.attributes, sp.events, sp.links  # each access builds a wrapper: once
     return Span(
         trace_id=sp.trace_id.hex(),
         span_id=sp.span_id.hex(),
@@ -176,10 +177,10 @@ def _span(sp: Any, resource: tuple[str, dict[str, AttrValue]], scope: str, lazy:
         start_ns=sp.start_time_unix_nano,
         end_ns=sp.end_time_unix_nano,
         service=resource[0],
-        attributes=(LazyAttributes(sp.attributes) if sp.attributes else EMPTY_ATTRS) if lazy else _attrs(sp.attributes),
+        attributes=(LazyAttributes(attrs) if attrs else EMPTY_ATTRS) if lazy else _attrs(attrs),
         resource=resource[1],
-        events=tuple(SpanEvent(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in sp.events),
-        links=_links(sp.links) if sp.links else (),
+        events=tuple(SpanEvent(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in events) if events else (),
+        links=_links(links) if links else (),
         status_code=_STATUS.get(status.code, StatusCode.UNSET),
         status_message=status.message,
         scope=scope,
@@ -193,10 +194,11 @@ def _resource(rs: Any) -> tuple[str, dict[str, AttrValue]]:
 
 
 def decode_request(req: ExportTraceServiceRequest, only: Container[bytes] | None = None, *,
-                   lazy: bool = False) -> DecodedBatch:
+                   lazy: bool = False, validated: bool = False) -> DecodedBatch:
     """Decode every span of a parsed request (or only those whose raw trace id is in ``only``).
 
-    ``lazy``: span attributes are :class:`LazyAttributes`, decoded on first use.
+    ``lazy``: span attributes are :class:`LazyAttributes`, decoded on first use. ``validated``: the
+    ids were already checked (by :func:`scan_protobuf`).
     """
     out = DecodedBatch()
     for rs in req.resource_spans:
@@ -206,7 +208,7 @@ def decode_request(req: ExportTraceServiceRequest, only: Container[bytes] | None
             for sp in ss.spans:
                 if only is not None and sp.trace_id not in only:
                     continue
-                problem = check_ids(sp.trace_id, sp.span_id, sp.parent_span_id)
+                problem = None if validated else check_ids(sp.trace_id, sp.span_id, sp.parent_span_id)
                 if problem is not None:
                     out.reject(f"span {sp.name!r}: {problem}")
                     continue
@@ -250,7 +252,7 @@ class RawBatch:
 
     def decode(self, only: Container[bytes] | None = None) -> list[Span]:
         """Decode the spans (of the traces in ``only``) into the span model."""
-        return decode_request(self.message, only, lazy=True).spans
+        return decode_request(self.message, only, lazy=True, validated=self.fallback is None).spans
 
     def link_targets(self) -> set[bytes]:
         """Trace ids that spans of this batch link into (read in bulk, no per-span decoding)."""

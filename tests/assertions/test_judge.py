@@ -133,7 +133,7 @@ def test_duplicates_are_ignored_and_report_counts_arrivals() -> None:
     assert report["last_span_end_ns"] == max(s.end_ns for s in spans)
     assert report["last_arrival_unix_ns"] is not None
     text = render_text(report)
-    assert "verdict: pass" in text and "4 arrived" in text
+    assert "verdict: pass" in text and "spans: 4 in 1 trace(s)" in text
 
 
 def test_miss_report_lists_closest_and_broken_constraints() -> None:
