@@ -67,21 +67,26 @@ class Explainer:
         self.in_scope = in_scope
         self.findings: list[Finding] = []
         self.missing: list[dict[str, Any]] = []
+        self._scores: dict[tuple[int, str], int] = {}
 
     def _scope(self, node: CNode, under: str | None) -> list[str]:
         ids = self.index.scope(node.relation, under)
         return [x for x in ids if self.in_scope(x)] if under is None else ids
 
-    def _score(self, node: CNode, sid: str, depth: int = 0) -> int:
+    def _score(self, node: CNode, sid: str) -> int:
         """How much of ``node``'s subtree can be satisfied below ``sid`` (to pick the best partial)."""
+        key = (node.idx, sid)
+        if key in self._scores:
+            return self._scores[key]
+        self._scores[key] = 0  # guards cycles through span links
         if self.solver.full(node, sid) is not None:
-            return node.size()
-        if depth > 8:
-            return 0
-        score = 0
-        for c in node.groups():
-            local = [x for x in self._scope(c, sid) if x in self.index.local[c.idx]]
-            score += max((self._score(c, x, depth + 1) for x in local[:50]), default=0)
+            score = node.size()
+        else:
+            score = 0
+            for c in node.groups():
+                local = [x for x in self._scope(c, sid) if x in self.index.local[c.idx]]
+                score += max((self._score(c, x) for x in local[:50]), default=0)
+        self._scores[key] = score
         return score
 
     def node(self, node: CNode, under: str | None, found: list[str], taken: frozenset[str] = frozenset()) -> None:
@@ -183,12 +188,9 @@ def render_text(report: dict[str, Any]) -> str:
     nodes = report.get("nodes", {})
     if nodes:
         lines.append("expected nodes:")
+        labels = report.get("labels", {})
         for path, sid in nodes.items():
-            lines.append(f"  {path} → {sid or 'not found'}")
-    for m in report.get("missing", []):
-        for c in m.get("closest", []):
-            lines.append(f"  near {m['path']}: {c['label']} [{c['span_id']}] satisfies {c['satisfied']}/"
-                         f"{c['total']}: {'; '.join(c['broken']) or 'own constraints hold'}")
+            lines.append(f"  {path} → {f'{labels.get(sid, sid)} [{sid}]' if sid else 'not found'}")
     unexpected = report.get("unexpected_count", 0)
     if unexpected:
         ids = ", ".join(report.get("unexpected", [])[:5])

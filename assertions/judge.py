@@ -76,6 +76,9 @@ class TraceJudge:
                                 correlated_trace_ids=self.pool, correlate_value=correlate_value,
                                 base_path=f"{base_path}.any_of[{i}]")
                      for i, alt in enumerate(expectation.any_of)]
+        for alt_judge in self.alts:  # `correlate` on expect.trace also names the alternatives' trace
+            if alt_judge.corr_attr is None:
+                alt_judge.corr_attr, alt_judge.correlate_value = self.corr_attr, self.correlate_value
 
     # ---- intake -------------------------------------------------------------------------------
 
@@ -362,10 +365,12 @@ class TraceJudge:
         pool = [s for s in self.index.by_id.values() if self.pool_all or s.trace_id in self.pool]
         unexpected = [s.span_id for s in sorted(pool, key=lambda s: s.start_ns) if s.span_id not in known]
         ex = self._explain() if self._refresh() is None else None
+        nodes = self.report_nodes()
         return {
             "verdict": state.verdict.value if state.verdict else None,
             "findings": [f.model_dump(mode="json") for f in state.findings],
-            "nodes": self.report_nodes(),
+            "nodes": nodes,
+            "labels": {sid: self.index.by_id[sid].label() for sid in nodes.values() if sid},
             "missing": ex.missing if ex else [],
             "unexpected": unexpected[:200],
             "unexpected_count": len(unexpected),

@@ -115,6 +115,24 @@ def bench_incremental(exp: TraceExpectation, spans: list[Span]) -> tuple[list[fl
     return feed_us, per_span_us, last_check_ms
 
 
+def bench_miss(spans: list[Span], reps: int) -> tuple[list[float], str]:
+    """finish() on a miss: every missing node explained with its closest spans."""
+    doc = build_expectation().model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    doc["tree"][0]["children"][3]["children"].append({"span": "svc-3 op-99", "max_duration": "1ms"})
+    doc["tree"][0]["children"][7]["descendants"][0]["attributes"] = {"db.system": "mysql"}
+    exp = TraceExpectation.model_validate(doc)
+    times, first = [], ""
+    for _ in range(reps):
+        judge = TraceJudge(exp, root_trace_id=TRACE_ID, trigger_ns=None)
+        judge.feed(spans)
+        t = time.perf_counter()
+        state = judge.finish()
+        times.append(time.perf_counter() - t)
+        assert state.verdict is not None and state.verdict.value == "fail"
+        first = str(state.findings[0])
+    return times, first
+
+
 def bench_check_every_span(exp: TraceExpectation, spans: list[Span]) -> list[float]:
     """The worst case: one feed and one check per arriving span."""
     judge = TraceJudge(exp, root_trace_id=TRACE_ID, trigger_ns=None)
@@ -151,6 +169,9 @@ def main() -> None:
     print(f"incremental feed+check on every span: median {statistics.median(every):.1f} us, "
           f"p99 {statistics.quantiles(every, n=100)[98]:.1f} us")
     print(f"check() after the last span: {check_ms:.2f} ms")
+    miss, example = bench_miss(spans, reps)
+    print(f"finish() on a miss (2 nodes explained): median {statistics.median(miss) * 1e3:.1f} ms")
+    print(f"  e.g. {example[:200]}")
 
 
 def _walk(nodes: Any) -> Any:

@@ -21,7 +21,15 @@ from pydantic import BaseModel, ValidationError
 from .alerts.silences import SilenceSettings
 from .api_schema import AlertsOut, ErrorOut, FireOut, ProbeList, RunPage, SilenceOut, openapi_document
 from .control import Control
-from .dashboard.summary import RunWindows, iso_ns, probe_statuses, redact, run_detail, run_summary
+from .dashboard.summary import (
+    RunWindows,
+    iso_ns,
+    maybe_await,
+    probe_statuses,
+    redact,
+    run_detail,
+    run_summary,
+)
 
 log = logging.getLogger("tracecanary.api")
 
@@ -121,10 +129,17 @@ class Api:
         alerts = self._alerts()
         if alerts is None:
             return _error(501, "alerting is not configured")
-        silences = [silence_out(s) for s in await _maybe_await(alerts.list_silences())]
+        silences = [silence_out(s) for s in await maybe_await(alerts.list_silences())]
         lister = getattr(alerts, "list_alerts", None)
-        states = [_plain(a) for a in await _maybe_await(lister())] if lister is not None else []
-        return _json(AlertsOut(silences=silences, alerts=states))
+        listed = await maybe_await(lister()) if lister is not None else []
+        if isinstance(listed, dict):  # AlertManager: incidents, notifications, attempts, queue
+            return _json(AlertsOut(
+                silences=silences, alerts=[_plain(a) for a in listed.get("incidents", [])],
+                notifications=[_plain(a) for a in listed.get("notifications", [])],
+                attempts=[_plain(a) for a in listed.get("attempts", [])],
+                queue=_plain(listed["queue"]) if isinstance(listed.get("queue"), dict) else None,
+            ))
+        return _json(AlertsOut(silences=silences, alerts=[_plain(a) for a in listed]))
 
     async def add_silence(self, request: web.Request) -> web.Response:
         alerts = self._alerts()
@@ -139,11 +154,12 @@ class Api:
                 f"{'.'.join(map(str, x['loc'])) or 'body'}: {x['msg']}" for x in e.errors(include_url=False)
             ))
         try:
-            created = await _maybe_await(alerts.add_silence(spec))
+            created = await maybe_await(alerts.add_silence(spec))
         except ValueError as e:
             return _error(400, str(e))
         if isinstance(created, str):
-            created = (created, spec)
+            listed = {str(x.get("id")): x for x in await maybe_await(alerts.list_silences()) if isinstance(x, dict)}
+            created = listed.get(created, (created, spec))
         out = silence_out(created)
         log.info("api silence added id=%s", out.id)
         return _json(out, status=201)
@@ -152,19 +168,13 @@ class Api:
         alerts = self._alerts()
         if alerts is None:
             return _error(501, "alerting is not configured")
-        removed = await _maybe_await(alerts.remove_silence(request.match_info["silence_id"]))
+        removed = await maybe_await(alerts.remove_silence(request.match_info["silence_id"]))
         if removed is False:
             return _error(404, "unknown silence")
         return web.Response(status=204)
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
-
-
-async def _maybe_await(value: Any) -> Any:
-    if isinstance(value, Awaitable):
-        return await value
-    return value
 
 
 def silence_out(value: Any) -> SilenceOut:

@@ -159,8 +159,13 @@ class SilenceOut(BaseModel):
 
 
 class AlertsOut(_Out):
+    """Silences, open incidents, and the latest notifications and delivery attempts."""
+
     silences: list[SilenceOut]
-    alerts: list[dict[str, Any]]
+    alerts: list[dict[str, Any]] = Field(description="Open incidents: probes whose alert state is not ok.")
+    notifications: list[dict[str, Any]] = Field(default_factory=list)
+    attempts: list[dict[str, Any]] = Field(default_factory=list, description="Delivery attempts per channel.")
+    queue: dict[str, Any] | None = None
 
 
 class ErrorOut(_Out):

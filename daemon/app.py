@@ -49,7 +49,8 @@ class Daemon:
             if aborted:
                 log.warning("marked runs left running by a previous process as aborted count=%d", aborted)
             await self._upsert_probes(self.config.probes)
-            self.scheduler = Scheduler(self._fire, on_lateness=engine.metrics.lateness)
+            self.scheduler = Scheduler(self._fire, on_lateness=engine.metrics.lateness,
+                                       on_skip=engine.metrics.skipped)
             self.scheduler.set_probes(self.config.probes)
             self.control.scheduler = self.scheduler
             async with anyio.create_task_group() as tg:

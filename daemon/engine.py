@@ -24,9 +24,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from tracecanary.errors import StartupError
 from tracecanary.probes.base import ProbeSpec
+from tracecanary.probes.kafka import RESOURCE_KEY as KAFKA_PRODUCERS
+from tracecanary.probes.kafka import KafkaProducers
 
-from .config import Config
 from .alerts.manager import AlertManager
+from .config import Config
 from .links import host_of, render_links
 from .metrics import Metrics
 from .runner import Runner, RunnerDeps
@@ -146,6 +148,8 @@ class Engine:
                     finally:
                         self.ready = False
                         tg.cancel_scope.cancel()
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                            await self.kafka_producers.aclose()
                         await anyio.to_thread.run_sync(self.provider.shutdown)
             finally:
                 with anyio.CancelScope(shield=True):
@@ -158,6 +162,7 @@ class Engine:
             correlation_attributes=_correlation_attributes(self.config),
         )
         self.services = Services(github_events=EventHub(), slack_events=None)
+        self.kafka_producers = KafkaProducers()
         self.metrics = Metrics()
         self.metrics.set_buffer_gauge(lambda: float(self.buffer.stats().spans))
         self.hooks.append(self.metrics)
@@ -168,6 +173,7 @@ class Engine:
             hooks=self.hooks, services=self.services, max_concurrent_runs=d.max_concurrent_runs,
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
             links=self.links_for, sentry_source=self.sentry_source,
+            resources={KAFKA_PRODUCERS: self.kafka_producers},
         ))
         await self._serve_http(tg)
 

@@ -62,6 +62,9 @@ class Metrics:
         self.schedule_lateness = Histogram(
             "tracecanary_schedule_lateness_seconds", "How late the scheduler fired a run after its planned time.",
             ["probe"], buckets=LATENESS_BUCKETS_S, registry=r)
+        self.runs_skipped = Counter(
+            "tracecanary_runs_skipped", "Scheduled runs skipped because the previous run was still going "
+            "(overlap: skip).", ["probe"], registry=r)
 
     # --- RunHook ---------------------------------------------------------------------------------
     async def on_run_started(self, probe: ProbeSpec, run: RunRecord) -> None:
@@ -103,6 +106,9 @@ class Metrics:
 
     def lateness(self, probe_id: str, seconds: float) -> None:
         self.schedule_lateness.labels(probe_id).observe(max(0.0, seconds))
+
+    def skipped(self, probe_id: str) -> None:
+        self.runs_skipped.labels(probe_id).inc()
 
     def alert_sent(self, channel: str, outcome: str) -> None:
         self.alerts_sent.labels(channel, outcome).inc()

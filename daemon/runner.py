@@ -59,6 +59,8 @@ class RunnerDeps:
     """Callable (trace_id, run_id, probe_id) → dict of rendered trace links."""
     sentry_source: Any = None
     """A SentryTraceSource for ``expect.trace.source: sentry`` (None when Sentry is not configured)."""
+    resources: dict[str, Any] = field(default_factory=dict)
+    """Long-lived clients probes share across runs (e.g. ``kafka_producers``), closed by the engine."""
 
 
 class Runner:
@@ -118,7 +120,7 @@ class Runner:
             probe_id=probe.id, run_id=run_id, attempt=attempt, first_run_id=run.first_run_id, trace=tctx,
             session=deps.session, templates=self.templates, integrations=deps.integrations, inject=probe.inject,
             log=runlog, trigger_ns=trigger_ns, deadline_s=anyio.current_time() + probe.timeout,
-            tracer=deps.tracer, root_span=root_span,
+            tracer=deps.tracer, root_span=root_span, resources=deps.resources,
         )
         with anyio.CancelScope(shield=True):
             await deps.store.insert_run(run)

@@ -7,9 +7,10 @@ server-rendered pages agree on every number.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 import re
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from tracecanary.assertions.spans import Span, Trace, group_traces, span_to_dict
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.probes.base import ProbeSpec
 
-from ..alerts.silences import SilenceSettings, silenced_by
+from ..alerts.silences import SilenceSettings
 from ..api_schema import (
     FindingOut,
     HistoryItem,
@@ -89,19 +90,33 @@ def p95(values: list[float]) -> float | None:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-def is_silenced(control: Control, probe: ProbeSpec) -> bool:
-    """Ask the alert manager (when there is one) whether a silence covers the probe."""
+async def maybe_await(value: Any) -> Any:
+    """Alert-manager methods may be sync or async."""
+    return await value if isinstance(value, Awaitable) else value
+
+
+def _settings_of(item: Any) -> tuple[SilenceSettings, bool | None]:
+    """A listed silence — ``(id, SilenceSettings)``, a dict with ``active``, or a model — as settings."""
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], SilenceSettings):
+        return item[1], None
+    data = item if isinstance(item, dict) else item.model_dump(mode="json")
+    fields = {k: v for k, v in data.items() if k in SilenceSettings.model_fields}
+    active = data.get("active")
+    return SilenceSettings.model_validate(fields), active if isinstance(active, bool) else None
+
+
+async def silence_check(control: Control) -> Callable[[ProbeSpec], bool]:
+    """A predicate: is the probe covered by an active silence now? (always False without alerting)."""
     alerts = getattr(control, "alerts", None)
-    if alerts is None:
-        return False
-    check = getattr(alerts, "is_silenced", None)
-    if check is not None:
-        return bool(check(probe.id, list(probe.tags)))
-    lister = getattr(alerts, "list_silences", None)
-    if lister is None:
-        return False
-    pairs = [s for s in lister() if isinstance(s, tuple) and len(s) == 2 and isinstance(s[1], SilenceSettings)]
-    return silenced_by(pairs, probe.id, list(probe.tags), time.time()) is not None
+    if alerts is None or not hasattr(alerts, "list_silences"):
+        return lambda probe: False
+    now_s = time.time()
+    active: list[SilenceSettings] = []
+    for item in await maybe_await(alerts.list_silences()):
+        settings, is_active = _settings_of(item)
+        if is_active if is_active is not None else settings.active_at(now_s):
+            active.append(settings)
+    return lambda probe: any(s.matches_probe(probe.id, list(probe.tags)) for s in active)
 
 
 def _state(last_final: RunRecord | None, silenced: bool) -> str:
@@ -149,7 +164,8 @@ class RunWindows:
 
 
 async def probe_status(
-    control: Control, probe: ProbeSpec, now_ns: int | None = None, windows: RunWindows | None = None
+    control: Control, probe: ProbeSpec, now_ns: int | None = None, windows: RunWindows | None = None,
+    silenced_fn: Callable[[ProbeSpec], bool] | None = None,
 ) -> ProbeStatus:
     """One probe's overview row, from its latest runs in the store."""
     now_ns = now_ns or time.time_ns()
@@ -158,7 +174,7 @@ async def probe_status(
     last_final = judged[0] if judged else None
     day = [r for r in judged if r.started_ns >= now_ns - DAY_NS]
     durations = [d for r in judged[:100] if (d := r.duration_s) is not None]
-    silenced = is_silenced(control, probe)
+    silenced = (silenced_fn or await silence_check(control))(probe)
     nxt = control.next_run(probe.id)
     return ProbeStatus(
         id=probe.id, kind=probe.kind, description=probe.description, tags=list(probe.tags),
@@ -180,7 +196,8 @@ async def probe_status(
 async def probe_statuses(control: Control, windows: RunWindows | None = None) -> list[ProbeStatus]:
     """Every probe, failing first, then degraded, pending, ok, silenced (config order within a state)."""
     now_ns = time.time_ns()
-    rows = [await probe_status(control, p, now_ns, windows) for p in control.probes()]
+    silenced_fn = await silence_check(control)
+    rows = [await probe_status(control, p, now_ns, windows, silenced_fn) for p in control.probes()]
     return sorted(rows, key=lambda r: STATE_ORDER[r.state])
 
 

@@ -13,13 +13,10 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from tracecanary.assertions.spans import AttrValue, Span
-from tracecanary.assertions.units import Duration, Size
+from tracecanary.daemon.spans.model import BufferSettings, BufferStats
 from tracecanary.daemon.spans.otlp import (
     RawBatch,
     decode_request,
@@ -28,6 +25,8 @@ from tracecanary.daemon.spans.otlp import (
     parse_request,
 )
 from tracecanary.daemon.spans.watch import Watch, index_value
+
+__all__ = ["BufferSettings", "BufferStats", "TraceBuffer"]
 
 log = logging.getLogger("tracecanary.spans.buffer")
 _K = TypeVar("_K", bound=Hashable)
@@ -47,32 +46,6 @@ def _trace_key(trace_id: str) -> bytes:
     except ValueError:
         return b""
     return key if len(key) == 16 else b""
-
-
-class BufferSettings(BaseModel):
-    """The in-memory trace buffer (``daemon.buffer``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_spans: int = Field(1_000_000, gt=0, description="Most spans held; oldest traces are evicted beyond it.")
-    max_bytes: Size = Field(768 * 1024**2, gt=0, description="Memory budget (estimate), e.g. 768MiB.")
-    retention: Duration = Field(600.0, gt=0, description="How long a trace is kept after its last span, e.g. 10m.")
-    correlation_attributes: list[str] = Field(
-        default_factory=list,
-        description="Span or resource attribute keys indexed for `correlate` (e.g. job.id).",
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class BufferStats:
-    """Counters for /metrics and the dashboard."""
-
-    spans: int
-    bytes: int
-    traces: int
-    evicted_spans: int
-    evicted_traces: int
-    received_total: int
 
 
 class _Chunk:
@@ -182,21 +155,7 @@ class TraceBuffer:
         now = self._clock()
         for key in counts:
             self._touch(key, now)
-        chunk = _Chunk(body)
-        if batch.has_links:
-            chunk.link_targets = batch.link_targets()
-            watched_targets = chunk.link_targets.intersection(self._watch_links)
-            if watched_targets:  # resolve now: the watchers must follow the linking traces at once
-                for src, target in find_link_pairs(batch.message, watched_targets):
-                    self._index_link(src, target)
-                chunk.link_targets -= watched_targets
-        if self._tracked:
-            chunk.corr_keys = {k for k, needle in self._tracked.items() if needle in body}
-            watched_keys = chunk.corr_keys.intersection(k for k, _ in self._watch_corr)
-            if watched_keys:
-                for attr, value, tid in find_attribute_hits(batch.message, watched_keys):
-                    self._index_corr(tid, attr, value)
-                chunk.corr_keys -= watched_keys
+        chunk = self._new_chunk(batch)
         decoded: dict[bytes, list[Span]] = {}
         watched = self._watch_traces.keys() & counts.keys() if self._watch_traces else ()
         if watched:
@@ -228,6 +187,25 @@ class TraceBuffer:
         self._received += batch.span_count
         self._evict(now)
         return batch.span_count
+
+    def _new_chunk(self, batch: RawBatch) -> _Chunk:
+        """The batch as a chunk noting its link targets and tracked keys (resolved now when watched)."""
+        chunk = _Chunk(batch.body)
+        if batch.has_links:
+            chunk.link_targets = batch.link_targets()
+            watched_targets = chunk.link_targets.intersection(self._watch_links)
+            if watched_targets:  # the watchers must follow the linking traces at once
+                for src, target in find_link_pairs(batch.message, watched_targets):
+                    self._index_link(src, target)
+                chunk.link_targets -= watched_targets
+        if self._tracked:
+            chunk.corr_keys = {k for k, needle in self._tracked.items() if needle in batch.body}
+            watched_keys = chunk.corr_keys.intersection(k for k, _ in self._watch_corr)
+            if watched_keys:
+                for attr, value, tid in find_attribute_hits(batch.message, watched_keys):
+                    self._index_corr(tid, attr, value)
+                chunk.corr_keys -= watched_keys
+        return chunk
 
     def _touch(self, key: bytes, now: float) -> _Entry:
         entry = self._entries.get(key)

@@ -88,11 +88,11 @@ async def serve_otlp_grpc(
     settings: OtlpSettings,
     *,
     ingest: Ingest | None = None,
-    task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve OTLP/gRPC on ``settings.grpc`` until cancelled, then stop gracefully.
 
-    Reports the bound ``(host, port)`` through ``task_status``; a port in use is a StartupError.
+    Reports the bound port through ``task_status`` (useful with port 0); a port in use is a StartupError.
     """
     if settings.grpc is None:
         raise StartupError("otlp grpc receiver is disabled (daemon.otlp.grpc is null)")
@@ -111,7 +111,7 @@ async def serve_otlp_grpc(
     await server.start()
     log.info("otlp grpc listening address=%s:%d", host, bound)
     try:
-        task_status.started((host, bound))
+        task_status.started(bound)
         await anyio.sleep_forever()
     finally:
         with anyio.CancelScope(shield=True):

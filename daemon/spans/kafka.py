@@ -85,12 +85,17 @@ def _ingest_records(buffer: TraceBuffer, records: list[Any], settings: KafkaSpan
 
 async def run_kafka_source(
     buffer: TraceBuffer,
-    settings: KafkaSpanSettings,
+    settings: KafkaSpanSettings | BaseModel,
     *,
     stats: KafkaSourceStats | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Consume span topics into the buffer until cancelled (commits after buffering)."""
+    """Consume span topics into the buffer until cancelled (commits after buffering).
+
+    ``settings`` may also be another model with a subset of the fields (the rest take defaults).
+    """
+    if not isinstance(settings, KafkaSpanSettings):
+        settings = KafkaSpanSettings.model_validate(settings.model_dump())
     stats = stats if stats is not None else KafkaSourceStats()
     consumer = AIOKafkaConsumer(
         *settings.spans_topics,

@@ -1,10 +1,13 @@
-"""Shared pieces of OTLP decoding: the decode result, the decode error and id checks."""
+"""Shared types of span intake: decode result and error, id checks, buffer settings and stats."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from tracecanary.assertions.spans import Span
+from tracecanary.assertions.units import Duration, Size
 from tracecanary.errors import TracecanaryError
 
 ZERO_TRACE_ID = bytes(16)
@@ -50,3 +53,29 @@ def check_ids(trace_id: bytes, span_id: bytes, parent_id: bytes) -> str | None:
     if parent_id and len(parent_id) != 8:
         return f"invalid parent span id {parent_id.hex()!r} (need 8 bytes or none)"
     return None
+
+
+class BufferSettings(BaseModel):
+    """The in-memory trace buffer (``daemon.buffer``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_spans: int = Field(1_000_000, gt=0, description="Most spans held; oldest traces are evicted beyond it.")
+    max_bytes: Size = Field(768 * 1024**2, gt=0, description="Memory budget (estimate), e.g. 768MiB.")
+    retention: Duration = Field(600.0, gt=0, description="How long a trace is kept after its last span, e.g. 10m.")
+    correlation_attributes: list[str] = Field(
+        default_factory=list,
+        description="Span or resource attribute keys indexed for `correlate` (e.g. job.id).",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """Counters for /metrics and the dashboard."""
+
+    spans: int
+    bytes: int
+    traces: int
+    evicted_spans: int
+    evicted_traces: int
+    received_total: int

@@ -169,7 +169,7 @@ def decode_document(doc: Any) -> DecodedBatch:
                 scope = str(_get(_get(ss, "scope", "scope", {}), "name", "name", ""))
                 for sp in _list(ss, "spans", "spans"):
                     _span(sp, service if isinstance(service, str) else "", resource, scope, out)
-    except (AttributeError, TypeError, ValueError) as e:
+    except (AttributeError, TypeError, ValueError, RecursionError) as e:
         raise OtlpDecodeError(f"malformed OTLP/JSON: {e}") from e
     return out
 
@@ -178,7 +178,7 @@ def decode_json(body: bytes | str) -> DecodedBatch:
     """Decode an OTLP/JSON ``ExportTraceServiceRequest`` body (ids in hex)."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise OtlpDecodeError(f"undecodable OTLP/JSON: {e}") from e
     return decode_document(doc)
 

@@ -271,9 +271,9 @@ async def serve_otlp_http(
     settings: OtlpSettings,
     *,
     ingest: Ingest | None = None,
-    task_status: anyio.abc.TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve OTLP/HTTP on ``settings.http`` until cancelled; reports the bound (host, port) as started."""
+    """Serve OTLP/HTTP on ``settings.http`` until cancelled; reports the bound port as started."""
     if settings.http is None:
         raise StartupError("otlp http receiver is disabled (daemon.otlp.http is null)")
     host, port = split_address(settings.http)
@@ -291,7 +291,7 @@ async def serve_otlp_http(
         await site.start()
         bound = sock.getsockname()
         log.info("otlp http listening address=%s:%d", bound[0], bound[1])
-        task_status.started((bound[0], int(bound[1])))
+        task_status.started(int(bound[1]))
         await anyio.sleep_forever()
     finally:
         with anyio.CancelScope(shield=True):

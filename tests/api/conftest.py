@@ -15,11 +15,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tracecanary.assertions.verdict import Verdict
+from tracecanary.daemon.alerts.manager import AlertManager
+from tracecanary.daemon.alerts.policy import AlertsSettings
 from tracecanary.daemon.api import api_routes
 from tracecanary.daemon.api_schema import openapi_document
 from tracecanary.daemon.store.sqlite import SqliteStore
 
-from .control import LocalControl, SilenceBook, make_run, probe
+from .control import LocalControl, make_run, probe
 
 TOKEN = "t0ken-s3cret-value"
 
@@ -59,7 +61,7 @@ async def api_env(tmp_path: Path) -> AsyncIterator[ApiEnv]:
     await seed(store)
     control = LocalControl(store=store, probe_specs=[probe("shop-slack"), probe("shop-webhook"),
                                                      probe("never-run", tags=["tier-2"])],
-                           span_delay_s=0.01, alerts=SilenceBook())
+                           span_delay_s=0.01, alerts=AlertManager(store, AlertsSettings()))
     app = web.Application()
     app.add_routes(api_routes(control, api_token=TOKEN))
     server = TestServer(app, host="127.0.0.1", port=0)

@@ -18,7 +18,7 @@ from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.judge import TraceJudge
 from tracecanary.assertions.spans import Span, SpanKind, SpanLink, StatusCode
 from tracecanary.assertions.verdict import Finding, Verdict
-from tracecanary.daemon.alerts.silences import SilenceSettings
+from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.store.base import RunRecord, RunStatus
 from tracecanary.daemon.store.sqlite import SqliteStore
 from tracecanary.probes.base import ProbeSpec
@@ -99,33 +99,13 @@ def make_run(probe_id: str, t0: int, *, verdict: Verdict = Verdict.PASS, missing
                   "body": '{"signal_id": "s-1"}', "json": {"signal_id": "s-1"}, "latency_s": 0.08,
                   "method": "POST", "url": "http://127.0.0.1/webhook"},
         trace_report=report,
-        side_effects=[{"kind": "slack", "channel": "C0ALERT", "ok": not missing_gex,
-                       "observed": [{"text": "ORB_BREAKOUT signal s-1", "ts": "1700000000.000100"}]}],
+        side_effects=[{"index": 0, "kind": "slack",
+                       "findings": ["Slack C0ALERT: no matching message within 10s"] if missing_gex else [],
+                       "observed": [{"text": "ORB_BREAKOUT signal s-1 for SPY", "ts": "1700000000.000100"}]}],
         links={"jaeger": f"http://127.0.0.1:16686/trace/{trace_id}"},
         log="+   0.000s http request method='POST'\n+   0.080s http response status=200",
         span_count=len(spans), spans=spans, time_to_verdict_s=duration_ms / 1000,
     )
-
-
-class SilenceBook:
-    """A small in-memory silence manager with the AlertManager's method names."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, SilenceSettings] = {}
-
-    def add_silence(self, settings: SilenceSettings) -> str:
-        sid = uuid.uuid4().hex[:8]
-        self._items[sid] = settings
-        return sid
-
-    def remove_silence(self, silence_id: str) -> bool:
-        return self._items.pop(silence_id, None) is not None
-
-    def list_silences(self) -> list[tuple[str, SilenceSettings]]:
-        return list(self._items.items())
-
-    def list_alerts(self) -> list[dict[str, Any]]:
-        return [{"probe_id": "shop-webhook", "state": "failing", "token": "xoxb-never-shown"}]
 
 
 @dataclass
@@ -133,7 +113,7 @@ class LocalControl:
     store: SqliteStore
     probe_specs: list[ProbeSpec]
     span_delay_s: float = 0.05
-    alerts: SilenceBook | None = None
+    alerts: AlertManager | None = None
     live: dict[str, list[Span]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     fail_next: bool = False
@@ -149,9 +129,6 @@ class LocalControl:
             raise KeyError(probe_id)
         done = make_run(probe_id, time.time_ns(), missing_gex=self.fail_next,
                         verdict=Verdict.FAIL if self.fail_next else Verdict.PASS)
-        running = RunRecord(run_id=done.run_id, probe_id=probe_id, kind="http", attempt=1,
-                            first_run_id=done.run_id, trace_id=done.trace_id, started_ns=done.started_ns)
-        await self.store.insert_run(running)
         self.live[done.trace_id] = []
         task = asyncio.get_running_loop().create_task(self._play(done))
         self.tasks.add(task)
@@ -159,6 +136,11 @@ class LocalControl:
         return done.run_id
 
     async def _play(self, done: RunRecord) -> None:
+        # like the daemon, the run is recorded a moment after run_now returned its id
+        await asyncio.sleep(self.span_delay_s)
+        await self.store.insert_run(RunRecord(
+            run_id=done.run_id, probe_id=done.probe_id, kind="http", attempt=1, first_run_id=done.run_id,
+            trace_id=done.trace_id, started_ns=done.started_ns))
         for s in done.spans:
             await asyncio.sleep(self.span_delay_s)
             self.live[done.trace_id].append(s)

@@ -173,3 +173,27 @@ def test_schema_has_descriptions() -> None:
     assert "linked" in node and node["linked"]["description"].startswith("Spans, in any trace")
     top = schema.get("properties") or schema["$defs"]["TraceExpectation"]["properties"]
     assert {"tree", "forbid", "limits", "no_orphans", "correlate", "any_of", "checks", "specs"} <= set(top)
+
+
+def test_docs_example_loads() -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).parents[2] / "docs" / "trace-assertions.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert block is not None
+    exp = TraceExpectation.model_validate(yaml.safe_load(block.group(1)))
+    assert exp.has_whole_trace_rules() and exp.max_within_s() == 30.0
+
+
+def test_correlated_trace_fed_by_the_runner_without_the_value() -> None:
+    """The runner resolves the template and feeds only matching traces: any fed trace carrying the
+    attribute joins the anchor search; a fed trace without it does not."""
+    doc = {"tree": [{"span": "job.run"}], "correlate": {"attribute": "job.id", "equals": "{{ steps.x.id }}"}}
+    judge = _judge(doc)
+    judge.feed(build_spans([{"name": "job.run", "trace": "t8"}]))
+    assert not judge.check(quiet_s=0).done
+    judge.feed(build_spans([{"name": "job.run", "id": "j2", "trace": "t9", "attrs": {"job.id": "7"}}]))
+    assert judge.check(quiet_s=0).verdict == Verdict.PASS

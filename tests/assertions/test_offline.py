@@ -134,3 +134,11 @@ def test_cli_exit_codes(trace_file: Path, tmp_path: Path) -> None:
     res = subprocess.run([*run, str(bad), "--format", "json"], capture_output=True, timeout=60, text=True)
     assert res.returncode == 1, res.stderr
     assert json.loads(res.stdout)["verdict"] == "fail"
+
+
+def test_expect_with_root(trace_file: Path) -> None:
+    out = io.StringIO()
+    assert cmd_expect([str(trace_file)], "orders publish", out) == 0
+    doc = yaml.safe_load(out.getvalue())
+    assert [n["span"] for n in doc["tree"]] == ["orders publish"]
+    assert doc["tree"][0]["linked"][0]["span"] == "orders process"

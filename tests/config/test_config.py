@@ -101,6 +101,12 @@ def test_schema_file_is_fresh() -> None:
     assert committed == schema(), "config/schema.json is stale: run `tracecanary schema > config/schema.json`"
 
 
-def test_demo_suite_is_valid() -> None:
+def test_demo_suite_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    text = (ROOT / "config" / "demo.yaml").read_text()
+    for name in set(re.findall(r"\$\{(DEMO_[A-Z0-9_]+)", text)):
+        monkeypatch.setenv(name, "http://127.0.0.1:9" if name.endswith("URL") else "x")
     cfg = load_config(ROOT / "config" / "demo.yaml")
-    assert cfg.probes
+    kinds = {p.kind for p in cfg.probes}
+    assert kinds >= {"http", "slack_mention", "scheduled_job", "github_webhook", "kafka"}, kinds

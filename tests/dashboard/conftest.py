@@ -13,12 +13,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tracecanary.daemon.alerts.manager import AlertManager
+from tracecanary.daemon.alerts.policy import AlertsSettings
 from tracecanary.daemon.api import api_routes
 from tracecanary.daemon.dashboard.views import dashboard_routes
 from tracecanary.daemon.store.sqlite import SqliteStore
 
 from ..api.conftest import seed
-from ..api.control import LocalControl, SilenceBook, probe
+from ..api.control import LocalControl, probe
 
 CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -37,7 +39,7 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
     await store.open()
     await seed(store)
     control = LocalControl(store=store, probe_specs=[probe("shop-slack"), probe("shop-webhook")],
-                           span_delay_s=0.15, alerts=SilenceBook())
+                           span_delay_s=0.15, alerts=AlertManager(store, AlertsSettings()))
     app = web.Application()
     app.add_routes(api_routes(control, api_token=None))
     app.add_routes(dashboard_routes(control, live_poll_s=0.05, live_max_s=20))

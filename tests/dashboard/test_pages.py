@@ -46,6 +46,8 @@ async def test_run_page_waterfall_with_ghost_under_its_parent(site: Site) -> Non
     assert "linked trace" in html and "orders publish" in html
     assert "expect.trace.tree[0].children[1].children[1]" in html  # finding path
     assert "open in jaeger" in html
+    assert '<blockquote class="arrived">ORB_BREAKOUT signal s-1 for SPY</blockquote>' in html
+    assert "no matching message within 10s" in html
 
 
 

@@ -24,8 +24,8 @@ async def start_receiver(tg: anyio.abc.TaskGroup, **settings: object) -> LiveRec
     cfg = OtlpSettings.model_validate({"http": "127.0.0.1:0", "grpc": None, **settings})
     buffer = TraceBuffer()
     ingest = Ingest(buffer, cfg)
-    host, port = await tg.start(lambda task_status: serve_otlp_http(buffer, cfg, ingest=ingest, task_status=task_status))
-    return LiveReceiver(f"http://{host}:{port}/v1/traces", buffer, ingest, cfg)
+    port = await tg.start(lambda task_status: serve_otlp_http(buffer, cfg, ingest=ingest, task_status=task_status))
+    return LiveReceiver(f"http://127.0.0.1:{port}/v1/traces", buffer, ingest, cfg)
 
 
 @pytest.fixture

@@ -94,6 +94,15 @@ def test_json_undecodable_raises(body: bytes) -> None:
         decode_json(body)
 
 
+def test_deeply_nested_values_are_a_decode_error_not_a_crash() -> None:
+    value = '{"stringValue": "x"}'
+    for _ in range(5000):
+        value = '{"arrayValue": {"values": [' + value + ']}}'
+    body = _doc({"traceId": TID, "spanId": SID, "name": "deep", "attributes": [{"key": "k", "value": "@"}]})
+    with pytest.raises(OtlpDecodeError):
+        decode_json(body.replace(b'"@"', value.encode()))
+
+
 def test_protobuf_round_trip_and_scan_agree() -> None:
     spans = [expected(s) for s in make_sdk_spans()]
     body = encode_request(spans).SerializeToString()

@@ -31,8 +31,8 @@ async def _start(tg: anyio.abc.TaskGroup, **settings: object) -> GrpcReceiver:
     cfg = OtlpSettings.model_validate({"http": None, "grpc": "127.0.0.1:0", **settings})
     buffer = TraceBuffer()
     ingest = Ingest(buffer, cfg)
-    host, port = await tg.start(lambda task_status: serve_otlp_grpc(buffer, cfg, ingest=ingest, task_status=task_status))
-    return GrpcReceiver(f"{host}:{port}", buffer, ingest)
+    port = await tg.start(lambda task_status: serve_otlp_grpc(buffer, cfg, ingest=ingest, task_status=task_status))
+    return GrpcReceiver(f"127.0.0.1:{port}", buffer, ingest)
 
 
 @pytest.fixture
@@ -101,3 +101,16 @@ async def test_grpc_token_and_backlog() -> None:
 async def test_grpc_port_in_use_is_startup_error(grpc_receiver: GrpcReceiver) -> None:
     with pytest.raises(StartupError, match="cannot listen"):
         await serve_otlp_grpc(TraceBuffer(), OtlpSettings(http=None, grpc=grpc_receiver.target))
+
+
+@pytest.mark.anyio
+async def test_grpc_message_over_max_body_after_decompression() -> None:
+    async with anyio.create_task_group() as tg:
+        live = await _start(tg, max_body="1MiB")
+        async with grpc.aio.insecure_channel(live.target, compression=grpc.Compression.Gzip) as channel:
+            export = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.aio.AioRpcError) as err, anyio.fail_after(10):
+                await export(bytes(4 * 1024 * 1024))  # ~4 KiB on the wire, 4 MiB inflated
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert live.buffer.stats().received_total == 0
+        tg.cancel_scope.cancel()

@@ -21,6 +21,12 @@ async function fireProbe(probeId, button) {
     }
     if (r.status !== 202) { alert("run failed: HTTP " + r.status); return; }
     const body = await r.json();
+    // the daemon records the run a moment after accepting it: wait (bounded) until it exists
+    for (let i = 0; i < 50; i++) {
+      const probe = await fetch("/api/runs/" + encodeURIComponent(body.run_id), { headers: authHeaders() });
+      if (probe.ok) break;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
     window.location.href = "/runs/" + encodeURIComponent(body.run_id);
   } finally {
     button.disabled = false;
