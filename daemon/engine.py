@@ -172,6 +172,7 @@ class Engine:
             store=self.store, buffer=self.buffer, session=self.session, integrations=self.config.integrations,
             hooks=self.hooks, services=self.services, max_concurrent_runs=d.max_concurrent_runs,
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
+            self_tracer=self.provider.get_tracer("tracecanary.daemon"),
             links=self.links_for, sentry_source=self.sentry_source,
             resources={KAFKA_PRODUCERS: self.kafka_producers},
         ))

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,8 @@ class RunnerDeps:
     """Callable (trace_id, run_id, probe_id) → dict of rendered trace links."""
     sentry_source: Any = None
     """A SentryTraceSource for ``expect.trace.source: sentry`` (None when Sentry is not configured)."""
+    self_tracer: Any = None
+    """Tracer for the daemon's own work (judging, watching): exported, never judged."""
     resources: dict[str, Any] = field(default_factory=dict)
     """Long-lived clients probes share across runs (e.g. ``kafka_producers``), closed by the engine."""
 
@@ -198,12 +201,16 @@ class Runner:
 
         async def trace_task() -> None:
             assert probe.expect.trace is not None
-            try:
-                outcome.append(await watch_trace(
-                    probe.expect.trace, ctx, self.deps.buffer, root, sentry_source=self.deps.sentry_source,
-                ))
-            except Exception as e:
-                outcome.append(TraceOutcome([internal_error("expect.trace", e, probe.id, run.run_id)], None))
+            with self._self_span(ctx, "tracecanary judge trace", source=probe.expect.trace.source) as span:
+                try:
+                    outcome.append(await watch_trace(
+                        probe.expect.trace, ctx, self.deps.buffer, root, sentry_source=self.deps.sentry_source,
+                    ))
+                except Exception as e:
+                    outcome.append(TraceOutcome([internal_error("expect.trace", e, probe.id, run.run_id)], None))
+                if span is not None:
+                    span.set_attribute("tracecanary.findings", len(outcome[0].findings))
+                    span.set_attribute("tracecanary.spans", len(outcome[0].spans))
 
         async def effect_task(i: int, effect: SideEffect) -> None:
             watcher = WATCHERS.get(effect.kind)
@@ -215,10 +222,11 @@ class Runner:
                 return
             wctx = WatchContext(probe=ctx, services=self.deps.services, outputs=run.outputs,
                                 poll_interval_s=self.deps.poll_interval_s)
-            try:
-                found = await watcher(effect.spec, wctx)
-            except Exception as e:
-                found = [internal_error(f"expect.side_effects[{i}]", e, probe.id, run.run_id)]
+            with self._self_span(ctx, f"tracecanary watch {effect.kind}", index=i):
+                try:
+                    found = await watcher(effect.spec, wctx)
+                except Exception as e:
+                    found = [internal_error(f"expect.side_effects[{i}]", e, probe.id, run.run_id)]
             effects.append((i, effect, [f if f.path else f.model_copy(update={"path": f"expect.side_effects[{i}]"})
                                         for f in found]))
 
@@ -236,6 +244,20 @@ class Runner:
         for i, effect, found in sorted(effects, key=lambda t: t[0]):
             run.findings.extend(found)
             run.side_effects.append({"index": i, "kind": effect.kind, "findings": [f.message for f in found]})
+
+    @contextmanager
+    def _self_span(self, ctx: ProbeContext, name: str, **attributes: Any) -> Iterator[Any]:
+        """A span of the daemon's own work under the probe's root span (exported, never judged)."""
+        tracer = self.deps.self_tracer
+        if tracer is None or ctx.root_span is None:
+            yield None
+            return
+        from opentelemetry import trace as otel_trace
+
+        parent = otel_trace.set_span_in_context(ctx.root_span)
+        attrs = {f"tracecanary.{k}": v for k, v in attributes.items()}
+        with tracer.start_as_current_span(name, context=parent, attributes=attrs) as span:
+            yield span
 
     async def _finish(
         self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, runlog: RunLog, last_attempt: bool

@@ -25,6 +25,7 @@ from tracecanary.daemon.spans.otlp import OtlpDecodeError, decode_json, scan_pro
 from tracecanary.errors import StartupError
 
 log = logging.getLogger("tracecanary.spans.kafka")
+_COMMIT_TIMEOUT_S = 30.0
 
 
 class KafkaSpanSettings(BaseModel):
@@ -120,10 +121,11 @@ async def run_kafka_source(
             for records in batches.values():
                 _ingest_records(buffer, records, settings, stats)
             try:
-                await consumer.commit()
+                with anyio.fail_after(_COMMIT_TIMEOUT_S):
+                    await consumer.commit()
                 stats.commits += 1
                 stats.committed_messages += sum(len(r) for r in batches.values())
-            except KafkaError as e:  # a rebalance took the partitions: the next owner re-reads
+            except (KafkaError, TimeoutError) as e:  # e.g. a rebalance took the partitions: re-read
                 log.warning("kafka span source commit failed error=%r", str(e))
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -12,6 +16,34 @@ from tracecanary.errors import TracecanaryError
 
 ZERO_TRACE_ID = bytes(16)
 ZERO_SPAN_ID = bytes(8)
+
+
+_DECODED_FIELDS = (
+    "trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "service",
+    "attributes", "resource", "events", "links", "status_code", "status_message", "scope",
+)
+
+
+def _fast_span_constructor() -> Callable[..., Span]:
+    """A keyword-only Span constructor that fills the slots directly (about twice as fast).
+
+    A frozen dataclass sets every field through ``object.__setattr__``; the decoder builds a
+    Span per span, so it writes the slots itself. Falls back to ``Span`` whenever the model is not
+    exactly the slotted 15-field dataclass this was written for.
+    """
+    names = tuple(f.name for f in dataclasses.fields(Span))
+    slotted = all(isinstance(Span.__dict__.get(n), types.MemberDescriptorType) for n in names)
+    if names != _DECODED_FIELDS or not slotted or hasattr(Span, "__post_init__"):
+        return Span
+    namespace: dict[str, Any] = {"_new": object.__new__, "Span": Span}
+    namespace.update({f"_set_{n}": Span.__dict__[n].__set__ for n in names})
+    body = "".join(f"    _set_{n}(s, {n})\n" for n in names)
+    exec(f"def new_span(*, {', '.join(names)}):\n    s = _new(Span)\n{body}    return s\n", namespace)
+    constructor: Callable[..., Span] = namespace["new_span"]
+    return constructor
+
+
+new_span = _fast_span_constructor()
 
 
 class OtlpDecodeError(TracecanaryError):

@@ -35,6 +35,7 @@ from tracecanary.daemon.spans.model import (
     DecodedBatch,
     OtlpDecodeError,
     check_ids,
+    new_span,
 )
 from tracecanary.daemon.spans.otlp_json import decode_json, spans_to_otlp_json
 
@@ -168,7 +169,7 @@ def _span(sp: Any, resource: tuple[str, dict[str, AttrValue]], scope: str, lazy:
     parent = sp.parent_span_id
     status = sp.status
     attrs, events, links = sp.attributes, sp.events, sp.links  # each access builds a wrapper: once
-    return Span(
+    return new_span(
         trace_id=sp.trace_id.hex(),
         span_id=sp.span_id.hex(),
         parent_span_id=parent.hex() if parent else None,

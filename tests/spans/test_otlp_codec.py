@@ -145,3 +145,17 @@ def test_lazy_attributes_behave_like_a_dict() -> None:
     assert dict(root.attributes) == dict(next(s for s in eager if s.name == "POST /orders").attributes)
     assert repr(root.attributes).startswith("{'http.method'")
     assert json.dumps(dict(root.attributes))
+
+
+def test_fast_span_constructor_builds_equal_spans() -> None:
+    from dataclasses import fields, replace
+
+    from tracecanary.daemon.spans.model import new_span
+
+    s = expected(make_sdk_spans()[0])
+    kw = {f.name: getattr(s, f.name) for f in fields(Span)}
+    fast = new_span(**kw)
+    assert type(fast) is Span and fast == s and repr(fast) == repr(s)
+    assert replace(fast, name="other").name == "other"
+    with pytest.raises(AttributeError):
+        fast.name = "frozen"  # type: ignore[misc]
