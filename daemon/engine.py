@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +245,7 @@ class Engine:
                             org=sentry.org, host=host_of(sentry.api_url) if sentry.api_url else None)
 
     async def _serve_http(self, tg: anyio.abc.TaskGroup) -> None:
-        from .spans.receiver import otlp_routes
+        from .spans.receiver import Ingest, otlp_routes
 
         otlp = self.otlp_settings
         self.app = web.Application(client_max_size=otlp.max_body + 1)
@@ -252,30 +253,61 @@ class Engine:
         for make in self.extra_routes:
             self.app.add_routes(make(self))
         shared = otlp.http is not None and otlp.http == self.listen
+        http_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_http"))
         if shared:
-            self.app.add_routes(otlp_routes(self.buffer, otlp))
+            self.app.add_routes(otlp_routes(self.buffer, otlp, http_ingest))
         if self.serve_api or shared:
-            site = await self._start_app(tg, self.app, self.listen, "api")
+            site = await self._start_app(tg, self.app, self.listen, "api", serves_otlp=shared)
             self.addresses["api"] = f"{split_addr(self.listen)[0]}:{bound_port(site)}"
         if otlp.http is not None and not shared:
             otlp_app = web.Application(client_max_size=otlp.max_body + 1)
-            otlp_app.add_routes(otlp_routes(self.buffer, otlp))
-            site = await self._start_app(tg, otlp_app, otlp.http, "otlp http receiver")
+            otlp_app.add_routes(otlp_routes(self.buffer, otlp, http_ingest))
+            site = await self._start_app(tg, otlp_app, otlp.http, "otlp http receiver", serves_otlp=True)
             self.addresses["otlp_http"] = f"{split_addr(otlp.http)[0]}:{bound_port(site)}"
         elif shared:
             self.addresses["otlp_http"] = self.addresses["api"]
         if otlp.grpc is not None:
             from .spans.grpc import serve_otlp_grpc
 
-            port = await tg.start(serve_otlp_grpc, self.buffer, otlp)
+            grpc_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_grpc"))
+            port = await tg.start(partial(serve_otlp_grpc, ingest=grpc_ingest), self.buffer, otlp)
             self.addresses["otlp_grpc"] = f"{split_addr(otlp.grpc)[0]}:{port or split_addr(otlp.grpc)[1]}"
+        kafka_stats = None
         if self.config.daemon.kafka is not None:
-            from .spans.kafka import run_kafka_source
+            from .spans.kafka import KafkaSourceStats, run_kafka_source
 
-            await tg.start(run_kafka_source, self.buffer, self.config.daemon.kafka)
+            kafka_stats = KafkaSourceStats()
+            await tg.start(partial(run_kafka_source, stats=kafka_stats), self.buffer, self.config.daemon.kafka)
+        tg.start_soon(self._sync_counters, kafka_stats)
 
-    async def _start_app(self, tg: anyio.abc.TaskGroup, app: web.Application, addr: str, what: str) -> web.TCPSite:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    async def _sync_counters(self, kafka_stats: Any, interval_s: float = 5.0) -> None:
+        """Fold the buffer's eviction count and the Kafka source's span count into /metrics."""
+        evicted = kafka_spans = 0
+        while True:
+            await anyio.sleep(interval_s)
+            stats = self.buffer.stats()
+            if stats.evicted_spans > evicted:
+                self.metrics.spans_dropped("evicted", stats.evicted_spans - evicted)
+                evicted = stats.evicted_spans
+            if kafka_stats is not None and kafka_stats.spans > kafka_spans:
+                self.metrics.spans_received("kafka", kafka_stats.spans - kafka_spans)
+                kafka_spans = kafka_stats.spans
+
+    def _counter(self, source: str) -> Callable[[int, int], None]:
+        metrics = self.metrics
+
+        def count(accepted: int, rejected: int) -> None:
+            metrics.spans_received(source, accepted)
+            if rejected:
+                metrics.spans_dropped("invalid", rejected)
+
+        return count
+
+    async def _start_app(self, tg: anyio.abc.TaskGroup, app: web.Application, addr: str, what: str,
+                         *, serves_otlp: bool = False) -> web.TCPSite:
+        # The OTLP handler decompresses itself under its size cap; aiohttp's own inflater would keep
+        # inflating the rest of a gzip bomb after the 413.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=not serves_otlp)
         await runner.setup()
         try:
             site = await start_site(runner, addr, what)

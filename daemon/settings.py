@@ -12,19 +12,8 @@ from tracecanary.probes.base import StrictModel
 from .alerts.policy import AlertsSettings
 from .links import LinkSettings
 from .spans.buffer import BufferSettings
+from .spans.kafka import KafkaSpanSettings
 from .spans.receiver import OtlpSettings
-
-
-class KafkaSpanSettings(StrictModel):
-    """Consume spans an OpenTelemetry Collector's kafka exporter writes."""
-
-    bootstrap: str = Field(description="Kafka bootstrap servers, host:port[,host:port].")
-    spans_topics: list[str] = Field(default_factory=lambda: ["otlp_spans"], description="Topics to consume.")
-    group: str = Field("tracecanary", description="Consumer group id.")
-    initial_offset: str = Field("latest", pattern="^(latest|earliest)$", description="Where a new group starts.")
-    encoding: str = Field(
-        "auto", pattern="^(auto|otlp_proto|otlp_json)$", description="Message encoding (auto detects)."
-    )
 
 
 class RetentionSettings(StrictModel):

@@ -18,7 +18,7 @@ import logging
 import socket
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -95,9 +95,12 @@ def authorized(header: str | None, token: str | None) -> bool:
 class Ingest:
     """Shared by the HTTP and gRPC receivers: the in-flight bound and decode → buffer."""
 
-    def __init__(self, buffer: TraceBuffer, settings: OtlpSettings) -> None:
+    def __init__(self, buffer: TraceBuffer, settings: OtlpSettings,
+                 on_spans: Callable[[int, int], None] | None = None) -> None:
         self.buffer = buffer
         self.settings = settings
+        self.on_spans = on_spans
+        """Called with (accepted, rejected) span counts of every export (metrics)."""
         self.pending = 0
         self.throttled_total = 0
         self.exports: Counter[str] = Counter()  # accepted export requests by content type
@@ -123,8 +126,12 @@ class Ingest:
             decoded = decode(body)
         if isinstance(decoded, RawBatch):
             self.buffer.add_batch(decoded)
+            if self.on_spans is not None:
+                self.on_spans(decoded.span_count - decoded.rejected, decoded.rejected)
             return decoded.rejected, decoded.error_message
         self.buffer.add_spans(decoded.spans)
+        if self.on_spans is not None:
+            self.on_spans(len(decoded.spans), decoded.rejected)
         if decoded.rejected:
             log.info("otlp partial_success rejected=%d message=%r", decoded.rejected, decoded.error_message)
         return decoded.rejected, decoded.error_message
