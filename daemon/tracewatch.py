@@ -69,7 +69,10 @@ async def watch_trace(
     *, sentry_source: Any = None,
 ) -> TraceOutcome:
     """Judge the run's trace; returns at the verdict or at the run deadline."""
-    judge = TraceJudge(expectation, root_trace_id=ctx.trace.trace_id, trigger_ns=ctx.trigger_ns)
+    correlate = expectation.correlate
+    correlate_value = str(ctx.render(correlate.equals)) if correlate is not None else None
+    judge = TraceJudge(expectation, root_trace_id=ctx.trace.trace_id, trigger_ns=ctx.trigger_ns,
+                       correlate_value=correlate_value)
     if expectation.source == "sentry":
         return await _from_sentry(expectation, ctx, judge, root, sentry_source)
     judge.feed([root])
@@ -78,12 +81,11 @@ async def watch_trace(
         tracked.seen.add((root.trace_id, root.span_id))
         tracked.spans.append(root)
         tracked.track(ctx.trace.trace_id)
-        correlate = getattr(expectation, "correlate", None)
-        if correlate is not None:
-            value = str(ctx.render(correlate.equals))
-            watch.add_correlation(correlate.attribute, value)
-            for tid in buffer.traces_with_attribute(correlate.attribute, value):
+        if correlate is not None and correlate_value is not None:
+            watch.add_correlation(correlate.attribute, correlate_value)
+            for tid in buffer.traces_with_attribute(correlate.attribute, correlate_value):
                 tracked.track(tid)
+                judge.add_trace(tid)
         state = await _loop(tracked, ctx, expectation)
     ttv = None if tracked.last_arrival_s is None else max(0.0, anyio.current_time() - tracked.last_arrival_s)
     return TraceOutcome(list(state.findings), judge.report(), tracked.spans, ttv)
