@@ -18,7 +18,7 @@ from . import rules
 from .expect import TraceExpectation
 from .explain import Explainer
 from .spans import Span
-from .tree import Assign, CNode, Solver, SpanIndex, bipartite, compile_checks, compile_tree, describe
+from .tree import Assign, Check, CNode, Solver, SpanIndex, bipartite, compile_checks, compile_tree, describe
 from .units import format_duration
 from .verdict import Finding, Verdict, verdict_of
 
@@ -33,6 +33,27 @@ class JudgeState:
     settle_remaining_s: float | None = None
 
 
+_COMPILED: dict[tuple[int, str], tuple[TraceExpectation, list[CNode], list[list[Check]]]] = {}
+_COMPILED_MAX = 4096
+
+
+def _compiled(expectation: TraceExpectation, base_path: str) -> tuple[list[CNode], list[list[Check]]]:
+    """Compile an expectation once, not on every run (a probe's expectation lives as long as its config).
+
+    Compiled nodes are immutable; the entry holds the expectation so its id cannot be reused.
+    """
+    key = (id(expectation), base_path)
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0] is expectation:
+        return hit[1], hit[2]
+    nodes = compile_tree(expectation.tree, base_path)
+    forbid = [compile_checks(c) for c in expectation.forbid]
+    if len(_COMPILED) >= _COMPILED_MAX:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = (expectation, nodes, forbid)
+    return nodes, forbid
+
+
 class TraceJudge:
     """Judges one run's trace(s) against an expectation, span by span."""
 
@@ -42,11 +63,11 @@ class TraceJudge:
         self.exp = expectation
         self.base = base_path
         self.trigger_ns = trigger_ns
-        self.nodes = compile_tree(expectation.tree, base_path)
+        self.nodes, forbid = _compiled(expectation, base_path)
         self.anchors = [n for n in self.nodes if n.relation == "tree"]
         self.index = SpanIndex(self.nodes)
         self.solver = Solver(self.index, self._within)
-        self.forbid = [compile_checks(c) for c in expectation.forbid]
+        self.forbid = forbid
         self.pool_all = root_trace_id is None
         self.pool: set[str] = set(correlated_trace_ids) | ({root_trace_id} if root_trace_id else set())
         # The correlated trace: the runner resolves the template and feeds that trace; without the
