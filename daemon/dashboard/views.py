@@ -25,6 +25,8 @@ log = logging.getLogger("tracecanary.dashboard")
 HERE = Path(__file__).parent
 RUNS_ON_PROBE_PAGE = 100
 CHART_W, CHART_H = 720, 160
+RUN_APPEAR_S = 10.0
+"""How long the live stream waits for a just-fired run to be recorded before answering 404."""
 
 
 def _env() -> jinja2.Environment:
@@ -88,10 +90,13 @@ class Dashboard:
         return self.render("probe.html", probe=status, spec=redact(spec.model_dump(mode="json", exclude_none=True)),
                            runs=[run_summary(r) for r in runs], chart=duration_chart(runs))
 
-    async def _run_view(self, run_id: str) -> dict[str, Any]:
-        run = await self.control.store.get_run(run_id, with_spans=True)
-        if run is None:
-            raise web.HTTPNotFound(text=f"unknown run {run_id}")
+    async def _run_view(self, run_id: str, appear_s: float = 0.0) -> dict[str, Any]:
+        """The run page's data; waits up to ``appear_s`` for a just-fired run to be recorded."""
+        deadline = anyio.current_time() + appear_s
+        while (run := await self.control.store.get_run(run_id, with_spans=True)) is None:
+            if anyio.current_time() >= deadline:
+                raise web.HTTPNotFound(text=f"unknown run {run_id}")
+            await anyio.sleep(self.live_poll_s)
         spans = list(run.spans)
         live = run.status is RunStatus.RUNNING
         if live and not spans:
@@ -111,12 +116,14 @@ class Dashboard:
     async def run_live(self, request: web.Request) -> web.StreamResponse:
         """SSE: the waterfall fragment each time new spans arrive; ``done`` when the run is stored."""
         run_id = request.match_info["run_id"]
+        view = await self._run_view(run_id, appear_s=RUN_APPEAR_S)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         last = -1
         deadline = anyio.current_time() + self.live_max_s
         while anyio.current_time() < deadline:
-            view = await self._run_view(run_id)
+            if last >= 0:
+                view = await self._run_view(run_id)
             if view["span_count"] != last:
                 last = view["span_count"]
                 html = self.env.get_template("_waterfall.html").render(**view)

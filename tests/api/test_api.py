@@ -105,10 +105,15 @@ async def test_fire_now_requires_token_and_returns_run(api_env: ApiEnv, openapi:
         fired = await r.json()
     validate(openapi, "/api/probes/{probe_id}/run", "post", 202, fired)
     # running: the live buffer fills; then the finished run is stored
+    # the run is recorded a moment after it was accepted (404 until then), then the live buffer fills
     with anyio.fail_after(5):
         while True:
             async with api_env.session.get(f"{api_env.base}{fired['url']}") as r:
                 detail = await r.json()
+                if r.status == 404:
+                    validate(openapi, "/api/runs/{run_id}", "get", 404, detail)
+                    await anyio.sleep(0.02)
+                    continue
             validate(openapi, "/api/runs/{run_id}", "get", 200, detail)
             if detail["run"]["status"] == "finished":
                 break

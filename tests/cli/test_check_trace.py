@@ -81,7 +81,7 @@ SUITE = """
 probes:
   - id: {id}
     kind: http
-    timeout: 10s
+    timeout: 4s
     request: {{method: POST, url: "{base}/webhook?fault={fault}", json: {{test_id: "{{{{ run_id }}}}"}}}}
     expect:
       response: {{status: 200}}

@@ -66,3 +66,27 @@ def find_helm() -> str | None:
                           text=True, timeout=300, check=False)
     helm = dest / "helm"
     return str(helm) if proc.returncode == 0 and os.access(helm, os.X_OK) else None
+
+
+SUITE_DIR = COMPOSE_DIR / "tracecanary"
+
+
+def compose() -> dict[str, Any]:
+    data = load_yaml(COMPOSE_DIR / "compose.yaml")
+    assert isinstance(data, dict)
+    return data
+
+
+def collector() -> dict[str, Any]:
+    data = load_yaml(COMPOSE_DIR / "otel-collector.yaml")
+    assert isinstance(data, dict)
+    return data
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the variables the suite reads, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"OTLP_TOKEN", "TRACECANARY_TOKEN", "KAFKA_BOOTSTRAP", "TARGET_URL",
+                        "OTEL_EXPORTER_OTLP_ENDPOINT", "TRACECANARY_PUBLIC_URL"}}
+    env.update(extra)
+    return env

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from typing import Any
@@ -14,31 +13,20 @@ from tracecanary.daemon.config import load_config
 from tracecanary.daemon.settings import TelemetrySettings
 from tracecanary.daemon.telemetry import is_own_endpoint
 
-from .common import (COMPOSE_DIR, DEFAULTS, DEPLOY, ROOT, default_ports, load_yaml, parse_run_args, port_of,
-                     run_tracecanary)
-
-SUITE_DIR = COMPOSE_DIR / "tracecanary"
-
-
-def compose() -> dict[str, Any]:
-    data = load_yaml(COMPOSE_DIR / "compose.yaml")
-    assert isinstance(data, dict)
-    return data
-
-
-def collector() -> dict[str, Any]:
-    data = load_yaml(COMPOSE_DIR / "otel-collector.yaml")
-    assert isinstance(data, dict)
-    return data
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without the variables the suite reads, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"OTLP_TOKEN", "TRACECANARY_TOKEN", "KAFKA_BOOTSTRAP", "TARGET_URL",
-                        "OTEL_EXPORTER_OTLP_ENDPOINT", "TRACECANARY_PUBLIC_URL"}}
-    env.update(extra)
-    return env
+from .common import (
+    COMPOSE_DIR,
+    DEFAULTS,
+    DEPLOY,
+    ROOT,
+    SUITE_DIR,
+    clean_env,
+    collector,
+    compose,
+    default_ports,
+    parse_run_args,
+    port_of,
+    run_tracecanary,
+)
 
 
 def test_every_deploy_file_parses() -> None:
@@ -113,7 +101,10 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
 
 def test_dockerfile() -> None:
     ins = dockerfile_instructions()
-    get = lambda k: [v for w, v in ins if w == k]  # noqa: E731
+
+    def get(word: str) -> list[str]:
+        return [v for w, v in ins if w == word]
+
     assert get("FROM") == ["python:3.11-slim"]
     assert get("USER") and not get("USER")[-1].startswith(("root", "0"))
     assert get("STOPSIGNAL") == ["SIGTERM"]

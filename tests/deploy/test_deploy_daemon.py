@@ -23,8 +23,7 @@ from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .common import tracecanary_cmd
-from .test_deploy_compose import SUITE_DIR, clean_env, compose
+from .common import SUITE_DIR, clean_env, compose, tracecanary_cmd
 
 TOKEN = "deploy-test-token"
 
