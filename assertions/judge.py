@@ -33,25 +33,27 @@ class JudgeState:
     settle_remaining_s: float | None = None
 
 
-_COMPILED: dict[tuple[int, str], tuple[TraceExpectation, list[CNode], list[list[Check]]]] = {}
+_COMPILED: dict[tuple[int, str], tuple[TraceExpectation, list[CNode], list[list[Check]], bool]] = {}
 _COMPILED_MAX = 4096
 
 
-def _compiled(expectation: TraceExpectation, base_path: str) -> tuple[list[CNode], list[list[Check]]]:
+def _compiled(expectation: TraceExpectation, base_path: str) -> tuple[list[CNode], list[list[Check]], bool]:
     """Compile an expectation once, not on every run (a probe's expectation lives as long as its config).
 
     Compiled nodes are immutable; the entry holds the expectation so its id cannot be reused.
+    The flag: whether the expectation (its ``any_of`` alternatives aside) has whole-trace rules.
     """
     key = (id(expectation), base_path)
     hit = _COMPILED.get(key)
     if hit is not None and hit[0] is expectation:
-        return hit[1], hit[2]
+        return hit[1], hit[2], hit[3]
     nodes = compile_tree(expectation.tree, base_path)
     forbid = [compile_checks(c) for c in expectation.forbid]
+    whole_rules = expectation.model_copy(update={"any_of": []}).has_whole_trace_rules()
     if len(_COMPILED) >= _COMPILED_MAX:
         _COMPILED.pop(next(iter(_COMPILED)))
-    _COMPILED[key] = (expectation, nodes, forbid)
-    return nodes, forbid
+    _COMPILED[key] = (expectation, nodes, forbid, whole_rules)
+    return nodes, forbid, whole_rules
 
 
 class TraceJudge:
@@ -63,7 +65,7 @@ class TraceJudge:
         self.exp = expectation
         self.base = base_path
         self.trigger_ns = trigger_ns
-        self.nodes, forbid = _compiled(expectation, base_path)
+        self.nodes, forbid, self.whole_rules = _compiled(expectation, base_path)
         self.anchors = [n for n in self.nodes if n.relation == "tree"]
         self.index = SpanIndex(self.nodes)
         self.solver = Solver(self.index, self._within)
@@ -92,7 +94,6 @@ class TraceJudge:
         self.depth: dict[str, int] = {}
         self.last_arrival_unix_ns: int | None = None
         self.has_within = any(n.spec.within is not None for n in self.nodes)
-        self.whole_rules = expectation.model_copy(update={"any_of": []}).has_whole_trace_rules()
         self.alts = [TraceJudge(alt, root_trace_id=root_trace_id, trigger_ns=trigger_ns,
                                 correlated_trace_ids=self.pool, correlate_value=correlate_value,
                                 base_path=f"{base_path}.any_of[{i}]")

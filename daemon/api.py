@@ -35,6 +35,8 @@ log = logging.getLogger("tracecanary.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_PAGE = 500
+AUTH_COOKIE = "tracecanary_token"
+"""Set by the dashboard's login form (HttpOnly, SameSite=Strict); accepted for reads only."""
 MAX_JSON_BODY = 64 * 1024
 
 
@@ -57,18 +59,22 @@ class ApiAuth:
     def enabled(self) -> bool:
         return bool(self._token)
 
-    def allowed(self, request: web.Request) -> bool:
+    def matches(self, given: str) -> bool:
+        return bool(self._token) and hmac.compare_digest(given.encode(), self._token)
+
+    def allowed(self, request: web.Request, *, cookie_ok: bool = False) -> bool:
+        """A bearer token (or, for reads, the dashboard's login cookie) equal to the configured token."""
         if not self._token:
             return True
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(given.strip().encode(), self._token)
+        if scheme.lower() == "bearer":
+            return self.matches(given.strip())
+        return cookie_ok and self.matches(request.cookies.get(AUTH_COOKIE, ""))
 
     def guard(self, handler: Handler, *, write: bool) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            if (write or self.read_token_required) and not self.allowed(request):
+            if (write or self.read_token_required) and not self.allowed(request, cookie_ok=not write):
                 log.info("api unauthorized method=%s path=%s", request.method, request.path)
                 return web.json_response(
                     ErrorOut(error="missing or wrong bearer token").model_dump(), status=401,

@@ -254,8 +254,12 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {
             "schemas": defs["$defs"],
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "loginCookie": {"type": "apiKey", "in": "cookie", "name": "tracecanary_token",
+                                "description": "Set by the dashboard's /login; accepted for reads only."},
+            },
         },
-        "security": [{"bearer": []}, {}],
+        "security": [{"bearer": []}, {"loginCookie": []}, {}],
         "paths": paths,
     }

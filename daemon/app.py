@@ -11,6 +11,7 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -28,12 +29,14 @@ class Daemon:
     """``tracecanary run CONFIG``."""
 
     def __init__(self, config_path: str | Path, config: Config, overrides: Overrides | None = None,
-                 *, on_ready: Callable[[Daemon], None] | None = None) -> None:
+                 *, on_ready: Callable[[Daemon], None] | None = None, demo: Any = None) -> None:
         self.config_path = Path(config_path)
         self.config = config
         self.engine = Engine(config, overrides or Overrides())
         self.scheduler: Scheduler | None = None
         self._on_ready = on_ready
+        self._demo = demo
+        """The demo world (its chaos toggle shows on the dashboard), when run by `tracecanary demo`."""
         self.reloads = 0
 
     async def run(self) -> int:
@@ -41,6 +44,8 @@ class Daemon:
         from .wiring import wire_daemon
 
         self.control = DaemonControl(self.engine)
+        if self._demo is not None:
+            self.control.demo = self._demo
         wire_daemon(self.engine, self.control)
         async with self.engine.started() as engine:
             if engine.alerts is not None:

@@ -26,6 +26,8 @@ class DaemonControl:
         self.engine = engine
         self.task_group = task_group
         self.scheduler = scheduler
+        self.demo: Any = None
+        """The demo world (`tracecanary demo`): the dashboard shows its chaos toggle."""
         if alerts is not None:
             self.alerts = alerts
 

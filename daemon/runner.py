@@ -230,11 +230,15 @@ class Runner:
             effects.append((i, effect, [f if f.path else f.model_copy(update={"path": f"expect.side_effects[{i}]"})
                                         for f in found]))
 
-        async with anyio.create_task_group() as tg:
+        if not probe.expect.side_effects:  # the trace alone: no task group (a task and a wake-up less per run)
             if probe.expect.trace is not None:
-                tg.start_soon(trace_task)
-            for i, effect in enumerate(probe.expect.side_effects):
-                tg.start_soon(effect_task, i, effect)
+                await trace_task()
+        else:
+            async with anyio.create_task_group() as tg:
+                if probe.expect.trace is not None:
+                    tg.start_soon(trace_task)
+                for i, effect in enumerate(probe.expect.side_effects):
+                    tg.start_soon(effect_task, i, effect)
         if outcome:
             run.findings.extend(outcome[0].findings)
             run.trace_report = outcome[0].report

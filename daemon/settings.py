@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tracecanary.assertions.units import Duration
 from tracecanary.probes.base import StrictModel
@@ -43,7 +43,13 @@ class DaemonSettings(StrictModel):
     max_concurrent_runs: int = Field(64, ge=1, description="Runs in flight at once, all probes together.")
     shutdown_grace: Duration = Field(30.0, description="On SIGTERM, how long in-flight runs may finish.")
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
-    api_token: str | None = Field(None, description="Bearer token for API writes (and reads when set).")
+    api_token: str | None = Field(None, description="Bearer token for API writes (and reads with protect_reads).")
+    protect_reads: bool = Field(False, description="Require the api_token for reads too (API and dashboard).")
+    @field_validator("api_token")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None  # `${TRACECANARY_TOKEN:-}` unset means no token, not an empty one
+
     poll_interval: Duration = Field(2.0, description="Default poll interval of polling watchers.")
 
 

@@ -51,14 +51,16 @@ class _Tracked:
         for linking in self.buffer.linking_traces(trace_id):
             self.track(linking)
 
-    def feed(self, spans: list[Span]) -> None:
-        fresh = [s for s in spans if (s.trace_id, s.span_id) not in self.seen]
+    def feed(self, spans: list[Span], arrived_s: float | None = None) -> None:
+        """Judge the spans not seen yet; ``arrived_s`` is when they reached the buffer (default: now)."""
+        seen = self.seen
+        fresh = [s for s in spans if (s.trace_id, s.span_id) not in seen]
         if not fresh:
             return
-        self.seen.update((s.trace_id, s.span_id) for s in fresh)
+        seen.update((s.trace_id, s.span_id) for s in fresh)
         self.spans.extend(fresh)
         self.judge.feed(fresh)
-        self.last_arrival_s = anyio.current_time()
+        self.last_arrival_s = anyio.current_time() if arrived_s is None else arrived_s
         for s in fresh:
             if s.trace_id not in self.traces:
                 self.track(s.trace_id)  # a span that links into a tracked trace: follow its trace
@@ -108,7 +110,7 @@ async def _loop(tracked: _Tracked, ctx: ProbeContext, expectation: TraceExpectat
             wait_s = min(wait_s, max(0.0, state.settle_remaining_s) + 0.001)
         new = await tracked.watch.wait(wait_s)
         if new:
-            tracked.feed(list(new))
+            tracked.feed(new, tracked.watch.last_delivery_s)
 
 
 async def _from_sentry(

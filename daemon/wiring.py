@@ -11,7 +11,7 @@ from .control import Control
 from .engine import Engine
 
 
-def _common_routes(engine: Engine) -> list[web.RouteDef]:
+def _common_routes(engine: Engine) -> list[web.AbstractRouteDef]:
     from .hooks_github import github_hook_routes
     from .metrics import metrics_routes
 
@@ -32,7 +32,9 @@ def wire_daemon(engine: Engine, control: Control) -> None:
     from .dashboard.views import dashboard_routes
 
     engine.daemon_mode = True
-    token = engine.config.daemon.api_token
+    d = engine.config.daemon
+    token, reads = d.api_token, d.api_token is not None and d.protect_reads
     engine.extra_routes.append(_common_routes)
-    engine.extra_routes.append(lambda e: [*api_routes(control, api_token=token)])
-    engine.extra_routes.append(lambda e: [*dashboard_routes(control)])  # type: ignore[list-item]
+    engine.extra_routes.append(lambda e: [*api_routes(control, api_token=token, read_token_required=reads)])
+    engine.extra_routes.append(
+        lambda e: [*dashboard_routes(control, api_token=token, read_token_required=reads)])

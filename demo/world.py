@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -111,7 +112,10 @@ class DemoWorld:
     processes: dict[str, Process] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     settings: DemoSettings = field(default_factory=DemoSettings)
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tracecanary-demo-")))
+    workdir: Path = field(default_factory=Path)
+    """Service logs (``<service>.log``) and the shop's SQLite file."""
+    owns_workdir: bool = True
+    """Remove ``workdir`` on close (a caller-given directory is kept)."""
     active_fault: str | None = None
     _closed: bool = False
 
@@ -156,6 +160,8 @@ class DemoWorld:
             for emu in (self.slack, self.github, self.sentry):
                 await emu.stop()
             await anyio.to_thread.run_sync(self.broker.stop)
+            if self.owns_workdir:
+                await anyio.to_thread.run_sync(lambda: shutil.rmtree(self.workdir, ignore_errors=True))
 
     async def __aenter__(self) -> DemoWorld:
         return self
@@ -203,14 +209,24 @@ async def _open_pull(github: GitHubEmulator) -> int:
                 return int((await r.json())["number"])
 
 
-async def start_world(otlp_endpoint: str | None, *, settings: DemoSettings | None = None) -> DemoWorld:
-    """Start broker, emulators and shop services on free loopback ports; the caller must ``aclose()``."""
+async def start_world(
+    otlp_endpoint: str | None, *, settings: DemoSettings | None = None, workdir: Path | None = None
+) -> DemoWorld:
+    """Start broker, emulators and shop services on free loopback ports; the caller must ``aclose()``.
+
+    ``otlp_endpoint`` is where the shop exports spans (tracecanary's OTLP/HTTP receiver, e.g.
+    ``http://127.0.0.1:4318``); ``workdir`` keeps the services' logs after close.
+    """
+    owns = workdir is None
+    workdir = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="tracecanary-demo-"))) \
+        if workdir is None else workdir
+    await anyio.Path(workdir).mkdir(parents=True, exist_ok=True)
     broker = await anyio.to_thread.run_sync(start_tansu)
     slack = SlackEmulator(signing_secret=SLACK_SIGNING_SECRET, channels=list(CHANNELS.values()))
     github = GitHubEmulator(repos=[REPO])
     sentry = SentryEmulator()
     world = DemoWorld(broker=broker, slack=slack, github=github, sentry=sentry,
-                      settings=settings or DemoSettings())
+                      settings=settings or DemoSettings(), workdir=workdir, owns_workdir=owns)
     try:
         await slack.start()
         await github.start()

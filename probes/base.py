@@ -256,7 +256,8 @@ class ProbeContext:
 
     def render(self, value: Any) -> Any:
         """Render ``{{ … }}`` in every string inside ``value`` with this run's variables."""
-        return self.templates.render(value, self.template_vars())
+        # The variables (a clock read, a traceparent) are built only when something is templated.
+        return self.templates.render(value, self.template_vars() if _templated(value) else {})
 
     def trace_headers(self, span_id: str | None = None) -> dict[str, str]:
         """traceparent, tracestate, baggage and sentry-trace for an outgoing request/message."""
@@ -306,3 +307,14 @@ class ProbeContext:
         import anyio
 
         return max(0.0, self.deadline_s - anyio.current_time())
+
+
+def _templated(value: Any) -> bool:
+    """Whether ``value`` holds a ``{{ }}``/``{% %}`` template anywhere (keys included)."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, dict):
+        return any(_templated(k) or _templated(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_templated(v) for v in value)
+    return False

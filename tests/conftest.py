@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.sentry"]
+pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.sentry", "tests.fixtures.browser"]
 
 
 @pytest.fixture

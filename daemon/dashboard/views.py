@@ -9,16 +9,28 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import jinja2
 from aiohttp import web
 
+from ..api import AUTH_COOKIE, ApiAuth, Handler
 from ..control import Control
 from ..store.base import RunRecord, RunStatus
-from .summary import RunWindows, fmt_age, iso_ns, probe_status, probe_statuses, redact, run_summary
+from .summary import (
+    RunWindows,
+    fmt_age,
+    iso_ns,
+    maybe_await,
+    probe_status,
+    probe_statuses,
+    redact,
+    run_summary,
+)
 from .waterfall import build_waterfall
 
 log = logging.getLogger("tracecanary.dashboard")
@@ -36,10 +48,32 @@ def _env() -> jinja2.Environment:
     )
     env.filters["age"] = fmt_age
     env.filters["iso_ns"] = iso_ns
-    env.filters["pretty"] = lambda v: v if isinstance(v, str) else json.dumps(v, indent=2, sort_keys=True, default=str)
+    env.filters["pretty"] = _pretty
+    env.filters["until"] = _until
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
     env.filters["secs"] = lambda v: "–" if v is None else (f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s")
     return env
+
+
+def _pretty(value: Any) -> str:
+    """Strings as they are, lists of strings one per line, anything else as indented JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+def _until(iso: str | None) -> str:
+    """``in 42s`` for an ISO time in the future (``due`` when past, ``–`` for none)."""
+    if not iso:
+        return "–"
+    try:
+        when = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    left = (when - datetime.now(UTC)).total_seconds()
+    return f"in {fmt_age(left)}" if left > 0 else "due"
 
 
 def duration_chart(runs: list[RunRecord]) -> dict[str, Any]:
@@ -58,8 +92,9 @@ def duration_chart(runs: list[RunRecord]) -> dict[str, Any]:
 
 
 class Dashboard:
-    def __init__(self, control: Control, *, live_poll_s: float, live_max_s: float) -> None:
+    def __init__(self, control: Control, *, auth: ApiAuth, live_poll_s: float, live_max_s: float) -> None:
         self.control = control
+        self.auth = auth
         self.windows = RunWindows()
         self.env = _env()
         self.live_poll_s = live_poll_s
@@ -77,8 +112,15 @@ class Dashboard:
         counts = {s: sum(1 for r in rows if r.state == s) for s in ("failing", "degraded", "pending", "ok", "silenced")}
         demo = self._demo()
         return self.render("overview.html", probes=rows, counts=counts, now_ns=time.time_ns(),
-                           settings=redact(self.control.settings_public()),
+                           channels=await self._failing_channels(),
                            chaos=demo.chaos_state() if demo is not None else None)
+
+    async def _failing_channels(self) -> list[dict[str, Any]]:
+        """Alert channels that keep failing (expired token, deleted channel …), from the alert manager."""
+        health = getattr(getattr(self.control, "alerts", None), "channel_health", None)
+        if health is None:
+            return []
+        return [redact(h) for h in await maybe_await(health()) if isinstance(h, dict) and h.get("failing")]
 
     async def probe(self, request: web.Request) -> web.Response:
         pid = request.match_info["probe_id"]
@@ -144,19 +186,62 @@ class Dashboard:
         raise web.HTTPSeeOther("/")
 
 
+    def guard(self, handler: Handler) -> Handler:
+        """With ``read_token_required``, pages need the login cookie (or a bearer token)."""
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if self.auth.read_token_required and not self.auth.allowed(request, cookie_ok=True):
+                if request.path.endswith("/live"):
+                    raise web.HTTPUnauthorized(text="log in first")
+                raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs)}")
+            return await handler(request)
+
+        return guarded
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        return self.render("login.html", next=_safe_next(request.query.get("next")), error="")
+
+    async def login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        nxt = _safe_next(str(form.get("next", "/")))
+        if not self.auth.matches(str(form.get("token", ""))):
+            resp = self.render("login.html", next=nxt, error="wrong token")
+            resp.set_status(401)
+            return resp
+        resp = web.HTTPSeeOther(nxt)
+        resp.set_cookie(AUTH_COOKIE, str(form["token"]), httponly=True, samesite="Strict", path="/")
+        raise resp
+
+
+def _safe_next(value: str | None) -> str:
+    """Only same-site relative paths (no ``//host`` or scheme) as the post-login target."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
 def _sse(event: str, data: str) -> bytes:
     lines = "".join(f"data: {line}\n" for line in data.splitlines() or [""])
     return f"event: {event}\n{lines}\n".encode()
 
 
-def dashboard_routes(control: Control, *, live_poll_s: float = 0.25, live_max_s: float = 600.0) -> list[web.AbstractRouteDef]:
-    """The dashboard's pages, its SSE stream and its static files."""
-    d = Dashboard(control, live_poll_s=live_poll_s, live_max_s=live_max_s)
+def dashboard_routes(
+    control: Control, *, api_token: str | None = None, read_token_required: bool = False,
+    live_poll_s: float = 0.25, live_max_s: float = 600.0,
+) -> list[web.AbstractRouteDef]:
+    """The dashboard's pages, its SSE stream, its login form and its static files.
+
+    With ``read_token_required`` (and a token) every page asks for the API token once (login form,
+    HttpOnly SameSite=Strict cookie); otherwise the pages are open like the API's reads.
+    """
+    d = Dashboard(control, auth=ApiAuth(api_token, read_token_required), live_poll_s=live_poll_s,
+                  live_max_s=live_max_s)
     return [
-        web.get("/", d.overview),
-        web.get("/probes/{probe_id}", d.probe),
-        web.get("/runs/{run_id}", d.run),
-        web.get("/runs/{run_id}/live", d.run_live),
-        web.post("/demo/chaos", d.chaos),
+        web.get("/", d.guard(d.overview)),
+        web.get("/probes/{probe_id}", d.guard(d.probe)),
+        web.get("/runs/{run_id}", d.guard(d.run)),
+        web.get("/runs/{run_id}/live", d.guard(d.run_live)),
+        web.post("/demo/chaos", d.guard(d.chaos)),
+        web.get("/login", d.login_form),
+        web.post("/login", d.login),
         web.static("/static", HERE / "static"),
     ]

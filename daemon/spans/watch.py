@@ -58,6 +58,8 @@ class Watch:
         self._pending: list[Span] = []
         self._event: anyio.Event | None = None
         self._closed = False
+        self.last_delivery_s: float | None = None
+        """``anyio.current_time()`` when spans were last delivered (their arrival at the buffer)."""
 
     def __enter__(self) -> Watch:
         return self
@@ -108,6 +110,7 @@ class Watch:
         if not spans or self._closed:
             return
         self._pending.extend(spans)
+        self.last_delivery_s = anyio.current_time()
         if self._event is not None:
             self._event.set()
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from tracecanary.assertions.spans import span_from_dict, span_to_dict
 from tracecanary.assertions.verdict import Finding, Verdict
 
 from .base import ProbeRow, RunRecord, RunStatus
+from .groupcommit import GroupCommit, apply_batch
+from .snapshot import decode_spans, encode_spans
 
 log = logging.getLogger("tracecanary.store")
 
@@ -47,6 +48,10 @@ _RUN_COLUMNS = (
     "verdict, final, findings, response, trace_report, side_effects, outputs, links, log, span_count, "
     "time_to_verdict_s"
 )
+_INSERT_RUN = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 21)})"
+_INSERT_RUN_SPANS = f"INSERT INTO runs ({_RUN_COLUMNS}, spans) VALUES ({', '.join('?' * 22)})"
+_UPDATE_RUN = (f"UPDATE runs SET {', '.join(f'{c.strip()}=?' for c in _RUN_COLUMNS.split(',')[1:])}, spans=? "
+               "WHERE run_id=?")
 
 
 def sqlite_path(url: str) -> str:
@@ -65,11 +70,16 @@ def _dumps(value: Any) -> str:
 
 
 class SqliteStore:
-    """The Store protocol on one SQLite file (WAL mode, one connection, serialised writes)."""
+    """The Store protocol on one SQLite file (WAL mode, one connection).
+
+    Writes go through a group commit: concurrent writers share one commit on the connection thread,
+    and each write is committed (durable) before its call returns.
+    """
 
     def __init__(self, url: str) -> None:
         self.path = sqlite_path(url)
         self._db: aiosqlite.Connection | None = None
+        self._writes = GroupCommit(self._run_batch)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -89,6 +99,16 @@ class SqliteStore:
         await self._db.executescript(SCHEMA)
         await self._db.commit()
 
+    async def _run_batch(self, batch: list[Any]) -> None:
+        db = self.db
+        # aiosqlite's own queue-a-function entry point: the batch runs on the connection's thread.
+        run_on_thread = getattr(db, "_execute")  # noqa: B009
+        await run_on_thread(apply_batch, getattr(db, "_conn"), batch)  # noqa: B009
+
+    async def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        """Execute one statement in the next group commit; returns its row count."""
+        return await self._writes.write(lambda conn: conn.execute(sql, args).rowcount)
+
     async def aclose(self) -> None:
         db, self._db = self._db, None
         if db is not None:
@@ -96,13 +116,12 @@ class SqliteStore:
 
     # --- probes --------------------------------------------------------------------------------
     async def upsert_probe(self, probe_id: str, kind: str, spec: dict[str, Any], tags: list[str]) -> None:
-        await self.db.execute(
+        await self._write(
             "INSERT INTO probes (probe_id, kind, spec, tags, updated_ns) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(probe_id) DO UPDATE SET kind=excluded.kind, spec=excluded.spec, tags=excluded.tags, "
             "updated_ns=excluded.updated_ns",
             (probe_id, kind, _dumps(spec), _dumps(tags), time.time_ns()),
         )
-        await self.db.commit()
 
     async def list_probes(self) -> list[ProbeRow]:
         async with self.db.execute("SELECT probe_id, kind, spec, tags, updated_ns FROM probes ORDER BY probe_id") as cur:
@@ -122,26 +141,17 @@ class SqliteStore:
         )
 
     async def insert_run(self, run: RunRecord) -> None:
-        placeholders = ", ".join("?" * 21)
-        await self.db.execute(f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({placeholders})", self._run_values(run))
-        await self.db.commit()
+        await self._write(_INSERT_RUN, self._run_values(run))
 
     async def finish_run(self, run: RunRecord) -> None:
-        blob = None
-        if run.spans:
-            blob = zlib.compress(_dumps([span_to_dict(s) for s in run.spans]).encode(), 6)
-        cols = [c.strip() for c in _RUN_COLUMNS.split(",")]
-        assignments = ", ".join(f"{c}=?" for c in cols[1:])
+        blob = encode_spans(run.spans) if run.spans else None
         values = self._run_values(run)
-        cursor = await self.db.execute(
-            f"UPDATE runs SET {assignments}, spans=? WHERE run_id=?", (*values[1:], blob, run.run_id)
-        )
-        if cursor.rowcount == 0:
-            placeholders = ", ".join("?" * 22)
-            await self.db.execute(
-                f"INSERT INTO runs ({_RUN_COLUMNS}, spans) VALUES ({placeholders})", (*values, blob)
-            )
-        await self.db.commit()
+
+        def upsert(conn: sqlite3.Connection) -> None:
+            if conn.execute(_UPDATE_RUN, (*values[1:], blob, run.run_id)).rowcount == 0:
+                conn.execute(_INSERT_RUN_SPANS, (*values, blob))
+
+        await self._writes.write(upsert)
 
     def _row_to_run(self, r: Any, spans_blob: bytes | None = None) -> RunRecord:
         run = RunRecord(
@@ -155,7 +165,7 @@ class SqliteStore:
             span_count=r[19], time_to_verdict_s=r[20],
         )
         if spans_blob:
-            run.spans = [span_from_dict(d) for d in json.loads(zlib.decompress(spans_blob))]
+            run.spans = decode_spans(spans_blob)
         return run
 
     async def get_run(self, run_id: str, *, with_spans: bool = False) -> RunRecord | None:
@@ -190,32 +200,32 @@ class SqliteStore:
         return [self._row_to_run(r) for r in rows]
 
     async def abort_running(self, reason: str) -> int:
-        cursor = await self.db.execute(
+        return await self._write(
             "UPDATE runs SET status=?, abort_reason=?, finished_ns=COALESCE(finished_ns, ?), verdict=NULL "
             "WHERE status=?",
             (RunStatus.ABORTED.value, reason, time.time_ns(), RunStatus.RUNNING.value),
         )
-        await self.db.commit()
-        return int(cursor.rowcount)
 
     async def apply_retention(self, *, max_age_s: float, max_runs_per_probe: int) -> int:
         horizon = time.time_ns() - int(max_age_s * 1e9)
-        c1 = await self.db.execute("DELETE FROM runs WHERE started_ns < ? AND status != ?", (horizon, "running"))
-        c2 = await self.db.execute(
-            "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER "
-            "(PARTITION BY probe_id ORDER BY started_ns DESC) AS rn FROM runs) WHERE rn > ?)",
-            (max_runs_per_probe,),
-        )
-        await self.db.commit()
-        return int(c1.rowcount) + int(c2.rowcount)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            c1 = conn.execute("DELETE FROM runs WHERE started_ns < ? AND status != ?", (horizon, "running"))
+            c2 = conn.execute(
+                "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER "
+                "(PARTITION BY probe_id ORDER BY started_ns DESC) AS rn FROM runs) WHERE rn > ?)",
+                (max_runs_per_probe,),
+            )
+            return int(c1.rowcount) + int(c2.rowcount)
+
+        return await self._writes.write(delete)
 
     # --- events --------------------------------------------------------------------------------
     async def append_event(self, kind: str, data: dict[str, Any]) -> int:
-        cursor = await self.db.execute(
-            "INSERT INTO events (time_ns, kind, data) VALUES (?, ?, ?)", (time.time_ns(), kind, _dumps(data))
-        )
-        await self.db.commit()
-        return int(cursor.lastrowid or 0)
+        args = (time.time_ns(), kind, _dumps(data))
+        return await self._writes.write(
+            lambda conn: int(conn.execute("INSERT INTO events (time_ns, kind, data) VALUES (?, ?, ?)", args)
+                             .lastrowid or 0))
 
     async def list_events(self, kind: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
         if kind is None:
@@ -234,24 +244,21 @@ class SqliteStore:
         return json.loads(r[0]) if r else None
 
     async def kv_put(self, namespace: str, key: str, value: Any) -> None:
-        await self.db.execute(
+        await self._write(
             "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) "
             "ON CONFLICT(namespace, key) DO UPDATE SET value=excluded.value",
             (namespace, key, _dumps(value)),
         )
-        await self.db.commit()
 
     async def kv_put_if_absent(self, namespace: str, key: str, value: Any) -> bool:
-        cursor = await self.db.execute(
+        inserted = await self._write(
             "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) ON CONFLICT(namespace, key) DO NOTHING",
             (namespace, key, _dumps(value)),
         )
-        await self.db.commit()
-        return int(cursor.rowcount) == 1
+        return inserted == 1
 
     async def kv_delete(self, namespace: str, key: str) -> None:
-        await self.db.execute("DELETE FROM kv WHERE namespace=? AND key=?", (namespace, key))
-        await self.db.commit()
+        await self._write("DELETE FROM kv WHERE namespace=? AND key=?", (namespace, key))
 
     async def kv_list(self, namespace: str) -> dict[str, Any]:
         async with self.db.execute("SELECT key, value FROM kv WHERE namespace=?", (namespace,)) as cur:

@@ -1,13 +1,10 @@
-"""Dashboard + API on a real loopback socket over the real SqliteStore; Debian chromium via Playwright."""
+"""Dashboard + API on a real loopback socket over the real SqliteStore (the browser fixture is tests/fixtures/browser.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
@@ -21,10 +18,6 @@ from tracecanary.daemon.store.sqlite import SqliteStore
 
 from ..api.conftest import seed
 from ..api.control import LocalControl, probe
-
-CHROMIUM = os.environ.get("CHROMIUM_BIN", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @dataclass
@@ -50,19 +43,3 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
         t.cancel()
     await server.close()
     await store.aclose()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
-        pytest.skip(f"chromium not found at {CHROMIUM}")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            await b.close()

@@ -90,3 +90,16 @@ async def test_live_stream_sends_waterfall_then_done(site: Site) -> None:
             if line.startswith(b"event: "):
                 events.append(line[7:].decode().strip())
     assert events[0] == "waterfall" and events[-1] == "done" and events.count("waterfall") >= 2
+
+
+async def test_failing_alert_channel_shows_on_overview(site: Site) -> None:
+    from tracecanary.daemon.alerts.manager import NS_CHANNELS, AlertManager
+    from tracecanary.daemon.alerts.policy import AlertsSettings
+
+    settings = AlertsSettings.model_validate({"channels": {"oncall": {"type": "slack", "channel": "C0ONCALL"}}})
+    site.control.alerts = AlertManager(site.control.store, settings)
+    assert "alert channel" not in await _get(f"{site.base}/")
+    await site.control.store.kv_put(NS_CHANNELS, "oncall", {
+        "failing": True, "consecutive_failures": 3, "last_error": "channel_not_found"})
+    html = await _get(f"{site.base}/")
+    assert "alert channel oncall failing (3 deliveries): channel_not_found" in html

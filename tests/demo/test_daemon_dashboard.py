@@ -1,0 +1,130 @@
+"""The demo driven through a browser: the real daemon (`tracecanary run config/demo.yaml`) against the
+demo world; every probe goes green, a fault makes the webhook probe fail with its missing node and an
+alert in the emulated Slack channel, and switching the fault off brings the recovery message."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+from slack_sdk.web.async_client import AsyncWebClient
+
+from tracecanary.demo.world import DemoWorld, start_world
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+DEMO_YAML = Path(__file__).resolve().parents[2] / "config" / "demo.yaml"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot.png"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    base: str
+    world: DemoWorld
+    log: Path
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
+    otlp, listen = _free_port(), _free_port()
+    world = await start_world(f"http://127.0.0.1:{otlp}")
+    env = {**os.environ, **world.env, "DEMO_OTLP_HTTP": f"127.0.0.1:{otlp}", "DEMO_LISTEN": f"127.0.0.1:{listen}",
+           "DEMO_STORE": f"sqlite:///{tmp_path / 'tc.db'}"}
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tracecanary.daemon.cli", "run", str(DEMO_YAML)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield Daemon(f"http://127.0.0.1:{listen}", world, log)
+    finally:
+        proc.terminate()
+        await anyio.to_thread.run_sync(lambda: proc.wait(10))
+        await world.aclose()
+
+
+async def _probes(s: aiohttp.ClientSession, base: str) -> dict[str, dict[str, Any]]:
+    try:
+        async with s.get(f"{base}/api/probes") as r:
+            return {p["id"]: p for p in (await r.json())["probes"]} if r.status == 200 else {}
+    except aiohttp.ClientConnectionError:
+        return {}
+
+
+async def _alerts(slack: AsyncWebClient, channel: str, event: str) -> list[dict[str, Any]]:
+    """Alert messages (top level and in threads) for shop-webhook carrying ``event`` in their metadata."""
+    history = await slack.conversations_history(channel=channel, include_all_metadata=True)
+    found = []
+    for m in history["messages"]:
+        thread = [m]
+        if m.get("reply_count"):
+            thread = (await slack.conversations_replies(channel=channel, ts=m["ts"], include_all_metadata=True))[
+                "messages"]
+        for x in thread:
+            payload = (x.get("metadata") or {}).get("event_payload") or {}
+            if payload.get("probe_id") == "shop-webhook" and payload.get("event") == event:
+                found.append(x)
+    return found
+
+
+async def _wait_alert(world: DemoWorld, event: str) -> dict[str, Any]:
+    slack = AsyncWebClient(token="xoxb-bot", base_url=world.slack.base_url)
+    with anyio.fail_after(30):
+        while not (found := await _alerts(slack, world.env["DEMO_CHANNEL_ONCALL"], event)):
+            await anyio.sleep(0.25)
+    return found[0]
+
+
+async def test_demo_green_then_chaos_then_recovery(daemon: Daemon, browser: Any) -> None:
+    async with aiohttp.ClientSession() as s:
+        with anyio.fail_after(20):
+            while not (probes := await _probes(s, daemon.base)):
+                await anyio.sleep(0.1)
+        for probe_id in probes:  # fire every probe now instead of waiting for its scheduled phase
+            async with s.post(f"{daemon.base}/api/probes/{probe_id}/run", json={}) as r:
+                assert r.status == 202
+        with anyio.fail_after(40):
+            while True:
+                probes = await _probes(s, daemon.base)
+                if all(p["last_verdict"] is not None for p in probes.values()):
+                    break
+                await anyio.sleep(0.25)
+    assert {k: p["last_verdict"] for k, p in probes.items()} == dict.fromkeys(probes, "pass"), daemon.log.read_text()
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    await page.goto(f"{daemon.base}/")
+    assert await page.locator("#probes tbody tr.s-ok").count() == len(probes) == 6
+
+    await daemon.world.set_fault("drop-span")
+    await page.locator('tr[data-probe="shop-webhook"] button.run-again').click()
+    await page.wait_for_url("**/runs/*")
+    await page.wait_for_function("document.querySelector('#run-verdict')?.innerText === 'fail'", timeout=30_000)
+    ghost = page.locator(".wf-row.wf-ghost")
+    assert "fetch-gex-data" in await ghost.inner_text()
+    assert await page.locator(".findings", has_text="fetch-gex-data").count() == 1
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOT), full_page=True)  # README's picture: a real demo failure
+    firing = await _wait_alert(daemon.world, "failing")
+    assert "shop-webhook" in firing["text"]
+
+    await daemon.world.set_fault(None)
+    await page.locator("button.run-again").click()
+    await page.wait_for_function("document.querySelector('#run-verdict')?.innerText === 'pass'", timeout=30_000)
+    recovered = await _wait_alert(daemon.world, "recovered")
+    assert recovered.get("thread_ts") == firing["ts"]  # the recovery threads under the firing message
+    await page.goto(f"{daemon.base}/")
+    row = page.locator('tr[data-probe="shop-webhook"]')
+    assert "ok" in await row.locator(".badge").inner_text()
+    assert await row.locator(".strip .cell.v-fail").count() == 1
