@@ -110,7 +110,10 @@ class Watch:
         if not spans or self._closed:
             return
         self._pending.extend(spans)
-        self.last_delivery_s = anyio.current_time()
+        try:
+            self.last_delivery_s = anyio.current_time()
+        except RuntimeError:  # fed outside an event loop (offline use): the reader's clock decides
+            self.last_delivery_s = None
         if self._event is not None:
             self._event.set()
 

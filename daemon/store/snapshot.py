@@ -31,8 +31,17 @@ _LEVEL = 1
 """zlib level: 1 compresses these rows nearly as well as 6, at a fraction of the time."""
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _attrs_out(attrs: Mapping[str, Any]) -> Any:
-    return _jsonable(attrs) if attrs else {}
+    if not attrs:
+        return {}
+    out = dict(attrs.items())
+    for v in out.values():  # most attributes are scalars: JSON as they are
+        if v.__class__ not in _PLAIN:
+            return _jsonable(attrs)
+    return out
 
 
 def _attrs_in(value: Any) -> Attributes:
