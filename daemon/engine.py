@@ -278,7 +278,8 @@ class Engine:
         for make in self.extra_routes:
             self.app.add_routes(make(self))
         shared = otlp.http is not None and otlp.http == self.listen
-        http_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_http"))
+        self_tracer = self.provider.get_tracer("tracecanary.receiver") if self._exports_telemetry else None
+        http_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_http"), tracer=self_tracer)
         if shared:
             self.app.add_routes(otlp_routes(self.buffer, otlp, http_ingest))
         if self.serve_api or shared:
@@ -294,7 +295,7 @@ class Engine:
         if otlp.grpc is not None:
             from .spans.grpc import serve_otlp_grpc
 
-            grpc_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_grpc"))
+            grpc_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_grpc"), tracer=self_tracer)
             port = await tg.start(partial(serve_otlp_grpc, ingest=grpc_ingest), self.buffer, otlp)
             self.addresses["otlp_grpc"] = f"{split_addr(otlp.grpc)[0]}:{port or split_addr(otlp.grpc)[1]}"
         kafka_stats = None

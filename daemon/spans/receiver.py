@@ -26,6 +26,7 @@ import anyio.abc
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
+from opentelemetry import context as otel_context
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -92,15 +93,20 @@ def authorized(header: str | None, token: str | None) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
+_NO_PARENT = otel_context.Context()  # receiver spans are roots: never children of a caller's span
+
+
 class Ingest:
     """Shared by the HTTP and gRPC receivers: the in-flight bound and decode → buffer."""
 
     def __init__(self, buffer: TraceBuffer, settings: OtlpSettings,
-                 on_spans: Callable[[int, int], None] | None = None) -> None:
+                 on_spans: Callable[[int, int], None] | None = None, tracer: Any = None) -> None:
         self.buffer = buffer
         self.settings = settings
         self.on_spans = on_spans
         """Called with (accepted, rejected) span counts of every export (metrics)."""
+        self.tracer = tracer
+        """The daemon's own tracer: one span per export (exported out, never into this buffer)."""
         self.pending = 0
         self.throttled_total = 0
         self.exports: Counter[str] = Counter()  # accepted export requests by content type
@@ -117,6 +123,17 @@ class Ingest:
 
     async def ingest(self, body: bytes, content_type: str) -> tuple[int, str]:
         """Decode and buffer; returns (rejected spans, error message). Raises OtlpDecodeError."""
+        if self.tracer is None:
+            return await self._ingest(body, content_type)
+        with self.tracer.start_as_current_span(
+            "tracecanary otlp ingest", context=_NO_PARENT,
+            attributes={"otlp.content_type": content_type, "otlp.body_bytes": len(body)},
+        ) as span:
+            rejected, message = await self._ingest(body, content_type)
+            span.set_attribute("otlp.rejected_spans", rejected)
+            return rejected, message
+
+    async def _ingest(self, body: bytes, content_type: str) -> tuple[int, str]:
         decoded: RawBatch | DecodedBatch
         self.exports[content_type] += 1
         decode = scan_protobuf if content_type == PROTOBUF else decode_json
