@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -20,7 +20,7 @@ import anyio
 
 from tracecanary.assertions.response import judge_response
 from tracecanary.assertions.side_effects import SideEffect
-from tracecanary.assertions.spans import Span, SpanKind
+from tracecanary.assertions.spans import Span, SpanKind, StatusCode
 from tracecanary.assertions.verdict import Finding, Verdict, verdict_of
 from tracecanary.errors import ProbeError
 from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec, RunLog, TraceContext
@@ -275,12 +275,20 @@ class Runner:
             run.verdict = verdict_of(run.findings)
         run.final = last_attempt or run.status is RunStatus.ABORTED or (run.verdict is not None and run.verdict.ok)
         run.finished_ns = time.time_ns()
+        # The judge saw the probe's root span before it ended; store it with its real end and status.
+        run.spans = [
+            replace(s, end_ns=run.finished_ns,
+                    status_code=StatusCode.OK if run.verdict is not None and run.verdict.ok else StatusCode.ERROR)
+            if s.span_id == ctx.trace.span_id and s.trace_id == ctx.trace.trace_id else s
+            for s in run.spans
+        ]
         if ctx.root_span is not None:
-            from opentelemetry.trace import Status, StatusCode
+            from opentelemetry.trace import Status
+            from opentelemetry.trace import StatusCode as OtelStatus
 
             ok = run.verdict is not None and run.verdict.ok
             ctx.root_span.set_attribute("tracecanary.verdict", run.verdict.value if run.verdict else "aborted")
-            ctx.root_span.set_status(Status(StatusCode.OK if ok else StatusCode.ERROR))
+            ctx.root_span.set_status(Status(OtelStatus.OK if ok else OtelStatus.ERROR))
             ctx.root_span.end()
         # Failed runs keep their whole log; passing runs keep the tail (blackbox_exporter's habit).
         run.log = runlog.text() if run.verdict is not Verdict.PASS else runlog.text()[-4000:]

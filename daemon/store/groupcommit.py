@@ -72,8 +72,8 @@ class GroupCommit:
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Apply ``fn`` in a transaction and return its result once committed.
 
-        Shielded: a write once queued is applied and waited for, so a caller's cancellation cannot
-        leave it unknown whether (or strand other writers behind a leader that left).
+        Shielded: a queued write is applied and waited for, so a caller's cancellation can neither
+        leave its outcome unknown nor strand the writers queued behind it.
         """
         w: _Write[T] = _Write(fn)
         self._queue.append(w)
@@ -95,9 +95,11 @@ class GroupCommit:
         self.batches += 1
         try:
             await self._run_batch(batch)
-        except Exception as e:  # the connection failed (closed, thread gone): every write in the batch did
+        except BaseException as e:  # the connection failed (closed, thread gone): every write in the batch did
             for w in batch:
                 w.error = e
+            if not isinstance(e, Exception):
+                raise
         finally:
             self._busy = False
             for w in batch:

@@ -120,6 +120,13 @@ def test_healthy_trace_passes_and_is_recorded(tmp_path: Path, shop: tuple[str, i
     assert run["time_to_verdict_s"] is not None and run["time_to_verdict_s"] < 5
     recorded = list((tmp_path / "rec").glob("healthy-*.jsonl"))
     assert len(recorded) == 1 and "fetch-gex-data" in recorded[0].read_text()
+    from tracecanary.daemon.spans.files import load_spans
+
+    spans = load_spans(recorded[0])
+    root = next(s for s in spans if s.name == "tracecanary probe healthy")
+    server = next(s for s in spans if s.name == "POST /webhook")
+    assert root.parent_span_id is None and root.trace_id == server.trace_id == run["trace_id"]
+    assert root.start_ns <= server.start_ns and root.end_ns >= server.end_ns  # the root spans the whole run
 
 
 def test_dropped_span_fails_and_names_the_node(tmp_path: Path, shop: tuple[str, int]) -> None:
