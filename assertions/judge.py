@@ -33,6 +33,9 @@ class JudgeState:
     settle_remaining_s: float | None = None
 
 
+PROBE_SERVICE = "tracecanary"
+"""service.name of the spans the probe itself emits (root span, client spans)."""
+
 _COMPILED: dict[tuple[int, str], tuple[TraceExpectation, list[CNode], list[list[Check]], bool]] = {}
 _COMPILED_MAX = 4096
 
@@ -385,7 +388,9 @@ class TraceJudge:
         state = self.finish()
         known = set().union(*self.index.local) if self.index.local else set()
         pool = [s for s in self.index.by_id.values() if self.pool_all or s.trace_id in self.pool]
-        unexpected = [s.span_id for s in sorted(pool, key=lambda s: s.start_ns) if s.span_id not in known]
+        # The probe's own spans (its root and client spans, service "tracecanary") are never "unexpected".
+        unexpected = [s.span_id for s in sorted(pool, key=lambda s: s.start_ns)
+                      if s.span_id not in known and s.service != PROBE_SERVICE]
         ex = self._explain() if self._refresh() is None else None
         nodes = self.report_nodes()
         return {
