@@ -83,3 +83,30 @@ Duration = Annotated[
 
 Size = Annotated[int, BeforeValidator(parse_size_bytes)]
 """A size in bytes, written in config as ``64MiB``."""
+
+
+def _valid_timezone(value: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if not isinstance(value, str):
+        raise ValueError(f"unknown timezone {value!r}")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ValueError(f"unknown timezone {value!r}") from e
+    return value
+
+
+def _valid_cron(value: Any) -> str:
+    from croniter import croniter
+
+    if not isinstance(value, str) or not croniter.is_valid(value):
+        raise ValueError(f"invalid cron expression {value!r}")
+    return value
+
+
+Timezone = Annotated[str, BeforeValidator(_valid_timezone)]
+"""An IANA timezone name (``America/Los_Angeles``), checked at load."""
+
+CronExpression = Annotated[str, BeforeValidator(_valid_cron)]
+"""A cron expression (``0 8 * * *``), checked at load with the same parser the scheduler uses."""

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.response import ResponseExpectation
 from tracecanary.assertions.side_effects import SideEffect
-from tracecanary.assertions.units import Duration
+from tracecanary.assertions.units import CronExpression, Duration, Timezone
 from tracecanary.assertions.verdict import Finding
 
 if TYPE_CHECKING:
@@ -89,8 +89,8 @@ class ProbeSpec(StrictModel):
     kind: str
     description: str = ""
     every: Duration | None = Field(None, description="Interval between runs, e.g. 60s.")
-    cron: str | None = Field(None, description="Cron schedule, e.g. \"0 8 * * *\" (with timezone).")
-    timezone: str = Field("UTC", description="IANA timezone for cron.")
+    cron: CronExpression | None = Field(None, description="Cron schedule, e.g. \"0 8 * * *\" (with timezone).")
+    timezone: Timezone = Field("UTC", description="IANA timezone for cron.")
     jitter: float = Field(0.1, description="Random phase as a fraction of the interval, written 10%.")
     start_at: datetime | None = Field(None, description="Do not run before this time.")
     pause: bool = Field(False, description="Keep the probe loaded but do not schedule it.")
@@ -110,28 +110,6 @@ class ProbeSpec(StrictModel):
         return value
 
     _jitter = field_validator("jitter", mode="before")(classmethod(lambda cls, v: _parse_jitter(v)))
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        from croniter import croniter
-
-        if not croniter.is_valid(value):
-            raise ValueError(f"invalid cron expression {value!r}")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _valid_tz(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown timezone {value!r}") from e
-        return value
 
     @model_validator(mode="after")
     def _schedule(self) -> ProbeSpec:

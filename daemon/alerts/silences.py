@@ -12,11 +12,11 @@ import fnmatch
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tracecanary.assertions.units import Duration
+from tracecanary.assertions.units import CronExpression, Duration, Timezone
 
 
 class SilenceSettings(BaseModel):
@@ -33,27 +33,9 @@ class SilenceSettings(BaseModel):
     comment: str = Field("", description="Why (shown on the dashboard and API).")
     start: datetime | None = Field(None, description="One-off window start (ISO 8601; naive = timezone).")
     end: datetime | None = Field(None, description="One-off window end (ISO 8601; naive = timezone).")
-    cron: str | None = Field(None, description="Recurring window start, cron on the wall clock of timezone.")
+    cron: CronExpression | None = Field(None, description="Recurring window start, cron on the wall clock of timezone.")
     duration: Duration | None = Field(None, description="Length of each recurring window, e.g. 2h.")
-    timezone: str = Field("UTC", description="IANA timezone for cron and for naive start/end.")
-
-    @field_validator("timezone")
-    @classmethod
-    def _valid_tz(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown timezone {value!r}") from e
-        return value
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, value: str | None) -> str | None:
-        from croniter import croniter
-
-        if value is not None and not croniter.is_valid(value):
-            raise ValueError(f"invalid cron expression {value!r}")
-        return value
+    timezone: Timezone = Field("UTC", description="IANA timezone for cron and for naive start/end.")
 
     @model_validator(mode="after")
     def _shape(self) -> SilenceSettings:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,17 +12,14 @@ import pytest
 import xmlschema
 from aiohttp import web
 
+from tests.fixtures.servers import serve_in_thread
+
 HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
 def target() -> Iterator[str]:
-    """A system under test on a background loop: /ok, /broken (500), /partial (a field missing)."""
-    import asyncio
-
-    loop = asyncio.new_event_loop()
-    started = threading.Event()
-    box: dict[str, object] = {}
+    """A system under test: /ok, /broken (500), /partial (a field missing)."""
 
     async def ok(request: web.Request) -> web.Response:
         return web.json_response({"signal_id": "s1", "enrichment": {"gex": 1}, "variant": "a"})
@@ -34,22 +30,8 @@ def target() -> Iterator[str]:
     async def partial(request: web.Request) -> web.Response:
         return web.json_response({"signal_id": "s1"})
 
-    async def main() -> None:
-        app = web.Application()
-        app.add_routes([web.post("/ok", ok), web.post("/broken", broken), web.post("/partial", partial)])
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        box["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        box["runner"] = runner
-        started.set()
-
-    thread = threading.Thread(target=lambda: (loop.run_until_complete(main()), loop.run_forever()), daemon=True)
-    thread.start()
-    assert started.wait(10)
-    yield f"http://127.0.0.1:{box['port']}"
-    loop.call_soon_threadsafe(loop.stop)
+    with serve_in_thread([web.post("/ok", ok), web.post("/broken", broken), web.post("/partial", partial)]) as base:
+        yield base
 
 
 def write_suite(tmp: Path, base: str) -> Path:

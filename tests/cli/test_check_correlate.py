@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from tests.fixtures.servers import serve_in_thread
 from tracecanary.demo.broker import free_port
 
 
@@ -63,24 +63,8 @@ class JobsApi:
 def jobs() -> Iterator[tuple[str, int, JobsApi]]:
     otlp_port = free_port()
     api = JobsApi(otlp_port)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict[str, int] = {}
-
-    async def main() -> None:
-        app = web.Application()
-        app.add_routes([web.post("/jobs", api.create), web.delete("/jobs/{id}", api.delete)])
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        box["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        ready.set()
-
-    threading.Thread(target=lambda: (loop.run_until_complete(main()), loop.run_forever()), daemon=True).start()
-    assert ready.wait(10)
-    yield f"http://127.0.0.1:{box['port']}", otlp_port, api
-    loop.call_soon_threadsafe(loop.stop)
+    with serve_in_thread([web.post("/jobs", api.create), web.delete("/jobs/{id}", api.delete)]) as base:
+        yield base, otlp_port, api
     api.provider.shutdown()
 
 

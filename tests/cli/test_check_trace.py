@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from tests.fixtures.servers import serve_in_thread
 from tracecanary.demo.broker import free_port
 
 
@@ -55,25 +55,9 @@ class Shop:
 @pytest.fixture(scope="module")
 def shop() -> Iterator[tuple[str, int]]:
     otlp_port = free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    box: dict[str, int] = {}
     s = Shop(otlp_port)
-
-    async def main() -> None:
-        app = web.Application()
-        app.add_routes([web.post("/webhook", s.webhook)])
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        box["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        ready.set()
-
-    threading.Thread(target=lambda: (loop.run_until_complete(main()), loop.run_forever()), daemon=True).start()
-    assert ready.wait(10)
-    yield f"http://127.0.0.1:{box['port']}", otlp_port
-    loop.call_soon_threadsafe(loop.stop)
+    with serve_in_thread([web.post("/webhook", s.webhook)]) as base:
+        yield base, otlp_port
     s.provider.shutdown()
 
 
