@@ -96,12 +96,29 @@ def _print_config_errors(e: ConfigError) -> None:
     print(f"{len(e.errors)} error{'s' if len(e.errors) != 1 else ''}", file=sys.stderr)
 
 
+class _Formatter(logging.Formatter):
+    """``time level logger message`` plus ``trace_id=…`` when the record was logged inside a run."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        trace_id = getattr(record, "trace_id", "")
+        return f"{text} trace_id={trace_id}" if trace_id else text
+
+
+def _setup_logging(level: str) -> None:
+    from .telemetry import TraceContextFilter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.addFilter(TraceContextFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    _setup_logging(str(args.log_level))
     try:
         return _dispatch(args)
     except ConfigError as e:

@@ -17,6 +17,8 @@ from typing import Any
 
 import aiohttp
 import anyio
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
 
 from tracecanary.assertions.response import judge_response
 from tracecanary.assertions.side_effects import SideEffect
@@ -129,6 +131,8 @@ class Runner:
             await deps.store.insert_run(run)
             await self._call_hooks("on_run_started", probe, run)
         self.in_flight[run_id] = run
+        # The run's root span is the current span of this task (and its children): logs carry its trace id.
+        token = otel_context.attach(otel_trace.set_span_in_context(root_span)) if root_span is not None else None
         try:
             await self._execute(probe, ctx, run, root_cm)
             run.status = RunStatus.FINISHED
@@ -141,6 +145,8 @@ class Runner:
                 try:
                     await self._finish(probe, ctx, run, runlog, last_attempt)
                 finally:
+                    if token is not None:
+                        otel_context.detach(token)
                     self.in_flight.pop(run_id, None)
                     self._changed.set()
                     self._changed = anyio.Event()

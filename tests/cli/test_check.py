@@ -91,6 +91,9 @@ def test_check_reports_and_exit_codes(tmp_path: Path, target: str) -> None:
     assert [r["final"] for r in attempts] == [False, True]
     working = by_id["working"]
     assert working["runs"][0]["verdict"] == "pass" and working["p50_s"] is not None
+    # structured logs of a run carry its trace id
+    assert f"probe=working run_id={working['runs'][0]['run_id']}" in proc.stderr
+    assert f"trace_id={working['runs'][0]['trace_id']}" in proc.stderr
     # JUnit: validates against the vendored XSD; one testcase per run, findings in the failure message
     schema = xmlschema.XMLSchema(str(HERE / "junit.xsd"))
     schema.validate(str(tmp_path / "r.xml"))
