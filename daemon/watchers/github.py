@@ -46,7 +46,7 @@ class PacedGitHubAPI(GitHubAPI):
         self.backoffs = 0
 
     async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
+        await anyio.sleep(max(0.0, seconds))  # anyio refuses negative delays
 
     def _affordable(self, wait_s: float) -> bool:
         return anyio.current_time() + wait_s < self.deadline_s
@@ -66,7 +66,7 @@ class PacedGitHubAPI(GitHubAPI):
             return False
         headers = {k.lower(): v for k, v in exception.headers.items()}
         if "retry-after" in headers:
-            wait_s = float(headers["retry-after"])
+            wait_s = max(0.0, float(headers["retry-after"]))
         elif headers.get("x-ratelimit-remaining") == "0" and "x-ratelimit-reset" in headers:
             wait_s = max(0.0, float(headers["x-ratelimit-reset"]) - datetime.now(UTC).timestamp())
         elif exception.status_code == 429 or "secondary" in str(exception).lower():

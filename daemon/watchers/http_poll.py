@@ -63,6 +63,6 @@ async def watch_http(effect: HttpEffect, wctx: WatchContext, *, path: str = "sid
         wake = started + rendered.every
         if wake >= end_s:
             break
-        await anyio.sleep(wake - anyio.current_time())
+        await anyio.sleep(max(0.0, wake - anyio.current_time()))  # a slow poll may overrun `every`
     wctx.probe.log("http poll done", url=rendered.request.url, polls=polls)
     return judge_http(rendered, list(seen), path=path)
