@@ -8,13 +8,16 @@ process sends realistic 512-span protobuf batches (16-span traces, 8 attributes 
 loopback. Printed: spans/s for (a) traces nobody waits on (then a sample is fetched back to prove
 they are retained and indexed) and (b) traces 64 waiters are watching (every span decoded and
 delivered), next to the raw limits measured in the same run: ``ParseFromString`` + reading each
-span's trace id, and full field extraction; plus the receiver's RSS with many spans buffered.
+span's trace id, and full field extraction; plus the receiver's RSS with many spans buffered, the
+receiver's gen2 GC collections during (b), and the gen2 GC pause with many spans buffered (unwatched,
+watched, and after the watches closed), with the GC-tracked objects per buffered span.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing as mp
 import os
 import random
@@ -104,6 +107,39 @@ def raw_limits(template: bytes, batches: int) -> tuple[float, float]:
     return ids_rate, full_rate
 
 
+def gc_figures(template: bytes, trace_ids: list[bytes], batches: int) -> list[str]:
+    """Full (gen2) collection time with ``batches`` batches buffered: raw, watched, after the watches."""
+    from tracecanary.daemon.spans.buffer import TraceBuffer
+    from tracecanary.daemon.spans.otlp import scan_protobuf
+
+    def collect() -> tuple[float, int]:
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            gc.collect()
+            best = min(best, time.perf_counter() - t)
+        return best * 1e3, len(gc.get_objects())
+
+    bodies = make_bodies(template, trace_ids, batches, seed=5)
+    base_ms, base_objects = collect()
+    buffer = TraceBuffer(max_spans=10**8, max_bytes=2**40)
+    watches = [buffer.watch() for _ in range(64)]
+    watched = [t for _, ts in bodies[: batches // 2] for t in ts]
+    for i, tid in enumerate(watched):
+        watches[i % len(watches)].add_trace(tid)
+    for body, _ in bodies:
+        buffer.add_batch(scan_protobuf(body))
+    spans = buffer.stats().spans
+    lines = [f"gc gen2 pause, empty process: {base_ms:.1f} ms ({base_objects:,} tracked objects)"]
+    for label in (f"{len(watched) * SPANS_PER_TRACE:,} of them watched", "after the watches closed"):
+        ms, objects = collect()
+        lines.append(f"gc gen2 pause with {spans:,} spans buffered, {label}: {ms:.1f} ms "
+                     f"(+{(objects - base_objects) / spans:.2f} tracked objects per span)")
+        for w in watches:
+            w.close()
+    return lines
+
+
 # ------------------------------------------------------------------------------------ receiver
 
 
@@ -126,6 +162,17 @@ def receiver_main(conn: Any, max_spans: int) -> None:
     settings = OtlpSettings(http="127.0.0.1:0", grpc=None, max_pending_batches=64)
     app = make_otlp_app(buffer, settings, Ingest(buffer, settings))
     delivered = [0]
+    gen2: list[float] = []  # pause of each full collection, seconds
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                gen2.append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
 
     async def follow(watches: list[Any]) -> None:
         async def drain(w: Any) -> None:
@@ -152,7 +199,8 @@ def receiver_main(conn: Any, max_spans: int) -> None:
     def _stats() -> dict[str, Any]:
         st = buffer.stats()
         return {"cpu_s": time.process_time(), "spans": st.spans, "traces": st.traces, "received": st.received_total,
-                "evicted": st.evicted_spans, "bytes": st.bytes, "rss_mib": _rss_mib()}
+                "evicted": st.evicted_spans, "bytes": st.bytes, "rss_mib": _rss_mib(),
+                "gen2": len(gen2), "gen2_max_ms": max(gen2, default=0.0) * 1e3}
 
     async def stats(request: web.Request) -> web.Response:
         await anyio.wait_all_tasks_blocked()  # let the waiters drain what was delivered
@@ -281,7 +329,8 @@ def main() -> int:
 
         batches_b = make_bodies(template, trace_ids, n_b, seed=2)
         control(port, "/bench/watch", {"traces": [t for _, ts in batches_b for t in ts], "watchers": 64})
-        cpu0 = control(port, "/bench/stats")["cpu_s"]
+        st0 = control(port, "/bench/stats")
+        cpu0 = st0["cpu_s"]
         elapsed_b = post(port, [b for b, _ in batches_b])
         st_b = control(port, "/bench/stats")
         delivered, cpu_b = st_b["delivered"], st_b["cpu_s"] - cpu0
@@ -289,6 +338,8 @@ def main() -> int:
         print(f"(b) watched traces:    {rate_b:>10,.0f} spans/s per receiver core = {rate_b / full_rate:.0%} of the "
               f"full-extraction limit (goal 60,000); wall clock {n_b * SPANS_PER_BATCH / elapsed_b:,.0f} spans/s; "
               f"spans delivered to 64 waiters: {delivered}/{n_b * SPANS_PER_BATCH}")
+        print(f"    receiver gen2 GC collections during (b): {st_b['gen2'] - st0['gen2']}, longest pause so far "
+              f"{st_b['gen2_max_ms']:.1f} ms ({st_b['spans']:,} spans buffered)")
 
         fill = make_bodies(template, trace_ids, n_fill, seed=3)
         before = control(port, "/bench/stats")
@@ -300,10 +351,12 @@ def main() -> int:
             slope = (st["rss_mib"] - before["rss_mib"]) / max(1, st["spans"] - before["spans"])
             print(f"  extrapolated to 1M spans (RSS growth per span during the fill): "
                   f"{st['rss_mib'] + slope * (1_000_000 - st['spans']):,.0f} MiB")
-        return 0 if ok and delivered == n_b * SPANS_PER_BATCH else 1
     finally:
         server.terminate()
         server.join()
+    for line in gc_figures(template, trace_ids, 120 if quick else 1200):
+        print(line)
+    return 0 if ok and delivered == n_b * SPANS_PER_BATCH else 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """TraceBuffer: recent spans of every trace, bounded, indexed, with async waiters.
 
 Protobuf batches are stored as their raw bytes, shared by the traces they hold, and decoded into
-:class:`Span` only for traces someone waits on or reads (most traces are never looked at). The
-buffer never refuses spans: over its span or byte budget, or past the retention window, it evicts the
-least recently updated traces and counts them. Indexes: trace id, span-link target trace id, and
-configured correlation attributes. The buffer is not thread-safe: use it from the event loop.
+:class:`Span` only for traces someone waits on or reads (most traces are never looked at), and kept
+decoded only while a watch follows the trace: when the last one closes, the trace goes back to its
+raw batches, so the objects the garbage collector must traverse stay few (a full collection's pause
+grows with them). The buffer never refuses spans: over its span or byte budget, or past the
+retention window, it evicts the least recently updated traces and counts them. Indexes: trace id,
+span-link target trace id, and configured correlation attributes. The buffer is not thread-safe:
+use it from the event loop.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ def _trace_key(trace_id: str) -> bytes:
     return key if len(key) == 16 else b""
 
 
+_NO_LINKS: frozenset[bytes] = frozenset()
+_NO_KEYS: frozenset[str] = frozenset()
+
+
 class _Chunk:
     """One raw protobuf batch shared by the traces whose undecoded spans it holds.
 
@@ -59,16 +66,25 @@ class _Chunk:
     def __init__(self, body: bytes) -> None:
         self.body = body
         self.live = 0
-        self.link_targets: set[bytes] = set()
-        self.corr_keys: set[str] = set()
+        self.link_targets: set[bytes] | frozenset[bytes] = _NO_LINKS  # a set only when there are some
+        self.corr_keys: set[str] | frozenset[str] = _NO_KEYS
 
 
 class _Entry:
-    __slots__ = ("chunks", "corr", "count", "link_targets", "nbytes", "spans")
+    """One buffered trace. Its decoded spans are kept only while someone watches it (GC cost).
+
+    ``chunks`` hold its undecoded spans; ``decoded`` the raw batches whose spans are in ``spans``
+    (given back to ``chunks`` when the last watch goes); ``direct`` spans came decoded (no raw form).
+    The lists are created on first use: most traces never need them.
+    """
+
+    __slots__ = ("chunks", "corr", "count", "decoded", "direct", "link_targets", "nbytes", "spans")
 
     def __init__(self) -> None:
-        self.chunks: list[_Chunk] = []  # raw batches holding undecoded spans of this trace
-        self.spans: list[Span] = []  # decoded spans
+        self.chunks: list[_Chunk] = []
+        self.spans: list[Span] | None = None
+        self.decoded: list[_Chunk] | None = None
+        self.direct: list[Span] | None = None
         self.count = 0
         self.nbytes = _TRACE_OVERHEAD_B
         self.link_targets: set[bytes] | None = None
@@ -132,7 +148,10 @@ class TraceBuffer:
         added = 0
         for key, group in groups.items():
             entry = self._entries.get(key) or self._touch(key, now)
-            entry.spans.extend(group)
+            _extend(entry, group)
+            if entry.direct is None:
+                entry.direct = []
+            entry.direct.extend(group)
             entry.count += len(group)
             nbytes = sum(_span_bytes(s) for s in group)
             entry.nbytes += nbytes
@@ -156,11 +175,8 @@ class TraceBuffer:
         for key in counts:
             self._touch(key, now)
         chunk = self._new_chunk(batch)
-        decoded: dict[bytes, list[Span]] = {}
         watched = self._watch_traces.keys() & counts.keys() if self._watch_traces else ()
-        if watched:
-            for span in batch.decode(only=watched):
-                decoded.setdefault(bytes.fromhex(span.trace_id), []).append(span)
+        decoded = batch.decode_by_trace(only=watched) if watched else {}
         per_span = len(body) // batch.span_count + _RAW_SPAN_OVERHEAD_B
         for key, count in counts.items():
             entry = self._entries[key]
@@ -169,7 +185,10 @@ class TraceBuffer:
                 entry.chunks.append(chunk)
                 chunk.live += 1
             else:
-                entry.spans.extend(group)
+                _extend(entry, group)
+                if entry.decoded is None:
+                    entry.decoded = []
+                entry.decoded.append(chunk)
                 for w in tuple(self._watch_traces.get(key, ())):
                     w.deliver(group)
             entry.count += count
@@ -199,7 +218,7 @@ class TraceBuffer:
                     self._index_link(src, target)
                 chunk.link_targets -= watched_targets
         if self._tracked:
-            chunk.corr_keys = {k for k, needle in self._tracked.items() if needle in batch.body}
+            chunk.corr_keys = {k for k, needle in self._tracked.items() if needle in batch.body} or _NO_KEYS
             watched_keys = chunk.corr_keys.intersection(k for k, _ in self._watch_corr)
             if watched_keys:
                 for attr, value, tid in find_attribute_hits(batch.message, watched_keys):
@@ -259,13 +278,13 @@ class TraceBuffer:
 
     def _resolve_links(self, target: bytes) -> None:
         for chunk in self._link_chunks.pop(target, ()):
-            chunk.link_targets.discard(target)
+            chunk.link_targets -= {target}
             for src, tgt in find_link_pairs(parse_request(chunk.body), (target,)):
                 self._index_link(src, tgt)
 
     def _resolve_corr(self, key: str) -> None:
         for chunk in self._corr_chunks.pop(key, ()):
-            chunk.corr_keys.discard(key)
+            chunk.corr_keys -= {key}
             for attr, value, tid in find_attribute_hits(parse_request(chunk.body), (key,)):
                 self._index_corr(tid, attr, value)
 
@@ -308,20 +327,39 @@ class TraceBuffer:
     # ------------------------------------------------------------------ reads
 
     def _materialize(self, key: bytes) -> list[Span]:
+        """The decoded spans of a trace; they stay decoded only while the trace is watched."""
         entry = self._entries.get(key)
         if entry is None:
             return []
         if entry.chunks:
             only = {key}
             decoded: list[Span] = []
-            for chunk in dict.fromkeys(entry.chunks):  # a chunk once, even if listed twice
-                decoded.extend(decode_request(parse_request(chunk.body), only, lazy=True).spans)
-            chunks, entry.chunks = entry.chunks, []
+            chunks = list(dict.fromkeys(entry.chunks))  # a chunk once, even if listed twice
             for chunk in chunks:
+                decoded.extend(decode_request(parse_request(chunk.body), only, lazy=True, validated=True).spans)
+            for chunk in entry.chunks:
                 self._release(chunk)
-            entry.spans.extend(decoded)
+            entry.chunks = []
+            _extend(entry, decoded)
+            if entry.decoded is None:
+                entry.decoded = []
+            entry.decoded.extend(chunks)
             self._index_decoded(key, decoded)
-        return entry.spans
+        spans = list(entry.spans or ())
+        if key not in self._watch_traces:
+            self._demote(key)
+        return spans
+
+    def _demote(self, key: bytes) -> None:
+        """Drop a trace's spans decoded from raw batches (back to those batches): nobody watches it."""
+        entry = self._entries.get(key)
+        if entry is None or not entry.decoded:
+            return
+        for chunk in entry.decoded:
+            chunk.live += 1
+        entry.chunks.extend(entry.decoded)
+        entry.decoded = None
+        entry.spans = list(entry.direct) if entry.direct else None
 
     def trace(self, trace_id: str) -> list[Span]:
         """The buffered spans of a trace (a duplicate span id keeps its latest copy)."""
@@ -350,9 +388,9 @@ class TraceBuffer:
                 if id(chunk) not in seen:
                     seen.add(id(chunk))
                     if needle in chunk.body:
-                        chunk.corr_keys.add(key)
+                        chunk.corr_keys = chunk.corr_keys | {key}
                         self._corr_chunks.setdefault(key, set()).add(chunk)
-            for span in entry.spans:
+            for span in entry.spans or ():
                 for attrs in (span.resource, span.attributes):
                     if key in attrs:
                         self._index_corr(tid, key, attrs[key])
@@ -374,7 +412,7 @@ class TraceBuffer:
     # ------------------------------------------------------------------ used by Watch
 
     def _spans_of(self, key: bytes) -> list[Span]:
-        return list(self._materialize(key))
+        return self._materialize(key)
 
     def _sources_linking(self, target: bytes) -> set[bytes]:
         self._resolve_links(target)
@@ -383,6 +421,12 @@ class TraceBuffer:
     def _traces_correlated(self, ikey: tuple[str, AttrValue]) -> set[bytes]:
         self._resolve_corr(ikey[0])
         return set(self._corr.get(ikey, ()))
+
+
+def _extend(entry: _Entry, spans: list[Span]) -> None:
+    if entry.spans is None:
+        entry.spans = []
+    entry.spans.extend(spans)
 
 
 def _discard(index: dict[_K, set[_V]], key: _K, value: _V) -> None:

@@ -24,11 +24,12 @@ _DECODED_FIELDS = (
 )
 
 
-def _fast_span_constructor() -> Callable[..., Span]:
-    """A keyword-only Span constructor that fills the slots directly (about twice as fast).
+def _fast_span_constructor(keywords: bool) -> Callable[..., Span]:
+    """A Span constructor that fills the slots directly (two to three times as fast).
 
     A frozen dataclass sets every field through ``object.__setattr__``; the decoder builds a
-    Span per span, so it writes the slots itself. Falls back to ``Span`` whenever the model is not
+    Span per span, so it writes the slots itself. ``keywords``: keyword-only arguments, else
+    positional ones in field order (faster still). Falls back to ``Span`` whenever the model is not
     exactly the slotted 15-field dataclass this was written for.
     """
     names = tuple(f.name for f in dataclasses.fields(Span))
@@ -38,12 +39,16 @@ def _fast_span_constructor() -> Callable[..., Span]:
     namespace: dict[str, Any] = {"_new": object.__new__, "Span": Span}
     namespace.update({f"_set_{n}": Span.__dict__[n].__set__ for n in names})
     body = "".join(f"    _set_{n}(s, {n})\n" for n in names)
-    exec(f"def new_span(*, {', '.join(names)}):\n    s = _new(Span)\n{body}    return s\n", namespace)
+    params = ("*, " if keywords else "") + ", ".join(names)
+    exec(f"def new_span({params}):\n    s = _new(Span)\n{body}    return s\n", namespace)
     constructor: Callable[..., Span] = namespace["new_span"]
     return constructor
 
 
-new_span = _fast_span_constructor()
+new_span = _fast_span_constructor(keywords=True)
+"""``new_span(trace_id=…, …)``: every field by keyword, no defaults."""
+span_from_fields = _fast_span_constructor(keywords=False)
+"""``span_from_fields(trace_id, span_id, …, scope)``: every field positionally, in declaration order."""
 
 
 class OtlpDecodeError(TracecanaryError):

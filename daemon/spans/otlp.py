@@ -11,8 +11,8 @@ when a trace is read from the buffer.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Container, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Container, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -21,13 +21,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as _PbSpan
 
 from tracecanary.assertions.spans import (
-    EMPTY_ATTRS,
     AttrValue,
     Span,
-    SpanEvent,
-    SpanKind,
-    SpanLink,
-    StatusCode,
 )
 from tracecanary.daemon.spans.model import (
     ZERO_SPAN_ID,
@@ -35,13 +30,20 @@ from tracecanary.daemon.spans.model import (
     DecodedBatch,
     OtlpDecodeError,
     check_ids,
-    new_span,
 )
 from tracecanary.daemon.spans.otlp_encode import encode_request, resource_of
+from tracecanary.daemon.spans.otlp_fields import (
+    LazyAttributes,
+    any_value,
+    decode_scanned,
+    resource_from_pb,
+    span_from_pb,
+)
 from tracecanary.daemon.spans.otlp_json import decode_json, spans_to_otlp_json
 
 __all__ = [
     "DecodedBatch",
+    "LazyAttributes",
     "OtlpDecodeError",
     "RawBatch",
     "decode_json",
@@ -56,9 +58,6 @@ __all__ = [
 ]
 
 _Link = _PbSpan.Link
-_KINDS = {int(k): k for k in SpanKind}
-_STATUS = {int(c): c for c in StatusCode}
-
 
 def _merged_request_class() -> Any:
     """ExportTraceServiceRequest seen with singular nesting: every span's ids land in one list."""
@@ -78,7 +77,8 @@ def _merged_request_class() -> Any:
     message("ScopeSpans", [("spans", 2, msg, one, ".tcmerged.Span")])
     message("Span", [
         ("trace_id", 1, raw, many, ""), ("span_id", 2, raw, many, ""),
-        ("parent_span_id", 4, raw, many, ""), ("links", 13, raw, many, ""),
+        ("parent_span_id", 4, raw, many, ""), ("events", 11, raw, many, ""),
+        ("links", 13, raw, many, ""), ("status", 15, raw, many, ""),
     ])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
@@ -101,101 +101,6 @@ def parse_request(body: bytes) -> ExportTraceServiceRequest:
 # decoding
 
 
-def _any_value(v: Any) -> AttrValue:
-    kind = v.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return tuple(_any_value(x) for x in v.array_value.values)
-    if kind == "kvlist_value":
-        return {kv.key: _any_value(kv.value) for kv in v.kvlist_value.values}
-    value: AttrValue = getattr(v, kind)
-    return value
-
-
-def _attrs(kvs: Iterable[Any]) -> dict[str, AttrValue]:
-    return {kv.key: _any_value(kv.value) for kv in kvs}
-
-
-class LazyAttributes(Mapping[str, AttrValue]):
-    """Span attributes decoded from protobuf on first use (most spans' attributes are never read).
-
-    Keeps the parsed batch alive until then. Compares equal to a dict with the same items.
-    """
-
-    __slots__ = ("_dict", "_kvs")
-
-    def __init__(self, kvs: Any) -> None:
-        self._kvs: Any = kvs
-        self._dict: dict[str, AttrValue] | None = None
-
-    def _items(self) -> dict[str, AttrValue]:
-        if self._dict is None:
-            self._dict = _attrs(self._kvs)
-            self._kvs = None
-        return self._dict
-
-    def __getitem__(self, key: str) -> AttrValue:
-        return self._items()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items())
-
-    def __len__(self) -> int:
-        return len(self._items())
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return self._items() == dict(other.items())
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return repr(self._items())
-
-
-def _links(links: Iterable[Any]) -> tuple[SpanLink, ...]:
-    out = []
-    for link in links:
-        tid, sid = link.trace_id, link.span_id
-        if len(tid) == 16 and len(sid) == 8 and tid != ZERO_TRACE_ID and sid != ZERO_SPAN_ID:
-            out.append(SpanLink(tid.hex(), sid.hex(), _attrs(link.attributes)))
-    return tuple(out)
-
-
-def _span(sp: Any, resource: tuple[str, dict[str, AttrValue]], scope: str, lazy: bool) -> Span:
-    parent = sp.parent_span_id
-    status = sp.status
-    attrs, events, links = sp.attributes, sp.events, sp.links  # each access builds a wrapper: once
-    return new_span(
-        trace_id=sp.trace_id.hex(),
-        span_id=sp.span_id.hex(),
-        parent_span_id=parent.hex() if parent else None,
-        name=sp.name,
-        kind=_KINDS.get(sp.kind, SpanKind.UNSPECIFIED),
-        start_ns=sp.start_time_unix_nano,
-        end_ns=sp.end_time_unix_nano,
-        service=resource[0],
-        attributes=(LazyAttributes(attrs) if attrs else EMPTY_ATTRS) if lazy else _attrs(attrs),
-        resource=resource[1],
-        events=tuple(SpanEvent(e.name, e.time_unix_nano, _attrs(e.attributes)) for e in events) if events else (),
-        links=_links(links) if links else (),
-        status_code=_STATUS.get(status.code, StatusCode.UNSET),
-        status_message=status.message,
-        scope=scope,
-    )
-
-
-def _resource(rs: Any) -> tuple[str, dict[str, AttrValue]]:
-    attrs = _attrs(rs.resource.attributes)
-    service = attrs.get("service.name")
-    return (service if isinstance(service, str) else "", attrs)
-
-
 def decode_request(req: ExportTraceServiceRequest, only: Container[bytes] | None = None, *,
                    lazy: bool = False, validated: bool = False) -> DecodedBatch:
     """Decode every span of a parsed request (or only those whose raw trace id is in ``only``).
@@ -216,8 +121,8 @@ def decode_request(req: ExportTraceServiceRequest, only: Container[bytes] | None
                     out.reject(f"span {sp.name!r}: {problem}")
                     continue
                 if resource is None:
-                    resource = _resource(rs)
-                out.spans.append(_span(sp, resource, scope, lazy))
+                    resource = resource_from_pb(rs)
+                out.spans.append(span_from_pb(sp, resource, scope, lazy))
     return out
 
 
@@ -240,6 +145,12 @@ class RawBatch:
     trace_counts: Mapping[bytes, int]
     links_raw: list[bytes]
     fallback: DecodedBatch | None = None
+    trace_ids: list[bytes] = field(default_factory=list, repr=False)
+    """Every span's raw trace id, in document order (read in bulk by :func:`scan_protobuf`)."""
+    span_ids: list[bytes] = field(default_factory=list, repr=False)
+    """Every span's raw span id, in document order."""
+    bulk: Any = field(default=None, repr=False)
+    """The merged view of the spans (bulk lists of ids, events, links and statuses)."""
 
     @property
     def has_links(self) -> bool:
@@ -255,7 +166,28 @@ class RawBatch:
 
     def decode(self, only: Container[bytes] | None = None) -> list[Span]:
         """Decode the spans (of the traces in ``only``) into the span model."""
+        if self.fallback is None and self.bulk is not None:
+            return self._decode_scanned(only)[0]
         return decode_request(self.message, only, lazy=True, validated=self.fallback is None).spans
+
+    def _decode_scanned(self, only: Container[bytes] | None) -> tuple[list[Span], list[bytes]]:
+        return decode_scanned(self.message, self.bulk, self.trace_ids, self.span_ids, self.span_count,
+                              bool(self.links_raw), only)
+
+    def decode_by_trace(self, only: Container[bytes] | None = None) -> dict[bytes, list[Span]]:
+        """:meth:`decode`, grouped by raw trace id (each group in document order)."""
+        groups: dict[bytes, list[Span]] = {}
+        if self.fallback is None and self.bulk is not None:
+            spans, keys = self._decode_scanned(only)
+        else:
+            spans = self.decode(only)
+            keys = [bytes.fromhex(s.trace_id) for s in spans]
+        for key, span in zip(keys, spans, strict=True):
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+            group.append(span)
+        return groups
 
     def link_targets(self) -> set[bytes]:
         """Trace ids that spans of this batch link into (read in bulk, no per-span decoding)."""
@@ -294,10 +226,10 @@ def find_attribute_hits(message: ExportTraceServiceRequest, keys: Collection[str
         for ss in rs.scope_spans:
             for sp in ss.spans:
                 for key, value in res:
-                    hits.add((key, _hashable(_any_value(value)), sp.trace_id))
+                    hits.add((key, _hashable(any_value(value)), sp.trace_id))
                 for kv in sp.attributes:
                     if kv.key in keys:
-                        hits.add((kv.key, _hashable(_any_value(kv.value)), sp.trace_id))
+                        hits.add((kv.key, _hashable(any_value(kv.value)), sp.trace_id))
     return hits
 
 
@@ -324,7 +256,8 @@ def scan_protobuf(body: bytes) -> RawBatch:
         and ZERO_TRACE_ID not in counts
         and span_ids.count(ZERO_SPAN_ID) == 0
     )
-    batch = RawBatch(body, message, span_count, counts, list(ids.links) if ids.links else [])
+    batch = RawBatch(body, message, span_count, counts, list(ids.links) if ids.links else [],
+                     trace_ids=trace_ids, span_ids=span_ids, bulk=ids)
     if not valid:
         batch.fallback = decode_request(message)
     return batch

@@ -142,6 +142,9 @@ class Watch:
         _unregister(buf._watch_traces, self._followed, self)
         _unregister(buf._watch_links, self._link_targets, self)
         _unregister(buf._watch_corr, self._correlations, self)
+        for key in self._followed:
+            if key not in buf._watch_traces:
+                buf._demote(key)  # nobody waits on it any more: keep it raw (fewer objects for the GC)
         self._pending = []
 
 
