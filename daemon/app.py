@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,13 @@ class Daemon:
         if self._demo is not None:
             self.control.demo = self._demo
         wire_daemon(self.engine, self.control)
+        # Handlers go in before anything starts: a SIGTERM during start-up drains instead of killing.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            return await self._run(signals)
+
+    async def _run(self, signals: AsyncIterator[int]) -> int:
         async with self.engine.started() as engine:
+            engine.ready = False  # /readyz: ready once the scheduler runs, not when the servers bind
             if engine.alerts is not None:
                 self.control.alerts = engine.alerts
             aborted = await engine.store.abort_running("daemon restart")
@@ -62,26 +68,26 @@ class Daemon:
                 self.control.task_group = tg
                 await tg.start(self.scheduler.run)
                 tg.start_soon(self._retention_loop)
+                engine.ready = True
                 log.info("daemon ready addresses=%s probes=%d", engine.addresses, len(self.config.probes))
                 if self._on_ready is not None:
                     self._on_ready(self)
-                await self._signals(tg)
+                await self._signals(tg, signals)
         return 0
 
     async def _fire(self, probe: ProbeSpec, scheduled_at: float) -> None:
         await self.engine.runner.run_probe(probe)
 
-    async def _signals(self, tg: anyio.abc.TaskGroup) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    await self.reload()
-                    continue
-                log.info("shutdown signal=%s in_flight=%d grace_s=%s", signal.Signals(signum).name,
-                         len(self.engine.runner.in_flight), self.config.daemon.shutdown_grace)
-                await self.drain()
-                tg.cancel_scope.cancel()
-                return
+    async def _signals(self, tg: anyio.abc.TaskGroup, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                await self.reload()
+                continue
+            log.info("shutdown signal=%s in_flight=%d grace_s=%s", signal.Signals(signum).name,
+                     len(self.engine.runner.in_flight), self.config.daemon.shutdown_grace)
+            await self.drain()
+            tg.cancel_scope.cancel()
+            return
 
     async def drain(self) -> None:
         """Stop firing; wait for in-flight runs up to shutdown_grace; the caller then cancels the rest."""

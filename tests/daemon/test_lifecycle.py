@@ -242,3 +242,27 @@ async def test_drain_past_grace_aborts_and_kill9_restart_aborts(tmp_path: Path, 
     finally:
         if d.proc and d.proc.poll() is None:
             d.proc.kill()
+
+
+async def test_sigterm_right_after_the_servers_bind_drains_and_exits_0(tmp_path: Path, target: Target) -> None:
+    """Signal handling is in place before anything listens: an early SIGTERM is a clean stop, not a kill."""
+    config = tmp_path / "suite.yaml"
+    config.write_text(suite(target))
+    d = Daemon(config, tmp_path / "tc.db")
+    d.start()
+    try:
+        async def healthy() -> bool:
+            assert d.proc is not None and d.proc.poll() is None, d.log.read_text()
+            try:
+                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{d.port}/healthz") as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(healthy, 30, "healthz")
+        d.signal(signal.SIGTERM)
+        target.release.set()
+        assert await d.wait_exit() == 0, d.log.read_text()[-2000:]
+    finally:
+        if d.proc and d.proc.poll() is None:
+            d.proc.kill()
