@@ -62,7 +62,10 @@ class _Builder:
     def __init__(self, spans: list[Span], report: dict[str, Any] | None) -> None:
         report = report or {}
         self.t0 = min((s.start_ns for s in spans), default=0)
-        self.span_ns = max(1, max((s.end_ns for s in spans), default=0) - self.t0)
+        # The axis ends with the system's last span: the probe's root span lasts the whole run (up to
+        # the deadline on a miss) and would squash everything else; its bar is clipped at the edge.
+        system = [s for s in spans if not (s.service == "tracecanary" and s.parent_span_id is None)]
+        self.span_ns = max(1, max((s.end_ns for s in (system or spans)), default=0) - self.t0)
         nodes = report.get("nodes") or {}
         self.matched: dict[str, str] = {sid: path for path, sid in nodes.items() if isinstance(sid, str)}
         self.unexpected = {u if isinstance(u, str) else u.get("span_id", "") for u in report.get("unexpected") or []}
@@ -74,7 +77,11 @@ class _Builder:
         self.rows: list[Row] = []
 
     def pct(self, ns: int) -> float:
-        return round(100.0 * (ns - self.t0) / self.span_ns, 3)
+        return min(100.0, round(100.0 * (ns - self.t0) / self.span_ns, 3))
+
+    def width(self, start_ns: int, duration_ns: int) -> float:
+        """Bar width in percent, clipped at the axis' right edge."""
+        return max(0.3, min(100.0 - self.pct(start_ns), round(100.0 * duration_ns / self.span_ns, 3)))
 
     def span_row(self, s: Span, depth: int, orphan: bool) -> Row:
         # the probe's own spans (service tracecanary) are the trigger, never "unexpected"
@@ -89,7 +96,7 @@ class _Builder:
         return Row(
             kind="span", depth=depth, name=s.name, service=s.service, span_kind=_KIND.get(s.kind, ""),
             span_id=s.span_id, left_pct=self.pct(s.start_ns),
-            width_pct=max(0.3, round(100.0 * s.duration_ns / self.span_ns, 3)), duration=fmt_ms(s.duration_ns),
+            width_pct=self.width(s.start_ns, s.duration_ns), duration=fmt_ms(s.duration_ns),
             status=status, mark=mark, note=note, path=self.matched.get(s.span_id, ""),
             attributes={k: v for k, v in list(s.attributes.items())[:20]},
         )
@@ -97,7 +104,7 @@ class _Builder:
     def ghost_rows(self, under: str | None, depth: int, parent: Span | None) -> None:
         for m in self.ghosts_under.pop(under, []):
             left = self.pct(parent.start_ns) if parent else 0.0
-            width = round(100.0 * parent.duration_ns / self.span_ns, 3) if parent else 100.0
+            width = self.width(parent.start_ns, parent.duration_ns) if parent else 100.0
             closest = m.get("closest") or []
             why = "; ".join(f"{c.get('label', '')}: {', '.join(c.get('broken', []))}" for c in closest[:2])
             self.rows.append(Row(
