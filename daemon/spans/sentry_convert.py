@@ -159,7 +159,7 @@ def convert_legacy(trace_id: str, txns: list[Json], details: dict[str, Json], or
             spans.append(_make_span(
                 trace_id, span_id=sid, parent=raw.get("parent_span_id"),
                 name=str(raw.get("description") or child_op), op=child_op,
-                start_s=_epoch(raw.get("start_timestamp")), end_s=_epoch(raw.get("timestamp")), service=service,
+                start_s=epoch_s(raw.get("start_timestamp")), end_s=epoch_s(raw.get("timestamp")), service=service,
                 raw_status=raw.get("status"), errors=errors_by_span.pop(sid, []),
                 attributes={"sentry.description": raw.get("description"), "sentry.transaction": txn.get("transaction"),
                             "sentry.transaction_id": txn.get("event_id"), "sentry.is_transaction": False,
@@ -168,7 +168,8 @@ def convert_legacy(trace_id: str, txns: list[Json], details: dict[str, Json], or
     return spans
 
 
-def _epoch(value: Any) -> float:
+def epoch_s(value: Any) -> float:
+    """Sentry payload timestamps are epoch floats or RFC 3339 strings; both become epoch seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):

@@ -30,11 +30,12 @@ from typing import Any
 from aiohttp import web
 from sentry_sdk.envelope import Envelope
 
+from tracecanary.daemon.spans.sentry_convert import epoch_s
+
 from .sentry_store import (
     DISCOVER_FIELDS,
     SentryStore,
     discover_row,
-    epoch_s,
     event_details,
     events_trace_view,
     trace_view,

@@ -18,19 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from tracecanary.daemon.spans.sentry_convert import epoch_s
+
 Json = dict[str, Any]
-
-
-def epoch_s(value: Any) -> float:
-    """Sentry payload timestamps are epoch floats or RFC 3339 strings; both become epoch seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    return 0.0
 
 
 @dataclass

@@ -121,17 +121,18 @@ class Daemon:
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
         )
 
-    async def ready(self) -> None:
+    async def ready(self, path: str = "/readyz") -> None:
+        """Wait until ``path`` answers 200 (/healthz: servers bound; /readyz: scheduler running)."""
         async def check() -> bool:
             assert self.proc is not None
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.port}/readyz") as r:
+                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.port}{path}") as r:
                     return r.status == 200
             except aiohttp.ClientError:
                 return False
 
-        await eventually(check, 30, "daemon ready")
+        await eventually(check, 30, f"daemon {path}")
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -251,15 +252,7 @@ async def test_sigterm_right_after_the_servers_bind_drains_and_exits_0(tmp_path:
     d = Daemon(config, tmp_path / "tc.db")
     d.start()
     try:
-        async def healthy() -> bool:
-            assert d.proc is not None and d.proc.poll() is None, d.log.read_text()
-            try:
-                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{d.port}/healthz") as r:
-                    return r.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await eventually(healthy, 30, "healthz")
+        await d.ready("/healthz")
         d.signal(signal.SIGTERM)
         target.release.set()
         assert await d.wait_exit() == 0, d.log.read_text()[-2000:]
