@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
+import aiohttp
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from tracecanary.assertions.units import Duration
@@ -139,3 +141,24 @@ def retry_after_s(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+async def post_for_delivery(session: aiohttp.ClientSession, url: str, *, data: bytes, headers: dict[str, str],
+                            timeout_s: float, what: str) -> tuple[int, str]:
+    """POST one delivery; ``(status, first 2 KiB of the body)`` on a 2xx, else a DeliveryError.
+
+    Connection failures, timeouts, 429 and 5xx are retryable (with the server's Retry-After); other
+    statuses are not — a 4xx will not get better by retrying.
+    """
+    try:
+        with anyio.fail_after(timeout_s):
+            async with session.post(url, data=data, headers=headers) as resp:
+                text = (await resp.content.read(2048)).decode(errors="replace")
+                status, after = resp.status, resp.headers.get("Retry-After")
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        raise DeliveryError(f"{what} unreachable: {type(e).__name__}: {e}", retryable=True) from e
+    if status >= 300:
+        retryable = status == 429 or status >= 500
+        raise DeliveryError(f"{what} {status}: {text[:200]}", retryable=retryable,
+                            retry_after_s=retry_after_s(after) if retryable else None)
+    return status, text

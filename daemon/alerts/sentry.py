@@ -22,14 +22,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import aiohttp
-import anyio
 from pydantic import Field
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.utils import BadDsn, Dsn
 
 from tracecanary.probes.integrations import Integrations
 
-from .base import Channel, ChannelConfigBase, DeliveryError, EventKind, Notification, retry_after_s
+from .base import Channel, ChannelConfigBase, DeliveryError, EventKind, Notification, post_for_delivery
 
 if TYPE_CHECKING:
     from sentry_sdk._types import Event
@@ -113,17 +112,8 @@ class SentryChannel:
                    "User-Agent": CLIENT}
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        try:
-            with anyio.fail_after(self.config.timeout):
-                async with self._session.post(auth.get_api_url(), data=envelope.serialize(), headers=headers) as r:
-                    text = (await r.content.read(2048)).decode(errors="replace")
-                    status, after = r.status, r.headers.get("Retry-After")
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise DeliveryError(f"sentry unreachable: {type(e).__name__}: {e}", retryable=True) from e
-        if status >= 300:
-            retryable = status == 429 or status >= 500
-            raise DeliveryError(f"sentry {status}: {text[:200]}", retryable=retryable,
-                                retry_after_s=retry_after_s(after) if retryable else None)
+        _, text = await post_for_delivery(self._session, auth.get_api_url(), data=envelope.serialize(),
+                                          headers=headers, timeout_s=self.config.timeout, what="sentry")
         log.info("sentry.sent channel=%s probe=%s event_id=%s", self.name, note.probe_id, event["event_id"])
         return {"event_id": _event_id(text) or event["event_id"]}
 

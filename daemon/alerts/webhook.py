@@ -40,14 +40,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
-import anyio
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import Field, field_validator
 
 from tracecanary.probes.integrations import Integrations
 
-from .base import Channel, ChannelConfigBase, DeliveryError, EventKind, Notification, retry_after_s
+from .base import Channel, ChannelConfigBase, DeliveryError, EventKind, Notification, post_for_delivery
 
 log = logging.getLogger("tracecanary.alerts.webhook")
 SIGNATURE_HEADER = "X-Tracecanary-Signature"
@@ -146,17 +145,8 @@ class WebhookChannel:
             headers[SIGNATURE_HEADER] = sign(self.config.secret, body)
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        try:
-            with anyio.fail_after(self.config.timeout):
-                async with self._session.post(self.config.url, data=body, headers=headers) as resp:
-                    text = (await resp.content.read(2048)).decode(errors="replace")
-                    status, after = resp.status, resp.headers.get("Retry-After")
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise DeliveryError(f"webhook unreachable: {type(e).__name__}: {e}", retryable=True) from e
-        if status >= 300:
-            retryable = status == 429 or status >= 500
-            raise DeliveryError(f"webhook {status}: {text[:200]}", retryable=retryable,
-                                retry_after_s=retry_after_s(after) if retryable else None)
+        status, _ = await post_for_delivery(self._session, self.config.url, data=body, headers=headers,
+                                            timeout_s=self.config.timeout, what="webhook")
         log.info("webhook.sent channel=%s probe=%s event=%s status=%d", self.name, note.probe_id, note.event, status)
         return None
 
