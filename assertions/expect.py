@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .match import Matcher, coerce_matcher
-from .units import Duration
+from tracecanary.assertions.match import Matcher, coerce_matcher
+from tracecanary.assertions.units import Duration
 
 NamePattern = str | Matcher
 """A span or service name: exact, glob with ``*``, or an operator map such as ``{matches: regex}``."""
@@ -183,7 +183,7 @@ class Check(_Strict):
 
     @model_validator(mode="after")
     def _parse(self) -> Check:
-        from .selectors import parse_assertion, parse_selector
+        from tracecanary.assertions.selectors import parse_assertion, parse_selector
 
         parse_selector(self.select)
         for a in self.assert_:
@@ -200,7 +200,7 @@ class TracetestSpec(_Strict):
 
     @model_validator(mode="after")
     def _parse(self) -> TracetestSpec:
-        from .selectors import parse_assertion, parse_selector
+        from tracecanary.assertions.selectors import parse_assertion, parse_selector
 
         parse_selector(self.selector)
         for a in self.assertions:

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .spans import Span
-from .tree import CNode, Solver, SpanIndex, bipartite, describe, max_bipartite
-from .units import format_duration
-from .verdict import Finding
+from tracecanary.assertions.spans import Span
+from tracecanary.assertions.tree import CNode, Solver, SpanIndex, bipartite, describe, max_bipartite
+from tracecanary.assertions.units import format_duration
+from tracecanary.assertions.verdict import Finding
 
 MAX_CLOSEST = 3
 MAX_SCAN = 20_000

@@ -14,13 +14,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import rules
-from .expect import TraceExpectation
-from .explain import Explainer
-from .spans import Span
-from .tree import Assign, Check, CNode, Solver, SpanIndex, bipartite, compile_checks, compile_tree, describe
-from .units import format_duration
-from .verdict import Finding, Verdict, verdict_of
+from tracecanary.assertions import rules
+from tracecanary.assertions.expect import TraceExpectation
+from tracecanary.assertions.explain import Explainer
+from tracecanary.assertions.spans import Span
+from tracecanary.assertions.tree import (
+    Assign,
+    Check,
+    CNode,
+    Solver,
+    SpanIndex,
+    bipartite,
+    compile_checks,
+    compile_tree,
+    describe,
+)
+from tracecanary.assertions.units import format_duration
+from tracecanary.assertions.verdict import Finding, Verdict, verdict_of
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from .spans import Span, SpanKind, StatusCode
+from tracecanary.assertions.spans import Span, SpanKind, StatusCode
 
 Key = tuple[str, str, int]
 

@@ -9,9 +9,9 @@ from typing import Any
 from jsonpath_ng.ext.parser import parse as jsonpath_parse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .match import check
-from .units import Duration, format_duration
-from .verdict import Finding, Verdict
+from tracecanary.assertions.match import check
+from tracecanary.assertions.units import Duration, format_duration
+from tracecanary.assertions.verdict import Finding, Verdict
 
 
 class DegradedResponse(BaseModel):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .expect import Limits, LimitsDegraded, TraceExpectation
-from .selectors import run_check
-from .spans import Span, group_traces
-from .units import format_duration
-from .verdict import Finding, Verdict
+from tracecanary.assertions.expect import Limits, LimitsDegraded, TraceExpectation
+from tracecanary.assertions.selectors import run_check
+from tracecanary.assertions.spans import Span, group_traces
+from tracecanary.assertions.units import format_duration
+from tracecanary.assertions.verdict import Finding, Verdict
 
 
 def limit_findings(lim: Limits | None, path: str, *, spans: int, duration_s: float, depth: int) -> list[Finding]:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from .spans import Span
-from .units import InvalidDurationError, format_duration, parse_duration_s
+from tracecanary.assertions.spans import Span
+from tracecanary.assertions.units import InvalidDurationError, format_duration, parse_duration_s
 
 
 class SelectorSyntaxError(ValueError):

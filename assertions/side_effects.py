@@ -11,10 +11,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .match import check
-from .response import select_json
-from .units import Duration
-from .verdict import Finding
+from tracecanary.assertions.match import check
+from tracecanary.assertions.response import select_json
+from tracecanary.assertions.units import Duration
+from tracecanary.assertions.verdict import Finding
 
 
 class _Strict(BaseModel):
@@ -357,7 +357,7 @@ class SentryEffect(_EffectBase):
 
 
 def _sentry_describe(spec: SentryEvent) -> str:
-    from .match import coerce_matcher
+    from tracecanary.assertions.match import coerce_matcher
 
     parts = []
     if spec.level is not None:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from .expect import NamePattern, SpanConstraint, SpanNode
-from .match import Matcher, check, name_matches
-from .spans import Span, SpanKind, StatusCode
-from .units import format_duration
+from tracecanary.assertions.expect import NamePattern, SpanConstraint, SpanNode
+from tracecanary.assertions.match import Matcher, check, name_matches
+from tracecanary.assertions.spans import Span, SpanKind, StatusCode
+from tracecanary.assertions.units import format_duration
 
 Check = Callable[[Span], str | None]
 """A compiled constraint: ``None`` when the span satisfies it, else what broke (observed vs expected)."""

@@ -127,7 +127,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def bench(runs: int, concurrency: int, repeat: int = 1, profile: str | None = None) -> None:
-    from tracecanary.daemon.config import load_config
+    from tracecanary.daemon.config.load import load_config
     from tracecanary.daemon.engine import Engine, Overrides
     from tracecanary.demo.broker import free_port
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from tracecanary.daemon.scheduler import Scheduler
+from tracecanary.daemon.run.scheduler import Scheduler
 from tracecanary.probes.base import ProbeSpec
 from tracecanary.probes.http import HttpProbe
 

@@ -26,7 +26,7 @@ from tracecanary.daemon.spans.sentry import SentryTraceSource
 from tracecanary.daemon.spans.sentry_convert import convert_trace
 from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.demo.emulators.sentry_store import trace_view
-from tracecanary.probes.integrations import SentryIntegration
+from tracecanary.integrations import SentryIntegration
 
 
 def _transactions(trace_id: str, count: int, spans: int) -> list[dict[str, Any]]:

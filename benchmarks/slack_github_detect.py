@@ -31,14 +31,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from tracecanary.assertions.side_effects import GithubEffect, SlackEffect
 from tracecanary.assertions.verdict import Finding
-from tracecanary.daemon.hooks_github import github_hook_routes
 from tracecanary.daemon.watchers.base import EventHub, Services, WatchContext
 from tracecanary.daemon.watchers.github import watch_github
 from tracecanary.daemon.watchers.slack import SlackSocketListener, watch_slack
+from tracecanary.daemon.web.github_hook import github_hook_routes
 from tracecanary.demo.emulators.github import GitHubEmulator
 from tracecanary.demo.emulators.slack import SlackEmulator
+from tracecanary.integrations import Integrations
 from tracecanary.probes.base import Inject, ProbeContext, RunLog, TraceContext
-from tracecanary.probes.integrations import Integrations
 from tracecanary.probes.templating import Templates
 
 

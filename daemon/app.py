@@ -10,17 +10,21 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
+from aiohttp import web
 
+from tracecanary.assertions.spans import Span
+from tracecanary.daemon.config.load import Config, load_config
+from tracecanary.daemon.engine import Engine, Overrides
+from tracecanary.daemon.run.runner import new_run_id
+from tracecanary.daemon.run.scheduler import Scheduler
+from tracecanary.daemon.store.base import Store
 from tracecanary.errors import ConfigError
 from tracecanary.probes.base import ProbeSpec
-
-from .config import Config, load_config
-from .engine import Engine, Overrides
-from .scheduler import Scheduler
 
 log = logging.getLogger("tracecanary.daemon")
 
@@ -32,7 +36,7 @@ class Daemon:
                  *, on_ready: Callable[[Daemon], None] | None = None, demo: Any = None) -> None:
         self.config_path = Path(config_path)
         self.config = config
-        self.engine = Engine(config, overrides or Overrides())
+        self.engine = Engine(config, overrides or Overrides(), daemon_mode=True, routes=[self._web_routes])
         self.scheduler: Scheduler | None = None
         self._on_ready = on_ready
         self._demo = demo
@@ -40,13 +44,9 @@ class Daemon:
         self.reloads = 0
 
     async def run(self) -> int:
-        from .control_impl import DaemonControl
-        from .wiring import wire_daemon
-
         self.control = DaemonControl(self.engine)
         if self._demo is not None:
             self.control.demo = self._demo
-        wire_daemon(self.engine, self.control)
         # Handlers go in before anything starts: a SIGTERM during start-up drains instead of killing.
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             return await self._run(signals)
@@ -74,6 +74,16 @@ class Daemon:
                     self._on_ready(self)
                 await self._signals(tg, signals)
         return 0
+
+    def _web_routes(self, engine: Engine) -> list[web.AbstractRouteDef]:
+        """The API and the dashboard over this daemon's Control."""
+        from tracecanary.daemon.web.api import api_routes
+        from tracecanary.daemon.web.dashboard.views import dashboard_routes
+
+        d = engine.config.daemon
+        token, reads = d.api_token, d.api_token is not None and d.protect_reads
+        return [*api_routes(self.control, api_token=token, read_token_required=reads),
+                *dashboard_routes(self.control, api_token=token, read_token_required=reads)]
 
     async def _fire(self, probe: ProbeSpec, scheduled_at: float) -> None:
         await self.engine.runner.run_probe(probe)
@@ -132,3 +142,55 @@ class Daemon:
             except Exception:
                 log.exception("retention failed")
             await anyio.sleep(3600)
+
+
+class DaemonControl:
+    """Backed by a started Engine (and the Scheduler when the daemon runs one)."""
+
+    def __init__(self, engine: Engine, task_group: anyio.abc.TaskGroup | None = None,
+                 scheduler: Scheduler | None = None, alerts: Any = None) -> None:
+        self.engine = engine
+        self.task_group = task_group
+        self.scheduler = scheduler
+        self.demo: Any = None
+        """The demo world (`tracecanary demo`): the dashboard shows its chaos toggle."""
+        if alerts is not None:
+            self.alerts = alerts
+
+    @property
+    def store(self) -> Store:
+        return self.engine.store
+
+    def probes(self) -> list[ProbeSpec]:
+        return list(self.engine.config.probes)
+
+    def next_run(self, probe_id: str) -> datetime | None:
+        return self.scheduler.next_run(probe_id) if self.scheduler is not None else None
+
+    async def run_now(self, probe_id: str) -> str:
+        probe = self.engine.config.probe(probe_id)  # KeyError for an unknown probe
+        if self.task_group is None:
+            raise RuntimeError("run now is not available before the daemon is ready")
+        run_id = new_run_id()
+        self.task_group.start_soon(self._run, probe, run_id)
+        return run_id
+
+    async def _run(self, probe: ProbeSpec, run_id: str) -> None:
+        await self.engine.runner.run_probe(probe, first_run_id=run_id)
+
+    def live_spans(self, trace_id: str) -> list[Span]:
+        return self.engine.buffer.trace(trace_id)
+
+    def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
+        return self.engine.links_for(trace_id, run_id, probe_id)
+
+    def settings_public(self) -> dict[str, Any]:
+        d = self.engine.config.daemon
+        return {
+            "listen": self.engine.addresses.get("api", d.listen),
+            "otlp_http": self.engine.addresses.get("otlp_http"),
+            "otlp_grpc": self.engine.addresses.get("otlp_grpc"),
+            "max_concurrent_runs": d.max_concurrent_runs,
+            "probes": len(self.engine.config.probes),
+            "config": self.engine.config.sources,
+        }

@@ -12,7 +12,7 @@ import gc
 import logging
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,24 +24,32 @@ import anyio
 from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
+from tracecanary.daemon.alerts.manager import AlertManager
+from tracecanary.daemon.config.links import host_of, render_links
+from tracecanary.daemon.config.load import Config
+from tracecanary.daemon.observe.metrics import Metrics
+from tracecanary.daemon.observe.telemetry import (
+    add_span_sink,
+    is_own_endpoint,
+    otel_span_to_span,
+    setup_telemetry,
+)
+from tracecanary.daemon.run.hooks import RunHook
+from tracecanary.daemon.run.runner import Runner, RunnerDeps
+from tracecanary.daemon.spans.buffer import TraceBuffer
+from tracecanary.daemon.spans.receiver import OtlpSettings
+from tracecanary.daemon.store.base import Store
+from tracecanary.daemon.store.sqlite import open_store
+from tracecanary.daemon.watchers.base import EventHub, Services
 from tracecanary.errors import StartupError
 from tracecanary.probes.base import ProbeSpec
 from tracecanary.probes.kafka import RESOURCE_KEY as KAFKA_PRODUCERS
 from tracecanary.probes.kafka import KafkaProducers
 
-from .alerts.manager import AlertManager
-from .config import Config
-from .links import host_of, render_links
-from .metrics import Metrics
-from .runner import Runner, RunnerDeps
-from .spans.buffer import TraceBuffer
-from .spans.receiver import OtlpSettings
-from .store.base import Store
-from .store.sqlite import open_store
-from .telemetry import add_span_sink, is_own_endpoint, otel_span_to_span, setup_telemetry
-from .watchers.base import EventHub, Services
-
 log = logging.getLogger("tracecanary.engine")
+
+RouteFactory = Callable[["Engine"], Sequence[web.AbstractRouteDef]]
+"""Builds routes over a started engine (the daemon's API and dashboard)."""
 
 RUNNER_SCOPE = "tracecanary.runner"
 GC_GEN0_THRESHOLD = 10_000
@@ -121,12 +129,14 @@ class Engine:
     services: Services = field(init=False)
     session: aiohttp.ClientSession = field(init=False)
     app: web.Application = field(init=False)
-    addresses: dict[str, str] = field(default_factory=dict)
-    ready: bool = False
-    extra_routes: list[Callable[[Engine], list[web.AbstractRouteDef]]] = field(default_factory=list)
-    hooks: list[Any] = field(default_factory=list)
     daemon_mode: bool = False
     """The daemon alerts and sends Sentry check-ins; a `check` pass reports through its exit code."""
+    routes: Sequence[RouteFactory] = ()
+    """Routes beyond the engine's own (/healthz, /readyz, /metrics, /hooks/github): the daemon's API and
+    dashboard. Each factory is called once the components exist."""
+    addresses: dict[str, str] = field(default_factory=dict)
+    ready: bool = False
+    hooks: list[RunHook] = field(init=False, default_factory=list)
     metrics: Metrics = field(init=False)
     alerts: AlertManager | None = field(init=False, default=None)
     sentry_source: Any = field(init=False, default=None)
@@ -214,7 +224,7 @@ class Engine:
             await tg.start(self.alerts.run)
         slack = cfg.integrations.slack
         if slack.app_token:
-            from .watchers.slack import SlackSocketListener
+            from tracecanary.daemon.watchers.slack import SlackSocketListener
 
             self.services.slack_events = EventHub()
             listener = SlackSocketListener(self.services.slack_events, app_token=slack.app_token,
@@ -223,9 +233,8 @@ class Engine:
         sentry = cfg.integrations.sentry
         if sentry.dsn and self.daemon_mode:
             from tracecanary import __version__
-
-            from .cron_hook import CronHook
-            from .sentry_reporting import init_sentry
+            from tracecanary.daemon.observe.crons import CronHook
+            from tracecanary.daemon.observe.sentry import init_sentry
 
             secrets = [v for v in (cfg.integrations.slack.user_token, cfg.integrations.slack.bot_token,
                                    cfg.integrations.slack.app_token, cfg.integrations.github.token,
@@ -234,7 +243,7 @@ class Engine:
                         secrets=secrets)
             self.hooks.append(CronHook())
         if sentry.org and sentry.token:
-            from .spans.sentry import SentryTraceSource
+            from tracecanary.daemon.spans.sentry import SentryTraceSource
 
             self.sentry_source = SentryTraceSource(self.session, sentry)
 
@@ -270,12 +279,13 @@ class Engine:
                             org=sentry.org, host=host_of(sentry.api_url) if sentry.api_url else None)
 
     async def _serve_http(self, tg: anyio.abc.TaskGroup) -> None:
-        from .spans.receiver import Ingest, otlp_routes
+        from tracecanary.daemon.spans.receiver import Ingest, otlp_routes
 
         otlp = self.otlp_settings
         self.app = web.Application(client_max_size=otlp.max_body + 1)
         self.app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz)])
-        for make in self.extra_routes:
+        self.app.add_routes(self._common_routes())
+        for make in self.routes:
             self.app.add_routes(make(self))
         shared = otlp.http is not None and otlp.http == self.listen
         self_tracer = self.provider.get_tracer("tracecanary.receiver") if self._exports_telemetry else None
@@ -293,14 +303,14 @@ class Engine:
         elif shared:
             self.addresses["otlp_http"] = self.addresses["api"]
         if otlp.grpc is not None:
-            from .spans.grpc import serve_otlp_grpc
+            from tracecanary.daemon.spans.grpc import serve_otlp_grpc
 
             grpc_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_grpc"), tracer=self_tracer)
             port = await tg.start(partial(serve_otlp_grpc, ingest=grpc_ingest), self.buffer, otlp)
             self.addresses["otlp_grpc"] = f"{split_addr(otlp.grpc)[0]}:{port or split_addr(otlp.grpc)[1]}"
         kafka_stats = None
         if self.config.daemon.kafka is not None:
-            from .spans.kafka import KafkaSourceStats, run_kafka_source
+            from tracecanary.daemon.spans.kafka import KafkaSourceStats, run_kafka_source
 
             kafka_stats = KafkaSourceStats()
             await tg.start(partial(run_kafka_source, stats=kafka_stats), self.buffer, self.config.daemon.kafka)
@@ -351,6 +361,16 @@ class Engine:
 
         await tg.start(keep)
         return site
+
+    def _common_routes(self) -> list[web.RouteDef]:
+        """/metrics and /hooks/github: served by `run`, and by `check` and `demo --once` when listening."""
+        from tracecanary.daemon.observe.metrics import metrics_routes
+        from tracecanary.daemon.web.github_hook import github_hook_routes
+
+        hub = self.services.github_events
+        assert hub is not None
+        return [*metrics_routes(self.metrics),
+                *github_hook_routes(hub, self.config.integrations.github.webhook_secret)]
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

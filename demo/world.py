@@ -24,13 +24,12 @@ import anyio
 from anyio.abc import Process
 from pydantic import BaseModel, ConfigDict, Field
 
+from tracecanary.demo.broker import TansuBroker, start_tansu
+from tracecanary.demo.emulators.github import GitHubEmulator
+from tracecanary.demo.emulators.sentry import SentryEmulator
+from tracecanary.demo.emulators.slack import SlackEmulator
+from tracecanary.demo.shop.common import FAULTS
 from tracecanary.errors import StartupError
-
-from .broker import TansuBroker, start_tansu
-from .emulators.github import GitHubEmulator
-from .emulators.sentry import SentryEmulator
-from .emulators.slack import SlackEmulator
-from .shop.common import FAULTS
 
 log = logging.getLogger("tracecanary.demo.world")
 

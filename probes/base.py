@@ -15,26 +15,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.response import ResponseExpectation
 from tracecanary.assertions.side_effects import SideEffect
 from tracecanary.assertions.units import CronExpression, Duration, Timezone
 from tracecanary.assertions.verdict import Finding
+from tracecanary.model import StrictModel
 
 if TYPE_CHECKING:
     import aiohttp
     from opentelemetry.trace import Span as OtelSpan
 
-    from .integrations import Integrations
-    from .templating import Templates
-
-
-class StrictModel(BaseModel):
-    """Unknown keys are errors; values are immutable once loaded."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    from tracecanary.integrations import Integrations
+    from tracecanary.probes.templating import Templates
 
 
 class Retries(StrictModel):

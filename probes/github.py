@@ -16,11 +16,18 @@ from pydantic import Field, model_validator
 
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
-
-from .base import FireResult, ProbeContext, ProbeSpec, StrictModel
-from .github_payloads import ACTIONS, build_payload, deep_merge, missing_required, sha, stable_id
-from .http import PreparedRequest, send_prepared
-from .signing import github_signature, hmac_hex
+from tracecanary.model import StrictModel
+from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec
+from tracecanary.probes.github_payloads import (
+    ACTIONS,
+    build_payload,
+    deep_merge,
+    missing_required,
+    sha,
+    stable_id,
+)
+from tracecanary.probes.http import PreparedRequest, send_prepared
+from tracecanary.probes.signing import github_signature, hmac_hex
 
 HOOKSHOT_VERSION = "6d2c4f1"
 _DELIVERY_NAMESPACE = uuid.UUID("6f1c3a52-41d4-4c38-9b53-7a8e5c2b9d10")

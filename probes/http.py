@@ -20,9 +20,9 @@ from pydantic import Field, model_validator
 
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
-
-from .base import FireResult, ProbeContext, ProbeSpec, ResponseSummary, StrictModel
-from .signing import SignSpec, sign_headers
+from tracecanary.model import StrictModel
+from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec, ResponseSummary
+from tracecanary.probes.signing import SignSpec, sign_headers
 
 MAX_BODY_BYTES = 1 << 20
 

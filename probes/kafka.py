@@ -19,8 +19,8 @@ from pydantic import Field
 
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
-
-from .base import FireResult, ProbeContext, ProbeSpec, StrictModel
+from tracecanary.model import StrictModel
+from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec
 
 log = logging.getLogger("tracecanary.probes.kafka")
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .base import ProbeSpec
-from .github import GithubWebhookProbe
-from .http import HttpProbe
-from .kafka import KafkaProbe
-from .scheduled_job import ScheduledJobProbe
-from .slack import SlackMentionProbe
-from .steps import StepsProbe
+from tracecanary.probes.base import ProbeSpec
+from tracecanary.probes.github import GithubWebhookProbe
+from tracecanary.probes.http import HttpProbe
+from tracecanary.probes.kafka import KafkaProbe
+from tracecanary.probes.scheduled_job import ScheduledJobProbe
+from tracecanary.probes.slack import SlackMentionProbe
+from tracecanary.probes.steps import StepsProbe
 
 PROBES: dict[str, type[ProbeSpec]] = {
     "http": HttpProbe,

@@ -18,10 +18,10 @@ from pydantic import Field, field_validator
 from tracecanary.assertions.response import ResponseExpectation, select_json, status_ok, validate_json_path
 from tracecanary.assertions.units import Duration, format_duration
 from tracecanary.assertions.verdict import Finding
-
-from .base import FireResult, ProbeContext, ProbeSpec, StrictModel
-from .http import HttpRequest, send_prepared
-from .steps import Capture, Step, run_step, run_teardown
+from tracecanary.model import StrictModel
+from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec
+from tracecanary.probes.http import HttpRequest, send_prepared
+from tracecanary.probes.steps import Capture, Step, run_step, run_teardown
 
 
 class ExistingJobs(StrictModel):

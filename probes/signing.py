@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import StrictModel
+from tracecanary.model import StrictModel
 
 Algorithm = Literal["sha1", "sha256", "sha512"]
 

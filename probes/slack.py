@@ -27,9 +27,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
-
-from .base import FireResult, ProbeContext, ProbeSpec, ResponseSummary, StrictModel
-from .signing import slack_signature
+from tracecanary.model import StrictModel
+from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec, ResponseSummary
+from tracecanary.probes.signing import slack_signature
 
 METADATA_EVENT_TYPE = "tracecanary_probe"
 MAX_BODY_BYTES = 1 << 20

@@ -26,11 +26,11 @@ from tracecanary.assertions.response import (
 from tracecanary.assertions.units import Duration
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.errors import ProbeError, TracecanaryError
-
-from .base import FireResult, ProbeContext, ProbeSpec, StrictModel
-from .github import GithubDelivery
-from .http import HttpRequest
-from .kafka import KafkaMessage
+from tracecanary.model import StrictModel
+from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec
+from tracecanary.probes.github import GithubDelivery
+from tracecanary.probes.http import HttpRequest
+from tracecanary.probes.kafka import KafkaMessage
 
 ACTIONS = ("http", "github_webhook", "kafka", "slack_mention", "wait")
 
@@ -96,7 +96,7 @@ class Step(StrictModel):
         if len(given) != 1:
             raise ValueError(f"a step takes exactly one of {', '.join(ACTIONS)}; got {', '.join(given) or 'none'}")
         if self.slack_mention is not None:
-            from .registry import PROBES  # the registry imports this module
+            from tracecanary.probes.registry import PROBES  # the registry imports this module
 
             try:
                 self._slack = PROBES["slack_mention"].model_validate(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fixtures.kafka", "tests.fixtures.sentry", "tests.fixtures.browser"]
+pytest_plugins = [
+    "tests.fixtures.kafka", "tests.fixtures.sentry", "tests.fixtures.sentry_service", "tests.fixtures.browser",
+]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import TracecanaryError
-from tracecanary.probes.integrations import Integrations
+from tracecanary.integrations import Integrations
 
 EventKind = Literal["failing", "recovered", "degraded", "reminder", "channel_failing", "channel_recovered"]
 """What a notification announces. ``channel_*`` are about an alert channel, not a probe."""

@@ -33,14 +33,20 @@ from anyio.abc import TaskStatus
 from opentelemetry.trace import Tracer
 
 from tracecanary.assertions.verdict import Verdict
+from tracecanary.daemon.alerts.base import Channel, DeliveryError, Notification, NotifiedFinding
+from tracecanary.daemon.alerts.policy import (
+    AlertEvent,
+    AlertsSettings,
+    Observation,
+    PolicySettings,
+    ProbeAlertState,
+    step,
+)
+from tracecanary.daemon.alerts.queue import Delivery, DeliveryQueue
+from tracecanary.daemon.alerts.silences import SilenceSettings, silenced_by
+from tracecanary.daemon.store.base import RunRecord, Store
+from tracecanary.integrations import Integrations
 from tracecanary.probes.base import ProbeSpec
-from tracecanary.probes.integrations import Integrations
-
-from ..store.base import RunRecord, Store
-from .base import Channel, DeliveryError, Notification, NotifiedFinding
-from .policy import AlertEvent, AlertsSettings, Observation, PolicySettings, ProbeAlertState, step
-from .queue import Delivery, DeliveryQueue
-from .silences import SilenceSettings, silenced_by
 
 log = logging.getLogger("tracecanary.alerts")
 NS_STATE, NS_CLAIMS, NS_OUTBOX = "alerts.state", "alerts.claims", "alerts.outbox"

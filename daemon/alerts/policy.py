@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from tracecanary.assertions.units import Duration
-from tracecanary.probes.integrations import Integrations
-
-from .base import ChannelConfigBase, EventKind
-from .registry import CHANNELS
-from .silences import SilenceSettings
+from tracecanary.daemon.alerts.base import ChannelConfigBase, EventKind
+from tracecanary.daemon.alerts.registry import CHANNELS
+from tracecanary.daemon.alerts.silences import SilenceSettings
+from tracecanary.integrations import Integrations
 
 __all__ = [
     "AlertsSettings", "ChannelConfig", "Decision", "FailureWindow", "Observation", "PolicySettings",

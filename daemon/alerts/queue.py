@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from .base import Notification
+from tracecanary.daemon.alerts.base import Notification
 
 
 @dataclass

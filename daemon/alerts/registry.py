@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .base import ChannelConfigBase
-from .sentry import SentryChannelConfig
-from .slack import SlackChannelConfig
-from .webhook import WebhookChannelConfig
+from tracecanary.daemon.alerts.base import ChannelConfigBase
+from tracecanary.daemon.alerts.sentry import SentryChannelConfig
+from tracecanary.daemon.alerts.slack import SlackChannelConfig
+from tracecanary.daemon.alerts.webhook import WebhookChannelConfig
 
 CHANNELS: dict[str, type[ChannelConfigBase]] = {
     "slack": SlackChannelConfig,

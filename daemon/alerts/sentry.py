@@ -26,9 +26,15 @@ from pydantic import Field
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.utils import BadDsn, Dsn
 
-from tracecanary.probes.integrations import Integrations
-
-from .base import Channel, ChannelConfigBase, DeliveryError, EventKind, Notification, post_for_delivery
+from tracecanary.daemon.alerts.base import (
+    Channel,
+    ChannelConfigBase,
+    DeliveryError,
+    EventKind,
+    Notification,
+    post_for_delivery,
+)
+from tracecanary.integrations import Integrations
 
 if TYPE_CHECKING:
     from sentry_sdk._types import Event

@@ -21,9 +21,15 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from tracecanary.probes.integrations import Integrations
-
-from .base import Channel, ChannelConfigBase, DeliveryError, EventKind, Notification, retry_after_s
+from tracecanary.daemon.alerts.base import (
+    Channel,
+    ChannelConfigBase,
+    DeliveryError,
+    EventKind,
+    Notification,
+    retry_after_s,
+)
+from tracecanary.integrations import Integrations
 
 log = logging.getLogger("tracecanary.alerts.slack")
 

@@ -44,9 +44,15 @@ from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import Field, field_validator
 
-from tracecanary.probes.integrations import Integrations
-
-from .base import Channel, ChannelConfigBase, DeliveryError, EventKind, Notification, post_for_delivery
+from tracecanary.daemon.alerts.base import (
+    Channel,
+    ChannelConfigBase,
+    DeliveryError,
+    EventKind,
+    Notification,
+    post_for_delivery,
+)
+from tracecanary.integrations import Integrations
 
 log = logging.getLogger("tracecanary.alerts.webhook")
 SIGNATURE_HEADER = "X-Tracecanary-Signature"

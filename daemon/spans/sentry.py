@@ -28,13 +28,18 @@ import aiohttp
 import anyio
 
 from tracecanary.assertions.spans import Span
+from tracecanary.daemon.spans.sentry_convert import (
+    convert_legacy,
+    convert_trace,
+    kind_from_op,
+    split_title,
+    walk_legacy,
+)
 from tracecanary.errors import TracecanaryError
-from tracecanary.probes.integrations import SentryIntegration
-
-from .sentry_convert import convert_legacy, convert_trace, kind_from_op, split_title, walk_legacy
+from tracecanary.integrations import SentryIntegration
 
 if TYPE_CHECKING:
-    from tracecanary.probes.base import ProbeContext
+    pass
 
 log = logging.getLogger("tracecanary.spans.sentry")
 
@@ -234,29 +239,6 @@ class SentryTraceSource:
             await anyio.sleep(min(wait_s, remaining_s))
 
 
-async def poll_run_trace(
-    ctx: ProbeContext, until: Callable[[list[Span]], bool], *, poll_initial_s: float = 1.0, poll_max_s: float = 10.0
-) -> list[Span]:
-    """Poll Sentry for the run's trace (``expect.trace.source: sentry``) until ``until`` or the run deadline.
-
-    The probe's own root span is not in Sentry (unless the daemon exports there): merge the runner's
-    spans in before judging, or the service's transaction shows up as an orphan.
-    """
-    source = SentryTraceSource(
-        ctx.session, ctx.integrations.sentry, poll_initial_s=poll_initial_s, poll_max_s=poll_max_s
-    )
-    return await source.poll(ctx.trace.trace_id, until, ctx.deadline_s)
-
-
-async def show_sentry_trace(
-    integration: SentryIntegration, trace_id: str, links: Any = None, **kwargs: Any
-) -> str:
-    """``trace show --source sentry`` text (waterfall, errors, links); see ``sentry_show``."""
-    from .sentry_show import show_sentry_trace as show
-
-    return await show(integration, trace_id, links, **kwargs)
-
-
 async def _read_bounded(resp: aiohttp.ClientResponse, path: str) -> bytes:
     # StreamReader.read(n) returns what is buffered (often 64 KiB), not n bytes: read to EOF, capped.
     chunks: list[bytes] = []
@@ -278,5 +260,5 @@ def _retry_after_s(header: str | None, default_s: float) -> float:
 
 __all__ = [
     "SentryApiError", "SentryAuthError", "SentryRateLimitedError", "SentryTraceSource", "convert_legacy",
-    "convert_trace", "kind_from_op", "poll_run_trace", "show_sentry_trace", "split_title",
+    "convert_trace", "kind_from_op", "split_title",
 ]

@@ -12,10 +12,9 @@ from typing import Any
 import aiosqlite
 
 from tracecanary.assertions.verdict import Finding, Verdict
-
-from .base import ProbeRow, RunRecord, RunStatus
-from .groupcommit import GroupCommit, apply_batch
-from .snapshot import decode_spans, encode_spans
+from tracecanary.daemon.store.base import ProbeRow, RunRecord, RunStatus
+from tracecanary.daemon.store.groupcommit import GroupCommit, apply_batch
+from tracecanary.daemon.store.snapshot import decode_spans, encode_spans
 
 log = logging.getLogger("tracecanary.store")
 

@@ -1,6 +1,6 @@
 """Watch for a GitHub comment, review or check run on a PR/issue: webhook events, else REST polling.
 
-Event-driven: ``daemon/hooks_github.py`` verifies deliveries to ``/hooks/github`` and publishes them
+Event-driven: ``daemon/web/github_hook.py`` verifies deliveries to ``/hooks/github`` and publishes them
 into ``Services.github_events``; the watcher subscribes (with replay) to the repository and number.
 Polling fallback: gidgethub on aiohttp (``getiter`` follows ``Link``), through ``PacedGitHubAPI``
 which waits out an exhausted ``x-ratelimit`` budget and backs off 403/429 secondary limits using
@@ -20,8 +20,7 @@ from gidgethub.aiohttp import GitHubAPI
 
 from tracecanary.assertions.side_effects import GithubEffect, judge_github
 from tracecanary.assertions.verdict import Finding, Verdict
-
-from .base import Event, EventHub, WatchContext
+from tracecanary.daemon.watchers.base import Event, EventHub, WatchContext
 
 log = logging.getLogger("tracecanary.watchers.github")
 

@@ -16,9 +16,8 @@ import anyio
 
 from tracecanary.assertions.side_effects import HttpEffect, HttpPollRequest, http_until_mismatch, judge_http
 from tracecanary.assertions.verdict import Finding
+from tracecanary.daemon.watchers.base import WatchContext
 from tracecanary.probes.base import ProbeContext
-
-from .base import WatchContext
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_KEPT = 20

@@ -18,8 +18,7 @@ from aiokafka.errors import KafkaError
 
 from tracecanary.assertions.side_effects import KafkaEffect, judge_kafka, kafka_mismatch
 from tracecanary.assertions.verdict import Finding, Verdict
-
-from .base import WatchContext
+from tracecanary.daemon.watchers.base import WatchContext
 
 log = logging.getLogger("tracecanary.watchers.kafka")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .base import Watcher
-from .github import watch_github
-from .http_poll import watch_http
-from .kafka import watch_kafka
-from .sentry import watch_sentry
-from .slack import watch_slack
+from tracecanary.daemon.watchers.base import Watcher
+from tracecanary.daemon.watchers.github import watch_github
+from tracecanary.daemon.watchers.http_poll import watch_http
+from tracecanary.daemon.watchers.kafka import watch_kafka
+from tracecanary.daemon.watchers.sentry import watch_sentry
+from tracecanary.daemon.watchers.slack import watch_slack
 
 WATCHERS: dict[str, Watcher] = {
     "github": watch_github,

@@ -21,8 +21,7 @@ from tracecanary.daemon.spans.sentry import (
     SentryRateLimitedError,
     SentryTraceSource,
 )
-
-from .base import WatchContext
+from tracecanary.daemon.watchers.base import WatchContext
 
 log = logging.getLogger("tracecanary.watchers.sentry")
 

@@ -26,9 +26,8 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from tracecanary.assertions.side_effects import SlackEffect, judge_slack, slack_mismatch
 from tracecanary.assertions.verdict import Finding, Verdict
+from tracecanary.daemon.watchers.base import Event, EventHub, WatchContext
 from tracecanary.probes.slack import slack_client
-
-from .base import Event, EventHub, WatchContext
 
 log = logging.getLogger("tracecanary.watchers.slack")
 

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .github_rest import DOCS, LOGIN, GitHubError, GitHubRestMixin, Repo, error_body
+from tracecanary.demo.emulators.github_rest import DOCS, LOGIN, GitHubError, GitHubRestMixin, Repo, error_body
 
 __all__ = ["GitHubEmulator", "GitHubError", "error_body", "hub_signature"]
 

@@ -30,12 +30,11 @@ from typing import Any
 from aiohttp import web
 from sentry_sdk.envelope import Envelope
 
-from tracecanary.daemon.spans.sentry_convert import epoch_s
-
-from .sentry_store import (
+from tracecanary.demo.emulators.sentry_store import (
     DISCOVER_FIELDS,
     SentryStore,
     discover_row,
+    epoch_s,
     event_details,
     events_trace_view,
     trace_view,

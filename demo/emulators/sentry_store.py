@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tracecanary.daemon.spans.sentry_convert import epoch_s
-
 Json = dict[str, Any]
 
 
@@ -357,3 +355,13 @@ def discover_row(ev: Ingested, fields: list[str]) -> Json:
         "issue.id": ev.issue_id or None,
     }
     return {f: values.get(f) for f in fields}
+
+
+def epoch_s(value: Any) -> float:
+    """A timestamp as an SDK sends it (epoch seconds, or an RFC 3339 string) in epoch seconds; else 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0.0
+    try:
+        return float(value)
+    except ValueError:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .slack_events import EventState, SlackEventsMixin, slack_signature
+from tracecanary.demo.emulators.slack_events import EventState, SlackEventsMixin, slack_signature
 
 __all__ = ["RateLimit", "SlackEmulator", "SlackToken", "slack_signature"]
 

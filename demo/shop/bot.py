@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from .common import Faults, Service, admin_routes, extract, main, setup_tracing
+from tracecanary.demo.shop.common import Faults, Service, admin_routes, extract, main, setup_tracing
 
 log = logging.getLogger("tracecanary.demo.shop.bot")
 MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>\s*")

@@ -24,7 +24,16 @@ from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .common import Faults, Service, admin_routes, extract, inject, main, setup_sentry, setup_tracing
+from tracecanary.demo.shop.common import (
+    Faults,
+    Service,
+    admin_routes,
+    extract,
+    inject,
+    main,
+    setup_sentry,
+    setup_tracing,
+)
 
 MAX_BODY_BYTES = 256 * 1024
 REQUIRED = ("symbol", "scenario")

@@ -21,7 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind
 from slack_sdk.web.async_client import AsyncWebClient
 
-from .common import Faults, Service, admin_routes, extract, main, setup_tracing
+from tracecanary.demo.shop.common import Faults, Service, admin_routes, extract, main, setup_tracing
 
 log = logging.getLogger("tracecanary.demo.shop.scheduler")
 MAX_JOBS = 1000

@@ -10,18 +10,17 @@ import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
+from tests.alerts.helpers import Clock, WebhookReceiver, probe, run, running, serve, settled
 from tracecanary.daemon.alerts.base import Notification
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
 from tracecanary.daemon.alerts.silences import SilenceSettings
 from tracecanary.daemon.alerts.webhook import WebhookChannelConfig, render_body, verify
+from tracecanary.daemon.observe.telemetry import add_span_sink, setup_telemetry
 from tracecanary.daemon.store.sqlite import SqliteStore
-from tracecanary.daemon.telemetry import add_span_sink, setup_telemetry
 from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.demo.emulators.slack import SlackEmulator
-from tracecanary.probes.integrations import Integrations
-
-from .helpers import Clock, WebhookReceiver, probe, run, running, serve, settled
+from tracecanary.integrations import Integrations
 
 pytestmark = pytest.mark.anyio
 SECRET = "It's a Secret to Everybody"

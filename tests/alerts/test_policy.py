@@ -13,7 +13,7 @@ from tracecanary.daemon.alerts.policy import (
     step,
     validate_references,
 )
-from tracecanary.probes.integrations import Integrations
+from tracecanary.integrations import Integrations
 
 P = "orders"
 

@@ -8,13 +8,12 @@ from typing import Any
 import anyio
 import pytest
 
+from tests.alerts.helpers import ClaimingSqliteStore, Clock, idle, probe, run, running, settled
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
 from tracecanary.daemon.store.sqlite import SqliteStore
 from tracecanary.demo.emulators.slack import SlackEmulator
-from tracecanary.probes.integrations import Integrations
-
-from .helpers import ClaimingSqliteStore, Clock, idle, probe, run, running, settled
+from tracecanary.integrations import Integrations
 
 pytestmark = pytest.mark.anyio
 

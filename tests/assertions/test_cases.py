@@ -8,10 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.assertions.compact import build_spans, trace_id
 from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.judge import TraceJudge, judge_offline
-
-from .compact import build_spans, trace_id
 
 CASES_DIR = Path(__file__).parent / "cases"
 

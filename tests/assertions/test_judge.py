@@ -7,13 +7,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from tests.assertions.compact import BASE_NS, build_spans, trace_id
 from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.explain import render_text
 from tracecanary.assertions.judge import TraceJudge
 from tracecanary.assertions.spans import Span
 from tracecanary.assertions.verdict import Verdict
-
-from .compact import BASE_NS, build_spans, trace_id
 
 TRACE = [{"name": "root", "id": "r", "dur": 100, "children": [
     {"name": "a", "id": "a", "children": [{"name": "a1", "id": "a1"}]},

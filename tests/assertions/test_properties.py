@@ -8,13 +8,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.assertions.compact import build_spans
 from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.judge import TraceJudge, judge_offline
 from tracecanary.assertions.propose import propose
 from tracecanary.assertions.spans import Span
 from tracecanary.assertions.verdict import Verdict
-
-from .compact import build_spans
 
 NAMES = ["db.query", "cache.get", "http.get", "render", "publish"]
 

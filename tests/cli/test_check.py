@@ -62,7 +62,7 @@ probes:
 
 
 def check(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tracecanary.daemon.cli", "check", *args,
+    return subprocess.run([sys.executable, "-m", "tracecanary.daemon.cli.main", "check", *args,
                            "--otlp-http", "127.0.0.1:0", "--otlp-grpc", "none"],
                           capture_output=True, text=True, timeout=120, cwd=cwd)
 
@@ -137,7 +137,7 @@ def test_port_in_use_is_a_startup_error(tmp_path: Path, target: str) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "tracecanary.daemon.cli", "check", str(suite),
+        proc = subprocess.run([sys.executable, "-m", "tracecanary.daemon.cli.main", "check", str(suite),
                                "--otlp-http", f"127.0.0.1:{port}", "--otlp-grpc", "none"],
                               capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2

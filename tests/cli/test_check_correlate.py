@@ -92,7 +92,7 @@ def test_job_run_found_by_correlation_and_deleted(tmp_path: Path, jobs: tuple[st
     (tmp_path / "s.yaml").write_text(suite(base, fail))
     before = set(api.deleted)
     proc = subprocess.run(
-        [sys.executable, "-m", "tracecanary.daemon.cli", "check", "s.yaml", "--json", "r.json",
+        [sys.executable, "-m", "tracecanary.daemon.cli.main", "check", "s.yaml", "--json", "r.json",
          "--otlp-http", f"127.0.0.1:{otlp_port}", "--otlp-grpc", "none"],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     run = json.loads((tmp_path / "r.json").read_text())["probes"][0]["runs"][0]

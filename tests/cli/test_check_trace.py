@@ -87,7 +87,7 @@ def run_check(tmp: Path, base: str, otlp_port: int, probe_id: str, fault: str) -
     suite = tmp / f"{probe_id}.yaml"
     suite.write_text(SUITE.format(id=probe_id, base=base, fault=fault))
     proc = subprocess.run(
-        [sys.executable, "-m", "tracecanary.daemon.cli", "check", str(suite), "--json", "r.json",
+        [sys.executable, "-m", "tracecanary.daemon.cli.main", "check", str(suite), "--json", "r.json",
          "--otlp-http", f"127.0.0.1:{otlp_port}", "--otlp-grpc", "none", "--record", "rec"],
         capture_output=True, text=True, timeout=120, cwd=tmp)
     report = json.loads((tmp / "r.json").read_text())

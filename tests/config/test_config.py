@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tracecanary.daemon.config import expand_env, load_config, schema
+from tracecanary.daemon.config.load import expand_env, load_config, schema
 from tracecanary.errors import ConfigError
 
 HERE = Path(__file__).parent
@@ -41,7 +41,7 @@ def test_invalid_fixture_exact_messages(fixture: Path) -> None:
     rel = fixture.relative_to(ROOT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACECANARY_TEST_UNSET")}
     proc = subprocess.run(
-        [sys.executable, "-m", "tracecanary.daemon.cli", "validate", str(rel)],
+        [sys.executable, "-m", "tracecanary.daemon.cli.main", "validate", str(rel)],
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
@@ -60,7 +60,7 @@ def test_valid_config_directory_merges_files(tmp_path: Path) -> None:
     assert [p.id for p in cfg.probes] == ["one", "two"]
     assert cfg.daemon.max_concurrent_runs == 3
     assert cfg.probes[0].every == 30.0
-    proc = subprocess.run([sys.executable, "-m", "tracecanary.daemon.cli", "validate", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "tracecanary.daemon.cli.main", "validate", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 

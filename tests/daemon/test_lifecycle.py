@@ -115,7 +115,7 @@ class Daemon:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tracecanary.daemon.cli", "run", str(self.config),
+            [sys.executable, "-m", "tracecanary.daemon.cli.main", "run", str(self.config),
              "--listen", f"127.0.0.1:{self.port}", "--otlp-http", "none", "--otlp-grpc", "none",
              "--store", f"sqlite:///{self.db}"],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tracecanary.daemon.config import load_config
+from tracecanary.daemon.config.load import load_config
 from tracecanary.demo.world import CHANNELS, REPO, DemoSettings
 from tracecanary.probes.registry import PROBES
 

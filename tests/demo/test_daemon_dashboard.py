@@ -46,7 +46,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
            "DEMO_STORE": f"sqlite:///{tmp_path / 'tc.db'}"}
     log = tmp_path / "daemon.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tracecanary.daemon.cli", "run", str(DEMO_YAML)],
+        proc = subprocess.Popen([sys.executable, "-m", "tracecanary.daemon.cli.main", "run", str(DEMO_YAML)],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         yield Daemon(f"http://127.0.0.1:{listen}", world, log)

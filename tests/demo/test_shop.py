@@ -13,10 +13,9 @@ import anyio
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
+from tests.demo.conftest import Demo
 from tracecanary.assertions.spans import Span, SpanKind
 from tracecanary.demo.world import WEBHOOK_SECRET
-
-from .conftest import Demo
 
 pytestmark = pytest.mark.anyio
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from tracecanary.daemon.cli import build_parser
-from tracecanary.daemon.settings import DaemonSettings
+from tracecanary.daemon.cli.main import build_parser
+from tracecanary.daemon.config.settings import DaemonSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -46,7 +46,7 @@ def parse_run_args(argv: list[str]) -> Any:
 
 
 def tracecanary_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tracecanary.daemon.cli", *args]
+    return [sys.executable, "-m", "tracecanary.daemon.cli.main", *args]
 
 
 def run_tracecanary(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:

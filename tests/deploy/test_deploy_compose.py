@@ -9,11 +9,7 @@ from typing import Any
 
 import yaml
 
-from tracecanary.daemon.config import load_config
-from tracecanary.daemon.settings import TelemetrySettings
-from tracecanary.daemon.telemetry import is_own_endpoint
-
-from .common import (
+from tests.deploy.common import (
     COMPOSE_DIR,
     DEFAULTS,
     DEPLOY,
@@ -27,6 +23,9 @@ from .common import (
     port_of,
     run_tracecanary,
 )
+from tracecanary.daemon.config.load import load_config
+from tracecanary.daemon.config.settings import TelemetrySettings
+from tracecanary.daemon.observe.telemetry import is_own_endpoint
 
 
 def test_every_deploy_file_parses() -> None:

@@ -23,7 +23,7 @@ from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .common import SUITE_DIR, clean_env, compose, tracecanary_cmd
+from tests.deploy.common import SUITE_DIR, clean_env, compose, tracecanary_cmd
 
 TOKEN = "deploy-test-token"
 

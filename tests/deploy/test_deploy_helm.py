@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .common import (
+from tests.deploy.common import (
     CHART,
     DEFAULTS,
     clean_env,

@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.deploy.common import DEFAULTS, DEPLOY, UNIT, parse_run_args
 from tracecanary.assertions.units import parse_duration_s
-
-from .common import DEFAULTS, DEPLOY, UNIT, parse_run_args
 
 VENV_BIN = "/opt/tracecanary/.venv/bin/tracecanary"
 

@@ -13,8 +13,8 @@ import aiohttp
 import anyio
 from aiohttp import web
 
+from tracecanary.integrations import Integrations
 from tracecanary.probes.base import Inject, ProbeContext, RunLog, TraceContext
-from tracecanary.probes.integrations import Integrations
 from tracecanary.probes.templating import Templates
 
 

@@ -11,12 +11,11 @@ from aiohttp import web
 from gidgethub import ValidationFailure
 from gidgethub.sansio import Event, validate_event
 
+from tests.probes.helpers import make_ctx, serve
 from tracecanary.errors import ProbeError
+from tracecanary.integrations import Integrations
 from tracecanary.probes.github import GithubWebhookProbe, delivery_id
-from tracecanary.probes.integrations import Integrations
 from tracecanary.probes.steps import StepsProbe
-
-from .helpers import make_ctx, serve
 
 SECRET = "hook-secret-for-tests"
 

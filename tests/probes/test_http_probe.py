@@ -17,11 +17,10 @@ from gidgethub import ValidationFailure
 from gidgethub.sansio import validate_event
 from slack_sdk.signature import SignatureVerifier
 
+from tests.probes.helpers import make_ctx, serve
 from tracecanary.errors import ProbeError
 from tracecanary.probes.http import HttpProbe
 from tracecanary.probes.signing import github_signature, hmac_hex
-
-from .helpers import make_ctx, serve
 
 SECRET = "It's a Secret to Everybody"
 

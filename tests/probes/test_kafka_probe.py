@@ -12,18 +12,17 @@ import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from tests.probes.helpers import make_ctx
 from tracecanary.assertions.side_effects import KafkaEffect, judge_kafka
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.watchers.base import Services, WatchContext
 from tracecanary.daemon.watchers.kafka import watch_kafka
 from tracecanary.demo.broker import TansuBroker
 from tracecanary.errors import ProbeError
+from tracecanary.integrations import Integrations
 from tracecanary.probes.base import ProbeContext
-from tracecanary.probes.integrations import Integrations
 from tracecanary.probes.kafka import KafkaProbe, KafkaProducers
 from tracecanary.probes.steps import StepsProbe
-
-from .helpers import make_ctx
 
 
 def _topic() -> str:

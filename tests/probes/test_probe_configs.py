@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tracecanary.daemon.config import load_config
+from tracecanary.daemon.config.load import load_config
 from tracecanary.errors import ConfigError
 from tracecanary.probes.github import GithubWebhookProbe
 from tracecanary.probes.http import HttpProbe

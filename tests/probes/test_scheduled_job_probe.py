@@ -9,10 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.probes.helpers import make_ctx, serve
+from tests.probes.jobs_api import JobsApi
 from tracecanary.probes.scheduled_job import ExistingJobs, ScheduledJobProbe, judge_existing_jobs
-
-from .helpers import make_ctx, serve
-from .jobs_api import JobsApi
 
 
 @pytest.fixture

@@ -9,12 +9,11 @@ import aiohttp
 import anyio
 import pytest
 
+from tests.probes.helpers import make_ctx, serve
+from tests.probes.jobs_api import JobsApi
 from tracecanary.assertions.verdict import Finding
 from tracecanary.errors import ProbeError
 from tracecanary.probes.steps import StepsProbe
-
-from .helpers import make_ctx, serve
-from .jobs_api import JobsApi
 
 
 @pytest.fixture

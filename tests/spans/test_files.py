@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.spans.sdk import expected, make_sdk_spans
 from tracecanary.assertions.spans import Span, SpanKind, SpanLink, StatusCode
 from tracecanary.daemon.spans.files import TraceFileError, load_spans, render_waterfall, write_jsonl
 from tracecanary.daemon.spans.otlp import encode_request, spans_to_otlp_json
-
-from .sdk import expected, make_sdk_spans
 
 
 def _key(spans: list[Span]) -> list[Span]:

@@ -10,11 +10,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
+from tests.spans.sdk import expected, make_sdk_spans
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.kafka import KafkaSourceStats, KafkaSpanSettings, run_kafka_source
 from tracecanary.daemon.spans.otlp import encode_request, spans_to_otlp_json
-
-from .sdk import expected, make_sdk_spans
 
 
 async def _committed_total(bootstrap: str, group: str, topic: str) -> int:

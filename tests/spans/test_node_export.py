@@ -14,9 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.spans.conftest import LiveReceiver
 from tracecanary.assertions.spans import SpanKind, StatusCode, Trace
-
-from .conftest import LiveReceiver
 
 NODE_DIR = Path(__file__).parent / "node"
 

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tests.spans.sdk import expected, make_sdk_spans
 from tracecanary.assertions.spans import Span, SpanKind, StatusCode
 from tracecanary.daemon.spans.otlp import (
     LazyAttributes,
@@ -21,8 +22,6 @@ from tracecanary.daemon.spans.otlp import (
     scan_protobuf,
     spans_to_otlp_json,
 )
-
-from .sdk import expected, make_sdk_spans
 
 TID = "5B8EFFF798038103D269B633813FC60C"
 SID = "EEE19B7EC3C1B174"

@@ -11,13 +11,12 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from tests.spans.sdk import expected, make_sdk_spans
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.grpc import serve_otlp_grpc
 from tracecanary.daemon.spans.otlp import encode_request
 from tracecanary.daemon.spans.receiver import Ingest, OtlpSettings
 from tracecanary.errors import StartupError
-
-from .sdk import expected, make_sdk_spans
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 

@@ -17,10 +17,9 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from tests.spans.conftest import LiveReceiver, start_receiver
+from tests.spans.sdk import expected, make_sdk_spans
 from tracecanary.daemon.spans.otlp import encode_request, spans_to_otlp_json
-
-from .conftest import LiveReceiver, start_receiver
-from .sdk import expected, make_sdk_spans
 
 PB = {"Content-Type": "application/x-protobuf"}
 JS = {"Content-Type": "application/json"}

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from tests.spans.sdk import expected, make_sdk_spans
 from tracecanary.assertions.spans import Span, SpanEvent, SpanKind, SpanLink, StatusCode
 from tracecanary.daemon.spans.otlp import (
     LazyAttributes,
@@ -16,8 +17,6 @@ from tracecanary.daemon.spans.otlp import (
     encode_request,
     scan_protobuf,
 )
-
-from .sdk import expected, make_sdk_spans
 
 
 def _span(trace_id: str, name: str, **kw: object) -> Span:

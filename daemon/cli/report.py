@@ -1,0 +1,216 @@
+"""Reports of a `check` pass: per-probe summary, JSON (docs/report.md), JUnit XML, Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from tracecanary.assertions.units import format_duration, parse_duration_s
+from tracecanary.assertions.verdict import Verdict
+from tracecanary.daemon.store.base import RunRecord, RunStatus
+
+REPORT_SCHEMA_VERSION = 1
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[k]
+
+
+def run_latency_s(run: RunRecord) -> float | None:
+    """The trigger's response latency when there was a response, else the run's duration."""
+    if run.response and isinstance(run.response.get("latency_s"), int | float):
+        return float(run.response["latency_s"])
+    return run.duration_s
+
+
+@dataclass
+class ProbeSummary:
+    probe_id: str
+    kind: str
+    runs: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def final_runs(self) -> list[RunRecord]:
+        return [r for r in self.runs if r.final]
+
+    @property
+    def state(self) -> str:
+        """WORKING, DEGRADED, MISSING DATA (response fields absent), BROKEN, or ERROR."""
+        finals = self.final_runs
+        if any(r.verdict is Verdict.ERROR or r.status is RunStatus.ABORTED for r in finals):
+            return "ERROR"
+        failed = [r for r in finals if r.verdict is Verdict.FAIL]
+        if failed:
+            if all(all(f.type == "response.missing_data" for f in r.findings if f.severity is Verdict.FAIL)
+                   for r in failed):
+                return "MISSING DATA"
+            return "BROKEN"
+        if any(r.verdict is Verdict.DEGRADED for r in finals):
+            return "DEGRADED"
+        return "WORKING"
+
+    @property
+    def ok(self) -> bool:
+        return self.state in ("WORKING", "DEGRADED")
+
+    def reason(self) -> str:
+        for r in self.final_runs:
+            bad = [f for f in r.findings if f.severity in (Verdict.FAIL, Verdict.ERROR)]
+            if bad:
+                return bad[0].message
+            if r.status is RunStatus.ABORTED:
+                return f"aborted: {r.abort_reason}"
+        return ""
+
+    def latencies(self) -> list[float]:
+        return [v for v in (run_latency_s(r) for r in self.runs) if v is not None]
+
+    def stats(self) -> dict[str, Any]:
+        lat = self.latencies()
+        finals = self.final_runs
+        errors = sum(1 for r in finals if not (r.verdict is not None and r.verdict.ok))
+        return {
+            "final_runs": len(finals),
+            "attempts": len(self.runs),
+            "passed": sum(1 for r in finals if r.verdict is Verdict.PASS),
+            "degraded": sum(1 for r in finals if r.verdict is Verdict.DEGRADED),
+            "failed": sum(1 for r in finals if r.verdict is Verdict.FAIL),
+            "errors": sum(1 for r in finals if r.verdict is Verdict.ERROR or r.status is RunStatus.ABORTED),
+            "error_rate": errors / len(finals) if finals else 0.0,
+            "p50_s": percentile(lat, 50),
+            "p95_s": percentile(lat, 95),
+            "p99_s": percentile(lat, 99),
+            "max_s": max(lat) if lat else None,
+        }
+
+
+def summarize(runs: Sequence[RunRecord], order: Sequence[str]) -> list[ProbeSummary]:
+    by_id: dict[str, ProbeSummary] = {}
+    for r in runs:
+        by_id.setdefault(r.probe_id, ProbeSummary(r.probe_id, r.kind)).runs.append(r)
+    return [by_id[p] for p in order if p in by_id]
+
+
+# --- gates ---------------------------------------------------------------------------------------
+_GATE_RE = re.compile(r"^\s*(p50|p95|p99|max|error_rate)\s*(>=|<=|>|<)\s*(\S+)\s*$")
+
+
+def parse_gate(text: str) -> tuple[str, str, float]:
+    """``"p95 > 500ms"`` → ("p95_s", ">", 0.5); ``"error_rate > 1%"`` → ("error_rate", ">", 0.01)."""
+    m = _GATE_RE.match(text)
+    if not m:
+        raise ValueError(f"invalid --fail-if {text!r}: expected e.g. \"p95 > 500ms\" or \"error_rate > 1%\"")
+    metric, op, raw = m.groups()
+    if metric == "error_rate":
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+        return "error_rate", op, value
+    return f"{metric}_s", op, parse_duration_s(raw)
+
+
+def gate_failures(summaries: Sequence[ProbeSummary], gates: Sequence[tuple[str, str, float]]) -> list[str]:
+    out = []
+    for s in summaries:
+        stats = s.stats()
+        for key, op, bound in gates:
+            value = stats.get(key)
+            if value is None:
+                continue
+            hit = {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+            if hit:
+                shown = f"{value:.1%}" if key == "error_rate" else format_duration(value)
+                limit = f"{bound:.1%}" if key == "error_rate" else format_duration(bound)
+                out.append(f"{s.probe_id}: {key.removesuffix('_s')} {shown} {op} {limit}")
+    return out
+
+
+# --- renderings ----------------------------------------------------------------------------------
+def run_json(run: RunRecord) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id, "probe_id": run.probe_id, "kind": run.kind, "attempt": run.attempt,
+        "first_run_id": run.first_run_id, "final": run.final, "trace_id": run.trace_id,
+        "started_ns": run.started_ns, "finished_ns": run.finished_ns, "duration_s": run.duration_s,
+        "status": run.status.value, "verdict": run.verdict.value if run.verdict else None,
+        "abort_reason": run.abort_reason, "findings": [f.model_dump(mode="json") for f in run.findings],
+        "response": run.response, "outputs": run.outputs, "links": run.links, "span_count": run.span_count,
+        "time_to_verdict_s": run.time_to_verdict_s,
+    }
+
+
+def json_report(summaries: Sequence[ProbeSummary], *, exit_code: int, gates: Sequence[str],
+                gate_failures_: Sequence[str], started_ns: int) -> dict[str, Any]:
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "tool": "tracecanary",
+        "started_ns": started_ns,
+        "finished_ns": time.time_ns(),
+        "exit_code": exit_code,
+        "gates": list(gates),
+        "gate_failures": list(gate_failures_),
+        "probes": [
+            {"probe_id": s.probe_id, "kind": s.kind, "state": s.state, "reason": s.reason(), **s.stats(),
+             "runs": [run_json(r) for r in s.runs]}
+            for s in summaries
+        ],
+    }
+
+
+def junit_xml(summaries: Sequence[ProbeSummary]) -> str:
+    """One <testcase> per run (attempts included), findings in the failure message."""
+    suites = ET.Element("testsuites", name="tracecanary")
+    for s in summaries:
+        suite = ET.SubElement(suites, "testsuite", name=s.probe_id, tests=str(len(s.runs)),
+                              failures=str(sum(1 for r in s.runs if r.verdict is Verdict.FAIL)),
+                              errors=str(sum(1 for r in s.runs if r.verdict in (Verdict.ERROR, None))),
+                              skipped="0", time=f"{sum(r.duration_s or 0 for r in s.runs):.3f}")
+        for r in s.runs:
+            case = ET.SubElement(suite, "testcase", classname=f"tracecanary.{s.kind}",
+                                 name=f"{s.probe_id} attempt {r.attempt} run {r.run_id}",
+                                 time=f"{r.duration_s or 0:.3f}")
+            text = "\n".join(str(f) for f in r.findings)
+            if r.status is RunStatus.ABORTED:
+                ET.SubElement(case, "error", message=f"aborted: {r.abort_reason}", type="aborted").text = text
+            elif r.verdict is Verdict.ERROR:
+                first = r.findings[0].message if r.findings else "error"
+                ET.SubElement(case, "error", message=first, type="error").text = text
+            elif r.verdict is Verdict.FAIL:
+                bad = [f for f in r.findings if f.severity is Verdict.FAIL]
+                ET.SubElement(case, "failure", message=bad[0].message if bad else "fail", type="fail").text = text
+            out = f"trace_id={r.trace_id}\nverdict={r.verdict.value if r.verdict else 'aborted'}\n"
+            out += "".join(f"{k}={v}\n" for k, v in r.links.items())
+            ET.SubElement(case, "system-out").text = out
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else format_duration(v)
+
+
+def markdown(summaries: Sequence[ProbeSummary], gate_failures_: Sequence[str]) -> str:
+    lines = ["# tracecanary check", "", "| probe | state | runs | p50 | p95 | p99 | max | error rate | reason |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        st = s.stats()
+        reason = s.reason().replace("|", "\\|")
+        lines.append(f"| {s.probe_id} | {s.state} | {st['final_runs']} | {_fmt(st['p50_s'])} | {_fmt(st['p95_s'])} | "
+                     f"{_fmt(st['p99_s'])} | {_fmt(st['max_s'])} | {st['error_rate']:.0%} | {reason} |")
+    if gate_failures_:
+        lines += ["", "## Gates failed", *[f"- {g}" for g in gate_failures_]]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: str, doc: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2, default=str)
+        f.write("\n")

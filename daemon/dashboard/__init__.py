@@ -1,1 +1,0 @@
-"""tracecanary.daemon.dashboard"""

@@ -1,0 +1,1 @@
+"""tracecanary.daemon.observe"""

@@ -1,0 +1,142 @@
+"""Prometheus metrics: a RunHook plus counters the span intake, scheduler and alerts feed.
+
+Names follow blackbox_exporter and Grafana Synthetic Monitoring where they overlap (``probe_success``,
+``probe_duration_seconds``) so existing dashboards and alert rules carry over. Labels are low
+cardinality only: probe ids, kinds, verdicts, finding types, sources, reasons, channels — never run or
+trace ids. Everything is registered in the instance's own ``CollectorRegistry`` (not the process
+global), so tests and several engines in one process never collide.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from tracecanary.daemon.store.base import RunRecord, RunStatus
+from tracecanary.probes.base import ProbeSpec
+
+log = logging.getLogger("tracecanary.metrics")
+
+DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+SPAN_COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 20000)
+LATENESS_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The daemon's metrics; implements RunHook (``on_run_started`` / ``on_run_finished``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry(auto_describe=True)
+        self.probe_success = Gauge(
+            "probe_success", "1 when the probe's last final verdict passed (pass or degraded), else 0.",
+            ["probe", "kind"], registry=r)
+        self.probe_duration = Histogram(
+            "probe_duration_seconds", "Run duration, trigger to verdict, of every finished attempt.",
+            ["probe", "kind"], buckets=DURATION_BUCKETS_S, registry=r)
+        self.runs = Counter(
+            "tracecanary_runs", "Finished runs (every attempt) by verdict; aborted runs count as 'aborted'.",
+            ["probe", "kind", "verdict"], registry=r)
+        self.findings = Counter(
+            "tracecanary_findings", "Findings reported by runs, by finding type.", ["type"], registry=r)
+        self.trace_spans = Histogram(
+            "tracecanary_trace_spans", "Spans judged per run (runs with trace expectations).",
+            ["probe", "kind"], buckets=SPAN_COUNT_BUCKETS, registry=r)
+        self.time_to_verdict = Histogram(
+            "tracecanary_time_to_verdict_seconds", "From the trigger until the verdict was known.",
+            ["probe", "kind"], buckets=DURATION_BUCKETS_S, registry=r)
+        self.spans_received_total = Counter(
+            "tracecanary_spans_received", "Spans taken in, by source (otlp_http, otlp_grpc, kafka, sentry, self).",
+            ["source"], registry=r)
+        self.spans_dropped_total = Counter(
+            "tracecanary_spans_dropped", "Spans dropped, by reason (buffer_full, expired, too_large, invalid …).",
+            ["reason"], registry=r)
+        self.buffer_spans = Gauge("tracecanary_buffer_spans", "Spans held in the trace buffer now.", registry=r)
+        self.alerts_sent = Counter(
+            "tracecanary_alerts_sent", "Alert delivery attempts by channel and outcome (sent, retry, failed, dropped).",
+            ["channel", "outcome"], registry=r)
+        self.schedule_lateness = Histogram(
+            "tracecanary_schedule_lateness_seconds", "How late the scheduler fired a run after its planned time.",
+            ["probe"], buckets=LATENESS_BUCKETS_S, registry=r)
+        self.runs_skipped = Counter(
+            "tracecanary_runs_skipped", "Scheduled runs skipped because the previous run was still going "
+            "(overlap: skip).", ["probe"], registry=r)
+
+    # --- RunHook ---------------------------------------------------------------------------------
+    async def on_run_started(self, probe: ProbeSpec, run: RunRecord) -> None:
+        return None
+
+    async def on_run_finished(self, probe: ProbeSpec, run: RunRecord) -> None:
+        self.record_run(probe, run)
+
+    def record_run(self, probe: ProbeSpec, run: RunRecord) -> None:
+        """Synchronous core of the hook (also used by ``check`` and benchmarks)."""
+        kind = probe.kind
+        if run.status is RunStatus.ABORTED or run.verdict is None:
+            self.runs.labels(probe.id, kind, "aborted").inc()
+            return
+        self.runs.labels(probe.id, kind, str(run.verdict)).inc()
+        for finding in run.findings:
+            self.findings.labels(finding.type).inc()
+        if run.duration_s is not None:
+            self.probe_duration.labels(probe.id, kind).observe(run.duration_s)
+        if run.time_to_verdict_s is not None:
+            self.time_to_verdict.labels(probe.id, kind).observe(run.time_to_verdict_s)
+        if probe.expect.trace is not None or run.span_count:
+            self.trace_spans.labels(probe.id, kind).observe(run.span_count)
+        if run.final:
+            self.probe_success.labels(probe.id, kind).set(1.0 if run.verdict.ok else 0.0)
+
+    # --- feeds from other components -------------------------------------------------------------
+    def spans_received(self, source: str, n: int) -> None:
+        if n:
+            self.spans_received_total.labels(source).inc(n)
+
+    def spans_dropped(self, reason: str, n: int) -> None:
+        if n:
+            self.spans_dropped_total.labels(reason).inc(n)
+
+    def set_buffer_gauge(self, fn: Callable[[], float]) -> None:
+        """Read the buffer's size at scrape time (no bookkeeping on the hot path)."""
+        self.buffer_spans.set_function(fn)
+
+    def lateness(self, probe_id: str, seconds: float) -> None:
+        self.schedule_lateness.labels(probe_id).observe(max(0.0, seconds))
+
+    def skipped(self, probe_id: str) -> None:
+        self.runs_skipped.labels(probe_id).inc()
+
+    def alert_sent(self, channel: str, outcome: str) -> None:
+        self.alerts_sent.labels(channel, outcome).inc()
+
+    def retain(self, probes: Iterable[ProbeSpec]) -> None:
+        """After a reload: forget the series of probes that are gone (stale probe_success misleads)."""
+        keep = {(p.id, p.kind) for p in probes}
+        keep_ids = {pid for pid, _ in keep}
+        for metric in (self.probe_success, self.probe_duration, self.trace_spans, self.time_to_verdict):
+            for labels in _label_sets(metric):
+                if tuple(labels) not in keep:
+                    metric.remove(*labels)
+        for labels in _label_sets(self.runs):
+            if (labels[0], labels[1]) not in keep:
+                self.runs.remove(*labels)
+        for labels in _label_sets(self.schedule_lateness):
+            if labels[0] not in keep_ids:
+                self.schedule_lateness.remove(*labels)
+
+
+def _label_sets(metric: Gauge | Counter | Histogram) -> list[tuple[str, ...]]:
+    return [tuple(k) for k in metric._metrics]  # prometheus_client keeps children keyed by label values
+
+
+def metrics_routes(m: Metrics) -> list[web.RouteDef]:
+    """``GET /metrics`` in the Prometheus text format (OpenMetrics when the scraper asks for it)."""
+
+    async def handle(request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(m.registry), headers={"Content-Type": content_type})
+
+    return [web.get("/metrics", handle)]

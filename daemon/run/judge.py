@@ -1,0 +1,144 @@
+"""Wait on the trace buffer for a run's spans and judge them as they arrive (no polling loop).
+
+The probe's own trace, the traces whose spans link into it (queues, schedulers) and the trace named
+by ``correlate`` are watched; each arriving span is fed to the incremental judge, which decides as
+early as the expectation allows (DESIGN "Semantics": forbid/upper bounds fail at once; whole-trace
+rules wait for ``settle`` of quiet; otherwise the deadline decides).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from tracecanary.assertions.expect import TraceExpectation
+from tracecanary.assertions.judge import JudgeState, TraceJudge
+from tracecanary.assertions.spans import Span
+from tracecanary.assertions.verdict import Finding, Verdict
+from tracecanary.daemon.spans.buffer import TraceBuffer
+from tracecanary.daemon.spans.watch import Watch
+from tracecanary.probes.base import ProbeContext
+
+
+@dataclass
+class TraceOutcome:
+    findings: list[Finding]
+    report: dict[str, Any] | None
+    spans: list[Span] = field(default_factory=list)
+    time_to_verdict_s: float | None = None
+
+
+class _Tracked:
+    """The set of traces a run judges, grown as links and correlations reveal more."""
+
+    def __init__(self, buffer: TraceBuffer, watch: Watch, judge: TraceJudge) -> None:
+        self.buffer, self.watch, self.judge = buffer, watch, judge
+        self.traces: set[str] = set()
+        self.seen: set[tuple[str, str]] = set()
+        self.spans: list[Span] = []
+        self.last_arrival_s: float | None = None
+
+    def track(self, trace_id: str) -> None:
+        if trace_id in self.traces:
+            return
+        self.traces.add(trace_id)
+        self.watch.add_trace(trace_id)
+        self.watch.add_links_to(trace_id)
+        self.feed(self.buffer.trace(trace_id))
+        for linking in self.buffer.linking_traces(trace_id):
+            self.track(linking)
+
+    def feed(self, spans: list[Span], arrived_s: float | None = None) -> None:
+        """Judge the spans not seen yet; ``arrived_s`` is when they reached the buffer (default: now)."""
+        seen = self.seen
+        fresh = [s for s in spans if (s.trace_id, s.span_id) not in seen]
+        if not fresh:
+            return
+        seen.update((s.trace_id, s.span_id) for s in fresh)
+        self.spans.extend(fresh)
+        self.judge.feed(fresh)
+        self.last_arrival_s = anyio.current_time() if arrived_s is None else arrived_s
+        for s in fresh:
+            if s.trace_id not in self.traces:
+                self.track(s.trace_id)  # a span that links into a tracked trace: follow its trace
+
+
+async def watch_trace(
+    expectation: TraceExpectation, ctx: ProbeContext, buffer: TraceBuffer, root: Span,
+    *, sentry_source: Any = None,
+) -> TraceOutcome:
+    """Judge the run's trace; returns at the verdict or at the run deadline."""
+    correlate = expectation.correlate
+    correlate_value = str(ctx.render(correlate.equals)) if correlate is not None else None
+    judge = TraceJudge(expectation, root_trace_id=ctx.trace.trace_id, trigger_ns=ctx.trigger_ns,
+                       correlate_value=correlate_value)
+    if expectation.source == "sentry":
+        return await _from_sentry(expectation, ctx, judge, root, sentry_source)
+    judge.feed([root])
+    with buffer.watch() as watch:
+        tracked = _Tracked(buffer, watch, judge)
+        tracked.seen.add((root.trace_id, root.span_id))
+        tracked.spans.append(root)
+        tracked.track(ctx.trace.trace_id)
+        if correlate is not None and correlate_value is not None:
+            watch.add_correlation(correlate.attribute, correlate_value)
+            for tid in buffer.traces_with_attribute(correlate.attribute, correlate_value):
+                tracked.track(tid)
+                judge.add_trace(tid)
+        state = await _loop(tracked, ctx, expectation)
+    ttv = None if tracked.last_arrival_s is None else max(0.0, anyio.current_time() - tracked.last_arrival_s)
+    return TraceOutcome(list(state.findings), judge.report(), tracked.spans, ttv)
+
+
+async def _loop(tracked: _Tracked, ctx: ProbeContext, expectation: TraceExpectation) -> JudgeState:
+    judge = tracked.judge
+    started_s = anyio.current_time()
+    while True:
+        now = anyio.current_time()
+        quiet_s = now - (tracked.last_arrival_s if tracked.last_arrival_s is not None else started_s)
+        state = judge.check(quiet_s=quiet_s)
+        if state.done:
+            return state
+        remaining = ctx.deadline_s - now
+        if remaining <= 0:
+            return judge.finish()
+        wait_s = remaining
+        if state.settle_remaining_s is not None:
+            wait_s = min(wait_s, max(0.0, state.settle_remaining_s) + 0.001)
+        new = await tracked.watch.wait(wait_s)
+        if new:
+            tracked.feed(new, tracked.watch.last_delivery_s)
+
+
+async def _from_sentry(
+    expectation: TraceExpectation, ctx: ProbeContext, judge: TraceJudge, root: Span, source: Any
+) -> TraceOutcome:
+    """Poll Sentry until the tree matches (or a forbid rule fails) or the deadline.
+
+    Sentry ingests with delay and an error may arrive after its transaction, changing a span already
+    seen; so each poll judges the whole fetched trace afresh (Sentry traces are small).
+    """
+    if source is None:
+        return TraceOutcome([Finding(
+            type="error", severity=Verdict.ERROR, path="expect.trace.source",
+            message="expect.trace.source is sentry but integrations.sentry (org, token) is not configured",
+        )], None)
+    latest: list[TraceJudge] = [judge]
+
+    def fresh(spans: list[Span]) -> TraceJudge:
+        j = TraceJudge(expectation, root_trace_id=ctx.trace.trace_id, trigger_ns=ctx.trigger_ns)
+        j.feed([root, *spans])
+        return j
+
+    def until(spans: list[Span]) -> bool:
+        latest[0] = fresh(spans)
+        return latest[0].check(quiet_s=float("inf")).done
+
+    spans = await source.poll(ctx.trace.trace_id, until, ctx.deadline_s)
+    final = fresh(spans)
+    state = final.check(quiet_s=float("inf"))
+    if not state.done:
+        state = final.finish()
+    return TraceOutcome(list(state.findings), final.report(), [root, *spans])

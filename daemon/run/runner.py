@@ -1,0 +1,337 @@
+"""One ProbeRun: fire → await expectations concurrently → verdict → record → hooks.
+
+Shared by the daemon and ``check``. Each attempt (retries included) is its own stored run with its
+own run id and trace id. Results are written in a shielded scope so cancellation (shutdown drain,
+SIGTERM) can never lose one: a cancelled run is recorded ``aborted`` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import anyio
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+
+from tracecanary.assertions.response import judge_response
+from tracecanary.assertions.side_effects import SideEffect
+from tracecanary.assertions.spans import Span, SpanKind, StatusCode
+from tracecanary.assertions.verdict import Finding, Verdict, verdict_of
+from tracecanary.daemon.run.hooks import RunHook
+from tracecanary.daemon.run.judge import TraceOutcome, watch_trace
+from tracecanary.daemon.spans.buffer import TraceBuffer
+from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
+from tracecanary.daemon.watchers.base import Services, WatchContext
+from tracecanary.daemon.watchers.registry import WATCHERS
+from tracecanary.errors import ProbeError
+from tracecanary.integrations import Integrations
+from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec, RunLog, TraceContext
+from tracecanary.probes.templating import Templates
+
+log = logging.getLogger("tracecanary.runner")
+
+
+def new_run_id() -> str:
+    """Time-ordered, unique run id (sortable by creation)."""
+    return f"{time.time_ns() // 1_000_000:012x}{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class RunnerDeps:
+    """What the runner needs, built once by the daemon (or by ``check``)."""
+
+    store: Store
+    buffer: TraceBuffer
+    session: aiohttp.ClientSession
+    integrations: Integrations = field(default_factory=Integrations)
+    hooks: list[RunHook] = field(default_factory=list)
+    services: Services = field(default_factory=Services)
+    tracer: Any = None
+    """OpenTelemetry tracer for probe root and client spans (their spans reach the buffer via a sink)."""
+    max_concurrent_runs: int = 64
+    poll_interval_s: float = 2.0
+    links: Any = None
+    """Callable (trace_id, run_id, probe_id) → dict of rendered trace links."""
+    sentry_source: Any = None
+    """A SentryTraceSource for ``expect.trace.source: sentry`` (None when Sentry is not configured)."""
+    self_tracer: Any = None
+    """Tracer for the daemon's own work (judging, watching): exported, never judged."""
+    resources: dict[str, Any] = field(default_factory=dict)
+    """Long-lived clients probes share across runs (e.g. ``kafka_producers``), closed by the engine."""
+
+
+class Runner:
+    """Runs probes: one attempt at a time per call, retries included, bounded by a global semaphore."""
+
+    def __init__(self, deps: RunnerDeps) -> None:
+        self.deps = deps
+        self.templates = Templates()
+        self._limit = anyio.Semaphore(deps.max_concurrent_runs)
+        self.in_flight: dict[str, RunRecord] = {}
+        self._changed = anyio.Event()
+
+    async def run_probe(
+        self, probe: ProbeSpec, *, first_run_id: str | None = None, retry_delay_override_s: float | None = None
+    ) -> RunRecord:
+        """Run a probe with its retries; returns the final attempt's record.
+
+        ``first_run_id`` lets a caller (the API's "run now") know the run id before the run starts.
+        """
+        first_run_id = first_run_id or new_run_id()
+        attempts = probe.retries.count + 1
+        run: RunRecord | None = None
+        for attempt in range(1, attempts + 1):
+            last = attempt == attempts
+            run = await self.run_attempt(
+                probe, attempt=attempt, first_run_id=first_run_id, run_id=first_run_id if attempt == 1 else None,
+                final_if_ok=True, last_attempt=last,
+            )
+            if run.status is RunStatus.ABORTED or (run.verdict is not None and run.verdict.ok) or last:
+                break
+            delay = probe.retries.delay if retry_delay_override_s is None else retry_delay_override_s
+            await anyio.sleep(delay)
+        assert run is not None
+        return run
+
+    async def run_attempt(
+        self, probe: ProbeSpec, *, attempt: int = 1, first_run_id: str | None = None, run_id: str | None = None,
+        final_if_ok: bool = True, last_attempt: bool = True,
+    ) -> RunRecord:
+        async with self._limit:
+            return await self._attempt(probe, attempt, run_id or new_run_id(), first_run_id, last_attempt)
+
+    async def _attempt(
+        self, probe: ProbeSpec, attempt: int, run_id: str, first_run_id: str | None, last_attempt: bool
+    ) -> RunRecord:
+        deps = self.deps
+        root_cm, tctx, root_span = self._open_root(probe, run_id, attempt)
+        trigger_ns = time.time_ns()
+        run = RunRecord(
+            run_id=run_id, probe_id=probe.id, kind=probe.kind, attempt=attempt,
+            first_run_id=first_run_id or run_id, trace_id=tctx.trace_id, started_ns=trigger_ns,
+        )
+        if deps.links is not None:
+            run.links = dict(deps.links(tctx.trace_id, run_id, probe.id))
+        runlog = RunLog()
+        ctx = ProbeContext(
+            probe_id=probe.id, run_id=run_id, attempt=attempt, first_run_id=run.first_run_id, trace=tctx,
+            session=deps.session, templates=self.templates, integrations=deps.integrations, inject=probe.inject,
+            log=runlog, trigger_ns=trigger_ns, deadline_s=anyio.current_time() + probe.timeout,
+            tracer=deps.tracer, root_span=root_span, resources=deps.resources,
+        )
+        with anyio.CancelScope(shield=True):
+            await deps.store.insert_run(run)
+            await self._call_hooks("on_run_started", probe, run)
+        self.in_flight[run_id] = run
+        # The run's root span is the current span of this task (and its children): logs carry its trace id.
+        token = otel_context.attach(otel_trace.set_span_in_context(root_span)) if root_span is not None else None
+        try:
+            await self._execute(probe, ctx, run, root_cm)
+            run.status = RunStatus.FINISHED
+        except anyio.get_cancelled_exc_class():
+            run.status, run.verdict, run.abort_reason = RunStatus.ABORTED, None, "shutdown"
+            runlog("run aborted", reason="shutdown")
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._finish(probe, ctx, run, runlog, last_attempt)
+                finally:
+                    if token is not None:
+                        otel_context.detach(token)
+                    self.in_flight.pop(run_id, None)
+                    self._changed.set()
+                    self._changed = anyio.Event()
+        return run
+
+    async def wait_idle(self) -> None:
+        """Return once no run is in flight (used by the shutdown drain)."""
+        while self.in_flight:
+            await self._changed.wait()
+
+    def _open_root(self, probe: ProbeSpec, run_id: str, attempt: int) -> tuple[Any, TraceContext, Any]:
+        tracer = self.deps.tracer
+        if tracer is None:
+            import secrets
+
+            return None, TraceContext(secrets.token_hex(16), secrets.token_hex(8)), None
+        span = tracer.start_span(
+            f"tracecanary probe {probe.id}", attributes={
+                "tracecanary.probe_id": probe.id, "tracecanary.run_id": run_id,
+                "tracecanary.attempt": attempt, "tracecanary.kind": probe.kind,
+            },
+        )
+        sc = span.get_span_context()
+        return None, TraceContext(format(sc.trace_id, "032x"), format(sc.span_id, "016x")), span
+
+    async def _execute(self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, root_cm: Any) -> None:
+        root = Span(
+            trace_id=ctx.trace.trace_id, span_id=ctx.trace.span_id, parent_span_id=None,
+            name=f"tracecanary probe {probe.id}", kind=SpanKind.INTERNAL, start_ns=ctx.trigger_ns,
+            end_ns=ctx.trigger_ns, service="tracecanary",
+        )
+        try:
+            with anyio.fail_after(max(0.001, ctx.remaining_s())):
+                result = await probe.fire(ctx)
+        except ProbeError as e:
+            run.findings.append(Finding(type="error", severity=Verdict.ERROR, message=str(e)))
+            result = FireResult()
+        except TimeoutError:
+            run.findings.append(Finding(
+                type="error", severity=Verdict.ERROR,
+                message=f"trigger did not complete within the probe's timeout {probe.timeout:g}s",
+            ))
+            result = FireResult()
+        except Exception as e:  # a bug in a probe kind must cost one run, never the daemon
+            run.findings.append(internal_error("probe.fire", e, probe.id, run.run_id))
+            result = FireResult()
+        run.outputs = dict(result.outputs)
+        run.findings.extend(result.findings)
+        run.response = result.response.to_dict() if result.response is not None else None
+        if any(f.severity is Verdict.ERROR for f in run.findings):
+            return
+        run.findings.extend(judge_response(probe.expect.response, run.response))
+        await self._expectations(probe, ctx, run, root)
+
+    async def _expectations(self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, root: Span) -> None:
+        outcome: list[TraceOutcome] = []
+        effects: list[tuple[int, SideEffect, list[Finding]]] = []
+
+        async def trace_task() -> None:
+            assert probe.expect.trace is not None
+            with self._self_span(ctx, "tracecanary judge trace", source=probe.expect.trace.source) as span:
+                try:
+                    outcome.append(await watch_trace(
+                        probe.expect.trace, ctx, self.deps.buffer, root, sentry_source=self.deps.sentry_source,
+                    ))
+                except Exception as e:
+                    outcome.append(TraceOutcome([internal_error("expect.trace", e, probe.id, run.run_id)], None))
+                if span is not None:
+                    span.set_attribute("tracecanary.findings", len(outcome[0].findings))
+                    span.set_attribute("tracecanary.spans", len(outcome[0].spans))
+
+        async def effect_task(i: int, effect: SideEffect) -> None:
+            watcher = WATCHERS.get(effect.kind)
+            if watcher is None:
+                effects.append((i, effect, [Finding(
+                    type="error", severity=Verdict.ERROR, path=f"expect.side_effects[{i}]",
+                    message=f"no watcher for side effect {effect.kind!r}",
+                )]))
+                return
+            wctx = WatchContext(probe=ctx, services=self.deps.services, outputs=run.outputs,
+                                poll_interval_s=self.deps.poll_interval_s)
+            with self._self_span(ctx, f"tracecanary watch {effect.kind}", index=i):
+                try:
+                    found = await watcher(effect.spec, wctx)
+                except Exception as e:
+                    found = [internal_error(f"expect.side_effects[{i}]", e, probe.id, run.run_id)]
+            effects.append((i, effect, [f if f.path else f.model_copy(update={"path": f"expect.side_effects[{i}]"})
+                                        for f in found]))
+
+        if not probe.expect.side_effects:  # the trace alone: no task group (a task and a wake-up less per run)
+            if probe.expect.trace is not None:
+                await trace_task()
+        else:
+            async with anyio.create_task_group() as tg:
+                if probe.expect.trace is not None:
+                    tg.start_soon(trace_task)
+                for i, effect in enumerate(probe.expect.side_effects):
+                    tg.start_soon(effect_task, i, effect)
+        if outcome:
+            run.findings.extend(outcome[0].findings)
+            run.trace_report = outcome[0].report
+            run.spans = outcome[0].spans
+            run.span_count = len(outcome[0].spans)
+            run.time_to_verdict_s = outcome[0].time_to_verdict_s
+        for i, effect, found in sorted(effects, key=lambda t: t[0]):
+            run.findings.extend(found)
+            run.side_effects.append({"index": i, "kind": effect.kind, "findings": [f.message for f in found]})
+
+    @contextmanager
+    def _self_span(self, ctx: ProbeContext, name: str, **attributes: Any) -> Iterator[Any]:
+        """A span of the daemon's own work under the probe's root span (exported, never judged)."""
+        tracer = self.deps.self_tracer
+        if tracer is None or ctx.root_span is None:
+            yield None
+            return
+        from opentelemetry import trace as otel_trace
+
+        parent = otel_trace.set_span_in_context(ctx.root_span)
+        attrs = {f"tracecanary.{k}": v for k, v in attributes.items()}
+        with tracer.start_as_current_span(name, context=parent, attributes=attrs) as span:
+            yield span
+
+    async def _finish(
+        self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, runlog: RunLog, last_attempt: bool
+    ) -> None:
+        try:
+            with anyio.fail_after(30):
+                run.findings.extend(await probe.teardown(ctx))
+        except Exception as e:
+            run.findings.append(Finding(type="teardown", severity=Verdict.FAIL, message=f"teardown failed: {e}"))
+        if run.status is RunStatus.FINISHED:
+            run.verdict = verdict_of(run.findings)
+        run.final = last_attempt or run.status is RunStatus.ABORTED or (run.verdict is not None and run.verdict.ok)
+        run.finished_ns = time.time_ns()
+        # The judge saw the probe's root span before it ended; store it with its real end and status.
+        run.spans = [
+            replace(s, end_ns=run.finished_ns,
+                    status_code=StatusCode.OK if run.verdict is not None and run.verdict.ok else StatusCode.ERROR)
+            if s.span_id == ctx.trace.span_id and s.trace_id == ctx.trace.trace_id else s
+            for s in run.spans
+        ]
+        if ctx.root_span is not None:
+            from opentelemetry.trace import Status
+            from opentelemetry.trace import StatusCode as OtelStatus
+
+            ok = run.verdict is not None and run.verdict.ok
+            ctx.root_span.set_attribute("tracecanary.verdict", run.verdict.value if run.verdict else "aborted")
+            ctx.root_span.set_status(Status(OtelStatus.OK if ok else OtelStatus.ERROR))
+            ctx.root_span.end()
+        # Failed runs keep their whole log; passing runs keep the tail (blackbox_exporter's habit).
+        run.log = runlog.text() if run.verdict is not Verdict.PASS else runlog.text()[-4000:]
+        try:
+            await self.deps.store.finish_run(run)
+        except Exception:
+            log.exception("store write failed run_id=%s", run.run_id)
+            raise
+        await self._call_hooks("on_run_finished", probe, run)
+        log.info("run finished probe=%s run_id=%s attempt=%d status=%s verdict=%s",
+                 probe.id, run.run_id, run.attempt, run.status.value, run.verdict.value if run.verdict else "-")
+
+    async def _call_hooks(self, name: str, probe: ProbeSpec, run: RunRecord) -> None:
+        for hook in self.deps.hooks:
+            try:
+                await getattr(hook, name)(probe, run)
+            except Exception:
+                log.exception("hook %s failed hook=%s run_id=%s", name, type(hook).__name__, run.run_id)
+
+
+def internal_error(path: str, exc: Exception, probe_id: str, run_id: str) -> Finding:
+    """An unexpected exception becomes an ``error`` finding; it is logged and reported to Sentry."""
+    log.error("internal error path=%s probe=%s run_id=%s", path, probe_id, run_id, exc_info=exc)
+    try:
+        from tracecanary.daemon.observe.sentry import capture_daemon_exception
+
+        capture_daemon_exception(exc, probe_id, run_id)
+    except Exception:
+        log.debug("sentry capture failed", exc_info=True)
+    return Finding(type="error.internal", severity=Verdict.ERROR, path=path,
+                   message=f"internal error: {type(exc).__name__}: {exc}")
+
+
+def selected(probes: Sequence[ProbeSpec], globs: Sequence[str]) -> list[ProbeSpec]:
+    """Probes whose id or a tag matches any glob (all when no glob is given)."""
+    import fnmatch
+
+    if not globs:
+        return list(probes)
+    return [p for p in probes if any(fnmatch.fnmatchcase(p.id, g) or any(fnmatch.fnmatchcase(t, g) for t in p.tags)
+                                     for g in globs)]

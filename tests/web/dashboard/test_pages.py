@@ -1,0 +1,105 @@
+"""Server-rendered pages over HTTP: overview order, probe chart, run waterfall with the judge's overlay."""
+
+from __future__ import annotations
+
+import re
+
+import aiohttp
+import pytest
+
+from tests.web.dashboard.conftest import Site
+
+pytestmark = pytest.mark.anyio
+
+
+async def _get(url: str) -> str:
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == 200, url
+        return await r.text()
+
+
+async def test_overview_lists_failing_first_with_strip(site: Site) -> None:
+    html = await _get(f"{site.base}/")
+    order = re.findall(r'<tr class="probe s-(\w+)" data-probe="([\w-]+)"', html)
+    assert order == [("failing", "shop-webhook"), ("ok", "shop-slack")]
+    assert html.count('class="cell v-pass"') == 10 + 12 and html.count('class="cell v-fail"') == 2
+    assert "fetch-gex-data" in html  # the failing probe shows why
+
+
+async def test_probe_page_has_duration_chart(site: Site) -> None:
+    html = await _get(f"{site.base}/probes/shop-webhook")
+    assert html.count('class="bar v-pass"') == 10 and html.count('class="bar v-fail"') == 2
+    async with aiohttp.ClientSession() as s, s.get(f"{site.base}/probes/nope") as r:
+        assert r.status == 404
+
+
+async def test_run_page_waterfall_with_ghost_under_its_parent(site: Site) -> None:
+    runs = await site.control.store.list_runs("shop-webhook", limit=1)
+    html = await _get(f"{site.base}/runs/{runs[0].run_id}")
+    names = re.findall(r'class="wf-row wf-(span|ghost)[^"]*"[^>]*>\s*<div class="wf-label"[^>]*>\s*'
+                       r'<span class="mark">[^<]*</span>\s*<span class="name">([^<]+)</span>', html)
+    assert [n for _, n in names] == [
+        "tracecanary probe shop-webhook", "POST /webhook", "validate-payload", "data-enrichment",
+        "fetch-market-data", 'span &#34;fetch-gex-data&#34;', "orders publish", "orders process", "chat.postMessage",
+    ]
+    assert names[5][0] == "ghost"
+    assert "linked trace" in html and "orders publish" in html
+    assert "expect.trace.tree[0].children[1].children[1]" in html  # finding path
+    assert "open in jaeger" in html
+    assert '<blockquote class="arrived">ORB_BREAKOUT signal s-1 for SPY</blockquote>' in html
+    assert "no matching message within 10s" in html
+
+
+
+class ChaosSwitch:
+    """The two methods the dashboard asks of ``control.demo`` (DemoWorld in `tracecanary demo`)."""
+
+    def __init__(self) -> None:
+        self.active: str | None = None
+
+    def chaos_state(self) -> dict[str, object]:
+        return {"faults": ["drop-span", "silent-bot"], "active": self.active}
+
+    async def set_fault(self, name: str | None) -> None:
+        self.active = name
+
+
+async def test_chaos_toggle_only_in_demo(site: Site) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{site.base}/demo/chaos", data={"fault": "silent-bot"}) as r:
+            assert r.status == 404
+        switch = ChaosSwitch()
+        site.control.demo = switch  # type: ignore[attr-defined]
+        html = await _get(f"{site.base}/")
+        assert '<option value="silent-bot" >silent-bot</option>' in html
+        async with s.post(f"{site.base}/demo/chaos", data={"fault": "silent-bot"}, allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/"
+        assert switch.active == "silent-bot"
+        assert "fault: silent-bot" in await _get(f"{site.base}/")
+        async with s.post(f"{site.base}/demo/chaos", data={"fault": ""}, allow_redirects=False) as r:
+            assert r.status == 303
+        assert switch.active is None
+
+
+async def test_live_stream_sends_waterfall_then_done(site: Site) -> None:
+    run_id = await site.control.run_now("shop-slack")
+    events: list[str] = []
+    async with aiohttp.ClientSession() as s, s.get(f"{site.base}/runs/{run_id}/live") as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        async for line in r.content:
+            if line.startswith(b"event: "):
+                events.append(line[7:].decode().strip())
+    assert events[0] == "waterfall" and events[-1] == "done" and events.count("waterfall") >= 2
+
+
+async def test_failing_alert_channel_shows_on_overview(site: Site) -> None:
+    from tracecanary.daemon.alerts.manager import NS_CHANNELS, AlertManager
+    from tracecanary.daemon.alerts.policy import AlertsSettings
+
+    settings = AlertsSettings.model_validate({"channels": {"oncall": {"type": "slack", "channel": "C0ONCALL"}}})
+    site.control.alerts = AlertManager(site.control.store, settings)
+    assert "alert channel" not in await _get(f"{site.base}/")
+    await site.control.store.kv_put(NS_CHANNELS, "oncall", {
+        "failing": True, "consecutive_failures": 3, "last_error": "channel_not_found"})
+    html = await _get(f"{site.base}/")
+    assert "alert channel oncall failing (3 deliveries): channel_not_found" in html

@@ -1,0 +1,62 @@
+"""Credentials and endpoints probes and watchers use (the ``integrations:`` section)."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import Field
+
+from tracecanary.model import StrictModel
+
+
+class SlackIntegration(StrictModel):
+    """Slack Web API access; ``base_url`` points at an emulator in tests and the demo."""
+
+    user_token: str | None = Field(None, description="xoxp- token that posts mentions as a person.")
+    bot_token: str | None = Field(None, description="xoxb- token for reading replies and alerting.")
+    app_token: str | None = Field(None, description="xapp- token for Socket Mode (event-driven watching).")
+    signing_secret: str | None = Field(None, description="Signs Events API deliveries.")
+    base_url: str = "https://slack.com/api/"
+
+
+class GithubIntegration(StrictModel):
+    """GitHub REST access and webhook secret; ``base_url`` for GitHub Enterprise or the emulator."""
+
+    token: str | None = None
+    webhook_secret: str | None = None
+    base_url: str = "https://api.github.com"
+
+
+class SentryIntegration(StrictModel):
+    """Sentry: trace lookups (org, token, api_url) and the one DSN for self-reporting and check-ins."""
+
+    org: str | None = None
+    token: str | None = None
+    api_url: str = "https://sentry.io"
+    dsn: str | None = None
+    org_id: str | None = Field(None, description="Numeric org id (sent as sentry-org_id); default: from the DSN host.")
+
+    def resolved_org_id(self) -> str | None:
+        """``org_id``, or the ``o<digits>`` of a sentry.io DSN host (``…@o123.ingest.sentry.io/…``)."""
+        if self.org_id:
+            return self.org_id
+        if self.dsn:
+            m = re.search(r"@o(\d+)\.", self.dsn)
+            if m:
+                return m.group(1)
+        return None
+
+
+class KafkaIntegration(StrictModel):
+    """Kafka used by kafka probes and watchers (the span source is daemon.kafka)."""
+
+    bootstrap: str = "127.0.0.1:9092"
+
+
+class Integrations(StrictModel):
+    """The ``integrations:`` section."""
+
+    slack: SlackIntegration = Field(default_factory=SlackIntegration)
+    github: GithubIntegration = Field(default_factory=GithubIntegration)
+    sentry: SentryIntegration = Field(default_factory=SentryIntegration)
+    kafka: KafkaIntegration = Field(default_factory=KafkaIntegration)
