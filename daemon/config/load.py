@@ -5,8 +5,8 @@ and either returns a ``Config`` or raises ``ConfigError`` listing every problem 
 
     config/demo.yaml:14 probes[orders-webhook].expect.trace.tree[0].span: …
 
-``${VAR}`` / ``${VAR:-default}`` expand from the environment and ``${file:/path}`` reads a secret
-file, at load; ``{{ … }}`` templates are left for the run.
+``${VAR}`` / ``${VAR:-default}`` expand from ``environ`` (default ``os.environ``) and ``${file:/path}``
+reads a secret file, at load; ``{{ … }}`` templates are left for the run.
 """
 
 from __future__ import annotations
@@ -14,186 +14,31 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from tracecanary.assertions.units import Duration, parse_duration_s
 from tracecanary.daemon.alerts.policy import AlertsSettings
 from tracecanary.daemon.config.links import LinkSettings
 from tracecanary.daemon.config.settings import DaemonSettings, ExtraSections
+from tracecanary.daemon.config.yaml_doc import (
+    Doc,
+    Loc,
+    compose,
+    data_loc,
+    expand_env,
+    line_of,
+    message,
+    pydantic_errors,
+    render_loc,
+)
 from tracecanary.errors import ConfigError
 from tracecanary.integrations import Integrations
 from tracecanary.model import StrictModel
 from tracecanary.probes.base import ProbeSpec
 from tracecanary.probes.registry import PROBES
-
-Loc = tuple[str | int, ...]
-_ENV_RE = re.compile(r"\$\{([^}]*)\}")
-_TOP_KEYS = ("probes", "daemon", "integrations", "links", "alerts", "demo")
-
-
-# --- YAML with line numbers --------------------------------------------------------------------
-@dataclass
-class _Doc:
-    path: str
-    data: Any
-    lines: dict[Loc, int] = field(default_factory=dict)
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _compose(path: str, text: str, errors: list[str]) -> _Doc | None:
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        errors.append(f"{path}{line}: invalid YAML: {problem}")
-        return None
-    doc = _Doc(path=path, data=None)
-    if node is None:
-        doc.data = {}
-        return doc
-    env_errors: list[tuple[Loc, str]] = []
-    doc.data = _construct(node, (), doc, env_errors)
-    errors.extend(f"{path}:{_line(doc, loc)} {_render_loc(loc, doc.data)}: {msg}" for loc, msg in env_errors)
-    return doc
-
-
-def _construct(node: yaml.Node, loc: Loc, doc: _Doc, errors: list[tuple[Loc, str]]) -> Any:
-    doc.lines.setdefault(loc, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _Loader.construct_object(_Loader(""), key_node, deep=True) if not isinstance(
-                key_node, yaml.ScalarNode) else key_node.value
-            child = (*loc, key)
-            if key in out:
-                errors.append((child, f"duplicate key {key!r}"))
-            doc.lines[child] = key_node.start_mark.line + 1
-            out[key] = _construct(value_node, child, doc, errors)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_construct(v, (*loc, i), doc, errors) for i, v in enumerate(node.value)]
-    value = _Loader("").construct_object(node)  # type: ignore[arg-type]
-    if isinstance(value, str) and "${" in value:
-        try:
-            value = expand_env(value)
-        except ValueError as e:
-            errors.append((loc, str(e)))
-    return value
-
-
-def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """Expand ``${VAR}``, ``${VAR:-default}`` and ``${file:/path}``; ``$${`` escapes a literal ``${``."""
-    env = os.environ if environ is None else environ
-
-    def sub(m: re.Match[str]) -> str:
-        expr = m.group(1)
-        if expr.startswith("file:"):
-            p = Path(expr[5:])
-            try:
-                return p.read_text().strip()
-            except OSError as e:
-                raise ValueError(f"cannot read secret file {str(p)!r}: {e.strerror}") from e
-        name, sep, default = expr.partition(":-")
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ValueError(f"invalid variable reference ${{{expr}}}")
-        if name in env:
-            return env[name]
-        if sep:
-            return default
-        raise ValueError(f"environment variable {name} is not set (use ${{{name}:-default}} for a default)")
-
-    parts = text.split("$${")
-    return "${".join(_ENV_RE.sub(sub, p) for p in parts)
-
-
-# --- paths ---------------------------------------------------------------------------------------
-def _render_loc(loc: Loc, data: Any) -> str:
-    """``('probes', 0, 'expect', 'trace', 'tree', 0, 'span')`` → ``probes[orders-webhook].expect…``."""
-    out = ""
-    cursor: Any = data
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            label: str | int = part
-            if i == 1 and loc[0] == "probes" and isinstance(cursor, list) and part < len(cursor):
-                item = cursor[part]
-                if isinstance(item, dict) and isinstance(item.get("id"), str):
-                    label = item["id"]
-            out += f"[{label}]"
-        else:
-            out += f".{part}" if out else str(part)
-        if isinstance(cursor, dict):
-            cursor = cursor.get(part)
-        elif isinstance(cursor, list) and isinstance(part, int) and part < len(cursor):
-            cursor = cursor[part]
-        else:
-            cursor = None
-    return out
-
-
-def _data_loc(data: Any, loc: tuple[Any, ...]) -> Loc:
-    """Keep the parts of a pydantic error location that exist in the data (drop union tags)."""
-    out: list[str | int] = []
-    cursor = data
-    for part in loc:
-        if isinstance(cursor, dict) and part in cursor:
-            out.append(part)
-            cursor = cursor[part]
-        elif isinstance(cursor, list) and isinstance(part, int) and part < len(cursor):
-            out.append(part)
-            cursor = cursor[part]
-        elif isinstance(cursor, dict) and isinstance(part, str) and part.rstrip("_") in cursor:
-            out.append(part.rstrip("_"))
-            cursor = cursor[part.rstrip("_")]
-        elif isinstance(cursor, dict) and isinstance(part, str) and not part.startswith(("function", "union")):
-            out.append(part)  # a missing field: name it, point at its parent's line
-            cursor = None
-        else:
-            continue
-    return tuple(out)
-
-
-def _line(doc: _Doc, loc: Loc) -> int:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in doc.lines:
-            return doc.lines[loc[:n]]
-    return 1
-
-
-def _message(err: Any) -> str:
-    kind, msg = err["type"], err["msg"]
-    if kind == "extra_forbidden":
-        return f"unknown key {err['loc'][-1]!r}"
-    if kind == "missing":
-        return "required field missing"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    if msg.startswith("Assertion failed, "):
-        msg = msg[len("Assertion failed, "):]
-    return str(msg)
-
-
-def _pydantic_errors(e: ValidationError, doc: _Doc, prefix: Loc, data: Any) -> list[str]:
-    out = []
-    for err in e.errors():
-        loc = (*prefix, *_data_loc(_get(doc.data, prefix), err["loc"]))
-        out.append(f"{doc.path}:{_line(doc, loc)} {_render_loc(loc, doc.data)}: {_message(err)}")
-    return out
-
-
-def _get(data: Any, loc: Loc) -> Any:
-    for part in loc:
-        data = data[part]
-    return data
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -213,6 +58,12 @@ class Config(BaseModel):
             if p.id == probe_id:
                 return p
         raise KeyError(probe_id)
+
+    def secrets(self) -> list[str]:
+        """The credential values set in this config (masked wherever they would reach Sentry)."""
+        i, d = self.integrations, self.daemon
+        return [v for v in (i.slack.user_token, i.slack.bot_token, i.slack.app_token, i.github.token,
+                            i.sentry.token, d.api_token, d.otlp.token) if v]
 
 
 class _SuiteFile(StrictModel):
@@ -237,21 +88,15 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Load a file or directory; raise ConfigError with every problem (file:line path: message)."""
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Load a file or directory; raise ConfigError with every problem (file:line path: message).
+
+    ``${VAR}`` references resolve from ``environ`` (default ``os.environ``).
+    """
     errors: list[str] = []
-    docs: list[_Doc] = []
-    for f in _files(Path(path)):
-        try:
-            text = f.read_text()
-        except OSError as e:
-            errors.append(f"{f}: cannot read: {e.strerror}")
-            continue
-        doc = _compose(str(f), text, errors)
-        if doc is not None:
-            docs.append(doc)
-    sections: dict[str, tuple[_Doc, Any]] = {}
-    probes: list[tuple[_Doc, int, ProbeSpec]] = []
+    docs = _read(Path(path), os.environ if environ is None else environ, errors)
+    sections: dict[str, tuple[Doc, Any]] = {}
+    probes: list[tuple[Doc, int, ProbeSpec]] = []
     for doc in docs:
         if not isinstance(doc.data, dict):
             errors.append(f"{doc.path}:1: expected a mapping with probes:, daemon:, integrations:, …")
@@ -259,12 +104,12 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         try:
             _SuiteFile.model_validate(doc.data)
         except ValidationError as e:
-            errors.extend(_pydantic_errors(e, doc, (), doc.data))
+            errors.extend(pydantic_errors(e, doc, ()))
             continue
         for key in ("daemon", "integrations", "links", "alerts", "demo"):
             if doc.data.get(key) is not None:
                 if key in sections:
-                    errors.append(f"{doc.path}:{_line(doc, (key,))} {key}: also set in {sections[key][0].path}; "
+                    errors.append(f"{doc.path}:{line_of(doc, (key,))} {key}: also set in {sections[key][0].path}; "
                                   "set each section in one file")
                 else:
                     sections[key] = (doc, doc.data[key])
@@ -279,18 +124,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             try:
                 cfg_kwargs[key] = model.model_validate(raw)
             except ValidationError as e:
-                errors.extend(_pydantic_errors(e, doc, (key,), raw))
-    extra_raw = {k: sections[k][1] for k in ("links", "alerts", "demo") if k in sections}
-    extra = ExtraSections()
-    if extra_raw:
-        try:
-            extra = ExtraSections.model_validate(extra_raw)
-        except ValidationError as e:
-            for err in e.errors():
-                top = str(err["loc"][0])
-                doc = sections[top][0]
-                loc = (top, *_data_loc(sections[top][1], err["loc"][1:]))
-                errors.append(f"{doc.path}:{_line(doc, loc)} {_render_loc(loc, doc.data)}: {_message(err)}")
+                errors.extend(pydantic_errors(e, doc, (key,)))
+    extra = _extra_sections(sections, errors)
     errors.extend(_cross_checks(probes, extra, sections))
     if errors:
         raise ConfigError(sorted(errors, key=_error_order))
@@ -299,14 +134,44 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     )
 
 
+def _read(path: Path, environ: Mapping[str, str], errors: list[str]) -> list[Doc]:
+    docs: list[Doc] = []
+    for f in _files(path):
+        try:
+            text = f.read_text()
+        except OSError as e:
+            errors.append(f"{f}: cannot read: {e.strerror}")
+            continue
+        doc = compose(str(f), text, errors, environ)
+        if doc is not None:
+            docs.append(doc)
+    return docs
+
+
+def _extra_sections(sections: dict[str, tuple[Doc, Any]], errors: list[str]) -> ExtraSections:
+    """``links:``, ``alerts:`` and ``demo:`` validated together (alerts refer to each other)."""
+    extra_raw = {k: sections[k][1] for k in ("links", "alerts", "demo") if k in sections}
+    if not extra_raw:
+        return ExtraSections()
+    try:
+        return ExtraSections.model_validate(extra_raw)
+    except ValidationError as e:
+        for err in e.errors():
+            top = str(err["loc"][0])
+            doc = sections[top][0]
+            loc = (top, *data_loc(sections[top][1], err["loc"][1:]))
+            errors.append(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}: {message(err)}")
+        return ExtraSections()
+
+
 def _error_order(line: str) -> tuple[str, int]:
     m = re.match(r"^(.*?):(\d+)[ :]", line)
     return (m.group(1), int(m.group(2))) if m else (line, 0)
 
 
-def _load_probe(doc: _Doc, i: int, raw: Any, errors: list[str]) -> ProbeSpec | None:
+def _load_probe(doc: Doc, i: int, raw: Any, errors: list[str]) -> ProbeSpec | None:
     loc: Loc = ("probes", i)
-    where = f"{doc.path}:{_line(doc, loc)} {_render_loc(loc, doc.data)}"
+    where = f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}"
     if not isinstance(raw, dict):
         errors.append(f"{where}: expected a mapping")
         return None
@@ -315,12 +180,12 @@ def _load_probe(doc: _Doc, i: int, raw: Any, errors: list[str]) -> ProbeSpec | N
         kloc = (*loc, "kind")
         known = ", ".join(sorted(PROBES))
         what = f"unknown probe kind {kind!r}" if kind is not None else "kind is required"
-        errors.append(f"{doc.path}:{_line(doc, kloc)} {_render_loc(kloc, doc.data)}: {what} (known: {known})")
+        errors.append(f"{doc.path}:{line_of(doc, kloc)} {render_loc(kloc, doc.data)}: {what} (known: {known})")
         return None
     try:
         return PROBES[kind].model_validate(raw)
     except ValidationError as e:
-        errors.extend(_pydantic_errors(e, doc, loc, raw))
+        errors.extend(pydantic_errors(e, doc, loc))
         return None
 
 
@@ -338,22 +203,21 @@ def _walk_within(value: Any, loc: Loc) -> list[tuple[Loc, Any]]:
 
 
 def _cross_checks(
-    probes: list[tuple[_Doc, int, ProbeSpec]], extra: ExtraSections, sections: dict[str, tuple[_Doc, Any]]
+    probes: list[tuple[Doc, int, ProbeSpec]], extra: ExtraSections, sections: dict[str, tuple[Doc, Any]]
 ) -> list[str]:
     errors: list[str] = []
-    seen: dict[str, tuple[_Doc, int]] = {}
+    seen: dict[str, tuple[Doc, int]] = {}
     for doc, i, spec in probes:
         loc: Loc = ("probes", i)
         if spec.id in seen:
             first_doc, first_i = seen[spec.id]
             errors.append(
-                f"{doc.path}:{_line(doc, (*loc, 'id'))} {_render_loc((*loc, 'id'), doc.data)}: duplicate probe id "
-                f"{spec.id!r} (first defined at {first_doc.path}:{_line(first_doc, ('probes', first_i, 'id'))})"
+                f"{doc.path}:{line_of(doc, (*loc, 'id'))} {render_loc((*loc, 'id'), doc.data)}: duplicate probe id "
+                f"{spec.id!r} (first defined at {first_doc.path}:{line_of(first_doc, ('probes', first_i, 'id'))})"
             )
         else:
             seen[spec.id] = (doc, i)
-        if spec.every is None and spec.cron is None and not spec.pause:
-            pass  # unscheduled probes run only on demand (check, API); that is allowed
+        # A probe with neither every nor cron is allowed: it runs only on demand (check, the API).
         for wloc, raw_within in _walk_within(doc.data["probes"][i].get("expect"), (*loc, "expect")):
             try:
                 within_s = parse_duration_s(raw_within)
@@ -361,21 +225,21 @@ def _cross_checks(
                 continue  # already reported by the model
             if within_s > spec.timeout:
                 errors.append(
-                    f"{doc.path}:{_line(doc, wloc)} {_render_loc(wloc, doc.data)}: within {raw_within} is longer "
+                    f"{doc.path}:{line_of(doc, wloc)} {render_loc(wloc, doc.data)}: within {raw_within} is longer "
                     f"than the probe's timeout {_fmt_s(spec.timeout)}"
                 )
         if spec.alert is not None and spec.alert.policy not in extra.policy_names():
             aloc = (*loc, "alert", "policy")
             known = ", ".join(sorted(extra.policy_names())) or "none defined"
             errors.append(
-                f"{doc.path}:{_line(doc, aloc)} {_render_loc(aloc, doc.data)}: unknown alert policy "
+                f"{doc.path}:{line_of(doc, aloc)} {render_loc(aloc, doc.data)}: unknown alert policy "
                 f"{spec.alert.policy!r} (known: {known})"
             )
     if "alerts" in sections:
         doc, _ = sections["alerts"]
         for loc, message in extra.reference_errors():
             full = ("alerts", *loc)
-            errors.append(f"{doc.path}:{_line(doc, full)} {_render_loc(full, doc.data)}: {message}")
+            errors.append(f"{doc.path}:{line_of(doc, full)} {render_loc(full, doc.data)}: {message}")
     return errors
 
 

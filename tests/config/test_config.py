@@ -12,6 +12,7 @@ import pytest
 
 from tracecanary.daemon.config.load import expand_env, load_config, schema
 from tracecanary.errors import ConfigError
+from tracecanary.probes.http import HttpProbe
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -86,6 +87,25 @@ def test_env_expansion(tmp_path: Path) -> None:
         expand_env("${MISSING}", env)
     with pytest.raises(ValueError, match="cannot read secret file"):
         expand_env("${file:/nonexistent/secret}", env)
+
+
+def test_load_config_resolves_variables_from_the_given_environ_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("daemon: {api_token: '${TC_TEST_TOKEN}'}\n"
+                 "probes:\n  - id: one\n    kind: http\n    request: {url: '${TC_TEST_TARGET}/x'}\n")
+    monkeypatch.delenv("TC_TEST_TARGET", raising=False)
+    monkeypatch.setenv("TC_TEST_TOKEN", "from-the-process")
+    cfg = load_config(f, {"TC_TEST_TARGET": "http://127.0.0.1:1234", "TC_TEST_TOKEN": "from-the-mapping"})
+    [probe] = cfg.probes
+    assert isinstance(probe, HttpProbe) and probe.request.url == "http://127.0.0.1:1234/x"
+    assert cfg.daemon.api_token == "from-the-mapping"
+    assert "TC_TEST_TARGET" not in os.environ
+    with pytest.raises(ConfigError) as e:
+        load_config(f, {"TC_TEST_TARGET": "http://127.0.0.1:1234"})  # the process's TC_TEST_TOKEN is not used
+    assert e.value.errors == [f"{f}:1 daemon.api_token: environment variable TC_TEST_TOKEN is not set "
+                              "(use ${TC_TEST_TOKEN:-default} for a default)"]
 
 
 def test_templates_are_left_for_the_run(tmp_path: Path) -> None:
