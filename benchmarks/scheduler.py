@@ -46,7 +46,7 @@ async def phase(name: str, specs: list[ProbeSpec], seconds: float) -> dict[str, 
     late_ms: list[float] = []
     scheduled: list[float] = []
 
-    async def fire(spec: ProbeSpec, scheduled_at: float) -> None:
+    async def fire(spec: ProbeSpec, scheduled_at: float, first_run_id: str) -> None:
         late_ms.append((time.time() - scheduled_at) * 1000)
         scheduled.append(scheduled_at)
 

@@ -1,15 +1,18 @@
 """The daemon: engine + scheduler under one task group; signals, reload, drain, retention.
 
 SIGTERM/SIGINT: stop firing, let in-flight runs finish for up to ``shutdown_grace``, then cancel the
-rest (recorded ``aborted``), exit 0. SIGHUP: reload; a bad config is rejected with its errors logged
-and the old one kept; unchanged probes keep their schedule phase and their in-flight runs.
+rest (recorded ``aborted``), exit 0. SIGHUP: reload from the same path and the same environment
+(``${VAR}``) the daemon started with; a bad config is rejected with its errors logged and the old one
+kept; unchanged probes keep their schedule phase and their in-flight runs. Every run, "run now"
+included, is fired by the scheduler, so a probe's overlap policy holds for manual runs too.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,7 @@ from aiohttp import web
 from tracecanary.assertions.spans import Span
 from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.engine import Engine, Overrides
-from tracecanary.daemon.run.runner import new_run_id
-from tracecanary.daemon.run.scheduler import Scheduler
+from tracecanary.daemon.run.scheduler import Scheduler, SchedulerNotRunning
 from tracecanary.daemon.store.base import Store
 from tracecanary.errors import ConfigError
 from tracecanary.probes.base import ProbeSpec
@@ -33,15 +35,22 @@ class Daemon:
     """``tracecanary run CONFIG``."""
 
     def __init__(self, config_path: str | Path, config: Config, overrides: Overrides | None = None,
-                 *, on_ready: Callable[[Daemon], None] | None = None, demo: Any = None) -> None:
+                 *, on_ready: Callable[[Daemon], None] | None = None, demo: Any = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         self.config_path = Path(config_path)
         self.config = config
-        self.engine = Engine(config, overrides or Overrides(), daemon_mode=True, routes=[self._web_routes])
+        self.environ: Mapping[str, str] = os.environ if environ is None else environ
+        """What ``config`` was loaded with: a reload resolves ``${VAR}`` from the same mapping."""
+        self.engine = Engine(config, overrides or Overrides(), daemon_mode=True, routes=[self._web_routes],
+                             ready_gate=self._scheduling)
         self.scheduler: Scheduler | None = None
         self._on_ready = on_ready
         self._demo = demo
         """The demo world (its chaos toggle shows on the dashboard), when run by `tracecanary demo`."""
-        self.reloads = 0
+
+    def _scheduling(self) -> bool:
+        """/readyz: ready once the scheduler runs, not when the servers bind."""
+        return self.scheduler is not None and self.scheduler.started
 
     async def run(self) -> int:
         self.control = DaemonControl(self.engine)
@@ -53,7 +62,6 @@ class Daemon:
 
     async def _run(self, signals: AsyncIterator[int]) -> int:
         async with self.engine.started() as engine:
-            engine.ready = False  # /readyz: ready once the scheduler runs, not when the servers bind
             if engine.alerts is not None:
                 self.control.alerts = engine.alerts
             aborted = await engine.store.abort_running("daemon restart")
@@ -68,7 +76,6 @@ class Daemon:
                 self.control.task_group = tg
                 await tg.start(self.scheduler.run)
                 tg.start_soon(self._retention_loop)
-                engine.ready = True
                 log.info("daemon ready addresses=%s probes=%d", engine.addresses, len(self.config.probes))
                 if self._on_ready is not None:
                     self._on_ready(self)
@@ -85,8 +92,8 @@ class Daemon:
         return [*api_routes(self.control, api_token=token, read_token_required=reads),
                 *dashboard_routes(self.control, api_token=token, read_token_required=reads)]
 
-    async def _fire(self, probe: ProbeSpec, scheduled_at: float) -> None:
-        await self.engine.runner.run_probe(probe)
+    async def _fire(self, probe: ProbeSpec, scheduled_at: float, first_run_id: str) -> None:
+        await self.engine.runner.run_probe(probe, first_run_id=first_run_id)
 
     async def _signals(self, tg: anyio.abc.TaskGroup, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
@@ -110,19 +117,17 @@ class Daemon:
 
     async def reload(self) -> bool:
         try:
-            new = load_config(self.config_path)
+            new = load_config(self.config_path, self.environ)
         except ConfigError as e:
             log.error("reload rejected; keeping the old config errors=%d", len(e.errors))
             for line in e.errors:
                 log.error("config error: %s", line)
             return False
         self.config = new
-        self.engine.config = new
+        self.engine.apply_config(new)
         await self._upsert_probes(new.probes)
         assert self.scheduler is not None
         self.scheduler.set_probes(new.probes)
-        self.engine.metrics.retain(new.probes)
-        self.reloads += 1
         log.info("config reloaded probes=%d", len(new.probes))
         return True
 
@@ -168,15 +173,14 @@ class DaemonControl:
         return self.scheduler.next_run(probe_id) if self.scheduler is not None else None
 
     async def run_now(self, probe_id: str) -> str:
-        probe = self.engine.config.probe(probe_id)  # KeyError for an unknown probe
-        if self.task_group is None:
-            raise RuntimeError("run now is not available before the daemon is ready")
-        run_id = new_run_id()
-        self.task_group.start_soon(self._run, probe, run_id)
-        return run_id
+        """Fire the probe through the scheduler (its overlap policy applies); the new first run id.
 
-    async def _run(self, probe: ProbeSpec, run_id: str) -> None:
-        await self.engine.runner.run_probe(probe, first_run_id=run_id)
+        KeyError: unknown probe; ``OverlapSkipped``: the policy refused; ``SchedulerNotRunning``: the
+        daemon is starting or shutting down.
+        """
+        if self.scheduler is None:
+            raise SchedulerNotRunning("the scheduler is not running yet (the daemon is starting)")
+        return self.scheduler.run_now(probe_id)
 
     def live_spans(self, trace_id: str) -> list[Span]:
         return self.engine.buffer.trace(trace_id)

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
@@ -42,9 +42,12 @@ from tracecanary.daemon.store.base import Store
 from tracecanary.daemon.store.sqlite import open_store
 from tracecanary.daemon.watchers.base import EventHub, Services
 from tracecanary.errors import StartupError
-from tracecanary.probes.base import ProbeSpec
-from tracecanary.probes.kafka import RESOURCE_KEY as KAFKA_PRODUCERS
+from tracecanary.probes.base import ProbeResources
 from tracecanary.probes.kafka import KafkaProducers
+
+if TYPE_CHECKING:
+    from tracecanary.daemon.spans.kafka import KafkaSourceStats
+    from tracecanary.daemon.spans.sentry import SentryTraceSource
 
 log = logging.getLogger("tracecanary.engine")
 
@@ -54,6 +57,8 @@ RouteFactory = Callable[["Engine"], Sequence[web.AbstractRouteDef]]
 RUNNER_SCOPE = "tracecanary.runner"
 GC_GEN0_THRESHOLD = 10_000
 """Young-generation collection threshold once the engine runs (CPython's default: 700)."""
+COUNTER_SYNC_S = 5.0
+"""How often the buffer's eviction count and the Kafka source's span count are folded into /metrics."""
 
 
 def tune_gc() -> None:
@@ -118,30 +123,37 @@ def bound_port(site: web.TCPSite) -> int:
 
 @dataclass
 class Engine:
-    """Built components; fields are filled by ``started()``."""
+    """The constructor arguments, then what ``started()`` builds: callers read it and change it only
+    through methods (``apply_config`` on reload)."""
 
     config: Config
+    """Replaced only through :meth:`apply_config` (the daemon's reload)."""
     overrides: Overrides = field(default_factory=Overrides)
     serve_api: bool = True
+    daemon_mode: bool = False
+    """The daemon alerts and sends Sentry check-ins; a `check` pass reports through its exit code."""
+    routes: Sequence[RouteFactory] = ()
+    """Routes beyond the engine's own (/healthz, /readyz, /metrics, /hooks/github): the daemon's API and
+    dashboard. Each factory is called once the components exist."""
+    ready_gate: Callable[[], bool] | None = None
+    """A condition /readyz waits for besides the engine's start (the daemon's: its scheduler runs)."""
+    gc_tuning: bool = True
+    """Tune the process's cyclic GC once started (see :func:`tune_gc`)."""
     store: Store = field(init=False)
     buffer: TraceBuffer = field(init=False)
     runner: Runner = field(init=False)
     services: Services = field(init=False)
     session: aiohttp.ClientSession = field(init=False)
     app: web.Application = field(init=False)
-    daemon_mode: bool = False
-    """The daemon alerts and sends Sentry check-ins; a `check` pass reports through its exit code."""
-    routes: Sequence[RouteFactory] = ()
-    """Routes beyond the engine's own (/healthz, /readyz, /metrics, /hooks/github): the daemon's API and
-    dashboard. Each factory is called once the components exist."""
-    addresses: dict[str, str] = field(default_factory=dict)
-    ready: bool = False
+    provider: TracerProvider = field(init=False)
+    kafka_producers: KafkaProducers = field(init=False)
+    addresses: dict[str, str] = field(init=False, default_factory=dict)
+    """Bound addresses by role (``api``, ``otlp_http``, ``otlp_grpc``): the real port when 0 was asked."""
+    ready: bool = field(init=False, default=False)
     hooks: list[RunHook] = field(init=False, default_factory=list)
     metrics: Metrics = field(init=False)
     alerts: AlertManager | None = field(init=False, default=None)
-    sentry_source: Any = field(init=False, default=None)
-    gc_tuning: bool = True
-    """Tune the process's cyclic GC once started (see :func:`tune_gc`)."""
+    sentry_source: SentryTraceSource | None = field(init=False, default=None)
     _exports_telemetry: bool = field(init=False, default=False)
 
     @property
@@ -208,7 +220,7 @@ class Engine:
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
             self_tracer=self.provider.get_tracer("tracecanary.daemon") if self._exports_telemetry else None,
             links=self.links_for, sentry_source=self.sentry_source,
-            resources={KAFKA_PRODUCERS: self.kafka_producers},
+            resources=ProbeResources(kafka_producers=self.kafka_producers),
         ))
         await self._serve_http(tg)
 
@@ -234,13 +246,10 @@ class Engine:
         if sentry.dsn and self.daemon_mode:
             from tracecanary import __version__
             from tracecanary.daemon.observe.crons import CronHook
-            from tracecanary.daemon.observe.sentry import init_sentry
+            from tracecanary.daemon.observe.sentry import SecretScrubber, init_sentry
 
-            secrets = [v for v in (cfg.integrations.slack.user_token, cfg.integrations.slack.bot_token,
-                                   cfg.integrations.slack.app_token, cfg.integrations.github.token,
-                                   sentry.token, cfg.daemon.api_token, cfg.daemon.otlp.token) if v]
             init_sentry(sentry.dsn, environment="tracecanary", release=f"tracecanary@{__version__}",
-                        secrets=secrets)
+                        scrubber=SecretScrubber(cfg.secrets()))
             self.hooks.append(CronHook())
         if sentry.org and sentry.token:
             from tracecanary.daemon.spans.sentry import SentryTraceSource
@@ -273,7 +282,14 @@ class Engine:
         add_span_sink(provider, sink)
         return provider
 
+    def apply_config(self, config: Config) -> None:
+        """A reloaded config: links, metrics and what the API shows follow it; the running components
+        (receivers, store, runner, integrations) keep what they were started with."""
+        self.config = config
+        self.metrics.retain(config.probes)
+
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
+        """The run's trace links (the runner's :class:`LinkRenderer`): rendered once per run."""
         sentry = self.config.integrations.sentry
         return render_links(self.config.extra.links, trace_id=trace_id, run_id=run_id, probe_id=probe_id,
                             org=sentry.org, host=host_of(sentry.api_url) if sentry.api_url else None)
@@ -316,11 +332,11 @@ class Engine:
             await tg.start(partial(run_kafka_source, stats=kafka_stats), self.buffer, self.config.daemon.kafka)
         tg.start_soon(self._sync_counters, kafka_stats)
 
-    async def _sync_counters(self, kafka_stats: Any, interval_s: float = 5.0) -> None:
+    async def _sync_counters(self, kafka_stats: KafkaSourceStats | None) -> None:
         """Fold the buffer's eviction count and the Kafka source's span count into /metrics."""
         evicted = kafka_spans = 0
         while True:
-            await anyio.sleep(interval_s)
+            await anyio.sleep(COUNTER_SYNC_S)
             stats = self.buffer.stats()
             if stats.evicted_spans > evicted:
                 self.metrics.spans_dropped("evicted", stats.evicted_spans - evicted)
@@ -376,19 +392,15 @@ class Engine:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        if not self.ready:
+        if not self.ready or (self.ready_gate is not None and not self.ready_gate()):
             return web.json_response({"status": "starting"}, status=503)
         return web.json_response({"status": "ready", "in_flight": len(self.runner.in_flight)})
-
-    def probes(self) -> list[ProbeSpec]:
-        return list(self.config.probes)
 
 
 def _correlation_attributes(config: Config) -> list[str]:
     keys = list(config.daemon.buffer.correlation_attributes)
     for p in config.probes:
-        trace = p.expect.trace
-        corr = getattr(trace, "correlate", None) if trace is not None else None
+        corr = p.expect.trace.correlate if p.expect.trace is not None else None
         if corr is not None and corr.attribute not in keys:
             keys.append(corr.attribute)
     return keys

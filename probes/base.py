@@ -27,8 +27,10 @@ from tracecanary.model import StrictModel
 if TYPE_CHECKING:
     import aiohttp
     from opentelemetry.trace import Span as OtelSpan
+    from opentelemetry.trace import Tracer
 
     from tracecanary.integrations import Integrations
+    from tracecanary.probes.kafka import KafkaProducers
     from tracecanary.probes.templating import Templates
 
 
@@ -191,6 +193,18 @@ class RunLog:
         return "\n".join(self.lines)
 
 
+@dataclass(frozen=True, slots=True)
+class ProbeResources:
+    """Long-lived clients shared across runs: owned (and closed at shutdown) by the engine.
+
+    One field per kind of client; a probe kind that needs one reads its field and copes with None
+    (no cache: a short-lived client for its one run).
+    """
+
+    kafka_producers: KafkaProducers | None = None
+    """Started Kafka producers, one per bootstrap address (``probes/kafka.py``)."""
+
+
 @dataclass
 class ProbeContext:
     """Everything a probe needs for one run. Built by the runner; probes never build their own."""
@@ -209,11 +223,11 @@ class ProbeContext:
     deadline_s: float
     """anyio monotonic deadline of the whole run."""
     steps: MutableMapping[str, Any] = field(default_factory=dict)
-    tracer: Any = None
+    tracer: Tracer | None = None
     """An OpenTelemetry tracer whose spans land in the run's buffer and the telemetry exporter."""
     root_span: OtelSpan | None = None
-    resources: MutableMapping[str, Any] = field(default_factory=dict)
-    """Long-lived objects shared across runs and owned by the daemon (e.g. ``kafka_producers``)."""
+    resources: ProbeResources = field(default_factory=ProbeResources)
+    """Long-lived clients shared across runs and owned by the engine (Kafka producers)."""
 
     def template_vars(self) -> dict[str, Any]:
         return {

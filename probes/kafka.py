@@ -2,7 +2,7 @@
 
 The producer uses ``acks=all`` so the run's trigger means "durably on the topic". Producers are
 expensive to start, so the daemon keeps one per bootstrap in a ``KafkaProducers`` cache placed in
-``ProbeContext.resources["kafka_producers"]`` and closes it at shutdown; without a cache the probe
+``ProbeContext.resources.kafka_producers`` and closes it at shutdown; without a cache the probe
 starts and stops a producer for its one message.
 """
 
@@ -24,7 +24,6 @@ from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec
 
 log = logging.getLogger("tracecanary.probes.kafka")
 
-RESOURCE_KEY = "kafka_producers"
 MAX_MESSAGE_BYTES = 1 << 20
 
 
@@ -118,7 +117,7 @@ class KafkaMessage(StrictModel):
         if value is not None and len(value) > MAX_MESSAGE_BYTES:
             raise ProbeError(f"kafka {topic}: value is {len(value)} bytes, limit {MAX_MESSAGE_BYTES}")
         limit_s = ctx.remaining_s() if self.timeout is None else min(self.timeout, ctx.remaining_s())
-        cache = ctx.resources.get(RESOURCE_KEY)
+        cache = ctx.resources.kafka_producers
         attributes = {"messaging.system": "kafka", "messaging.destination.name": topic,
                       "messaging.operation.type": "send"}
         with ctx.client_span(f"{topic} publish", "producer", **attributes) as sid:
@@ -127,7 +126,7 @@ class KafkaMessage(StrictModel):
             ctx.log("kafka publish", topic=topic, bootstrap=bootstrap, bytes=len(value or b""))
             try:
                 with anyio.fail_after(max(0.001, limit_s)):
-                    if isinstance(cache, KafkaProducers):
+                    if cache is not None:
                         producer = await cache.get(bootstrap)
                         try:
                             meta = await producer.send_and_wait(topic, value, key=key, headers=wire_headers)

@@ -101,24 +101,13 @@ async def _run_all(engine: Engine, probes: Sequence[ProbeSpec], opts: CheckOptio
         async def one(probe: ProbeSpec) -> None:
             async with limit:
                 progress.update(task, description=f"checking {probe.id}")
-                final = await engine.runner.run_probe(probe, retry_delay_override_s=opts.retry_delay_s)
-                runs.extend(await _attempts_of(engine, final))
+                runs.extend(await engine.runner.run_probe(probe, retry_delay_override_s=opts.retry_delay_s))
                 progress.advance(task)
 
         async with anyio.create_task_group() as tg:
             for _ in range(opts.iterations):
                 for probe in probes:
                     tg.start_soon(one, probe)
-
-
-async def _attempts_of(engine: Engine, final: RunRecord) -> list[RunRecord]:
-    """Every attempt of a run (retries are stored runs of their own), oldest first."""
-    if final.attempt == 1:
-        return [final]
-    recent = await engine.store.list_runs(final.probe_id, limit=200)
-    attempts = [r for r in recent if r.first_run_id == final.first_run_id and r.run_id != final.run_id]
-    attempts.sort(key=lambda r: r.attempt)
-    return [*attempts, final]
 
 
 def _record(directory: str, runs: list[RunRecord]) -> None:

@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 from rich.console import Console
@@ -19,9 +19,13 @@ from rich.table import Table
 
 from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.engine import Engine, Overrides
-from tracecanary.daemon.store.base import RunRecord
 from tracecanary.errors import ConfigError, StartupError
 from tracecanary.probes.base import ProbeSpec
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from tracecanary.demo.world import DemoWorld, FaultDeclaration
 
 log = logging.getLogger("tracecanary.demo")
 
@@ -53,10 +57,11 @@ async def _demo(args: argparse.Namespace, overrides: Overrides) -> int:
     world = await start_world(f"http://{otlp_http}")
     try:
         store = overrides.store or f"sqlite:///{world.workdir / 'demo.db'}"
-        os.environ.update(world.env)
-        os.environ.update({"DEMO_LISTEN": listen, "DEMO_OTLP_HTTP": otlp_http, "DEMO_STORE": store})
+        # The suite's ${DEMO_*} come from the world, never written into this process's environment.
+        environ = {**os.environ, **world.env,
+                   "DEMO_LISTEN": listen, "DEMO_OTLP_HTTP": otlp_http, "DEMO_STORE": store}
         path = demo_config_path()
-        cfg = load_config(path)
+        cfg = load_config(path, environ)
         try:
             world.settings = DemoSettings.model_validate(cfg.extra.demo or {})
         except ValueError as e:
@@ -66,14 +71,14 @@ async def _demo(args: argparse.Namespace, overrides: Overrides) -> int:
         fixed = Overrides(listen=listen, otlp_http=otlp_http, otlp_grpc="none", store=store)
         if args.once:
             return await _once(cfg, world, fixed, chaos=args.chaos, console=console)
-        return await _daemon(path, cfg, world, fixed, chaos=args.chaos, console=console)
+        return await _daemon(path, cfg, environ, world, fixed, chaos=args.chaos, console=console)
     finally:
         with anyio.CancelScope(shield=True):
             await world.aclose()
 
 
-async def _daemon(path: Path, cfg: Config, world: Any, overrides: Overrides, *, chaos: bool,
-                  console: Console) -> int:
+async def _daemon(path: Path, cfg: Config, environ: Mapping[str, str], world: DemoWorld, overrides: Overrides,
+                  *, chaos: bool, console: Console) -> int:
     from tracecanary.daemon.app import Daemon
 
     def ready(daemon: Daemon) -> None:
@@ -85,7 +90,7 @@ async def _daemon(path: Path, cfg: Config, world: Any, overrides: Overrides, *, 
         console.print(f"\nfaults: {', '.join(f.name for f in world.settings.faults)} — toggle them on the "
                       f"dashboard{' (rotating every 2 minutes: --chaos)' if chaos else ''}. Ctrl-C stops.")
 
-    daemon = Daemon(path, cfg, overrides, on_ready=ready, demo=world)
+    daemon = Daemon(path, cfg, overrides, on_ready=ready, demo=world, environ=environ)
     async with anyio.create_task_group() as tg:
         if chaos:
             tg.start_soon(_rotate_faults, world, console)
@@ -94,7 +99,7 @@ async def _daemon(path: Path, cfg: Config, world: Any, overrides: Overrides, *, 
     return code
 
 
-async def _rotate_faults(world: Any, console: Console) -> None:
+async def _rotate_faults(world: DemoWorld, console: Console) -> None:
     names = [f.name for f in world.settings.faults]
     while names:
         for name in [*names, None]:
@@ -103,7 +108,7 @@ async def _rotate_faults(world: Any, console: Console) -> None:
             console.print(f"[yellow]chaos:[/yellow] {name or 'all faults off'}")
 
 
-async def _once(cfg: Config, world: Any, overrides: Overrides, *, chaos: bool, console: Console) -> int:
+async def _once(cfg: Config, world: DemoWorld, overrides: Overrides, *, chaos: bool, console: Console) -> int:
     engine = Engine(cfg, overrides, serve_api=True)
     passes: list[tuple[str, list[str], dict[str, tuple[str | None, list[str]]]]] = []
     async with engine.started():
@@ -118,7 +123,7 @@ async def _once(cfg: Config, world: Any, overrides: Overrides, *, chaos: bool, c
     return 0 if all(not miss for _, miss, _ in passes) else 1
 
 
-def _mismatches(fault: Any, results: dict[str, tuple[str | None, list[str]]]) -> list[str]:
+def _mismatches(fault: FaultDeclaration | None, results: dict[str, tuple[str | None, list[str]]]) -> list[str]:
     from tracecanary.demo.world import mismatches
 
     return mismatches(fault, results)
@@ -128,7 +133,7 @@ async def _one_pass(engine: Engine, probes: list[ProbeSpec]) -> dict[str, tuple[
     results: dict[str, tuple[str | None, list[str]]] = {}
 
     async def one(probe: ProbeSpec) -> None:
-        run: RunRecord = await engine.runner.run_probe(probe, retry_delay_override_s=0.0)
+        run = (await engine.runner.run_probe(probe, retry_delay_override_s=0.0))[-1]  # the final attempt
         findings = [f"{f.path}: {f.message}" if f.path else f.message for f in run.findings]
         results[probe.id] = (run.verdict.value if run.verdict else None, findings)
 

@@ -21,13 +21,12 @@ of ``integrations.sentry.api_url``, see :func:`host_of`).
 from __future__ import annotations
 
 import string
+from typing import Protocol
 from urllib.parse import quote, urlsplit
 
 from pydantic import ConfigDict, Field, RootModel, field_validator
 
 SENTRY_SAAS = "https://{org}.sentry.io/explore/traces/trace/{trace_id}"
-SENTRY_SELF_HOSTED = "https://{host}/organizations/{org}/explore/traces/trace/{trace_id}"
-JAEGER_EXAMPLE = "http://{host}:16686/trace/{trace_id}"
 PLACEHOLDERS = frozenset({"org", "trace_id", "host", "run_id", "probe_id"})
 
 
@@ -61,6 +60,14 @@ class LinkSettings(RootModel[dict[str, str]]):
                     f"known: {', '.join('{' + p + '}' for p in sorted(PLACEHOLDERS))}"
                 )
         return value
+
+
+class LinkRenderer(Protocol):
+    """Renders one run's trace links: the engine's ``links_for`` (``links:`` with org and host bound)."""
+
+    def __call__(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
+        """Link name → URL for one run."""
+        ...
 
 
 def host_of(url: str | None) -> str | None:

@@ -1,7 +1,8 @@
 """Reporting into Sentry natively: the daemon's own exceptions, and a Crons monitor per probe.
 
 One DSN (``integrations.sentry.dsn``) serves self-reporting and check-ins. sentry-sdk is
-process-global: call :func:`init_sentry` once at startup. Nothing here enables sentry-sdk tracing or
+process-global: call :func:`init_sentry` once at startup, with the :class:`SecretScrubber` built from
+the config's credentials (it becomes sentry-sdk's ``before_send``). Nothing here enables sentry-sdk tracing or
 its auto-enabled integrations: the aiohttp/stdlib integrations would rewrite the ``sentry-trace`` and
 ``baggage`` headers our probes inject (``trace_propagation_targets`` is empty for the same reason).
 
@@ -16,7 +17,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import sentry_sdk
 from sentry_sdk.crons import capture_checkin
@@ -40,75 +41,74 @@ _SECRET_VALUE_RE = re.compile(
     r"|(?<=://)[^/\s:@]+(?::[^/\s@]*)?(?=@)"  # user[:password]@ in URLs (DSN keys too)
 )
 _MAX_DEPTH = 12
-_known_secrets: list[str] = []
+SHUTDOWN_TIMEOUT_S = 2.0
+"""How long sentry-sdk may take to send what is queued when the process exits."""
 
 
-def _scrub_text(text: str) -> str:
-    for secret in _known_secrets:
-        text = text.replace(secret, FILTERED)
-    return _SECRET_VALUE_RE.sub(lambda m: (m.group("scheme") or "") + FILTERED, text)
+class SecretScrubber:
+    """sentry-sdk's ``before_send``: drop cookies, mask sensitive keys (Authorization, *token*, *secret* …),
+    token-shaped strings (Slack, GitHub, Sentry, bearer values, URL credentials) and the known secrets
+    (literal values, e.g. the tokens of ``integrations:``) anywhere in the event."""
 
+    MIN_SECRET_LEN: ClassVar[int] = 6
+    """Shorter values are not masked literally: they would mask ordinary words."""
 
-def _scrub(value: Any, depth: int = 0) -> Any:
-    if depth > _MAX_DEPTH:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        known = {s for s in secrets if s and len(s) >= self.MIN_SECRET_LEN}
+        # Longest first, so a secret that contains another one is masked whole.
+        self._secrets = sorted(known, key=len, reverse=True)
+
+    def __call__(self, event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The scrubbed event (``hint``: sentry-sdk's, unused)."""
+        request = event.get("request")
+        if isinstance(request, dict):
+            request.pop("cookies", None)
+        scrubbed = self.scrub(event)
+        assert isinstance(scrubbed, dict)
+        return scrubbed
+
+    def scrub(self, value: Any, depth: int = 0) -> Any:
+        """``value`` with every secret masked (dicts, lists and tuples walked up to a fixed depth)."""
+        if depth > _MAX_DEPTH:
+            return value
+        if isinstance(value, str):
+            return self._scrub_text(value)
+        if isinstance(value, dict):
+            return {
+                k: FILTERED if isinstance(k, str) and _SENSITIVE_KEY_RE.search(k) and v not in (None, "")
+                else self.scrub(v, depth + 1)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            items = [self.scrub(v, depth + 1) for v in value]
+            # Header lists come as [name, value] pairs: judge the value by its name.
+            if len(items) == 2 and isinstance(items[0], str) and _SENSITIVE_KEY_RE.search(items[0]):
+                items[1] = FILTERED
+            return items
         return value
-    if isinstance(value, str):
-        return _scrub_text(value)
-    if isinstance(value, dict):
-        return {
-            k: FILTERED if isinstance(k, str) and _SENSITIVE_KEY_RE.search(k) and v not in (None, "")
-            else _scrub(v, depth + 1)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        items = [_scrub(v, depth + 1) for v in value]
-        # Header lists come as [name, value] pairs: judge the value by its name.
-        if len(items) == 2 and isinstance(items[0], str) and _SENSITIVE_KEY_RE.search(items[0]):
-            items[1] = FILTERED
-        return items
-    return value
+
+    def _scrub_text(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, FILTERED)
+        return _SECRET_VALUE_RE.sub(lambda m: (m.group("scheme") or "") + FILTERED, text)
 
 
-def scrub_event(event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``before_send``: drop cookies, mask sensitive keys (Authorization, *token*, *secret* …) and
-    token-shaped strings (Slack, GitHub, Sentry, bearer values, URL credentials) anywhere in the event."""
-    request = event.get("request")
-    if isinstance(request, dict):
-        request.pop("cookies", None)
-    scrubbed = _scrub(event)
-    assert isinstance(scrubbed, dict)
-    return scrubbed
-
-
-def init_sentry(
-    dsn: str,
-    *,
-    environment: str,
-    release: str,
-    secrets: Iterable[str] = (),
-    tags: dict[str, str] | None = None,
-    shutdown_timeout_s: float = 2.0,
-) -> None:
-    """Initialise sentry-sdk for the daemon: errors only, scrubbed, tagged ``service: tracecanary``.
-
-    ``secrets`` are literal values (tokens from ``integrations:``) masked wherever they appear.
-    """
-    _known_secrets[:] = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+def init_sentry(dsn: str, *, environment: str, release: str, scrubber: SecretScrubber) -> None:
+    """Initialise sentry-sdk for the daemon: errors only, scrubbed by ``scrubber``, tagged
+    ``service: tracecanary``."""
     sentry_sdk.init(
         dsn=dsn,
         environment=environment,
         release=release,
-        before_send=scrub_event,  # type: ignore[arg-type]
+        before_send=scrubber,  # type: ignore[arg-type]
         send_default_pii=False,
         default_integrations=False,
         auto_enabling_integrations=False,
         integrations=[LoggingIntegration(level=logging.INFO, event_level=None)],
         trace_propagation_targets=[],
-        shutdown_timeout=shutdown_timeout_s,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
     )
     sentry_sdk.set_tag("service", "tracecanary")
-    for key, value in (tags or {}).items():
-        sentry_sdk.set_tag(key, value)
     log.info("sentry reporting on environment=%s release=%s", environment, release)
 
 
@@ -138,29 +138,23 @@ def _interval_schedule(every_s: float) -> dict[str, Any]:
 
 
 class CronReporter:
-    """Sentry Crons check-ins per probe: one monitor per probe id (``{slug_prefix}{probe id}``).
+    """Sentry Crons check-ins per probe: one monitor per probe id (``tracecanary-{probe id}``).
 
     The monitor config is derived from the probe: schedule (``every`` → interval, ``cron`` → crontab
     with ``timezone``), ``checkin_margin`` covering the probe's jitter, ``max_runtime`` covering its
-    timeout times its attempts, and the failure/recovery thresholds given here.
+    timeout times its attempts plus the delays between them, and the failure/recovery thresholds given here.
     """
 
-    def __init__(
-        self,
-        *,
-        slug_prefix: str = "tracecanary-",
-        failure_issue_threshold: int = 1,
-        recovery_threshold: int = 1,
-        min_checkin_margin_min: int = 1,
-    ) -> None:
-        self.slug_prefix = slug_prefix
+    SLUG_PREFIX: ClassVar[str] = "tracecanary-"
+    MIN_CHECKIN_MARGIN_MIN: ClassVar[int] = 1
+
+    def __init__(self, *, failure_issue_threshold: int = 1, recovery_threshold: int = 1) -> None:
         self.failure_issue_threshold = failure_issue_threshold
         self.recovery_threshold = recovery_threshold
-        self.min_checkin_margin_min = min_checkin_margin_min
 
     def monitor_slug(self, probe: ProbeSpec) -> str:
         """Sentry monitor slugs are at most 50 characters of [a-z0-9_-]."""
-        return f"{self.slug_prefix}{probe.id}"[:50]
+        return f"{self.SLUG_PREFIX}{probe.id}"[:50]
 
     def monitor_config(self, probe: ProbeSpec) -> dict[str, Any] | None:
         """The upsert config, or None for a probe without a schedule (check-ins only)."""
@@ -179,7 +173,7 @@ class CronReporter:
             return None
         attempts = probe.retries.count + 1
         runtime_s = probe.timeout * attempts + probe.retries.delay * probe.retries.count
-        config["checkin_margin"] = max(self.min_checkin_margin_min, math.ceil(jitter_s / 60) + 1)
+        config["checkin_margin"] = max(self.MIN_CHECKIN_MARGIN_MIN, math.ceil(jitter_s / 60) + 1)
         config["max_runtime"] = max(1, math.ceil(runtime_s / 60))
         return config
 

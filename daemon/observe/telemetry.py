@@ -29,6 +29,8 @@ from tracecanary.assertions.spans import AttrValue, Span, SpanEvent, SpanKind, S
 log = logging.getLogger("tracecanary.telemetry")
 
 _WILDCARDS = {"", "0.0.0.0", "::", "*"}
+EXPORT_TIMEOUT_S = 10.0
+"""Deadline of one OTLP export request."""
 
 
 def setup_telemetry(
@@ -36,8 +38,6 @@ def setup_telemetry(
     *,
     service_name: str = "tracecanary",
     own_receiver_addrs: Iterable[str] = (),
-    export_timeout_s: float = 10.0,
-    resource_attributes: dict[str, str] | None = None,
 ) -> TracerProvider:
     """A TracerProvider for the daemon's own spans, exporting over OTLP when ``otlp_endpoint`` is set.
 
@@ -45,7 +45,7 @@ def setup_telemetry(
     no path, as with ``OTEL_EXPORTER_OTLP_ENDPOINT``) or ``grpc://host:port`` (OTLP/gRPC, plaintext).
     An endpoint matching one of ``own_receiver_addrs`` (``host:port``) is ignored with a warning.
     """
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name, **(resource_attributes or {})}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     if not otlp_endpoint:
         return provider
     own = [a for a in own_receiver_addrs if a]
@@ -53,7 +53,7 @@ def setup_telemetry(
         log.warning("telemetry.export_refused endpoint=%s reason=feedback_loop own_receivers=%s",
                     otlp_endpoint, ",".join(own))
         return provider
-    provider.add_span_processor(BatchSpanProcessor(_exporter(otlp_endpoint, export_timeout_s)))
+    provider.add_span_processor(BatchSpanProcessor(_exporter(otlp_endpoint, EXPORT_TIMEOUT_S)))
     log.info("telemetry.export endpoint=%s service=%s", otlp_endpoint, service_name)
     return provider
 

@@ -1,4 +1,4 @@
-"""Runner hooks: the seam metrics, alerts, Sentry check-ins and the dashboard's live view hang on.
+"""Runner hooks: the seam metrics, alerts and Sentry check-ins hang on.
 
 Hooks are called by the runner in order; a hook must be quick (queue slow work) and must not raise —
 the runner logs and swallows hook errors so one broken hook never loses a run.

@@ -18,6 +18,7 @@ from tracecanary.assertions.judge import JudgeState, TraceJudge
 from tracecanary.assertions.spans import Span
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.spans.buffer import TraceBuffer
+from tracecanary.daemon.spans.sentry import SentryTraceSource
 from tracecanary.daemon.spans.watch import Watch
 from tracecanary.probes.base import ProbeContext
 
@@ -67,7 +68,7 @@ class _Tracked:
 
 async def watch_trace(
     expectation: TraceExpectation, ctx: ProbeContext, buffer: TraceBuffer, root: Span,
-    *, sentry_source: Any = None,
+    *, sentry_source: SentryTraceSource | None = None,
 ) -> TraceOutcome:
     """Judge the run's trace; returns at the verdict or at the run deadline."""
     correlate = expectation.correlate
@@ -87,12 +88,12 @@ async def watch_trace(
             for tid in buffer.traces_with_attribute(correlate.attribute, correlate_value):
                 tracked.track(tid)
                 judge.add_trace(tid)
-        state = await _loop(tracked, ctx, expectation)
+        state = await _loop(tracked, ctx)
     ttv = None if tracked.last_arrival_s is None else max(0.0, anyio.current_time() - tracked.last_arrival_s)
     return TraceOutcome(list(state.findings), judge.report(), tracked.spans, ttv)
 
 
-async def _loop(tracked: _Tracked, ctx: ProbeContext, expectation: TraceExpectation) -> JudgeState:
+async def _loop(tracked: _Tracked, ctx: ProbeContext) -> JudgeState:
     judge = tracked.judge
     started_s = anyio.current_time()
     while True:
@@ -113,7 +114,8 @@ async def _loop(tracked: _Tracked, ctx: ProbeContext, expectation: TraceExpectat
 
 
 async def _from_sentry(
-    expectation: TraceExpectation, ctx: ProbeContext, judge: TraceJudge, root: Span, source: Any
+    expectation: TraceExpectation, ctx: ProbeContext, judge: TraceJudge, root: Span,
+    source: SentryTraceSource | None,
 ) -> TraceOutcome:
     """Poll Sentry until the tree matches (or a forbid rule fails) or the deadline.
 

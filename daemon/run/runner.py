@@ -1,46 +1,47 @@
 """One ProbeRun: fire → await expectations concurrently → verdict → record → hooks.
 
 Shared by the daemon and ``check``. Each attempt (retries included) is its own stored run with its
-own run id and trace id. Results are written in a shielded scope so cancellation (shutdown drain,
-SIGTERM) can never lose one: a cancelled run is recorded ``aborted`` with the reason.
+own run id and trace id; ``run_probe`` returns every attempt's record. Results are written in a
+shielded scope so cancellation (shutdown drain, SIGTERM) can never lose one: a cancelled run is
+recorded ``aborted`` with the reason.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import aiohttp
 import anyio
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
+from opentelemetry.trace import Span as OtelSpan
+from opentelemetry.trace import Status, Tracer
+from opentelemetry.trace import StatusCode as OtelStatus
 
 from tracecanary.assertions.response import judge_response
 from tracecanary.assertions.side_effects import SideEffect
 from tracecanary.assertions.spans import Span, SpanKind, StatusCode
 from tracecanary.assertions.verdict import Finding, Verdict, verdict_of
+from tracecanary.daemon.config.links import LinkRenderer
 from tracecanary.daemon.run.hooks import RunHook
+from tracecanary.daemon.run.ids import new_run_id
 from tracecanary.daemon.run.judge import TraceOutcome, watch_trace
 from tracecanary.daemon.spans.buffer import TraceBuffer
+from tracecanary.daemon.spans.sentry import SentryTraceSource
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
 from tracecanary.daemon.watchers.base import Services, WatchContext
 from tracecanary.daemon.watchers.registry import WATCHERS
 from tracecanary.errors import ProbeError
 from tracecanary.integrations import Integrations
-from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec, RunLog, TraceContext
+from tracecanary.probes.base import FireResult, ProbeContext, ProbeResources, ProbeSpec, RunLog, TraceContext
 from tracecanary.probes.templating import Templates
 
 log = logging.getLogger("tracecanary.runner")
-
-
-def new_run_id() -> str:
-    """Time-ordered, unique run id (sortable by creation)."""
-    return f"{time.time_ns() // 1_000_000:012x}{uuid.uuid4().hex[:12]}"
 
 
 @dataclass
@@ -53,18 +54,19 @@ class RunnerDeps:
     integrations: Integrations = field(default_factory=Integrations)
     hooks: list[RunHook] = field(default_factory=list)
     services: Services = field(default_factory=Services)
-    tracer: Any = None
-    """OpenTelemetry tracer for probe root and client spans (their spans reach the buffer via a sink)."""
+    tracer: Tracer | None = None
+    """OpenTelemetry tracer for probe root and client spans (their spans reach the buffer via a sink).
+    None: runs get random trace ids and no root span of their own."""
     max_concurrent_runs: int = 64
     poll_interval_s: float = 2.0
-    links: Any = None
-    """Callable (trace_id, run_id, probe_id) → dict of rendered trace links."""
-    sentry_source: Any = None
-    """A SentryTraceSource for ``expect.trace.source: sentry`` (None when Sentry is not configured)."""
-    self_tracer: Any = None
+    links: LinkRenderer | None = None
+    """Renders each run's trace links once, into ``run.links`` (alerts and the dashboard read them there)."""
+    sentry_source: SentryTraceSource | None = None
+    """Spans pulled from Sentry for ``expect.trace.source: sentry`` (None when Sentry is not configured)."""
+    self_tracer: Tracer | None = None
     """Tracer for the daemon's own work (judging, watching): exported, never judged."""
-    resources: dict[str, Any] = field(default_factory=dict)
-    """Long-lived clients probes share across runs (e.g. ``kafka_producers``), closed by the engine."""
+    resources: ProbeResources = field(default_factory=ProbeResources)
+    """Long-lived clients probes share across runs (Kafka producers), closed by the engine."""
 
 
 class Runner:
@@ -79,31 +81,33 @@ class Runner:
 
     async def run_probe(
         self, probe: ProbeSpec, *, first_run_id: str | None = None, retry_delay_override_s: float | None = None
-    ) -> RunRecord:
-        """Run a probe with its retries; returns the final attempt's record.
+    ) -> list[RunRecord]:
+        """Run a probe with its retries; returns every attempt's record, oldest first (the last is final).
 
-        ``first_run_id`` lets a caller (the API's "run now") know the run id before the run starts.
+        ``first_run_id`` is the first attempt's run id when the caller minted it (the scheduler does,
+        so "run now" can answer with it before the run starts).
         """
         first_run_id = first_run_id or new_run_id()
         attempts = probe.retries.count + 1
-        run: RunRecord | None = None
+        runs: list[RunRecord] = []
         for attempt in range(1, attempts + 1):
             last = attempt == attempts
             run = await self.run_attempt(
                 probe, attempt=attempt, first_run_id=first_run_id, run_id=first_run_id if attempt == 1 else None,
-                final_if_ok=True, last_attempt=last,
+                last_attempt=last,
             )
-            if run.status is RunStatus.ABORTED or (run.verdict is not None and run.verdict.ok) or last:
+            runs.append(run)
+            if run.final:
                 break
             delay = probe.retries.delay if retry_delay_override_s is None else retry_delay_override_s
             await anyio.sleep(delay)
-        assert run is not None
-        return run
+        return runs
 
     async def run_attempt(
         self, probe: ProbeSpec, *, attempt: int = 1, first_run_id: str | None = None, run_id: str | None = None,
-        final_if_ok: bool = True, last_attempt: bool = True,
+        last_attempt: bool = True,
     ) -> RunRecord:
+        """One attempt under the global concurrency limit; ``run.final`` says whether a retry follows."""
         async with self._limit:
             return await self._attempt(probe, attempt, run_id or new_run_id(), first_run_id, last_attempt)
 
@@ -111,7 +115,7 @@ class Runner:
         self, probe: ProbeSpec, attempt: int, run_id: str, first_run_id: str | None, last_attempt: bool
     ) -> RunRecord:
         deps = self.deps
-        root_cm, tctx, root_span = self._open_root(probe, run_id, attempt)
+        tctx, root_span = self._open_root(probe, run_id, attempt)
         trigger_ns = time.time_ns()
         run = RunRecord(
             run_id=run_id, probe_id=probe.id, kind=probe.kind, attempt=attempt,
@@ -128,12 +132,12 @@ class Runner:
         )
         with anyio.CancelScope(shield=True):
             await deps.store.insert_run(run)
-            await self._call_hooks("on_run_started", probe, run)
+            await self._call_hooks(probe, run, finished=False)
         self.in_flight[run_id] = run
         # The run's root span is the current span of this task (and its children): logs carry its trace id.
         token = otel_context.attach(otel_trace.set_span_in_context(root_span)) if root_span is not None else None
         try:
-            await self._execute(probe, ctx, run, root_cm)
+            await self._execute(probe, ctx, run)
             run.status = RunStatus.FINISHED
         except anyio.get_cancelled_exc_class():
             run.status, run.verdict, run.abort_reason = RunStatus.ABORTED, None, "shutdown"
@@ -156,12 +160,11 @@ class Runner:
         while self.in_flight:
             await self._changed.wait()
 
-    def _open_root(self, probe: ProbeSpec, run_id: str, attempt: int) -> tuple[Any, TraceContext, Any]:
+    def _open_root(self, probe: ProbeSpec, run_id: str, attempt: int) -> tuple[TraceContext, OtelSpan | None]:
+        """The run's trace identity and its root span (ended by ``_finish``); no span without a tracer."""
         tracer = self.deps.tracer
         if tracer is None:
-            import secrets
-
-            return None, TraceContext(secrets.token_hex(16), secrets.token_hex(8)), None
+            return TraceContext(secrets.token_hex(16), secrets.token_hex(8)), None
         span = tracer.start_span(
             f"tracecanary probe {probe.id}", attributes={
                 "tracecanary.probe_id": probe.id, "tracecanary.run_id": run_id,
@@ -169,9 +172,9 @@ class Runner:
             },
         )
         sc = span.get_span_context()
-        return None, TraceContext(format(sc.trace_id, "032x"), format(sc.span_id, "016x")), span
+        return TraceContext(format(sc.trace_id, "032x"), format(sc.span_id, "016x")), span
 
-    async def _execute(self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, root_cm: Any) -> None:
+    async def _execute(self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord) -> None:
         root = Span(
             trace_id=ctx.trace.trace_id, span_id=ctx.trace.span_id, parent_span_id=None,
             name=f"tracecanary probe {probe.id}", kind=SpanKind.INTERNAL, start_ns=ctx.trigger_ns,
@@ -255,14 +258,12 @@ class Runner:
             run.side_effects.append({"index": i, "kind": effect.kind, "findings": [f.message for f in found]})
 
     @contextmanager
-    def _self_span(self, ctx: ProbeContext, name: str, **attributes: Any) -> Iterator[Any]:
+    def _self_span(self, ctx: ProbeContext, name: str, **attributes: str | int) -> Iterator[OtelSpan | None]:
         """A span of the daemon's own work under the probe's root span (exported, never judged)."""
         tracer = self.deps.self_tracer
         if tracer is None or ctx.root_span is None:
             yield None
             return
-        from opentelemetry import trace as otel_trace
-
         parent = otel_trace.set_span_in_context(ctx.root_span)
         attrs = {f"tracecanary.{k}": v for k, v in attributes.items()}
         with tracer.start_as_current_span(name, context=parent, attributes=attrs) as span:
@@ -288,9 +289,6 @@ class Runner:
             for s in run.spans
         ]
         if ctx.root_span is not None:
-            from opentelemetry.trace import Status
-            from opentelemetry.trace import StatusCode as OtelStatus
-
             ok = run.verdict is not None and run.verdict.ok
             ctx.root_span.set_attribute("tracecanary.verdict", run.verdict.value if run.verdict else "aborted")
             ctx.root_span.set_status(Status(OtelStatus.OK if ok else OtelStatus.ERROR))
@@ -302,16 +300,18 @@ class Runner:
         except Exception:
             log.exception("store write failed run_id=%s", run.run_id)
             raise
-        await self._call_hooks("on_run_finished", probe, run)
+        await self._call_hooks(probe, run, finished=True)
         log.info("run finished probe=%s run_id=%s attempt=%d status=%s verdict=%s",
                  probe.id, run.run_id, run.attempt, run.status.value, run.verdict.value if run.verdict else "-")
 
-    async def _call_hooks(self, name: str, probe: ProbeSpec, run: RunRecord) -> None:
+    async def _call_hooks(self, probe: ProbeSpec, run: RunRecord, *, finished: bool) -> None:
         for hook in self.deps.hooks:
+            call = hook.on_run_finished if finished else hook.on_run_started
             try:
-                await getattr(hook, name)(probe, run)
+                await call(probe, run)
             except Exception:
-                log.exception("hook %s failed hook=%s run_id=%s", name, type(hook).__name__, run.run_id)
+                log.exception("hook %s failed hook=%s run_id=%s", call.__name__, type(hook).__name__,
+                              run.run_id)
 
 
 def internal_error(path: str, exc: Exception, probe_id: str, run_id: str) -> Finding:

@@ -2,8 +2,10 @@
 
 One timer heap for every probe (not one task per probe): the loop sleeps until the earliest due
 time, pops what is due, reschedules it and hands the run to ``fire`` in a task group the scheduler
-owns. Due times are wall-clock instants (so ``every: 60s`` keeps its phase across restarts and cron
-follows the timezone, DST included) converted to the monotonic clock for waiting.
+owns. ``run_now`` (the API's "run now") goes through the same dispatch, so the overlap policy and
+the skip metric apply to manual runs too. Due times are wall-clock instants (so ``every: 60s`` keeps
+its phase across restarts and cron follows the timezone, DST included) converted to the monotonic
+clock for waiting.
 
 Phase of an ``every`` probe: ``hash(id) → fraction × interval × jitter`` past the epoch-aligned grid,
 so 10k probes with ``jitter: 100%`` spread over the whole interval and a restart keeps each one's
@@ -27,12 +29,16 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from croniter import croniter
 
+from tracecanary.daemon.run.ids import new_run_id
+from tracecanary.errors import TracecanaryError
 from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.scheduler")
 
-FireFn = Callable[[ProbeSpec, float], Awaitable[None]]
-"""``fire(probe, scheduled_at)``; ``scheduled_at`` is the wall-clock (epoch seconds) due time."""
+FireFn = Callable[[ProbeSpec, float, str], Awaitable[None]]
+"""``fire(probe, scheduled_at, first_run_id)``: ``scheduled_at`` is the wall-clock (epoch seconds) due time
+(for a manual run, when it was asked for); ``first_run_id`` is the run id of the run's first attempt,
+minted at dispatch so "run now" can answer with it before the run starts."""
 
 LATE_SKIP_S = 1.0
 """A tick missed by more than this (suspend, overload) is dropped instead of fired late."""
@@ -69,15 +75,35 @@ def cron_next_wall(expr: str, timezone: str, after: float) -> float:
     raise AssertionError(f"cron {expr!r}: no instant outside a DST fold")  # pragma: no cover
 
 
+class RunRefused(TracecanaryError):
+    """A manual run was not started; the message says why."""
+
+
+class OverlapSkipped(RunRefused):
+    """The probe's overlap policy refused a manual run: a run of it is in flight (and, for ``queue``,
+    another is already queued)."""
+
+
+class SchedulerNotRunning(RunRefused):
+    """A manual run was asked for before the scheduler started or after it stopped (shutdown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Dispatched:
+    """A run the scheduler started or queued."""
+
+    scheduled_at: float
+    first_run_id: str
+
+
 @dataclass(eq=False)
 class _State:
     spec: ProbeSpec
     generation: int = 0
     due_wall: float | None = None
     running: int = 0
-    pending: float | None = None
+    pending: _Dispatched | None = None
     skipped: int = 0
-    fired: int = 0
 
 
 class Scheduler:
@@ -189,6 +215,11 @@ class Scheduler:
         state = self._states.get(probe_id)
         return state.running if state else 0
 
+    @property
+    def started(self) -> bool:
+        """``run`` has started (it fires) and has not returned yet (it may be draining after ``stop``)."""
+        return self._tg is not None
+
     # --- running ---------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Fire due probes until ``stop``; then wait for in-flight runs and return."""
@@ -211,12 +242,22 @@ class Scheduler:
             state.pending = None
         self._wake.set()
 
-    def run_now(self, probe_id: str) -> bool:
-        """Fire the probe at once (overlap policy applies); False when skipped. KeyError if unknown."""
+    def run_now(self, probe_id: str) -> str:
+        """Fire the probe at once under its overlap policy; returns the run's first run id.
+
+        With ``overlap: queue`` and a run in flight the run is queued: the id is the one it will have.
+        Raises KeyError for an unknown probe, :class:`OverlapSkipped` when the policy refuses (counted
+        like a skipped tick) and :class:`SchedulerNotRunning` before ``run`` or after ``stop``.
+        """
         state = self._states[probe_id]
         if self._tg is None or self._stopped:
-            raise RuntimeError("scheduler is not running")
-        return self._dispatch(self._tg, state, self._wall())
+            raise SchedulerNotRunning("the scheduler is not running (starting or shutting down)")
+        first_run_id = self._dispatch(self._tg, state, self._wall())
+        if first_run_id is None:
+            queued = " and a run is already queued" if state.spec.overlap == "queue" else ""
+            raise OverlapSkipped(f"probe {probe_id!r} has a run in flight{queued}; "
+                                 f"its overlap policy is {state.spec.overlap}")
+        return first_run_id
 
     def _fire_due(self, tg: TaskGroup) -> None:
         now = self._clock()
@@ -236,31 +277,31 @@ class Scheduler:
                 self._on_lateness(probe_id, self._clock() - due_mono)
             self._dispatch(tg, state, scheduled)
 
-    def _dispatch(self, tg: TaskGroup, state: _State, scheduled: float) -> bool:
+    def _dispatch(self, tg: TaskGroup, state: _State, scheduled: float) -> str | None:
+        """Start (or queue) a run; its first run id, or None when the overlap policy skips it."""
         spec = state.spec
         if state.running and spec.overlap != "allow":
             if spec.overlap == "queue" and state.pending is None:
-                state.pending = scheduled
-                return True
+                state.pending = _Dispatched(scheduled, new_run_id())
+                return state.pending.first_run_id
             state.skipped += 1
             log.info("probe overlap skipped probe=%s policy=%s skipped=%d", spec.id, spec.overlap, state.skipped)
             if self._on_skip is not None:
                 self._on_skip(spec.id)
-            return False
+            return None
+        first_run_id = new_run_id()
         state.running += 1
-        state.fired += 1
-        tg.start_soon(self._run_one, tg, state, spec, scheduled)
-        return True
+        tg.start_soon(self._run_one, tg, state, spec, _Dispatched(scheduled, first_run_id))
+        return first_run_id
 
-    async def _run_one(self, tg: TaskGroup, state: _State, spec: ProbeSpec, scheduled: float) -> None:
+    async def _run_one(self, tg: TaskGroup, state: _State, spec: ProbeSpec, run: _Dispatched) -> None:
         try:
-            await self._fire(spec, scheduled)
+            await self._fire(spec, run.scheduled_at, run.first_run_id)
         except Exception:
-            log.exception("probe fire failed probe=%s", spec.id)
+            log.exception("probe fire failed probe=%s run_id=%s", spec.id, run.first_run_id)
         finally:
             state.running -= 1
             if state.pending is not None and not self._stopped and self._states.get(spec.id) is state:
                 queued, state.pending = state.pending, None
                 state.running += 1
-                state.fired += 1
                 tg.start_soon(self._run_one, tg, state, state.spec, queued)

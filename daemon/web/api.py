@@ -131,11 +131,20 @@ class Api:
         return _json(await run_detail(self.control, run))
 
     async def run_probe(self, request: web.Request) -> web.Response:
+        """202 with the new run id; 404 unknown probe; 409 when the probe's overlap policy refuses
+        (a run is in flight); 503 while the daemon starts or shuts down."""
+        from tracecanary.daemon.run.scheduler import OverlapSkipped, RunRefused
+
         probe_id = request.match_info["probe_id"]
         try:
             run_id = await self.control.run_now(probe_id)
         except KeyError:
             return _error(404, f"unknown probe {probe_id!r}")
+        except OverlapSkipped as e:
+            log.info("api run_now refused probe=%s reason=%s", probe_id, e)
+            return _error(409, str(e))
+        except RunRefused as e:
+            return _error(503, str(e))
         log.info("api run_now probe=%s run=%s", probe_id, run_id)
         return _json(FireOut(run_id=run_id, probe_id=probe_id, url=f"/api/runs/{run_id}"), status=202)
 

@@ -1,6 +1,7 @@
 """Subprocess for the self-reporting and Crons tests (sentry-sdk is process-global).
 
-``python sentry_reporting_child.py DSN`` initialises reporting with ``init_sentry``, reports one probe run
+``python sentry_reporting_child.py DSN`` initialises reporting with ``init_sentry`` (a ``SecretScrubber``
+knowing one config secret), reports one probe run
 that fails (in_progress, then error with a duration) and one that passes, captures a daemon
 exception carrying secrets, flushes, and prints ``DONE <fail check-in id> <ok check-in id>``.
 """
@@ -9,7 +10,13 @@ from __future__ import annotations
 
 import sys
 
-from tracecanary.daemon.observe.sentry import CronReporter, capture_daemon_exception, flush, init_sentry
+from tracecanary.daemon.observe.sentry import (
+    CronReporter,
+    SecretScrubber,
+    capture_daemon_exception,
+    flush,
+    init_sentry,
+)
 from tracecanary.probes.http import HttpProbe
 
 SLACK_TOKEN = "xoxb-1234567890-abcdefghijkl"
@@ -21,7 +28,7 @@ class WebhookRejectedError(RuntimeError):
 
 
 def main(dsn: str) -> None:
-    init_sentry(dsn, environment="test", release="tracecanary@0.1.0", secrets=[CONFIG_SECRET])
+    init_sentry(dsn, environment="test", release="tracecanary@0.1.0", scrubber=SecretScrubber([CONFIG_SECRET]))
     probe = HttpProbe.model_validate({
         "id": "orders-webhook", "kind": "http", "every": "5m", "jitter": "20%", "timeout": "90s",
         "retries": {"count": 1, "delay": "30s"}, "request": {"url": "http://127.0.0.1:9/webhook"},

@@ -11,7 +11,7 @@ import aiohttp
 import anyio
 import pytest
 
-from tracecanary.daemon.observe.sentry import CronReporter, scrub_event
+from tracecanary.daemon.observe.sentry import CronReporter, SecretScrubber
 from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.probes.http import HttpProbe
 
@@ -65,7 +65,7 @@ def test_scrub_event_masks_headers_tokens_and_cookies() -> None:
         "breadcrumbs": {"values": [{"message": "posting with xapp-1-A0-123456789-abcdef and ghp_" + "a" * 36}]},
         "extra": {"pairs": [["Cookie", "sid=1"], ["Accept", "json"]], "count": 3},
     }
-    out = scrub_event(event, {})
+    out = SecretScrubber()(event, {})
     assert out["request"]["headers"] == {"Authorization": "[Filtered]", "X-Slack-Signature": "[Filtered]", "Accept": "*/*"}
     assert "cookies" not in out["request"]
     assert out["request"]["url"] == "https://[Filtered]@hooks.example.com/x"
@@ -85,3 +85,10 @@ def test_monitor_config_from_schedule() -> None:
     assert fast is not None and fast["schedule"] == {"type": "interval", "value": 1, "unit": "minute"}
     assert reporter.monitor_config(_probe()) is None
     assert reporter.monitor_slug(_probe(id="x" * 90)) == ("tracecanary-" + "x" * 90)[:50]
+
+
+def test_each_scrubber_masks_the_secrets_it_was_built_with() -> None:
+    a, b = SecretScrubber(["s3cr3t-of-a", "abc"]), SecretScrubber(["s3cr3t-of-b"])
+    event = {"message": "a=s3cr3t-of-a b=s3cr3t-of-b abc", "extra": {"note": ("s3cr3t-of-a",)}}
+    assert a(dict(event)) == {"message": "a=[Filtered] b=s3cr3t-of-b abc", "extra": {"note": ["[Filtered]"]}}
+    assert b(dict(event))["message"] == "a=s3cr3t-of-a b=[Filtered] abc"  # no state shared between scrubbers

@@ -7,14 +7,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import aiohttp
 import anyio
 from aiohttp import web
 
 from tracecanary.integrations import Integrations
-from tracecanary.probes.base import Inject, ProbeContext, RunLog, TraceContext
+from tracecanary.probes.base import Inject, ProbeContext, ProbeResources, RunLog, TraceContext
 from tracecanary.probes.templating import Templates
 
 
@@ -24,7 +23,7 @@ def make_ctx(
     probe_id: str = "probe-under-test",
     deadline_s: float = 10.0,
     integrations: Integrations | None = None,
-    resources: dict[str, Any] | None = None,
+    resources: ProbeResources | None = None,
 ) -> ProbeContext:
     """A ProbeContext built the way the runner builds one (fresh run id and trace id)."""
     run_id = str(uuid.uuid4())
@@ -33,7 +32,7 @@ def make_ctx(
         trace=TraceContext(trace_id=secrets.token_hex(16), span_id=secrets.token_hex(8)),
         session=session, templates=Templates(), integrations=integrations or Integrations(),
         inject=Inject(), log=RunLog(), trigger_ns=time.time_ns(),
-        deadline_s=anyio.current_time() + deadline_s, resources=resources or {},
+        deadline_s=anyio.current_time() + deadline_s, resources=resources or ProbeResources(),
     )
 
 

@@ -20,7 +20,7 @@ from tracecanary.daemon.watchers.kafka import watch_kafka
 from tracecanary.demo.broker import TansuBroker
 from tracecanary.errors import ProbeError
 from tracecanary.integrations import Integrations
-from tracecanary.probes.base import ProbeContext
+from tracecanary.probes.base import ProbeContext, ProbeResources
 from tracecanary.probes.kafka import KafkaProbe, KafkaProducers
 from tracecanary.probes.steps import StepsProbe
 
@@ -83,9 +83,9 @@ async def test_producer_cache_reuses_one_producer_and_closes(
     topic = _topic()
     probe = KafkaProbe.model_validate({"id": "k", "kind": "kafka", "message": {"topic": topic, "value": "x"}})
     with anyio.fail_after(20):
-        first = await probe.fire(_ctx(session, kafka_broker, resources={"kafka_producers": cache}))
+        first = await probe.fire(_ctx(session, kafka_broker, resources=ProbeResources(kafka_producers=cache)))
         producer = await cache.get(kafka_broker.bootstrap)
-        second = await probe.fire(_ctx(session, kafka_broker, resources={"kafka_producers": cache}))
+        second = await probe.fire(_ctx(session, kafka_broker, resources=ProbeResources(kafka_producers=cache)))
         assert await cache.get(kafka_broker.bootstrap) is producer
     assert (second.outputs["partition"], second.outputs["offset"]) != (
         first.outputs["partition"], first.outputs["offset"])

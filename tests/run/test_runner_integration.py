@@ -72,7 +72,7 @@ async def test_job_is_deleted_after_its_run_was_observed(
     api = FiringJobs(runs_after=2)
     async with serve(api.app()) as url:
         with anyio.fail_after(10):
-            record = await run_probe.run_probe(_job_probe(url))
+            [record] = await run_probe.run_probe(_job_probe(url))
     assert record.verdict == Verdict.PASS, [str(f) for f in record.findings]
     job_id = "j-1"
     assert api.events == [f"get {job_id}"] * 3 + [f"delete {job_id}"]
@@ -88,7 +88,7 @@ async def test_job_is_deleted_even_when_its_run_never_shows(
     async with serve(api.app()) as url:
         probe = _job_probe(url, timeout="1s")
         with anyio.fail_after(10):
-            record = await run_probe.run_probe(probe)
+            [record] = await run_probe.run_probe(probe)
     assert record.verdict == Verdict.FAIL
     [finding] = record.findings
     assert finding.type == "side_effect" and "runs: expected >= 1, got 0" in finding.message
@@ -110,7 +110,7 @@ async def test_steps_teardown_failure_is_its_own_finding_in_the_run(
             {"http": {"method": "DELETE", "url": url + "/jobs/{{ steps.create.id }}"}},
         ]})
         with anyio.fail_after(10):
-            record = await run_probe.run_probe(probe)
+            [record] = await run_probe.run_probe(probe)
     assert [(f.type, f.path, f.observed) for f in record.findings] == [
         ("teardown", "teardown[1].expect.response.status", 404)]
     assert record.verdict == Verdict.FAIL

@@ -12,7 +12,13 @@ import anyio
 import anyio.abc
 import pytest
 
-from tracecanary.daemon.run.scheduler import Scheduler, cron_next_wall, every_next_wall, phase_fraction
+from tracecanary.daemon.run.scheduler import (
+    OverlapSkipped,
+    Scheduler,
+    cron_next_wall,
+    every_next_wall,
+    phase_fraction,
+)
 from tracecanary.probes.base import ProbeSpec
 from tracecanary.probes.http import HttpProbe
 
@@ -90,7 +96,7 @@ async def test_next_run_with_a_wall_clock_just_before_dst() -> None:
     assert sched.next_run("unknown") is None
 
 
-async def _noop(spec: ProbeSpec, scheduled_at: float) -> None:
+async def _noop(spec: ProbeSpec, scheduled_at: float, first_run_id: str) -> None:
     return None
 
 
@@ -105,7 +111,7 @@ class Recorder:
         self.active = 0
         self.max_active = 0
 
-    async def __call__(self, spec: ProbeSpec, scheduled_at: float) -> None:
+    async def __call__(self, spec: ProbeSpec, scheduled_at: float, first_run_id: str) -> None:
         self.calls.append((spec.id, scheduled_at))
         self.active += 1
         self.max_active = max(self.max_active, self.active)
@@ -245,9 +251,10 @@ async def test_run_now_owns_filter_and_stop_drains() -> None:
 
     async with anyio.create_task_group() as tg:
         await tg.start(runner)
-        assert sched.run_now("mine") is True
+        assert sched.run_now("mine")  # fired: the new run's id
         await rec.until(lambda: len(rec.calls) == 1)
-        assert sched.run_now("mine") is False  # skip policy: already running
+        with pytest.raises(OverlapSkipped):  # skip policy: already running
+            sched.run_now("mine")
         assert sched.next_run("theirs") is None
         sched.stop()
         await anyio.sleep(0.05)
