@@ -1,8 +1,8 @@
 """Start the demo world on loopback: tansu broker, Slack/GitHub/Sentry emulators, the shop's services.
 
 ``world = await start_world(otlp_endpoint=...)`` returns a :class:`DemoWorld` whose ``env`` holds the
-``DEMO_*`` variables ``config/demo.yaml`` uses (``${DEMO_INGEST_URL}`` …); set them in ``os.environ``
-before loading the config. ``await world.set_fault("drop-span")`` injects one fault into every shop
+``DEMO_*`` variables ``config/demo.yaml`` uses (``${DEMO_INGEST_URL}`` …); pass them to the config
+loader as its environ (the process environment stays untouched). ``await world.set_fault("drop-span")`` injects one fault into every shop
 service; ``await world.aclose()`` stops everything. ``DemoSettings`` is the model of the suite's
 top-level ``demo:`` section (which fault must produce which verdict and finding).
 """
