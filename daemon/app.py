@@ -12,7 +12,6 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import anyio
 from aiohttp import web
@@ -23,6 +22,7 @@ from tracecanary.daemon.engine import Engine, Overrides
 from tracecanary.daemon.run.runner import new_run_id
 from tracecanary.daemon.run.scheduler import Scheduler
 from tracecanary.daemon.store.base import Store
+from tracecanary.daemon.web.control import AlertsControl, DemoControl
 from tracecanary.errors import ConfigError
 from tracecanary.probes.base import ProbeSpec
 
@@ -33,7 +33,7 @@ class Daemon:
     """``tracecanary run CONFIG``."""
 
     def __init__(self, config_path: str | Path, config: Config, overrides: Overrides | None = None,
-                 *, on_ready: Callable[[Daemon], None] | None = None, demo: Any = None) -> None:
+                 *, on_ready: Callable[[Daemon], None] | None = None, demo: DemoControl | None = None) -> None:
         self.config_path = Path(config_path)
         self.config = config
         self.engine = Engine(config, overrides or Overrides(), daemon_mode=True, routes=[self._web_routes])
@@ -44,9 +44,7 @@ class Daemon:
         self.reloads = 0
 
     async def run(self) -> int:
-        self.control = DaemonControl(self.engine)
-        if self._demo is not None:
-            self.control.demo = self._demo
+        self.control = DaemonControl(self.engine, demo=self._demo)
         # Handlers go in before anything starts: a SIGTERM during start-up drains instead of killing.
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             return await self._run(signals)
@@ -145,17 +143,19 @@ class Daemon:
 
 
 class DaemonControl:
-    """Backed by a started Engine (and the Scheduler when the daemon runs one)."""
+    """The web layer's :class:`~tracecanary.daemon.web.control.Control`, backed by a started Engine (and the
+    Scheduler once the daemon runs one)."""
 
     def __init__(self, engine: Engine, task_group: anyio.abc.TaskGroup | None = None,
-                 scheduler: Scheduler | None = None, alerts: Any = None) -> None:
+                 scheduler: Scheduler | None = None, alerts: AlertsControl | None = None,
+                 demo: DemoControl | None = None) -> None:
         self.engine = engine
         self.task_group = task_group
         self.scheduler = scheduler
-        self.demo: Any = None
+        self.alerts = alerts
+        """The alert manager (None: the alert routes answer 501)."""
+        self.demo = demo
         """The demo world (`tracecanary demo`): the dashboard shows its chaos toggle."""
-        if alerts is not None:
-            self.alerts = alerts
 
     @property
     def store(self) -> Store:
@@ -183,14 +183,3 @@ class DaemonControl:
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         return self.engine.links_for(trace_id, run_id, probe_id)
-
-    def settings_public(self) -> dict[str, Any]:
-        d = self.engine.config.daemon
-        return {
-            "listen": self.engine.addresses.get("api", d.listen),
-            "otlp_http": self.engine.addresses.get("otlp_http"),
-            "otlp_grpc": self.engine.addresses.get("otlp_grpc"),
-            "max_concurrent_runs": d.max_concurrent_runs,
-            "probes": len(self.engine.config.probes),
-            "config": self.engine.config.sources,
-        }

@@ -217,8 +217,9 @@ class Engine:
         cfg = self.config
         if self.daemon_mode:
             self.alerts = AlertManager(
-                self.store, cfg.extra.alerts, links=self.links_for, dashboard_url=self.dashboard_url,
+                self.store, cfg.extra.alerts, dashboard_url=self.dashboard_url,
                 integrations=cfg.integrations, on_attempt=self.metrics.alert_sent,
+                tracer=self.provider.get_tracer("tracecanary.alerts") if self._exports_telemetry else None,
             )
             self.hooks.append(self.alerts)
             await tg.start(self.alerts.run)

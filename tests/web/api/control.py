@@ -114,6 +114,7 @@ class LocalControl:
     probe_specs: list[ProbeSpec]
     span_delay_s: float = 0.05
     alerts: AlertManager | None = None
+    demo: Any = None
     live: dict[str, list[Span]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     fail_next: bool = False

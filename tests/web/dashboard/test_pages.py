@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import aiohttp
 import pytest
@@ -51,14 +52,20 @@ async def test_run_page_waterfall_with_ghost_under_its_parent(site: Site) -> Non
 
 
 
+@dataclass(frozen=True)
+class Chaos:
+    faults: tuple[str, ...]
+    active: str | None
+
+
 class ChaosSwitch:
     """The two methods the dashboard asks of ``control.demo`` (DemoWorld in `tracecanary demo`)."""
 
     def __init__(self) -> None:
         self.active: str | None = None
 
-    def chaos_state(self) -> dict[str, object]:
-        return {"faults": ["drop-span", "silent-bot"], "active": self.active}
+    def chaos_state(self) -> Chaos:
+        return Chaos(faults=("drop-span", "silent-bot"), active=self.active)
 
     async def set_fault(self, name: str | None) -> None:
         self.active = name
@@ -69,7 +76,7 @@ async def test_chaos_toggle_only_in_demo(site: Site) -> None:
         async with s.post(f"{site.base}/demo/chaos", data={"fault": "silent-bot"}) as r:
             assert r.status == 404
         switch = ChaosSwitch()
-        site.control.demo = switch  # type: ignore[attr-defined]
+        site.control.demo = switch
         html = await _get(f"{site.base}/")
         assert '<option value="silent-bot" >silent-bot</option>' in html
         async with s.post(f"{site.base}/demo/chaos", data={"fault": "silent-bot"}, allow_redirects=False) as r:
@@ -93,7 +100,8 @@ async def test_live_stream_sends_waterfall_then_done(site: Site) -> None:
 
 
 async def test_failing_alert_channel_shows_on_overview(site: Site) -> None:
-    from tracecanary.daemon.alerts.manager import NS_CHANNELS, AlertManager
+    from tracecanary.daemon.alerts.delivery import NS_CHANNELS
+    from tracecanary.daemon.alerts.manager import AlertManager
     from tracecanary.daemon.alerts.policy import AlertsSettings
 
     settings = AlertsSettings.model_validate({"channels": {"oncall": {"type": "slack", "channel": "C0ONCALL"}}})
