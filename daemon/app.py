@@ -15,7 +15,6 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import anyio
 from aiohttp import web
@@ -25,6 +24,7 @@ from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.engine import Engine, Overrides
 from tracecanary.daemon.run.scheduler import Scheduler, SchedulerNotRunning
 from tracecanary.daemon.store.base import Store
+from tracecanary.daemon.web.control import AlertsControl, DemoControl
 from tracecanary.errors import ConfigError
 from tracecanary.probes.base import ProbeSpec
 
@@ -35,7 +35,7 @@ class Daemon:
     """``tracecanary run CONFIG``."""
 
     def __init__(self, config_path: str | Path, config: Config, overrides: Overrides | None = None,
-                 *, on_ready: Callable[[Daemon], None] | None = None, demo: Any = None,
+                 *, on_ready: Callable[[Daemon], None] | None = None, demo: DemoControl | None = None,
                  environ: Mapping[str, str] | None = None) -> None:
         self.config_path = Path(config_path)
         self.config = config
@@ -53,9 +53,7 @@ class Daemon:
         return self.scheduler is not None and self.scheduler.started
 
     async def run(self) -> int:
-        self.control = DaemonControl(self.engine)
-        if self._demo is not None:
-            self.control.demo = self._demo
+        self.control = DaemonControl(self.engine, demo=self._demo)
         # Handlers go in before anything starts: a SIGTERM during start-up drains instead of killing.
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             return await self._run(signals)
@@ -73,7 +71,6 @@ class Daemon:
             self.scheduler.set_probes(self.config.probes)
             self.control.scheduler = self.scheduler
             async with anyio.create_task_group() as tg:
-                self.control.task_group = tg
                 await tg.start(self.scheduler.run)
                 tg.start_soon(self._retention_loop)
                 log.info("daemon ready addresses=%s probes=%d", engine.addresses, len(self.config.probes))
@@ -150,17 +147,18 @@ class Daemon:
 
 
 class DaemonControl:
-    """Backed by a started Engine (and the Scheduler when the daemon runs one)."""
+    """The web layer's :class:`~tracecanary.daemon.web.control.Control`, backed by a started Engine (and the
+    Scheduler once the daemon runs one)."""
 
-    def __init__(self, engine: Engine, task_group: anyio.abc.TaskGroup | None = None,
-                 scheduler: Scheduler | None = None, alerts: Any = None) -> None:
+    def __init__(self, engine: Engine, scheduler: Scheduler | None = None, alerts: AlertsControl | None = None,
+                 demo: DemoControl | None = None) -> None:
         self.engine = engine
-        self.task_group = task_group
         self.scheduler = scheduler
-        self.demo: Any = None
+        """Set once the daemon's scheduler runs (before: next_run is None and run now is refused)."""
+        self.alerts = alerts
+        """The alert manager (None: the alert routes answer 501)."""
+        self.demo = demo
         """The demo world (`tracecanary demo`): the dashboard shows its chaos toggle."""
-        if alerts is not None:
-            self.alerts = alerts
 
     @property
     def store(self) -> Store:
@@ -187,14 +185,3 @@ class DaemonControl:
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         return self.engine.links_for(trace_id, run_id, probe_id)
-
-    def settings_public(self) -> dict[str, Any]:
-        d = self.engine.config.daemon
-        return {
-            "listen": self.engine.addresses.get("api", d.listen),
-            "otlp_http": self.engine.addresses.get("otlp_http"),
-            "otlp_grpc": self.engine.addresses.get("otlp_grpc"),
-            "max_concurrent_runs": d.max_concurrent_runs,
-            "probes": len(self.engine.config.probes),
-            "config": self.engine.config.sources,
-        }

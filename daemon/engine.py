@@ -196,7 +196,9 @@ class Engine:
                         tg.cancel_scope.cancel()
                         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                             await self.kafka_producers.aclose()
-                        await anyio.to_thread.run_sync(self.provider.shutdown)
+                        # Shielded: in the cancelled task group the final flush of own spans would be skipped.
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(self.provider.shutdown)
             finally:
                 with anyio.CancelScope(shield=True):
                     await self.store.aclose()
@@ -229,8 +231,9 @@ class Engine:
         cfg = self.config
         if self.daemon_mode:
             self.alerts = AlertManager(
-                self.store, cfg.extra.alerts, links=self.links_for, dashboard_url=self.dashboard_url,
+                self.store, cfg.extra.alerts, dashboard_url=self.dashboard_url,
                 integrations=cfg.integrations, on_attempt=self.metrics.alert_sent,
+                tracer=self.provider.get_tracer("tracecanary.alerts") if self._exports_telemetry else None,
             )
             self.hooks.append(self.alerts)
             await tg.start(self.alerts.run)

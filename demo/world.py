@@ -99,6 +99,16 @@ def mismatches(fault: FaultDeclaration | None, results: dict[str, tuple[str | No
     return out
 
 
+@dataclass(frozen=True)
+class ChaosState:
+    """The fault switch as the dashboard's chaos toggle shows it."""
+
+    faults: tuple[str, ...]
+    """Declared fault names, in order."""
+    active: str | None
+    """The fault switched on (None: healthy)."""
+
+
 @dataclass
 class DemoWorld:
     """Everything `tracecanary demo` started besides the daemon; ``env`` feeds config/demo.yaml."""
@@ -137,9 +147,9 @@ class DemoWorld:
         self.active_fault = name or None
         log.info("demo fault fault=%s inject=%s", name, inject)
 
-    def chaos_state(self) -> dict[str, Any]:
+    def chaos_state(self) -> ChaosState:
         """For the dashboard's chaos toggle."""
-        return {"faults": [f.name for f in self.settings.faults], "active": self.active_fault}
+        return ChaosState(faults=tuple(f.name for f in self.settings.faults), active=self.active_fault)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -4,12 +4,18 @@ A recurring window is a cron expression evaluated on the wall clock of ``timezon
 ``duration``: ``cron: "0 9 * * *", timezone: America/New_York, duration: 1h`` covers 09:00–10:00 New
 York time on both sides of a DST change (14:00 UTC in winter, 13:00 UTC in summer). A start that falls
 in a spring-forward gap is read with the pre-transition offset (02:30 → 03:30 daylight time).
+
+Configured silences (``alerts.silences``) are listed as ``config-<n>``; silences added through the API
+live in the store's kv space (namespace ``alerts.silences``, key = silence id).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -17,6 +23,10 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tracecanary.assertions.units import CronExpression, Duration, Timezone
+from tracecanary.daemon.store.base import Store
+
+log = logging.getLogger("tracecanary.alerts")
+NS_SILENCES = "alerts.silences"
 
 
 class SilenceSettings(BaseModel):
@@ -105,3 +115,60 @@ def silenced_by(
         if s.matches_probe(probe_id, tags) and s.active_at(now_s):
             return silence_id
     return None
+
+
+@dataclass(frozen=True)
+class ListedSilence:
+    """A silence as the API and the dashboard list it."""
+
+    id: str
+    """``config-<n>`` for a configured silence, a random hex id for one added through the API."""
+    source: Literal["config", "api"]
+    active: bool
+    """Whether the silence covers the moment it was listed."""
+    settings: SilenceSettings
+    created_by: str | None = None
+
+    @property
+    def kind(self) -> Literal["one-off", "recurring"]:
+        return self.settings.kind
+
+
+class Silences:
+    """The configured silences plus the ones added through the API (kept in the store)."""
+
+    def __init__(self, store: Store, configured: Sequence[SilenceSettings], clock: Callable[[], float]) -> None:
+        self.store = store
+        self._configured = [(f"config-{i}", s) for i, s in enumerate(configured)]
+        self._clock = clock
+
+    async def all(self) -> list[tuple[str, SilenceSettings]]:
+        """Every silence as ``(id, settings)``: configured first, then stored ones by id."""
+        stored = await self.store.kv_list(NS_SILENCES)
+        return self._configured + [(k, SilenceSettings.model_validate(v["silence"])) for k, v in sorted(stored.items())]
+
+    async def add(self, silence: SilenceSettings, *, created_by: str = "api") -> ListedSilence:
+        """Store a silence; returns it as listed (with its new id)."""
+        silence_id = uuid.uuid4().hex[:12]
+        await self.store.kv_put(NS_SILENCES, silence_id, {
+            "silence": silence.model_dump(mode="json"), "created_ns": int(self._clock() * 1e9),
+            "created_by": created_by})
+        log.info("alert.silence_added id=%s by=%s probes=%s tags=%s", silence_id, created_by,
+                 silence.probes, silence.tags)
+        return ListedSilence(silence_id, "api", silence.active_at(self._clock()), silence, created_by)
+
+    async def remove(self, silence_id: str) -> bool:
+        """Remove an API silence; False when unknown (configured silences are removed in config)."""
+        if await self.store.kv_get(NS_SILENCES, silence_id) is None:
+            return False
+        await self.store.kv_delete(NS_SILENCES, silence_id)
+        return True
+
+    async def listed(self) -> list[ListedSilence]:
+        now_s = self._clock()
+        stored = await self.store.kv_list(NS_SILENCES)
+        out = [ListedSilence(sid, "config", s.active_at(now_s), s) for sid, s in self._configured]
+        for sid, value in sorted(stored.items()):
+            s = SilenceSettings.model_validate(value["silence"])
+            out.append(ListedSilence(sid, "api", s.active_at(now_s), s, value.get("created_by")))
+        return out

@@ -13,17 +13,19 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from tracecanary.daemon.alerts.silences import SilenceSettings
+from tracecanary.daemon.alerts.manager import AlertRecord
+from tracecanary.daemon.alerts.silences import ListedSilence, SilenceSettings
+from tracecanary.daemon.run.scheduler import OverlapSkipped, RunRefused
 from tracecanary.daemon.web.control import Control
 from tracecanary.daemon.web.dashboard.summary import (
     RunWindows,
     iso_ns,
-    maybe_await,
     probe_statuses,
     redact,
     run_detail,
@@ -102,9 +104,6 @@ class Api:
         self.control = control
         self.windows = RunWindows()
 
-    def _alerts(self) -> Any:
-        return getattr(self.control, "alerts", None)
-
     async def list_probes(self, request: web.Request) -> web.Response:
         rows = await probe_statuses(self.control, self.windows)
         return _json(ProbeList(probes=rows, generated_at=iso_ns(time.time_ns())))
@@ -133,8 +132,6 @@ class Api:
     async def run_probe(self, request: web.Request) -> web.Response:
         """202 with the new run id; 404 unknown probe; 409 when the probe's overlap policy refuses
         (a run is in flight); 503 while the daemon starts or shuts down."""
-        from tracecanary.daemon.run.scheduler import OverlapSkipped, RunRefused
-
         probe_id = request.match_info["probe_id"]
         try:
             run_id = await self.control.run_now(probe_id)
@@ -149,23 +146,19 @@ class Api:
         return _json(FireOut(run_id=run_id, probe_id=probe_id, url=f"/api/runs/{run_id}"), status=202)
 
     async def list_alerts(self, request: web.Request) -> web.Response:
-        alerts = self._alerts()
+        alerts = self.control.alerts
         if alerts is None:
             return _error(501, "alerting is not configured")
-        silences = [silence_out(s) for s in await maybe_await(alerts.list_silences())]
-        lister = getattr(alerts, "list_alerts", None)
-        listed = await maybe_await(lister()) if lister is not None else []
-        if isinstance(listed, dict):  # AlertManager: incidents, notifications, attempts, queue
-            return _json(AlertsOut(
-                silences=silences, alerts=[_plain(a) for a in listed.get("incidents", [])],
-                notifications=[_plain(a) for a in listed.get("notifications", [])],
-                attempts=[_plain(a) for a in listed.get("attempts", [])],
-                queue=_plain(listed["queue"]) if isinstance(listed.get("queue"), dict) else None,
-            ))
-        return _json(AlertsOut(silences=silences, alerts=[_plain(a) for a in listed]))
+        silences = await alerts.list_silences()
+        overview = await alerts.list_alerts()
+        return _json(AlertsOut(
+            silences=[silence_out(s) for s in silences], alerts=[asdict(i) for i in overview.incidents],
+            notifications=[record_out(r) for r in overview.notifications],
+            attempts=[record_out(r) for r in overview.attempts], queue=asdict(overview.queue),
+        ))
 
     async def add_silence(self, request: web.Request) -> web.Response:
-        alerts = self._alerts()
+        alerts = self.control.alerts
         if alerts is None:
             return _error(501, "alerting is not configured")
         if request.content_length is not None and request.content_length > MAX_JSON_BODY:
@@ -176,23 +169,15 @@ class Api:
             return _error(400, "; ".join(
                 f"{'.'.join(map(str, x['loc'])) or 'body'}: {x['msg']}" for x in e.errors(include_url=False)
             ))
-        try:
-            created = await maybe_await(alerts.add_silence(spec))
-        except ValueError as e:
-            return _error(400, str(e))
-        if isinstance(created, str):
-            listed = {str(x.get("id")): x for x in await maybe_await(alerts.list_silences()) if isinstance(x, dict)}
-            created = listed.get(created, (created, spec))
-        out = silence_out(created)
-        log.info("api silence added id=%s", out.id)
-        return _json(out, status=201)
+        created = await alerts.add_silence(spec)
+        log.info("api silence added id=%s", created.id)
+        return _json(silence_out(created), status=201)
 
     async def remove_silence(self, request: web.Request) -> web.StreamResponse:
-        alerts = self._alerts()
+        alerts = self.control.alerts
         if alerts is None:
             return _error(501, "alerting is not configured")
-        removed = await maybe_await(alerts.remove_silence(request.match_info["silence_id"]))
-        if removed is False:
+        if not await alerts.remove_silence(request.match_info["silence_id"]):
             return _error(404, "unknown silence")
         return web.Response(status=204)
 
@@ -200,34 +185,17 @@ class Api:
         return web.json_response(openapi_document())
 
 
-def silence_out(value: Any) -> SilenceOut:
-    """A silence as the alert manager lists it — ``(id, SilenceSettings)``, a model or a dict."""
-    active: bool | None = None
-    if isinstance(value, tuple) and len(value) == 2:
-        sid, settings = value
-        active = settings.active_at(time.time()) if isinstance(settings, SilenceSettings) else None
-        data = {**_plain(settings), "id": str(sid)}
-    else:
-        data = _plain(value)
-    data.setdefault("id", "")
-    if active is not None:
-        data["active"] = active
-    return SilenceOut.model_validate(data)
+def silence_out(silence: ListedSilence) -> SilenceOut:
+    """A listed silence: its id, source, whether it is active now, its kind and its settings."""
+    return SilenceOut.model_validate({
+        "id": silence.id, "source": silence.source, "active": silence.active, "kind": silence.kind,
+        "created_by": silence.created_by, **silence.settings.model_dump(mode="json"),
+    })
 
 
-def _plain(value: Any) -> dict[str, Any]:
-    """A silence/alert object as a JSON-able dict, with secret-looking keys masked."""
-    if isinstance(value, BaseModel):
-        data: Any = value.model_dump(mode="json")
-    elif isinstance(value, dict):
-        data = value
-    elif hasattr(value, "__dict__"):
-        data = dict(vars(value))
-    else:
-        data = {"value": str(value)}
-    out = redact(data)
-    return {k: (v if isinstance(v, str | int | float | bool | list | dict) or v is None else str(v))
-            for k, v in out.items()}
+def record_out(record: AlertRecord) -> dict[str, Any]:
+    """An alert event-log entry as JSON, with secret-looking keys of its payload masked."""
+    return {"id": record.id, "time_ns": record.time_ns, "kind": record.kind, "data": redact(record.data)}
 
 
 def api_routes(control: Control, *, api_token: str | None, read_token_required: bool = False) -> list[web.RouteDef]:

@@ -189,7 +189,9 @@ def _json(name: str, description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Bad request", 401: "Missing or wrong bearer token", 404: "Not found",
+        409: "The probe's overlap policy refused the run (a run is in flight)",
         415: "Body must be application/json", 501: "Alerting is not configured",
+        503: "The daemon is starting or shutting down",
     }
     return {str(c): _json("ErrorOut", text[c]) for c in codes}
 
@@ -222,7 +224,7 @@ def openapi_document() -> dict[str, Any]:
         }},
         "/api/probes/{probe_id}/run": {"post": {
             "operationId": "runProbe", "summary": "Fire the probe now.", "parameters": [probe_id],
-            "responses": {"202": _json("FireOut", "The run was started."), **_errors(401, 404, 415)},
+            "responses": {"202": _json("FireOut", "The run was started."), **_errors(401, 404, 409, 415, 503)},
         }},
         "/api/runs/{run_id}": {"get": {
             "operationId": "getRun", "summary": "One run: findings, response, trace tree, links, log.",

@@ -16,7 +16,6 @@ from aiohttp import web
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.store.base import RunRecord, RunStatus
-from tracecanary.daemon.store.sqlite import SqliteStore
 from tracecanary.probes.base import ProbeSpec
 
 T0_NS = 1_790_000_000 * 10**9
@@ -26,7 +25,9 @@ def probe(pid: str = "orders", *, tags: tuple[str, ...] = (), policy: str = "def
     return ProbeSpec.model_validate({"id": pid, "kind": "http", "tags": list(tags), "alert": {"policy": policy}})
 
 
-def run(pid: str, i: int, verdict: str, *, final: bool = True) -> RunRecord:
+def run(pid: str, i: int, verdict: str, *, final: bool = True, trace_link: str | None = None) -> RunRecord:
+    """Run ``i`` of a probe; ``trace_link`` (e.g. ``https://…/trace/{trace_id}``) becomes its Sentry link,
+    as the runner renders the config's ``links:`` once per run."""
     v = Verdict(verdict)
     findings = [] if v is Verdict.PASS else [
         Finding(type="trace.missing", path="expect.trace.tree[0].children[1]", severity=v,
@@ -37,19 +38,8 @@ def run(pid: str, i: int, verdict: str, *, final: bool = True) -> RunRecord:
     return RunRecord(
         run_id=f"{pid}-r{i}", probe_id=pid, kind="http", attempt=1, first_run_id=f"{pid}-r{i}",
         trace_id=f"{i:032x}", started_ns=T0_NS + i * 60 * 10**9, status=RunStatus.FINISHED,
-        finished_ns=T0_NS + i * 60 * 10**9 + 1_840_000_000, verdict=v, findings=findings, final=final)
-
-
-class ClaimingSqliteStore(SqliteStore):
-    """SqliteStore plus the atomic put-if-absent the manager prefers for replica-safe claims (what the
-    lead is asked to add to the Store protocol; here so the test proves the path across connections)."""
-
-    async def kv_put_if_absent(self, namespace: str, key: str, value: Any) -> bool:
-        cursor = await self.db.execute(
-            "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) ON CONFLICT(namespace, key) DO NOTHING",
-            (namespace, key, json.dumps(value)))
-        await self.db.commit()
-        return cursor.rowcount == 1
+        finished_ns=T0_NS + i * 60 * 10**9 + 1_840_000_000, verdict=v, findings=findings, final=final,
+        links={"sentry": trace_link.format(trace_id=f"{i:032x}")} if trace_link else {})
 
 
 class Clock:

@@ -83,10 +83,9 @@ async def test_body_template_is_sandboxed_jinja(store: SqliteStore) -> None:
     rx = WebhookReceiver(SECRET)
     template = '{"text": {{ (n.title ~ " " ~ body.links.sentry) | tojson }}, "n": {{ body.findings | length }}}'
     async with serve(rx.app()) as base:
-        mgr = AlertManager(store, webhook_settings(f"{base}/hook", body_template=template),
-                           links=lambda t, r, p: {"sentry": f"https://s.example/{t}"})
+        mgr = AlertManager(store, webhook_settings(f"{base}/hook", body_template=template))
         async with running(mgr):
-            await mgr.on_run_finished(probe("orders"), run("orders", 1, "fail"))
+            await mgr.on_run_finished(probe("orders"), run("orders", 1, "fail", trace_link="https://s.example/{trace_id}"))
             await settled(mgr)
     assert rx.accepted == [{"text": f"orders is failing (FAIL) https://s.example/{1:032x}", "n": 2}]
     evil = WebhookChannelConfig(url="http://x", body_template="{{ n.__class__.__mro__ }}")
@@ -129,11 +128,11 @@ async def test_sentry_event_per_incident(store: SqliteStore, sentry: SentryEmula
     s = AlertsSettings.model_validate({
         "channels": {"sentry": {"type": "sentry", "environment": "prod"}},
         "policies": {"default": {"channels": ["sentry"], "failure_threshold": 1}}})
-    mgr = AlertManager(store, s, integrations=Integrations.model_validate({"sentry": {"dsn": sentry.dsn()}}),
-                       links=lambda t, r, p: {"sentry": f"{sentry.base_url}/organizations/acme/explore/traces/trace/{t}"})
+    mgr = AlertManager(store, s, integrations=Integrations.model_validate({"sentry": {"dsn": sentry.dsn()}}))
+    link = f"{sentry.base_url}/organizations/acme/explore/traces/trace/{{trace_id}}"
     async with running(mgr):
         for i, verdict in enumerate(["fail", "pass", "error"], start=1):
-            await mgr.on_run_finished(probe("orders"), run("orders", i, verdict))
+            await mgr.on_run_finished(probe("orders"), run("orders", i, verdict, trace_link=link))
         await settled(mgr)
     errors = sentry.store.errors
     assert len(errors) == 2  # one per incident; recoveries are not sent to Sentry
@@ -163,12 +162,12 @@ async def test_failing_channel_raises_its_own_alert_elsewhere(
             await mgr.on_run_finished(probe(pid), run(pid, 1, "fail"))
         await slack.wait_until(lambda: len(slack.messages("C0OPS")) == 1)
         await settled(mgr)
-        health = {h["channel"]: h for h in await mgr.channel_health()}
+        health = {h.channel: h for h in await mgr.channel_health()}
     [msg] = slack.messages("C0OPS")
     assert msg["text"].startswith("alert channel sentry is failing")
     assert "2 deliveries in a row failed; last error: sentry 401" in json.dumps(msg["blocks"])
-    assert health["sentry"]["failing"] and health["sentry"]["consecutive_failures"] == 3
-    assert health["oncall"]["consecutive_failures"] == 0 and sentry.store.errors == []
+    assert health["sentry"].failing and health["sentry"].consecutive_failures == 3
+    assert health["oncall"].consecutive_failures == 0 and sentry.store.errors == []
 
 
 async def test_api_silence_records_instead_of_sending(store: SqliteStore) -> None:
@@ -178,19 +177,19 @@ async def test_api_silence_records_instead_of_sending(store: SqliteStore) -> Non
         mgr = AlertManager(store, webhook_settings(f"{base}/hook"), clock=clock)
         window = SilenceSettings(tags=["payments"], cron="0 9 * * 1-5", duration="1h",
                                  timezone="America/New_York", comment="deploy window")
-        silence_id = await mgr.add_silence(window, created_by="alice")
+        silence = await mgr.add_silence(window, created_by="alice")
         async with running(mgr):
             p = probe("orders", tags=("payments",))
             await mgr.on_run_finished(p, run("orders", 1, "fail"))
             [listed] = await mgr.list_silences()
-            assert listed["id"] == silence_id and listed["active"] and listed["created_by"] == "alice"
+            assert listed.id == silence.id and listed.active and listed.created_by == "alice"
             clock.now_s += 3600  # 10:30: the window is over and the probe still fails
             await mgr.on_run_finished(p, run("orders", 2, "fail"))
             await settled(mgr)
-            assert await mgr.remove_silence(silence_id) and not await mgr.remove_silence(silence_id)
+            assert await mgr.remove_silence(silence.id) and not await mgr.remove_silence(silence.id)
             assert await mgr.list_silences() == []
     [held] = await store.list_events("alert.silenced")
-    assert held["data"]["silence_id"] == silence_id and held["data"]["event"] == "failing"
+    assert held["data"]["silence_id"] == silence.id and held["data"]["event"] == "failing"
     assert [b["dedup_key"] for b in rx.accepted] == ["orders:orders-r1:failing"]
 
 
@@ -220,9 +219,9 @@ async def test_channel_recovery_is_announced_in_the_failure_thread(store: Sqlite
             for pid in ("a", "b", "c"):
                 await mgr.on_run_finished(probe(pid), run(pid, 1, "fail"))
                 await settled(mgr)
-            health = {h["channel"]: h for h in await mgr.channel_health()}
+            health = {h.channel: h for h in await mgr.channel_health()}
     failing, recovered = slack.messages("C0OPS")
     assert failing["text"].startswith("alert channel hook is failing")
     assert recovered["text"].startswith("alert channel hook recovered") and recovered["thread_ts"] == failing["ts"]
     assert [b["probe"]["id"] for b in rx.accepted] == ["c"]
-    assert not health["hook"]["failing"] and health["hook"]["consecutive_failures"] == 0
+    assert not health["hook"].failing and health["hook"].consecutive_failures == 0

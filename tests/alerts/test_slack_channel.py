@@ -8,9 +8,11 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.alerts.helpers import ClaimingSqliteStore, Clock, idle, probe, run, running, settled
+from tests.alerts.helpers import Clock, idle, probe, running, settled
+from tests.alerts.helpers import run as run_of
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
+from tracecanary.daemon.store.base import RunRecord
 from tracecanary.daemon.store.sqlite import SqliteStore
 from tracecanary.demo.emulators.slack import SlackEmulator
 from tracecanary.integrations import Integrations
@@ -25,10 +27,13 @@ def settings(**policy: Any) -> AlertsSettings:
     })
 
 
+def run(pid: str, i: int, verdict: str, *, final: bool = True) -> RunRecord:
+    return run_of(pid, i, verdict, final=final, trace_link="https://acme.sentry.io/explore/traces/trace/{trace_id}")
+
+
 def manager(store: SqliteStore, slack: SlackEmulator, s: AlertsSettings, clock: Clock) -> AlertManager:
     return AlertManager(
         store, s, clock=clock, retry_delays_s=(0.01, 0.02), dashboard_url="http://canary.test/",
-        links=lambda trace_id, run_id, probe_id: {"sentry": f"https://acme.sentry.io/explore/traces/trace/{trace_id}"},
         integrations=Integrations.model_validate({"slack": {"bot_token": "xoxb-bot", "base_url": slack.base_url}}),
     )
 
@@ -93,14 +98,14 @@ async def test_restart_mid_incident_sends_no_duplicate_and_threads_recovery(
     firing, reminder, recovery = slack.messages("C0ALERT")
     assert "orders is failing" in firing["text"] and "still failing" in reminder["text"]
     assert reminder["thread_ts"] == recovery["thread_ts"] == firing["ts"]
-    assert [n["data"]["dedup_key"] for n in reversed(alerts["notifications"])] == [
+    assert [n.data["dedup_key"] for n in reversed(alerts.notifications)] == [
         "orders:orders-r1:failing", "orders:orders-r1:reminder:1", "orders:orders-r1:recovered"]
-    assert alerts["incidents"] == []
+    assert alerts.incidents == []
 
 
 async def test_two_replicas_announce_an_incident_once(db_url: str, slack: SlackEmulator) -> None:
     p = probe("orders")
-    stores = [ClaimingSqliteStore(db_url), ClaimingSqliteStore(db_url)]  # two processes, one database
+    stores = [SqliteStore(db_url), SqliteStore(db_url)]  # two processes, one database
     for st in stores:
         await st.open()
     a, b = (manager(st, slack, settings(), Clock()) for st in stores)
@@ -147,4 +152,4 @@ async def test_invalid_token_is_a_permanent_failure(store: SqliteStore, slack: S
     assert attempt["data"]["outcome"] == "failed" and "invalid_auth" in attempt["data"]["error"]
     assert counted == [("oncall", "failed")]
     [health] = await mgr.channel_health()
-    assert health["consecutive_failures"] == 1 and not health["failing"]
+    assert health.consecutive_failures == 1 and not health.failing

@@ -9,14 +9,13 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from tracecanary.assertions.spans import Span, Trace, group_traces, span_to_dict
 from tracecanary.assertions.verdict import Verdict
-from tracecanary.daemon.alerts.silences import SilenceSettings
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
 from tracecanary.daemon.web.control import Control
 from tracecanary.daemon.web.schema import (
@@ -89,32 +88,11 @@ def p95(values: list[float]) -> float | None:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-async def maybe_await(value: Any) -> Any:
-    """Alert-manager methods may be sync or async."""
-    return await value if isinstance(value, Awaitable) else value
-
-
-def _settings_of(item: Any) -> tuple[SilenceSettings, bool | None]:
-    """A listed silence — ``(id, SilenceSettings)``, a dict with ``active``, or a model — as settings."""
-    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], SilenceSettings):
-        return item[1], None
-    data = item if isinstance(item, dict) else item.model_dump(mode="json")
-    fields = {k: v for k, v in data.items() if k in SilenceSettings.model_fields}
-    active = data.get("active")
-    return SilenceSettings.model_validate(fields), active if isinstance(active, bool) else None
-
-
 async def silence_check(control: Control) -> Callable[[ProbeSpec], bool]:
     """A predicate: is the probe covered by an active silence now? (always False without alerting)."""
-    alerts = getattr(control, "alerts", None)
-    if alerts is None or not hasattr(alerts, "list_silences"):
+    if control.alerts is None:
         return lambda probe: False
-    now_s = time.time()
-    active: list[SilenceSettings] = []
-    for item in await maybe_await(alerts.list_silences()):
-        settings, is_active = _settings_of(item)
-        if is_active if is_active is not None else settings.active_at(now_s):
-            active.append(settings)
+    active = [s.settings for s in await control.alerts.list_silences() if s.active]
     return lambda probe: any(s.matches_probe(probe.id, list(probe.tags)) for s in active)
 
 

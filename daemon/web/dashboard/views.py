@@ -18,6 +18,7 @@ import anyio
 import jinja2
 from aiohttp import web
 
+from tracecanary.daemon.alerts.delivery import ChannelHealth
 from tracecanary.daemon.store.base import RunRecord, RunStatus
 from tracecanary.daemon.web.api import AUTH_COOKIE, ApiAuth, Handler
 from tracecanary.daemon.web.control import Control
@@ -25,7 +26,6 @@ from tracecanary.daemon.web.dashboard.summary import (
     RunWindows,
     fmt_age,
     iso_ns,
-    maybe_await,
     probe_status,
     probe_statuses,
     redact,
@@ -104,23 +104,19 @@ class Dashboard:
         html = self.env.get_template(name).render(**ctx)
         return web.Response(text=html, content_type="text/html")
 
-    def _demo(self) -> Any:
-        return getattr(self.control, "demo", None)
-
     async def overview(self, request: web.Request) -> web.Response:
         rows = await probe_statuses(self.control, self.windows)
         counts = {s: sum(1 for r in rows if r.state == s) for s in ("failing", "degraded", "pending", "ok", "silenced")}
-        demo = self._demo()
+        demo = self.control.demo
         return self.render("overview.html", probes=rows, counts=counts, now_ns=time.time_ns(),
                            channels=await self._failing_channels(),
                            chaos=demo.chaos_state() if demo is not None else None)
 
-    async def _failing_channels(self) -> list[dict[str, Any]]:
+    async def _failing_channels(self) -> list[ChannelHealth]:
         """Alert channels that keep failing (expired token, deleted channel …), from the alert manager."""
-        health = getattr(getattr(self.control, "alerts", None), "channel_health", None)
-        if health is None:
+        if self.control.alerts is None:
             return []
-        return [redact(h) for h in await maybe_await(health()) if isinstance(h, dict) and h.get("failing")]
+        return [h for h in await self.control.alerts.channel_health() if h.failing]
 
     async def probe(self, request: web.Request) -> web.Response:
         pid = request.match_info["probe_id"]
@@ -178,7 +174,7 @@ class Dashboard:
 
     async def chaos(self, request: web.Request) -> web.Response:
         """Toggle a demo fault (only in `tracecanary demo`); the form posts here."""
-        demo = self._demo()
+        demo = self.control.demo
         if demo is None:
             raise web.HTTPNotFound(text="not a demo")
         form = await request.post()

@@ -1,8 +1,8 @@
-"""An API server on a real loopback socket over the real SqliteStore, with a test Control."""
+"""The real daemon (Daemon from daemon/app.py: engine, scheduler, DaemonControl) on a loopback socket,
+with the seeded history in its store; a bearer token configured for writes."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,15 +11,9 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from tests.web.api.control import LocalControl, make_run, probe
-from tracecanary.assertions.verdict import Verdict
-from tracecanary.daemon.alerts.manager import AlertManager
-from tracecanary.daemon.alerts.policy import AlertsSettings
-from tracecanary.daemon.store.sqlite import SqliteStore
-from tracecanary.daemon.web.api import api_routes
+from tests.web.daemon import RunningDaemon, running_daemon
+from tracecanary.daemon.app import DaemonControl
 from tracecanary.daemon.web.schema import openapi_document
 
 TOKEN = "t0ken-s3cret-value"
@@ -28,8 +22,12 @@ TOKEN = "t0ken-s3cret-value"
 @dataclass
 class ApiEnv:
     base: str
-    control: LocalControl
+    running: RunningDaemon
     session: aiohttp.ClientSession
+
+    @property
+    def control(self) -> DaemonControl:
+        return self.running.control
 
     def auth(self, token: str = TOKEN) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}"}
@@ -42,35 +40,11 @@ def validate(doc: dict[str, Any], path: str, method: str, status: int, body: Any
     jsonschema.Draft202012Validator({**schema, "components": doc["components"]}).validate(body)
 
 
-async def seed(store: SqliteStore) -> None:
-    """Two probes with history: shop-webhook failing last (missing node), shop-slack passing."""
-    now = time.time_ns()
-    for i in range(12):
-        failing = i < 2
-        run = make_run("shop-webhook", now - (i + 1) * 60 * 10**9, missing_gex=failing,
-                       verdict=Verdict.FAIL if failing else Verdict.PASS, duration_ms=100 + i * 10)
-        await store.finish_run(run)
-        await store.finish_run(make_run("shop-slack", now - (i + 1) * 61 * 10**9, duration_ms=200 + i))
-
-
 @pytest.fixture
 async def api_env(tmp_path: Path) -> AsyncIterator[ApiEnv]:
-    store = SqliteStore(f"sqlite:///{tmp_path / 'api.db'}")
-    await store.open()
-    await seed(store)
-    control = LocalControl(store=store, probe_specs=[probe("shop-slack"), probe("shop-webhook"),
-                                                     probe("never-run", tags=["tier-2"])],
-                           span_delay_s=0.01, alerts=AlertManager(store, AlertsSettings()))
-    app = web.Application()
-    app.add_routes(api_routes(control, api_token=TOKEN))
-    server = TestServer(app, host="127.0.0.1", port=0)
-    await server.start_server()
-    async with aiohttp.ClientSession() as session:
-        yield ApiEnv(str(server.make_url("")).rstrip("/"), control, session)
-    await server.close()
-    for t in list(control.tasks):
-        t.cancel()
-    await store.aclose()
+    async with running_daemon(tmp_path, api_token=TOKEN, extra_probe=True) as running, \
+            aiohttp.ClientSession() as session:
+        yield ApiEnv(running.base, running, session)
 
 
 @pytest.fixture(scope="session")

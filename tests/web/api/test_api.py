@@ -1,4 +1,4 @@
-"""The JSON API over a real socket and the real SqliteStore; every body validated against /api/openapi.json."""
+"""The JSON API of the real daemon over a real socket; every body validated against /api/openapi.json."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import pytest
 from openapi_spec_validator import validate as validate_spec
 
 from tests.web.api.conftest import TOKEN, ApiEnv, validate
+from tests.web.daemon import serve_routes
+from tracecanary.daemon.app import DaemonControl
+from tracecanary.daemon.web.api import api_routes
 
 pytestmark = pytest.mark.anyio
 
@@ -120,6 +123,7 @@ async def test_fire_now_requires_token_and_returns_run(api_env: ApiEnv, openapi:
             assert detail["live"] is True
             await anyio.sleep(0.02)
     assert detail["run"]["verdict"] == "pass" and len(detail["spans"]) == 9 and detail["live"] is False
+    assert api_env.running.target.requests == 1  # a real run: the probe fired at the system under test
 
 
 async def test_silences_roundtrip(api_env: ApiEnv, openapi: dict[str, Any]) -> None:
@@ -155,8 +159,9 @@ async def test_silences_roundtrip(api_env: ApiEnv, openapi: dict[str, Any]) -> N
 
 
 async def test_alert_routes_501_without_alert_manager(api_env: ApiEnv) -> None:
-    api_env.control.alerts = None
-    async with api_env.session.get(f"{api_env.base}/api/alerts") as r:
-        assert r.status == 501
-    async with api_env.session.post(f"{api_env.base}/api/silences", json={}, headers=api_env.auth()) as r:
-        assert r.status == 501
+    control = DaemonControl(api_env.control.engine)  # the same started engine, no alert manager
+    async with serve_routes(api_routes(control, api_token=TOKEN)) as base:
+        async with api_env.session.get(f"{base}/api/alerts") as r:
+            assert r.status == 501
+        async with api_env.session.post(f"{base}/api/silences", json={}, headers=api_env.auth()) as r:
+            assert r.status == 501

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import aiohttp
+import anyio
 import pytest
 
+from tests.web.daemon import serve_routes
 from tests.web.dashboard.conftest import Site
+from tracecanary.daemon.alerts.delivery import NS_CHANNELS
+from tracecanary.daemon.app import DaemonControl
+from tracecanary.daemon.web.dashboard.views import dashboard_routes
 
 pytestmark = pytest.mark.anyio
 
@@ -50,15 +56,20 @@ async def test_run_page_waterfall_with_ghost_under_its_parent(site: Site) -> Non
     assert "no matching message within 10s" in html
 
 
+@dataclass(frozen=True)
+class Chaos:
+    faults: tuple[str, ...]
+    active: str | None
+
 
 class ChaosSwitch:
-    """The two methods the dashboard asks of ``control.demo`` (DemoWorld in `tracecanary demo`)."""
+    """A DemoControl (DemoWorld in `tracecanary demo`): the chaos toggle's state and its switch."""
 
     def __init__(self) -> None:
         self.active: str | None = None
 
-    def chaos_state(self) -> dict[str, object]:
-        return {"faults": ["drop-span", "silent-bot"], "active": self.active}
+    def chaos_state(self) -> Chaos:
+        return Chaos(faults=("drop-span", "silent-bot"), active=self.active)
 
     async def set_fault(self, name: str | None) -> None:
         self.active = name
@@ -69,35 +80,34 @@ async def test_chaos_toggle_only_in_demo(site: Site) -> None:
         async with s.post(f"{site.base}/demo/chaos", data={"fault": "silent-bot"}) as r:
             assert r.status == 404
         switch = ChaosSwitch()
-        site.control.demo = switch  # type: ignore[attr-defined]
-        html = await _get(f"{site.base}/")
-        assert '<option value="silent-bot" >silent-bot</option>' in html
-        async with s.post(f"{site.base}/demo/chaos", data={"fault": "silent-bot"}, allow_redirects=False) as r:
-            assert r.status == 303 and r.headers["Location"] == "/"
-        assert switch.active == "silent-bot"
-        assert "fault: silent-bot" in await _get(f"{site.base}/")
-        async with s.post(f"{site.base}/demo/chaos", data={"fault": ""}, allow_redirects=False) as r:
-            assert r.status == 303
-        assert switch.active is None
+        demo = DaemonControl(site.control.engine, scheduler=site.control.scheduler, demo=switch)
+        async with serve_routes(dashboard_routes(demo)) as base:
+            html = await _get(f"{base}/")
+            assert '<option value="silent-bot" >silent-bot</option>' in html
+            async with s.post(f"{base}/demo/chaos", data={"fault": "silent-bot"}, allow_redirects=False) as r:
+                assert r.status == 303 and r.headers["Location"] == "/"
+            assert switch.active == "silent-bot"
+            assert "fault: silent-bot" in await _get(f"{base}/")
+            async with s.post(f"{base}/demo/chaos", data={"fault": ""}, allow_redirects=False) as r:
+                assert r.status == 303
+            assert switch.active is None
 
 
 async def test_live_stream_sends_waterfall_then_done(site: Site) -> None:
+    site.running.target.hold = anyio.Event()  # the run stays in flight until the stream has shown it once
     run_id = await site.control.run_now("shop-slack")
     events: list[str] = []
-    async with aiohttp.ClientSession() as s, s.get(f"{site.base}/runs/{run_id}/live") as r:
-        assert r.headers["Content-Type"].startswith("text/event-stream")
-        async for line in r.content:
-            if line.startswith(b"event: "):
-                events.append(line[7:].decode().strip())
+    with anyio.fail_after(20):
+        async with aiohttp.ClientSession() as s, s.get(f"{site.base}/runs/{run_id}/live") as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            async for line in r.content:
+                if line.startswith(b"event: "):
+                    events.append(line[7:].decode().strip())
+                    site.running.target.hold.set()
     assert events[0] == "waterfall" and events[-1] == "done" and events.count("waterfall") >= 2
 
 
 async def test_failing_alert_channel_shows_on_overview(site: Site) -> None:
-    from tracecanary.daemon.alerts.manager import NS_CHANNELS, AlertManager
-    from tracecanary.daemon.alerts.policy import AlertsSettings
-
-    settings = AlertsSettings.model_validate({"channels": {"oncall": {"type": "slack", "channel": "C0ONCALL"}}})
-    site.control.alerts = AlertManager(site.control.store, settings)
     assert "alert channel" not in await _get(f"{site.base}/")
     await site.control.store.kv_put(NS_CHANNELS, "oncall", {
         "failing": True, "consecutive_failures": 3, "last_error": "channel_not_found"})

@@ -1,35 +1,19 @@
-"""A test Control backed by the real SqliteStore, and builders for realistic runs (spans, findings, report).
-
-``LocalControl.run_now`` behaves like the daemon from the API's point of view: it stores a running
-run, feeds its spans into the live view one by one, then stores the finished run. Every delay is a
-constructor argument so tests stay fast.
-"""
+"""Builders for realistic stored runs (spans, findings, the real judge's report) and the history the
+API and dashboard tests seed through the Store API."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.judge import TraceJudge
 from tracecanary.assertions.spans import Span, SpanKind, SpanLink, StatusCode
 from tracecanary.assertions.verdict import Finding, Verdict
-from tracecanary.daemon.alerts.manager import AlertManager
-from tracecanary.daemon.store.base import RunRecord, RunStatus
-from tracecanary.daemon.store.sqlite import SqliteStore
-from tracecanary.probes.base import ProbeSpec
-from tracecanary.probes.http import HttpProbe
+from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
 
 MS = 1_000_000
-
-
-def probe(probe_id: str, **kw: Any) -> ProbeSpec:
-    return HttpProbe.model_validate({"id": probe_id, "kind": "http", "every": "60s",
-                                     "request": {"url": "http://127.0.0.1:9/webhook"}, **kw})
 
 
 def new_ids() -> tuple[str, str]:
@@ -108,49 +92,12 @@ def make_run(probe_id: str, t0: int, *, verdict: Verdict = Verdict.PASS, missing
     )
 
 
-@dataclass
-class LocalControl:
-    store: SqliteStore
-    probe_specs: list[ProbeSpec]
-    span_delay_s: float = 0.05
-    alerts: AlertManager | None = None
-    live: dict[str, list[Span]] = field(default_factory=dict)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    fail_next: bool = False
-
-    def probes(self) -> list[ProbeSpec]:
-        return list(self.probe_specs)
-
-    def next_run(self, probe_id: str) -> datetime | None:
-        return datetime.now(UTC) + timedelta(seconds=42)
-
-    async def run_now(self, probe_id: str) -> str:
-        if probe_id not in {p.id for p in self.probe_specs}:
-            raise KeyError(probe_id)
-        done = make_run(probe_id, time.time_ns(), missing_gex=self.fail_next,
-                        verdict=Verdict.FAIL if self.fail_next else Verdict.PASS)
-        self.live[done.trace_id] = []
-        task = asyncio.get_running_loop().create_task(self._play(done))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return done.run_id
-
-    async def _play(self, done: RunRecord) -> None:
-        # like the daemon, the run is recorded a moment after run_now returned its id
-        await asyncio.sleep(self.span_delay_s)
-        await self.store.insert_run(RunRecord(
-            run_id=done.run_id, probe_id=done.probe_id, kind="http", attempt=1, first_run_id=done.run_id,
-            trace_id=done.trace_id, started_ns=done.started_ns))
-        for s in done.spans:
-            await asyncio.sleep(self.span_delay_s)
-            self.live[done.trace_id].append(s)
-        await self.store.finish_run(done)
-
-    def live_spans(self, trace_id: str) -> list[Span]:
-        return list(self.live.get(trace_id, []))
-
-    def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
-        return {"jaeger": f"http://127.0.0.1:16686/trace/{trace_id}"}
-
-    def settings_public(self) -> dict[str, Any]:
-        return {"listen": "127.0.0.1:0", "api_token": "[redacted]"}
+async def seed(store: Store) -> None:
+    """Two probes with history: shop-webhook failing last (missing node), shop-slack passing."""
+    now = time.time_ns()
+    for i in range(12):
+        failing = i < 2
+        run = make_run("shop-webhook", now - (i + 1) * 60 * 10**9, missing_gex=failing,
+                       verdict=Verdict.FAIL if failing else Verdict.PASS, duration_ms=100 + i * 10)
+        await store.finish_run(run)
+        await store.finish_run(make_run("shop-slack", now - (i + 1) * 61 * 10**9, duration_ms=200 + i))
