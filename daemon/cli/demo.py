@@ -33,12 +33,17 @@ CHAOS_ROTATE_S = 120.0
 
 
 def demo_config_path() -> Path:
-    """``config/demo.yaml`` beside the packages (a source checkout or an editable install)."""
+    """``config/demo.yaml``, in the ``config/`` folder beside the ``demo/`` one wherever the code runs from.
+
+    In a checkout (an editable install) that is the top-level ``config/``; a wheel carries it as
+    ``tracecanary/config/`` beside ``tracecanary/demo/`` (pyproject maps ``config/`` to ``tracecanary.config``).
+    """
     import tracecanary.demo as demo_pkg
 
     path = Path(demo_pkg.__file__).resolve().parent.parent / "config" / "demo.yaml"
     if not path.exists():
-        raise StartupError(f"demo suite not found at {path}: run the demo from a source checkout")
+        raise StartupError(f"demo suite not found at {path}: this installation lacks the package data "
+                           "tracecanary/config/demo.yaml (pyproject.toml, [tool.setuptools.package-data])")
     return path
 
 
