@@ -220,7 +220,7 @@ def receiver_main(conn: Any, max_spans: int) -> None:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        conn.send(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        conn.send(runner.addresses[0][1])
         await anyio.sleep_forever()
 
     anyio.run(main)
