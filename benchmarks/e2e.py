@@ -109,7 +109,7 @@ def target_main(port_file: str, otlp_url: str) -> None:
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
-            Path(port_file).write_text(str(site._server.sockets[0].getsockname()[1]))  # type: ignore[union-attr]
+            Path(port_file).write_text(str(runner.addresses[0][1]))
             await asyncio.Event().wait()
 
     asyncio.run(main())

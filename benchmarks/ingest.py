@@ -160,7 +160,8 @@ def receiver_main(conn: Any, max_spans: int) -> None:
 
     buffer = TraceBuffer(max_spans=max_spans, max_bytes=2 * 1024**3)
     settings = OtlpSettings(http="127.0.0.1:0", grpc=None, max_pending_batches=64)
-    app = make_otlp_app(buffer, settings, Ingest(buffer, settings))
+    ingest = Ingest(buffer, settings)
+    app = make_otlp_app(buffer, settings, ingest)
     delivered = [0]
     gen2: list[float] = []  # pause of each full collection, seconds
     started = [0.0]
@@ -207,9 +208,7 @@ def receiver_main(conn: Any, max_spans: int) -> None:
         return web.json_response({"delivered": delivered[0], **_stats()})
 
     async def offload(request: web.Request) -> web.Response:
-        from tracecanary.daemon.spans import receiver
-
-        receiver._OFFLOAD_BYTES = (await request.json())["bytes"]  # decode in a worker thread above this
+        ingest.offload_bytes = (await request.json())["bytes"]  # decode in a worker thread above this
         return web.json_response({"ok": True})
 
     app.add_routes([web.post("/bench/offload", offload), web.post("/bench/watch", watch), web.post("/bench/sample", sample),
@@ -220,7 +219,7 @@ def receiver_main(conn: Any, max_spans: int) -> None:
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        conn.send(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        conn.send(runner.addresses[0][1])
         await anyio.sleep_forever()
 
     anyio.run(main)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import gc
 import logging
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -110,15 +109,12 @@ async def start_site(runner: web.AppRunner, addr: str, what: str) -> web.TCPSite
     return site
 
 
-def bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here
-    assert server is not None
-    sockets = getattr(server, "sockets", None) or []
-    for s in sockets:
-        name = s.getsockname()
-        if s.family in (socket.AF_INET, socket.AF_INET6):
-            return int(name[1])
-    raise RuntimeError("site has no bound socket")
+def bound_port(runner: web.AppRunner) -> int:
+    """The TCP port a started runner's site listens on (the real one when the address asked for port 0)."""
+    for address in runner.addresses:  # getsockname() of every listening socket
+        if isinstance(address, tuple):  # (host, port) for IPv4, (host, port, flow, scope) for IPv6
+            return int(address[1])
+    raise RuntimeError("runner has no bound TCP socket")
 
 
 @dataclass
@@ -312,13 +308,13 @@ class Engine:
         if shared:
             self.app.add_routes(otlp_routes(self.buffer, otlp, http_ingest))
         if self.serve_api or shared:
-            site = await self._start_app(tg, self.app, self.listen, "api", serves_otlp=shared)
-            self.addresses["api"] = f"{split_addr(self.listen)[0]}:{bound_port(site)}"
+            app_runner = await self._start_app(tg, self.app, self.listen, "api", serves_otlp=shared)
+            self.addresses["api"] = f"{split_addr(self.listen)[0]}:{bound_port(app_runner)}"
         if otlp.http is not None and not shared:
             otlp_app = web.Application(client_max_size=otlp.max_body + 1)
             otlp_app.add_routes(otlp_routes(self.buffer, otlp, http_ingest))
-            site = await self._start_app(tg, otlp_app, otlp.http, "otlp http receiver", serves_otlp=True)
-            self.addresses["otlp_http"] = f"{split_addr(otlp.http)[0]}:{bound_port(site)}"
+            app_runner = await self._start_app(tg, otlp_app, otlp.http, "otlp http receiver", serves_otlp=True)
+            self.addresses["otlp_http"] = f"{split_addr(otlp.http)[0]}:{bound_port(app_runner)}"
         elif shared:
             self.addresses["otlp_http"] = self.addresses["api"]
         if otlp.grpc is not None:
@@ -359,13 +355,14 @@ class Engine:
         return count
 
     async def _start_app(self, tg: anyio.abc.TaskGroup, app: web.Application, addr: str, what: str,
-                         *, serves_otlp: bool = False) -> web.TCPSite:
+                         *, serves_otlp: bool = False) -> web.AppRunner:
+        """Serve ``app`` on ``addr`` until the task group ends; returns its runner (one site: see bound_port)."""
         # The OTLP handler decompresses itself under its size cap; aiohttp's own inflater would keep
         # inflating the rest of a gzip bomb after the 413.
         runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=not serves_otlp)
         await runner.setup()
         try:
-            site = await start_site(runner, addr, what)
+            await start_site(runner, addr, what)
         except BaseException:
             await runner.cleanup()
             raise
@@ -379,7 +376,7 @@ class Engine:
                     await runner.cleanup()
 
         await tg.start(keep)
-        return site
+        return runner
 
     def _common_routes(self) -> list[web.RouteDef]:
         """/metrics and /hooks/github: served by `run`, and by `check` and `demo --once` when listening."""

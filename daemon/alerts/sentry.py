@@ -37,7 +37,7 @@ from tracecanary.daemon.alerts.base import (
 from tracecanary.integrations import Integrations
 
 if TYPE_CHECKING:
-    from sentry_sdk._types import Event
+    from sentry_sdk.types import Event
 
 log = logging.getLogger("tracecanary.alerts.sentry")
 CLIENT = "tracecanary-alerts/1.0"

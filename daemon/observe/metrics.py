@@ -4,13 +4,15 @@ Names follow blackbox_exporter and Grafana Synthetic Monitoring where they overl
 ``probe_duration_seconds``) so existing dashboards and alert rules carry over. Labels are low
 cardinality only: probe ids, kinds, verdicts, finding types, sources, reasons, channels — never run or
 trace ids. Everything is registered in the instance's own ``CollectorRegistry`` (not the process
-global), so tests and several engines in one process never collide.
+global), so tests and several engines in one process never collide. The label sets each metric has
+seen are noted here (prometheus_client offers no public listing), so a reload can forget gone probes.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -24,6 +26,7 @@ log = logging.getLogger("tracecanary.metrics")
 DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 SPAN_COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 20000)
 LATENESS_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
+M = TypeVar("M", Gauge, Counter, Histogram)
 
 
 class Metrics:
@@ -64,6 +67,10 @@ class Metrics:
         self.runs_skipped = Counter(
             "tracecanary_runs_skipped", "Scheduled runs skipped because the previous run was still going "
             "(overlap: skip).", ["probe"], registry=r)
+        self._series: dict[Gauge | Counter | Histogram, dict[tuple[str, ...], Any]] = {m: {} for m in (
+            self.probe_success, self.probe_duration, self.runs, self.trace_spans, self.time_to_verdict,
+            self.schedule_lateness)}
+        """The children of the probe-labelled metrics by label values: what ``retain`` prunes."""
 
     # --- RunHook ---------------------------------------------------------------------------------
     async def on_run_started(self, probe: ProbeSpec, run: RunRecord) -> None:
@@ -76,19 +83,19 @@ class Metrics:
         """Synchronous core of the hook (also used by ``check`` and benchmarks)."""
         kind = probe.kind
         if run.status is RunStatus.ABORTED or run.verdict is None:
-            self.runs.labels(probe.id, kind, "aborted").inc()
+            self._child(self.runs, probe.id, kind, "aborted").inc()
             return
-        self.runs.labels(probe.id, kind, str(run.verdict)).inc()
+        self._child(self.runs, probe.id, kind, str(run.verdict)).inc()
         for finding in run.findings:
             self.findings.labels(finding.type).inc()
         if run.duration_s is not None:
-            self.probe_duration.labels(probe.id, kind).observe(run.duration_s)
+            self._child(self.probe_duration, probe.id, kind).observe(run.duration_s)
         if run.time_to_verdict_s is not None:
-            self.time_to_verdict.labels(probe.id, kind).observe(run.time_to_verdict_s)
+            self._child(self.time_to_verdict, probe.id, kind).observe(run.time_to_verdict_s)
         if probe.expect.trace is not None or run.span_count:
-            self.trace_spans.labels(probe.id, kind).observe(run.span_count)
+            self._child(self.trace_spans, probe.id, kind).observe(run.span_count)
         if run.final:
-            self.probe_success.labels(probe.id, kind).set(1.0 if run.verdict.ok else 0.0)
+            self._child(self.probe_success, probe.id, kind).set(1.0 if run.verdict.ok else 0.0)
 
     # --- feeds from other components -------------------------------------------------------------
     def spans_received(self, source: str, n: int) -> None:
@@ -104,7 +111,7 @@ class Metrics:
         self.buffer_spans.set_function(fn)
 
     def lateness(self, probe_id: str, seconds: float) -> None:
-        self.schedule_lateness.labels(probe_id).observe(max(0.0, seconds))
+        self._child(self.schedule_lateness, probe_id).observe(max(0.0, seconds))
 
     def skipped(self, probe_id: str) -> None:
         self.runs_skipped.labels(probe_id).inc()
@@ -117,19 +124,23 @@ class Metrics:
         keep = {(p.id, p.kind) for p in probes}
         keep_ids = {pid for pid, _ in keep}
         for metric in (self.probe_success, self.probe_duration, self.trace_spans, self.time_to_verdict):
-            for labels in _label_sets(metric):
-                if tuple(labels) not in keep:
-                    metric.remove(*labels)
-        for labels in _label_sets(self.runs):
-            if (labels[0], labels[1]) not in keep:
-                self.runs.remove(*labels)
-        for labels in _label_sets(self.schedule_lateness):
-            if labels[0] not in keep_ids:
-                self.schedule_lateness.remove(*labels)
+            self._forget(metric, lambda labels: labels not in keep)
+        self._forget(self.runs, lambda labels: (labels[0], labels[1]) not in keep)
+        self._forget(self.schedule_lateness, lambda labels: labels[0] not in keep_ids)
 
+    def _child(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, kept by label values for ``retain`` (and reused: no lookup again)."""
+        children = self._series[metric]
+        child = children.get(labels)
+        if child is None:
+            child = children[labels] = metric.labels(*labels)
+        return cast(M, child)
 
-def _label_sets(metric: Gauge | Counter | Histogram) -> list[tuple[str, ...]]:
-    return [tuple(k) for k in metric._metrics]  # prometheus_client keeps children keyed by label values
+    def _forget(self, metric: Gauge | Counter | Histogram, gone: Callable[[tuple[str, ...]], bool]) -> None:
+        children = self._series[metric]
+        for labels in [ls for ls in children if gone(ls)]:
+            metric.remove(*labels)
+            del children[labels]
 
 
 def metrics_routes(m: Metrics) -> list[web.RouteDef]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Collection, Hashable, Iterable
 from typing import TypeVar
 
 from tracecanary.assertions.spans import AttrValue, Span
@@ -409,10 +409,35 @@ class TraceBuffer:
             received_total=self._received,
         )
 
-    # ------------------------------------------------------------------ used by Watch
+    # ------------------------------------------------------------------ Watch registration
 
-    def _spans_of(self, key: bytes) -> list[Span]:
+    def follow_trace(self, watch: Watch, key: bytes) -> list[Span]:
+        """Deliver spans of trace ``key`` (raw 16-byte id) to ``watch``; returns those buffered now."""
+        self._watch_traces.setdefault(key, set()).add(watch)
         return self._materialize(key)
+
+    def follow_links(self, watch: Watch, target: bytes) -> set[bytes]:
+        """Tell ``watch`` of traces linking into ``target``; returns those buffered now."""
+        self._watch_links.setdefault(target, set()).add(watch)
+        return self._sources_linking(target)
+
+    def follow_correlation(self, watch: Watch, ikey: tuple[str, AttrValue]) -> set[bytes]:
+        """Tell ``watch`` of traces with the indexed attribute ``ikey``; returns those buffered now."""
+        self._watch_corr.setdefault(ikey, set()).add(watch)
+        return self._traces_correlated(ikey)
+
+    def unfollow(self, watch: Watch, traces: Collection[bytes], link_targets: Iterable[bytes],
+                 correlations: Iterable[tuple[str, AttrValue]]) -> None:
+        """Forget ``watch``; a trace nobody follows any more goes back to its raw batches (fewer GC objects)."""
+        for key in traces:
+            _discard(self._watch_traces, key, watch)
+        for target in link_targets:
+            _discard(self._watch_links, target, watch)
+        for ikey in correlations:
+            _discard(self._watch_corr, ikey, watch)
+        for key in traces:
+            if key not in self._watch_traces:
+                self._demote(key)
 
     def _sources_linking(self, target: bytes) -> set[bytes]:
         self._resolve_links(target)

@@ -28,6 +28,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from google.rpc import code_pb2, status_pb2  # type: ignore[import-untyped]
 from opentelemetry import context as otel_context
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.trace import Tracer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tracecanary.assertions.units import Duration, Size
@@ -39,7 +40,8 @@ log = logging.getLogger("tracecanary.spans.receiver")
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-_OFFLOAD_BYTES = 1024 * 1024  # decode bodies larger than this in a worker thread
+OFFLOAD_BYTES = 1024 * 1024
+"""Default: decode bodies larger than this in a worker thread (the event loop keeps serving)."""
 
 
 class OtlpSettings(BaseModel):
@@ -100,8 +102,11 @@ class Ingest:
     """Shared by the HTTP and gRPC receivers: the in-flight bound and decode → buffer."""
 
     def __init__(self, buffer: TraceBuffer, settings: OtlpSettings,
-                 on_spans: Callable[[int, int], None] | None = None, tracer: Any = None) -> None:
+                 on_spans: Callable[[int, int], None] | None = None, tracer: Tracer | None = None,
+                 offload_bytes: int = OFFLOAD_BYTES) -> None:
         self.buffer = buffer
+        self.offload_bytes = offload_bytes
+        """Bodies larger than this are decoded in a worker thread."""
         self.settings = settings
         self.on_spans = on_spans
         """Called with (accepted, rejected) span counts of every export (metrics)."""
@@ -137,7 +142,7 @@ class Ingest:
         decoded: RawBatch | DecodedBatch
         self.exports[content_type] += 1
         decode = scan_protobuf if content_type == PROTOBUF else decode_json
-        if len(body) > _OFFLOAD_BYTES:
+        if len(body) > self.offload_bytes:
             decoded = await anyio.to_thread.run_sync(decode, body)
         else:
             decoded = decode(body)

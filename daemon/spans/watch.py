@@ -9,9 +9,8 @@ spans already buffered and then every later span as it arrives, so nothing that 
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -19,9 +18,6 @@ from tracecanary.assertions.spans import AttrValue, Span
 
 if TYPE_CHECKING:
     from tracecanary.daemon.spans.buffer import TraceBuffer
-
-
-_K = TypeVar("_K", bound=Hashable)
 
 
 def index_value(value: AttrValue) -> AttrValue:
@@ -82,8 +78,7 @@ class Watch:
         if target in self._link_targets:
             return
         self._link_targets.add(target)
-        self._buffer._watch_links.setdefault(target, set()).add(self)
-        for src in self._buffer._sources_linking(target):
+        for src in self._buffer.follow_links(self, target):
             self.follow(src)
 
     def add_correlation(self, key: str, value: AttrValue) -> None:
@@ -93,8 +88,7 @@ class Watch:
         if ikey in self._correlations:
             return
         self._correlations.add(ikey)
-        self._buffer._watch_corr.setdefault(ikey, set()).add(self)
-        for tid in self._buffer._traces_correlated(ikey):
+        for tid in self._buffer.follow_correlation(self, ikey):
             self.follow(tid)
 
     def follow(self, key: bytes) -> None:
@@ -102,8 +96,7 @@ class Watch:
         if key in self._followed or self._closed:
             return
         self._followed.add(key)
-        self._buffer._watch_traces.setdefault(key, set()).add(self)
-        self.deliver(self._buffer._spans_of(key))
+        self.deliver(self._buffer.follow_trace(self, key))
 
     def deliver(self, spans: list[Span]) -> None:
         """Queue spans for the next :meth:`wait` and wake it."""
@@ -138,20 +131,5 @@ class Watch:
         if self._closed:
             return
         self._closed = True
-        buf = self._buffer
-        _unregister(buf._watch_traces, self._followed, self)
-        _unregister(buf._watch_links, self._link_targets, self)
-        _unregister(buf._watch_corr, self._correlations, self)
-        for key in self._followed:
-            if key not in buf._watch_traces:
-                buf._demote(key)  # nobody waits on it any more: keep it raw (fewer objects for the GC)
+        self._buffer.unfollow(self, self._followed, self._link_targets, self._correlations)
         self._pending = []
-
-
-def _unregister(registry: dict[_K, set[Watch]], keys: Iterable[_K], watch: Watch) -> None:
-    for k in keys:
-        watchers = registry.get(k)
-        if watchers is not None:
-            watchers.discard(watch)
-            if not watchers:
-                del registry[k]

@@ -3,7 +3,8 @@
 Format 2 (written now): ``{"v": 2, "resources": [...], "spans": [[...], ...]}`` — one positional row
 per span, resources written once and referred to by index (a batch's spans share theirs). It costs
 about half of format 1 to encode. Format 1 (a list of :func:`span_to_dict` dicts, written before) is
-still read.
+still read. Attribute values that JSON lacks are written as in format 1 (bytes as ``{"bytes": hex}``,
+tuples as lists, mappings as objects); the codec lives here because the store owns this format.
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ from typing import Any
 
 from tracecanary.assertions.spans import (
     Attributes,
+    AttrValue,
     Span,
     SpanEvent,
     SpanKind,
     SpanLink,
     StatusCode,
-    _from_jsonable,
-    _jsonable,
     span_from_dict,
 )
 
@@ -34,18 +34,38 @@ _LEVEL = 1
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
+def _value_out(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    if isinstance(value, tuple | list):
+        return [_value_out(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _value_out(v) for k, v in value.items()}
+    return value
+
+
+def _value_in(value: Any) -> AttrValue:
+    if isinstance(value, dict):
+        if set(value) == {"bytes"}:
+            return bytes.fromhex(value["bytes"])
+        return MappingProxyType({k: _value_in(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_value_in(v) for v in value)
+    return value  # type: ignore[no-any-return]
+
+
 def _attrs_out(attrs: Mapping[str, Any]) -> Any:
     if not attrs:
         return {}
     out = dict(attrs.items())
     for v in out.values():  # most attributes are scalars: JSON as they are
         if v.__class__ not in _PLAIN:
-            return _jsonable(attrs)
+            return _value_out(attrs)
     return out
 
 
 def _attrs_in(value: Any) -> Attributes:
-    return MappingProxyType({k: _from_jsonable(v) for k, v in value.items()}) if value else MappingProxyType({})
+    return MappingProxyType({k: _value_in(v) for k, v in value.items()}) if value else MappingProxyType({})
 
 
 def encode_spans(spans: Sequence[Span]) -> bytes:

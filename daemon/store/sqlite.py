@@ -1,4 +1,8 @@
-"""SQLite results store (aiosqlite, WAL). The default backend: one file, no server."""
+"""SQLite results store (WAL). The default backend: one file, no server.
+
+One plain ``sqlite3`` connection on its own thread (``connthread.py``) serves reads and writes in
+order; writes go through the group commit (``groupcommit.py``).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.store.base import ProbeRow, RunRecord, RunStatus
+from tracecanary.daemon.store.connthread import ConnectionThread
 from tracecanary.daemon.store.groupcommit import GroupCommit, apply_batch
 from tracecanary.daemon.store.snapshot import decode_spans, encode_spans
 
@@ -68,8 +71,16 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
+def _setup(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.executescript(SCHEMA)
+    conn.commit()
+
+
 class SqliteStore:
-    """The Store protocol on one SQLite file (WAL mode, one connection).
+    """The Store protocol on one SQLite file (WAL mode, one connection on its own thread).
 
     Writes go through a group commit: concurrent writers share one commit on the connection thread,
     and each write is committed (durable) before its call returns.
@@ -77,41 +88,38 @@ class SqliteStore:
 
     def __init__(self, url: str) -> None:
         self.path = sqlite_path(url)
-        self._db: aiosqlite.Connection | None = None
+        self._conn: ConnectionThread | None = None
         self._writes = GroupCommit(self._run_batch)
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
+    def _connection(self) -> ConnectionThread:
+        if self._conn is None:
             raise RuntimeError("store is not open")
-        return self._db
+        return self._conn
 
     async def open(self) -> None:
-        if self._db is not None:
+        if self._conn is not None:
             return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
-        await self._db.executescript(SCHEMA)
-        await self._db.commit()
+        conn = ConnectionThread(self.path)
+        await conn.start(_setup)
+        self._conn = conn
 
     async def _run_batch(self, batch: list[Any]) -> None:
-        db = self.db
-        # aiosqlite's own queue-a-function entry point: the batch runs on the connection's thread.
-        run_on_thread = getattr(db, "_execute")  # noqa: B009
-        await run_on_thread(apply_batch, getattr(db, "_conn"), batch)  # noqa: B009
+        await self._connection().call(lambda conn: apply_batch(conn, batch))
 
     async def _write(self, sql: str, args: tuple[Any, ...]) -> int:
         """Execute one statement in the next group commit; returns its row count."""
         return await self._writes.write(lambda conn: conn.execute(sql, args).rowcount)
 
+    async def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        """The rows of one read, run on the connection thread (after the writes queued before it)."""
+        return await self._connection().call(lambda conn: conn.execute(sql, args).fetchall())
+
     async def aclose(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.aclose()
 
     # --- probes --------------------------------------------------------------------------------
     async def upsert_probe(self, probe_id: str, kind: str, spec: dict[str, Any], tags: list[str]) -> None:
@@ -123,8 +131,7 @@ class SqliteStore:
         )
 
     async def list_probes(self) -> list[ProbeRow]:
-        async with self.db.execute("SELECT probe_id, kind, spec, tags, updated_ns FROM probes ORDER BY probe_id") as cur:
-            rows = await cur.fetchall()
+        rows = await self._query("SELECT probe_id, kind, spec, tags, updated_ns FROM probes ORDER BY probe_id")
         return [ProbeRow(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4]) for r in rows]
 
     # --- runs ----------------------------------------------------------------------------------
@@ -169,10 +176,10 @@ class SqliteStore:
 
     async def get_run(self, run_id: str, *, with_spans: bool = False) -> RunRecord | None:
         cols = _RUN_COLUMNS + (", spans" if with_spans else "")
-        async with self.db.execute(f"SELECT {cols} FROM runs WHERE run_id=?", (run_id,)) as cur:
-            r = await cur.fetchone()
-        if r is None:
+        rows = await self._query(f"SELECT {cols} FROM runs WHERE run_id=?", (run_id,))
+        if not rows:
             return None
+        r = rows[0]
         return self._row_to_run(r, r[21] if with_spans else None)
 
     async def list_runs(
@@ -188,14 +195,12 @@ class SqliteStore:
             args.append(before_ns)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         sql = f"SELECT {_RUN_COLUMNS} FROM runs {clause} ORDER BY started_ns DESC LIMIT ?"
-        async with self.db.execute(sql, (*args, limit)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._query(sql, (*args, limit))
         return [self._row_to_run(r) for r in rows]
 
     async def runs_for_trace(self, trace_id: str) -> list[RunRecord]:
         sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE trace_id=? OR run_id=? ORDER BY started_ns"
-        async with self.db.execute(sql, (trace_id, trace_id)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._query(sql, (trace_id, trace_id))
         return [self._row_to_run(r) for r in rows]
 
     async def abort_running(self, reason: str) -> int:
@@ -232,15 +237,13 @@ class SqliteStore:
         else:
             sql = "SELECT id, time_ns, kind, data FROM events WHERE kind=? ORDER BY id DESC LIMIT ?"
             args = (kind, limit)  # type: ignore[assignment]
-        async with self.db.execute(sql, args) as cur:
-            rows = await cur.fetchall()
+        rows = await self._query(sql, args)
         return [{"id": r[0], "time_ns": r[1], "kind": r[2], "data": json.loads(r[3])} for r in rows]
 
     # --- key-value -----------------------------------------------------------------------------
     async def kv_get(self, namespace: str, key: str) -> Any | None:
-        async with self.db.execute("SELECT value FROM kv WHERE namespace=? AND key=?", (namespace, key)) as cur:
-            r = await cur.fetchone()
-        return json.loads(r[0]) if r else None
+        rows = await self._query("SELECT value FROM kv WHERE namespace=? AND key=?", (namespace, key))
+        return json.loads(rows[0][0]) if rows else None
 
     async def kv_put(self, namespace: str, key: str, value: Any) -> None:
         await self._write(
@@ -260,8 +263,7 @@ class SqliteStore:
         await self._write("DELETE FROM kv WHERE namespace=? AND key=?", (namespace, key))
 
     async def kv_list(self, namespace: str) -> dict[str, Any]:
-        async with self.db.execute("SELECT key, value FROM kv WHERE namespace=?", (namespace,)) as cur:
-            rows = await cur.fetchall()
+        rows = await self._query("SELECT key, value FROM kv WHERE namespace=?", (namespace,))
         return {r[0]: json.loads(r[1]) for r in rows}
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from tracecanary.assertions.side_effects import KafkaEffect, judge_kafka, kafka_mismatch
@@ -41,18 +42,54 @@ def record_dict(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
     }
 
 
+class _Partitions:
+    """The partition ids of a topic, current when asked.
+
+    The consumer's own metadata is current as of its start but is not refreshed on demand
+    (``partitions_for_topic`` stays None for a topic created later), so a topic it does not know is
+    looked up with an admin client's ``describe_topics()``: every topic, as the consumer's own
+    request does, because naming the topic would auto-create it on brokers configured so. The admin
+    client opens on the first such miss and stays open until the watch ends.
+    """
+
+    def __init__(self, consumer: AIOKafkaConsumer[bytes, bytes], bootstrap: str) -> None:
+        self._consumer = consumer
+        self._bootstrap = bootstrap
+        self._admin: AIOKafkaAdminClient | None = None
+
+    async def of(self, topic: str) -> set[int]:
+        """The topic's partition ids; empty while the topic does not exist (or has no leader yet)."""
+        known = self._consumer.partitions_for_topic(topic)
+        if known:
+            return set(known)
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+            try:
+                await admin.start()
+            except BaseException:
+                await _stop(admin)
+                raise
+            self._admin = admin
+        for described in await self._admin.describe_topics():
+            if described["topic"] == topic and described["error_code"] == 0:
+                return {p["partition"] for p in described["partitions"]}
+        return set()
+
+    async def aclose(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            await _stop(admin)
+
+
 async def _position(
-    consumer: AIOKafkaConsumer[bytes, bytes], topic: str, since_ms: int
+    consumer: AIOKafkaConsumer[bytes, bytes], partitions: _Partitions, topic: str, since_ms: int
 ) -> dict[TopicPartition, int] | None:
     """Assign every partition of ``topic`` and seek back to ``since_ms``; returns the end offsets
     read first (records at or past them arrived after we started), or None if the topic is unknown."""
-    # ``consumer.topics()`` does not refresh the consumer's own cluster view (``partitions_for_topic``
-    # stays None for a topic created after start), so read a fresh metadata snapshot directly.
-    cluster = await consumer._client.fetch_all_metadata()
-    partitions = cluster.partitions_for_topic(topic)
-    if not partitions:
+    ids = await partitions.of(topic)
+    if not ids:
         return None
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    tps = [TopicPartition(topic, p) for p in sorted(ids)]
     consumer.assign(tps)
     ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
     by_time = await consumer.offsets_for_times({tp: since_ms for tp in tps})
@@ -90,12 +127,13 @@ async def watch_kafka(effect: KafkaEffect, wctx: WatchContext, *, path: str = "s
     except (TimeoutError, KafkaError, OSError) as e:
         await _stop(consumer)
         return [_error(rendered, path, f"cannot connect to {bootstrap}: {type(e).__name__}: {e}")]
+    partitions = _Partitions(consumer, bootstrap)
     try:
         with anyio.move_on_after(max(MIN_READ_S, end_s - anyio.current_time())):
             ends: dict[TopicPartition, int] | None = None
             while True:
                 if ends is None:
-                    ends = await _position(consumer, topic, since_ms)
+                    ends = await _position(consumer, partitions, topic, since_ms)
                     if ends is None:
                         await anyio.sleep(wctx.poll_interval_s)  # topic not created yet: look again
                         continue
@@ -113,6 +151,7 @@ async def watch_kafka(effect: KafkaEffect, wctx: WatchContext, *, path: str = "s
     except KafkaError as e:
         return [_error(rendered, path, f"consuming {topic}: {type(e).__name__}: {e}")]
     finally:
+        await partitions.aclose()
         await _stop(consumer)
     wctx.probe.log("kafka watch done", topic=topic, seen=len(seen))
     return judge_kafka(rendered, list(seen), path=path)
@@ -123,9 +162,13 @@ def _error(effect: KafkaEffect, path: str, message: str) -> Finding:
                    expected={"topic": effect.topic}, observed=None, details={"kind": "kafka"})
 
 
-async def _stop(consumer: AIOKafkaConsumer[bytes, bytes]) -> None:
+async def _stop(client: AIOKafkaConsumer[bytes, bytes] | AIOKafkaAdminClient) -> None:
+    """Stop the consumer (or close the admin client): bounded, shielded, a failure only logged."""
     with anyio.move_on_after(5, shield=True):
         try:
-            await consumer.stop()
+            if isinstance(client, AIOKafkaAdminClient):
+                await client.close()
+            else:
+                await client.stop()
         except (KafkaError, OSError) as e:
-            log.debug("kafka consumer stop failed error=%s", e)
+            log.debug("kafka client stop failed client=%s error=%s", type(client).__name__, e)

@@ -58,7 +58,7 @@ async def target() -> AsyncIterator[Target]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    t.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    t.port = runner.addresses[0][1]
     yield t
     t.release.set()
     await runner.cleanup()

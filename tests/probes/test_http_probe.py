@@ -226,7 +226,7 @@ async def test_tls_verify_toggle(tmp_path: Path) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=_self_signed(tmp_path))
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         async with aiohttp.ClientSession() as session:
             with pytest.raises(ProbeError, match=r"(?i)certificate"):

@@ -257,7 +257,7 @@ async def test_routes_mounted_on_an_app_that_inflates_itself() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     url = f"http://127.0.0.1:{port}/v1/traces"
     try:
         exporter = OTLPSpanExporter(endpoint=url, compression=Compression.Gzip, timeout=5)

@@ -51,6 +51,12 @@ def test_snapshot_reads_format_1() -> None:
     assert decode_spans(old) == spans
 
 
+def test_snapshot_writes_attribute_values_as_format_1_does() -> None:
+    spans = _spans()
+    rows = json.loads(zlib.decompress(encode_spans(spans)))["spans"]
+    assert [r[8] for r in rows] == [span_to_dict(s)["attributes"] for s in spans]
+
+
 def test_snapshot_rejects_unknown_format() -> None:
     with pytest.raises(ValueError, match="format"):
         decode_spans(zlib.compress(b'{"v": 99, "spans": []}'))
