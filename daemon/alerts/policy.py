@@ -87,9 +87,21 @@ class AlertsSettings(BaseModel):
     channels: dict[str, ChannelConfig] = Field(default_factory=dict, description="Named channels.")
     policies: dict[str, PolicySettings] = Field(default_factory=dict, description="Named policies.")
     silences: list[SilenceSettings] = Field(default_factory=list, description="Configured silences.")
-    queue_size: int = Field(1000, ge=1, description="Pending deliveries kept; the oldest is dropped beyond.")
-    channel_failure_threshold: int = Field(3, ge=1, description="Consecutive failed deliveries after "
-                                           "which a channel raises its own alert on the other channels.")
+    queue_size: int = Field(1000, ge=1, description="Pending deliveries kept per channel; beyond, the oldest "
+                            "that is not a recovery is dropped (recorded and counted).")
+    retry_delays: list[Duration] = Field(
+        default_factory=lambda: [1.0, 5.0, 30.0, 120.0], min_length=1,
+        description="Waits between delivery attempts to one channel; the last repeats until delivered or "
+                    "expired. A remote's Retry-After is honoured when longer.")
+    max_retry_after: Duration = Field(300.0, description="Cap on a remote's Retry-After.")
+    delivery_expiry: Duration = Field(86400.0, gt=0, description="An undelivered notification is dropped this "
+                                      "long after it was queued (recorded as expired); recoveries never expire.")
+    channel_failing_after: Duration = Field(
+        60.0, description="A channel whose deliveries keep failing with retryable errors (5xx, 429, timeouts) "
+                          "for this long is failing: channel_failing goes out on the healthy channels. A "
+                          "permanent error (other 4xx, bad token) makes it failing at once.")
+    system_reconcile: Duration = Field(300.0, description="After a restart, a system incident (failing channel, "
+                                       "store …) nobody raises again within this long is resolved.")
 
 
 def validate_references(settings: AlertsSettings, integrations: Integrations | None = None) -> list[str]:
@@ -126,6 +138,10 @@ class ProbeAlertState(BaseModel):
     reminders: int = 0
     last_run_id: str | None = None
     last_verdict: str | None = None
+    last_run_started_ns: int | None = None
+    """Start of the last run seen: a restart feeds the alert state the final runs recorded after it."""
+    notified_channels: list[str] = Field(default_factory=list)
+    """Channels the incident's opening went to: its recovery goes to the same ones."""
 
 
 @dataclass(frozen=True)

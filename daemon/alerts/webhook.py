@@ -39,6 +39,7 @@ import json
 import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 from jinja2 import TemplateSyntaxError
@@ -81,6 +82,15 @@ class WebhookChannelConfig(ChannelConfigBase):
                                       "variables n (notification) and body (default body).")
     content_type: str = Field("application/json", description="Content-Type of the body.")
     events: list[EventKind] | None = Field(None, description="Only these events (default: all).")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("no webhook URL (url is empty: is its ${VARIABLE} set?)")
+        if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
+            raise ValueError(f"invalid webhook URL {value!r}: expected http(s)://host/path")
+        return value
 
     @field_validator("body_template")
     @classmethod

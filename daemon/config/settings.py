@@ -12,6 +12,7 @@ from tracecanary.daemon.config.links import LinkSettings
 from tracecanary.daemon.spans.buffer import BufferSettings
 from tracecanary.daemon.spans.kafka import KafkaSpanSettings
 from tracecanary.daemon.spans.receiver import OtlpSettings
+from tracecanary.integrations import Integrations
 from tracecanary.model import StrictModel
 
 
@@ -62,9 +63,15 @@ class ExtraSections(StrictModel):
     def policy_names(self) -> set[str]:
         return set(self.alerts.policies) | {"default"} if not self.alerts.policies else set(self.alerts.policies)
 
-    def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
-        """(path inside alerts, message) for each policy naming an unknown channel."""
+    def reference_errors(self, integrations: Integrations | None = None) -> list[tuple[tuple[str | int, ...], str]]:
+        """(path inside alerts, message) for each policy naming an unknown channel and, with
+        ``integrations``, each channel lacking credentials here and in ``integrations:``."""
         out: list[tuple[tuple[str | int, ...], str]] = []
+        if integrations is not None:
+            for name, channel in self.alerts.channels.items():
+                for problem in channel.problems(integrations):
+                    key, _, text = problem.partition(": ")
+                    out.append((("channels", name, key), text))
         known = ", ".join(sorted(self.alerts.channels)) or "none defined"
         for name, policy in self.alerts.policies.items():
             for i, ch in enumerate(policy.channels):

@@ -222,14 +222,14 @@ def _sse(event: str, data: str) -> bytes:
 
 def dashboard_routes(
     control: Control, *, api_token: str | None = None, read_token_required: bool = False,
-    live_poll_s: float = 0.25, live_max_s: float = 600.0,
+    live_poll_s: float = 0.25, live_max_s: float = 600.0, auth: ApiAuth | None = None,
 ) -> list[web.AbstractRouteDef]:
     """The dashboard's pages, its SSE stream, its login form and its static files.
 
     With ``read_token_required`` (and a token) every page asks for the API token once (login form,
     HttpOnly SameSite=Strict cookie); otherwise the pages are open like the API's reads.
     """
-    d = Dashboard(control, auth=ApiAuth(api_token, read_token_required), live_poll_s=live_poll_s,
+    d = Dashboard(control, auth=auth or ApiAuth(api_token, read_token_required), live_poll_s=live_poll_s,
                   live_max_s=live_max_s)
     return [
         web.get("/", d.guard(d.overview)),
