@@ -79,7 +79,7 @@ class Outbox:
         self._tracer = tracer
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._claimed: set[str] = set()
-        """Dedup keys claimed by this process (the claim when the store cannot take it)."""
+        """Dedup keys claimed while the store could not take the claim."""
         self._queued: set[str] = set()
         """Outbox keys in a lane (so the start-up pass does not queue them a second time)."""
         self._changed = anyio.Event()
@@ -113,7 +113,8 @@ class Outbox:
         if fresh is False:
             log.info("alert.duplicate dedup_key=%s", note.dedup_key)
             return False
-        self._claimed.add(note.dedup_key)
+        if fresh is None:  # the store could not say: claim it in memory (once per process)
+            self._claimed.add(note.dedup_key)
         items = [Delivery(note, channel, now_ns) for channel in targets]
         for item in items:  # written before it can be sent
             await self._try(self.store.kv_put(NS_OUTBOX, item.key, _entry(item)), "outbox")
@@ -292,7 +293,6 @@ class Outbox:
                 await self._try(self.store.kv_delete(NS_OUTBOX, key), "outbox")
         for item in sorted(items, key=lambda d: (d.queued_ns, d.note.time_ns)):
             if item.channel in self.lanes:
-                self._claimed.add(item.note.dedup_key)
                 await self._queue(item)
             else:
                 await self._try(self.store.append_event("alert.dropped", {

@@ -182,7 +182,7 @@ class Lane:
                 await self._finish(item, attempt, self.clock(), "expired", None, None, thread)
                 return
             attempt += 1
-            started_s = self.clock()
+            started_s, started_mono = self.clock(), anyio.current_time()
             error, ref = await self._send(item, thread, attempt)
             if error is None:
                 await self._finish(item, attempt, started_s, "sent", None, ref, thread)
@@ -190,10 +190,10 @@ class Lane:
                 return
             if not error.retryable:
                 await self._finish(item, attempt, started_s, "failed", str(error), None, thread)
-                await self._failure(error, permanent=True)
+                await self._failure(error, started_mono, permanent=True)
                 return
             await self.host.record(item, attempt, started_s, "retry", str(error))
-            await self._failure(error, permanent=False)
+            await self._failure(error, started_mono, permanent=False)
             await self._hold(self.timing.delay_s(attempt, error))
 
     async def _send(self, item: Delivery, thread: dict[str, Any] | None,
@@ -249,9 +249,9 @@ class Lane:
                               failing=False, failing_since_ns=None)
         await self.host.health_changed(self.health, "recovered" if was_failing else None, "deliveries succeed again")
 
-    async def _failure(self, error: DeliveryError, *, permanent: bool) -> None:
-        if self._failing_from is None:
-            self._failing_from = anyio.current_time()
+    async def _failure(self, error: DeliveryError, started_mono: float, *, permanent: bool) -> None:
+        if self._failing_from is None:  # from the start of the first failed attempt (a timeout takes a while)
+            self._failing_from = started_mono
         self.health = replace(self.health, consecutive_failures=self.health.consecutive_failures + 1,
                               last_error=str(error), last_failure_ns=int(self.clock() * 1e9))
         if permanent:

@@ -26,7 +26,7 @@ from tracecanary.integrations import Integrations
 
 __all__ = [
     "AlertsSettings", "ChannelConfig", "Decision", "FailureWindow", "Observation", "PolicySettings",
-    "ProbeAlertState", "SilenceSettings", "step", "validate_references",
+    "ProbeAlertState", "SilenceSettings", "reference_problems", "step", "validate_references",
 ]
 
 if TYPE_CHECKING:
@@ -104,19 +104,32 @@ class AlertsSettings(BaseModel):
                                        "store …) nobody raises again within this long is resolved.")
 
 
-def validate_references(settings: AlertsSettings, integrations: Integrations | None = None) -> list[str]:
-    """Cross-field errors: a policy naming a channel that does not exist; with ``integrations``, also
-    channels lacking credentials found neither in their own settings nor in ``integrations:``."""
-    known = ", ".join(sorted(settings.channels))
-    errors = []
-    for name, policy in settings.policies.items():
-        for i, channel in enumerate(policy.channels):
-            if channel not in settings.channels:
-                errors.append(f'alerts.policies.{name}.channels[{i}]: unknown channel "{channel}" (known: {known})')
+def reference_problems(settings: AlertsSettings,
+                       integrations: Integrations | None = None) -> list[tuple[tuple[str | int, ...], str]]:
+    """Cross-field errors as (path inside ``alerts``, message): a policy naming a channel that does not
+    exist; with ``integrations``, also channels lacking credentials here and in ``integrations:`` (the
+    config loader reports them with file:line)."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
     if integrations is not None:
-        for name, config in settings.channels.items():
-            errors += [f"alerts.channels.{name}.{problem}" for problem in config.problems(integrations)]
-    return errors
+        for name, channel in settings.channels.items():
+            for problem in channel.problems(integrations):
+                key, _, text = problem.partition(": ")
+                out.append((("channels", name, key), text))
+    known = ", ".join(sorted(settings.channels)) or "none defined"
+    for name, policy in settings.policies.items():
+        for i, ch in enumerate(policy.channels):
+            if ch not in settings.channels:
+                out.append((("policies", name, "channels", i), f'unknown channel "{ch}" (known: {known})'))
+    return out
+
+
+def validate_references(settings: AlertsSettings, integrations: Integrations | None = None) -> list[str]:
+    """:func:`reference_problems` as ``alerts.<path>: message`` lines."""
+    lines = []
+    for loc, message in reference_problems(settings, integrations):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+        lines.append(f"alerts{path}: {message}")
+    return lines
 
 
 class ProbeAlertState(BaseModel):

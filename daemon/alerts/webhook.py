@@ -22,7 +22,8 @@ Default body (``version`` 1)::
       "time": "2026-11-23T23:41:00+00:00"
     }
 
-Headers: ``Content-Type``, ``X-Tracecanary-Event``, ``X-Tracecanary-Delivery`` (the dedup key) and,
+Headers: ``Content-Type``, ``X-Tracecanary-Event``, ``X-Tracecanary-Delivery`` and ``Idempotency-Key``
+(both the dedup key: incident id + transition, the same on every retry and after a restart) and,
 with a ``secret``, ``X-Tracecanary-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`` (the
 GitHub scheme: verify over the exact bytes received, compare in constant time).
 
@@ -156,7 +157,8 @@ class WebhookChannel:
             raise DeliveryError(f"body_template: {type(e).__name__}: {e}", retryable=False) from e
         headers = {
             "Content-Type": self.config.content_type, "User-Agent": "tracecanary-alerts/1",
-            "X-Tracecanary-Event": note.event, "X-Tracecanary-Delivery": note.dedup_key, **self.config.headers,
+            "X-Tracecanary-Event": note.event, "X-Tracecanary-Delivery": note.dedup_key,
+            "Idempotency-Key": note.dedup_key, **self.config.headers,
         }
         if self.config.secret:
             headers[SIGNATURE_HEADER] = sign(self.config.secret, body)

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from tracecanary.assertions.units import Duration
-from tracecanary.daemon.alerts.policy import AlertsSettings
+from tracecanary.daemon.alerts.policy import AlertsSettings, reference_problems
 from tracecanary.daemon.config.links import LinkSettings
 from tracecanary.daemon.spans.buffer import BufferSettings
 from tracecanary.daemon.spans.kafka import KafkaSpanSettings
@@ -66,15 +66,4 @@ class ExtraSections(StrictModel):
     def reference_errors(self, integrations: Integrations | None = None) -> list[tuple[tuple[str | int, ...], str]]:
         """(path inside alerts, message) for each policy naming an unknown channel and, with
         ``integrations``, each channel lacking credentials here and in ``integrations:``."""
-        out: list[tuple[tuple[str | int, ...], str]] = []
-        if integrations is not None:
-            for name, channel in self.alerts.channels.items():
-                for problem in channel.problems(integrations):
-                    key, _, text = problem.partition(": ")
-                    out.append((("channels", name, key), text))
-        known = ", ".join(sorted(self.alerts.channels)) or "none defined"
-        for name, policy in self.alerts.policies.items():
-            for i, ch in enumerate(policy.channels):
-                if ch not in self.alerts.channels:
-                    out.append((("policies", name, "channels", i), f'unknown channel "{ch}" (known: {known})'))
-        return out
+        return reference_problems(self.alerts, integrations)

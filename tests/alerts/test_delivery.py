@@ -15,6 +15,7 @@ from tracecanary.daemon.alerts.base import Notification
 from tracecanary.daemon.alerts.delivery import QueueStats
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
+from tracecanary.daemon.alerts.sentry import event_id
 from tracecanary.daemon.alerts.silences import SilenceSettings
 from tracecanary.daemon.alerts.webhook import WebhookChannelConfig, render_body, verify
 from tracecanary.daemon.observe.telemetry import add_span_sink, setup_telemetry
@@ -144,6 +145,7 @@ async def test_sentry_event_per_incident(store: SqliteStore, sentry: SentryEmula
     assert first["contexts"]["tracecanary"]["links"]["sentry"].endswith(f"/trace/{1:032x}")
     assert 'span "fetch-gex-data": status ERROR' in first["logentry"]["formatted"]
     assert errors[1].payload["tags"]["verdict"] == "error"
+    assert first["event_id"] == event_id("orders:orders-r1:failing")  # Sentry keeps one event per id: idempotent
     sent = [e["data"]["outcome"] for e in await store.list_events("alert.attempt")]
     assert sent == ["sent", "sent"]
 

@@ -153,7 +153,7 @@ async def test_incident_resolved_while_down_is_closed_on_start(tmp_path: Path, t
             await eventually(lambda: len(hook.accepted) == 4, what="both recoveries")
             await eventually(lambda: _queue_empty(d), what="the outbox drained")
             status, body = await d.get("/api/alerts")
-            assert body["alerts"] == []  # no open incident left
+            assert status == 200 and body["alerts"] == []  # no open incident left
             d.signal(signal.SIGTERM)
             assert await d.wait_exit() == 0
         finally:

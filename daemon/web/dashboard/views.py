@@ -112,6 +112,15 @@ class Dashboard:
                            channels=await self._failing_channels(),
                            chaos=demo.chaos_state() if demo is not None else None)
 
+    async def incidents(self, request: web.Request) -> web.Response:
+        """Open probe incidents, incidents about tracecanary itself, channel health (alert links land here)."""
+        alerts = self.control.alerts
+        if alerts is None:
+            return self.render("incidents.html", enabled=False, incidents=[], system=[], channels=[])
+        overview = await alerts.list_alerts(limit=1)
+        return self.render("incidents.html", enabled=True, incidents=overview.incidents,
+                           system=alerts.system_incidents(), channels=await alerts.channel_health())
+
     async def _failing_channels(self) -> list[ChannelHealth]:
         """Alert channels that keep failing (expired token, deleted channel …), from the alert manager."""
         if self.control.alerts is None:
@@ -236,6 +245,7 @@ def dashboard_routes(
         web.get("/probes/{probe_id}", d.guard(d.probe)),
         web.get("/runs/{run_id}", d.guard(d.run)),
         web.get("/runs/{run_id}/live", d.guard(d.run_live)),
+        web.get("/incidents", d.guard(d.incidents)),
         web.post("/demo/chaos", d.guard(d.chaos)),
         web.get("/login", d.login_form),
         web.post("/login", d.login),
