@@ -21,7 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 from opentelemetry.trace import Tracer
 
-from tracecanary.assertions.verdict import Verdict
+from tracecanary.assertions.verdict import rank
 from tracecanary.daemon.alerts.base import Channel, Notification, NotifiedFinding
 from tracecanary.daemon.alerts.delivery import ChannelHealth, DeliveryQueue, Outbox, QueueStats, RetryPolicy
 from tracecanary.daemon.alerts.policy import (
@@ -160,8 +160,7 @@ class AlertManager:
 
     def _note(self, ev: AlertEvent, probe: ProbeSpec, run: RunRecord, state: ProbeAlertState,
               now_s: float) -> Notification:
-        order = {Verdict.ERROR: 0, Verdict.FAIL: 1, Verdict.DEGRADED: 2, Verdict.PASS: 3}
-        top = sorted(run.findings, key=lambda f: order[f.severity])[:MAX_FINDINGS]
+        top = sorted(run.findings, key=lambda f: -rank(f.severity))[:MAX_FINDINGS]
         return Notification(
             event=ev.kind, dedup_key=ev.dedup_key, incident_id=ev.incident_id, probe_id=probe.id,
             kind=probe.kind, tags=list(probe.tags), verdict=str(run.verdict), run_id=run.run_id,
