@@ -17,8 +17,13 @@ from tracecanary.assertions.units import Duration
 from tracecanary.errors import TracecanaryError
 from tracecanary.integrations import Integrations
 
-EventKind = Literal["failing", "recovered", "degraded", "reminder", "channel_failing", "channel_recovered"]
-"""What a notification announces. ``channel_*`` are about an alert channel, not a probe."""
+EventKind = Literal["failing", "recovered", "degraded", "reminder", "channel_failing", "channel_recovered",
+                    "system_failing", "system_recovered"]
+"""What a notification announces. ``channel_*`` are about an alert channel, ``system_*`` about another part
+of tracecanary itself (results store, telemetry …: see ``system.py``), not a probe."""
+SYSTEM_EVENTS: frozenset[str] = frozenset({"channel_failing", "channel_recovered", "system_failing",
+                                           "system_recovered"})
+"""Events about tracecanary itself; ``probe_id`` then names the channel or the system incident key."""
 
 
 class NotifiedFinding(BaseModel):
@@ -55,6 +60,7 @@ class Notification(BaseModel):
     links: dict[str, str] = Field(default_factory=dict, description="Trace links by backend name.")
     dashboard_url: str | None = None
     detail: str = Field("", description="Free text, e.g. the failing channel's last error.")
+    headline: str = Field("", description="System events: the incident's one-line summary.")
 
     @property
     def title(self) -> str:
@@ -73,6 +79,10 @@ class Notification(BaseModel):
                 return f"alert channel {self.probe_id} is failing"
             case "channel_recovered":
                 return f"alert channel {self.probe_id} recovered"
+            case "system_failing":
+                return f"tracecanary: {self.headline or self.probe_id}"
+            case "system_recovered":
+                return f"tracecanary recovered: {self.headline or self.probe_id}"
         return self.probe_id  # pragma: no cover
 
     @property

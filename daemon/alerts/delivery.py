@@ -24,10 +24,10 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -37,8 +37,11 @@ from tracecanary.daemon.alerts.base import Channel, DeliveryError, Notification
 from tracecanary.daemon.store.base import Store
 
 log = logging.getLogger("tracecanary.alerts")
+T = TypeVar("T")
 NS_CLAIMS, NS_OUTBOX = "alerts.claims", "alerts.outbox"
 NS_REFS, NS_CHANNELS = "alerts.refs", "alerts.channels"
+STORE_TIMEOUT_S = 5.0
+"""Deadline on the store writes of a best-effort announcement."""
 
 
 @dataclass
@@ -146,6 +149,12 @@ class Outbox:
         self._tracer = tracer
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         self._pending: set[str] = set()
+        self._claimed: set[str] = set()
+        self._failing: set[str] = set()
+        self.on_channel_failing: Callable[[str, str], None] | None = None
+        """Called when a channel starts failing (name, detail): the manager raises a system incident."""
+        self.on_channel_recovered: Callable[[str, str], None] | None = None
+        """Dedup keys of best-effort announcements claimed by this process."""
         """Outbox keys queued in memory (so run() does not queue them a second time)."""
         self._channel_locks: dict[str, anyio.Lock] = {}
         self._inflight = 0
@@ -167,6 +176,24 @@ class Outbox:
                  note.probe_id, note.event, note.incident_id, ",".join(targets))
         for channel in targets:
             await self._enqueue(Delivery(note, channel))
+        return True
+
+    async def announce_best_effort(self, note: Notification, channel_names: Sequence[str]) -> bool:
+        """``announce`` for notifications about tracecanary itself: a failing store must not stop them
+        (claimed in memory too; queued in memory when the outbox cannot be written)."""
+        if note.dedup_key in self._claimed:
+            return False
+        self._claimed.add(note.dedup_key)
+        try:
+            with anyio.fail_after(STORE_TIMEOUT_S):
+                return await self.announce(note, channel_names)
+        except Exception as e:
+            log.warning("alert.store_unavailable dedup_key=%s error=%s: %s; queued in memory only",
+                        note.dedup_key, type(e).__name__, e)
+        for channel in [c for c in channel_names if c in self.channels and self.channels[c].accepts(note.event)]:
+            item = Delivery(note, channel)
+            self._pending.add(item.key)
+            await self.queue.put(item)
         return True
 
     async def _enqueue(self, item: Delivery) -> None:
@@ -232,14 +259,14 @@ class Outbox:
             self._pending.discard(item.key)
             return
         ref_key = f"{item.note.incident_id}|{item.channel}"
-        thread = await self.store.kv_get(NS_REFS, ref_key)
+        thread = await self._try(self.store.kv_get(NS_REFS, ref_key))
         error, ref, attempt, started_s = await self._attempts(channel, item, thread)
         with anyio.CancelScope(shield=True):  # sent is sent: a shutdown must not make us send it again
             if error is None:
                 await self._record(item, attempt, started_s, "sent", None)
                 if ref and thread is None:
-                    await self.store.kv_put(NS_REFS, ref_key, ref)
-            await self.store.kv_delete(NS_OUTBOX, item.key)
+                    await self._try(self.store.kv_put(NS_REFS, ref_key, ref))
+            await self._try(self.store.kv_delete(NS_OUTBOX, item.key))
             self._pending.discard(item.key)
             await self._health(item.channel, error)
 
@@ -277,12 +304,21 @@ class Outbox:
             "tracecanary.probe.id": item.note.probe_id, "tracecanary.alert.incident": item.note.incident_id,
             "tracecanary.alert.attempt": attempt})
 
+    async def _try(self, call: Awaitable[T]) -> T | None:
+        """A store call on the delivery path: a failing store is logged, and delivery goes on."""
+        try:
+            with anyio.fail_after(STORE_TIMEOUT_S):
+                return await call
+        except Exception as e:
+            log.warning("alert.store_unavailable error=%s: %s", type(e).__name__, e)
+            return None
+
     async def _record(self, item: Delivery, attempt: int, started_s: float, outcome: str,
                       error: str | None) -> None:
-        await self.store.append_event("alert.attempt", {
+        await self._try(self.store.append_event("alert.attempt", {
             "channel": item.channel, "time_ns": int(started_s * 1e9), "outcome": outcome, "attempt": attempt,
             "error": error, "dedup_key": item.note.dedup_key, "event": item.note.event,
-            "probe_id": item.note.probe_id, "incident_id": item.note.incident_id})
+            "probe_id": item.note.probe_id, "incident_id": item.note.incident_id}))
         self._count(item.channel, outcome)
         level = logging.INFO if outcome == "sent" else logging.WARNING
         log.log(level, "alert.attempt channel=%s outcome=%s attempt=%d dedup_key=%s error=%s",
@@ -295,7 +331,7 @@ class Outbox:
     # --- channel health --------------------------------------------------------------------------
     async def _health(self, name: str, error: DeliveryError | None) -> None:
         now_ns = int(self._clock() * 1e9)
-        h = ChannelHealth.from_stored(name, await self.store.kv_get(NS_CHANNELS, name))
+        h = ChannelHealth.from_stored(name, await self._try(self.store.kv_get(NS_CHANNELS, name)))
         if error is None:
             h = replace(h, consecutive_failures=0, last_success_ns=now_ns)
             if h.failing:
@@ -308,17 +344,22 @@ class Outbox:
                 h = replace(h, failing=True, failing_since_ns=now_ns)
                 detail = f"{h.consecutive_failures} deliveries in a row failed; last error: {error}"
                 await self._channel_event(name, "channel_failing", h, detail)
-        await self.store.kv_put(NS_CHANNELS, name, h.stored())
+        await self._try(self.store.kv_put(NS_CHANNELS, name, h.stored()))
 
     async def _channel_event(self, name: str, event: str, h: ChannelHealth, detail: str) -> None:
-        """A failing (or recovered) channel alerts on every other channel."""
-        incident = f"channel:{name}:{h.failing_since_ns}"
-        note = Notification.model_validate({
-            "event": event, "dedup_key": f"{incident}:{event}", "incident_id": incident, "probe_id": name,
-            "time_ns": int(self._clock() * 1e9), "detail": detail,
-            "dashboard_url": f"{self._dashboard_url}/alerts" if self._dashboard_url else None})
-        log.warning("alert.%s channel=%s detail=%s", event, name, detail)
-        await self.announce(note, [c for c in self.channels if c != name])
+        """A failing (or recovered) channel is a system incident ``channel:<name>`` (see system.py)."""
+        if event == "channel_failing":
+            self._failing.add(name)
+            if self.on_channel_failing is not None:
+                self.on_channel_failing(name, detail)
+        else:
+            self._failing.discard(name)
+            if self.on_channel_recovered is not None:
+                self.on_channel_recovered(name, detail)
+
+    def healthy_channels(self) -> list[str]:
+        """Configured channels not currently failing."""
+        return [c for c in self.channels if c not in self._failing]
 
     async def channel_health(self) -> list[ChannelHealth]:
         """Per configured channel: failing flag, consecutive failures, last error and times."""

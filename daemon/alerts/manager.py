@@ -33,6 +33,7 @@ from tracecanary.daemon.alerts.policy import (
     step,
 )
 from tracecanary.daemon.alerts.silences import ListedSilence, Silences, SilenceSettings, silenced_by
+from tracecanary.daemon.alerts.system import SystemIncident, SystemIncidents
 from tracecanary.daemon.store.base import RunRecord, Store
 from tracecanary.integrations import Integrations
 from tracecanary.probes.base import ProbeSpec
@@ -100,8 +101,11 @@ class AlertManager:
         on_attempt: Callable[[str, str], None] | None = None,
         workers: int = 4,
         tracer: Tracer | None = None,
+        system_reconcile_s: float = 300.0,
     ) -> None:
-        """``tracer``: the daemon's own tracer (one span per delivery attempt); None when not exported."""
+        """``tracer``: the daemon's own tracer (one span per delivery attempt); None when not exported.
+        ``system_reconcile_s``: a system incident reloaded after a restart and not raised again within
+        this long is cleared (with its recovery)."""
         self.store = store
         self.settings = settings
         self._dashboard_url = dashboard_url.rstrip("/") if dashboard_url else None
@@ -116,6 +120,13 @@ class AlertManager:
             on_attempt=on_attempt, workers=workers, tracer=tracer,
         )
         self.silences = Silences(store, settings.silences, clock)
+        self.system = SystemIncidents(
+            store, clock=clock, announce=self.outbox.announce_best_effort,
+            healthy_channels=self.outbox.healthy_channels, dashboard_url=self._dashboard_url,
+            reconcile_after_s=system_reconcile_s)
+        self.outbox.on_channel_failing = lambda name, detail: self.raise_system(
+            f"channel:{name}", f"alert channel {name} is failing", detail)
+        self.outbox.on_channel_recovered = lambda name, detail: self.clear_system(f"channel:{name}", detail)
         self._probe_locks: dict[str, anyio.Lock] = {}
 
     @property
@@ -177,18 +188,43 @@ class AlertManager:
         """Re-queue the outbox, then deliver until cancelled (pending items stay in the outbox); the
         channels' connections are closed on the way out."""
         try:
-            await self.outbox.run(task_status=task_status)
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.system.run)
+                await tg.start(self.outbox.run)
+                task_status.started()
         finally:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
 
     async def wait_idle(self) -> None:
         """Until nothing is queued or being delivered (wrap in ``anyio.fail_after``); needs ``run()``."""
-        await self.outbox.wait_idle()
+        while True:  # a delivery may raise a system incident (a failing channel), which queues more
+            await self.system.wait_idle()
+            await self.outbox.wait_idle()
+            if self.system.idle:
+                return
 
     async def aclose(self) -> None:
         """Close the channels' connections (idempotent)."""
         await self.outbox.aclose()
+
+    # --- system incidents (alerts about tracecanary itself: system.py) ----------------------------
+    def raise_system(self, key: str, summary: str, detail: str = "") -> None:
+        """Open (or keep open) the system incident ``key`` (e.g. "store", "telemetry", "channel:ops-webhook").
+
+        Announced once on every healthy channel; idempotent while open (``detail`` may be updated,
+        no re-announce); never blocks (queues); works while the results store fails (the state is
+        kept in memory and persisted best-effort). Call it from the event loop's thread.
+        """
+        self.system.raise_(key, summary, detail)
+
+    def clear_system(self, key: str, detail: str = "") -> None:
+        """Resolve it: one ``recovered`` notification, once; a no-op when not open."""
+        self.system.clear(key, detail)
+
+    def system_incidents(self) -> list[SystemIncident]:
+        """Open system incidents (key, summary, detail, opened_ns) for the API/dashboard/readyz."""
+        return self.system.open_incidents()
 
     # --- what the API and the dashboard ask (web.control.AlertsControl) -------------------------
     async def list_silences(self) -> list[ListedSilence]:

@@ -101,7 +101,7 @@ class SentryChannel:
         self._session: aiohttp.ClientSession | None = None
 
     def accepts(self, event: EventKind) -> bool:
-        return event in ("failing", "degraded", "channel_failing")
+        return event in ("failing", "degraded", "channel_failing", "system_failing")
 
     async def send(self, note: Notification, thread: dict[str, Any] | None) -> dict[str, Any] | None:
         if not self._dsn:

@@ -36,6 +36,7 @@ log = logging.getLogger("tracecanary.alerts.slack")
 _EMOJI = {
     "failing": ":red_circle:", "reminder": ":red_circle:", "degraded": ":large_yellow_circle:",
     "recovered": ":large_green_circle:", "channel_failing": ":warning:", "channel_recovered": ":white_check_mark:",
+    "system_failing": ":warning:", "system_recovered": ":white_check_mark:",
 }
 MAX_FINDINGS = 5
 
@@ -130,7 +131,7 @@ class SlackChannel:
         if not self._token:
             raise DeliveryError("no Slack token (set token or integrations.slack.bot_token)", retryable=False)
         text = note.summary
-        if self.config.mention and note.event in ("failing", "channel_failing"):
+        if self.config.mention and note.event in ("failing", "channel_failing", "system_failing"):
             text = f"{self.config.mention} {text}"
         kwargs: dict[str, Any] = {
             "channel": (thread or {}).get("channel") or self.config.channel,

@@ -5,6 +5,7 @@ Default body (``version`` 1)::
     {
       "version": 1,
       "event": "failing",            # failing | reminder | degraded | recovered | channel_failing | channel_recovered
+                                     # | system_failing | system_recovered
       "title": "orders-webhook is failing (FAIL)",
       "summary": "…plain text with findings and links…",
       "dedup_key": "orders-webhook:r-01H…:failing",   # the same on every retry: deduplicate on it
