@@ -21,6 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 from opentelemetry.trace import Tracer
 
+from tracecanary.assertions.telemetry import telemetry_flowed
 from tracecanary.assertions.verdict import rank
 from tracecanary.daemon.alerts.base import Channel, Notification, NotifiedFinding
 from tracecanary.daemon.alerts.delivery import ChannelHealth, DeliveryQueue, Outbox, QueueStats, RetryPolicy
@@ -30,6 +31,7 @@ from tracecanary.daemon.alerts.policy import (
     Observation,
     PolicySettings,
     ProbeAlertState,
+    TelemetryStreak,
     step,
 )
 from tracecanary.daemon.alerts.silences import ListedSilence, Silences, SilenceSettings, silenced_by
@@ -128,6 +130,8 @@ class AlertManager:
             f"channel:{name}", f"alert channel {name} is failing", detail)
         self.outbox.on_channel_recovered = lambda name, detail: self.clear_system(f"channel:{name}", detail)
         self._probe_locks: dict[str, anyio.Lock] = {}
+        self.telemetry = TelemetryStreak(after=settings.telemetry_incident_after)
+        """Consecutive ``unknown`` runs across probes → the "telemetry" system incident."""
 
     @property
     def queue(self) -> DeliveryQueue:
@@ -140,12 +144,22 @@ class AlertManager:
     async def on_run_finished(self, probe: ProbeSpec, run: RunRecord) -> None:
         if not run.final or run.verdict is None:
             return
+        self._observe_telemetry(probe, run)
         policy = self.policy_for(probe)
         if policy is None:
             return
         lock = self._probe_locks.setdefault(probe.id, anyio.Lock())
         async with lock:
             await self._advance(probe, run, policy)
+
+    def _observe_telemetry(self, probe: ProbeSpec, run: RunRecord) -> None:
+        """Feed the telemetry streak (policy.TelemetryStreak); raise or clear the "telemetry" incident."""
+        action = self.telemetry.observe(probe.id, str(run.verdict), telemetry_flowed(run.trace_report))
+        if action == "raise":
+            latest = run.findings[0].message if run.findings else f"{probe.id}: unknown"
+            self.raise_system("telemetry", self.telemetry.summary, self.telemetry.detail(latest))
+        elif action == "clear":
+            self.clear_system("telemetry", f"{probe.id}: spans arrived from the services it expects")
 
     def policy_for(self, probe: ProbeSpec) -> PolicySettings | None:
         """The probe's policy: ``alert.policy`` or, without ``alert:``, the policy named default."""

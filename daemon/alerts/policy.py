@@ -272,6 +272,7 @@ class TelemetryStreak:
     """
 
     after: int = 3
+    """``alerts.telemetry_incident_after``."""
     unknown_runs: int = 0
     probes: list[str] = field(default_factory=list)
     """Probes with an unknown run in the current streak, first seen first."""
@@ -287,5 +288,10 @@ class TelemetryStreak:
             return "clear"
         return None
 
-    def summary(self) -> str:
-        return f"telemetry pipeline: {self.unknown_runs} consecutive runs got no spans from their services"
+    summary = "telemetry pipeline may be down"
+    """The incident's headline (stable while it is open; the detail carries the numbers)."""
+
+    def detail(self, latest: str) -> str:
+        """The count, the probes and the latest run's finding (``latest``), for the incident."""
+        return (f"{self.unknown_runs} consecutive runs got no spans from the services they expect "
+                f"(probes: {', '.join(self.probes)}); latest: {latest}")

@@ -54,7 +54,8 @@ def test_telemetry_streak_raises_after_n_unknowns_across_probes_and_clears_on_fl
     assert streak.observe("c", "fail", False) is None     # failed with its services silent: no evidence
     assert streak.observe("a", "unknown", False) == "raise"
     assert streak.probes == ["a", "b"] and streak.unknown_runs == 3
-    assert "3 consecutive runs" in streak.summary()
+    assert streak.detail("no spans from ingest …") == (
+        "3 consecutive runs got no spans from the services they expect (probes: a, b); latest: no spans from ingest …")
     assert streak.observe("c", "unknown", False) == "raise"  # again: the incident's detail stays current
     assert streak.observe("c", "fail", True) == "clear"      # a judged run whose services sent spans
     assert streak.unknown_runs == 0 and streak.probes == []
