@@ -58,7 +58,13 @@ def service_text(pattern: NamePattern) -> str:
 
 def matching(patterns: Sequence[NamePattern], services: Iterable[str]) -> set[str]:
     """The service names among ``services`` that some pattern matches."""
-    return {s for s in set(services) if any(name_matches(p, s) for p in patterns)}
+    names = services if isinstance(services, set | frozenset | dict) else set(services)
+    exact = {p for p in patterns if isinstance(p, str) and not any(ch in p for ch in "*?[")}
+    found = {s for s in exact if s in names}  # the common case: plain names, no scan
+    rest = [p for p in patterns if not (isinstance(p, str) and p in exact)]
+    if rest:
+        found.update(s for s in names if any(name_matches(p, s) for p in rest))
+    return found
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ class ProbeSummary:
 
     def reason(self) -> str:
         for r in self.final_runs:
-            bad = [f for f in r.findings if f.severity in (Verdict.FAIL, Verdict.ERROR, Verdict.UNKNOWN)]
+            bad = ([f for f in r.findings if f.severity in (Verdict.FAIL, Verdict.ERROR)]
+                   or [f for f in r.findings if f.severity is Verdict.UNKNOWN])
             if bad:
                 return bad[0].message
             if r.status is RunStatus.ABORTED:

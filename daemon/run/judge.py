@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from tracecanary.assertions.expect import TraceExpectation
+from tracecanary.assertions.expect import NamePattern, TraceExpectation
 from tracecanary.assertions.judge import JudgeState, TraceJudge
 from tracecanary.assertions.spans import Span
 from tracecanary.assertions.telemetry import Silence, matching, named_services, service_text
@@ -162,6 +162,22 @@ async def _from_sentry(
     return outcome
 
 
+_NAMED: dict[int, tuple[TraceExpectation, list[NamePattern]]] = {}
+_NAMED_MAX = 4096
+
+
+def _named(expectation: TraceExpectation) -> list[NamePattern]:
+    """``named_services`` once per expectation (it lives as long as its config), not on every run."""
+    hit = _NAMED.get(id(expectation))
+    if hit is not None and hit[0] is expectation:
+        return hit[1]
+    if len(_NAMED) >= _NAMED_MAX:
+        _NAMED.pop(next(iter(_NAMED)))
+    patterns = named_services(expectation)
+    _NAMED[id(expectation)] = (expectation, patterns)
+    return patterns
+
+
 class _Pull:
     """What a pull source answered during the run: the trace (with spans), nothing, or errors."""
 
@@ -193,7 +209,7 @@ def _telemetry(outcome: TraceOutcome, expectation: TraceExpectation, ctx: ProbeC
     Silent: the judged trace holds no span of theirs, the intake got none since the trigger, and a pull
     source (when used) failed or never returned the trace.
     """
-    patterns = named_services(expectation)
+    patterns = _named(expectation)
     if not patterns:
         return
     since_trigger_s = max(0.0, (time.time_ns() - ctx.trigger_ns) / 1e9)
