@@ -146,6 +146,9 @@ class Engine:
     addresses: dict[str, str] = field(init=False, default_factory=dict)
     """Bound addresses by role (``api``, ``otlp_http``, ``otlp_grpc``): the real port when 0 was asked."""
     ready: bool = field(init=False, default=False)
+    readiness_details: list[Callable[[], list[str]]] = field(init=False, default_factory=list)
+    """Sources of /readyz ``detail`` lines (e.g. an alert channel failing with no other channel to say so);
+    they inform, they do not make the daemon unready."""
     hooks: list[RunHook] = field(init=False, default_factory=list)
     metrics: Metrics = field(init=False)
     alerts: AlertManager | None = field(init=False, default=None)
@@ -233,6 +236,8 @@ class Engine:
             )
             self.hooks.append(self.alerts)
             await tg.start(self.alerts.run)
+            await self.alerts.reconcile(cfg.probes)
+            self.readiness_details.append(self.alerts.readiness_detail)
         slack = cfg.integrations.slack
         if slack.app_token:
             from tracecanary.daemon.watchers.slack import SlackSocketListener
@@ -281,11 +286,16 @@ class Engine:
         add_span_sink(provider, sink)
         return provider
 
-    def apply_config(self, config: Config) -> None:
-        """A reloaded config: links, metrics and what the API shows follow it; the running components
-        (receivers, store, runner, integrations) keep what they were started with."""
-        self.config = config
+    async def apply_config(self, config: Config) -> list[str]:
+        """A reloaded config: links, metrics, what the API shows and alerting (policies, channels,
+        silences) follow it; the running components (receivers, store, runner, integrations) keep what
+        they were started with. Returns the changed settings that only a restart applies."""
+        old, self.config = self.config, config
         self.metrics.retain(config.probes)
+        if self.alerts is not None:
+            await self.alerts.reconfigure(config.extra.alerts, config.integrations, config.probes,
+                                          dashboard_url=self.dashboard_url)
+        return needs_restart(old, config)
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         """The run's trace links (the runner's :class:`LinkRenderer`): rendered once per run."""
@@ -394,7 +404,26 @@ class Engine:
     async def _readyz(self, request: web.Request) -> web.Response:
         if not self.ready or (self.ready_gate is not None and not self.ready_gate()):
             return web.json_response({"status": "starting"}, status=503)
-        return web.json_response({"status": "ready", "in_flight": len(self.runner.in_flight)})
+        body: dict[str, Any] = {"status": "ready", "in_flight": len(self.runner.in_flight)}
+        if detail := [line for source in self.readiness_details for line in source()]:
+            body["detail"] = detail
+        return web.json_response(body)
+
+
+RESTART_SETTINGS = ("listen", "otlp", "store", "buffer", "kafka", "max_concurrent_runs", "telemetry",
+                    "poll_interval")
+"""``daemon.*`` settings the running engine keeps until a restart."""
+
+
+def needs_restart(old: Config, new: Config) -> list[str]:
+    """The settings changed between two configs that a reload does not apply (named in its log line)."""
+    changed = [f"daemon.{key}" for key in RESTART_SETTINGS
+               if getattr(old.daemon, key) != getattr(new.daemon, key)]
+    if old.integrations != new.integrations:
+        changed.append("integrations (probes and watchers; alert channels follow the reload)")
+    if old.extra.demo != new.extra.demo:
+        changed.append("demo")
+    return changed
 
 
 def _correlation_attributes(config: Config) -> list[str]:
