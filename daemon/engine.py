@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.config.links import host_of, render_links
 from tracecanary.daemon.config.load import Config
+from tracecanary.daemon.config.reload import needs_restart
 from tracecanary.daemon.observe.metrics import Metrics
 from tracecanary.daemon.observe.telemetry import (
     add_span_sink,
@@ -408,22 +409,6 @@ class Engine:
         if detail := [line for source in self.readiness_details for line in source()]:
             body["detail"] = detail
         return web.json_response(body)
-
-
-RESTART_SETTINGS = ("listen", "otlp", "store", "buffer", "kafka", "max_concurrent_runs", "telemetry",
-                    "poll_interval")
-"""``daemon.*`` settings the running engine keeps until a restart."""
-
-
-def needs_restart(old: Config, new: Config) -> list[str]:
-    """The settings changed between two configs that a reload does not apply (named in its log line)."""
-    changed = [f"daemon.{key}" for key in RESTART_SETTINGS
-               if getattr(old.daemon, key) != getattr(new.daemon, key)]
-    if old.integrations != new.integrations:
-        changed.append("integrations (probes and watchers; alert channels follow the reload)")
-    if old.extra.demo != new.extra.demo:
-        changed.append("demo")
-    return changed
 
 
 def _correlation_attributes(config: Config) -> list[str]:

@@ -184,6 +184,8 @@ class Outbox:
                 await self.finished(item, "dropped", None, None)
             await removed.channel.aclose()
             log.warning("alert.channel_removed channel=%s dropped=%d", name, removed.pending)
+            if removed.health.failing and self.on_channel_recovered is not None:  # its incident cannot clear now
+                self.on_channel_recovered(name, "the channel was removed from the configuration")
         for name, channel in channels.items():
             lane = self.lanes.get(name)
             if lane is None:

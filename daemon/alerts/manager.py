@@ -287,12 +287,19 @@ class AlertManager:
             policy = self.policy_for(probe)
             if policy is None:
                 continue
-            async with self._probe_locks.setdefault(probe.id, anyio.Lock()):
-                state = ProbeAlertState.model_validate(await self.store.kv_get(NS_STATE, probe.id) or {})
-                for run in await missed_runs(self.store, probe.id, state):
-                    await self._advance(probe, run, policy)
-                    fed += 1
-        closed = await self.close_orphans(probes, "the probe no longer alerts (removed from the configuration)")
+            try:
+                async with self._probe_locks.setdefault(probe.id, anyio.Lock()):
+                    state = ProbeAlertState.model_validate(await self.store.kv_get(NS_STATE, probe.id) or {})
+                    for run in await missed_runs(self.store, probe.id, state):
+                        await self._advance(probe, run, policy)
+                        fed += 1
+            except Exception:  # a failing store must not keep the daemon from starting: logged, skipped
+                log.exception("alerts.reconcile_failed probe=%s", probe.id)
+        try:
+            closed = await self.close_orphans(probes, "the probe no longer alerts (removed from the configuration)")
+        except Exception:
+            log.exception("alerts.reconcile_failed step=close_orphans")
+            closed = 0
         log.info("alerts reconciled missed_runs=%d closed_incidents=%d", fed, closed)
 
     async def close_orphans(self, probes: Sequence[ProbeSpec], why: str) -> int:
