@@ -10,10 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Verdict(StrEnum):
-    """The outcome of a finished run; ``degraded`` counts as a pass for exit codes."""
+    """The outcome of a finished run; ``degraded`` counts as a pass for exit codes.
+
+    ``unknown``: the run could not be judged because none of the services the trace expectation
+    names sent any span (the telemetry pipeline, not the system, is suspect; see ``telemetry.py``).
+    It is not ``ok`` (``check`` exits 1) but it is not a failure either: it never opens or closes a
+    probe's incident.
+    """
 
     PASS = "pass"
     DEGRADED = "degraded"
+    UNKNOWN = "unknown"
     FAIL = "fail"
     ERROR = "error"
 
@@ -22,7 +29,12 @@ class Verdict(StrEnum):
         return self in (Verdict.PASS, Verdict.DEGRADED)
 
 
-_SEVERITY = {Verdict.PASS: 0, Verdict.DEGRADED: 1, Verdict.FAIL: 2, Verdict.ERROR: 3}
+_SEVERITY = {Verdict.PASS: 0, Verdict.DEGRADED: 1, Verdict.UNKNOWN: 2, Verdict.FAIL: 3, Verdict.ERROR: 4}
+
+
+def rank(verdict: Verdict) -> int:
+    """How severe a verdict is: pass < degraded < unknown < fail < error."""
+    return _SEVERITY[verdict]
 
 
 def worst(verdicts: Iterable[Verdict]) -> Verdict:

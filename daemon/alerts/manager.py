@@ -21,7 +21,8 @@ import anyio
 from anyio.abc import TaskStatus
 from opentelemetry.trace import Tracer
 
-from tracecanary.assertions.verdict import Verdict
+from tracecanary.assertions.telemetry import telemetry_flowed
+from tracecanary.assertions.verdict import rank
 from tracecanary.daemon.alerts.base import Channel, Notification, NotifiedFinding
 from tracecanary.daemon.alerts.delivery import ChannelHealth, DeliveryTiming, Outbox, QueueStats
 from tracecanary.daemon.alerts.policy import (
@@ -30,6 +31,7 @@ from tracecanary.daemon.alerts.policy import (
     Observation,
     PolicySettings,
     ProbeAlertState,
+    TelemetryStreak,
     step,
 )
 from tracecanary.daemon.alerts.reconcile import closed_state, closing_note, missed_runs
@@ -152,6 +154,8 @@ class AlertManager:
             f"channel:{name}", f"alert channel {name} is failing", detail)
         self.outbox.on_channel_recovered = lambda name, detail: self.clear_system(f"channel:{name}", detail)
         self._probe_locks: dict[str, anyio.Lock] = {}
+        self.telemetry = TelemetryStreak(after=settings.telemetry_incident_after)
+        """Consecutive ``unknown`` runs across probes → the "telemetry" system incident."""
 
     @property
     def channels(self) -> dict[str, Channel]:
@@ -175,6 +179,7 @@ class AlertManager:
         self.outbox.set_timing(self._overrides.timing(settings), settings.queue_size)
         await self.outbox.set_channels(channels)
         self.silences = Silences(self.store, settings.silences, self._clock)
+        self.telemetry.after = settings.telemetry_incident_after
         await self.close_orphans(probes, "the probe no longer alerts (configuration reloaded)")
         log.info("alerts reconfigured channels=%s policies=%s silences=%d", ",".join(settings.channels),
                  ",".join(settings.policies), len(settings.silences))
@@ -186,12 +191,22 @@ class AlertManager:
     async def on_run_finished(self, probe: ProbeSpec, run: RunRecord) -> None:
         if not run.final or run.verdict is None:
             return
+        self._observe_telemetry(probe, run)
         policy = self.policy_for(probe)
         if policy is None:
             return
         lock = self._probe_locks.setdefault(probe.id, anyio.Lock())
         async with lock:
             await self._advance(probe, run, policy)
+
+    def _observe_telemetry(self, probe: ProbeSpec, run: RunRecord) -> None:
+        """Feed the telemetry streak (policy.TelemetryStreak); raise or clear the "telemetry" incident."""
+        action = self.telemetry.observe(probe.id, str(run.verdict), telemetry_flowed(run.trace_report))
+        if action == "raise":
+            latest = run.findings[0].message if run.findings else f"{probe.id}: unknown"
+            self.raise_system("telemetry", self.telemetry.summary, self.telemetry.detail(latest))
+        elif action == "clear":
+            self.clear_system("telemetry", f"{probe.id}: spans arrived from the services it expects")
 
     def policy_for(self, probe: ProbeSpec) -> PolicySettings | None:
         """The probe's policy: ``alert.policy`` or, without ``alert:``, the policy named default."""
@@ -226,8 +241,7 @@ class AlertManager:
 
     def _note(self, ev: AlertEvent, probe: ProbeSpec, run: RunRecord, state: ProbeAlertState,
               now_s: float) -> Notification:
-        order = {Verdict.ERROR: 0, Verdict.FAIL: 1, Verdict.DEGRADED: 2, Verdict.PASS: 3}
-        top = sorted(run.findings, key=lambda f: order[f.severity])[:MAX_FINDINGS]
+        top = sorted(run.findings, key=lambda f: -rank(f.severity))[:MAX_FINDINGS]
         return Notification(
             event=ev.kind, dedup_key=ev.dedup_key, incident_id=ev.incident_id, probe_id=probe.id,
             kind=probe.kind, tags=list(probe.tags), verdict=str(run.verdict), run_id=run.run_id,

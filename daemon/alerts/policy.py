@@ -2,7 +2,9 @@
 
 States: ``ok → failing → ok`` plus ``degraded``. Only FINAL verdicts drive it (a run followed by a retry
 is not a verdict yet): ``fail``/``error`` count as failures, ``degraded`` as a soft failure, ``pass`` as
-a pass. ``step()`` takes the stored state and one final run and returns the next state and the events
+a pass. ``unknown`` (the services sent no telemetry) is no evidence about the probe: it neither opens
+nor closes an incident and leaves every streak and window as it was; consecutive ``unknown`` runs
+across probes feed :class:`TelemetryStreak` instead, the "telemetry pipeline" system incident. ``step()`` takes the stored state and one final run and returns the next state and the events
 to announce; the manager persists the state and claims each event's dedup key before sending, so a
 restart (or a second replica) never announces the same incident twice.
 
@@ -26,7 +28,7 @@ from tracecanary.integrations import Integrations
 
 __all__ = [
     "AlertsSettings", "ChannelConfig", "Decision", "FailureWindow", "Observation", "PolicySettings",
-    "ProbeAlertState", "SilenceSettings", "reference_problems", "step", "validate_references",
+    "ProbeAlertState", "SilenceSettings", "TelemetryStreak", "reference_problems", "step", "validate_references",
 ]
 
 if TYPE_CHECKING:
@@ -102,6 +104,9 @@ class AlertsSettings(BaseModel):
                           "permanent error (other 4xx, bad token) makes it failing at once.")
     system_reconcile: Duration = Field(300.0, description="After a restart, a system incident (failing channel, "
                                        "store …) nobody raises again within this long is resolved.")
+    telemetry_incident_after: int = Field(3, ge=1, description="Consecutive `unknown` final runs, across "
+                                          "probes, after which one \"telemetry pipeline\" incident of its own "
+                                          "fires (it clears on the next run whose services sent spans).")
 
 
 def reference_problems(settings: AlertsSettings,
@@ -229,6 +234,9 @@ def step(
     if prev.last_run_id == obs.run_id:
         return Decision(prev.model_copy(deep=True))
     state = prev.model_copy(deep=True)
+    if obs.verdict == "unknown":  # no evidence either way: nothing opens, closes or counts
+        state.last_run_id, state.last_verdict = obs.run_id, obs.verdict
+        return Decision(state)
     cls = _count(state, obs, policy)
     candidates: list[AlertEvent] = []
     if state.status != "failing" and cls == "failed":
@@ -275,3 +283,44 @@ def _filter(state: ProbeAlertState, policy: PolicySettings, events: list[AlertEv
         if ev.kind in ("failing", "degraded"):
             state.notified = True
     return decision
+
+
+TelemetryAction = Literal["raise", "clear"]
+
+
+@dataclass
+class TelemetryStreak:
+    """Consecutive ``unknown`` final runs across probes → one "telemetry pipeline" incident (pure).
+
+    ``observe`` takes each final run's verdict and whether the services its expectation names sent
+    spans (``assertions.telemetry.telemetry_flowed``: None when the run says nothing about telemetry —
+    no service named, no trace judged). ``unknown`` extends the streak; at ``after`` it says "raise"
+    (again on each further unknown run, so the incident's detail stays current; raising is
+    idempotent). A run whose services sent spans ends the streak and says "clear" (a no-op when no
+    incident is open, which also resolves one reloaded after a restart). Other runs change nothing.
+    """
+
+    after: int = 3
+    """``alerts.telemetry_incident_after``."""
+    unknown_runs: int = 0
+    probes: list[str] = field(default_factory=list)
+    """Probes with an unknown run in the current streak, first seen first."""
+
+    def observe(self, probe_id: str, verdict: str, flowed: bool | None) -> TelemetryAction | None:
+        if verdict == "unknown":
+            self.unknown_runs += 1
+            if probe_id not in self.probes:
+                self.probes.append(probe_id)
+            return "raise" if self.unknown_runs >= self.after else None
+        if flowed is True:
+            self.unknown_runs, self.probes = 0, []
+            return "clear"
+        return None
+
+    summary = "telemetry pipeline may be down"
+    """The incident's headline (stable while it is open; the detail carries the numbers)."""
+
+    def detail(self, latest: str) -> str:
+        """The count, the probes and the latest run's finding (``latest``), for the incident."""
+        return (f"{self.unknown_runs} consecutive runs got no spans from the services they expect "
+                f"(probes: {', '.join(self.probes)}); latest: {latest}")

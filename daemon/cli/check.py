@@ -119,7 +119,8 @@ def _record(directory: str, runs: list[RunRecord]) -> None:
             write_jsonl(str(Path(directory) / f"{r.probe_id}-{r.run_id}.jsonl"), r.spans)
 
 
-_STYLE = {"WORKING": "green", "DEGRADED": "yellow", "MISSING DATA": "magenta", "BROKEN": "red", "ERROR": "red"}
+_STYLE = {"WORKING": "green", "DEGRADED": "yellow", "NO TELEMETRY": "blue", "MISSING DATA": "magenta",
+          "BROKEN": "red", "ERROR": "red"}
 
 
 def _print_summary(console: Console, summaries: Sequence[ProbeSummary], failed_gates: Sequence[str]) -> None:

@@ -46,7 +46,8 @@ class ProbeSummary:
 
     @property
     def state(self) -> str:
-        """WORKING, DEGRADED, MISSING DATA (response fields absent), BROKEN, or ERROR."""
+        """WORKING, DEGRADED, NO TELEMETRY (verdict unknown), MISSING DATA (response fields absent),
+        BROKEN, or ERROR — the worst final run decides."""
         finals = self.final_runs
         if any(r.verdict is Verdict.ERROR or r.status is RunStatus.ABORTED for r in finals):
             return "ERROR"
@@ -56,6 +57,8 @@ class ProbeSummary:
                    for r in failed):
                 return "MISSING DATA"
             return "BROKEN"
+        if any(r.verdict is Verdict.UNKNOWN for r in finals):
+            return "NO TELEMETRY"
         if any(r.verdict is Verdict.DEGRADED for r in finals):
             return "DEGRADED"
         return "WORKING"
@@ -66,7 +69,8 @@ class ProbeSummary:
 
     def reason(self) -> str:
         for r in self.final_runs:
-            bad = [f for f in r.findings if f.severity in (Verdict.FAIL, Verdict.ERROR)]
+            bad = ([f for f in r.findings if f.severity in (Verdict.FAIL, Verdict.ERROR)]
+                   or [f for f in r.findings if f.severity is Verdict.UNKNOWN])
             if bad:
                 return bad[0].message
             if r.status is RunStatus.ABORTED:
@@ -86,6 +90,7 @@ class ProbeSummary:
             "passed": sum(1 for r in finals if r.verdict is Verdict.PASS),
             "degraded": sum(1 for r in finals if r.verdict is Verdict.DEGRADED),
             "failed": sum(1 for r in finals if r.verdict is Verdict.FAIL),
+            "unknown": sum(1 for r in finals if r.verdict is Verdict.UNKNOWN),
             "errors": sum(1 for r in finals if r.verdict is Verdict.ERROR or r.status is RunStatus.ABORTED),
             "error_rate": errors / len(finals) if finals else 0.0,
             "p50_s": percentile(lat, 50),
@@ -166,12 +171,13 @@ def json_report(summaries: Sequence[ProbeSummary], *, exit_code: int, gates: Seq
 
 
 def junit_xml(summaries: Sequence[ProbeSummary]) -> str:
-    """One <testcase> per run (attempts included), findings in the failure message."""
+    """One <testcase> per run (attempts included), findings in the failure message; an ``unknown`` run
+    (no telemetry) is an ``<error type="unknown">``: the test could not be judged."""
     suites = ET.Element("testsuites", name="tracecanary")
     for s in summaries:
         suite = ET.SubElement(suites, "testsuite", name=s.probe_id, tests=str(len(s.runs)),
                               failures=str(sum(1 for r in s.runs if r.verdict is Verdict.FAIL)),
-                              errors=str(sum(1 for r in s.runs if r.verdict in (Verdict.ERROR, None))),
+                              errors=str(sum(1 for r in s.runs if r.verdict in (Verdict.ERROR, Verdict.UNKNOWN, None))),
                               skipped="0", time=f"{sum(r.duration_s or 0 for r in s.runs):.3f}")
         for r in s.runs:
             case = ET.SubElement(suite, "testcase", classname=f"tracecanary.{s.kind}",
@@ -183,6 +189,9 @@ def junit_xml(summaries: Sequence[ProbeSummary]) -> str:
             elif r.verdict is Verdict.ERROR:
                 first = r.findings[0].message if r.findings else "error"
                 ET.SubElement(case, "error", message=first, type="error").text = text
+            elif r.verdict is Verdict.UNKNOWN:  # not judged: an error of the test setup, not a failure
+                first = r.findings[0].message if r.findings else "no telemetry"
+                ET.SubElement(case, "error", message=first, type="unknown").text = text
             elif r.verdict is Verdict.FAIL:
                 bad = [f for f in r.findings if f.severity is Verdict.FAIL]
                 ET.SubElement(case, "failure", message=bad[0].message if bad else "fail", type="fail").text = text

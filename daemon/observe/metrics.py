@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.store.base import RunRecord, RunStatus
 from tracecanary.probes.base import ProbeSpec
 
@@ -35,13 +36,18 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = r = registry or CollectorRegistry(auto_describe=True)
         self.probe_success = Gauge(
-            "probe_success", "1 when the probe's last final verdict passed (pass or degraded), else 0.",
+            "probe_success", "1 when the probe's last judged final verdict passed (pass or degraded), else 0; "
+            "an unknown verdict (no telemetry) leaves it as it was.", ["probe", "kind"], registry=r)
+        self.probe_unknown = Gauge(
+            "tracecanary_probe_unknown", "1 while the probe's last final verdict is unknown: none of the services "
+            "its trace expectation names sent spans (the telemetry pipeline is suspect), else 0.",
             ["probe", "kind"], registry=r)
         self.probe_duration = Histogram(
             "probe_duration_seconds", "Run duration, trigger to verdict, of every finished attempt.",
             ["probe", "kind"], buckets=DURATION_BUCKETS_S, registry=r)
         self.runs = Counter(
-            "tracecanary_runs", "Finished runs (every attempt) by verdict; aborted runs count as 'aborted'.",
+            "tracecanary_runs", "Finished runs (every attempt) by verdict (pass, degraded, unknown, fail, error); "
+            "aborted runs count as 'aborted'.",
             ["probe", "kind", "verdict"], registry=r)
         self.findings = Counter(
             "tracecanary_findings", "Findings reported by runs, by finding type.", ["type"], registry=r)
@@ -68,8 +74,8 @@ class Metrics:
             "tracecanary_runs_skipped", "Scheduled runs skipped because the previous run was still going "
             "(overlap: skip).", ["probe"], registry=r)
         self._series: dict[Gauge | Counter | Histogram, dict[tuple[str, ...], Any]] = {m: {} for m in (
-            self.probe_success, self.probe_duration, self.runs, self.trace_spans, self.time_to_verdict,
-            self.schedule_lateness)}
+            self.probe_success, self.probe_unknown, self.probe_duration, self.runs, self.trace_spans,
+            self.time_to_verdict, self.schedule_lateness)}
         """The children of the probe-labelled metrics by label values: what ``retain`` prunes."""
 
     # --- RunHook ---------------------------------------------------------------------------------
@@ -95,7 +101,10 @@ class Metrics:
         if probe.expect.trace is not None or run.span_count:
             self._child(self.trace_spans, probe.id, kind).observe(run.span_count)
         if run.final:
-            self._child(self.probe_success, probe.id, kind).set(1.0 if run.verdict.ok else 0.0)
+            unknown = run.verdict is Verdict.UNKNOWN
+            self._child(self.probe_unknown, probe.id, kind).set(1.0 if unknown else 0.0)
+            if not unknown:  # could not judge: the probe's success is not known to have changed
+                self._child(self.probe_success, probe.id, kind).set(1.0 if run.verdict.ok else 0.0)
 
     # --- feeds from other components -------------------------------------------------------------
     def spans_received(self, source: str, n: int) -> None:
@@ -123,7 +132,8 @@ class Metrics:
         """After a reload: forget the series of probes that are gone (stale probe_success misleads)."""
         keep = {(p.id, p.kind) for p in probes}
         keep_ids = {pid for pid, _ in keep}
-        for metric in (self.probe_success, self.probe_duration, self.trace_spans, self.time_to_verdict):
+        for metric in (self.probe_success, self.probe_unknown, self.probe_duration, self.trace_spans,
+                       self.time_to_verdict):
             self._forget(metric, lambda labels: labels not in keep)
         self._forget(self.runs, lambda labels: (labels[0], labels[1]) not in keep)
         self._forget(self.schedule_lateness, lambda labels: labels[0] not in keep_ids)

@@ -4,20 +4,28 @@ The probe's own trace, the traces whose spans link into it (queues, schedulers) 
 by ``correlate`` are watched; each arriving span is fed to the incremental judge, which decides as
 early as the expectation allows (DESIGN "Semantics": forbid/upper bounds fail at once; whole-trace
 rules wait for ``settle`` of quiet; otherwise the deadline decides).
+
+At the end it gathers the telemetry evidence for ``unknown`` (``assertions/telemetry.py``): whether the
+services the expectation names sent any span — in the judged trace, to the intake since the trigger
+(the buffer's intake clock), and, with Sentry as the source, whether Sentry answered with the trace.
+The runner decides with the other findings in hand.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
-from tracecanary.assertions.expect import TraceExpectation
+from tracecanary.assertions.expect import NamePattern, TraceExpectation
 from tracecanary.assertions.judge import JudgeState, TraceJudge
 from tracecanary.assertions.spans import Span
+from tracecanary.assertions.telemetry import Silence, matching, named_services, service_text
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.spans.buffer import TraceBuffer
+from tracecanary.daemon.spans.intake import IntakeClock
 from tracecanary.daemon.spans.sentry import SentryTraceSource
 from tracecanary.daemon.spans.watch import Watch
 from tracecanary.probes.base import ProbeContext
@@ -29,6 +37,8 @@ class TraceOutcome:
     report: dict[str, Any] | None
     spans: list[Span] = field(default_factory=list)
     time_to_verdict_s: float | None = None
+    silence: Silence | None = None
+    """Set when the services the expectation names sent nothing since the trigger (see ``telemetry``)."""
 
 
 class _Tracked:
@@ -76,7 +86,7 @@ async def watch_trace(
     judge = TraceJudge(expectation, root_trace_id=ctx.trace.trace_id, trigger_ns=ctx.trigger_ns,
                        correlate_value=correlate_value)
     if expectation.source == "sentry":
-        return await _from_sentry(expectation, ctx, judge, root, sentry_source)
+        return await _from_sentry(expectation, ctx, judge, root, sentry_source, buffer.intake)
     judge.feed([root])
     with buffer.watch() as watch:
         tracked = _Tracked(buffer, watch, judge)
@@ -90,7 +100,9 @@ async def watch_trace(
                 judge.add_trace(tid)
         state = await _loop(tracked, ctx)
     ttv = None if tracked.last_arrival_s is None else max(0.0, anyio.current_time() - tracked.last_arrival_s)
-    return TraceOutcome(list(state.findings), judge.report(), tracked.spans, ttv)
+    outcome = TraceOutcome(list(state.findings), judge.report(), tracked.spans, ttv)
+    _telemetry(outcome, expectation, ctx, buffer.intake)
+    return outcome
 
 
 async def _loop(tracked: _Tracked, ctx: ProbeContext) -> JudgeState:
@@ -115,7 +127,7 @@ async def _loop(tracked: _Tracked, ctx: ProbeContext) -> JudgeState:
 
 async def _from_sentry(
     expectation: TraceExpectation, ctx: ProbeContext, judge: TraceJudge, root: Span,
-    source: SentryTraceSource | None,
+    source: SentryTraceSource | None, intake: IntakeClock,
 ) -> TraceOutcome:
     """Poll Sentry until the tree matches (or a forbid rule fails) or the deadline.
 
@@ -128,6 +140,7 @@ async def _from_sentry(
             message="expect.trace.source is sentry but integrations.sentry (org, token) is not configured",
         )], None)
     latest: list[TraceJudge] = [judge]
+    pull = _Pull()
 
     def fresh(spans: list[Span]) -> TraceJudge:
         j = TraceJudge(expectation, root_trace_id=ctx.trace.trace_id, trigger_ns=ctx.trigger_ns)
@@ -135,12 +148,88 @@ async def _from_sentry(
         return j
 
     def until(spans: list[Span]) -> bool:
+        pull.answered(spans)
         latest[0] = fresh(spans)
         return latest[0].check(quiet_s=float("inf")).done
 
-    spans = await source.poll(ctx.trace.trace_id, until, ctx.deadline_s)
+    spans = await source.poll(ctx.trace.trace_id, until, ctx.deadline_s, on_error=pull.failed)
     final = fresh(spans)
     state = final.check(quiet_s=float("inf"))
     if not state.done:
         state = final.finish()
-    return TraceOutcome(list(state.findings), final.report(), [root, *spans])
+    outcome = TraceOutcome(list(state.findings), final.report(), [root, *spans])
+    _telemetry(outcome, expectation, ctx, intake, pull)
+    return outcome
+
+
+_NAMED: dict[int, tuple[TraceExpectation, list[NamePattern]]] = {}
+_NAMED_MAX = 4096
+
+
+def _named(expectation: TraceExpectation) -> list[NamePattern]:
+    """``named_services`` once per expectation (it lives as long as its config), not on every run."""
+    hit = _NAMED.get(id(expectation))
+    if hit is not None and hit[0] is expectation:
+        return hit[1]
+    if len(_NAMED) >= _NAMED_MAX:
+        _NAMED.pop(next(iter(_NAMED)))
+    patterns = named_services(expectation)
+    _NAMED[id(expectation)] = (expectation, patterns)
+    return patterns
+
+
+class _Pull:
+    """What a pull source answered during the run: the trace (with spans), nothing, or errors."""
+
+    def __init__(self) -> None:
+        self.fetches = 0
+        self.returned = False
+        self.last_error: Exception | None = None
+
+    def answered(self, spans: list[Span]) -> None:
+        self.fetches += 1
+        self.returned = self.returned or bool(spans)
+
+    def failed(self, error: Exception) -> None:
+        self.last_error = error
+
+    def describe(self, source: str) -> str:
+        error = None if self.last_error is None else str(self.last_error) or type(self.last_error).__name__
+        if error is not None and not self.fetches:
+            return f"{source} failed: {error}"
+        if self.fetches:
+            return f"{source} never returned the trace" + (f" (last failure: {error})" if error else "")
+        return f"{source} did not answer before the deadline"
+
+
+def _telemetry(outcome: TraceOutcome, expectation: TraceExpectation, ctx: ProbeContext, intake: IntakeClock,
+               pull: _Pull | None = None) -> None:
+    """Note in the report whether the named services sent spans; set ``outcome.silence`` when none did.
+
+    Silent: the judged trace holds no span of theirs, the intake got none since the trigger, and a pull
+    source (when used) failed or never returned the trace.
+    """
+    patterns = _named(expectation)
+    if not patterns:
+        return
+    since_trigger_s = max(0.0, (time.time_ns() - ctx.trigger_ns) / 1e9)
+    now_s = intake.now()
+    recent = intake.seen_since(now_s - since_trigger_s)
+    judged = matching(patterns, (s.service for s in outcome.spans))
+    sent = None if recent is None else matching(patterns, recent)
+    flowed = True if judged or sent else (None if sent is None else False)
+    names = tuple(service_text(p) for p in patterns)
+    if outcome.report is not None:
+        outcome.report["telemetry"] = {
+            "services": list(names), "flowed": flowed, "judged": sorted(judged),
+            "intake_since_trigger": None if sent is None else sorted(sent),
+            "pulled": None if pull is None else pull.returned,
+        }
+    if flowed is not False or (pull is not None and pull.returned):
+        return
+    last = intake.last_seen()
+    outcome.silence = Silence(
+        services=names, since_trigger_s=since_trigger_s,
+        last_seen_ago_s={s: max(0.0, now_s - last[s]) for s in matching(patterns, last)},
+        pull=None if pull is None else pull.describe("sentry"),
+    )

@@ -26,6 +26,7 @@ from opentelemetry.trace import StatusCode as OtelStatus
 from tracecanary.assertions.response import judge_response
 from tracecanary.assertions.side_effects import SideEffect
 from tracecanary.assertions.spans import Span, SpanKind, StatusCode
+from tracecanary.assertions.telemetry import no_telemetry
 from tracecanary.assertions.verdict import Finding, Verdict, verdict_of
 from tracecanary.daemon.config.links import LinkRenderer
 from tracecanary.daemon.run.hooks import RunHook
@@ -256,6 +257,8 @@ class Runner:
         for i, effect, found in sorted(effects, key=lambda t: t[0]):
             run.findings.extend(found)
             run.side_effects.append({"index": i, "kind": effect.kind, "findings": [f.message for f in found]})
+        if outcome and outcome[0].silence is not None:  # every finding is in: unknown, or the fail stands
+            run.findings = no_telemetry(run.findings, outcome[0].silence)
 
     @contextmanager
     def _self_span(self, ctx: ProbeContext, name: str, **attributes: str | int) -> Iterator[OtelSpan | None]:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable
 from typing import TypeVar
 
 from tracecanary.assertions.spans import AttrValue, Span
+from tracecanary.daemon.spans.intake import IntakeClock
 from tracecanary.daemon.spans.model import BufferSettings, BufferStats
 from tracecanary.daemon.spans.otlp import (
     RawBatch,
@@ -126,6 +127,8 @@ class TraceBuffer:
         self._watch_traces: dict[bytes, set[Watch]] = {}
         self._watch_links: dict[bytes, set[Watch]] = {}
         self._watch_corr: dict[tuple[str, AttrValue], set[Watch]] = {}
+        self.intake = IntakeClock(clock)
+        """When each service last sent a span (the evidence for an ``unknown`` verdict)."""
 
     @classmethod
     def from_settings(cls, settings: BufferSettings, clock: Callable[[], float] = time.monotonic) -> TraceBuffer:
@@ -142,6 +145,7 @@ class TraceBuffer:
             if key:
                 groups.setdefault(key, []).append(span)
         now = self._clock()
+        self.intake.saw_spans(groups.values(), now)
         for key, group in groups.items():
             self._touch(key, now)
             self._index_decoded(key, group)
@@ -172,6 +176,7 @@ class TraceBuffer:
             return 0
         counts, body = batch.trace_counts, batch.body
         now = self._clock()
+        self.intake.saw_batch(batch, now)
         for key in counts:
             self._touch(key, now)
         chunk = self._new_chunk(batch)

@@ -205,12 +205,14 @@ class SentryTraceSource:
         return [r for r in rows if isinstance(r, dict)]
 
     async def poll(
-        self, trace_id: str, until: Callable[[list[Span]], bool], deadline_s: float
+        self, trace_id: str, until: Callable[[list[Span]], bool], deadline_s: float,
+        on_error: Callable[[Exception], None] | None = None,
     ) -> list[Span]:
         """Fetch until ``until(spans)`` holds or the anyio-monotonic ``deadline_s``; return the last spans.
 
         Backoff doubles from ``poll_initial_s`` to ``poll_max_s``; a 429 waits its ``Retry-After``;
-        transient failures (network, 5xx) are retried; auth errors raise.
+        transient failures (network, 5xx) are retried, each told to ``on_error``; auth errors raise.
+        ``until`` sees every successful fetch.
         """
         delay_s = self.poll_initial_s
         last: list[Span] = []
@@ -230,9 +232,13 @@ class SentryTraceSource:
             except SentryRateLimitedError as e:
                 wait_s = e.retry_after_s
                 log.info("sentry rate limited trace_id=%s retry_after_s=%g", trace_id, wait_s)
+                if on_error is not None:
+                    on_error(e)
             except (SentryApiError, TimeoutError) as e:
                 log.warning("sentry trace fetch failed trace_id=%s error=%s", trace_id, e)
                 delay_s = min(delay_s * 2, self.poll_max_s)
+                if on_error is not None:
+                    on_error(e)
             remaining_s = deadline_s - anyio.current_time()
             if remaining_s <= 0:
                 return last

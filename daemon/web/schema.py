@@ -13,7 +13,8 @@ from pydantic.json_schema import models_json_schema
 
 from tracecanary.daemon.alerts.silences import SilenceSettings
 
-ProbeState = Literal["ok", "degraded", "failing", "silenced", "pending"]
+ProbeState = Literal["ok", "degraded", "unknown", "failing", "silenced", "pending"]
+"""``unknown``: the last final run got no spans from the services it expects (the dashboard: "no telemetry")."""
 
 
 class _Out(BaseModel):
@@ -24,7 +25,7 @@ class HistoryItem(_Out):
     """One run in a probe's history strip."""
 
     run_id: str
-    verdict: str | None = Field(description="pass | degraded | fail | error, or null while running/aborted.")
+    verdict: str | None = Field(description="pass | degraded | unknown | fail | error, or null while running/aborted.")
     status: str = Field(description="running | finished | aborted")
     started_ns: int
 
@@ -39,7 +40,9 @@ class RunSummary(_Out):
     first_run_id: str
     trace_id: str
     status: str = Field(description="running | finished | aborted")
-    verdict: str | None = Field(description="pass | degraded | fail | error; null while running or when aborted.")
+    verdict: str | None = Field(description="pass | degraded | unknown | fail | error; null while running or "
+                                "when aborted. unknown: none of the services the trace expectation names sent "
+                                "spans (the telemetry pipeline is suspect).")
     started_ns: int
     started_at: str = Field(description="ISO 8601, UTC.")
     finished_ns: int | None

@@ -34,7 +34,8 @@ DAY_NS = 86_400 * 10**9
 HISTORY_RUNS = 30
 WINDOW_RUNS = 500
 MAX_TREE_DEPTH = 64
-STATE_ORDER = {"failing": 0, "degraded": 1, "pending": 2, "ok": 3, "silenced": 4}
+STATE_ORDER = {"failing": 0, "unknown": 1, "degraded": 2, "pending": 3, "ok": 4, "silenced": 5}
+"""Overview order; ``unknown``: the last final run got no spans from its services (shown "no telemetry")."""
 _SECRET_KEY = re.compile(
     r"(?i)(authorization|cookie|token|secret|password|passwd|api[-_]?key|signature|dsn|private)"
 )
@@ -105,6 +106,8 @@ def _state(last_final: RunRecord | None, silenced: bool) -> str:
         return "ok"
     if last_final.verdict is Verdict.DEGRADED:
         return "degraded"
+    if last_final.verdict is Verdict.UNKNOWN:
+        return "unknown"
     return "failing"
 
 
@@ -171,7 +174,7 @@ async def probe_status(
 
 
 async def probe_statuses(control: Control, windows: RunWindows | None = None) -> list[ProbeStatus]:
-    """Every probe, failing first, then degraded, pending, ok, silenced (config order within a state)."""
+    """Every probe, failing first, then unknown, degraded, pending, ok, silenced (config order within a state)."""
     now_ns = time.time_ns()
     silenced_fn = await silence_check(control)
     rows = [await probe_status(control, p, now_ns, windows, silenced_fn) for p in control.probes()]

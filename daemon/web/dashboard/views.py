@@ -23,6 +23,7 @@ from tracecanary.daemon.store.base import RunRecord, RunStatus
 from tracecanary.daemon.web.api import AUTH_COOKIE, ApiAuth, Handler
 from tracecanary.daemon.web.control import Control
 from tracecanary.daemon.web.dashboard.summary import (
+    STATE_ORDER,
     RunWindows,
     fmt_age,
     iso_ns,
@@ -39,6 +40,8 @@ RUNS_ON_PROBE_PAGE = 100
 CHART_W, CHART_H = 720, 160
 RUN_APPEAR_S = 10.0
 """How long the live stream waits for a just-fired run to be recorded before answering 404."""
+LABELS = {"unknown": "no telemetry"}
+"""How a state or verdict reads on the pages when its value alone would mislead."""
 
 
 def _env() -> jinja2.Environment:
@@ -50,6 +53,7 @@ def _env() -> jinja2.Environment:
     env.filters["iso_ns"] = iso_ns
     env.filters["pretty"] = _pretty
     env.filters["until"] = _until
+    env.filters["label"] = lambda v: LABELS.get(v, v)
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
     env.filters["secs"] = lambda v: "–" if v is None else (f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s")
     return env
@@ -106,7 +110,7 @@ class Dashboard:
 
     async def overview(self, request: web.Request) -> web.Response:
         rows = await probe_statuses(self.control, self.windows)
-        counts = {s: sum(1 for r in rows if r.state == s) for s in ("failing", "degraded", "pending", "ok", "silenced")}
+        counts = {s: sum(1 for r in rows if r.state == s) for s in STATE_ORDER}
         demo = self.control.demo
         return self.render("overview.html", probes=rows, counts=counts, now_ns=time.time_ns(),
                            channels=await self._failing_channels(),
