@@ -1,13 +1,16 @@
 """A RunHook that reports Sentry Crons check-ins per probe: in_progress at fire, ok/error at the verdict.
 
 Retries belong to one check-in (keyed by ``first_run_id``): Sentry sees one execution per scheduled run,
-and its duration runs from the first attempt's start to the final attempt's end.
+and its duration runs from the first attempt's start to the final attempt's end. An ``unknown`` verdict (no
+telemetry: the system may be fine) closes the check-in ``ok``: like the alert policy, Crons never pages a
+probe's owner for a dead telemetry pipeline; the daemon's "telemetry pipeline" incident does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.observe.sentry import CronReporter
 from tracecanary.daemon.store.base import RunRecord
 from tracecanary.probes.base import ProbeSpec
@@ -37,6 +40,6 @@ class CronHook:
         opened = self._open.pop(run.first_run_id, None)
         if opened is None:
             return
-        ok = run.verdict is not None and run.verdict.ok
+        ok = run.verdict is not None and (run.verdict.ok or run.verdict is Verdict.UNKNOWN)
         duration_ns = (run.finished_ns or run.started_ns) - opened.first_started_ns
         self.reporter.checkin_finish(probe, opened.check_in_id, ok, max(0.0, duration_ns / 1e9))

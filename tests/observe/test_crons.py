@@ -72,3 +72,20 @@ async def test_check_in_duration_covers_the_whole_retry_chain(tmp_path: Path) ->
     assert (check_in_id, ok) == ("check-in-1", True)
     assert duration_s == pytest.approx((second.finished_ns - first.started_ns) / 1e9)
     assert duration_s >= RETRY_DELAY_S  # not just the last attempt's own duration
+
+
+@pytest.mark.parametrize(("verdict", "ok"), [(Verdict.UNKNOWN, True), (Verdict.FAIL, False), (Verdict.PASS, True)])
+async def test_unknown_verdict_closes_the_check_in_ok(verdict: Verdict, ok: bool) -> None:
+    """No telemetry is not a failure: Crons must not page the probe's owner for a dead exporter."""
+    from tracecanary.daemon.store.base import RunRecord, RunStatus
+
+    reporter = RecordingReporter()
+    hook = CronHook(reporter)
+    probe = HttpProbe.model_validate({"id": "p", "kind": "http", "every": "60s",
+                                      "request": {"url": "http://127.0.0.1:9/x"}})
+    run = RunRecord(run_id="r1", probe_id="p", kind="http", attempt=1, first_run_id="r1", trace_id="0" * 32,
+                    started_ns=1_000_000_000)
+    await hook.on_run_started(probe, run)
+    run.status, run.verdict, run.finished_ns = RunStatus.FINISHED, verdict, 3_000_000_000
+    await hook.on_run_finished(probe, run)
+    assert reporter.finished == [("check-in-1", ok, 2.0)]
