@@ -368,7 +368,9 @@ def _sentry_describe(spec: SentryEvent) -> str:
 
 
 def _sentry_summary(event: Mapping[str, Any]) -> str:
-    text = event.get("message") or event.get("title") or ""
+    # Discover's ``message`` is Sentry's search text (value, type, file, function, culprit run together);
+    # the title (``Type: value``) is what a person reads.
+    text = event.get("title") or event.get("message") or ""
     return f"[{event.get('level') or '?'}] {str(text)[:200]!r}"
 
 
