@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import anyio
@@ -46,9 +46,6 @@ from tracecanary.daemon.spans.sentry_convert import (
 )
 from tracecanary.errors import TracecanaryError
 from tracecanary.integrations import SentryIntegration
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("tracecanary.spans.sentry")
 
@@ -229,11 +226,13 @@ class SentryTraceSource:
         return found
 
     async def error_events(self, trace_id: str, limit: int = 100) -> list[Json]:
-        """Error events of ``trace_id`` from Discover (``dataset=errors``, ``query=trace:…``) as rows."""
+        """Error events of ``trace_id`` from Discover (``dataset=errors``, ``query=trace:…``) as rows:
+        ``title``, ``message`` (Sentry's search text), ``level``, ``error.value`` (the exception values)…"""
         # project=-1: every project the token can see (a trace crosses projects).
         params = [("dataset", "errors"), ("query", f"trace:{trace_id.lower()}"), ("per_page", str(limit)),
                   ("statsPeriod", "24h"), ("sort", "-timestamp"), ("project", "-1")]
-        params += [("field", f) for f in ("id", "title", "message", "level", "timestamp", "trace", "trace.span", "project")]
+        fields = ("id", "title", "message", "level", "timestamp", "trace", "trace.span", "project", "error.value")
+        params += [("field", f) for f in fields]
         data = await self._get(f"/organizations/{self._org}/events/", params)
         rows = data.get("data") if isinstance(data, dict) else None
         if not isinstance(rows, list):
