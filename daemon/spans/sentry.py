@@ -190,7 +190,14 @@ class SentryTraceSource:
                   for e in errors if e.get("event_id")}
         missing = [(project, eid) for eid, project in wanted.items() if eid not in self._error_events and project]
         if missing:
-            fetched = await self._events(missing)
+            try:
+                fetched = await self._events(missing)
+            except (SentryAuthError, SentryRateLimitedError):
+                raise
+            except SentryApiError as e:
+                # The spans are there; only the exception types are not (yet): judge with Sentry's text.
+                log.warning("sentry error events unreadable errors=%d error=%s", len(missing), e)
+                fetched = {}
             if len(self._error_events) + len(fetched) > MAX_CACHED_EVENTS:
                 self._error_events.clear()
             self._error_events.update(fetched)

@@ -21,7 +21,7 @@ from aiohttp import web
 from tests.spans import sentry_shapes as shapes
 from tests.watchers.support import LoopbackApp
 from tracecanary.assertions.spans import Span, StatusCode, Trace
-from tracecanary.daemon.spans.sentry import SentryTraceSource
+from tracecanary.daemon.spans.sentry import SentryRateLimitedError, SentryTraceSource
 from tracecanary.daemon.spans.sentry_convert import epoch_ns
 from tracecanary.integrations import SentryIntegration
 
@@ -34,6 +34,8 @@ class FakeSentry:
     def __init__(self, *, legacy: bool = False) -> None:
         self.legacy = legacy
         self.held_back: set[str] = set()
+        self.event_status = 200
+        """Answer every event read with this status instead (500, 429…)."""
         self.requests: list[str] = []
 
     def routes(self) -> list[web.RouteDef]:
@@ -53,6 +55,8 @@ class FakeSentry:
 
     async def _event(self, request: web.Request) -> web.Response:
         self.requests.append(request.path)
+        if self.event_status != 200:
+            return web.json_response({"detail": "x"}, status=self.event_status, headers={"Retry-After": "3"})
         eid = request.match_info["eid"]
         found: dict[str, Any] | None = shapes.events().get(eid)
         if eid == "280027d94f30428c83a2de46f932612b":
@@ -144,3 +148,16 @@ async def test_legacy_view_reads_the_type_from_the_event_not_the_title() -> None
     assert (event.attributes["exception.type"], event.attributes["exception.message"]) == ("ValueError", "payment declined")
     assert event.attributes["sentry.title"] == "ValueError: payment declined"
     assert named["/checkout"].status_message == "internal_error"
+
+
+async def test_unreadable_error_events_keep_the_spans_and_a_429_still_waits() -> None:
+    fake = FakeSentry()
+    fake.event_status = 502
+    async with source_for(fake) as source:
+        spans = await source.fetch(shapes.TRACE_ID)
+        fake.event_status = 429
+        with pytest.raises(SentryRateLimitedError) as caught:
+            await source.fetch(shapes.TRACE_ID)
+    charge = by_name(spans)["POST https://payments.internal/charge"]
+    assert charge.status_code is StatusCode.ERROR and "exception.type" not in charge.events[0].attributes
+    assert caught.value.retry_after_s == 3
