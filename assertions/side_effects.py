@@ -347,7 +347,8 @@ def judge_http(effect: HttpEffect, observations: Sequence[Mapping[str, Any]], *,
 # --- sentry ------------------------------------------------------------------------------------
 class SentryEvent(_Strict):
     level: str | None = None
-    message: Any = Field(None, description="Matcher for the event message / exception value.")
+    message: Any = Field(None, description="Matcher for the event's title, its message (Sentry's search text) "
+                                           "or one of its exception values; any may match.")
 
 
 class SentryEffect(_EffectBase):
@@ -368,17 +369,20 @@ def _sentry_describe(spec: SentryEvent) -> str:
 
 
 def _sentry_summary(event: Mapping[str, Any]) -> str:
-    text = event.get("message") or event.get("title") or ""
+    # Discover's ``message`` is Sentry's search text (value, type, file, function, culprit run together);
+    # the title (``Type: value``) is what a person reads.
+    text = event.get("title") or event.get("message") or ""
     return f"[{event.get('level') or '?'}] {str(text)[:200]!r}"
 
 
 def sentry_event_matches(spec: SentryEvent, event: Mapping[str, Any]) -> bool:
-    """``event`` (a Discover row: level, message, title) satisfies the expected level and message."""
+    """``event`` (a Discover row: level, message, title, error.value) satisfies the expected level and message."""
     if spec.level is not None and str(event.get("level") or "").lower() != spec.level.lower():
         return False
     if spec.message is None:
         return True
-    texts = [t for t in (event.get("message"), event.get("title")) if t]
+    values = event.get("error.value")
+    texts = [t for t in (event.get("message"), event.get("title"), *(values if isinstance(values, list) else [])) if t]
     return any(check(spec.message, t) is None for t in texts) or (not texts and check(spec.message, "") is None)
 
 

@@ -271,6 +271,19 @@ class ProbeContext:
             headers["sentry-trace"] = f"{self.trace.trace_id}-{sid}-{'1' if self.trace.sampled else '0'}"
         return headers
 
+    def with_trace_headers(self, headers: Mapping[str, str], span_id: str | None = None) -> dict[str, str]:
+        """``headers`` (a request's or message's own) plus :meth:`trace_headers`: a ``baggage`` or
+        ``tracestate`` the config set is merged with ours member by member, never replaced
+        (``probes/propagation.py``); ``traceparent``/``sentry-trace`` are the run's."""
+        from tracecanary.probes.propagation import merge_trace_headers
+
+        merged = merge_trace_headers(headers, self.trace_headers(span_id))
+        if merged.kept_theirs:
+            self.log("baggage: the request's own value kept", keys=merged.kept_theirs)
+        if merged.dropped_ours:
+            self.log("baggage: full (64 members / 8192 bytes); ours left out", keys=merged.dropped_ours)
+        return merged.headers
+
     @contextmanager
     def client_span(self, name: str, kind: str = "client", **attributes: Any) -> Iterator[str]:
         """Open a child span of the probe's root span; yields its hex span id for header injection."""

@@ -149,7 +149,7 @@ async def send_prepared(ctx: ProbeContext, req: PreparedRequest, *, span_name: s
     """Send ``req`` inside a client span carrying the trace headers; raise ProbeError if no response."""
     name = span_name or f"{req.method} {req.url}"
     with ctx.client_span(name, "client", **{"http.request.method": req.method, "url.full": req.url}) as sid:
-        headers = {**req.headers, **ctx.trace_headers(sid)}
+        headers = ctx.with_trace_headers(req.headers, sid)
         ctx.log("http request", method=req.method, url=req.url, bytes=len(req.body or b""))
         limit_s = ctx.remaining_s() if req.timeout_s is None else min(req.timeout_s, ctx.remaining_s())
         t0 = time.perf_counter()

@@ -121,7 +121,7 @@ class KafkaMessage(StrictModel):
         attributes = {"messaging.system": "kafka", "messaging.destination.name": topic,
                       "messaging.operation.type": "send"}
         with ctx.client_span(f"{topic} publish", "producer", **attributes) as sid:
-            headers = {**ctx.render(dict(self.headers)), **ctx.trace_headers(sid)}
+            headers = ctx.with_trace_headers(ctx.render(dict(self.headers)), sid)
             wire_headers = [(k, v.encode()) for k, v in headers.items()]
             ctx.log("kafka publish", topic=topic, bootstrap=bootstrap, bytes=len(value or b""))
             try:

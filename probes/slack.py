@@ -4,8 +4,11 @@
 rate-limit and server-error retries, carrying the run's trace context in message ``metadata``
 (``event_type: tracecanary_probe``) and pacing posts to 1 message/s per channel. ``deliver:
 events_api`` POSTs a correctly signed ``event_callback`` (``app_mention``) straight to the bot's
-request URL with ``traceparent`` in the HTTP headers, which makes trace propagation exact.
-Both record ``outputs.slack = {channel, ts, message_ts}`` so the Slack watcher can look in the thread.
+request URL with ``traceparent`` in the HTTP headers, which makes trace propagation exact — but the
+event is synthetic: its ``ts`` is no message in the workspace, so a reply threaded under it has no
+parent and cannot be found (``validate`` warns when such a probe expects ``in_thread``; see
+docs/slack-github.md). Both record ``outputs.slack = {channel, ts, message_ts}`` so the Slack watcher
+can look in the thread.
 """
 
 from __future__ import annotations
@@ -81,7 +84,9 @@ class SlackMentionProbe(ProbeSpec):
     bot_user_id: str = Field(pattern=r"^[UW][A-Z0-9]+$", description="The bot's user id; the text starts <@bot>.")
     text: str = Field("ping {{ run_id }}", description="Text after the mention (templated).")
     thread: str | None = Field(None, description="Post as a reply in this thread ts (templated).")
-    deliver: Literal["post", "events_api"] = Field("post", description="post as a user, or sign an event_callback.")
+    deliver: Literal["post", "events_api"] = Field(
+        "post", description="post as a user (a real message), or sign a synthetic event_callback straight to "
+                            "the bot (its ts is no message: no real thread to answer in).")
     events_api: EventsApiTarget | None = Field(None, description="Required with deliver: events_api.")
     min_post_interval: Duration = Field(1.0, description="Minimum gap between posts to one channel.")
 

@@ -9,17 +9,20 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel, ValidationError
 
 from tracecanary.assertions.units import parse_duration_s
 from tracecanary.errors import ProbeError
 
 MAX_CACHED = 4096
 """Compiled templates kept (config strings; the cache is dropped when it grows past this)."""
+M = TypeVar("M", bound=BaseModel)
 _SINGLE_EXPR = re.compile(r"^\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}$", re.S)
 
 
@@ -91,3 +94,23 @@ class Templates:
         except TemplateError as e:
             raise ProbeError(f"template {text!r}: {e}") from e
         return result
+
+
+def render_spec(spec: M, render: Callable[[Any], Any]) -> M:
+    """``spec`` (a side effect) with ``{{ … }}`` rendered in every string it holds — matchers included.
+
+    ``render`` is the run's ``ProbeContext.render``. Values render as text (a number a template
+    produces is compared numerically by ``equals``/``gt``/…), then the result is validated again, so
+    a template that renders into something the field does not accept is a clear error. The runner
+    calls this once per side effect before its watcher starts; watchers judge what they are given.
+    """
+    raw = spec.model_dump(by_alias=True, exclude_unset=True)
+    rendered = render(raw)
+    if rendered == raw:
+        return spec
+    try:
+        return type(spec).model_validate(rendered)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top)"
+        raise ProbeError(f"{where}: {first['msg']} after rendering templates (got {first.get('input')!r})") from e

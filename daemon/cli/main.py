@@ -154,7 +154,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "validate":
         cfg = load_config(args.config)
-        print(f"{args.config}: ok ({len(cfg.probes)} probes)")
+        for warning in cfg.warnings:  # printed, never an error: the exit code stays 0
+            print(warning, file=sys.stderr)
+        noted = f", {len(cfg.warnings)} warning{'s' if len(cfg.warnings) != 1 else ''}" if cfg.warnings else ""
+        print(f"{args.config}: ok ({len(cfg.probes)} probes{noted})")
         return EXIT_OK
     if cmd == "schema":
         from tracecanary.daemon.config.load import schema

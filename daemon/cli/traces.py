@@ -250,8 +250,10 @@ def render_errors(spans: list[Span]) -> list[str]:
             if ev.name != "exception":
                 continue
             a = ev.attributes
+            # Without its event the type is unknown: show Sentry's own text rather than "None: …".
+            what = f"{a['exception.type']!s}: " if a.get("exception.type") else ""
             lines.append(
-                f"  ✗ {span.name} ({span.service or '?'}): {a.get('exception.type')!s}: "
+                f"  ✗ {span.name} ({span.service or '?'}): {what}"
                 f"{a.get('exception.message')!s} [{a.get('sentry.level', 'error')!s}, event {a.get('sentry.event_id', '?')!s}]"
             )
     return lines

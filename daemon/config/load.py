@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,19 @@ from tracecanary.probes.registry import PROBES
 
 
 # --- the model -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConfigWarning:
+    """Something that loads but will not do what it seems to. ``validate`` prints it; it is never an
+    error and never changes an exit code."""
+
+    where: str
+    """``file:line path`` like an error's."""
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: warning: {self.message}"
+
+
 class Config(BaseModel):
     """A whole configuration: probes plus daemon settings, integrations, links and alerts."""
 
@@ -52,6 +66,8 @@ class Config(BaseModel):
     integrations: Integrations = Field(default_factory=Integrations)
     extra: ExtraSections = Field(default_factory=ExtraSections)
     sources: list[str] = Field(default_factory=list)
+    warnings: list[ConfigWarning] = Field(default_factory=list)
+    """What loaded but looks wrong (printed by ``validate``)."""
 
     def probe(self, probe_id: str) -> ProbeSpec:
         for p in self.probes:
@@ -132,7 +148,8 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     if errors:
         raise ConfigError(sorted(errors, key=_error_order))
     return Config(
-        probes=[p for _, _, p in probes], extra=extra, sources=[d.path for d in docs], **cfg_kwargs
+        probes=[p for _, _, p in probes], extra=extra, sources=[d.path for d in docs],
+        warnings=_warnings(probes), **cfg_kwargs,
     )
 
 
@@ -247,6 +264,42 @@ def _cross_checks(
     return errors
 
 
+EVENTS_API_THREAD = (
+    "deliver: events_api sends a synthetic app_mention whose ts is no message in a real workspace; a "
+    "reply threaded under it has no parent (conversations.replies answers thread_not_found), so "
+    "in_thread: true can only pass against an emulator. Use deliver: post, set thread: to a real "
+    "thread ts, or drop in_thread (docs/slack-github.md)"
+)
+
+
+def _synthetic_mention(spec: ProbeSpec) -> bool:
+    """Whether the run's Slack mention (the probe's, or a steps probe's last) is a synthetic
+    events_api callback with no real thread to answer in."""
+    from tracecanary.probes.slack import SlackMentionProbe
+    from tracecanary.probes.steps import StepsProbe
+
+    fields: Mapping[str, Any] = {}
+    if isinstance(spec, SlackMentionProbe):
+        fields = {"deliver": spec.deliver, "thread": spec.thread}
+    elif isinstance(spec, StepsProbe):
+        mentions = [s.slack_mention for s in spec.steps if s.slack_mention is not None]
+        fields = mentions[-1] if mentions else {}
+    return fields.get("deliver") == "events_api" and not fields.get("thread")
+
+
+def _warnings(probes: list[tuple[Doc, int, ProbeSpec]]) -> list[ConfigWarning]:
+    found: list[ConfigWarning] = []
+    for doc, i, spec in probes:
+        if not _synthetic_mention(spec):
+            continue
+        for j, effect in enumerate(spec.expect.side_effects):
+            if effect.slack is not None and effect.slack.in_thread:
+                loc: Loc = ("probes", i, "expect", "side_effects", j, "slack", "in_thread")
+                found.append(ConfigWarning(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}",
+                                           EVENTS_API_THREAD))
+    return found
+
+
 def _fmt_s(seconds: float) -> str:
     return f"{seconds:g}s"
 
@@ -275,4 +328,4 @@ def schema() -> dict[str, Any]:
     return doc
 
 
-__all__ = ["Config", "ConfigError", "Duration", "expand_env", "load_config", "schema"]
+__all__ = ["Config", "ConfigError", "ConfigWarning", "Duration", "expand_env", "load_config", "schema"]

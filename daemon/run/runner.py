@@ -40,7 +40,7 @@ from tracecanary.daemon.watchers.registry import WATCHERS
 from tracecanary.errors import ProbeError
 from tracecanary.integrations import Integrations
 from tracecanary.probes.base import FireResult, ProbeContext, ProbeResources, ProbeSpec, RunLog, TraceContext
-from tracecanary.probes.templating import Templates
+from tracecanary.probes.templating import Templates, render_spec
 
 log = logging.getLogger("tracecanary.runner")
 
@@ -229,11 +229,20 @@ class Runner:
                     message=f"no watcher for side effect {effect.kind!r}",
                 )]))
                 return
+            try:
+                # Every string of the effect (matchers too) is rendered per run here, once, like the request.
+                spec = render_spec(effect.spec, ctx.render)
+            except ProbeError as e:
+                effects.append((i, effect, [Finding(
+                    type="error", severity=Verdict.ERROR, path=f"expect.side_effects[{i}].{effect.kind}",
+                    message=f"side effect {effect.kind}: bad template: {e}",
+                )]))
+                return
             wctx = WatchContext(probe=ctx, services=self.deps.services, outputs=run.outputs,
                                 poll_interval_s=self.deps.poll_interval_s)
             with self._self_span(ctx, f"tracecanary watch {effect.kind}", index=i):
                 try:
-                    found = await watcher(effect.spec, wctx)
+                    found = await watcher(spec, wctx)
                 except Exception as e:
                     found = [internal_error(f"expect.side_effects[{i}]", e, probe.id, run.run_id)]
             effects.append((i, effect, [f if f.path else f.model_copy(update={"path": f"expect.side_effects[{i}]"})

@@ -47,8 +47,11 @@ async def poll_once(ctx: ProbeContext, request: HttpPollRequest, timeout_s: floa
 
 
 async def watch_http(effect: HttpEffect, wctx: WatchContext, *, path: str = "side_effects.http") -> list[Finding]:
-    """Poll until the endpoint reports the expected state (or, with absent, until the window ends)."""
-    rendered = HttpEffect.model_validate(wctx.probe.render(effect.model_dump(by_alias=True)))
+    """Poll until the endpoint reports the expected state (or, with absent, until the window ends).
+
+    ``effect`` arrives rendered (the runner renders every side effect once per run).
+    """
+    rendered = effect
     end_s = wctx.window_end_s(rendered.within)
     seen: deque[dict[str, Any]] = deque(maxlen=MAX_KEPT)
     polls = 0

@@ -108,8 +108,11 @@ def _after_trigger(record: ConsumerRecord[bytes, bytes], ends: dict[TopicPartiti
 
 
 async def watch_kafka(effect: KafkaEffect, wctx: WatchContext, *, path: str = "side_effects.kafka") -> list[Finding]:
-    """Consume ``effect.topic`` until a matching message arrives or the window closes, then judge."""
-    rendered = KafkaEffect.model_validate(wctx.probe.render(effect.model_dump(by_alias=True)))
+    """Consume ``effect.topic`` until a matching message arrives or the window closes, then judge.
+
+    ``effect`` arrives rendered (the runner renders every side effect once per run).
+    """
+    rendered = effect
     topic = rendered.topic
     end_s = wctx.window_end_s(rendered.within)
     since_ms = wctx.probe.trigger_ns // 1_000_000

@@ -14,6 +14,9 @@ tracecanary's trace source, watcher and cron reporter talk to it over HTTP exact
 
 Fault injection through the constructor or attributes: ``ingest_delay_s`` (events become visible late,
 as in Sentry), ``legacy_only`` (an older self-hosted Sentry) and :meth:`throttle` (429 + Retry-After).
+``timestamps="iso"`` serves the trace view's span timestamps as ISO-8601 strings (Sentry's published
+example) instead of float epoch seconds (its serializer). Every shape served, and the getsentry/sentry
+file it follows, is listed in ``sentry_views``.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from typing import Any
 from aiohttp import web
 from sentry_sdk.envelope import Envelope
 
-from tracecanary.demo.emulators.sentry_store import (
+from tracecanary.demo.emulators.sentry_store import SentryStore, epoch_s
+from tracecanary.demo.emulators.sentry_views import (
     DISCOVER_FIELDS,
-    SentryStore,
+    TimestampFormat,
     discover_row,
-    epoch_s,
     event_details,
     events_trace_view,
     trace_view,
@@ -64,12 +67,15 @@ class SentryEmulator:
         legacy_only: bool = False,
         ingest_delay_s: float = 0.0,
         max_events: int = 50_000,
+        timestamps: TimestampFormat = "float",
     ) -> None:
         self.org = org
         self.projects = dict(projects or {"1": "demo"})
         self.public_key = public_key
         self.token = token
         self.legacy_only = legacy_only
+        self.timestamps: TimestampFormat = timestamps
+        """Span timestamps in the trace view: ``float`` epoch seconds or ``iso`` strings."""
         self.store = SentryStore(max_events=max_events, ingest_delay_s=ingest_delay_s)
         self.api_requests: list[str] = []
         """Paths of bearer-token API requests, in order (tests count polls with it)."""
@@ -228,7 +234,7 @@ class SentryEmulator:
             raise _error(web.HTTPNotFound, "The requested resource does not exist")
         trace_id = request.match_info["trace_id"].lower()
         additional = request.query.getall("additional_attributes", [])
-        return web.json_response(trace_view(self.store, trace_id, list(additional)))
+        return web.json_response(trace_view(self.store, trace_id, list(additional), self.timestamps))
 
     async def _events_trace(self, request: web.Request) -> web.Response:
         self._api_guard(request)

@@ -413,9 +413,11 @@ class SlackEmulator(SlackEventsMixin):
             return {"ok": False, "error": "channel_not_found"}
         ts = str(params.get("ts", ""))
         thread = [m for m in self.state.messages.get(channel, []) if m["ts"] == ts or m.get("thread_ts") == ts]
-        if not thread:
-            return {"ok": False, "error": "thread_not_found"}
         parent = [m for m in thread if m["ts"] == ts]
+        if not parent:
+            # Slack: ts must be an existing message. Replies posted under a ts that is no message (a
+            # synthetic events_api mention's) do not make it one.
+            return {"ok": False, "error": "thread_not_found"}
         replies = self._window([m for m in thread if m["ts"] != ts], params)
         msgs = parent + sorted(replies, key=lambda m: float(m["ts"]))
         paged = self._page(msgs, params, 1000, newest_first=False)

@@ -119,3 +119,23 @@ def test_templates_are_left_for_the_run(tmp_path: Path) -> None:
 def test_schema_file_is_fresh() -> None:
     committed = json.loads((ROOT / "config" / "schema.json").read_text())
     assert committed == schema(), "config/schema.json is stale: run `tracecanary schema > config/schema.json`"
+
+
+WARN_FIXTURES = sorted(HERE.glob("warn-*.yaml"))
+
+
+@pytest.mark.parametrize("fixture", WARN_FIXTURES, ids=[p.stem for p in WARN_FIXTURES])
+def test_warning_fixture_prints_warnings_and_exits_0(fixture: Path) -> None:
+    """``# warning: …`` lines are printed on stderr, exactly; the config is valid (exit 0)."""
+    expected = [line[len("# warning: "):] for line in fixture.read_text().splitlines()
+                if line.startswith("# warning: ")]
+    assert expected, f"{fixture.name} has no '# warning:' lines"
+    rel = fixture.relative_to(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "tracecanary.daemon.cli.main", "validate", str(rel)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines() == expected
+    n = len(expected)
+    assert proc.stdout.strip().endswith(f", {n} warning{'s' if n != 1 else ''})")
+    cfg = load_config(rel if rel.is_absolute() else ROOT / rel)
+    assert [str(w) for w in cfg.warnings] == [w.replace(str(rel), str(ROOT / rel), 1) for w in expected]

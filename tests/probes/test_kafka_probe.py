@@ -23,6 +23,7 @@ from tracecanary.integrations import Integrations
 from tracecanary.probes.base import ProbeContext, ProbeResources
 from tracecanary.probes.kafka import KafkaProbe, KafkaProducers
 from tracecanary.probes.steps import StepsProbe
+from tracecanary.probes.templating import render_spec
 
 
 def _topic() -> str:
@@ -127,7 +128,7 @@ async def test_watcher_sees_message_after_trigger_even_when_started_late(
     wctx = WatchContext(probe=ctx, services=Services(), poll_interval_s=0.05)
     with anyio.fail_after(20):
         await _produce(kafka_broker.bootstrap, topic, b"reply", {"traceparent": ctx.trace.traceparent()})
-        assert await watch_kafka(_effect(topic, within="5s"), wctx) == []
+        assert await watch_kafka(render_spec(_effect(topic, within="5s"), wctx.probe.render), wctx) == []
 
 
 @pytest.mark.anyio
@@ -140,7 +141,8 @@ async def test_watcher_running_at_trigger_sees_the_message(
     result: list[Any] = []
 
     async def watch() -> None:
-        result.append(await watch_kafka(_effect(topic, within="8s", value={"contains": "done"}), wctx))
+        eff = render_spec(_effect(topic, within="8s", value={"contains": "done"}), wctx.probe.render)
+        result.append(await watch_kafka(eff, wctx))
 
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
@@ -160,11 +162,12 @@ async def test_messages_before_the_trigger_do_not_count(
         old_ms = await _produce(kafka_broker.bootstrap, topic, b"old", {"traceparent": ctx.trace.traceparent()})
         ctx.trigger_ns = (old_ms + 1) * 1_000_000
         wctx = WatchContext(probe=ctx, services=Services(), poll_interval_s=0.05)
-        [finding] = await watch_kafka(_effect(topic, within="500ms"), wctx)
+        [finding] = await watch_kafka(render_spec(_effect(topic, within="500ms"), wctx.probe.render), wctx)
     assert finding.type == "side_effect" and "no message within 0.5s" in finding.message
     ctx.trigger_ns = time.time_ns()  # a fresh window
     with anyio.fail_after(20):
-        assert await watch_kafka(_effect(topic, within="500ms", absent=True), wctx) == []
+        eff = render_spec(_effect(topic, within="500ms", absent=True), wctx.probe.render)
+        assert await watch_kafka(eff, wctx) == []
 
 
 def test_judge_kafka_explains_a_miss_and_absent() -> None:
@@ -204,5 +207,6 @@ async def test_watcher_reports_an_unreachable_broker_as_error(session: aiohttp.C
     integrations = Integrations.model_validate({"kafka": {"bootstrap": "127.0.0.1:1"}})
     ctx = make_ctx(session, integrations=integrations, deadline_s=0.5)
     with anyio.fail_after(10):
-        [finding] = await watch_kafka(_effect("t", within="200ms"), WatchContext(probe=ctx, services=Services()))
+        eff = render_spec(_effect("t", within="200ms"), ctx.render)
+        [finding] = await watch_kafka(eff, WatchContext(probe=ctx, services=Services()))
     assert finding.severity == Verdict.ERROR and "cannot connect" in finding.message

@@ -95,8 +95,39 @@ async def test_error_becomes_exception_event_on_its_span(
     assert event.attributes["exception.type"] == "PaymentDeclinedError"
     assert event.attributes["exception.message"] == "card 4242 declined"
     assert event.attributes["sentry.level"] == "error"
+    # What the trace view said about the error: Sentry's search text, value first (metadata order), with
+    # the crash frame and the culprit (the transaction) — the type above came from the event instead.
+    assert event.attributes["sentry.description"] == (
+        "card 4242 declined PaymentDeclinedError sentry_service_app.py checkout POST /checkout")
+    assert event.attributes["sentry.culprit"] == "POST /checkout"
+    assert charge.status_message == "PaymentDeclinedError: card 4242 declined"
     root = next(s for s in spans if s.name == "POST /checkout")
     assert root.status_code is StatusCode.ERROR and root.status_message == "internal_error"
+
+
+async def test_iso_timestamps_read_like_floats() -> None:
+    """The trace view as Sentry's published example writes it (ISO-8601 span timestamps)."""
+    async with SentryEmulator(projects={"1": "shop"}, timestamps="iso") as iso:
+        service = await start_service(iso.dsn())
+        try:
+            async with aiohttp.ClientSession() as session:
+                ctx, _ = await fire(session, service)
+                iso_spans = await SentryTraceSource(session, integration_for(iso), poll_initial_s=0.02).poll(
+                    ctx.trace.trace_id, complete, anyio.current_time() + 10)
+                status, raw = await _raw_trace(session, iso, ctx.trace.trace_id)
+        finally:
+            await stop_service(service)
+    assert status == 200 and isinstance(raw[0]["start_timestamp"], str) and raw[0]["start_timestamp"].endswith("Z")
+    assert_checkout_tree(iso_spans, ctx)
+    root = next(s for s in iso_spans if s.name == "POST /checkout")
+    assert root.start_ns % 1000 == 0 and abs(root.start_ns / 1e9 - time.time()) < 60
+
+
+async def _raw_trace(session: aiohttp.ClientSession, emulator: SentryEmulator, trace_id: str) -> tuple[int, Any]:
+    url = f"{emulator.base_url}/api/0/organizations/{emulator.org}/trace/{trace_id}/"
+    with anyio.fail_after(10):
+        async with session.get(url, headers={"Authorization": f"Bearer {emulator.token}"}) as resp:
+            return resp.status, await resp.json()
 
 
 async def test_legacy_events_trace_fallback() -> None:

@@ -14,6 +14,7 @@ from tests.probes.helpers import make_ctx, serve
 from tracecanary.assertions.side_effects import HttpEffect, judge_http
 from tracecanary.daemon.watchers.base import Services, WatchContext
 from tracecanary.daemon.watchers.registry import WATCHERS
+from tracecanary.probes.templating import render_spec
 
 
 class Orders:
@@ -22,9 +23,11 @@ class Orders:
     def __init__(self, ship_after: int) -> None:
         self.ship_after = ship_after
         self.polls: list[dict[str, str]] = []
+        self.polls_paths: list[str] = []
 
     async def get(self, request: web.Request) -> web.Response:
         self.polls.append(dict(request.headers))
+        self.polls_paths.append(request.path)
         state = "shipped" if len(self.polls) > self.ship_after else "pending"
         return web.json_response({"id": request.match_info["id"], "state": state, "items": [{"qty": 2}]})
 
@@ -51,7 +54,9 @@ async def test_polls_until_the_state_is_reached(orders: tuple[Orders, str, aioht
     state, url, session = orders
     ctx = make_ctx(session)
     with anyio.fail_after(5):
-        assert await WATCHERS["http"](_effect(url, within="3s"), WatchContext(probe=ctx, services=Services())) == []
+        eff = render_spec(_effect(url, within="3s"), ctx.render)  # as the runner does, once per run
+        assert await WATCHERS["http"](eff, WatchContext(probe=ctx, services=Services())) == []
+    assert state.polls_paths[0] == f"/orders/{ctx.run_id}"
     assert len(state.polls) == 4
     assert state.polls[0]["Authorization"] == "Bearer t" and "traceparent" not in state.polls[0]
 
@@ -62,7 +67,8 @@ async def test_window_closes_before_the_state(orders: tuple[Orders, str, aiohttp
     state.ship_after = 10_000
     ctx = make_ctx(session)
     with anyio.fail_after(5):
-        [finding] = await WATCHERS["http"](_effect(url, within="150ms"), WatchContext(probe=ctx, services=Services()))
+        eff = render_spec(_effect(url, within="150ms"), ctx.render)
+        [finding] = await WATCHERS["http"](eff, WatchContext(probe=ctx, services=Services()))
     assert finding.type == "side_effect" and finding.details["kind"] == "http"
     assert "last: state: expected 'shipped', got 'pending'" in finding.message
     assert finding.observed["json"]["state"] == "pending"
@@ -75,11 +81,13 @@ async def test_absent_state_is_judged_when_the_window_closes(orders: tuple[Order
     ctx = make_ctx(session)
     effect = _effect(url, within="150ms", absent=True, until={"json": {"state": "cancelled"}})
     with anyio.fail_after(5):
-        assert await WATCHERS["http"](effect, WatchContext(probe=ctx, services=Services())) == []
+        assert await WATCHERS["http"](render_spec(effect, ctx.render), WatchContext(probe=ctx, services=Services())) == []
     assert len(state.polls) >= 3
     reached = _effect(url, within="2s", absent=True)
     with anyio.fail_after(5):
-        [finding] = await WATCHERS["http"](reached, WatchContext(probe=make_ctx(session), services=Services()))
+        ctx2 = make_ctx(session)
+        eff = render_spec(reached, ctx2.render)
+        [finding] = await WATCHERS["http"](eff, WatchContext(probe=ctx2, services=Services()))
     assert "forbidden state" in finding.message
 
 

@@ -43,6 +43,8 @@ async def test_reported_error_matches_and_absent_fails_at_once(
         t0 = anyio.current_time()
         ok = await watch_sentry(effect(event={"level": "error", "message": {"contains": "declined"}}, within="5s"), ctx)
         assert ok == []
+        # The exception value itself matches exactly (Discover's message is Sentry's longer search text).
+        assert await watch_sentry(effect(event={"message": "card 4242 declined"}, within="5s"), ctx) == []
         (absent,) = await watch_sentry(effect(event={"level": "error"}, absent=True, within="5s"), ctx)
         assert anyio.current_time() - t0 < 4  # decided on sight, not at the window's end
         assert absent.message == (

@@ -93,8 +93,9 @@ async def test_ingest_auth_gzip_and_trace_shapes(sentry_emulator: SentryEmulator
     (db,) = top_span["children"]
     assert (db["description"], db["is_transaction"], db["additional_attributes"]) == ("SELECT 1", False, {"span.status": "ok"})
     (process,) = db["children"]
-    assert process["description"] == "orders process" and process["errors"][0]["description"] == "KeyError: 'sku'"
-    assert (lost["event_type"], lost["description"]) == ("error", "KeyError: 'lost'")
+    # Sentry's trace view describes an error by its search message (value, type, …), not "Type: value".
+    assert process["description"] == "orders process" and process["errors"][0]["description"] == "'sku' KeyError"
+    assert (lost["event_type"], lost["description"]) == ("error", "'lost' KeyError")
 
 
 async def test_legacy_view_and_event_details(sentry_emulator: SentryEmulator) -> None:
@@ -110,6 +111,7 @@ async def test_legacy_view_and_event_details(sentry_emulator: SentryEmulator) ->
         (top,) = legacy["transactions"]
         assert (top["span_id"], top["transaction.duration"], top["generation"]) == ("a" * 16, 500, 0)
         assert top["errors"][0]["span"] == "b" * 16 and top["errors"][0]["title"] == "KeyError: 'x'"
+        assert top["errors"][0]["message"] == "'x' KeyError"
         (sub,) = top["children"]
         assert (sub["parent_event_id"], sub["generation"]) == (top["event_id"], 1)
         assert [e["title"] for e in legacy["orphan_errors"]] == ["KeyError: 'lost'"]
@@ -162,3 +164,43 @@ async def test_throttle_and_ingest_delay(sentry_emulator: SentryEmulator) -> Non
                 await anyio.sleep(0.02)
     assert time.monotonic() - t0 >= 0.25
     assert rows == [{"id": "d" * 32, "level": "error"}]
+
+
+async def test_error_fields_are_derived_as_sentry_derives_them() -> None:
+    """metadata/title/culprit/search message per getsentry/sentry src/sentry/eventtypes/error.py,
+    src/sentry/event_manager.py get_culprit and src/sentry/services/eventstore/models.py search_message."""
+    frames = [{"function": "main", "module": "app", "filename": "app.py", "in_app": True},
+              {"function": "charge", "module": "billing", "filename": "billing.py", "in_app": True},
+              {"function": "request", "module": "httpx", "filename": "httpx/_client.py", "in_app": False}]
+    err = {"event_id": "e" * 32, "level": "error", "timestamp": T0 + 0.2, "platform": "python",
+           "transaction": "/checkout",
+           "exception": {"values": [{"type": "ValueError", "value": "payment declined\nsecond line",
+                                     "stacktrace": {"frames": frames}}]},
+           "contexts": {"trace": {"trace_id": TID, "span_id": "b" * 16}}}
+    bare = {**err, "event_id": "f" * 32, "transaction": None}
+    async with SentryEmulator(projects={"1": "shop"}, timestamps="iso") as emu, aiohttp.ClientSession() as session:
+        body = envelope(("transaction", transaction("/checkout", "a" * 16, None, [child("b" * 16, "a" * 16, "db", "q")])),
+                        ("event", err), ("event", bare))
+        assert await post_envelope(session, emu, body, headers=auth(emu)) == 200
+        status, details = await api(session, emu, f"/projects/acme/shop/events/{'e' * 32}/")
+        assert status == 200
+        assert details["metadata"] == {"value": "payment declined\nsecond line", "type": "ValueError",
+                                       "filename": "billing.py", "function": "charge",
+                                       "display_title_with_tree_label": False}
+        assert (details["title"], details["culprit"], details["message"]) == (
+            "ValueError: payment declined", "/checkout", "")
+        assert details["entries"][0]["data"]["values"][0]["type"] == "ValueError"
+        status, rows = await api(session, emu, f"/organizations/acme/events/?dataset=errors&query=trace:{TID}"
+                                               "&field=id&field=title&field=message&field=culprit&field=error.type")
+        by_id = {r["id"]: r for r in rows["data"]}
+        assert by_id["e" * 32]["message"] == "payment declined\nsecond line ValueError billing.py charge /checkout"
+        assert by_id["e" * 32]["error.type"] == ["ValueError"]
+        # Without a transaction the culprit is "module in function" of the crash frame.
+        assert by_id["f" * 32]["culprit"] == "billing in charge"
+        status, tree = await api(session, emu, f"/organizations/acme/trace/{TID}/")
+    (root,) = tree
+    assert (root["start_timestamp"], root["end_timestamp"]) == ("2027-01-15T08:00:00.000000Z", "2027-01-15T08:00:00.500000Z")
+    (db,) = root["children"]
+    issue = next(e for e in db["errors"] if e["event_id"] == "e" * 32)
+    assert issue["description"] == by_id["e" * 32]["message"] and issue["culprit"] == "/checkout"
+    assert isinstance(issue["start_timestamp"], float) and issue["short_id"] == "SHOP-1"
