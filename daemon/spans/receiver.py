@@ -19,7 +19,7 @@ import socket
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import anyio.abc
@@ -35,6 +35,7 @@ from tracecanary.assertions.units import Duration, Size
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.otlp import DecodedBatch, OtlpDecodeError, RawBatch, decode_json, scan_protobuf
 from tracecanary.errors import StartupError
+from tracecanary.model import CREDENTIAL
 
 log = logging.getLogger("tracecanary.spans.receiver")
 
@@ -51,7 +52,7 @@ class OtlpSettings(BaseModel):
 
     http: str | None = Field("127.0.0.1:4318", description="OTLP/HTTP listen address host:port; null = off.")
     grpc: str | None = Field("127.0.0.1:4317", description="OTLP/gRPC listen address host:port; null = off.")
-    token: str | None = Field(
+    token: Annotated[str | None, CREDENTIAL] = Field(
         None, description="Bearer token exporters must send (Authorization: Bearer …); empty = no auth."
     )
     max_body: Size = Field(64 * 1024**2, gt=0, description="Largest export body after decompression, e.g. 64MiB.")
