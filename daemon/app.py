@@ -21,6 +21,7 @@ from aiohttp import web
 
 from tracecanary.assertions.spans import Span
 from tracecanary.daemon.config.load import Config, load_config
+from tracecanary.daemon.config.secrets import Secrets, install_log_masking
 from tracecanary.daemon.engine import Engine, Overrides
 from tracecanary.daemon.run.scheduler import Scheduler, SchedulerNotRunning
 from tracecanary.daemon.store.base import Store
@@ -121,6 +122,7 @@ class Daemon:
                 log.error("config error: %s", line)
             return False
         self.config = new
+        install_log_masking(new.secrets())
         self.engine.apply_config(new)
         await self._upsert_probes(new.probes)
         assert self.scheduler is not None
@@ -129,8 +131,10 @@ class Daemon:
         return True
 
     async def _upsert_probes(self, probes: list[ProbeSpec]) -> None:
+        secrets = self.config.secrets()  # the stored spec never holds a credential in clear
         for p in probes:
-            await self.engine.store.upsert_probe(p.id, p.kind, p.model_dump(mode="json", by_alias=True), p.tags)
+            spec = secrets.mask(p.model_dump(mode="json", by_alias=True))
+            await self.engine.store.upsert_probe(p.id, p.kind, spec, p.tags)
 
     async def _retention_loop(self) -> None:
         r = self.config.daemon.retention
@@ -166,6 +170,9 @@ class DaemonControl:
 
     def probes(self) -> list[ProbeSpec]:
         return list(self.engine.config.probes)
+
+    def secrets(self) -> Secrets:
+        return self.engine.config.secrets()
 
     def next_run(self, probe_id: str) -> datetime | None:
         return self.scheduler.next_run(probe_id) if self.scheduler is not None else None

@@ -15,8 +15,15 @@ import re
 from typing import Any, Literal
 
 import anyio
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
-from pydantic.json_schema import GetJsonSchemaHandler, JsonSchemaValue
+from pydantic import (
+    Field,
+    GetJsonSchemaHandler,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from tracecanary.assertions.response import (

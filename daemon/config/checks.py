@@ -128,8 +128,9 @@ def _channel_reference_errors(sections: dict[str, tuple[Doc, Any]]) -> Iterator[
     if found is None:
         return
     doc, alerts = found
-    channels = alerts.get("channels") if isinstance(alerts.get("channels"), dict) else {}
-    policies = alerts.get("policies") if isinstance(alerts.get("policies"), dict) else {}
+    raw_channels, raw_policies = alerts.get("channels"), alerts.get("policies")
+    channels: dict[str, Any] = raw_channels if isinstance(raw_channels, dict) else {}
+    policies: dict[str, Any] = raw_policies if isinstance(raw_policies, dict) else {}
     known = ", ".join(sorted(channels)) or "none defined"
     for name, policy in policies.items():
         listed = policy.get("channels") if isinstance(policy, dict) else None

@@ -87,7 +87,10 @@ SECTIONS = TOP_LEVEL[1:]
 
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        try:
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        except OSError as e:
+            raise ConfigError([f"{path}: cannot read directory: {e.strerror}"]) from e
         if not found:
             raise ConfigError([f"{path}: no *.yaml files in directory"])
         return found
@@ -121,7 +124,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     errors.extend(cross_checks(loaded, sections))
     errors.extend(e for raw in raw_probes for e in template_errors(raw))
     if errors:
-        raise ConfigError(sorted(dict.fromkeys(errors), key=_error_order))
+        # An error quotes the offending value: never in clear when it came from ${VAR} or ${file:…}.
+        substituted = Secrets(v for d in docs for v in d.substituted)
+        raise ConfigError([substituted.mask_text(e) for e in sorted(dict.fromkeys(errors), key=_error_order)])
     return Config(
         probes=[p for _, p in loaded if p is not None], extra=extra, sources=[d.path for d in docs],
         substituted=[v for d in docs for v in d.substituted], **cfg_kwargs,

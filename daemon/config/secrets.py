@@ -34,6 +34,8 @@ MIN_SUBSTRING_CHARS = 6
 _MAX_DEPTH = 40
 
 T = TypeVar("T")
+_ATOMS = (int, float, bool, type(None), bytes)
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def _forms(value: str) -> set[str]:
@@ -71,15 +73,15 @@ class Secrets:
     def __repr__(self) -> str:
         return f"Secrets({len(self._values)} values)"  # never the values
 
-    def mask_text(self, text: str) -> str:
+    def mask_text(self, text: str, replacement: str = REDACTED) -> str:
         """``text`` with every secret (and its escaped forms) replaced by ``[redacted]``."""
         if not self._values:
             return text
         if text in self._values:
-            return REDACTED
+            return replacement
         if self._pattern is None:
             return text
-        return self._pattern.sub(REDACTED, text)
+        return self._pattern.sub(lambda _: replacement, text)
 
     def mask(self, value: T) -> T:
         """A copy of ``value`` with every string in it masked (mapping keys too); unchanged parts are
@@ -97,31 +99,52 @@ class Secrets:
                 setattr(record, f.name, new)
 
     def _mask(self, value: Any, depth: int) -> Any:
-        if isinstance(value, Enum) or depth > _MAX_DEPTH:
-            return value
-        if isinstance(value, str):
+        kind = type(value)
+        if kind is str:
             return self.mask_text(value)
+        if kind in _ATOMS or isinstance(value, Enum) or depth > _MAX_DEPTH:
+            return value
         if isinstance(value, dict):
-            items = {self._mask(k, depth + 1): self._mask(v, depth + 1) for k, v in value.items()}
-            same = len(items) == len(value) and all(
-                k in value and value[k] is v for k, v in items.items())
-            return value if same else items
+            return self._mask_dict(value, depth)
         if isinstance(value, list | tuple):
-            seq = [self._mask(v, depth + 1) for v in value]
-            if all(a is b for a, b in zip(seq, value, strict=True)):
+            seq = None
+            for i, item in enumerate(value):
+                new = self._mask(item, depth + 1)
+                if seq is None and new is not item:
+                    seq = list(value[:i])
+                if seq is not None:
+                    seq.append(new)
+            if seq is None:
                 return value
             return seq if isinstance(value, list) else tuple(seq)
+        if isinstance(value, str):
+            return self.mask_text(value)
         if isinstance(value, BaseModel):
-            update = self._changed(((n, getattr(value, n, None)) for n in type(value).model_fields), depth)
+            update = self._changed(value, type(value).model_fields, depth)
             return value.model_copy(update=update) if update else value
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            update = self._changed(((f.name, getattr(value, f.name)) for f in dataclasses.fields(value)), depth)
+            names = _FIELD_NAMES.get(kind)
+            if names is None:
+                names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(value))
+            update = self._changed(value, names, depth)
             return dataclasses.replace(value, **update) if update else value
         return value
 
-    def _changed(self, fields: Iterable[tuple[str, Any]], depth: int) -> dict[str, Any]:
+    def _mask_dict(self, value: dict[Any, Any], depth: int) -> dict[Any, Any]:
+        out: dict[Any, Any] | None = None
+        for i, (key, item) in enumerate(value.items()):
+            new_key = self.mask_text(key) if type(key) is str else key
+            new = self._mask(item, depth + 1)
+            if out is None and (new is not item or new_key is not key):
+                out = dict(list(value.items())[:i])
+            if out is not None:
+                out[new_key] = new
+        return value if out is None else out
+
+    def _changed(self, value: Any, names: Iterable[str], depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name, old in fields:
+        for name in names:
+            old = getattr(value, name, None)
             new = self._mask(old, depth + 1)
             if new is not old:
                 out[name] = new

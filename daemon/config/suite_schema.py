@@ -44,7 +44,7 @@ def schema() -> dict[str, Any]:
         demo: dict[str, Any] | None = None
 
     doc = TypeAdapter(SuiteFileSchema).json_schema(mode="validation")
-    doc = _with_references(doc)
+    doc = dict(_with_references(doc))
     doc.setdefault("$defs", {})[REFERENCE] = dict(REFERENCE_SCHEMA)
     doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     doc["title"] = "tracecanary suite"

@@ -88,7 +88,8 @@ def _yaml_error(path: str, text: str, e: yaml.YAMLError) -> str:
     else:
         line = ""
     if isinstance(e, yaml.reader.ReaderError):
-        return f"{path}{line}: not a text file: character {e.character!r} is not allowed in YAML"
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        return f"{path}{line}: not a text file: character #x{code:04x} is not allowed in YAML"
     problem = getattr(e, "problem", None) or str(e).splitlines()[0]
     context = getattr(e, "context", None)
     if context and not str(context).startswith("while "):
