@@ -268,7 +268,7 @@ def test_config_secrets_gather_every_source(tmp_path: Path) -> None:
     secret_file.write_text("from-a-file\n")
     f = tmp_path / "suite.yaml"
     f.write_text(f"""
-daemon: {{store: "postgresql://tc:store-pass%21@127.0.0.1/tc", api_token: lit-api-token}}
+daemon: {{store: "postgresql://tc:store-pass%21@127.0.0.1/tc", api_token: lit-api-token, listen: "${{LISTEN}}"}}
 probes:
   - id: one
     kind: http
@@ -277,7 +277,8 @@ probes:
       headers: {{X-Custom: header-value-1, Content-Type: application/json, X-F: "${{file:{secret_file}}}"}}
       json: {{note: "${{MISSING:-a-default}}"}}
 """)
-    cfg = load_config(f, {"TARGET": "http://127.0.0.1:9", "KEY": "query-key-1"})
+    cfg = load_config(f, {"TARGET": "http://127.0.0.1:9", "KEY": "query-key-1", "LISTEN": "127.0.0.1:18080"})
     secrets = set(cfg.secrets())
     assert {"query-key-1", "from-a-file", "header-value-1", "lit-api-token", "store-pass!"} <= secrets
-    assert not {"http://127.0.0.1:9", "application/json", "a-default"} & secrets
+    # Not secrets: a public value, a header that never is one, a default, the daemon's own address.
+    assert not {"http://127.0.0.1:9", "application/json", "a-default", "127.0.0.1:18080"} & secrets

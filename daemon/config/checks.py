@@ -137,7 +137,8 @@ def _channel_reference_errors(sections: dict[str, tuple[Doc, Any]]) -> Iterator[
         for i, ch in enumerate(listed if isinstance(listed, list) else []):
             if isinstance(ch, str) and ch not in channels:
                 loc = ("alerts", "policies", name, "channels", i)
-                yield f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}: unknown channel \"{ch}\" (known: {known})"
+                where = f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}"
+                yield f'{where}: unknown channel "{ch}" (known: {known})'
 
 
 def _github_errors(sections: dict[str, tuple[Doc, Any]]) -> Iterator[str]:

@@ -6,7 +6,8 @@ and either returns a ``Config`` or raises ``ConfigError`` listing every problem 
     config/demo.yaml:14 probes[orders-webhook].expect.trace.tree[0].span: …
 
 ``${VAR}`` / ``${VAR:-default}`` expand from ``environ`` (default ``os.environ``) and ``${file:/path}``
-reads a secret file, at load; ``{{ … }}`` templates are left for the run.
+reads a secret file, at load; ``{{ … }}`` templates are left for the run (but compiled now). Every
+value so expanded is a secret (``Config.secrets()``) unless written ``${public:VAR}``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Config(BaseModel):
     integrations: Integrations = Field(default_factory=Integrations)
     extra: ExtraSections = Field(default_factory=ExtraSections)
     sources: list[str] = Field(default_factory=list)
-    substituted: list[str] = Field(default_factory=list, repr=False)
+    substituted: list[str] = Field(default_factory=list, repr=False, exclude=True)
     """Values ``${VAR}``/``${file:…}`` put in the files: secrets by provenance."""
     _secrets: Secrets | None = PrivateAttr(None)
 

@@ -22,8 +22,12 @@ _ENV_RE = re.compile(r"\$\{([^}]*)\}")
 _NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MAX_VALUES = 100_000
 """Values one file may hold once YAML aliases are expanded (an alias bomb stops here, not in memory)."""
-MAX_DEPTH = 64
+MAX_DEPTH = 128
 """How deeply one file may nest mappings and lists."""
+ADDRESSES: frozenset[Loc] = frozenset({
+    ("daemon", "listen"), ("daemon", "public_url"), ("daemon", "otlp", "http"), ("daemon", "otlp", "grpc"),
+})
+"""The daemon's own addresses: a ``${VAR}`` there is no secret (masked, every alert's dashboard link would break)."""
 
 
 @dataclass
@@ -123,7 +127,7 @@ class _Builder:
             return None
         if isinstance(value, str) and "${" in value:
             try:
-                value = expand_env(value, self.environ, self.doc.substituted)
+                value = expand_env(value, self.environ, None if loc in ADDRESSES else self.doc.substituted)
             except ValueError as e:
                 self.errors.append((loc, str(e)))
         return value
