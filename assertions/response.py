@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
 from jsonpath_ng.ext.parser import parse as jsonpath_parse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tracecanary.assertions.match import check
+from tracecanary.assertions.match import check, coerce_matcher
 from tracecanary.assertions.units import Duration, format_duration
 from tracecanary.assertions.verdict import Finding, Verdict
+
+
+def _valid_matcher(value: Any) -> Any:
+    """A matcher whose regex does not compile is a config error, not a failing run."""
+    if value is not None:
+        try:
+            coerce_matcher(value)
+        except ValidationError as e:
+            raise ValueError("; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())) from e
+    return value
+
+
+MatcherSpec = Annotated[Any, AfterValidator(_valid_matcher)]
+"""A literal (equals) or an operator map, checked at load."""
 
 
 class DegradedResponse(BaseModel):
@@ -28,9 +43,9 @@ class ResponseExpectation(BaseModel):
         None, description="200, [200, 202], or a range \"200-299\"; default: any 2xx."
     )
     json_fields: list[str] = Field(default_factory=list, description="JSON paths that must be present.")
-    json_: dict[str, Any] = Field(default_factory=dict, alias="json", description="JSONPath → matcher.")
-    headers: dict[str, Any] = Field(default_factory=dict, description="Header name → matcher.")
-    body: Any = Field(None, description="Matcher for the body text (e.g. {matches: regex}).")
+    json_: dict[str, MatcherSpec] = Field(default_factory=dict, alias="json", description="JSONPath → matcher.")
+    headers: dict[str, MatcherSpec] = Field(default_factory=dict, description="Header name → matcher.")
+    body: MatcherSpec = Field(None, description="Matcher for the body text (e.g. {matches: regex}).")
     max_latency: Duration | None = Field(None, description="Hard latency bound: over it the run fails.")
     degraded: DegradedResponse | None = None
 
@@ -49,12 +64,8 @@ class ResponseExpectation(BaseModel):
     @field_validator("status")
     @classmethod
     def _status(cls, value: int | list[int] | str | None) -> int | list[int] | str | None:
-        if isinstance(value, str):
-            try:
-                status_ok(value, 200)
-            except ValueError as e:
-                raise ValueError(f"invalid status {value!r}: expected 200, [200, 202], \"200-299\" or \"2xx\"") from e
-        return value
+        return validate_status(value)
+
 
 
 # --- judgement ---------------------------------------------------------------------------------
@@ -78,6 +89,38 @@ def validate_json_path(path: str) -> str:
     """Raise ValueError for an unparsable JSONPath (config validation uses the same parser)."""
     _compiled_path(path)
     return path
+
+
+_STATUS_HELP = 'expected a status 100-599: 200, [200, 202], "200-299" or "2xx"'
+
+
+def validate_status(spec: int | list[int] | str | None) -> int | list[int] | str | None:
+    """Raise ValueError unless ``spec`` names real HTTP statuses (``9xx`` and ``42`` are mistakes)."""
+    if spec is None:
+        return spec
+    if isinstance(spec, bool):
+        raise ValueError(f"invalid status {spec!r}: {_STATUS_HELP}")
+    codes: list[int] = []
+    if isinstance(spec, int):
+        codes = [spec]
+    elif isinstance(spec, list):
+        codes = list(spec)
+    else:
+        text = spec.strip().lower()
+        m = re.fullmatch(r"([1-5])xx|(\d{3})-(\d{3})|(\d{3})", text)
+        if m is None:
+            raise ValueError(f"invalid status {spec!r}: {_STATUS_HELP}")
+        if m.group(2):
+            lo, hi = int(m.group(2)), int(m.group(3))
+            if lo > hi:
+                raise ValueError(f"invalid status {spec!r}: the range is empty ({lo} > {hi})")
+            codes = [lo, hi]
+        elif m.group(4):
+            codes = [int(m.group(4))]
+    for code in codes:
+        if not 100 <= code <= 599:
+            raise ValueError(f"invalid status {spec!r}: {_STATUS_HELP}")
+    return spec
 
 
 def status_ok(spec: int | list[int] | str | None, status: int) -> bool:

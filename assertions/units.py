@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import BeforeValidator, Field, PlainSerializer, StringConstraints
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s|m|h|d)\s*$")
 _DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
@@ -74,14 +74,23 @@ def _serialize_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?\s*(ns|us|µs|ms|s|m|h|d)|(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+)\s*$"
+"""What a duration string looks like, for the JSON Schema (``parse_duration_s`` is the authority)."""
+SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$"
+"""What a size string looks like, for the JSON Schema (``parse_size_bytes`` is the authority)."""
+
+# What a config file may hold (the JSON Schema shows it): a string with a unit, or a bare number.
+_DurationInput = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)] | Annotated[float, Field(ge=0)]
+_SizeInput = Annotated[str, StringConstraints(pattern=SIZE_PATTERN)] | Annotated[int, Field(ge=0)]
+
 Duration = Annotated[
     float,
-    BeforeValidator(parse_duration_s),
+    BeforeValidator(parse_duration_s, json_schema_input_type=_DurationInput),
     PlainSerializer(_serialize_duration, return_type=str, when_used="json"),
 ]
 """A duration in seconds, written in config as ``250ms``, ``30s``, ``5m``."""
 
-Size = Annotated[int, BeforeValidator(parse_size_bytes)]
+Size = Annotated[int, BeforeValidator(parse_size_bytes, json_schema_input_type=_SizeInput)]
 """A size in bytes, written in config as ``64MiB``."""
 
 

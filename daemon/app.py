@@ -23,6 +23,7 @@ from aiohttp import web
 
 from tracecanary.assertions.spans import Span
 from tracecanary.daemon.config.load import Config, load_config
+from tracecanary.daemon.config.secrets import Secrets, install_log_masking
 from tracecanary.daemon.engine import Engine, Overrides
 from tracecanary.daemon.run.scheduler import Scheduler, SchedulerNotRunning
 from tracecanary.daemon.store.base import Store
@@ -129,6 +130,7 @@ class Daemon:
         self.auth.update(new.daemon.api_token, new.daemon.protect_reads)
         if new.daemon.retention != old.daemon.retention:
             self._retention_changed.set()
+        install_log_masking(new.secrets())
         await self._upsert_probes(new.probes)
         assert self.scheduler is not None
         self.scheduler.set_probes(new.probes)
@@ -141,8 +143,10 @@ class Daemon:
         return True
 
     async def _upsert_probes(self, probes: list[ProbeSpec]) -> None:
+        secrets = self.config.secrets()  # the stored spec never holds a credential in clear
         for p in probes:
-            await self.engine.store.upsert_probe(p.id, p.kind, p.model_dump(mode="json", by_alias=True), p.tags)
+            spec = secrets.mask(p.model_dump(mode="json", by_alias=True))
+            await self.engine.store.upsert_probe(p.id, p.kind, spec, p.tags)
 
     async def _retention_loop(self) -> None:
         """Apply retention hourly, and at once when a reload changed it."""
@@ -181,6 +185,9 @@ class DaemonControl:
 
     def probes(self) -> list[ProbeSpec]:
         return list(self.engine.config.probes)
+
+    def secrets(self) -> Secrets:
+        return self.engine.config.secrets()
 
     def next_run(self, probe_id: str) -> datetime | None:
         return self.scheduler.next_run(probe_id) if self.scheduler is not None else None

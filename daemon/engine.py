@@ -27,6 +27,7 @@ from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.config.links import host_of, render_links
 from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.config.reload import needs_restart
+from tracecanary.daemon.config.secrets import install_log_masking
 from tracecanary.daemon.observe.metrics import Metrics
 from tracecanary.daemon.observe.telemetry import (
     add_span_sink,
@@ -179,6 +180,7 @@ class Engine:
 
     @asynccontextmanager
     async def started(self, *, temporary_store: bool = False) -> AsyncIterator[Engine]:
+        install_log_masking(self.config.secrets())  # the process's log lines: masked from here on
         with tempfile.TemporaryDirectory(prefix="tracecanary-") as tmp:
             self.store = open_store(self.store_url(tmp if temporary_store else None))
             await self.store.open()
@@ -222,7 +224,7 @@ class Engine:
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
             self_tracer=self.provider.get_tracer("tracecanary.daemon") if self._exports_telemetry else None,
             links=self.links_for, sentry_source=self.sentry_source,
-            resources=ProbeResources(kafka_producers=self.kafka_producers),
+            resources=ProbeResources(kafka_producers=self.kafka_producers), secrets=self.config.secrets(),
         ))
         await self._serve_http(tg)
 
@@ -293,6 +295,8 @@ class Engine:
         they were started with. Returns the changed settings that only a restart applies."""
         old, self.config = self.config, config
         self.metrics.retain(config.probes)
+        # Runs started under the old config may still finish: mask the old secrets and the new ones.
+        self.runner.deps.secrets = self.runner.deps.secrets | config.secrets()
         if self.alerts is not None:
             await self.alerts.reconfigure(config.extra.alerts, config.integrations, config.probes,
                                           dashboard_url=self.dashboard_url)
@@ -315,7 +319,8 @@ class Engine:
             self.app.add_routes(make(self))
         shared = otlp.http is not None and otlp.http == self.listen
         self_tracer = self.provider.get_tracer("tracecanary.receiver") if self._exports_telemetry else None
-        http_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_http"), tracer=self_tracer)
+        http_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_http"), tracer=self_tracer,
+                             on_refused=self._refused)
         if shared:
             self.app.add_routes(otlp_routes(self.buffer, otlp, http_ingest))
         if self.serve_api or shared:
@@ -331,7 +336,8 @@ class Engine:
         if otlp.grpc is not None:
             from tracecanary.daemon.spans.grpc import serve_otlp_grpc
 
-            grpc_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_grpc"), tracer=self_tracer)
+            grpc_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_grpc"), tracer=self_tracer,
+                                 on_refused=self._refused)
             port = await tg.start(partial(serve_otlp_grpc, ingest=grpc_ingest), self.buffer, otlp)
             self.addresses["otlp_grpc"] = f"{split_addr(otlp.grpc)[0]}:{port or split_addr(otlp.grpc)[1]}"
         kafka_stats = None
@@ -365,6 +371,10 @@ class Engine:
 
         return count
 
+    def _refused(self, reason: str) -> None:
+        """A refused OTLP export: its spans were never read, so it counts once under its reason."""
+        self.metrics.spans_dropped(reason, 1)
+
     async def _start_app(self, tg: anyio.abc.TaskGroup, app: web.Application, addr: str, what: str,
                          *, serves_otlp: bool = False) -> web.AppRunner:
         """Serve ``app`` on ``addr`` until the task group ends; returns its runner (one site: see bound_port)."""
@@ -396,8 +406,10 @@ class Engine:
 
         hub = self.services.github_events
         assert hub is not None
+        github = self.config.integrations.github
         return [*metrics_routes(self.metrics),
-                *github_hook_routes(hub, self.config.integrations.github.webhook_secret)]
+                *github_hook_routes(hub, github.webhook_secret, allow_unsigned=github.allow_unsigned_webhooks,
+                                    announce=self.config.uses_github_webhooks())]
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -13,16 +13,16 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, StringConstraints, field_validator
 
 from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.response import ResponseExpectation
 from tracecanary.assertions.side_effects import SideEffect
 from tracecanary.assertions.units import CronExpression, Duration, Timezone
 from tracecanary.assertions.verdict import Finding
-from tracecanary.model import StrictModel
+from tracecanary.model import StrictModel, cross_field_rule
 
 if TYPE_CHECKING:
     import aiohttp
@@ -79,6 +79,9 @@ def _parse_jitter(value: Any) -> float:
     return frac
 
 
+_JitterInput = Annotated[str, StringConstraints(pattern=r"^\s*\d+(\.\d+)?\s*%\s*$")] | Annotated[float, Field(ge=0, le=1)]
+
+
 class ProbeSpec(StrictModel):
     """Fields every probe kind shares: identity, schedule, deadline, retries, expectations."""
 
@@ -88,7 +91,8 @@ class ProbeSpec(StrictModel):
     every: Duration | None = Field(None, description="Interval between runs, e.g. 60s.")
     cron: CronExpression | None = Field(None, description="Cron schedule, e.g. \"0 8 * * *\" (with timezone).")
     timezone: Timezone = Field("UTC", description="IANA timezone for cron.")
-    jitter: float = Field(0.1, description="Random phase as a fraction of the interval, written 10%.")
+    jitter: Annotated[float, BeforeValidator(_parse_jitter, json_schema_input_type=_JitterInput)] = Field(
+        0.1, description="Random phase as a fraction of the interval, written 10%.")
     start_at: datetime | None = Field(None, description="Do not run before this time.")
     pause: bool = Field(False, description="Keep the probe loaded but do not schedule it.")
     overlap: Literal["skip", "queue", "allow"] = Field("skip", description="When a run is still going.")
@@ -106,15 +110,16 @@ class ProbeSpec(StrictModel):
             raise ValueError(f"invalid probe id {value!r}: use lowercase letters, digits and '-' (at most 100)")
         return value
 
-    _jitter = field_validator("jitter", mode="before")(classmethod(lambda cls, v: _parse_jitter(v)))
+    _schedule = cross_field_rule(
+        lambda raw: "set either every or cron, not both"
+        if raw.get("every") is not None and raw.get("cron") is not None else None)
 
-    @model_validator(mode="after")
-    def _schedule(self) -> ProbeSpec:
-        if self.every is not None and self.cron is not None:
-            raise ValueError("set either every or cron, not both")
-        if self.every is not None and self.every <= 0:
-            raise ValueError("every must be positive")
-        return self
+    @field_validator("every")
+    @classmethod
+    def _positive_every(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"every must be positive, got {value:g}s")
+        return value
 
     async def fire(self, ctx: ProbeContext) -> FireResult:
         """Trigger the system under test once; raise ProbeError when it cannot be triggered."""

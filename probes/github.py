@@ -10,13 +10,13 @@ from __future__ import annotations
 import json as jsonlib
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
-from tracecanary.model import StrictModel
+from tracecanary.model import CREDENTIAL, HEADERS_CREDENTIAL, StrictModel
 from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec
 from tracecanary.probes.github_payloads import (
     ACTIONS,
@@ -54,9 +54,11 @@ class GithubDelivery(StrictModel):
     ref: str = Field("refs/heads/main", description="push: the ref pushed.")
     payload: dict[str, Any] = Field(default_factory=dict, description="Deep-merged overrides; null removes a key.")
     validate_payload: bool = Field(True, description="Refuse payloads missing fields GitHub always sends.")
-    secret: str | None = Field(None, description="Webhook secret; default integrations.github.webhook_secret.")
+    secret: Annotated[str | None, CREDENTIAL] = Field(
+        None, description="Webhook secret; default integrations.github.webhook_secret.")
     hook_id: int | None = Field(None, description="X-GitHub-Hook-ID (default: derived from the URL).")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers (templated).")
+    headers: Annotated[dict[str, str], HEADERS_CREDENTIAL] = Field(
+        default_factory=dict, description="Extra headers (templated); their values are masked like credentials.")
     timeout: Duration | None = Field(None, description="Request timeout (default: the run's remaining time).")
 
     @model_validator(mode="after")

@@ -10,17 +10,18 @@ from __future__ import annotations
 import base64
 import json as jsonlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import aiohttp
 import anyio
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
-from tracecanary.model import StrictModel
+from tracecanary.model import CREDENTIAL, HEADERS_CREDENTIAL, StrictModel, cross_field_rule
 from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec, ResponseSummary
 from tracecanary.probes.signing import SignSpec, sign_headers
 
@@ -31,20 +32,18 @@ class BasicAuth(StrictModel):
     """HTTP basic credentials."""
 
     username: str = Field(description="User name (templated).")
-    password: str = Field(description="Password (usually ${ENV}).")
+    password: Annotated[str, CREDENTIAL] = Field(description="Password (usually ${ENV}).")
 
 
 class HttpAuth(StrictModel):
     """``auth: {bearer: TOKEN}`` or ``auth: {basic: {username, password}}``."""
 
-    bearer: str | None = Field(None, description="Sent as Authorization: Bearer <token>.")
+    bearer: Annotated[str | None, CREDENTIAL] = Field(None, description="Sent as Authorization: Bearer <token>.")
     basic: BasicAuth | None = Field(None, description="Sent as Authorization: Basic <b64>.")
 
-    @model_validator(mode="after")
-    def _one(self) -> HttpAuth:
-        if (self.bearer is None) == (self.basic is None):
-            raise ValueError("auth takes exactly one of bearer, basic")
-        return self
+    _one = cross_field_rule(
+        lambda raw: None if (raw.get("bearer") is None) != (raw.get("basic") is None)
+        else "auth takes exactly one of bearer, basic")
 
     def header(self, ctx: ProbeContext) -> str:
         if self.bearer is not None:
@@ -69,12 +68,18 @@ class PreparedRequest:
     max_redirects: int = 10
 
 
+def _one_body(raw: Mapping[str, Any]) -> str | None:
+    given = [n for n in ("json", "body", "form") if raw.get(n, raw.get(f"{n}_")) is not None]
+    return f"request takes at most one of json, body, form; got {', '.join(given)}" if len(given) > 1 else None
+
+
 class HttpRequest(StrictModel):
     """The request to send; strings may hold ``{{ }}`` templates rendered per run."""
 
     method: str = Field("GET", description="HTTP method.")
     url: str = Field(description="Absolute URL (templated).")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers (templated).")
+    headers: Annotated[dict[str, str], HEADERS_CREDENTIAL] = Field(
+        default_factory=dict, description="Extra request headers (templated); their values are masked like credentials.")
     query: dict[str, str] = Field(default_factory=dict, description="Query parameters (templated).")
     json_: Any = Field(None, alias="json", description="JSON body (templated).")
     body: str | None = Field(None, description="Raw body (templated).")
@@ -86,12 +91,7 @@ class HttpRequest(StrictModel):
     max_redirects: int = Field(10, ge=0, le=50, description="Redirect limit when following.")
     sign: SignSpec | None = Field(None, description="Sign the exact body bytes (github | slack | hmac).")
 
-    @model_validator(mode="after")
-    def _one_body(self) -> HttpRequest:
-        given = [n for n, v in (("json", self.json_), ("body", self.body), ("form", self.form)) if v is not None]
-        if len(given) > 1:
-            raise ValueError(f"request takes at most one of json, body, form; got {', '.join(given)}")
-        return self
+    _one_body = cross_field_rule(_one_body)
 
     def prepare(self, ctx: ProbeContext) -> PreparedRequest:
         """Render templates, encode the body and sign it."""

@@ -10,11 +10,11 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from tracecanary.model import StrictModel
+from tracecanary.model import CREDENTIAL, StrictModel
 
 Algorithm = Literal["sha1", "sha256", "sha512"]
 
@@ -23,7 +23,7 @@ class SignSpec(StrictModel):
     """``sign: {scheme: github | slack | hmac, secret: …}``; ``hmac`` also takes header/algorithm/prefix."""
 
     scheme: Literal["github", "slack", "hmac"] = Field(description="Which signature convention to use.")
-    secret: str = Field(description="The shared secret (usually ${ENV} in config).")
+    secret: Annotated[str, CREDENTIAL] = Field(description="The shared secret (usually ${ENV} in config).")
     header: str | None = Field(None, description="hmac: the header that carries the signature.")
     algorithm: Algorithm = Field("sha256", description="hmac: the digest algorithm.")
     prefix: str = Field("", description="hmac: text before the hex digest, e.g. \"sha256=\".")

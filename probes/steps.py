@@ -15,7 +15,16 @@ import re
 from typing import Any, Literal
 
 import anyio
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    GetJsonSchemaHandler,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from tracecanary.assertions.response import (
     ResponseExpectation,
@@ -47,6 +56,11 @@ class Capture(StrictModel):
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return {"json": value} if isinstance(value, str) else value
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        # The shorthand `id: "$.id"` (a JSONPath) is as valid in a file as the mapping.
+        return {"anyOf": [{"type": "string", "description": "JSONPath into the response JSON."}, handler(core)]}
 
     @model_validator(mode="after")
     def _one(self) -> Capture:

@@ -1,29 +1,41 @@
-"""Credentials and endpoints probes and watchers use (the ``integrations:`` section)."""
+"""Credentials and endpoints probes and watchers use (the ``integrations:`` section).
+
+Token, secret and DSN fields are ``Credential``: their values are masked wherever data leaves the
+daemon (store, API, dashboard, reports, logs, alerts).
+"""
 
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from pydantic import Field
 
-from tracecanary.model import StrictModel
+from tracecanary.model import CREDENTIAL, StrictModel
+
+Secret = Annotated[str | None, CREDENTIAL]
+"""An optional credential (masked wherever data leaves the daemon)."""
 
 
 class SlackIntegration(StrictModel):
     """Slack Web API access; ``base_url`` points at an emulator in tests and the demo."""
 
-    user_token: str | None = Field(None, description="xoxp- token that posts mentions as a person.")
-    bot_token: str | None = Field(None, description="xoxb- token for reading replies and alerting.")
-    app_token: str | None = Field(None, description="xapp- token for Socket Mode (event-driven watching).")
-    signing_secret: str | None = Field(None, description="Signs Events API deliveries.")
+    user_token: Secret = Field(None, description="xoxp- token that posts mentions as a person.")
+    bot_token: Secret = Field(None, description="xoxb- token for reading replies and alerting.")
+    app_token: Secret = Field(None, description="xapp- token for Socket Mode (event-driven watching).")
+    signing_secret: Secret = Field(None, description="Signs Events API deliveries.")
     base_url: str = "https://slack.com/api/"
 
 
 class GithubIntegration(StrictModel):
     """GitHub REST access and webhook secret; ``base_url`` for GitHub Enterprise or the emulator."""
 
-    token: str | None = None
-    webhook_secret: str | None = None
+    token: Secret = Field(None, description="REST API token (the GitHub watcher's polling fallback).")
+    webhook_secret: Secret = Field(
+        None, description="Verifies X-Hub-Signature-256 of deliveries to the daemon's /hooks/github.")
+    allow_unsigned_webhooks: bool = Field(
+        False, description="Accept /hooks/github deliveries without a signature check when no webhook_secret "
+        "is set (default: refused with 401, so a forged delivery cannot pass a probe).")
     base_url: str = "https://api.github.com"
 
 
@@ -31,9 +43,9 @@ class SentryIntegration(StrictModel):
     """Sentry: trace lookups (org, token, api_url) and the one DSN for self-reporting and check-ins."""
 
     org: str | None = None
-    token: str | None = None
+    token: Secret = Field(None, description="Auth token for trace lookups (event:read).")
     api_url: str = "https://sentry.io"
-    dsn: str | None = None
+    dsn: Secret = Field(None, description="The one DSN: self-reporting, crons check-ins, the sentry alert channel.")
     org_id: str | None = Field(None, description="Numeric org id (sent as sentry-org_id); default: from the DSN host.")
 
     def resolved_org_id(self) -> str | None:

@@ -6,7 +6,8 @@ and either returns a ``Config`` or raises ``ConfigError`` listing every problem 
     config/demo.yaml:14 probes[orders-webhook].expect.trace.tree[0].span: …
 
 ``${VAR}`` / ``${VAR:-default}`` expand from ``environ`` (default ``os.environ``) and ``${file:/path}``
-reads a secret file, at load; ``{{ … }}`` templates are left for the run.
+reads a secret file, at load; ``{{ … }}`` templates are left for the run (but compiled now). Every
+value so expanded is a secret (``Config.secrets()``) unless written ``${public:VAR}``.
 """
 
 from __future__ import annotations
@@ -17,27 +18,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
-from tracecanary.assertions.units import Duration, parse_duration_s
-from tracecanary.daemon.alerts.policy import AlertsSettings
-from tracecanary.daemon.config.links import LinkSettings
+from tracecanary.assertions.units import Duration
+from tracecanary.daemon.config.checks import RawProbe, cross_checks, template_errors
+from tracecanary.daemon.config.secrets import Secrets
 from tracecanary.daemon.config.settings import DaemonSettings, ExtraSections
+from tracecanary.daemon.config.suite_schema import schema
 from tracecanary.daemon.config.yaml_doc import (
     Doc,
     Loc,
     compose,
-    data_loc,
+    error_loc,
     expand_env,
     line_of,
     message,
     pydantic_errors,
     render_loc,
+    shown,
 )
 from tracecanary.errors import ConfigError
 from tracecanary.integrations import Integrations
-from tracecanary.model import StrictModel
+from tracecanary.model import credential_values
 from tracecanary.probes.base import ProbeSpec
 from tracecanary.probes.registry import PROBES
 
@@ -68,6 +72,9 @@ class Config(BaseModel):
     sources: list[str] = Field(default_factory=list)
     warnings: list[ConfigWarning] = Field(default_factory=list)
     """What loaded but looks wrong (printed by ``validate``)."""
+    substituted: list[str] = Field(default_factory=list, repr=False, exclude=True)
+    """Values ``${VAR}``/``${file:…}`` put in the files: secrets by provenance."""
+    _secrets: Secrets | None = PrivateAttr(None)
 
     def probe(self, probe_id: str) -> ProbeSpec:
         for p in self.probes:
@@ -75,27 +82,33 @@ class Config(BaseModel):
                 return p
         raise KeyError(probe_id)
 
-    def secrets(self) -> list[str]:
-        """The credential values set in this config (masked wherever they would reach Sentry)."""
-        i, d = self.integrations, self.daemon
-        return [v for v in (i.slack.user_token, i.slack.bot_token, i.slack.app_token, i.github.token,
-                            i.sentry.token, d.api_token, d.otlp.token) if v]
+    def secrets(self) -> Secrets:
+        """Every value that must not leave the daemon in clear: each ``${VAR}``/``${file:…}`` value, every
+        credential field's value (auth, headers, signing secrets, tokens) and the store URL's password."""
+        if self._secrets is None:
+            values = [*self.substituted, *credential_values(self)]
+            store_password = urlsplit(self.daemon.store).password
+            if store_password:
+                values.append(unquote(store_password))
+            self._secrets = Secrets(values)
+        return self._secrets
+
+    def uses_github_webhooks(self) -> bool:
+        """Whether a probe is a github_webhook probe or watches GitHub (reads /hooks/github deliveries)."""
+        return any(p.kind == "github_webhook" or any(e.kind == "github" for e in p.expect.side_effects)
+                   for p in self.probes)
 
 
-class _SuiteFile(StrictModel):
-    """The top level of a suite file (probes are validated one by one against their kind)."""
-
-    probes: list[Any] = Field(default_factory=list)
-    daemon: dict[str, Any] | None = None
-    integrations: dict[str, Any] | None = None
-    links: dict[str, Any] | None = None
-    alerts: dict[str, Any] | None = None
-    demo: dict[str, Any] | None = None
+TOP_LEVEL = ("probes", "daemon", "integrations", "links", "alerts", "demo")
+SECTIONS = TOP_LEVEL[1:]
 
 
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        try:
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+        except OSError as e:
+            raise ConfigError([f"{path}: cannot read directory: {e.strerror}"]) from e
         if not found:
             raise ConfigError([f"{path}: no *.yaml files in directory"])
         return found
@@ -107,49 +120,37 @@ def _files(path: Path) -> list[Path]:
 def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
     """Load a file or directory; raise ConfigError with every problem (file:line path: message).
 
-    ``${VAR}`` references resolve from ``environ`` (default ``os.environ``).
+    ``${VAR}`` references resolve from ``environ`` (default ``os.environ``). Every file is checked to
+    the end, and every section of it, so one pass reports every error.
     """
     errors: list[str] = []
     docs = _read(Path(path), os.environ if environ is None else environ, errors)
     sections: dict[str, tuple[Doc, Any]] = {}
-    probes: list[tuple[Doc, int, ProbeSpec]] = []
+    raw_probes: list[RawProbe] = []
     for doc in docs:
-        if not isinstance(doc.data, dict):
-            errors.append(f"{doc.path}:1: expected a mapping with probes:, daemon:, integrations:, …")
-            continue
-        try:
-            _SuiteFile.model_validate(doc.data)
-        except ValidationError as e:
-            errors.extend(pydantic_errors(e, doc, ()))
-            continue
-        for key in ("daemon", "integrations", "links", "alerts", "demo"):
-            if doc.data.get(key) is not None:
-                if key in sections:
-                    errors.append(f"{doc.path}:{line_of(doc, (key,))} {key}: also set in {sections[key][0].path}; "
-                                  "set each section in one file")
-                else:
-                    sections[key] = (doc, doc.data[key])
-        for i, raw in enumerate(doc.data.get("probes") or []):
-            spec = _load_probe(doc, i, raw, errors)
-            if spec is not None:
-                probes.append((doc, i, spec))
+        raw_probes.extend(_top_level(doc, sections, errors))
+    loaded = [(raw, _load_probe(raw, errors)) for raw in raw_probes]
     cfg_kwargs: dict[str, Any] = {}
     for key, model in (("daemon", DaemonSettings), ("integrations", Integrations)):
         if key in sections:
-            doc, raw = sections[key]
+            doc, value = sections[key]
             try:
-                cfg_kwargs[key] = model.model_validate(raw)
+                cfg_kwargs[key] = model.model_validate(value)
             except ValidationError as e:
                 errors.extend(pydantic_errors(e, doc, (key,)))
     extra = _extra_sections(sections, errors)
-    integrations = cfg_kwargs.get("integrations", Integrations())
-    errors.extend(_cross_checks(probes, extra, sections, integrations if "integrations" not in sections
-                                or "integrations" in cfg_kwargs else None))
+    errors.extend(cross_checks(loaded, sections))
+    errors.extend(e for raw in raw_probes for e in template_errors(raw))
+    if "integrations" not in sections or "integrations" in cfg_kwargs:
+        errors.extend(_credential_errors(extra, sections, cfg_kwargs.get("integrations", Integrations())))
     if errors:
-        raise ConfigError(sorted(errors, key=_error_order))
+        # An error quotes the offending value: never in clear when it came from ${VAR} or ${file:…}.
+        substituted = Secrets(v for d in docs for v in d.substituted)
+        raise ConfigError([substituted.mask_text(e) for e in sorted(dict.fromkeys(errors), key=_error_order)])
     return Config(
-        probes=[p for _, _, p in probes], extra=extra, sources=[d.path for d in docs],
-        warnings=_warnings(probes), **cfg_kwargs,
+        probes=[p for _, p in loaded if p is not None], extra=extra, sources=[d.path for d in docs],
+        substituted=[v for d in docs for v in d.substituted],
+        warnings=_warnings([(raw.doc, raw.index, p) for raw, p in loaded if p is not None]), **cfg_kwargs,
     )
 
 
@@ -157,14 +158,43 @@ def _read(path: Path, environ: Mapping[str, str], errors: list[str]) -> list[Doc
     docs: list[Doc] = []
     for f in _files(path):
         try:
-            text = f.read_text()
+            text = f.read_bytes().decode("utf-8")
         except OSError as e:
             errors.append(f"{f}: cannot read: {e.strerror}")
+            continue
+        except UnicodeDecodeError as e:
+            line = e.object[:e.start].count(b"\n") + 1
+            errors.append(f"{f}:{line}: not a text file: byte 0x{e.object[e.start]:02x} is not UTF-8")
             continue
         doc = compose(str(f), text, errors, environ)
         if doc is not None:
             docs.append(doc)
     return docs
+
+
+def _top_level(doc: Doc, sections: dict[str, tuple[Doc, Any]], errors: list[str]) -> list[RawProbe]:
+    """Check a file's top level; keep its sections and its probes (every known part, whatever else is wrong)."""
+    if not isinstance(doc.data, dict):
+        errors.append(f"{doc.path}:1: expected a mapping with probes:, daemon:, integrations:, …, got {shown(doc.data)}")
+        return []
+    for key, value in doc.data.items():
+        where = f"{doc.path}:{line_of(doc, (key,))} {key}"
+        if key not in TOP_LEVEL:
+            errors.append(f"{where}: unknown key {key!r} (known: {', '.join(TOP_LEVEL)})")
+        elif value is not None and key in SECTIONS and not isinstance(value, dict):
+            errors.append(f"{where}: expected a mapping, got {shown(value)}")
+        elif key in SECTIONS and value is not None:
+            if key in sections:
+                errors.append(f"{where}: also set in {sections[key][0].path}; set each section in one file")
+            else:
+                sections[key] = (doc, value)
+    listed = doc.data.get("probes")
+    if listed is None:
+        return []
+    if not isinstance(listed, list):
+        errors.append(f"{doc.path}:{line_of(doc, ('probes',))} probes: expected a list, got {shown(listed)}")
+        return []
+    return [RawProbe(doc, i, raw) for i, raw in enumerate(listed)]
 
 
 def _extra_sections(sections: dict[str, tuple[Doc, Any]], errors: list[str]) -> ExtraSections:
@@ -178,7 +208,7 @@ def _extra_sections(sections: dict[str, tuple[Doc, Any]], errors: list[str]) -> 
         for err in e.errors():
             top = str(err["loc"][0])
             doc = sections[top][0]
-            loc = (top, *data_loc(sections[top][1], err["loc"][1:]))
+            loc = (top, *error_loc({**err, "loc": err["loc"][1:]}, sections[top][1], ()))
             errors.append(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}: {message(err)}")
         return ExtraSections()
 
@@ -188,13 +218,13 @@ def _error_order(line: str) -> tuple[str, int]:
     return (m.group(1), int(m.group(2))) if m else (line, 0)
 
 
-def _load_probe(doc: Doc, i: int, raw: Any, errors: list[str]) -> ProbeSpec | None:
-    loc: Loc = ("probes", i)
+def _load_probe(raw: RawProbe, errors: list[str]) -> ProbeSpec | None:
+    doc, loc = raw.doc, raw.loc
     where = f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}"
-    if not isinstance(raw, dict):
-        errors.append(f"{where}: expected a mapping")
+    if not isinstance(raw.data, dict):
+        errors.append(f"{where}: expected a mapping, got {shown(raw.data)}")
         return None
-    kind = raw.get("kind")
+    kind = raw.data.get("kind")
     if kind not in PROBES:
         kloc = (*loc, "kind")
         known = ", ".join(sorted(PROBES))
@@ -202,65 +232,24 @@ def _load_probe(doc: Doc, i: int, raw: Any, errors: list[str]) -> ProbeSpec | No
         errors.append(f"{doc.path}:{line_of(doc, kloc)} {render_loc(kloc, doc.data)}: {what} (known: {known})")
         return None
     try:
-        return PROBES[kind].model_validate(raw)
+        return PROBES[kind].model_validate(raw.data)
     except ValidationError as e:
         errors.extend(pydantic_errors(e, doc, loc))
         return None
 
 
-def _walk_within(value: Any, loc: Loc) -> list[tuple[Loc, Any]]:
-    found: list[tuple[Loc, Any]] = []
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k == "within":
-                found.append(((*loc, k), v))
-            found.extend(_walk_within(v, (*loc, k)))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found.extend(_walk_within(v, (*loc, i)))
-    return found
-
-
-def _cross_checks(
-    probes: list[tuple[Doc, int, ProbeSpec]], extra: ExtraSections, sections: dict[str, tuple[Doc, Any]],
-    integrations: Integrations | None,
-) -> list[str]:
-    """Errors across sections; channel credentials only when ``integrations`` validated (else unknown)."""
-    errors: list[str] = []
-    seen: dict[str, tuple[Doc, int]] = {}
-    for doc, i, spec in probes:
-        loc: Loc = ("probes", i)
-        if spec.id in seen:
-            first_doc, first_i = seen[spec.id]
-            errors.append(
-                f"{doc.path}:{line_of(doc, (*loc, 'id'))} {render_loc((*loc, 'id'), doc.data)}: duplicate probe id "
-                f"{spec.id!r} (first defined at {first_doc.path}:{line_of(first_doc, ('probes', first_i, 'id'))})"
-            )
-        else:
-            seen[spec.id] = (doc, i)
-        # A probe with neither every nor cron is allowed: it runs only on demand (check, the API).
-        for wloc, raw_within in _walk_within(doc.data["probes"][i].get("expect"), (*loc, "expect")):
-            try:
-                within_s = parse_duration_s(raw_within)
-            except ValueError:
-                continue  # already reported by the model
-            if within_s > spec.timeout:
-                errors.append(
-                    f"{doc.path}:{line_of(doc, wloc)} {render_loc(wloc, doc.data)}: within {raw_within} is longer "
-                    f"than the probe's timeout {_fmt_s(spec.timeout)}"
-                )
-        if spec.alert is not None and spec.alert.policy not in extra.policy_names():
-            aloc = (*loc, "alert", "policy")
-            known = ", ".join(sorted(extra.policy_names())) or "none defined"
-            errors.append(
-                f"{doc.path}:{line_of(doc, aloc)} {render_loc(aloc, doc.data)}: unknown alert policy "
-                f"{spec.alert.policy!r} (known: {known})"
-            )
-    if "alerts" in sections:
-        doc, _ = sections["alerts"]
-        for loc, message in extra.reference_errors(integrations):
-            full = ("alerts", *loc)
-            errors.append(f"{doc.path}:{line_of(doc, full)} {render_loc(full, doc.data)}: {message}")
+def _credential_errors(extra: ExtraSections, sections: dict[str, tuple[Doc, Any]],
+                       integrations: Integrations) -> list[str]:
+    """Alert channels lacking credentials both in their own settings and in ``integrations:``."""
+    if "alerts" not in sections:
+        return []
+    doc, _ = sections["alerts"]
+    errors = []
+    for name, channel in extra.alerts.channels.items():
+        for problem in channel.problems(integrations):
+            key, _, text = problem.partition(": ")
+            loc = ("alerts", "channels", name, key)
+            errors.append(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}: {text}")
     return errors
 
 
@@ -298,34 +287,6 @@ def _warnings(probes: list[tuple[Doc, int, ProbeSpec]]) -> list[ConfigWarning]:
                 found.append(ConfigWarning(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}",
                                            EVENTS_API_THREAD))
     return found
-
-
-def _fmt_s(seconds: float) -> str:
-    return f"{seconds:g}s"
-
-
-def schema() -> dict[str, Any]:
-    """The JSON Schema of a suite file, generated from the models (written to config/schema.json)."""
-    from typing import Annotated, Union
-
-    from pydantic import TypeAdapter
-
-    probe_union = Annotated[Union[tuple(PROBES.values())], Field(discriminator="kind")]  # type: ignore[valid-type]  # noqa: UP007
-
-    class SuiteFileSchema(StrictModel):
-        """A tracecanary suite file: probes and (in any one file of a directory) daemon settings."""
-
-        probes: list[probe_union] = Field(default_factory=list)  # type: ignore[valid-type]
-        daemon: DaemonSettings | None = None
-        integrations: Integrations | None = None
-        links: LinkSettings | None = None
-        alerts: AlertsSettings | None = None
-        demo: dict[str, Any] | None = None
-
-    doc = TypeAdapter(SuiteFileSchema).json_schema(mode="validation")
-    doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    doc["title"] = "tracecanary suite"
-    return doc
 
 
 __all__ = ["Config", "ConfigError", "ConfigWarning", "Duration", "expand_env", "load_config", "schema"]

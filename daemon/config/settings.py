@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+import re
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
 from tracecanary.assertions.units import Duration
-from tracecanary.daemon.alerts.policy import AlertsSettings, reference_problems
+from tracecanary.daemon.alerts.policy import AlertsSettings
 from tracecanary.daemon.config.links import LinkSettings
 from tracecanary.daemon.spans.buffer import BufferSettings
 from tracecanary.daemon.spans.kafka import KafkaSpanSettings
 from tracecanary.daemon.spans.receiver import OtlpSettings
-from tracecanary.integrations import Integrations
-from tracecanary.model import StrictModel
+from tracecanary.model import CREDENTIAL, StrictModel
+
+_HOSTNAME_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def listen_address(value: str) -> str:
+    """Check ``host:port`` (``[::1]:8080``, ``0.0.0.0:8080``, ``localhost:0``) at load, not at bind time."""
+    host, sep, port = value.rpartition(":")
+    bad = f"invalid listen address {value!r}: expected host:port, e.g. 127.0.0.1:8080"
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(bad)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError as e:
+            raise ValueError(bad) from e
+        return value
+    if host and not _is_ip(host) and (not _HOSTNAME_RE.fullmatch(host) or host.replace(".", "").isdigit()):
+        raise ValueError(bad)
+    return value
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class RetentionSettings(StrictModel):
@@ -33,7 +63,7 @@ class TelemetrySettings(StrictModel):
 class DaemonSettings(StrictModel):
     """The ``daemon:`` section."""
 
-    listen: str = Field("127.0.0.1:8080", description="API, dashboard, /metrics, /healthz, /hooks/github.")
+    listen: str = Field("127.0.0.1:8080", description="API, dashboard, /metrics, /healthz, /hooks/github (host:port).")
     public_url: str | None = Field(None, description="Dashboard URL used in alerts (default: http://<listen>).")
     otlp: OtlpSettings = Field(default_factory=OtlpSettings)
     store: str = Field("sqlite:///tracecanary.db", description="Results store URL (sqlite:////abs/path.db).")
@@ -43,8 +73,22 @@ class DaemonSettings(StrictModel):
     max_concurrent_runs: int = Field(64, ge=1, description="Runs in flight at once, all probes together.")
     shutdown_grace: Duration = Field(30.0, description="On SIGTERM, how long in-flight runs may finish.")
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
-    api_token: str | None = Field(None, description="Bearer token for API writes (and reads with protect_reads).")
+    api_token: Annotated[str | None, CREDENTIAL] = Field(
+        None, description="Bearer token for API writes (and reads with protect_reads).")
     protect_reads: bool = Field(False, description="Require the api_token for reads too (API and dashboard).")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return listen_address(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"invalid public_url {value!r}: expected an http:// or https:// URL")
+        return value
+
     @field_validator("api_token")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
@@ -60,10 +104,3 @@ class ExtraSections(StrictModel):
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
     demo: dict[str, Any] | None = None
 
-    def policy_names(self) -> set[str]:
-        return set(self.alerts.policies) | {"default"} if not self.alerts.policies else set(self.alerts.policies)
-
-    def reference_errors(self, integrations: Integrations | None = None) -> list[tuple[tuple[str | int, ...], str]]:
-        """(path inside alerts, message) for each policy naming an unknown channel and, with
-        ``integrations``, each channel lacking credentials here and in ``integrations:``."""
-        return reference_problems(self.alerts, integrations)

@@ -61,7 +61,9 @@ class Metrics:
             "tracecanary_spans_received", "Spans taken in, by source (otlp_http, otlp_grpc, kafka, sentry, self).",
             ["source"], registry=r)
         self.spans_dropped_total = Counter(
-            "tracecanary_spans_dropped", "Spans dropped, by reason (buffer_full, expired, too_large, invalid …).",
+            "tracecanary_spans_dropped", "Spans dropped, by reason (buffer_full, evicted, invalid …). An OTLP export "
+            "refused before its spans were read counts once: unauthorized, unsupported, throttled, too_large, "
+            "undecodable, timeout, disconnected.",
             ["reason"], registry=r)
         self.buffer_spans = Gauge("tracecanary_buffer_spans", "Spans held in the trace buffer now.", registry=r)
         self.alerts_sent = Counter(

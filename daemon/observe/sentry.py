@@ -24,6 +24,7 @@ from sentry_sdk.crons import capture_checkin
 from sentry_sdk.crons.consts import MonitorStatus
 from sentry_sdk.integrations.logging import LoggingIntegration
 
+from tracecanary.daemon.config.secrets import Secrets
 from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.sentry_reporting")
@@ -50,13 +51,9 @@ class SecretScrubber:
     token-shaped strings (Slack, GitHub, Sentry, bearer values, URL credentials) and the known secrets
     (literal values, e.g. the tokens of ``integrations:``) anywhere in the event."""
 
-    MIN_SECRET_LEN: ClassVar[int] = 6
-    """Shorter values are not masked literally: they would mask ordinary words."""
-
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        known = {s for s in secrets if s and len(s) >= self.MIN_SECRET_LEN}
-        # Longest first, so a secret that contains another one is masked whole.
-        self._secrets = sorted(known, key=len, reverse=True)
+        # The config's secrets (Config.secrets(): by provenance), masked the way every other output masks them.
+        self._secrets = secrets if isinstance(secrets, Secrets) else Secrets(secrets)
 
     def __call__(self, event: dict[str, Any], hint: dict[str, Any] | None = None) -> dict[str, Any]:
         """The scrubbed event (``hint``: sentry-sdk's, unused)."""
@@ -88,8 +85,7 @@ class SecretScrubber:
         return value
 
     def _scrub_text(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, FILTERED)
+        text = self._secrets.mask_text(text, FILTERED)
         return _SECRET_VALUE_RE.sub(lambda m: (m.group("scheme") or "") + FILTERED, text)
 
 

@@ -29,6 +29,7 @@ from tracecanary.assertions.spans import Span, SpanKind, StatusCode
 from tracecanary.assertions.telemetry import no_telemetry
 from tracecanary.assertions.verdict import Finding, Verdict, verdict_of
 from tracecanary.daemon.config.links import LinkRenderer
+from tracecanary.daemon.config.secrets import Secrets
 from tracecanary.daemon.run.hooks import RunHook
 from tracecanary.daemon.run.ids import new_run_id
 from tracecanary.daemon.run.judge import TraceOutcome, watch_trace
@@ -68,6 +69,8 @@ class RunnerDeps:
     """Tracer for the daemon's own work (judging, watching): exported, never judged."""
     resources: ProbeResources = field(default_factory=ProbeResources)
     """Long-lived clients probes share across runs (Kafka producers), closed by the engine."""
+    secrets: Secrets = field(default_factory=Secrets)
+    """Masked out of every run record before it is stored or handed to a hook (alerts, reports)."""
 
 
 class Runner:
@@ -132,6 +135,7 @@ class Runner:
             tracer=deps.tracer, root_span=root_span, resources=deps.resources,
         )
         with anyio.CancelScope(shield=True):
+            deps.secrets.mask_in_place(run)
             await deps.store.insert_run(run)
             await self._call_hooks(probe, run, finished=False)
         self.in_flight[run_id] = run
@@ -307,6 +311,7 @@ class Runner:
             ctx.root_span.end()
         # Failed runs keep their whole log; passing runs keep the tail (blackbox_exporter's habit).
         run.log = runlog.text() if run.verdict is not Verdict.PASS else runlog.text()[-4000:]
+        self.deps.secrets.mask_in_place(run)  # one place: the store, the hooks (alerts) and reports see this
         try:
             await self.deps.store.finish_run(run)
         except Exception:

@@ -51,6 +51,7 @@ class TraceServiceHandler:
     async def export(self, request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         if not authorized(metadata.get("authorization"), self.settings.token):
+            self.ingest.refuse("unauthorized")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         if not self.ingest.try_acquire():
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "ingest backlog full, retry later",
@@ -58,6 +59,7 @@ class TraceServiceHandler:
         try:
             rejected, message = await self.ingest.ingest(request, PROTOBUF)
         except OtlpDecodeError as e:
+            self.ingest.refuse("undecodable")
             log.info("otlp grpc bad request peer=%s error=%r", context.peer(), str(e))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         finally:

@@ -19,7 +19,7 @@ import socket
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import anyio.abc
@@ -35,6 +35,7 @@ from tracecanary.assertions.units import Duration, Size
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.otlp import DecodedBatch, OtlpDecodeError, RawBatch, decode_json, scan_protobuf
 from tracecanary.errors import StartupError
+from tracecanary.model import CREDENTIAL
 
 log = logging.getLogger("tracecanary.spans.receiver")
 
@@ -51,7 +52,7 @@ class OtlpSettings(BaseModel):
 
     http: str | None = Field("127.0.0.1:4318", description="OTLP/HTTP listen address host:port; null = off.")
     grpc: str | None = Field("127.0.0.1:4317", description="OTLP/gRPC listen address host:port; null = off.")
-    token: str | None = Field(
+    token: Annotated[str | None, CREDENTIAL] = Field(
         None, description="Bearer token exporters must send (Authorization: Bearer …); empty = no auth."
     )
     max_body: Size = Field(64 * 1024**2, gt=0, description="Largest export body after decompression, e.g. 64MiB.")
@@ -103,7 +104,7 @@ class Ingest:
 
     def __init__(self, buffer: TraceBuffer, settings: OtlpSettings,
                  on_spans: Callable[[int, int], None] | None = None, tracer: Tracer | None = None,
-                 offload_bytes: int = OFFLOAD_BYTES) -> None:
+                 offload_bytes: int = OFFLOAD_BYTES, on_refused: Callable[[str], None] | None = None) -> None:
         self.buffer = buffer
         self.offload_bytes = offload_bytes
         """Bodies larger than this are decoded in a worker thread."""
@@ -112,13 +113,25 @@ class Ingest:
         """Called with (accepted, rejected) span counts of every export (metrics)."""
         self.tracer = tracer
         """The daemon's own tracer: one span per export (exported out, never into this buffer)."""
+        self.on_refused = on_refused
+        """Called with the reason of every refused export (metrics: ``tracecanary_spans_dropped_total``)."""
         self.pending = 0
         self.throttled_total = 0
         self.exports: Counter[str] = Counter()  # accepted export requests by content type
+        self.refused: Counter[str] = Counter()
+        """Refused exports by reason: unauthorized, unsupported, throttled, too_large, undecodable,
+        timeout, disconnected (their spans were never decoded, so each export counts once)."""
+
+    def refuse(self, reason: str) -> None:
+        """Count an export refused before its spans were read."""
+        self.refused[reason] += 1
+        if self.on_refused is not None:
+            self.on_refused(reason)
 
     def try_acquire(self) -> bool:
         if self.pending >= self.settings.max_pending_batches:
             self.throttled_total += 1
+            self.refuse("throttled")
             return False
         self.pending += 1
         return True
@@ -252,34 +265,51 @@ class OtlpHttpHandler:
     async def handle(self, request: web.Request) -> web.Response:
         ctype = request.content_type.lower()
         if not authorized(request.headers.get("Authorization"), self.settings.token):
+            self.ingest.refuse("unauthorized")
             return _error(401, ctype, code_pb2.UNAUTHENTICATED, "missing or wrong bearer token")
         if ctype not in (PROTOBUF, JSON):
+            self.ingest.refuse("unsupported")
             return _error(415, ctype, code_pb2.INVALID_ARGUMENT,
                           f"unsupported content type {ctype!r}: use {PROTOBUF} or {JSON}")
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip", "x-gzip", "deflate", ""):
+            self.ingest.refuse("unsupported")
             return _error(415, ctype, code_pb2.INVALID_ARGUMENT, f"unsupported content encoding {encoding!r}")
         if not self.ingest.try_acquire():
             retry = f"{max(1, round(self.settings.retry_after))}"
             return _error(429, ctype, code_pb2.RESOURCE_EXHAUSTED, "ingest backlog full, retry later",
                           headers={"Retry-After": retry})
         try:
+            return await self._receive(request, ctype)
+        finally:
+            self.ingest.release()
+
+    async def _receive(self, request: web.Request, ctype: str) -> web.Response:
+        try:
             with anyio.fail_after(self.settings.body_timeout):
                 body = await read_body(request, self.settings.max_body)
             rejected, message = await self.ingest.ingest(body, ctype)
         except BodyTooLargeError as e:
+            self.ingest.refuse("too_large")
             log.warning("otlp body too large peer=%s error=%r", request.remote, str(e))
             return _error(413, ctype, code_pb2.INVALID_ARGUMENT, str(e), headers={"Connection": "close"})
         except OtlpDecodeError as e:
+            self.ingest.refuse("undecodable")
             log.info("otlp bad request peer=%s error=%r", request.remote, str(e))
             return _error(400, ctype, code_pb2.INVALID_ARGUMENT, str(e))
         except TimeoutError:
+            self.ingest.refuse("timeout")
+            log.info("otlp body not received in time peer=%s timeout_s=%g", request.remote, self.settings.body_timeout)
             return _error(408, ctype, code_pb2.DEADLINE_EXCEEDED, "export body not received in time")
         except RequestPayloadError as e:  # broken gzip/deflate stream
+            self.ingest.refuse("undecodable")
             return _error(400, ctype, code_pb2.INVALID_ARGUMENT, f"undecodable body: {str(e).strip()}",
                           headers={"Connection": "close"})
-        finally:
-            self.ingest.release()
+        except ConnectionError as e:
+            # The exporter went away mid-body (crash, timeout on its side): routine, and nobody reads a reply.
+            self.ingest.refuse("disconnected")
+            log.debug("otlp client disconnected mid-body peer=%s error=%r", request.remote, str(e))
+            return _error(400, ctype, code_pb2.CANCELLED, "client disconnected")
         return _success(ctype, rejected, message)
 
 

@@ -50,10 +50,6 @@ AUTH_COOKIE = "tracecanary_token"
 MAX_JSON_BODY = 64 * 1024
 
 
-def _json(model: BaseModel, status: int = 200) -> web.Response:
-    return web.json_response(model.model_dump(mode="json"), status=status)
-
-
 def _error(status: int, message: str) -> web.Response:
     return web.json_response(ErrorOut(error=message).model_dump(), status=status)
 
@@ -108,9 +104,13 @@ class Api:
         self.control = control
         self.windows = RunWindows()
 
+    def _json(self, model: BaseModel, status: int = 200) -> web.Response:
+        """Every JSON body leaves through here: secrets are masked by value wherever they sit in it."""
+        return web.json_response(self.control.secrets().mask(model.model_dump(mode="json")), status=status)
+
     async def list_probes(self, request: web.Request) -> web.Response:
         rows = await probe_statuses(self.control, self.windows)
-        return _json(ProbeList(probes=rows, generated_at=iso_ns(time.time_ns())))
+        return self._json(ProbeList(probes=rows, generated_at=iso_ns(time.time_ns())))
 
     async def list_runs(self, request: web.Request) -> web.Response:
         probe_id = request.match_info["probe_id"]
@@ -125,13 +125,13 @@ class Api:
             return _error(400, f"limit must be between 1 and {MAX_PAGE}")
         runs = await self.control.store.list_runs(probe_id, limit=limit, before_ns=before)
         next_before = runs[-1].started_ns if len(runs) == limit else None
-        return _json(RunPage(runs=[run_summary(r) for r in runs], next_before=next_before))
+        return self._json(RunPage(runs=[run_summary(r) for r in runs], next_before=next_before))
 
     async def get_run(self, request: web.Request) -> web.Response:
         run = await self.control.store.get_run(request.match_info["run_id"], with_spans=True)
         if run is None:
             return _error(404, f"unknown run {request.match_info['run_id']!r}")
-        return _json(await run_detail(self.control, run))
+        return self._json(await run_detail(self.control, run))
 
     async def run_probe(self, request: web.Request) -> web.Response:
         """202 with the new run id; 404 unknown probe; 409 when the probe's overlap policy refuses
@@ -147,7 +147,7 @@ class Api:
         except RunRefused as e:
             return _error(503, str(e))
         log.info("api run_now probe=%s run=%s", probe_id, run_id)
-        return _json(FireOut(run_id=run_id, probe_id=probe_id, url=f"/api/runs/{run_id}"), status=202)
+        return self._json(FireOut(run_id=run_id, probe_id=probe_id, url=f"/api/runs/{run_id}"), status=202)
 
     async def list_alerts(self, request: web.Request) -> web.Response:
         alerts = self.control.alerts
@@ -155,7 +155,7 @@ class Api:
             return _error(501, "alerting is not configured")
         silences = await alerts.list_silences()
         overview = await alerts.list_alerts()
-        return _json(AlertsOut(
+        return self._json(AlertsOut(
             silences=[silence_out(s) for s in silences], alerts=[asdict(i) for i in overview.incidents],
             notifications=[record_out(r) for r in overview.notifications],
             attempts=[record_out(r) for r in overview.attempts], queue=asdict(overview.queue),
@@ -176,7 +176,7 @@ class Api:
             ))
         created = await alerts.add_silence(spec)
         log.info("api silence added id=%s", created.id)
-        return _json(silence_out(created), status=201)
+        return self._json(silence_out(created), status=201)
 
     async def remove_silence(self, request: web.Request) -> web.StreamResponse:
         alerts = self.control.alerts

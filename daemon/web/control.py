@@ -16,6 +16,7 @@ from tracecanary.daemon.alerts.delivery import ChannelHealth
 from tracecanary.daemon.alerts.manager import AlertsOverview
 from tracecanary.daemon.alerts.silences import ListedSilence, SilenceSettings
 from tracecanary.daemon.alerts.system import SystemIncident
+from tracecanary.daemon.config.secrets import Secrets
 from tracecanary.daemon.store.base import Store
 from tracecanary.probes.base import ProbeSpec
 
@@ -90,6 +91,10 @@ class Control(Protocol):
 
     def probes(self) -> list[ProbeSpec]:
         """The probes of the loaded config, in config order."""
+        ...
+
+    def secrets(self) -> Secrets:
+        """The loaded config's secrets: masked out of every response and page (by value, not by key)."""
         ...
 
     def next_run(self, probe_id: str) -> datetime | None:

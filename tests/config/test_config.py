@@ -22,7 +22,7 @@ FIXTURES = sorted(HERE.glob("invalid-*.yaml"))
 def expected_errors(path: Path) -> list[str]:
     """A fixture's expected messages are its leading ``# error: …`` comment lines."""
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():  # invalid-binary is not text
         if line.startswith("# error: "):
             out.append(line[len("# error: "):])
     return out
@@ -31,7 +31,9 @@ def expected_errors(path: Path) -> list[str]:
 def test_there_is_a_fixture_per_rule() -> None:
     names = {p.stem for p in FIXTURES}
     for rule in ("duplicate-id", "unknown-kind", "bad-duration", "bad-cron", "unknown-key",
-                 "within-over-timeout", "unknown-policy", "unknown-channel"):
+                 "within-over-timeout", "unknown-policy", "unknown-channel", "yaml", "binary", "not-text",
+                 "alias-bomb", "non-string-key", "empty", "channel-field", "template", "regex", "status",
+                 "listen", "one-pass", "many-errors", "unsigned-webhooks", "secret-quoted", "missing-env"):
         assert f"invalid-{rule}" in names
 
 
@@ -46,6 +48,7 @@ def test_invalid_fixture_exact_messages(fixture: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[:-1] == expected
     assert lines[-1] == f"{len(expected)} error{'s' if len(expected) != 1 else ''}"

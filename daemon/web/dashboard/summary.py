@@ -43,7 +43,10 @@ REDACTED = "[redacted]"
 
 
 def redact(value: Any, depth: int = 0) -> Any:
-    """Mask values whose key looks secret, recursively (responses, outputs, settings)."""
+    """Mask values whose key looks secret, recursively (responses, outputs, settings).
+
+    A second line of defence for what the target sent back (its ``Set-Cookie`` …): the config's own
+    secrets are masked by value in every API response and page (``Control.secrets``)."""
     if depth > 20:
         return value
     if isinstance(value, dict):

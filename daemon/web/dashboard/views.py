@@ -104,9 +104,12 @@ class Dashboard:
         self.live_poll_s = live_poll_s
         self.live_max_s = live_max_s
 
+    def html(self, name: str, **ctx: Any) -> str:
+        """A rendered template with the config's secrets masked (in their HTML-escaped forms too)."""
+        return self.control.secrets().mask_text(self.env.get_template(name).render(**ctx))
+
     def render(self, name: str, **ctx: Any) -> web.Response:
-        html = self.env.get_template(name).render(**ctx)
-        return web.Response(text=html, content_type="text/html")
+        return web.Response(text=self.html(name, **ctx), content_type="text/html")
 
     async def overview(self, request: web.Request) -> web.Response:
         rows = await probe_statuses(self.control, self.windows)
@@ -138,7 +141,8 @@ class Dashboard:
             raise web.HTTPNotFound(text=f"unknown probe {pid}")
         status = await probe_status(self.control, spec, windows=self.windows)
         runs = await self.control.store.list_runs(pid, limit=RUNS_ON_PROBE_PAGE)
-        return self.render("probe.html", probe=status, spec=redact(spec.model_dump(mode="json", exclude_none=True)),
+        shown = self.control.secrets().mask(spec.model_dump(mode="json", exclude_none=True))
+        return self.render("probe.html", probe=status, spec=redact(shown),
                            runs=[run_summary(r) for r in runs], chart=duration_chart(runs))
 
     async def _run_view(self, run_id: str, appear_s: float = 0.0) -> dict[str, Any]:
@@ -177,7 +181,7 @@ class Dashboard:
                 view = await self._run_view(run_id)
             if view["span_count"] != last:
                 last = view["span_count"]
-                html = self.env.get_template("_waterfall.html").render(**view)
+                html = self.html("_waterfall.html", **view)
                 await resp.write(_sse("waterfall", html))
             if not view["live"]:
                 await resp.write(_sse("done", view["run"].verdict or view["run"].status))
