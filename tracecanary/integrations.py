@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field
 
@@ -22,9 +23,18 @@ class SlackIntegration(StrictModel):
 class GithubIntegration(StrictModel):
     """GitHub REST access and webhook secret; ``base_url`` for GitHub Enterprise or the emulator."""
 
-    token: str | None = None
-    webhook_secret: str | None = None
-    base_url: str = "https://api.github.com"
+    token: str | None = Field(None, description="Token for the REST API (watchers' polling and reconciling).")
+    webhook_secret: str | None = Field(None, description="Secret of the webhook pointed at /hooks/github "
+                                                         "(X-Hub-Signature-256); the github_webhook probe signs with it.")
+    base_url: str = Field("https://api.github.com", description="REST API root; GitHub Enterprise: https://HOST/api/v3.")
+    watch: Literal["auto", "webhook", "poll"] = Field(
+        "auto",
+        description="How github side effects are watched. webhook: deliveries to /hooks/github, reconciled over "
+                    "REST once before the window closes. poll: the REST API every daemon.poll_interval from the "
+                    "window's start, with conditional requests (ETag) and the rate-limit headers respected. "
+                    "auto: webhook when webhook_secret is set and /hooks/github is reachable from GitHub "
+                    "(daemon.public_url, a listen address other than loopback, or a GitHub on this host), else poll.",
+    )
 
 
 class SentryIntegration(StrictModel):

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import socket
 import time
 import uuid
@@ -85,7 +86,7 @@ class GitHubEmulator(GitHubRestMixin):
         self._users: dict[str, int] = {}
         self._ids = 100
         self._used = 0
-        self._reset_at = time.time() + rate_reset_s
+        self._reset_at = math.ceil(time.time() + rate_reset_s)  # whole epoch seconds, as x-ratelimit-reset says
         self.deliveries: list[dict[str, Any]] = []
         self.sent: deque[tuple[str, dict[str, Any]]] = deque(maxlen=1000)
         """The last webhook payloads emitted (event, body), whether or not a URL was set to receive them."""
@@ -166,12 +167,12 @@ class GitHubEmulator(GitHubRestMixin):
     # --- plumbing ------------------------------------------------------------------------------
     def _rate_headers(self) -> dict[str, str]:
         if time.time() >= self._reset_at:
-            self._used, self._reset_at = 0, time.time() + self.rate_reset_s
+            self._used, self._reset_at = 0, math.ceil(time.time() + self.rate_reset_s)
         return {
             "x-ratelimit-limit": str(self.rate_limit),
             "x-ratelimit-remaining": str(max(0, self.rate_limit - self._used)),
             "x-ratelimit-used": str(self._used),
-            "x-ratelimit-reset": str(int(self._reset_at)),
+            "x-ratelimit-reset": str(self._reset_at),
             "x-ratelimit-resource": "core",
             "x-github-request-id": uuid.uuid4().hex[:20].upper(),
             "x-github-media-type": "github.v3; format=json",
