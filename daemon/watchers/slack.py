@@ -176,7 +176,7 @@ def _transient(error: BaseException) -> str | None:
     if isinstance(error, aiohttp.ClientError):
         return f"{type(error).__name__}: {error}".rstrip(": ")
     if isinstance(error, TimeoutError):
-        return "no answer within the request timeout"
+        return "no answer within the request timeout (a Retry-After wait counts toward it)"
     return None
 
 
