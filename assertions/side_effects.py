@@ -119,9 +119,27 @@ def judge_slack(effect: SlackEffect, messages: Sequence[Mapping[str, Any]]) -> l
 
 
 # --- github ------------------------------------------------------------------------------------
+REVIEW_STATES = ("APPROVED", "CHANGES_REQUESTED", "COMMENTED", "DISMISSED", "PENDING")
+
+
 class GithubReview(_Strict):
-    state: str | None = Field(None, description="APPROVED, CHANGES_REQUESTED or COMMENTED.")
+    state: str | None = Field(None, description="APPROVED, CHANGES_REQUESTED, COMMENTED or DISMISSED, in either "
+                                                 "case: webhooks send it lowercase, the REST API uppercase.")
     body: Any = Field(None, description="Matcher for the review body.")
+
+    @model_validator(mode="after")
+    def _known_state(self) -> GithubReview:
+        if self.state is not None and self.state.upper() not in REVIEW_STATES:
+            raise ValueError(f"review.state {self.state!r} is not one of {', '.join(REVIEW_STATES)}")
+        return self
+
+
+def review_state(item: Mapping[str, Any]) -> str:
+    """A review's ``state`` in one casing. GitHub sends it lowercase in ``pull_request_review`` webhooks
+    (``approved``; docs.github.com/webhooks/webhook-events-and-payloads#pull_request_review and the
+    ``@octokit/webhooks-schemas`` enum) and uppercase from the REST API (``APPROVED``;
+    docs.github.com/rest/pulls/reviews)."""
+    return str(item.get("state") or "").upper()
 
 
 class GithubCheckRun(_Strict):
@@ -167,7 +185,7 @@ def github_mismatch(effect: GithubEffect, kind: str, item: Mapping[str, Any]) ->
         if effect.comment is not None and (why := check(effect.comment, item.get("body") or "")) is not None:
             return f"comment: {why}"
     elif kind == "review" and effect.review is not None:
-        if effect.review.state is not None and item.get("state") != effect.review.state.upper():
+        if effect.review.state is not None and review_state(item) != effect.review.state.upper():
             return f"review.state: expected {effect.review.state.upper()!r}, got {item.get('state')!r}"
         if effect.review.body is not None and (why := check(effect.review.body, item.get("body") or "")) is not None:
             return f"review.body: {why}"

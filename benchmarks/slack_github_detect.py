@@ -107,7 +107,8 @@ async def github_rounds(mode: str, rounds: int, poll_s: float, delay_s: float) -
             for i in range(rounds):
                 await gh.post("/repos/acme/app/git/refs", data={"ref": f"refs/heads/b{i}", "sha": "e" * 40})
                 pr = await gh.post("/repos/acme/app/pulls", data={"title": "t", "head": f"b{i}", "base": "main"})
-                ctx = _ctx(session, {"github": {"token": "ghp-bot", "base_url": em.base_url}})
+                ctx = _ctx(session, {"github": {"token": "ghp-bot", "base_url": em.base_url,
+                                                "watch": "webhook" if hub else "poll"}})
                 eff = GithubEffect.model_validate({"repo": "acme/app", "pull": pr["number"], "comment": "LGTM",
                                                    "within": 20})
                 wctx = WatchContext(probe=ctx, services=Services(github_events=hub), poll_interval_s=poll_s)

@@ -227,6 +227,8 @@ class Engine:
             resources=ProbeResources(kafka_producers=self.kafka_producers), secrets=self.config.secrets(),
         ))
         await self._serve_http(tg)
+        # what the GitHub watcher's `watch: auto` needs to know whether GitHub can deliver to /hooks/github
+        self.services.hook_address, self.services.public_url = self.addresses.get("api"), d.public_url
 
     async def _start_components(self, tg: anyio.abc.TaskGroup) -> None:
         """Alerts, the Slack Socket Mode listener and Sentry check-ins, each when configured."""

@@ -1,4 +1,7 @@
-"""The github_webhook probe: deliver a realistic, signed GitHub event to the system under test.
+"""The github_webhook probe: deliver a complete, signed GitHub event to the system under test.
+
+Payloads validate against GitHub's published webhook schemas (``github_payloads.py``); their URLs point
+at ``integrations.github.base_url`` (api.github.com and github.com by default, or a GitHub Enterprise host).
 
 Headers match what GitHub's Hookshot sends: ``X-GitHub-Event``, ``X-GitHub-Delivery`` (the run's
 UUID), ``X-GitHub-Hook-ID``, the installation target headers, ``User-Agent: GitHub-Hookshot/…``
@@ -20,6 +23,7 @@ from tracecanary.model import CREDENTIAL, HEADERS_CREDENTIAL, StrictModel
 from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec
 from tracecanary.probes.github_payloads import (
     ACTIONS,
+    Site,
     build_payload,
     deep_merge,
     missing_required,
@@ -78,7 +82,7 @@ class GithubDelivery(StrictModel):
         payload = build_payload(
             self.event, seed=ctx.run_id, repo=str(ctx.render(self.repo)), number=int(number_text),
             action=self.action, sender=self.sender, comment=str(ctx.render(self.comment)), ref=self.ref,
-            now=datetime.now().astimezone(),
+            now=datetime.now().astimezone(), site=Site.from_api(ctx.integrations.github.base_url),
         )
         payload = deep_merge(payload, ctx.templates.render_native(self.payload, ctx.template_vars()))
         missing = missing_required(self.event, payload) if self.validate_payload else []

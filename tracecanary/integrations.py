@@ -7,7 +7,7 @@ daemon (store, API, dashboard, reports, logs, alerts).
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -30,13 +30,21 @@ class SlackIntegration(StrictModel):
 class GithubIntegration(StrictModel):
     """GitHub REST access and webhook secret; ``base_url`` for GitHub Enterprise or the emulator."""
 
-    token: Secret = Field(None, description="REST API token (the GitHub watcher's polling fallback).")
-    webhook_secret: Secret = Field(
-        None, description="Verifies X-Hub-Signature-256 of deliveries to the daemon's /hooks/github.")
+    token: Secret = Field(None, description="Token for the REST API (watchers' polling and reconciling).")
+    webhook_secret: Secret = Field(None, description="Secret of the webhook pointed at /hooks/github "
+                                                     "(X-Hub-Signature-256); the github_webhook probe signs with it.")
     allow_unsigned_webhooks: bool = Field(
         False, description="Accept /hooks/github deliveries without a signature check when no webhook_secret "
         "is set (default: refused with 401, so a forged delivery cannot pass a probe).")
-    base_url: str = "https://api.github.com"
+    base_url: str = Field("https://api.github.com", description="REST API root; GitHub Enterprise: https://HOST/api/v3.")
+    watch: Literal["auto", "webhook", "poll"] = Field(
+        "auto",
+        description="How github side effects are watched. webhook: deliveries to /hooks/github, reconciled over "
+                    "REST once before the window closes. poll: the REST API every daemon.poll_interval from the "
+                    "window's start, with conditional requests (ETag) and the rate-limit headers respected. "
+                    "auto: webhook when webhook_secret is set and /hooks/github is reachable from GitHub "
+                    "(daemon.public_url, a listen address other than loopback, or a GitHub on this host), else poll.",
+    )
 
 
 class SentryIntegration(StrictModel):

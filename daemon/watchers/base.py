@@ -5,6 +5,10 @@ under the side-effect key (``slack``, ``github``, ``kafka``, ``http``, ``sentry`
 ``min(ctx.trigger + effect.within, ctx.deadline)``; an ``absent: true`` effect is judged when its
 window closes. Event-driven sources (Slack Socket Mode, GitHub webhooks) publish into an ``EventHub``
 held in ``Services``; watchers subscribe to it and fall back to polling when no hub is running.
+
+Transient failures of the service watched (HTTP 5xx, a dropped or refused connection, a timeout) are
+retried after a ``Backoff`` (``WatchContext.backoff``, injectable), never a final answer on their own;
+``Attempts`` keeps the last error so a failure that lasts until the window closes is reported with it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from tracecanary.assertions.verdict import Finding
+from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.probes.base import ProbeContext
 
 Event = dict[str, Any]
@@ -85,12 +89,63 @@ class _Subscription:
         return batch
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """Delays before retrying a transient failure: ``initial_s`` × ``factor`` ** (n - 1), at most ``max_s``."""
+
+    initial_s: float = 0.5
+    factor: float = 2.0
+    max_s: float = 10.0
+
+    def delay_s(self, failures: int) -> float:
+        """The wait after the ``failures``-th consecutive failure (1, 2, …)."""
+        return float(min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1)))
+
+
+class Attempts:
+    """Transient failures of one watch: the backoff before the next attempt and the last error seen."""
+
+    def __init__(self, backoff: Backoff) -> None:
+        self.backoff = backoff
+        self.attempts = self.failures = self.consecutive = 0
+        self.last_error: str | None = None
+
+    def ok(self) -> None:
+        self.attempts += 1
+        self.consecutive = 0
+
+    def failed(self, error: str) -> float:
+        """Record a transient failure; returns how long to wait before the next attempt."""
+        self.attempts += 1
+        self.failures += 1
+        self.consecutive += 1
+        self.last_error = error
+        return self.backoff.delay_s(self.consecutive)
+
+    @property
+    def failing(self) -> bool:
+        """The last attempt failed (what the service holds now is unknown)."""
+        return self.consecutive > 0
+
+    def finding(self, path: str, what: str) -> Finding:
+        """An error finding for a failure that lasted until the window closed, quoting the last error."""
+        return Finding(
+            type="side_effect", severity=Verdict.ERROR, path=path, observed=self.last_error,
+            message=f"{what} failed until the window closed ({self.consecutive} failed attempt(s) in a row, "
+                    f"{self.failures} of {self.attempts} in all); last error: {self.last_error}",
+        )
+
+
 @dataclass
 class Services:
     """Long-lived components watchers may use; absent ones are None (watchers then poll)."""
 
     github_events: EventHub | None = None
     slack_events: EventHub | None = None
+    hook_address: str | None = None
+    """host:port this process serves ``/hooks/github`` on; None when it serves no HTTP (GitHub cannot reach it)."""
+    public_url: str | None = None
+    """``daemon.public_url``: an address in front of this process (a proxy, a tunnel) that GitHub can reach."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,6 +158,8 @@ class WatchContext:
     outputs: dict[str, Any] = field(default_factory=dict)
     poll_interval_s: float = 2.0
     """Default poll interval for polling fallbacks (tests inject small values)."""
+    backoff: Backoff = field(default_factory=Backoff)
+    """Waits between retries of transient failures (5xx, connection errors) during a watch."""
 
     def window_end_s(self, within_s: float) -> float:
         """anyio-monotonic time at which a side effect's ``within`` window closes (≤ run deadline)."""

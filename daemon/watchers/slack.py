@@ -5,8 +5,10 @@ set) acks every Socket Mode envelope and publishes the inner ``event`` into
 ``Services.slack_events``; the watcher subscribes with replay, so a reply that beat the
 subscription is still seen. Polling fallback: ``conversations.replies`` (the probe's thread) and
 ``conversations.history`` with the bot token, paced per method by a shared ``SlackPacer`` (tier
-budget, ``Retry-After`` penalties) and backing off between polls. Judgement is
-``assertions.side_effects.judge_slack``: a miss quotes what did arrive.
+budget, ``Retry-After`` penalties) and backing off between polls. An HTTP 5xx, a dropped connection or a
+timeout is transient: retried after ``WatchContext.backoff``; one that lasts until the window closes is
+reported with the last error. Judgement is ``assertions.side_effects.judge_slack``: a miss quotes what
+did arrive.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from tracecanary.assertions.side_effects import SlackEffect, judge_slack, slack_mismatch
 from tracecanary.assertions.verdict import Finding, Verdict
-from tracecanary.daemon.watchers.base import Event, EventHub, WatchContext
+from tracecanary.daemon.watchers.base import Attempts, Event, EventHub, WatchContext
 from tracecanary.probes.slack import slack_client
 
 log = logging.getLogger("tracecanary.watchers.slack")
@@ -37,6 +39,7 @@ PAGE_LIMIT = 200
 CLOCK_SKEW_S = 1.0
 FETCH_TIMEOUT_S = 30.0
 FETCH_GRACE_S = 2.0
+TRANSIENT_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
 RECONCILE_MAX_S = 3.0
 RECONCILE_SHARE = 0.25
 """With Socket Mode, the last share of the window (≤ 3 s) polls once with the bot token, so an event
@@ -113,8 +116,9 @@ async def watch_slack(effect: SlackEffect, ctx: WatchContext) -> list[Finding]:
         reserve_s = min(RECONCILE_MAX_S, RECONCILE_SHARE * max(0.0, end_s - anyio.current_time())) if token else 0.0
         seen = await _watch_events(effect, scope, hub, end_s - reserve_s)
         via = "socket_mode"
+        reconcile_error = None
         if reserve_s and not _done(effect, seen):
-            seen = await _reconcile(scope, ctx, seen, end_s, out.get("ts"))
+            seen, reconcile_error = await _reconcile(scope, ctx, seen, end_s, out.get("ts"))
             via = "socket_mode+polling"
             if not _done(effect, seen):
                 seen = await _watch_events(effect, scope, hub, end_s, seen)
@@ -122,9 +126,13 @@ async def watch_slack(effect: SlackEffect, ctx: WatchContext) -> list[Finding]:
         outcome = await _poll(effect, scope, ctx, end_s, out.get("ts"))
         if isinstance(outcome, Finding):
             return [outcome]
-        seen, via = outcome, "polling"
+        seen, via, reconcile_error = outcome, "polling", None
     ctx.probe.log("slack watch done", via=via, channel=channel, seen=len(seen))
-    return judge_slack(effect, seen)
+    findings = judge_slack(effect, seen)
+    if reconcile_error and findings and not effect.absent:
+        note = f"; the poll before the window closed failed: {reconcile_error}"
+        findings = [f.model_copy(update={"message": f.message + note}) for f in findings]
+    return findings
 
 
 def _slack_output(outputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,21 +158,51 @@ async def _watch_events(effect: SlackEffect, scope: _Scope, hub: EventHub, end_s
                 return list(seen.values())
 
 
+def _code(error: SlackApiError) -> str | None:
+    """Slack's ``error`` code of a failed call (None when the body was not a JSON object, e.g. a 503 page)."""
+    data = error.response.data
+    return str(data["error"]) if isinstance(data, dict) and data.get("error") else None
+
+
+def _transient(error: BaseException) -> str | None:
+    """What went wrong, when retrying may help (HTTP 5xx, Slack's transient errors, a dropped connection,
+    a timeout); None for answers that will not change (invalid_auth, channel_not_found, …)."""
+    if isinstance(error, SlackApiError):
+        status = int(error.response.status_code)
+        code = _code(error)
+        if status >= 500 or code in TRANSIENT_ERRORS:
+            return f"{status} {code or 'server error'}"
+        return None
+    if isinstance(error, aiohttp.ClientError):
+        return f"{type(error).__name__}: {error}".rstrip(": ")
+    if isinstance(error, TimeoutError):
+        return "no answer within the request timeout (a Retry-After wait counts toward it)"
+    return None
+
+
 async def _reconcile(scope: _Scope, ctx: WatchContext, seen: list[dict[str, Any]], end_s: float,
-                     probe_ts: str | None) -> list[dict[str, Any]]:
+                     probe_ts: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """One poll before the window closes (transient failures retried until ``end_s``): the merged
+    messages, and the last error when no poll succeeded."""
     cfg = ctx.probe.integrations.slack
     pacer = ctx.services.extra.setdefault("slack_pacer", SlackPacer())
+    client = slack_client(cfg.bot_token, cfg.base_url, max_retries=0, session=ctx.probe.session)
     merged = {_key(m): m for m in seen}
-    with anyio.move_on_after(max(0.0, end_s - anyio.current_time())):
+    attempts = Attempts(ctx.backoff)
+    while True:
         try:
-            client = slack_client(cfg.bot_token, cfg.base_url, max_retries=0, session=ctx.probe.session)
-            for msg in await _fetch(client, pacer, scope, probe_ts):
-                merged.setdefault(_key(msg), msg)
-        except SlackApiError as e:
-            log.warning("slack reconcile failed channel=%s error=%s", scope.channel, e.response.get("error"))
-        except aiohttp.ClientError as e:
-            log.warning("slack reconcile failed channel=%s error=%s", scope.channel, type(e).__name__)
-    return list(merged.values())
+            with anyio.fail_after(max(0.1, end_s - anyio.current_time())):
+                for msg in await _fetch(client, pacer, scope, probe_ts):
+                    merged.setdefault(_key(msg), msg)
+            return list(merged.values()), None
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as e:
+            why = _transient(e)
+            error = why or str(_code(e) if isinstance(e, SlackApiError) else e)
+            delay_s = attempts.failed(error)
+            log.warning("slack reconcile failed channel=%s error=%s", scope.channel, error)
+            if why is None or anyio.current_time() + delay_s >= end_s:
+                return list(merged.values()), error
+            await anyio.sleep(delay_s)
 
 
 async def _poll(
@@ -177,26 +215,36 @@ async def _poll(
     pacer = ctx.services.extra.setdefault("slack_pacer", SlackPacer())
     client = slack_client(cfg.bot_token, cfg.base_url, max_retries=0, session=ctx.probe.session)
     seen: dict[tuple[str, str], dict[str, Any]] = {}
+    attempts = Attempts(ctx.backoff)
     interval_s = ctx.poll_interval_s
     while True:
+        wait_s = interval_s
         try:
             # a Retry-After penalty may outlast the window: never wait (much) past its end
             budget_s = min(FETCH_TIMEOUT_S, max(end_s - anyio.current_time(), FETCH_GRACE_S))
             with anyio.fail_after(min(budget_s, max(0.001, ctx.probe.remaining_s()))):
                 for msg in await _fetch(client, pacer, scope, probe_ts):
                     seen.setdefault(_key(msg), msg)
-        except SlackApiError as e:
-            error = e.response.get("error")
-            if error != "ratelimited":
+            attempts.ok()
+            interval_s = min(interval_s * 1.5, ctx.poll_interval_s * 8)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as e:
+            if isinstance(e, SlackApiError) and _code(e) == "ratelimited":
+                attempts.failed("429 ratelimited")  # the pacer holds the next call for Retry-After
+            elif (why := _transient(e)) is not None:
+                wait_s = attempts.failed(why)
+                log.warning("slack poll failed channel=%s error=%s retry_in_s=%.2f", scope.channel, why, wait_s)
+            else:
+                error = _code(e) if isinstance(e, SlackApiError) else str(e)
                 return Finding(type="side_effect", severity=Verdict.ERROR, path="side_effects.slack",
                                message=f"Slack polling of {scope.channel} failed: {error}", observed=error)
-        except (TimeoutError, aiohttp.ClientError) as e:
-            log.warning("slack poll failed channel=%s error=%s", scope.channel, type(e).__name__)
         now = anyio.current_time()
         if _done(effect, list(seen.values())) or now >= end_s:
-            return list(seen.values())
-        await anyio.sleep(min(interval_s, end_s - now))
-        interval_s = min(interval_s * 1.5, ctx.poll_interval_s * 8)
+            break
+        await anyio.sleep(min(wait_s, end_s - now))
+    # the last look failed and what was seen before it does not decide the effect: the answer is unknown
+    if attempts.failing and not _done(effect, list(seen.values())):
+        return attempts.finding("side_effects.slack", f"Slack polling of {scope.channel}")
+    return list(seen.values())
 
 
 async def _fetch(client: AsyncWebClient, pacer: SlackPacer, scope: _Scope, probe_ts: str | None) -> list[dict[str, Any]]:
@@ -221,7 +269,7 @@ async def _fetch(client: AsyncWebClient, pacer: SlackPacer, scope: _Scope, probe
                 if e.response.status_code == 429:
                     pacer.penalize(method, _retry_after_s(e.response.headers))
                     raise
-                if e.response.get("error") == "thread_not_found":
+                if _code(e) == "thread_not_found":
                     break
                 raise
             for msg in resp.get("messages") or []:

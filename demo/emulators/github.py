@@ -1,11 +1,18 @@
 """A GitHub REST + webhooks emulator that ``gidgethub`` runs against unmodified (only ``base_url`` changes).
 
 Covers what review bots and tracecanary touch: issue/PR comments, PR reviews, review comments, check
-runs, pull requests (create, get, close), branches (git refs), ``Link`` pagination honouring
+runs, pull requests (create, get, edit, close, reopen), branches (git refs), ``Link`` pagination honouring
 ``per_page``, ``x-ratelimit-*`` headers (403 ``API rate limit exceeded`` at zero), secondary-limit
 storms (403/429 with ``retry-after``), GitHub's error bodies (``{"message", "documentation_url",
 "status"}``) and signed webhook deliveries (``X-Hub-Signature-256``, ``X-GitHub-Event``,
-``X-GitHub-Delivery``) to a configured URL.
+``X-GitHub-Delivery``) to the configured URLs, complete as GitHub sends them (``github_objects.py``).
+
+Conditional requests as on GitHub (docs.github.com/rest/using-the-rest-api/best-practices-for-using-the-
+rest-api, "Use conditional requests"): every 200 GET carries an ``ETag``; a GET whose ``If-None-Match``
+names the current one gets ``304 Not Modified`` without a body, and does not count against the rate limit.
+
+Faults at the HTTP level, for retry tests: ``fail(count, status=…)`` answers the next ``count`` requests
+with a 5xx and GitHub's error body, ``fail(count, disconnect=True)`` closes their connections unanswered.
 """
 
 from __future__ import annotations
@@ -15,15 +22,18 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import socket
 import time
 import uuid
+from collections import deque
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from tracecanary.demo.emulators.github_rest import DOCS, LOGIN, GitHubError, GitHubRestMixin, Repo, error_body
+from tracecanary.demo.emulators.github_objects import Repo
+from tracecanary.demo.emulators.github_rest import DOCS, LOGIN, GitHubError, GitHubRestMixin, error_body
 
 __all__ = ["GitHubEmulator", "GitHubError", "error_body", "hub_signature"]
 
@@ -56,6 +66,8 @@ class GitHubEmulator(GitHubRestMixin):
         storm_status: int = 403,
         storm_methods: tuple[str, ...] = ("GET", "POST", "PATCH", "DELETE"),
         retry_after_s: int = 1,
+        server_errors: int = 0,
+        server_error_status: int = 502,
     ) -> None:
         self.host, self.port = host, port
         self.tokens = tokens or {"ghp-bot": "review-bot[bot]", "ghp-prober": "prober"}
@@ -64,6 +76,9 @@ class GitHubEmulator(GitHubRestMixin):
         self.storm_methods = storm_methods
         self.rate_limit, self.rate_reset_s = rate_limit, rate_reset_s
         self.storm_left, self.storm_status, self.retry_after_s = storm, storm_status, retry_after_s
+        self._faults_left, self._fault_status, self._fault_disconnect = server_errors, server_error_status, False
+        self._fault_methods: tuple[str, ...] = ("GET", "POST", "PATCH", "DELETE")
+        self.not_modified = 0
         self.repos: dict[str, Repo] = {}
         for i, full in enumerate(repos or ["acme/app"], start=1):
             owner, name = full.split("/")
@@ -71,10 +86,12 @@ class GitHubEmulator(GitHubRestMixin):
         self._users: dict[str, int] = {}
         self._ids = 100
         self._used = 0
-        self._reset_at = time.time() + rate_reset_s
+        self._reset_at = math.ceil(time.time() + rate_reset_s)  # whole epoch seconds, as x-ratelimit-reset says
         self.deliveries: list[dict[str, Any]] = []
+        self.sent: deque[tuple[str, dict[str, Any]]] = deque(maxlen=1000)
+        """The last webhook payloads emitted (event, body), whether or not a URL was set to receive them."""
         self.requests: list[tuple[str, str, int]] = []
-        self._outbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=10_000)
+        self._outbox: asyncio.Queue[tuple[str, str, bytes]] = asyncio.Queue(maxsize=10_000)
         self._task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -150,22 +167,43 @@ class GitHubEmulator(GitHubRestMixin):
     # --- plumbing ------------------------------------------------------------------------------
     def _rate_headers(self) -> dict[str, str]:
         if time.time() >= self._reset_at:
-            self._used, self._reset_at = 0, time.time() + self.rate_reset_s
+            self._used, self._reset_at = 0, math.ceil(time.time() + self.rate_reset_s)
         return {
             "x-ratelimit-limit": str(self.rate_limit),
             "x-ratelimit-remaining": str(max(0, self.rate_limit - self._used)),
             "x-ratelimit-used": str(self._used),
-            "x-ratelimit-reset": str(int(self._reset_at)),
+            "x-ratelimit-reset": str(self._reset_at),
             "x-ratelimit-resource": "core",
             "x-github-request-id": uuid.uuid4().hex[:20].upper(),
             "x-github-media-type": "github.v3; format=json",
         }
 
+    def fail(self, count: int, *, status: int = 502, disconnect: bool = False,
+             methods: tuple[str, ...] = ("GET", "POST", "PATCH", "DELETE")) -> None:
+        """Answer the next ``count`` requests (of ``methods``) with ``status`` (5xx), or drop their connections."""
+        self._faults_left, self._fault_status, self._fault_disconnect = count, status, disconnect
+        self._fault_methods = methods
+
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        resp = await self._handle(request, handler)
+        if self._faults_left > 0 and request.method in self._fault_methods:
+            self._faults_left -= 1
+            if self._fault_disconnect:
+                self.requests.append((request.method, request.path, 0))
+                if request.transport is not None:
+                    request.transport.close()
+                return web.Response(status=500)  # never reaches the client: its connection is gone
+            resp: web.StreamResponse = web.json_response(
+                error_body(self._fault_status, "Server Error"), status=self._fault_status,
+                headers={"x-github-request-id": uuid.uuid4().hex[:20].upper()})
+        else:
+            resp = await self._handle(request, handler)
         self.requests.append((request.method, request.path, resp.status))
         return resp
+
+    @staticmethod
+    def _etag(body: bytes) -> str:
+        return 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
     async def _handle(self, request: web.Request, handler: Any) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")
@@ -195,6 +233,16 @@ class GitHubEmulator(GitHubRestMixin):
             resp = web.json_response(e.body, status=e.status)
         except web.HTTPNotFound:
             resp = web.json_response(error_body(404, "Not Found"), status=404)
+        body = resp.body if isinstance(resp, web.Response) else None
+        if request.method == "GET" and resp.status == 200 and isinstance(body, bytes | bytearray):
+            etag = self._etag(bytes(body))
+            if etag in (t.strip() for t in request.headers.get("If-None-Match", "").split(",")):
+                self._used -= 1  # a 304 is not counted against the rate limit
+                self.not_modified += 1
+                resp = web.Response(status=304)
+            resp.headers["ETag"] = etag
+            resp.headers["Cache-Control"] = "private, max-age=60, s-maxage=60"
+            resp.headers["Vary"] = "Accept, Authorization, Cookie, X-GitHub-OTP"
         resp.headers.update(self._rate_headers())
         return resp
 
@@ -207,34 +255,34 @@ class GitHubEmulator(GitHubRestMixin):
     # --- webhooks ------------------------------------------------------------------------------
     def emit(self, event: str, repo: Repo, payload: dict[str, Any], sender: str) -> None:
         """Queue a webhook delivery of ``event`` (payload gains ``repository`` and ``sender``)."""
-        if not self.webhook_urls:
-            return
         full = {**payload, "repository": self.repository(repo), "sender": self.user(sender)}
+        # serialized now: later changes to the pull request must not leak into this delivery
+        body = json.dumps(full).encode()
+        self.sent.append((event, json.loads(body)))
         try:
-            self._outbox.put_nowait((event, full))
+            self._outbox.put_nowait((event, str(full.get("action") or ""), body))
         except asyncio.QueueFull:
             log.warning("github emulator outbox full dropped=%s", event)
 
     async def _deliver_loop(self) -> None:
         while True:
-            event, payload = await self._outbox.get()
+            event, action, body = await self._outbox.get()
             for url in self.webhook_urls:
-                await self._deliver(url, event, payload)
+                await self._deliver(url, event, action, body)
 
-    async def _deliver(self, url: str, event: str, payload: dict[str, Any]) -> None:
+    async def _deliver(self, url: str, event: str, action: str, body: bytes) -> None:
         assert self._session is not None
-        body = json.dumps(payload).encode()
         delivery = str(uuid.uuid4())
         headers = {
             "Content-Type": "application/json", "User-Agent": "GitHub-Hookshot/emulator",
             "X-GitHub-Event": event, "X-GitHub-Delivery": delivery, "X-GitHub-Hook-ID": "1",
             "X-GitHub-Hook-Installation-Target-Type": "repository",
-            "X-GitHub-Hook-Installation-Target-ID": str(payload["repository"]["id"]),
+            "X-GitHub-Hook-Installation-Target-ID": str(json.loads(body)["repository"]["id"]),
         }
         if self.webhook_secret:
             headers["X-Hub-Signature-256"] = hub_signature(self.webhook_secret, body)
             headers["X-Hub-Signature"] = "sha1=" + hmac.new(self.webhook_secret.encode(), body, hashlib.sha1).hexdigest()
-        record: dict[str, Any] = {"event": event, "delivery": delivery, "action": payload.get("action"),
+        record: dict[str, Any] = {"event": event, "delivery": delivery, "action": action or None,
                                   "url": url, "status": None}
         self.deliveries.append(record)
         try:

@@ -6,18 +6,25 @@ errors follow GitHub's shape: ``{"message", "errors"?, "documentation_url", "sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+import base64
 from typing import Any
 
 from aiohttp import web
 
+from tracecanary.demo.emulators.github_objects import (
+    GitHubObjects,
+    Repo,
+    node_id,
+    reactions,
+    simple_pull,
+    webhook_review,
+)
+from tracecanary.demo.emulators.github_objects import now_iso as _now
+
+__all__ = ["DOCS", "LOGIN", "GitHubError", "GitHubRestMixin", "Repo", "error_body"]
+
 DOCS = "https://docs.github.com/rest"
 LOGIN = web.RequestKey("login", str)
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def error_body(status: int, message: str, doc: str = DOCS, errors: list[Any] | None = None) -> dict[str, Any]:
@@ -29,23 +36,6 @@ def error_body(status: int, message: str, doc: str = DOCS, errors: list[Any] | N
     return body
 
 
-@dataclass
-class Repo:
-    id: int
-    owner: str
-    name: str
-    refs: dict[str, str] = field(default_factory=dict)
-    issues: dict[int, dict[str, Any]] = field(default_factory=dict)
-    comments: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    reviews: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    review_comments: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    check_runs: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def full_name(self) -> str:
-        return f"{self.owner}/{self.name}"
-
-
 class GitHubError(Exception):
     def __init__(self, status: int, message: str, doc: str = DOCS, errors: list[Any] | None = None):
         super().__init__(message)
@@ -53,12 +43,10 @@ class GitHubError(Exception):
 
 
 
-class GitHubRestMixin:
+class GitHubRestMixin(GitHubObjects):
     """Request handlers of ``GitHubEmulator`` (which sets the attributes declared here)."""
 
-    base_url: str
     repos: dict[str, Repo]
-    _users: dict[str, int]
     _ids: int
 
     def emit(self, event: str, repo: Repo, payload: dict[str, Any], sender: str) -> None:
@@ -74,21 +62,6 @@ class GitHubRestMixin:
     def _next_id(self) -> int:
         self._ids += 1
         return self._ids
-
-    def user(self, login: str) -> dict[str, Any]:
-        uid = self._users.setdefault(login, 5000 + len(self._users))
-        return {
-            "login": login, "id": uid, "node_id": f"MDQ6VXNlcj{uid}", "avatar_url": f"{self.base_url}/avatars/{uid}",
-            "gravatar_id": "", "url": f"{self.base_url}/users/{login}", "html_url": f"https://github.com/{login}",
-            "type": "Bot" if login.endswith("[bot]") else "User", "site_admin": False,
-        }
-
-    def repository(self, repo: Repo) -> dict[str, Any]:
-        return {
-            "id": repo.id, "node_id": f"MDEwOlJlcG9zaXRvcnk{repo.id}", "name": repo.name, "full_name": repo.full_name,
-            "private": False, "owner": self.user(repo.owner), "html_url": f"https://github.com/{repo.full_name}",
-            "url": f"{self.base_url}/repos/{repo.full_name}", "default_branch": "main",
-        }
 
     @staticmethod
     async def _json(request: web.Request) -> dict[str, Any]:
@@ -154,15 +127,35 @@ class GitHubRestMixin:
         if not isinstance(body.get("body"), str):
             raise GitHubError(422, "Invalid request.\n\n\"body\" wasn't supplied.", DOCS + "/issues/comments#create-an-issue-comment")
         cid = self._next_id()
+        url = f"{self.api(repo)}/issues/comments/{cid}"
         comment = {
-            "id": cid, "node_id": f"IC_{cid}", "url": f"{self.base_url}/repos/{repo.full_name}/issues/comments/{cid}",
-            "html_url": f"https://github.com/{repo.full_name}/issues/{n}#issuecomment-{cid}", "body": body["body"],
+            "id": cid, "node_id": node_id("IssueComment", cid), "url": url,
+            "html_url": f"{repo.issues[n]['html_url']}#issuecomment-{cid}", "body": body["body"],
             "user": self.user(login), "created_at": _now(), "updated_at": _now(),
-            "issue_url": f"{self.base_url}/repos/{repo.full_name}/issues/{n}", "author_association": "COLLABORATOR",
+            "issue_url": f"{self.api(repo)}/issues/{n}", "author_association": "COLLABORATOR",
+            "reactions": reactions(url), "performed_via_github_app": None,
         }
         repo.comments.setdefault(n, []).append(comment)
-        self.emit("issue_comment", repo, {"action": "created", "issue": self._issue_view(repo, n), "comment": comment}, login)
+        repo.issues[n]["comments"] = len(repo.comments[n])
+        self.emit("issue_comment", repo, {"action": "created", "issue": self.issue_view(repo, n), "comment": comment}, login)
         return web.json_response(comment, status=201)
+
+    def _add_review(self, repo: Repo, n: int, login: str, state: str, text: str, commit_id: str | None) -> dict[str, Any]:
+        """Store a review (REST shape, ``state`` uppercase) and, unless pending, deliver it (lowercase)."""
+        rid = self._next_id()
+        pr = repo.issues[n]
+        html = f"{pr['html_url']}#pullrequestreview-{rid}"
+        review = {
+            "id": rid, "node_id": node_id("PullRequestReview", rid), "user": self.user(login), "body": text,
+            "state": state, "html_url": html, "pull_request_url": pr["url"],
+            "_links": {"html": {"href": html}, "pull_request": {"href": pr["url"]}},
+            "submitted_at": _now(), "commit_id": commit_id or pr["head"]["sha"], "author_association": "COLLABORATOR",
+        }
+        repo.reviews.setdefault(n, []).append(review)
+        if state != "PENDING":
+            self.emit("pull_request_review", repo, {"action": "submitted", "review": webhook_review(review),
+                                                    "pull_request": simple_pull(pr)}, login)
+        return review
 
     async def _create_review(self, request: web.Request) -> web.Response:
         repo = self._repo(request)
@@ -177,20 +170,7 @@ class GitHubRestMixin:
         if event in ("REQUEST_CHANGES", "COMMENT") and not body.get("body"):
             raise GitHubError(422, "Unprocessable Entity", DOCS + "/pulls/reviews#create-a-review-for-a-pull-request",
                               errors=["Review Can not request changes or comment without a body"])
-        rid = self._next_id()
-        base = f"{self.base_url}/repos/{repo.full_name}/pulls/{n}"
-        html = f"https://github.com/{repo.full_name}/pull/{n}#pullrequestreview-{rid}"
-        review = {
-            "id": rid, "node_id": f"PRR_{rid}", "user": self.user(login), "body": body.get("body", ""),
-            "state": states[event], "html_url": html, "pull_request_url": base,
-            "_links": {"html": {"href": html}, "pull_request": {"href": base}},
-            "submitted_at": _now(), "commit_id": body.get("commit_id") or repo.issues[n]["head"]["sha"],
-            "author_association": "COLLABORATOR",
-        }
-        repo.reviews.setdefault(n, []).append(review)
-        if event is not None:
-            self.emit("pull_request_review", repo, {"action": "submitted", "review": review,
-                                                    "pull_request": repo.issues[n]}, login)
+        review = self._add_review(repo, n, login, states[event], str(body.get("body") or ""), body.get("commit_id"))
         return web.json_response(review)
 
     async def _create_review_comment(self, request: web.Request) -> web.Response:
@@ -202,27 +182,29 @@ class GitHubRestMixin:
         if missing:
             raise GitHubError(422, "Invalid request.\n\n" + " ".join(f'"{f}" wasn\'t supplied.' for f in missing),
                               DOCS + "/pulls/comments#create-a-review-comment-for-a-pull-request")
+        pr = repo.issues[n]
+        # A lone review comment is filed under a review of its own (state COMMENTED, empty body), as on GitHub.
+        review = self._add_review(repo, n, login, "COMMENTED", "", body.get("commit_id"))
         cid = self._next_id()
+        url = f"{self.api(repo)}/pulls/comments/{cid}"
+        html = f"{pr['html_url']}#discussion_r{cid}"
+        line = body.get("line") if isinstance(body.get("line"), int) else None
         comment = {
-            "id": cid, "node_id": f"PRRC_{cid}", "url": f"{self.base_url}/repos/{repo.full_name}/pulls/comments/{cid}",
-            "pull_request_review_id": None, "path": body["path"], "line": body.get("line"),
-            "side": body.get("side", "RIGHT"), "commit_id": body.get("commit_id") or repo.issues[n]["head"]["sha"],
-            "user": self.user(login), "body": body["body"], "created_at": _now(), "updated_at": _now(),
-            "html_url": f"https://github.com/{repo.full_name}/pull/{n}#discussion_r{cid}",
-            "pull_request_url": f"{self.base_url}/repos/{repo.full_name}/pulls/{n}", "author_association": "COLLABORATOR",
+            "url": url, "pull_request_review_id": review["id"], "id": cid,
+            "node_id": node_id("PullRequestReviewComment", cid), "diff_hunk": "@@ -1,1 +1,1 @@",
+            "path": body["path"], "position": line, "original_position": line or 1, "commit_id": review["commit_id"],
+            "original_commit_id": review["commit_id"], "user": self.user(login), "body": body["body"],
+            "created_at": _now(), "updated_at": _now(), "html_url": html, "pull_request_url": pr["url"],
+            "author_association": "COLLABORATOR",
+            "_links": {"self": {"href": url}, "html": {"href": html}, "pull_request": {"href": pr["url"]}},
+            "reactions": reactions(url), "start_line": None, "original_start_line": None, "start_side": None,
+            "line": line, "original_line": line or 1, "side": body.get("side", "RIGHT"), "subject_type": "line",
         }
         repo.review_comments.setdefault(n, []).append(comment)
+        pr["review_comments"] = len(repo.review_comments[n])
         self.emit("pull_request_review_comment", repo, {"action": "created", "comment": comment,
-                                                        "pull_request": repo.issues[n]}, login)
+                                                        "pull_request": simple_pull(pr)}, login)
         return web.json_response(comment, status=201)
-
-    def _issue_view(self, repo: Repo, n: int) -> dict[str, Any]:
-        pr = repo.issues[n]
-        view = {k: pr[k] for k in ("id", "number", "title", "user", "state", "body", "created_at", "updated_at")}
-        view["url"] = f"{self.base_url}/repos/{repo.full_name}/issues/{n}"
-        if "head" in pr:
-            view["pull_request"] = {"url": pr["url"], "html_url": pr["html_url"]}
-        return view
 
     async def _create_pull(self, request: web.Request) -> web.Response:
         repo = self._repo(request)
@@ -238,17 +220,10 @@ class GitHubRestMixin:
             if str(body[f]).split(":")[-1] not in repo.refs:
                 raise GitHubError(422, "Validation Failed", doc, [{"resource": "PullRequest", "field": f, "code": "invalid"}])
         n = len(repo.issues) + 1
-        pid = self._next_id()
-        head = str(body["head"]).split(":")[-1]
-        pr = {
-            "url": f"{self.base_url}/repos/{repo.full_name}/pulls/{n}", "id": pid, "node_id": f"PR_{pid}",
-            "html_url": f"https://github.com/{repo.full_name}/pull/{n}", "number": n, "state": "open", "locked": False,
-            "title": body["title"], "user": self.user(login), "body": body.get("body"), "created_at": _now(),
-            "updated_at": _now(), "closed_at": None, "merged_at": None, "draft": bool(body.get("draft", False)),
-            "head": {"label": f"{repo.owner}:{head}", "ref": head, "sha": repo.refs[head], "repo": self.repository(repo)},
-            "base": {"label": f"{repo.owner}:{body['base']}", "ref": body["base"], "sha": repo.refs[str(body["base"])],
-                     "repo": self.repository(repo)},
-        }
+        head, base = str(body["head"]).split(":")[-1], str(body["base"])
+        pr = self.pull(repo, n, self._next_id(), login, str(body["title"]), body.get("body"), bool(body.get("draft", False)),
+                       (head, repo.refs[head]), (base, repo.refs[base]))
+        self._next_id()  # the issue behind the pull request takes the next id (issue_view: pull id + 1)
         repo.issues[n] = pr
         self.emit("pull_request", repo, {"action": "opened", "number": n, "pull_request": pr}, login)
         return web.json_response(pr, status=201, headers={"Location": pr["url"]})
@@ -263,15 +238,18 @@ class GitHubRestMixin:
         n = self._number(request, repo, pull=True)
         body = await self._json(request)
         pr = repo.issues[n]
-        for key in ("title", "body"):
-            if key in body:
-                pr[key] = body[key]
+        changes = {k: {"from": pr[k]} for k in ("title", "body") if k in body and body[k] != pr[k]}
+        for key in changes:
+            pr[key] = body[key]
+        pr["updated_at"] = _now()
+        if changes:
+            self.emit("pull_request", repo, {"action": "edited", "number": n, "changes": changes, "pull_request": pr}, login)
         if body.get("state") in ("open", "closed") and body["state"] != pr["state"]:
             pr["state"] = body["state"]
             pr["closed_at"] = _now() if pr["state"] == "closed" else None
+            pr["mergeable_state"] = "unknown" if pr["state"] == "closed" else "clean"
             action = "closed" if pr["state"] == "closed" else "reopened"
             self.emit("pull_request", repo, {"action": action, "number": n, "pull_request": pr}, login)
-        pr["updated_at"] = _now()
         return web.json_response(pr)
 
     async def _create_check_run(self, request: web.Request) -> web.Response:
@@ -283,22 +261,28 @@ class GitHubRestMixin:
             if not body.get(f):
                 raise GitHubError(422, "Invalid request.\n\n" + f'"{f}" wasn\'t supplied.', doc)
         cid = self._next_id()
-        pulls = [{"number": n, "url": pr["url"], "id": pr["id"]} for n, pr in repo.issues.items()
-                 if pr.get("head", {}).get("sha") == body["head_sha"] and pr["state"] == "open"]
+        ref = {"id": repo.id, "url": self.api(repo), "name": repo.name}
+        pulls = [{"url": pr["url"], "id": pr["id"], "number": n,
+                  "head": {"ref": pr["head"]["ref"], "sha": pr["head"]["sha"], "repo": ref},
+                  "base": {"ref": pr["base"]["ref"], "sha": pr["base"]["sha"], "repo": ref}}
+                 for n, pr in repo.issues.items() if pr["head"]["sha"] == body["head_sha"] and pr["state"] == "open"]
         conclusion = body.get("conclusion")
+        url = f"{self.api(repo)}/check-runs/{cid}"
+        html = f"{self.web(repo)}/runs/{cid}"
+        output = body.get("output") or {}
         run = {
-            "id": cid, "head_sha": body["head_sha"], "node_id": f"CR_{cid}", "external_id": body.get("external_id", ""),
-            "url": f"{self.base_url}/repos/{repo.full_name}/check-runs/{cid}",
-            "html_url": f"https://github.com/{repo.full_name}/runs/{cid}", "details_url": body.get("details_url"),
+            "id": cid, "head_sha": body["head_sha"], "node_id": node_id("CheckRun", cid),
+            "external_id": str(body.get("external_id", "")), "url": url, "html_url": html,
+            "details_url": body.get("details_url") or html,
             "status": "completed" if conclusion else body.get("status", "queued"), "conclusion": conclusion,
             "started_at": _now(), "completed_at": _now() if conclusion else None,
-            "output": {"title": (body.get("output") or {}).get("title"), "summary": (body.get("output") or {}).get("summary"),
-                       "text": None, "annotations_count": 0, "annotations_url": ""},
-            "name": body["name"], "app": {"id": 1, "slug": login.removesuffix("[bot]"), "name": login},
-            "pull_requests": pulls,
+            "output": {"title": output.get("title"), "summary": output.get("summary"), "text": output.get("text"),
+                       "annotations_count": 0, "annotations_url": f"{url}/annotations"},
+            "name": body["name"], "check_suite": {"id": self._next_id()}, "app": self.github_app(login), "pull_requests": pulls,
         }
         repo.check_runs.append(run)
-        self.emit("check_run", repo, {"action": "completed" if conclusion else "created", "check_run": run}, login)
+        delivered = {**run, "check_suite": self.check_suite(repo, run, login)}
+        self.emit("check_run", repo, {"action": "completed" if conclusion else "created", "check_run": delivered}, login)
         return web.json_response(run, status=201)
 
     async def _list_check_runs(self, request: web.Request) -> web.Response:
@@ -309,7 +293,7 @@ class GitHubRestMixin:
         return web.json_response({"total_count": len(runs), "check_runs": runs})
 
     def _ref_body(self, repo: Repo, branch: str) -> dict[str, Any]:
-        return {"ref": f"refs/heads/{branch}", "node_id": f"REF_{branch}",
+        return {"ref": f"refs/heads/{branch}", "node_id": base64.b64encode(f"Ref:{branch}".encode()).decode(),
                 "url": f"{self.base_url}/repos/{repo.full_name}/git/refs/heads/{branch}",
                 "object": {"sha": repo.refs[branch], "type": "commit",
                            "url": f"{self.base_url}/repos/{repo.full_name}/git/commits/{repo.refs[branch]}"}}

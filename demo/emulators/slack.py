@@ -5,7 +5,8 @@ Speaks the wire formats documented at api.slack.com: ``{"ok": …}`` JSON bodies
 cursor pagination (``response_metadata.next_cursor``, base64 ``next_ts:…``), message metadata, and
 ``app_mention`` generation when a message mentions the bot user. Events go out two ways: Socket Mode
 ``events_api`` envelopes (redelivered until acked with ``{"envelope_id"}``) and signed Events API
-HTTP POSTs to ``events_url``. Everything is configured through the constructor.
+HTTP POSTs to ``events_url``. Everything is configured through the constructor; ``fail(count, …)``
+makes the next Web API calls answer an HTTP 5xx (or drop their connections), for retry tests.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class _State(EventState):
     calls: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     storm_left: dict[str, int] = field(default_factory=dict)
     rate_limited: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    faults: int = 0
 
 
 def _cursor(ts: str) -> str:
@@ -126,6 +128,8 @@ class SlackEmulator(SlackEventsMixin):
         self.max_redeliveries = max_redeliveries
         self.http_ack_timeout_s = http_ack_timeout_s
         self.state = _State(storm_left=dict(storms or {}))
+        self._faults_left, self._fault_status, self._fault_disconnect = 0, 503, False
+        self._fault_methods: frozenset[str] | None = None
         self._last_ts = 0.0
         self._sockets: list[web.WebSocketResponse] = []
         self._rr = 0
@@ -238,8 +242,26 @@ class SlackEmulator(SlackEventsMixin):
         calls.append(now)
         return False
 
+    def fail(self, count: int, *, status: int = 503, disconnect: bool = False,
+             methods: Iterable[str] | None = None) -> None:
+        """Answer the next ``count`` Web API calls (of ``methods``; default all) with HTTP ``status`` and
+        ``{"ok": false, "error": "service_unavailable"}``, or close their connections unanswered."""
+        self._faults_left, self._fault_status, self._fault_disconnect = count, status, disconnect
+        self._fault_methods = frozenset(methods) if methods is not None else None
+
+    def _fault(self, request: web.Request, method: str) -> web.Response | None:
+        if self._faults_left <= 0 or (self._fault_methods is not None and method not in self._fault_methods):
+            return None
+        self._faults_left -= 1
+        self.state.faults += 1
+        if self._fault_disconnect and request.transport is not None:
+            request.transport.close()  # the client sees its connection dropped, never this response
+        return web.json_response({"ok": False, "error": "service_unavailable"}, status=self._fault_status)
+
     async def _api(self, request: web.Request) -> web.Response:
         method = request.match_info["method"]
+        if (fault := self._fault(request, method)) is not None:
+            return fault
         params = await self._params(request)
         ident, error = self._auth(request, params)
         if ident is None:

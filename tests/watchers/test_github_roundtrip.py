@@ -45,7 +45,8 @@ async def roundtrip(em: GitHubEmulator, monkeypatch: pytest.MonkeyPatch) -> tupl
 
 @pytest.mark.anyio
 async def test_pr_roundtrip_sees_review_and_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with github_world(None) as (_bot, em):
+    async with github_world(None) as world:
+        em = world.em
         findings, cleanup, run_id = await roundtrip(em, monkeypatch)
         pr = em.repos["acme/app"].issues[1]
         refs = set(em.repos["acme/app"].refs)
@@ -58,7 +59,8 @@ async def test_pr_roundtrip_sees_review_and_cleans_up(monkeypatch: pytest.Monkey
 
 @pytest.mark.anyio
 async def test_pr_roundtrip_cleans_up_after_a_miss(monkeypatch: pytest.MonkeyPatch) -> None:
-    async with github_world(None, bot={"review_text": None, "check_conclusion": None}) as (_bot, em):
+    async with github_world(None, bot={"review_text": None, "check_conclusion": None}) as world:
+        em = world.em
         findings, cleanup, _ = await roundtrip(em, monkeypatch)
         state = em.repos["acme/app"].issues[1]["state"]
         refs = set(em.repos["acme/app"].refs)

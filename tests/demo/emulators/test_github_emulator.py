@@ -169,3 +169,36 @@ async def test_webhook_deliveries_signed(session: aiohttp.ClientSession) -> None
     comment = json.loads(b2)
     assert h2["X-GitHub-Event"] == "issue_comment" and comment["comment"]["body"] == "LGTM"
     assert comment["issue"]["number"] == pr["number"] and "pull_request" in comment["issue"]
+
+
+@pytest.mark.anyio
+async def test_conditional_requests_answer_304_without_counting(github: GitHubEmulator,
+                                                                 session: aiohttp.ClientSession) -> None:
+    gh = api(session, github)
+    pr = await open_pull(gh)
+    url = f"{github.base_url}/repos/acme/app/issues/{pr['number']}/comments"
+    auth = {"Authorization": "token ghp-bot"}
+    async with session.get(url, headers=auth) as r:
+        etag, used = r.headers["ETag"], r.headers["x-ratelimit-used"]
+        assert r.status == 200 and etag.startswith('W/"') and await r.json() == []
+    async with session.get(url, headers={**auth, "If-None-Match": etag}) as r:
+        assert r.status == 304 and await r.read() == b""
+        assert r.headers["ETag"] == etag and r.headers["x-ratelimit-used"] == used  # not counted
+    await gh.post(f"/repos/acme/app/issues/{pr['number']}/comments", data={"body": "new"})
+    async with session.get(url, headers={**auth, "If-None-Match": etag}) as r:
+        assert r.status == 200 and r.headers["ETag"] != etag and [c["body"] for c in await r.json()] == ["new"]
+    assert github.not_modified == 1
+
+
+@pytest.mark.anyio
+async def test_server_error_fault_knob(github: GitHubEmulator, session: aiohttp.ClientSession) -> None:
+    github.fail(2, status=503, methods=("GET",))
+    for _ in range(2):
+        with pytest.raises(gidgethub.GitHubBroken) as e:
+            await api(session, github).getitem("/repos/acme/app")
+        assert e.value.status_code == 503 and str(e.value) == "Server Error"
+    assert (await api(session, github).getitem("/repos/acme/app"))["full_name"] == "acme/app"
+    github.fail(2, disconnect=True)  # aiohttp retries an idempotent request once on a dropped keep-alive connection
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await api(session, github).getitem("/repos/acme/app")
+    assert [status for _, _, status in github.requests] == [503, 503, 200, 0, 0]
