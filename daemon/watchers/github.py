@@ -77,7 +77,7 @@ def watch_mode(ctx: WatchContext) -> tuple[Literal["webhook", "poll"], str]:
 
 def _number(effect: GithubEffect, ctx: WatchContext) -> int:
     raw = effect.pull if effect.pull is not None else effect.issue
-    return int(str(ctx.probe.render(str(raw))))
+    return int(str(raw))  # rendered per run by the runner (probes.templating.render_spec)
 
 
 def _event_number(ev: Event) -> list[int]:
@@ -119,7 +119,7 @@ async def watch_github(effect: GithubEffect, ctx: WatchContext) -> list[Finding]
         return [Finding(type="side_effect", severity=Verdict.ERROR, path="side_effects.github",
                         message=f"pull/issue is not a number after templating: {e}")]
     target = "pull" if effect.pull is not None else "issue"
-    effect = effect.model_copy(update={target: number, "repo": str(ctx.probe.render(effect.repo))})
+    effect = effect.model_copy(update={target: number})
     end_s = ctx.window_end_s(effect.within)
     mode, why = watch_mode(ctx)
     ctx.probe.log("github watch", mode=mode, because=why)

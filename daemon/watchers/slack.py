@@ -99,9 +99,10 @@ class _Scope:
 
 
 async def watch_slack(effect: SlackEffect, ctx: WatchContext) -> list[Finding]:
-    """Wait until a message satisfying ``effect`` arrives (or, with ``absent``, the window closes)."""
-    channel = str(ctx.probe.render(effect.channel))
-    effect = effect.model_copy(update={"channel": channel})
+    """Wait until a message satisfying ``effect`` arrives (or, with ``absent``, the window closes).
+
+    ``effect`` is already rendered for the run (the runner renders every side effect once)."""
+    channel = effect.channel
     out = _slack_output(ctx.outputs)
     thread_ts = out.get("ts") if effect.in_thread else None
     if effect.in_thread and not thread_ts:

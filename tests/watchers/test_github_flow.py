@@ -22,6 +22,7 @@ from tracecanary.daemon.watchers.base import Backoff, EventHub, Services, WatchC
 from tracecanary.daemon.watchers.github import watch_github
 from tracecanary.daemon.web.github_hook import github_hook_routes
 from tracecanary.demo.emulators.github import GitHubEmulator, hub_signature
+from tracecanary.probes.templating import render_spec
 
 SECRET = "webhook-secret"
 FAST = Backoff(initial_s=0.02, factor=2.0, max_s=0.1)
@@ -63,7 +64,7 @@ async def open_pr_and_watch(em: GitHubEmulator, services: Services, spec: dict[s
         ctx.steps["pr"] = {"number": pr["number"]}
         watch = WatchContext(probe=ctx, services=services, **{"poll_interval_s": 0.05, "backoff": FAST, **wctx})
         with anyio.fail_after(15):
-            findings = await watch_github(eff, watch)
+            findings = await watch_github(render_spec(eff, ctx.render), watch)  # as the runner does
         return ctx.log.text(), findings
 
 

@@ -16,6 +16,7 @@ from tracecanary.daemon.watchers.base import Services, WatchContext
 from tracecanary.daemon.watchers.github import watch_github
 from tracecanary.demo.emulators.github import GitHubEmulator
 from tracecanary.probes.steps import StepsProbe
+from tracecanary.probes.templating import render_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "examples" / "github-pr-roundtrip.yaml"
 
@@ -36,7 +37,7 @@ async def roundtrip(em: GitHubEmulator, monkeypatch: pytest.MonkeyPatch) -> tupl
             fired = await probe.fire(ctx)
             assert fired.findings == []
             with anyio.fail_after(10):
-                findings = await watch_github(effect, WatchContext(probe=ctx, services=Services(),
+                findings = await watch_github(render_spec(effect, ctx.render), WatchContext(probe=ctx, services=Services(),
                                                                    poll_interval_s=0.05))
         finally:
             cleanup = await probe.teardown(ctx)
