@@ -27,6 +27,7 @@ from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.config.links import host_of, render_links
 from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.observe.metrics import Metrics
+from tracecanary.daemon.observe.store_faults import StoreFaultReporter
 from tracecanary.daemon.observe.telemetry import (
     add_span_sink,
     is_own_endpoint,
@@ -37,8 +38,7 @@ from tracecanary.daemon.run.hooks import RunHook
 from tracecanary.daemon.run.runner import Runner, RunnerDeps
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.receiver import OtlpSettings
-from tracecanary.daemon.store.base import Store
-from tracecanary.daemon.store.sqlite import open_store
+from tracecanary.daemon.store.guard import GuardedStore, open_guarded
 from tracecanary.daemon.watchers.base import EventHub, Services
 from tracecanary.errors import StartupError
 from tracecanary.probes.base import ProbeResources
@@ -135,7 +135,8 @@ class Engine:
     """A condition /readyz waits for besides the engine's start (the daemon's: its scheduler runs)."""
     gc_tuning: bool = True
     """Tune the process's cyclic GC once started (see :func:`tune_gc`)."""
-    store: Store = field(init=False)
+    store: GuardedStore = field(init=False)
+    """The results store behind its guard (faults counted, reported, refused runs kept for retry)."""
     buffer: TraceBuffer = field(init=False)
     runner: Runner = field(init=False)
     services: Services = field(init=False)
@@ -146,6 +147,8 @@ class Engine:
     addresses: dict[str, str] = field(init=False, default_factory=dict)
     """Bound addresses by role (``api``, ``otlp_http``, ``otlp_grpc``): the real port when 0 was asked."""
     ready: bool = field(init=False, default=False)
+    unready: dict[str, str] = field(init=False, default_factory=dict)
+    """Named reasons /readyz answers 503 for while the engine runs (``store``: the results store fails)."""
     hooks: list[RunHook] = field(init=False, default_factory=list)
     metrics: Metrics = field(init=False)
     alerts: AlertManager | None = field(init=False, default=None)
@@ -176,11 +179,14 @@ class Engine:
     @asynccontextmanager
     async def started(self, *, temporary_store: bool = False) -> AsyncIterator[Engine]:
         with tempfile.TemporaryDirectory(prefix="tracecanary-") as tmp:
-            self.store = open_store(self.store_url(tmp if temporary_store else None))
-            await self.store.open()
+            self.metrics = Metrics()
+            reporter = StoreFaultReporter(self.metrics, self.set_unready, lambda: self.alerts)
+            self.store = await open_guarded(self.store_url(tmp if temporary_store else None), reporter,
+                                            self.config.daemon.store_health)
             try:
                 async with aiohttp.ClientSession() as session, anyio.create_task_group() as tg:
                     self.session = session
+                    await tg.start(self.store.run)
                     await self._build(tg)
                     if self.gc_tuning:
                         tune_gc()
@@ -207,7 +213,6 @@ class Engine:
         )
         self.services = Services(github_events=EventHub(), slack_events=None)
         self.kafka_producers = KafkaProducers()
-        self.metrics = Metrics()
         self.metrics.set_buffer_gauge(lambda: float(self.buffer.stats().spans))
         self.hooks.append(self.metrics)
         self.provider = self._telemetry()
@@ -391,9 +396,19 @@ class Engine:
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    def set_unready(self, name: str, reason: str | None) -> None:
+        """Hold /readyz at 503 for ``reason`` under ``name`` (one per component); None lifts it."""
+        if reason is None:
+            self.unready.pop(name, None)
+        else:
+            self.unready[name] = reason
+
     async def _readyz(self, request: web.Request) -> web.Response:
         if not self.ready or (self.ready_gate is not None and not self.ready_gate()):
             return web.json_response({"status": "starting"}, status=503)
+        if self.unready:
+            reasons = [{"name": name, "reason": reason} for name, reason in sorted(self.unready.items())]
+            return web.json_response({"status": "unready", "reasons": reasons}, status=503)
         return web.json_response({"status": "ready", "in_flight": len(self.runner.in_flight)})
 
 
