@@ -187,12 +187,15 @@ class Daemon:
 def chain_end_reason(probe: ProbeSpec | None, run: RunRecord, now_s: float) -> str | None:
     """None when a retry chain a previous process left should resume; else why it ends instead.
 
-    It resumes while its retry is at most one schedule period overdue (``every``, the cron gap after
+    A chain whose retry ran and was aborted (the process died during it) ends. Otherwise it resumes
+    while its retry is at most one schedule period overdue (``every``, the cron gap after
     the due time, or for a paused or unscheduled probe its retry delay plus timeout): later, the
     probe's own schedule has moved on and the failure is reported as it stands.
     """
     if probe is None:
         return "the probe is no longer configured"
+    if run.retry_aborted is not None:  # the retry ran and was aborted (the process died during it)
+        return run.retry_aborted
     due_s = (run.retry_at_ns or (run.finished_ns or run.started_ns) + int(probe.retries.delay * 1e9)) / 1e9
     if probe.every is not None and not probe.pause:
         period_s = probe.every

@@ -144,7 +144,8 @@ class Runner:
         run.final, run.retry_at_ns, run.retry_aborted = True, None, reason
         severity = run.verdict if run.verdict in (Verdict.FAIL, Verdict.ERROR) else Verdict.FAIL
         run.findings.append(Finding(type="retry.not_run", severity=severity,
-                                    message=f"retry (attempt {run.attempt + 1}) not run: {reason}"))
+                                    message=f"the chain ended after attempt {run.attempt} without its retry: "
+                                            f"{reason}"))
         with anyio.CancelScope(shield=True):
             await self.deps.store.finish_run(run)
             if probe is not None:

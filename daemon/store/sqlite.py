@@ -328,7 +328,12 @@ class SqliteStore:
         )
 
     async def pending_retries(self) -> list[RunRecord]:
-        return [self._row_to_run(r) for r in await self._query(PENDING_RETRIES)]
+        out = []
+        for r in await self._query(PENDING_RETRIES):
+            run = self._row_to_run(r)
+            run.retry_aborted = run.retry_aborted or r[N_COLUMNS]
+            out.append(run)
+        return out
 
     async def apply_retention(self, *, max_age_s: float, max_runs_per_probe: int) -> int:
         horizon = time.time_ns() - int(max_age_s * 1e9)

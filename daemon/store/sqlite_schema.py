@@ -54,9 +54,13 @@ INSERT_RUN_SPANS = f"INSERT INTO runs ({RUN_COLUMNS}, spans) VALUES ({', '.join(
 UPDATE_RUN = (f"UPDATE runs SET {', '.join(f'{c.strip()}=?' for c in RUN_COLUMNS.split(',')[1:])}, "
                "spans=COALESCE(?, spans) WHERE run_id=?")
 PENDING_RETRIES = (
-    f"SELECT {RUN_COLUMNS} FROM runs r WHERE final = 0 AND status = 'finished' AND NOT EXISTS "
-    "(SELECT 1 FROM runs n WHERE n.first_run_id = r.first_run_id AND n.attempt > r.attempt) ORDER BY started_ns"
+    f"SELECT {RUN_COLUMNS}, (SELECT 'attempt ' || n.attempt || ' was aborted: ' || COALESCE(n.abort_reason, '?') "
+    "FROM runs n WHERE n.first_run_id = r.first_run_id AND n.attempt > r.attempt ORDER BY n.attempt DESC LIMIT 1) "
+    "FROM runs r WHERE final = 0 AND status = 'finished' AND NOT EXISTS (SELECT 1 FROM runs n "
+    "WHERE n.first_run_id = r.first_run_id AND n.attempt > r.attempt AND n.status != 'aborted') ORDER BY started_ns"
 )
+"""Attempts whose retry never completed: not final, and no later attempt of the chain other than aborted
+ones (killed during the retry); the last column says which attempt was aborted and why."""
 
 
 

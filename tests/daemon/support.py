@@ -57,12 +57,20 @@ class Target:
         self.hits.append((request.query.get("p", "fail"), time.time()))
         return web.json_response({"error": "broken on purpose"}, status=500)
 
+    async def fail_then_hold(self, request: web.Request) -> web.Response:
+        """The first request fails (500); later ones are held like /slow."""
+        if any(p == "fail_then_hold" for p, _ in self.hits):
+            return await self.slow(request)
+        self.hits.append(("fail_then_hold", time.time()))
+        return web.json_response({"error": "broken on purpose"}, status=500)
+
     def times(self, probe: str) -> list[float]:
         return [t for p, t in self.hits if p == probe]
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.add_routes([web.get("/ok", self.ok), web.get("/slow", self.slow), web.get("/fail", self.fail)])
+        app.add_routes([web.get("/ok", self.ok), web.get("/slow", self.slow), web.get("/fail", self.fail),
+                        web.get("/fail-then-hold", self.fail_then_hold)])
         return app
 
 

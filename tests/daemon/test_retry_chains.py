@@ -2,9 +2,9 @@
 
 A failed attempt whose retry is pending is stored ``final=0`` with ``retry_at_ns``. kill -9 during
 the delay, then a restart: the chain resumes at its due time (or, restarted too late, ends with the
-reason); SIGTERM during the delay: the chain ends with "shutdown during retry delay" — unless the
-retry can finish within the grace, then it runs. Either way the failure reaches the alert policy
-and the alert is on Slack.
+reason); kill -9 during the retry attempt: the chain ends; SIGTERM during the delay: the chain ends
+with "shutdown during retry delay" — unless the retry can finish within the grace, then it runs.
+Either way the failure reaches the alert policy and the alert is on Slack.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from tracecanary.demo.emulators.slack import SlackEmulator
 
 pytestmark = pytest.mark.anyio
 PENDING_SQL = ("SELECT run_id FROM runs r WHERE final = 0 AND NOT EXISTS (SELECT 1 FROM runs n "
-               "WHERE n.first_run_id = r.first_run_id AND n.attempt > r.attempt)")
+               "WHERE n.first_run_id = r.first_run_id AND n.attempt > r.attempt AND n.status != 'aborted')")
 
 
 def write_suite(path: Path, target: Target, slack: SlackEmulator, *, delay: str, timeout: str = "2s",
-                grace: str = "3s") -> Path:
+                grace: str = "3s", route: str = "fail?p=flaky") -> Path:
     """One paused probe (it runs when asked) that always fails, with one retry; alerts at the first failure."""
     path.write_text(yaml.safe_dump({
         "daemon": {"shutdown_grace": grace},
@@ -37,7 +37,7 @@ def write_suite(path: Path, target: Target, slack: SlackEmulator, *, delay: str,
         "alerts": {"channels": {"ops": {"type": "slack", "channel": "C0OPS"}},
                    "policies": {"default": {"channels": ["ops"], "failure_threshold": 1}}},
         "probes": [{"id": "flaky", "kind": "http", "every": "1h", "pause": True, "timeout": timeout,
-                    "retries": {"count": 1, "delay": delay}, "request": {"url": f"{target.url}/fail?p=flaky"}}],
+                    "retries": {"count": 1, "delay": delay}, "request": {"url": f"{target.url}/{route}"}}],
     }))
     return path
 
@@ -166,6 +166,33 @@ async def test_sigterm_when_the_retry_fits_in_the_grace_runs_it(
         assert (a1["final"], a2["final"], a2["attempt"], a2["verdict"]) == (0, 1, 2, "fail")
         assert a2["retry_aborted"] is None
         assert alerted(slack)
+        assert pending(d) == []
+    finally:
+        d.stop_now()
+
+
+async def test_kill9_during_the_retry_attempt_then_restart_ends_the_chain_and_alerts(
+        tmp_path: Path, target: Target, slack: SlackEmulator) -> None:
+    d = DaemonProcess(write_suite(tmp_path / "suite.yaml", target, slack, delay="200ms", timeout="60s",
+                                  route="fail-then-hold"), tmp_path / "tc.db")
+    d.start()
+    try:
+        await d.ready()
+        status, body = await d.post("/api/probes/flaky/run")
+        assert status == 202, body
+        run_id = body["run_id"]
+        await eventually(lambda: target.slow_waiting == 1 and len(chain(d, run_id)) == 2, what="attempt 2 held")
+        kill9(d)
+        d.start()
+        await d.ready()
+        await eventually(lambda: chain(d, run_id)[0]["final"] == 1, 30, "attempt 1 final")
+        a1, a2 = chain(d, run_id)
+        assert (a2["status"], a2["abort_reason"]) == ("aborted", "daemon restart")
+        assert a1["verdict"] == "fail" and a1["retry_aborted"] == "attempt 2 was aborted: daemon restart"
+        await eventually(lambda: alerted(slack), 30, "the failure alerted on Slack")
+        target.release.set()
+        d.signal(signal.SIGTERM)
+        assert await d.wait_exit() == 0
         assert pending(d) == []
     finally:
         d.stop_now()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,8 @@ def test_when_a_pending_chain_resumes_or_ends() -> None:
     assert chain_end_reason(paused, pending, now_ns / 1e9 + 40) is None
     assert chain_end_reason(paused, pending, now_ns / 1e9 + 45) is not None
     assert chain_end_reason(None, pending, now_ns / 1e9) == "the probe is no longer configured"
+    interrupted = replace(pending, retry_aborted="attempt 2 was aborted: daemon restart")
+    assert chain_end_reason(every, interrupted, now_ns / 1e9) == "attempt 2 was aborted: daemon restart"
     legacy = RunRecord(run_id="b1", probe_id="p", kind="http", attempt=1, first_run_id="b1", trace_id="t",
                        started_ns=now_ns - 10**9, finished_ns=now_ns, final=False)  # stored before retry_at_ns
     assert chain_end_reason(every, legacy, now_ns / 1e9 + 30 + 59) is None  # due = finished + 30 s delay

@@ -180,6 +180,11 @@ async def test_pending_retries_and_ending_a_chain_keeps_its_spans(store: SqliteS
     b1.final, b1.retry_at_ns, b1.retry_aborted = True, None, "shutdown during retry delay"
     await store.finish_run(b1)  # loaded without spans: the stored snapshot stays
     assert await store.pending_retries() == []
+    await store.finish_run(run("c1", final=False, retry_at_ns=time.time_ns()))
+    await store.finish_run(run("c2", attempt=2, first="c1", status=RunStatus.ABORTED, verdict=None,
+                               abort_reason="daemon restart"))
+    [c1] = await store.pending_retries()  # its retry was aborted: pending, to be ended with that reason
+    assert (c1.run_id, c1.retry_aborted) == ("c1", "attempt 2 was aborted: daemon restart")
     got = await store.get_run("a1", with_spans=True)
     assert got is not None and got.spans == spans
     ended = await store.get_run("b1")
