@@ -3,7 +3,9 @@
 SIGTERM/SIGINT: stop firing, let in-flight runs finish for up to ``shutdown_grace``, then cancel the
 rest (recorded ``aborted``), exit 0. SIGHUP: reload from the same path and the same environment
 (``${VAR}``) the daemon started with; a bad config is rejected with its errors logged and the old one
-kept; unchanged probes keep their schedule phase and their in-flight runs. Every run, "run now"
+kept; unchanged probes keep their schedule phase and their in-flight runs. A reload applies probes, alert
+policies, channels and silences, retention and the API token; a changed setting that only a restart
+applies (listen addresses, store, buffer …) is named in a warning line. Every run, "run now"
 included, is fired by the scheduler, so a probe's overlap policy holds for manual runs too.
 """
 
@@ -25,11 +27,13 @@ from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.engine import Engine, Overrides
 from tracecanary.daemon.run.scheduler import Scheduler, SchedulerNotRunning, cron_next_wall
 from tracecanary.daemon.store.base import RunRecord, Store, StoreFault
+from tracecanary.daemon.web.api import ApiAuth
 from tracecanary.daemon.web.control import AlertsControl, DemoControl
 from tracecanary.errors import ConfigError, StartupError
 from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.daemon")
+RETENTION_EVERY_S = 3600.0
 
 
 class Daemon:
@@ -45,6 +49,9 @@ class Daemon:
         self.engine = Engine(config, overrides or Overrides(), daemon_mode=True, routes=[self._web_routes],
                              ready_gate=self._scheduling)
         self.scheduler: Scheduler | None = None
+        self.auth = ApiAuth(config.daemon.api_token, config.daemon.protect_reads)
+        """The API's and the dashboard's token check, updated by a reload."""
+        self._retention_changed = anyio.Event()
         self._on_ready = on_ready
         self._demo = demo
         """The demo world (its chaos toggle shows on the dashboard), when run by `tracecanary demo`."""
@@ -118,10 +125,7 @@ class Daemon:
         from tracecanary.daemon.web.api import api_routes
         from tracecanary.daemon.web.dashboard.views import dashboard_routes
 
-        d = engine.config.daemon
-        token, reads = d.api_token, d.api_token is not None and d.protect_reads
-        return [*api_routes(self.control, api_token=token, read_token_required=reads),
-                *dashboard_routes(self.control, api_token=token, read_token_required=reads)]
+        return [*api_routes(self.control, auth=self.auth), *dashboard_routes(self.control, auth=self.auth)]
 
     async def _fire(self, probe: ProbeSpec, scheduled_at: float, first_run_id: str) -> None:
         await self.engine.runner.run_probe(probe, first_run_id=first_run_id)
@@ -147,8 +151,8 @@ class Daemon:
         self.engine.runner.end_retries(time.time() + grace_s)
         with anyio.move_on_after(grace_s):
             await self.engine.runner.wait_idle()
-            if self.engine.alerts is not None:
-                await self.engine.alerts.wait_idle()
+            if self.engine.alerts is not None:  # not for a dead channel: its queue waits in the outbox
+                await self.engine.alerts.wait_idle(held_ok=True)
 
     async def reload(self) -> bool:
         try:
@@ -158,12 +162,20 @@ class Daemon:
             for line in e.errors:
                 log.error("config error: %s", line)
             return False
-        self.config = new
-        self.engine.apply_config(new)
+        old, self.config = self.config, new
+        restart = await self.engine.apply_config(new)
+        self.auth.update(new.daemon.api_token, new.daemon.protect_reads)
+        if new.daemon.retention != old.daemon.retention:
+            self._retention_changed.set()
         await self._upsert_probes(new.probes)
         assert self.scheduler is not None
         self.scheduler.set_probes(new.probes)
-        log.info("config reloaded probes=%d", len(new.probes))
+        a = new.extra.alerts
+        log.info("config reloaded probes=%d alert_channels=%d alert_policies=%d silences=%d "
+                 "retention_max_age_s=%g api_token=%s", len(new.probes), len(a.channels), len(a.policies),
+                 len(a.silences), new.daemon.retention.max_age, "set" if new.daemon.api_token else "unset")
+        if restart:
+            log.warning("config reloaded; these changes need a restart to apply: %s", "; ".join(restart))
         return True
 
     async def _upsert_probes(self, probes: list[ProbeSpec]) -> None:
@@ -171,8 +183,9 @@ class Daemon:
             await self.engine.store.upsert_probe(p.id, p.kind, p.model_dump(mode="json", by_alias=True), p.tags)
 
     async def _retention_loop(self) -> None:
-        r = self.config.daemon.retention
+        """Apply retention hourly, and at once when a reload changed it."""
         while True:
+            r = self.config.daemon.retention
             try:
                 deleted = await self.engine.store.apply_retention(
                     max_age_s=r.max_age, max_runs_per_probe=r.max_runs_per_probe
@@ -181,7 +194,9 @@ class Daemon:
                     log.info("retention deleted runs=%d", deleted)
             except Exception:
                 log.exception("retention failed")
-            await anyio.sleep(3600)
+            with anyio.move_on_after(RETENTION_EVERY_S):
+                await self._retention_changed.wait()
+            self._retention_changed = anyio.Event()
 
 
 def chain_end_reason(probe: ProbeSpec | None, run: RunRecord, now_s: float) -> str | None:

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.config.links import host_of, render_links
 from tracecanary.daemon.config.load import Config
+from tracecanary.daemon.config.reload import needs_restart
 from tracecanary.daemon.observe.metrics import Metrics
 from tracecanary.daemon.observe.store_faults import StoreFaultReporter
 from tracecanary.daemon.observe.telemetry import (
@@ -149,6 +150,9 @@ class Engine:
     ready: bool = field(init=False, default=False)
     unready: dict[str, str] = field(init=False, default_factory=dict)
     """Named reasons /readyz answers 503 for while the engine runs (``store``: the results store fails)."""
+    readiness_details: list[Callable[[], list[str]]] = field(init=False, default_factory=list)
+    """Sources of /readyz ``detail`` lines (e.g. an alert channel failing with no other channel to say so);
+    they inform, they do not make the daemon unready."""
     hooks: list[RunHook] = field(init=False, default_factory=list)
     metrics: Metrics = field(init=False)
     alerts: AlertManager | None = field(init=False, default=None)
@@ -238,6 +242,8 @@ class Engine:
             )
             self.hooks.append(self.alerts)
             await tg.start(self.alerts.run)
+            await self.alerts.reconcile(cfg.probes)
+            self.readiness_details.append(self.alerts.readiness_detail)
         slack = cfg.integrations.slack
         if slack.app_token:
             from tracecanary.daemon.watchers.slack import SlackSocketListener
@@ -286,11 +292,16 @@ class Engine:
         add_span_sink(provider, sink)
         return provider
 
-    def apply_config(self, config: Config) -> None:
-        """A reloaded config: links, metrics and what the API shows follow it; the running components
-        (receivers, store, runner, integrations) keep what they were started with."""
-        self.config = config
+    async def apply_config(self, config: Config) -> list[str]:
+        """A reloaded config: links, metrics, what the API shows and alerting (policies, channels,
+        silences) follow it; the running components (receivers, store, runner, integrations) keep what
+        they were started with. Returns the changed settings that only a restart applies."""
+        old, self.config = self.config, config
         self.metrics.retain(config.probes)
+        if self.alerts is not None:
+            await self.alerts.reconfigure(config.extra.alerts, config.integrations, config.probes,
+                                          dashboard_url=self.dashboard_url)
+        return needs_restart(old, config)
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         """The run's trace links (the runner's :class:`LinkRenderer`): rendered once per run."""
@@ -406,10 +417,13 @@ class Engine:
     async def _readyz(self, request: web.Request) -> web.Response:
         if not self.ready or (self.ready_gate is not None and not self.ready_gate()):
             return web.json_response({"status": "starting"}, status=503)
+        body: dict[str, Any] = {"status": "ready", "in_flight": len(self.runner.in_flight)}
         if self.unready:
-            reasons = [{"name": name, "reason": reason} for name, reason in sorted(self.unready.items())]
-            return web.json_response({"status": "unready", "reasons": reasons}, status=503)
-        return web.json_response({"status": "ready", "in_flight": len(self.runner.in_flight)})
+            body = {"status": "unready", "reasons": [{"name": name, "reason": reason}
+                                                     for name, reason in sorted(self.unready.items())]}
+        if detail := [line for source in self.readiness_details for line in source()]:
+            body["detail"] = detail
+        return web.json_response(body, status=503 if self.unready else 200)
 
 
 def _correlation_attributes(config: Config) -> list[str]:

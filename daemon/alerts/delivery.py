@@ -1,21 +1,29 @@
-"""Where an alert leaves from: claim, outbox, per-channel delivery with retries, channel health.
+"""Where an alert leaves from: claim, durable outbox, one delivery lane per channel, channel health.
 
-The manager hands each notification to :meth:`Outbox.announce`, which claims its dedup key (once
-across replicas and restarts), records it, and queues one delivery per channel. Workers send off the
-runner's hot path; every queued item is also in the store's outbox, so a restart delivers what was
-pending. Everything lives in the store's kv space:
+The manager hands each notification to :meth:`Outbox.announce`, which claims its dedup key (the
+idempotency key: incident id + transition; once across replicas and restarts), writes one outbox
+entry per target channel *before* anything is sent, and queues each in that channel's
+:class:`~tracecanary.daemon.alerts.lane.Lane`. Lanes deliver independently (a dead channel holds
+only its own queue) and take an entry out of the outbox once it was sent, failed permanently or
+expired; a restart re-queues what is left, so every notification is retried until delivered or
+expired, and a recovery is never lost. Everything lives in the store's kv space:
 
 ==================  ==============================  ===========================================
 kv namespace        key                             value
 ==================  ==============================  ===========================================
-alerts.claims       dedup key                       who claimed it and when (sent at most once)
+alerts.claims       dedup key                       who claimed it, when; ``queuing`` + the note
+                                                    and targets until its outbox entries exist
 alerts.outbox       "<dedup key>|<channel>"         a pending delivery (re-queued on start)
 alerts.refs         "<incident id>|<channel>"       the channel's reference (Slack ts) to thread on
-alerts.channels     channel name                    delivery health (consecutive failures …)
+alerts.channels     channel name                    delivery health (failing, last error …)
 ==================  ==============================  ===========================================
 
+The store is best-effort on this path: when it fails, claims and deliveries are kept in memory (and
+logged), so an alert about the broken store still goes out.
+
 Events: ``alert.notification`` (announced), ``alert.attempt`` (every delivery attempt: channel, time,
-outcome, error), ``alert.dropped`` (pushed out of a full queue).
+outcome ``sent|retry|failed|expired|dropped``, error), ``alert.dropped`` (pushed out of a full lane,
+or its channel was removed by a reload).
 """
 
 from __future__ import annotations
@@ -23,349 +31,301 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from opentelemetry.trace import Tracer
 
-from tracecanary.daemon.alerts.base import Channel, DeliveryError, Notification
+from tracecanary.daemon.alerts.base import Channel, Notification
+from tracecanary.daemon.alerts.lane import ChannelHealth, Delivery, DeliveryTiming, Lane
 from tracecanary.daemon.store.base import Store
+
+__all__ = ["ChannelHealth", "Delivery", "DeliveryTiming", "Outbox", "QueueStats"]
 
 log = logging.getLogger("tracecanary.alerts")
 T = TypeVar("T")
 NS_CLAIMS, NS_OUTBOX = "alerts.claims", "alerts.outbox"
 NS_REFS, NS_CHANNELS = "alerts.refs", "alerts.channels"
 STORE_TIMEOUT_S = 5.0
-"""Deadline on the store writes of a best-effort announcement."""
-
-
-@dataclass
-class Delivery:
-    """One notification for one channel."""
-
-    note: Notification
-    channel: str
-
-    @property
-    def key(self) -> str:
-        """Outbox key: one entry per (dedup key, channel)."""
-        return f"{self.note.dedup_key}|{self.channel}"
-
-
-class DeliveryQueue:
-    """A bounded FIFO of pending deliveries that drops its oldest item when full (and counts it).
-
-    The runner's hook only appends (never waits for a slow channel); the workers take items.
-    """
-
-    def __init__(self, max_items: int) -> None:
-        self._items: deque[Delivery] = deque()
-        self._max_items = max_items
-        self._cond = anyio.Condition()
-        self.dropped = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    async def put(self, item: Delivery) -> Delivery | None:
-        """Append; returns the item dropped to make room, if any."""
-        dropped = None
-        async with self._cond:
-            if len(self._items) >= self._max_items:
-                dropped = self._items.popleft()
-                self.dropped += 1
-            self._items.append(item)
-            self._cond.notify()
-        return dropped
-
-    async def get(self) -> Delivery:
-        async with self._cond:
-            while not self._items:
-                await self._cond.wait()
-            return self._items.popleft()
+"""Deadline on each store call of the delivery path: a hung store must not hold alerts back."""
+CLAIM_RETENTION_S = 30 * 86400.0
+"""Claims older than this are pruned on start (a dedup key is only re-derived around a crash)."""
 
 
 @dataclass(frozen=True)
 class QueueStats:
     pending: int
-    """Deliveries queued in memory, not yet taken by a worker."""
+    """Deliveries waiting in the lanes (all channels), the one being attempted included."""
     dropped: int
-    """Deliveries pushed out of the full queue since start."""
-
-
-@dataclass(frozen=True)
-class ChannelHealth:
-    """A channel's delivery health, as the dashboard shows it (stored per channel in ``alerts.channels``)."""
-
-    channel: str
-    failing: bool = False
-    """Set after ``channel_failure_threshold`` failed deliveries in a row, until one succeeds."""
-    consecutive_failures: int = 0
-    failing_since_ns: int | None = None
-    last_error: str | None = None
-    last_success_ns: int | None = None
-    last_failure_ns: int | None = None
-
-    @classmethod
-    def from_stored(cls, channel: str, value: Mapping[str, Any] | None) -> ChannelHealth:
-        known = {f.name for f in fields(cls)} - {"channel"}
-        return cls(channel=channel, **{k: v for k, v in (value or {}).items() if k in known})
-
-    def stored(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "channel"}
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    delays_s: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
-    """Waits before the 2nd, 3rd … attempt (a retryable error after the last one fails the delivery)."""
-    max_retry_after_s: float = 300.0
-    """Cap on a remote's ``Retry-After``."""
+    """Deliveries pushed out of a full lane since start."""
 
 
 class Outbox:
-    """Claims, queues and delivers notifications; ``run()`` is the worker pool (start it with ``tg.start``)."""
+    """Claims, records and queues notifications; ``run()`` runs one lane per channel (``tg.start`` it)."""
 
     def __init__(
-        self, store: Store, channels: Mapping[str, Channel], *, queue_size: int, failure_threshold: int,
-        clock: Callable[[], float], retry: RetryPolicy = RetryPolicy(), dashboard_url: str | None = None,
-        on_attempt: Callable[[str, str], None] | None = None, workers: int = 4, tracer: Tracer | None = None,
+        self, store: Store, channels: Mapping[str, Channel], *, queue_size: int, clock: Callable[[], float],
+        timing: DeliveryTiming = DeliveryTiming(), on_attempt: Callable[[str, str], None] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
-        self.channels = channels
-        self.queue = DeliveryQueue(queue_size)
         self._queue_size = queue_size
-        self._failure_threshold = failure_threshold
         self._clock = clock
-        self._retry = retry
-        self._dashboard_url = dashboard_url
+        self._timing = timing
         self._on_attempt = on_attempt
-        self._workers = workers
         self._tracer = tracer
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._pending: set[str] = set()
         self._claimed: set[str] = set()
-        self._failing: set[str] = set()
+        """Dedup keys claimed while the store could not take the claim."""
+        self._queued: set[str] = set()
+        """Outbox keys in a lane (so the start-up pass does not queue them a second time)."""
+        self._changed = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._scopes: dict[str, anyio.CancelScope] = {}
+        self.lanes: dict[str, Lane] = {}
         self.on_channel_failing: Callable[[str, str], None] | None = None
         """Called when a channel starts failing (name, detail): the manager raises a system incident."""
         self.on_channel_recovered: Callable[[str, str], None] | None = None
-        """Dedup keys of best-effort announcements claimed by this process."""
-        """Outbox keys queued in memory (so run() does not queue them a second time)."""
-        self._channel_locks: dict[str, anyio.Lock] = {}
-        self._inflight = 0
-        self._settled = anyio.Condition()
+        for name, channel in channels.items():
+            self.lanes[name] = self._lane(name, channel)
+
+    def _lane(self, name: str, channel: Channel) -> Lane:
+        return Lane(name, channel, self, self._timing, self._queue_size, self._clock, self._tracer)
+
+    @property
+    def channels(self) -> dict[str, Channel]:
+        return {name: lane.channel for name, lane in self.lanes.items()}
 
     # --- announcing ------------------------------------------------------------------------------
     async def announce(self, note: Notification, channel_names: Sequence[str]) -> bool:
-        """Claim the dedup key, record the notification and queue it per channel; False when claimed before."""
-        value = {"owner": self._owner, "time_ns": int(self._clock() * 1e9)}
-        if not await self.store.kv_put_if_absent(NS_CLAIMS, note.dedup_key, value):
-            log.info("alert.duplicate dedup_key=%s", note.dedup_key)
-            return False
-        targets = [c for c in channel_names if c in self.channels and self.channels[c].accepts(note.event)]
-        await self.store.append_event("alert.notification", {
-            "dedup_key": note.dedup_key, "event": note.event, "probe_id": note.probe_id,
-            "incident_id": note.incident_id, "verdict": note.verdict, "run_id": note.run_id,
-            "trace_id": note.trace_id, "channels": targets, "title": note.title, "time_ns": note.time_ns})
-        log.info("alert.notify probe=%s event=%s incident=%s channels=%s",
-                 note.probe_id, note.event, note.incident_id, ",".join(targets))
-        for channel in targets:
-            await self._enqueue(Delivery(note, channel))
-        return True
-
-    async def announce_best_effort(self, note: Notification, channel_names: Sequence[str]) -> bool:
-        """``announce`` for notifications about tracecanary itself: a failing store must not stop them
-        (claimed in memory too; queued in memory when the outbox cannot be written)."""
+        """Claim the dedup key, write the outbox entries, queue one delivery per channel; False when
+        the key was claimed before. A failing store does not stop it (kept in memory, logged)."""
         if note.dedup_key in self._claimed:
             return False
-        self._claimed.add(note.dedup_key)
-        try:
-            with anyio.fail_after(STORE_TIMEOUT_S):
-                return await self.announce(note, channel_names)
-        except Exception as e:
-            log.warning("alert.store_unavailable dedup_key=%s error=%s: %s; queued in memory only",
-                        note.dedup_key, type(e).__name__, e)
-        for channel in [c for c in channel_names if c in self.channels and self.channels[c].accepts(note.event)]:
-            item = Delivery(note, channel)
-            self._pending.add(item.key)
-            await self.queue.put(item)
+        targets = [c for c in channel_names if c in self.lanes and self.lanes[c].channel.accepts(note.event)]
+        now_ns = int(self._clock() * 1e9)
+        claim = {"owner": self._owner, "time_ns": now_ns, "state": "queuing",
+                 "note": note.model_dump(mode="json"), "channels": targets}
+        fresh = await self._try(self.store.kv_put_if_absent(NS_CLAIMS, note.dedup_key, claim), "claim")
+        if fresh is False:
+            log.info("alert.duplicate dedup_key=%s", note.dedup_key)
+            return False
+        if fresh is None:  # the store could not say: claim it in memory (once per process)
+            self._claimed.add(note.dedup_key)
+        items = [Delivery(note, channel, now_ns) for channel in targets]
+        for item in items:  # written before it can be sent
+            await self._try(self.store.kv_put(NS_OUTBOX, item.key, _entry(item)), "outbox")
+        await self._try(self.store.kv_put(NS_CLAIMS, note.dedup_key, {"owner": self._owner, "time_ns": now_ns}),
+                        "claim")
+        await self._try(self.store.append_event("alert.notification", {
+            "dedup_key": note.dedup_key, "event": note.event, "probe_id": note.probe_id,
+            "incident_id": note.incident_id, "verdict": note.verdict, "run_id": note.run_id,
+            "trace_id": note.trace_id, "channels": targets, "title": note.title, "time_ns": note.time_ns}), "event")
+        log.info("alert.notify probe=%s event=%s incident=%s channels=%s",
+                 note.probe_id, note.event, note.incident_id, ",".join(targets))
+        for item in items:
+            await self._queue(item)
         return True
 
-    async def _enqueue(self, item: Delivery) -> None:
-        await self.store.kv_put(NS_OUTBOX, item.key, {"note": item.note.model_dump(mode="json"),
-                                                      "channel": item.channel})
-        self._pending.add(item.key)
-        dropped = await self.queue.put(item)
+    async def _queue(self, item: Delivery) -> None:
+        lane = self.lanes.get(item.channel)
+        if lane is None or item.key in self._queued:
+            return
+        self._queued.add(item.key)
+        dropped = lane.put(item)
         if dropped is not None:
-            self._pending.discard(dropped.key)
-            await self.store.kv_delete(NS_OUTBOX, dropped.key)
-            await self.store.append_event("alert.dropped", {"dedup_key": dropped.note.dedup_key,
-                                                            "channel": dropped.channel})
-            self._count(dropped.channel, "dropped")
-            log.warning("alert.dropped channel=%s dedup_key=%s queue_size=%d",
-                        dropped.channel, dropped.note.dedup_key, self._queue_size)
+            await self._try(self.store.append_event("alert.dropped", {
+                "dedup_key": dropped.note.dedup_key, "channel": dropped.channel, "reason": "queue full"}), "event")
+            await self.record(dropped, 0, self._clock(), "dropped", f"queue full ({self._queue_size} pending)")
+            await self.finished(dropped, "dropped", None, None)
+        self.settled()
 
-    # --- workers ---------------------------------------------------------------------------------
+    # --- lanes -----------------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Re-queue the outbox, then deliver until cancelled (pending items stay in the outbox)."""
-        for key, value in sorted((await self.store.kv_list(NS_OUTBOX)).items(),
-                                 key=lambda kv: int(kv[1]["note"].get("time_ns", 0))):
-            try:
-                item = Delivery(Notification.model_validate(value["note"]), value["channel"])
-            except (KeyError, ValueError):
-                await self.store.kv_delete(NS_OUTBOX, key)
-                continue
-            if key not in self._pending:
-                self._pending.add(key)
-                await self.queue.put(item)
+        """Re-queue the outbox (and half-announced claims), then deliver until cancelled (pending
+        items stay in the outbox)."""
+        await self._load_health()
+        await self._requeue()
         async with anyio.create_task_group() as tg:
-            for _ in range(self._workers):
-                tg.start_soon(self._worker)
+            self._tg = tg
+            for name in list(self.lanes):
+                self._start_lane(name)
             task_status.started()
-
-    async def _worker(self) -> None:
-        while True:
-            item = await self.queue.get()
-            self._inflight += 1
             try:
-                lock = self._channel_locks.setdefault(item.channel, anyio.Lock())
-                async with lock:  # per-channel order: a recovery never overtakes its firing message
-                    await self._deliver(item)
+                await anyio.sleep_forever()
             finally:
-                self._inflight -= 1
-                with anyio.CancelScope(shield=True):
-                    async with self._settled:
-                        self._settled.notify_all()
+                self._tg = None
 
-    async def wait_idle(self) -> None:
-        """Until nothing is queued or being delivered (wrap in ``anyio.fail_after``); needs ``run()``."""
-        async with self._settled:
-            while len(self.queue) or self._inflight:
-                await self._settled.wait()
+    def _start_lane(self, name: str) -> None:
+        assert self._tg is not None
+        scope = anyio.CancelScope()
+        self._scopes[name] = scope
+        lane = self.lanes[name]
+
+        async def run_lane() -> None:
+            with scope:
+                await lane.run()
+
+        self._tg.start_soon(run_lane)
+
+    async def set_channels(self, channels: Mapping[str, Channel]) -> None:
+        """A reloaded config: new lanes start, replaced channels take over their lane's queue, removed
+        channels' pending deliveries are dropped (recorded). Old channel objects are closed."""
+        for name in [n for n in self.lanes if n not in channels]:
+            removed = self.lanes.pop(name)
+            if (scope := self._scopes.pop(name, None)) is not None:
+                scope.cancel()
+            for item in [*([removed.current] if removed.current else []), *removed.items]:
+                await self._try(self.store.append_event("alert.dropped", {
+                    "dedup_key": item.note.dedup_key, "channel": name, "reason": "channel removed"}), "event")
+                await self.finished(item, "dropped", None, None)
+            await removed.channel.aclose()
+            log.warning("alert.channel_removed channel=%s dropped=%d", name, removed.pending)
+            if removed.health.failing and self.on_channel_recovered is not None:  # its incident cannot clear now
+                self.on_channel_recovered(name, "the channel was removed from the configuration")
+        for name, channel in channels.items():
+            lane = self.lanes.get(name)
+            if lane is None:
+                self.lanes[name] = self._lane(name, channel)
+                if self._tg is not None:
+                    self._start_lane(name)
+            elif lane.channel is not channel:
+                old = lane.channel
+                lane.replace_channel(channel)
+                await old.aclose()
+        self.settled()
+
+    def set_timing(self, timing: DeliveryTiming, queue_size: int) -> None:
+        """Reloaded durations and lane size (a held item keeps its current wait)."""
+        self._timing, self._queue_size = timing, queue_size
+        for lane in self.lanes.values():
+            lane.timing, lane.max_items = timing, queue_size
+
+    def healthy_channels(self) -> list[str]:
+        """Configured channels not currently failing."""
+        return [name for name, lane in self.lanes.items() if not lane.health.failing]
+
+    async def wait_idle(self, *, held_ok: bool = False) -> None:
+        """Until no lane has anything to deliver (wrap in ``anyio.fail_after``); needs ``run()``.
+        ``held_ok``: a lane whose head waits for a retry counts as idle (a shutdown does not wait
+        for a dead channel: its items stay in the outbox)."""
+        while not all(lane.idle or (held_ok and lane.holding) for lane in self.lanes.values()):
+            await self._changed.wait()
+
+    def settled(self) -> None:
+        changed, self._changed = self._changed, anyio.Event()
+        changed.set()
 
     def stats(self) -> QueueStats:
-        return QueueStats(pending=len(self.queue), dropped=self.queue.dropped)
+        return QueueStats(pending=sum(lane.pending for lane in self.lanes.values()),
+                          dropped=sum(lane.dropped for lane in self.lanes.values()))
 
-    # --- one delivery ----------------------------------------------------------------------------
-    async def _deliver(self, item: Delivery) -> None:
-        channel = self.channels.get(item.channel)
-        if channel is None:
-            await self.store.kv_delete(NS_OUTBOX, item.key)
-            self._pending.discard(item.key)
-            return
-        ref_key = f"{item.note.incident_id}|{item.channel}"
-        thread = await self._try(self.store.kv_get(NS_REFS, ref_key))
-        error, ref, attempt, started_s = await self._attempts(channel, item, thread)
-        with anyio.CancelScope(shield=True):  # sent is sent: a shutdown must not make us send it again
-            if error is None:
-                await self._record(item, attempt, started_s, "sent", None)
-                if ref and thread is None:
-                    await self._try(self.store.kv_put(NS_REFS, ref_key, ref))
-            await self._try(self.store.kv_delete(NS_OUTBOX, item.key))
-            self._pending.discard(item.key)
-            await self._health(item.channel, error)
+    async def channel_health(self) -> list[ChannelHealth]:
+        """Per configured channel: failing flag, consecutive failures, last error and times, pending.
+        Read from the store (a standby replica serves the active one's view); from memory when it fails."""
+        stored = await self._try(self.store.kv_list(NS_CHANNELS), "health")
+        return [replace(ChannelHealth.from_stored(name, stored.get(name)) if stored is not None else lane.health,
+                        pending=lane.pending) for name, lane in self.lanes.items()]
 
-    async def _attempts(
-        self, channel: Channel, item: Delivery, thread: dict[str, Any] | None
-    ) -> tuple[DeliveryError | None, dict[str, Any] | None, int, float]:
-        """Send with retries; ``(last error or None, the channel's reference, attempts, last start)``."""
-        error: DeliveryError | None = None
-        delays = (0.0, *self._retry.delays_s)
-        attempt, started_s = 0, self._clock()
-        for attempt, delay in enumerate(delays, start=1):
-            if error is not None:
-                await anyio.sleep(max(delay, min(error.retry_after_s or 0.0, self._retry.max_retry_after_s)))
-            started_s = self._clock()
-            try:
-                with self._span(item, attempt):
-                    return None, await channel.send(item.note, thread), attempt, started_s
-            except DeliveryError as e:
-                error = e
-            except Exception as e:  # a channel bug must not kill the worker: record it, do not retry
-                log.exception("alert.channel_crashed channel=%s", item.channel)
-                error = DeliveryError(f"{type(e).__name__}: {e}", retryable=False)
-            last = attempt == len(delays) or not error.retryable
-            await self._record(item, attempt, started_s, "failed" if last else "retry", str(error))
-            if last:
-                break
-        return error, None, attempt, started_s
+    async def aclose(self) -> None:
+        for lane in self.lanes.values():
+            await lane.channel.aclose()
 
-    def _span(self, item: Delivery, attempt: int) -> AbstractContextManager[object]:
-        """A span per delivery attempt in the daemon's own telemetry (errors recorded by the SDK)."""
-        if self._tracer is None:
-            return nullcontext()
-        return self._tracer.start_as_current_span(f"alert.deliver {item.channel}", attributes={
-            "tracecanary.alert.channel": item.channel, "tracecanary.alert.event": item.note.event,
-            "tracecanary.probe.id": item.note.probe_id, "tracecanary.alert.incident": item.note.incident_id,
-            "tracecanary.alert.attempt": attempt})
+    # --- LaneHost: the store side of a delivery --------------------------------------------------
+    async def thread_for(self, item: Delivery) -> dict[str, Any] | None:
+        ref = await self._try(self.store.kv_get(NS_REFS, f"{item.note.incident_id}|{item.channel}"), "refs")
+        return ref if isinstance(ref, dict) else None
 
-    async def _try(self, call: Awaitable[T]) -> T | None:
-        """A store call on the delivery path: a failing store is logged, and delivery goes on."""
-        try:
-            with anyio.fail_after(STORE_TIMEOUT_S):
-                return await call
-        except Exception as e:
-            log.warning("alert.store_unavailable error=%s: %s", type(e).__name__, e)
-            return None
+    async def finished(self, item: Delivery, outcome: str, ref: dict[str, Any] | None,
+                       thread: dict[str, Any] | None) -> None:
+        if outcome == "sent" and ref and thread is None:
+            await self._try(self.store.kv_put(NS_REFS, f"{item.note.incident_id}|{item.channel}", ref), "refs")
+        await self._try(self.store.kv_delete(NS_OUTBOX, item.key), "outbox")
+        self._queued.discard(item.key)
 
-    async def _record(self, item: Delivery, attempt: int, started_s: float, outcome: str,
-                      error: str | None) -> None:
+    async def record(self, item: Delivery, attempt: int, started_s: float, outcome: str, error: str | None) -> None:
         await self._try(self.store.append_event("alert.attempt", {
             "channel": item.channel, "time_ns": int(started_s * 1e9), "outcome": outcome, "attempt": attempt,
             "error": error, "dedup_key": item.note.dedup_key, "event": item.note.event,
-            "probe_id": item.note.probe_id, "incident_id": item.note.incident_id}))
-        self._count(item.channel, outcome)
+            "probe_id": item.note.probe_id, "incident_id": item.note.incident_id}), "event")
+        if self._on_attempt is not None:
+            self._on_attempt(item.channel, outcome)
         level = logging.INFO if outcome == "sent" else logging.WARNING
         log.log(level, "alert.attempt channel=%s outcome=%s attempt=%d dedup_key=%s error=%s",
                 item.channel, outcome, attempt, item.note.dedup_key, error)
 
-    def _count(self, channel: str, outcome: str) -> None:
-        if self._on_attempt is not None:
-            self._on_attempt(channel, outcome)
-
-    # --- channel health --------------------------------------------------------------------------
-    async def _health(self, name: str, error: DeliveryError | None) -> None:
-        now_ns = int(self._clock() * 1e9)
-        h = ChannelHealth.from_stored(name, await self._try(self.store.kv_get(NS_CHANNELS, name)))
-        if error is None:
-            h = replace(h, consecutive_failures=0, last_success_ns=now_ns)
-            if h.failing:
-                await self._channel_event(name, "channel_recovered", h, "deliveries succeed again")
-                h = replace(h, failing=False, failing_since_ns=None)
-        else:
-            h = replace(h, consecutive_failures=h.consecutive_failures + 1, last_error=str(error),
-                        last_failure_ns=now_ns)
-            if not h.failing and h.consecutive_failures >= self._failure_threshold:
-                h = replace(h, failing=True, failing_since_ns=now_ns)
-                detail = f"{h.consecutive_failures} deliveries in a row failed; last error: {error}"
-                await self._channel_event(name, "channel_failing", h, detail)
-        await self._try(self.store.kv_put(NS_CHANNELS, name, h.stored()))
-
-    async def _channel_event(self, name: str, event: str, h: ChannelHealth, detail: str) -> None:
-        """A failing (or recovered) channel is a system incident ``channel:<name>`` (see system.py)."""
-        if event == "channel_failing":
-            self._failing.add(name)
+    async def health_changed(self, health: ChannelHealth, became: str | None, detail: str) -> None:
+        await self._try(self.store.kv_put(NS_CHANNELS, health.channel, health.stored()), "health")
+        if became == "failing":
+            log.error("alert.channel_failing channel=%s detail=%s", health.channel, detail)
             if self.on_channel_failing is not None:
-                self.on_channel_failing(name, detail)
-        else:
-            self._failing.discard(name)
+                self.on_channel_failing(health.channel, detail)
+        elif became == "recovered":
+            log.warning("alert.channel_recovered channel=%s", health.channel)
             if self.on_channel_recovered is not None:
-                self.on_channel_recovered(name, detail)
+                self.on_channel_recovered(health.channel, detail)
 
-    def healthy_channels(self) -> list[str]:
-        """Configured channels not currently failing."""
-        return [c for c in self.channels if c not in self._failing]
+    # --- start-up --------------------------------------------------------------------------------
+    async def _load_health(self) -> None:
+        stored = await self._try(self.store.kv_list(NS_CHANNELS), "health") or {}
+        for name, lane in self.lanes.items():
+            lane.health = ChannelHealth.from_stored(name, stored.get(name))
+            if lane.health.failing:  # still failing until a delivery succeeds: confirm its incident
+                await self.health_changed(lane.health, "failing", f"failing before the restart; "
+                                          f"last error: {lane.health.last_error}")
 
-    async def channel_health(self) -> list[ChannelHealth]:
-        """Per configured channel: failing flag, consecutive failures, last error and times."""
-        stored = await self.store.kv_list(NS_CHANNELS)
-        return [ChannelHealth.from_stored(name, stored.get(name)) for name in self.channels]
+    async def _requeue(self) -> None:
+        now_s = self._clock()
+        for key, value in (await self._try(self.store.kv_list(NS_CLAIMS), "claims") or {}).items():
+            if isinstance(value, dict) and value.get("state") == "queuing":  # crashed mid-announce
+                await self._finish_claim(key, value)
+            elif isinstance(value, dict) and now_s - int(value.get("time_ns", 0)) / 1e9 > CLAIM_RETENTION_S:
+                await self._try(self.store.kv_delete(NS_CLAIMS, key), "claims")
+        entries = await self._try(self.store.kv_list(NS_OUTBOX), "outbox") or {}
+        items: list[Delivery] = []
+        for key, value in entries.items():
+            try:
+                items.append(Delivery(Notification.model_validate(value["note"]), str(value["channel"]),
+                                      int(value.get("queued_ns") or value["note"].get("time_ns") or 0)))
+            except (KeyError, TypeError, ValueError):
+                log.warning("alert.outbox_unreadable key=%s", key)
+                await self._try(self.store.kv_delete(NS_OUTBOX, key), "outbox")
+        for item in sorted(items, key=lambda d: (d.queued_ns, d.note.time_ns)):
+            if item.channel in self.lanes:
+                await self._queue(item)
+            else:
+                await self._try(self.store.append_event("alert.dropped", {
+                    "dedup_key": item.note.dedup_key, "channel": item.channel, "reason": "channel removed"}),
+                    "event")
+                await self.finished(item, "dropped", None, None)
+        if items:
+            log.info("alert.outbox_requeued deliveries=%d", len(items))
 
-    async def aclose(self) -> None:
-        for channel in self.channels.values():
-            await channel.aclose()
+    async def _finish_claim(self, key: str, value: dict[str, Any]) -> None:
+        """Write the outbox entries of a claim whose announcement a crash interrupted (nothing of it was
+        sent: deliveries start only after the claim is marked queued)."""
+        try:
+            note = Notification.model_validate(value["note"])
+        except (KeyError, ValueError):
+            return
+        for channel in value.get("channels", []):
+            item = Delivery(note, str(channel), int(value.get("time_ns", 0)))
+            await self._try(self.store.kv_put(NS_OUTBOX, item.key, _entry(item)), "outbox")
+        await self._try(self.store.kv_put(NS_CLAIMS, key, {"owner": value.get("owner"),
+                                                           "time_ns": value.get("time_ns")}), "claim")
+
+    async def _try(self, call: Awaitable[T], what: str) -> T | None:
+        """A store call of the delivery path: a failing store is logged, and delivery goes on."""
+        try:
+            with anyio.fail_after(STORE_TIMEOUT_S):
+                return await call
+        except Exception as e:
+            log.warning("alert.store_unavailable what=%s error=%s: %s", what, type(e).__name__, e)
+            return None
+
+
+def _entry(item: Delivery) -> dict[str, Any]:
+    return {"note": item.note.model_dump(mode="json"), "channel": item.channel, "queued_ns": item.queued_ns}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
@@ -23,7 +23,7 @@ from opentelemetry.trace import Tracer
 
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.alerts.base import Channel, Notification, NotifiedFinding
-from tracecanary.daemon.alerts.delivery import ChannelHealth, DeliveryQueue, Outbox, QueueStats, RetryPolicy
+from tracecanary.daemon.alerts.delivery import ChannelHealth, DeliveryTiming, Outbox, QueueStats
 from tracecanary.daemon.alerts.policy import (
     AlertEvent,
     AlertsSettings,
@@ -32,6 +32,7 @@ from tracecanary.daemon.alerts.policy import (
     ProbeAlertState,
     step,
 )
+from tracecanary.daemon.alerts.reconcile import closed_state, closing_note, missed_runs
 from tracecanary.daemon.alerts.silences import ListedSilence, Silences, SilenceSettings, silenced_by
 from tracecanary.daemon.alerts.system import SystemIncident, SystemIncidents
 from tracecanary.daemon.store.base import RunRecord, Store
@@ -82,10 +83,37 @@ class AlertsOverview:
     silenced: list[AlertRecord]
     attempts: list[AlertRecord]
     queue: QueueStats
+    system: list[SystemIncident] = field(default_factory=list)
+    """Open incidents about tracecanary itself (system.py)."""
+
+
+@dataclass(frozen=True)
+class _TimingOverrides:
+    """Constructor overrides of the settings' durations (tests make them short)."""
+
+    retry_delays_s: Sequence[float] | None
+    max_retry_after_s: float | None
+    failing_after_s: float | None
+    expiry_s: float | None
+    system_reconcile_s: float | None
+
+    def timing(self, s: AlertsSettings) -> DeliveryTiming:
+        return DeliveryTiming(
+            delays_s=tuple(self.retry_delays_s if self.retry_delays_s is not None else s.retry_delays),
+            max_retry_after_s=_pick(self.max_retry_after_s, s.max_retry_after),
+            failing_after_s=_pick(self.failing_after_s, s.channel_failing_after),
+            expiry_s=_pick(self.expiry_s, s.delivery_expiry))
+
+    def reconcile_s(self, s: AlertsSettings) -> float:
+        return _pick(self.system_reconcile_s, s.system_reconcile)
+
+
+def _pick(override: float | None, setting: float) -> float:
+    return setting if override is None else override
 
 
 class AlertManager:
-    """Implements RunHook; ``run()`` starts the delivery workers (start it with ``tg.start``)."""
+    """Implements RunHook; ``run()`` starts the delivery lanes and the system incidents (``tg.start`` it)."""
 
     def __init__(
         self,
@@ -94,44 +122,62 @@ class AlertManager:
         *,
         dashboard_url: str | None = None,
         clock: Callable[[], float] = time.time,
-        retry_delays_s: Sequence[float] = RetryPolicy.delays_s,
-        max_retry_after_s: float = RetryPolicy.max_retry_after_s,
+        retry_delays_s: Sequence[float] | None = None,
+        max_retry_after_s: float | None = None,
+        channel_failing_after_s: float | None = None,
+        expiry_s: float | None = None,
+        system_reconcile_s: float | None = None,
         integrations: Integrations | None = None,
-        channels: dict[str, Channel] | None = None,
         on_attempt: Callable[[str, str], None] | None = None,
-        workers: int = 4,
         tracer: Tracer | None = None,
-        system_reconcile_s: float = 300.0,
     ) -> None:
-        """``tracer``: the daemon's own tracer (one span per delivery attempt); None when not exported.
-        ``system_reconcile_s``: a system incident reloaded after a restart and not raised again within
-        this long is cleared (with its recovery)."""
+        """Durations default to ``settings`` (``alerts.retry_delays`` …); the ``*_s`` arguments override
+        them (tests). ``tracer``: the daemon's own tracer (one span per delivery attempt); None when not
+        exported."""
         self.store = store
         self.settings = settings
         self._dashboard_url = dashboard_url.rstrip("/") if dashboard_url else None
         self._clock = clock
-        integrations = integrations or Integrations()
-        self.channels: dict[str, Channel] = channels if channels is not None else {
-            name: cfg.build(name, integrations) for name, cfg in settings.channels.items()}
-        self.outbox = Outbox(
-            store, self.channels, queue_size=settings.queue_size,
-            failure_threshold=settings.channel_failure_threshold, clock=clock,
-            retry=RetryPolicy(tuple(retry_delays_s), max_retry_after_s), dashboard_url=self._dashboard_url,
-            on_attempt=on_attempt, workers=workers, tracer=tracer,
-        )
+        self._overrides = _TimingOverrides(retry_delays_s, max_retry_after_s, channel_failing_after_s, expiry_s,
+                                           system_reconcile_s)
+        self._integrations = integrations or Integrations()
+        channels = {name: cfg.build(name, self._integrations) for name, cfg in settings.channels.items()}
+        self.outbox = Outbox(store, channels, queue_size=settings.queue_size, clock=clock,
+                             timing=self._overrides.timing(settings), on_attempt=on_attempt, tracer=tracer)
         self.silences = Silences(store, settings.silences, clock)
         self.system = SystemIncidents(
-            store, clock=clock, announce=self.outbox.announce_best_effort,
-            healthy_channels=self.outbox.healthy_channels, dashboard_url=self._dashboard_url,
-            reconcile_after_s=system_reconcile_s)
+            store, clock=clock, announce=self.outbox.announce, healthy_channels=self.outbox.healthy_channels,
+            dashboard_url=self._dashboard_url, reconcile_after_s=self._overrides.reconcile_s(settings))
         self.outbox.on_channel_failing = lambda name, detail: self.raise_system(
             f"channel:{name}", f"alert channel {name} is failing", detail)
         self.outbox.on_channel_recovered = lambda name, detail: self.clear_system(f"channel:{name}", detail)
         self._probe_locks: dict[str, anyio.Lock] = {}
 
     @property
-    def queue(self) -> DeliveryQueue:
-        return self.outbox.queue
+    def channels(self) -> dict[str, Channel]:
+        """The live channels by name."""
+        return self.outbox.channels
+
+    async def reconfigure(self, settings: AlertsSettings, integrations: Integrations,
+                          probes: Sequence[ProbeSpec], *, dashboard_url: str | None = None) -> None:
+        """A reloaded config (SIGHUP): policies, channels (rebuilt when their config or the integrations
+        changed; pending deliveries of a removed channel are dropped), silences and timings; incidents
+        of probes that no longer alert are closed with their recovery."""
+        old, old_integrations = self.settings, self._integrations
+        channels = {
+            name: (self.outbox.lanes[name].channel
+                   if name in self.outbox.lanes and old.channels.get(name) == cfg and old_integrations == integrations
+                   else cfg.build(name, integrations))
+            for name, cfg in settings.channels.items()}
+        self.settings, self._integrations = settings, integrations
+        if dashboard_url is not None:
+            self._dashboard_url = self.system.dashboard_url = dashboard_url.rstrip("/")
+        self.outbox.set_timing(self._overrides.timing(settings), settings.queue_size)
+        await self.outbox.set_channels(channels)
+        self.silences = Silences(self.store, settings.silences, self._clock)
+        await self.close_orphans(probes, "the probe no longer alerts (configuration reloaded)")
+        log.info("alerts reconfigured channels=%s policies=%s silences=%d", ",".join(settings.channels),
+                 ",".join(settings.policies), len(settings.silences))
 
     # --- RunHook ---------------------------------------------------------------------------------
     async def on_run_started(self, probe: ProbeSpec, run: RunRecord) -> None:
@@ -154,10 +200,10 @@ class AlertManager:
 
     async def _advance(self, probe: ProbeSpec, run: RunRecord, policy: PolicySettings) -> None:
         now_s = self._clock()
-        state = ProbeAlertState.model_validate(await self.store.kv_get(NS_STATE, probe.id) or {})
+        prev = ProbeAlertState.model_validate(await self.store.kv_get(NS_STATE, probe.id) or {})
         silence_id = silenced_by(await self.silences.all(), probe.id, probe.tags, now_s)
         obs = Observation(probe.id, run.run_id, str(run.verdict), int(now_s * 1e9))
-        decision = step(state, policy, obs, silenced=silence_id is not None)
+        decision = step(prev, policy, obs, silenced=silence_id is not None)
         for ev in decision.silenced:
             await self.store.append_event("alert.silenced", {
                 "probe_id": probe.id, "event": ev.kind, "incident_id": ev.incident_id,
@@ -165,9 +211,18 @@ class AlertManager:
             log.info("alert.silenced probe=%s event=%s silence=%s", probe.id, ev.kind, silence_id)
         # Claim and queue before the state moves on: a crash in between re-derives the same dedup
         # key on the next run, and the claim refuses it (no duplicate, no loss: the outbox has it).
+        state = decision.state
+        state.last_run_started_ns = run.started_ns
         for ev in decision.send:
-            await self.outbox.announce(self._note(ev, probe, run, decision.state, now_s), policy.channels)
-        await self.store.kv_put(NS_STATE, probe.id, decision.state.model_dump(mode="json"))
+            targets = policy.channels
+            if ev.kind in ("failing", "degraded"):
+                state.notified_channels = list(policy.channels)
+            elif ev.kind == "recovered" and prev.notified_channels:
+                targets = [c for c in prev.notified_channels if c in self.settings.channels]
+            await self.outbox.announce(self._note(ev, probe, run, state, now_s), targets)
+        if state.status == "ok":
+            state.notified_channels = []
+        await self.store.kv_put(NS_STATE, probe.id, state.model_dump(mode="json"))
 
     def _note(self, ev: AlertEvent, probe: ProbeSpec, run: RunRecord, state: ProbeAlertState,
               now_s: float) -> Notification:
@@ -197,13 +252,64 @@ class AlertManager:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
 
-    async def wait_idle(self) -> None:
-        """Until nothing is queued or being delivered (wrap in ``anyio.fail_after``); needs ``run()``."""
+    async def wait_idle(self, *, held_ok: bool = False) -> None:
+        """Until nothing is queued or being delivered (wrap in ``anyio.fail_after``); needs ``run()``.
+        ``held_ok``: deliveries waiting to retry a failing channel do not count (they stay in the
+        outbox) — what a shutdown waits for."""
         while True:  # a delivery may raise a system incident (a failing channel), which queues more
             await self.system.wait_idle()
-            await self.outbox.wait_idle()
+            await self.outbox.wait_idle(held_ok=held_ok)
             if self.system.idle:
                 return
+
+    # --- after a restart (reconcile.py) ----------------------------------------------------------
+    async def reconcile(self, probes: Sequence[ProbeSpec]) -> None:
+        """On start: feed each probe's alert state the final runs recorded after the last one it saw
+        (a crash between recording a run and alerting on it, or runs another process recorded while
+        this one was down: an incident that resolved meanwhile is closed with its recovery), and close
+        the incidents of probes that no longer alert. Claims keep any of it from being announced twice."""
+        fed = 0
+        for probe in probes:
+            policy = self.policy_for(probe)
+            if policy is None:
+                continue
+            try:
+                async with self._probe_locks.setdefault(probe.id, anyio.Lock()):
+                    state = ProbeAlertState.model_validate(await self.store.kv_get(NS_STATE, probe.id) or {})
+                    for run in await missed_runs(self.store, probe.id, state):
+                        await self._advance(probe, run, policy)
+                        fed += 1
+            except Exception:  # a failing store must not keep the daemon from starting: logged, skipped
+                log.exception("alerts.reconcile_failed probe=%s", probe.id)
+        try:
+            closed = await self.close_orphans(probes, "the probe no longer alerts (removed from the configuration)")
+        except Exception:
+            log.exception("alerts.reconcile_failed step=close_orphans")
+            closed = 0
+        log.info("alerts reconciled missed_runs=%d closed_incidents=%d", fed, closed)
+
+    async def close_orphans(self, probes: Sequence[ProbeSpec], why: str) -> int:
+        """Close (with a recovery, when announced) the open incidents of probes absent from ``probes``
+        or without a policy; returns how many."""
+        alerting = {p.id for p in probes if self.policy_for(p) is not None}
+        closed = 0
+        for probe_id, value in (await self.store.kv_list(NS_STATE)).items():
+            state = ProbeAlertState.model_validate(value)
+            if probe_id in alerting or state.status == "ok" or state.incident_id is None:
+                continue
+            async with self._probe_locks.setdefault(probe_id, anyio.Lock()):
+                if state.notified:
+                    note = closing_note(state, probe_id, why, int(self._clock() * 1e9), self._dashboard_url)
+                    targets = state.notified_channels or list(self.settings.channels)
+                    await self.outbox.announce(note, [c for c in targets if c in self.settings.channels])
+                await self.store.kv_put(NS_STATE, probe_id, closed_state(state).model_dump(mode="json"))
+                closed += 1
+        return closed
+
+    def readiness_detail(self) -> list[str]:
+        """For ``/readyz``: system incidents (a failing channel …) no healthy channel could announce."""
+        return [f"{i.summary}: {i.detail} (no healthy alert channel to announce it)" if i.detail
+                else f"{i.summary} (no healthy alert channel to announce it)" for i in self.system.unannounced()]
 
     async def aclose(self) -> None:
         """Close the channels' connections (idempotent)."""
@@ -258,5 +364,5 @@ class AlertManager:
         return AlertsOverview(
             incidents=incidents, notifications=await events("alert.notification"),
             silenced=await events("alert.silenced"), attempts=await events("alert.attempt"),
-            queue=self.outbox.stats(),
+            queue=self.outbox.stats(), system=self.system_incidents(),
         )

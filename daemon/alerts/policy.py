@@ -26,7 +26,7 @@ from tracecanary.integrations import Integrations
 
 __all__ = [
     "AlertsSettings", "ChannelConfig", "Decision", "FailureWindow", "Observation", "PolicySettings",
-    "ProbeAlertState", "SilenceSettings", "step", "validate_references",
+    "ProbeAlertState", "SilenceSettings", "reference_problems", "step", "validate_references",
 ]
 
 if TYPE_CHECKING:
@@ -87,24 +87,49 @@ class AlertsSettings(BaseModel):
     channels: dict[str, ChannelConfig] = Field(default_factory=dict, description="Named channels.")
     policies: dict[str, PolicySettings] = Field(default_factory=dict, description="Named policies.")
     silences: list[SilenceSettings] = Field(default_factory=list, description="Configured silences.")
-    queue_size: int = Field(1000, ge=1, description="Pending deliveries kept; the oldest is dropped beyond.")
-    channel_failure_threshold: int = Field(3, ge=1, description="Consecutive failed deliveries after "
-                                           "which a channel raises its own alert on the other channels.")
+    queue_size: int = Field(1000, ge=1, description="Pending deliveries kept per channel; beyond, the oldest "
+                            "that is not a recovery is dropped (recorded and counted).")
+    retry_delays: list[Duration] = Field(
+        default_factory=lambda: [1.0, 5.0, 30.0, 120.0], min_length=1,
+        description="Waits between delivery attempts to one channel; the last repeats until delivered or "
+                    "expired. A remote's Retry-After is honoured when longer.")
+    max_retry_after: Duration = Field(300.0, description="Cap on a remote's Retry-After.")
+    delivery_expiry: Duration = Field(86400.0, gt=0, description="An undelivered notification is dropped this "
+                                      "long after it was queued (recorded as expired); recoveries never expire.")
+    channel_failing_after: Duration = Field(
+        60.0, description="A channel whose deliveries keep failing with retryable errors (5xx, 429, timeouts) "
+                          "for this long is failing: channel_failing goes out on the healthy channels. A "
+                          "permanent error (other 4xx, bad token) makes it failing at once.")
+    system_reconcile: Duration = Field(300.0, description="After a restart, a system incident (failing channel, "
+                                       "store …) nobody raises again within this long is resolved.")
+
+
+def reference_problems(settings: AlertsSettings,
+                       integrations: Integrations | None = None) -> list[tuple[tuple[str | int, ...], str]]:
+    """Cross-field errors as (path inside ``alerts``, message): a policy naming a channel that does not
+    exist; with ``integrations``, also channels lacking credentials here and in ``integrations:`` (the
+    config loader reports them with file:line)."""
+    out: list[tuple[tuple[str | int, ...], str]] = []
+    if integrations is not None:
+        for name, channel in settings.channels.items():
+            for problem in channel.problems(integrations):
+                key, _, text = problem.partition(": ")
+                out.append((("channels", name, key), text))
+    known = ", ".join(sorted(settings.channels)) or "none defined"
+    for name, policy in settings.policies.items():
+        for i, ch in enumerate(policy.channels):
+            if ch not in settings.channels:
+                out.append((("policies", name, "channels", i), f'unknown channel "{ch}" (known: {known})'))
+    return out
 
 
 def validate_references(settings: AlertsSettings, integrations: Integrations | None = None) -> list[str]:
-    """Cross-field errors: a policy naming a channel that does not exist; with ``integrations``, also
-    channels lacking credentials found neither in their own settings nor in ``integrations:``."""
-    known = ", ".join(sorted(settings.channels))
-    errors = []
-    for name, policy in settings.policies.items():
-        for i, channel in enumerate(policy.channels):
-            if channel not in settings.channels:
-                errors.append(f'alerts.policies.{name}.channels[{i}]: unknown channel "{channel}" (known: {known})')
-    if integrations is not None:
-        for name, config in settings.channels.items():
-            errors += [f"alerts.channels.{name}.{problem}" for problem in config.problems(integrations)]
-    return errors
+    """:func:`reference_problems` as ``alerts.<path>: message`` lines."""
+    lines = []
+    for loc, message in reference_problems(settings, integrations):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+        lines.append(f"alerts{path}: {message}")
+    return lines
 
 
 class ProbeAlertState(BaseModel):
@@ -126,6 +151,10 @@ class ProbeAlertState(BaseModel):
     reminders: int = 0
     last_run_id: str | None = None
     last_verdict: str | None = None
+    last_run_started_ns: int | None = None
+    """Start of the last run seen: a restart feeds the alert state the final runs recorded after it."""
+    notified_channels: list[str] = Field(default_factory=list)
+    """Channels the incident's opening went to: its recovery goes to the same ones."""
 
 
 @dataclass(frozen=True)

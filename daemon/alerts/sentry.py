@@ -64,13 +64,22 @@ class SentryChannelConfig(ChannelConfigBase):
         return []
 
 
+EVENT_ID_NAMESPACE = uuid.UUID("5b0c8f1e-4a2b-4f3c-9d6e-7a8b9c0d1e2f")
+
+
+def event_id(dedup_key: str) -> str:
+    """The Sentry event id of a notification, derived from its dedup key: a delivery retried (or
+    repeated after a restart) carries the same id, and Sentry keeps one event per id."""
+    return uuid.uuid5(EVENT_ID_NAMESPACE, dedup_key).hex
+
+
 def build_event(note: Notification, *, environment: str | None = None) -> dict[str, Any]:
     """The Sentry event for a notification (public for tests and previews)."""
     level = "warning" if note.event == "degraded" else "error"
     top = note.findings[0].message if note.findings else note.detail
     message = note.title + (f": {top}" if top else "")
     event: dict[str, Any] = {
-        "event_id": uuid.uuid4().hex,
+        "event_id": event_id(note.dedup_key),
         "timestamp": datetime.fromtimestamp((note.time_ns or 0) / 1e9, UTC).isoformat(),
         "platform": "other",
         "level": level,

@@ -86,14 +86,14 @@ class SystemIncidents:
         self._clock = clock
         self._announce = announce
         self._healthy_channels = healthy_channels
-        self._dashboard_url = dashboard_url
+        self.dashboard_url = dashboard_url
         self._reconcile_after_s = reconcile_after_s
         self._open: dict[str, _Open] = {}
         self._send, self._receive = anyio.create_memory_object_stream[tuple[Literal["open", "close", "save"], str,
                                                                             _Open]](math.inf)
         self._backlog = 0
         """Actions queued and not yet handled (``wait_idle``)."""
-        self._settled = anyio.Condition()
+        self._changed = anyio.Event()
 
     # --- the callers' side (sync, never blocks) --------------------------------------------------
     def raise_(self, key: str, summary: str, detail: str = "") -> None:
@@ -131,9 +131,12 @@ class SystemIncidents:
 
     async def wait_idle(self) -> None:
         """Until every queued action was handed to the outbox (needs ``run()``)."""
-        async with self._settled:
-            while self._backlog:
-                await self._settled.wait()
+        while self._backlog:
+            await self._changed.wait()
+
+    def unannounced(self) -> list[SystemIncident]:
+        """Open incidents announced on no channel (none healthy): ``/readyz`` shows them."""
+        return [e.incident for e in self._open.values() if e.announced and not e.announced_to]
 
     def open_incidents(self) -> list[SystemIncident]:
         return sorted((e.incident for e in self._open.values()), key=lambda i: (i.opened_ns, i.key))
@@ -151,9 +154,8 @@ class SystemIncidents:
                     await self._handle(action, key, entry)
                 finally:
                     self._backlog -= 1
-                    with anyio.CancelScope(shield=True):
-                        async with self._settled:
-                            self._settled.notify_all()
+                    changed, self._changed = self._changed, anyio.Event()
+                    changed.set()
 
     async def _handle(self, action: str, key: str, entry: _Open) -> None:
         if action == "save":
@@ -178,7 +180,7 @@ class SystemIncidents:
             event=event, dedup_key=f"{inc.incident_id}:{event}", incident_id=inc.incident_id,
             probe_id=inc.key.removeprefix("channel:") if inc.key.startswith("channel:") else inc.key,
             headline=inc.summary, time_ns=int(self._clock() * 1e9), incident_started_ns=inc.opened_ns,
-            detail=inc.detail, dashboard_url=f"{self._dashboard_url}/incidents" if self._dashboard_url else None)
+            detail=inc.detail, dashboard_url=f"{self.dashboard_url}/incidents" if self.dashboard_url else None)
 
     async def _persist(self, key: str, entry: _Open | None) -> None:
         """Best-effort: a failing store is logged, never raised (the state is in memory)."""

@@ -22,7 +22,8 @@ Default body (``version`` 1)::
       "time": "2026-11-23T23:41:00+00:00"
     }
 
-Headers: ``Content-Type``, ``X-Tracecanary-Event``, ``X-Tracecanary-Delivery`` (the dedup key) and,
+Headers: ``Content-Type``, ``X-Tracecanary-Event``, ``X-Tracecanary-Delivery`` and ``Idempotency-Key``
+(both the dedup key: incident id + transition, the same on every retry and after a restart) and,
 with a ``secret``, ``X-Tracecanary-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`` (the
 GitHub scheme: verify over the exact bytes received, compare in constant time).
 
@@ -39,6 +40,7 @@ import json
 import logging
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 from jinja2 import TemplateSyntaxError
@@ -81,6 +83,15 @@ class WebhookChannelConfig(ChannelConfigBase):
                                       "variables n (notification) and body (default body).")
     content_type: str = Field("application/json", description="Content-Type of the body.")
     events: list[EventKind] | None = Field(None, description="Only these events (default: all).")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("no webhook URL (url is empty: is its ${VARIABLE} set?)")
+        if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc:
+            raise ValueError(f"invalid webhook URL {value!r}: expected http(s)://host/path")
+        return value
 
     @field_validator("body_template")
     @classmethod
@@ -146,7 +157,8 @@ class WebhookChannel:
             raise DeliveryError(f"body_template: {type(e).__name__}: {e}", retryable=False) from e
         headers = {
             "Content-Type": self.config.content_type, "User-Agent": "tracecanary-alerts/1",
-            "X-Tracecanary-Event": note.event, "X-Tracecanary-Delivery": note.dedup_key, **self.config.headers,
+            "X-Tracecanary-Event": note.event, "X-Tracecanary-Delivery": note.dedup_key,
+            "Idempotency-Key": note.dedup_key, **self.config.headers,
         }
         if self.config.secret:
             headers[SIGNATURE_HEADER] = sign(self.config.secret, body)

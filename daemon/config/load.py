@@ -126,7 +126,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
             except ValidationError as e:
                 errors.extend(pydantic_errors(e, doc, (key,)))
     extra = _extra_sections(sections, errors)
-    errors.extend(_cross_checks(probes, extra, sections))
+    integrations = cfg_kwargs.get("integrations", Integrations())
+    errors.extend(_cross_checks(probes, extra, sections, integrations if "integrations" not in sections
+                                or "integrations" in cfg_kwargs else None))
     if errors:
         raise ConfigError(sorted(errors, key=_error_order))
     return Config(
@@ -203,8 +205,10 @@ def _walk_within(value: Any, loc: Loc) -> list[tuple[Loc, Any]]:
 
 
 def _cross_checks(
-    probes: list[tuple[Doc, int, ProbeSpec]], extra: ExtraSections, sections: dict[str, tuple[Doc, Any]]
+    probes: list[tuple[Doc, int, ProbeSpec]], extra: ExtraSections, sections: dict[str, tuple[Doc, Any]],
+    integrations: Integrations | None,
 ) -> list[str]:
+    """Errors across sections; channel credentials only when ``integrations`` validated (else unknown)."""
     errors: list[str] = []
     seen: dict[str, tuple[Doc, int]] = {}
     for doc, i, spec in probes:
@@ -237,7 +241,7 @@ def _cross_checks(
             )
     if "alerts" in sections:
         doc, _ = sections["alerts"]
-        for loc, message in extra.reference_errors():
+        for loc, message in extra.reference_errors(integrations):
             full = ("alerts", *loc)
             errors.append(f"{doc.path}:{line_of(doc, full)} {render_loc(full, doc.data)}: {message}")
     return errors

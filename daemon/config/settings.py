@@ -7,12 +7,13 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from tracecanary.assertions.units import Duration
-from tracecanary.daemon.alerts.policy import AlertsSettings
+from tracecanary.daemon.alerts.policy import AlertsSettings, reference_problems
 from tracecanary.daemon.config.links import LinkSettings
 from tracecanary.daemon.spans.buffer import BufferSettings
 from tracecanary.daemon.spans.kafka import KafkaSpanSettings
 from tracecanary.daemon.spans.receiver import OtlpSettings
 from tracecanary.daemon.store.guard import StoreHealthSettings
+from tracecanary.integrations import Integrations
 from tracecanary.model import StrictModel
 
 
@@ -64,12 +65,7 @@ class ExtraSections(StrictModel):
     def policy_names(self) -> set[str]:
         return set(self.alerts.policies) | {"default"} if not self.alerts.policies else set(self.alerts.policies)
 
-    def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
-        """(path inside alerts, message) for each policy naming an unknown channel."""
-        out: list[tuple[tuple[str | int, ...], str]] = []
-        known = ", ".join(sorted(self.alerts.channels)) or "none defined"
-        for name, policy in self.alerts.policies.items():
-            for i, ch in enumerate(policy.channels):
-                if ch not in self.alerts.channels:
-                    out.append((("policies", name, "channels", i), f'unknown channel "{ch}" (known: {known})'))
-        return out
+    def reference_errors(self, integrations: Integrations | None = None) -> list[tuple[tuple[str | int, ...], str]]:
+        """(path inside alerts, message) for each policy naming an unknown channel and, with
+        ``integrations``, each channel lacking credentials here and in ``integrations:``."""
+        return reference_problems(self.alerts, integrations)

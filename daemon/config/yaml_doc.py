@@ -143,6 +143,8 @@ def data_loc(data: Any, loc: tuple[Any, ...]) -> Loc:
         elif isinstance(cursor, dict) and isinstance(part, str) and part.rstrip("_") in cursor:
             out.append(part.rstrip("_"))
             cursor = cursor[part.rstrip("_")]
+        elif isinstance(cursor, dict) and part in (cursor.get("type"), cursor.get("kind")):
+            continue  # a discriminated union's tag (an alert channel's type, a probe's kind)
         elif isinstance(cursor, dict) and isinstance(part, str) and not part.startswith(("function", "union")):
             out.append(part)  # a missing field: name it, point at its parent's line
             cursor = None

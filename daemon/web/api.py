@@ -62,6 +62,10 @@ class ApiAuth:
     """Bearer-token check; the token never appears in a response or a log line."""
 
     def __init__(self, api_token: str | None, read_token_required: bool) -> None:
+        self.update(api_token, read_token_required)
+
+    def update(self, api_token: str | None, read_token_required: bool) -> None:
+        """A reloaded token (SIGHUP): the next request is checked against it."""
         self._token = (api_token or "").encode()
         self.read_token_required = read_token_required and bool(self._token)
 
@@ -155,6 +159,7 @@ class Api:
             silences=[silence_out(s) for s in silences], alerts=[asdict(i) for i in overview.incidents],
             notifications=[record_out(r) for r in overview.notifications],
             attempts=[record_out(r) for r in overview.attempts], queue=asdict(overview.queue),
+            system=[asdict(i) for i in overview.system],
         ))
 
     async def add_silence(self, request: web.Request) -> web.Response:
@@ -198,10 +203,12 @@ def record_out(record: AlertRecord) -> dict[str, Any]:
     return {"id": record.id, "time_ns": record.time_ns, "kind": record.kind, "data": redact(record.data)}
 
 
-def api_routes(control: Control, *, api_token: str | None, read_token_required: bool = False) -> list[web.RouteDef]:
-    """Every /api route, guarded by bearer auth (writes always; reads when ``read_token_required``)."""
+def api_routes(control: Control, *, api_token: str | None = None, read_token_required: bool = False,
+               auth: ApiAuth | None = None) -> list[web.RouteDef]:
+    """Every /api route, guarded by bearer auth (writes always; reads when ``read_token_required``).
+    ``auth``: a shared checker the daemon updates on reload (instead of ``api_token``)."""
     api = Api(control)
-    auth = ApiAuth(api_token, read_token_required)
+    auth = auth or ApiAuth(api_token, read_token_required)
 
     def read(h: Handler) -> Handler:
         return auth.guard(h, write=False)

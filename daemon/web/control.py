@@ -15,6 +15,7 @@ from tracecanary.assertions.spans import Span
 from tracecanary.daemon.alerts.delivery import ChannelHealth
 from tracecanary.daemon.alerts.manager import AlertsOverview
 from tracecanary.daemon.alerts.silences import ListedSilence, SilenceSettings
+from tracecanary.daemon.alerts.system import SystemIncident
 from tracecanary.daemon.store.base import Store
 from tracecanary.probes.base import ProbeSpec
 
@@ -40,6 +41,10 @@ class AlertsControl(Protocol):
 
     async def channel_health(self) -> list[ChannelHealth]:
         """One entry per configured channel."""
+        ...
+
+    def system_incidents(self) -> list[SystemIncident]:
+        """Open incidents about tracecanary itself (a failing channel, the results store …)."""
         ...
 
 

@@ -166,6 +166,9 @@ class AlertsOut(_Out):
     notifications: list[dict[str, Any]] = Field(default_factory=list)
     attempts: list[dict[str, Any]] = Field(default_factory=list, description="Delivery attempts per channel.")
     queue: dict[str, Any] | None = None
+    system: list[dict[str, Any]] = Field(default_factory=list, description="Open incidents about tracecanary "
+                                         "itself (a failing alert channel, the results store …): key, summary, "
+                                         "detail, opened_ns.")
 
 
 class ErrorOut(_Out):

@@ -114,3 +114,34 @@ class WebhookReceiver:
             return web.json_response({"error": "scripted"}, status=status, headers=headers)
         self.accepted.append(json.loads(body) if request.content_type == "application/json" else body.decode())
         return web.json_response({"ok": True})
+
+
+@dataclass
+class FlakyHook:
+    """A webhook receiver that answers ``down_status`` (503 by default, with ``Retry-After`` when set)
+    to every delivery while ``down``, and 200 once the test flips it; counts what it accepted per
+    ``X-Tracecanary-Delivery`` (the idempotency key)."""
+
+    down: bool = True
+    down_status: int = 503
+    retry_after: str | None = None
+    attempts: int = 0
+    accepted: list[dict[str, Any]] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        return app
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.attempts += 1
+        if self.down:
+            headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+            return web.json_response({"error": "down"}, status=self.down_status, headers=headers)
+        self.accepted.append(body | {"_key": request.headers.get("X-Tracecanary-Delivery", "")})
+        return web.json_response({"ok": True})
+
+    def keys(self) -> list[str]:
+        """The idempotency keys accepted, in order."""
+        return [str(b["_key"]) for b in self.accepted]

@@ -12,8 +12,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from tests.alerts.helpers import Clock, WebhookReceiver, probe, run, running, serve, settled
 from tracecanary.daemon.alerts.base import Notification
+from tracecanary.daemon.alerts.delivery import QueueStats
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
+from tracecanary.daemon.alerts.sentry import event_id
 from tracecanary.daemon.alerts.silences import SilenceSettings
 from tracecanary.daemon.alerts.webhook import WebhookChannelConfig, render_body, verify
 from tracecanary.daemon.observe.telemetry import add_span_sink, setup_telemetry
@@ -118,7 +120,7 @@ async def test_full_queue_drops_the_oldest_and_counts_it(store: SqliteStore) -> 
     mgr = AlertManager(store, s, on_attempt=lambda c, o: counted.append((c, o)))
     for pid in ("a", "b", "c"):  # no worker: the queue fills up
         await mgr.on_run_finished(probe(pid), run(pid, 1, "fail"))
-    assert mgr.queue.dropped == 1 and len(mgr.queue) == 2 and counted == [("hook", "dropped")]
+    assert mgr.outbox.stats() == QueueStats(pending=2, dropped=1) and counted == [("hook", "dropped")]
     assert sorted(await store.kv_list("alerts.outbox")) == ["b:b-r1:failing|hook", "c:c-r1:failing|hook"]
     [dropped] = await store.list_events("alert.dropped")
     assert dropped["data"]["dedup_key"] == "a:a-r1:failing"
@@ -143,6 +145,7 @@ async def test_sentry_event_per_incident(store: SqliteStore, sentry: SentryEmula
     assert first["contexts"]["tracecanary"]["links"]["sentry"].endswith(f"/trace/{1:032x}")
     assert 'span "fetch-gex-data": status ERROR' in first["logentry"]["formatted"]
     assert errors[1].payload["tags"]["verdict"] == "error"
+    assert first["event_id"] == event_id("orders:orders-r1:failing")  # Sentry keeps one event per id: idempotent
     sent = [e["data"]["outcome"] for e in await store.list_events("alert.attempt")]
     assert sent == ["sent", "sent"]
 
@@ -153,8 +156,7 @@ async def test_failing_channel_raises_its_own_alert_elsewhere(
     s = AlertsSettings.model_validate({
         "channels": {"oncall": {"type": "slack", "channel": "C0OPS"},
                      "sentry": {"type": "sentry", "dsn": sentry.dsn().replace(sentry.public_key, "revoked")}},
-        "policies": {"default": {"channels": ["sentry"], "failure_threshold": 1}},
-        "channel_failure_threshold": 2})
+        "policies": {"default": {"channels": ["sentry"], "failure_threshold": 1}}})
     mgr = AlertManager(store, s, retry_delays_s=(0.01,), integrations=Integrations.model_validate(
         {"slack": {"bot_token": "xoxb-bot", "base_url": slack.base_url}}))
     async with running(mgr):
@@ -165,7 +167,8 @@ async def test_failing_channel_raises_its_own_alert_elsewhere(
         health = {h.channel: h for h in await mgr.channel_health()}
     [msg] = slack.messages("C0OPS")
     assert msg["text"].startswith("alert channel sentry is failing")
-    assert "2 deliveries in a row failed; last error: sentry 401" in json.dumps(msg["blocks"])
+    assert "delivery failed with a permanent error: sentry 401" in json.dumps(msg["blocks"])  # a 4xx: at once
+    assert "http://canary.test/incidents" not in json.dumps(msg["blocks"])  # no dashboard_url configured
     assert health["sentry"].failing and health["sentry"].consecutive_failures == 3
     assert health["oncall"].consecutive_failures == 0 and sentry.store.errors == []
 
@@ -206,22 +209,26 @@ async def test_retry_after_is_honoured(store: SqliteStore) -> None:
 
 
 async def test_channel_recovery_is_announced_in_the_failure_thread(store: SqliteStore, slack: SlackEmulator) -> None:
-    rx = WebhookReceiver(SECRET, script=[(500, {}), (500, {})])
+    """5xx for longer than channel_failing_after: failing on the other channel (dashboard link to
+    /incidents); the held notification is delivered once the channel answers, then the recovery."""
+    rx = WebhookReceiver(SECRET, script=[(500, {}), (500, {}), (500, {})])
     async with serve(rx.app()) as base:
         s = AlertsSettings.model_validate({
             "channels": {"hook": {"type": "webhook", "url": f"{base}/hook", "secret": SECRET},
                          "oncall": {"type": "slack", "channel": "C0OPS"}},
             "policies": {"default": {"channels": ["hook"], "failure_threshold": 1}},
-            "channel_failure_threshold": 2})
-        mgr = AlertManager(store, s, retry_delays_s=(), integrations=Integrations.model_validate(
+            "retry_delays": ["100ms"], "channel_failing_after": "150ms"})
+        mgr = AlertManager(store, s, dashboard_url="http://canary.test", integrations=Integrations.model_validate(
             {"slack": {"bot_token": "xoxb-bot", "base_url": slack.base_url}}))
         async with running(mgr):
             for pid in ("a", "b", "c"):
                 await mgr.on_run_finished(probe(pid), run(pid, 1, "fail"))
-                await settled(mgr)
+            await settled(mgr)
             health = {h.channel: h for h in await mgr.channel_health()}
     failing, recovered = slack.messages("C0OPS")
     assert failing["text"].startswith("alert channel hook is failing")
+    assert "http://canary.test/incidents" in json.dumps(failing["blocks"])
+    assert "deliveries failing for 0.15s" in json.dumps(failing["blocks"])
     assert recovered["text"].startswith("alert channel hook recovered") and recovered["thread_ts"] == failing["ts"]
-    assert [b["probe"]["id"] for b in rx.accepted] == ["c"]
+    assert [b["probe"]["id"] for b in rx.accepted] == ["a", "b", "c"]  # held, in order, once each
     assert not health["hook"].failing and health["hook"].consecutive_failures == 0

@@ -152,4 +152,4 @@ async def test_invalid_token_is_a_permanent_failure(store: SqliteStore, slack: S
     assert attempt["data"]["outcome"] == "failed" and "invalid_auth" in attempt["data"]["error"]
     assert counted == [("oncall", "failed")]
     [health] = await mgr.channel_health()
-    assert health.consecutive_failures == 1 and not health.failing
+    assert health.consecutive_failures == 1 and health.failing  # a permanent error: failing at once

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from tests.daemon.support import Target
+from tests.daemon.harness import Target
 from tracecanary.demo.emulators.slack import SlackEmulator
 
 

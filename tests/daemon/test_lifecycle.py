@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.support import DaemonProcess as Daemon
-from tests.daemon.support import Target, eventually
+from tests.daemon.harness import DaemonProcess as Daemon
+from tests.daemon.harness import Target, eventually
 
 pytestmark = pytest.mark.anyio
 

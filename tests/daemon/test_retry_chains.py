@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.daemon.support import DaemonProcess, Target, eventually
+from tests.daemon.harness import DaemonProcess, Target, eventually
 from tracecanary.demo.emulators.slack import SlackEmulator
 
 pytestmark = pytest.mark.anyio

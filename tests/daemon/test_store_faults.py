@@ -26,7 +26,7 @@ import anyio
 import pytest
 import yaml
 
-from tests.daemon.support import (
+from tests.daemon.harness import (
     DaemonProcess,
     Target,
     eventually,

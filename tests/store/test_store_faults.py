@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.daemon.support import immutable
+from tests.daemon.harness import immutable
 from tracecanary.assertions.spans import Span
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.store.base import RunRecord, RunStatus, StoreFault

@@ -112,6 +112,15 @@ class Dashboard:
                            channels=await self._failing_channels(),
                            chaos=demo.chaos_state() if demo is not None else None)
 
+    async def incidents(self, request: web.Request) -> web.Response:
+        """Open probe incidents, incidents about tracecanary itself, channel health (alert links land here)."""
+        alerts = self.control.alerts
+        if alerts is None:
+            return self.render("incidents.html", enabled=False, incidents=[], system=[], channels=[])
+        overview = await alerts.list_alerts(limit=1)
+        return self.render("incidents.html", enabled=True, incidents=overview.incidents,
+                           system=alerts.system_incidents(), channels=await alerts.channel_health())
+
     async def _failing_channels(self) -> list[ChannelHealth]:
         """Alert channels that keep failing (expired token, deleted channel …), from the alert manager."""
         if self.control.alerts is None:
@@ -222,20 +231,21 @@ def _sse(event: str, data: str) -> bytes:
 
 def dashboard_routes(
     control: Control, *, api_token: str | None = None, read_token_required: bool = False,
-    live_poll_s: float = 0.25, live_max_s: float = 600.0,
+    live_poll_s: float = 0.25, live_max_s: float = 600.0, auth: ApiAuth | None = None,
 ) -> list[web.AbstractRouteDef]:
     """The dashboard's pages, its SSE stream, its login form and its static files.
 
     With ``read_token_required`` (and a token) every page asks for the API token once (login form,
     HttpOnly SameSite=Strict cookie); otherwise the pages are open like the API's reads.
     """
-    d = Dashboard(control, auth=ApiAuth(api_token, read_token_required), live_poll_s=live_poll_s,
+    d = Dashboard(control, auth=auth or ApiAuth(api_token, read_token_required), live_poll_s=live_poll_s,
                   live_max_s=live_max_s)
     return [
         web.get("/", d.guard(d.overview)),
         web.get("/probes/{probe_id}", d.guard(d.probe)),
         web.get("/runs/{run_id}", d.guard(d.run)),
         web.get("/runs/{run_id}/live", d.guard(d.run_live)),
+        web.get("/incidents", d.guard(d.incidents)),
         web.post("/demo/chaos", d.guard(d.chaos)),
         web.get("/login", d.login_form),
         web.post("/login", d.login),

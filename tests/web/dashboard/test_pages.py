@@ -113,3 +113,14 @@ async def test_failing_alert_channel_shows_on_overview(site: Site) -> None:
         "failing": True, "consecutive_failures": 3, "last_error": "channel_not_found"})
     html = await _get(f"{site.base}/")
     assert "alert channel oncall failing (3 deliveries): channel_not_found" in html
+
+
+async def test_incidents_page_lists_system_incidents_and_channels(site: Site) -> None:
+    """Where a channel_failing alert's dashboard link lands."""
+    alerts = site.running.daemon.engine.alerts
+    assert alerts is not None
+    html = await _get(f"{site.base}/incidents")
+    assert "Nothing wrong with tracecanary itself." in html and "No open incident." in html and ">oncall<" in html
+    alerts.raise_system("store", "results store writes fail", "database is locked")
+    html = await _get(f"{site.base}/incidents")
+    assert "<code>store</code>" in html and "results store writes fail" in html and "database is locked" in html
