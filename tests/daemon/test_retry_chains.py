@@ -96,8 +96,8 @@ async def test_kill9_during_the_retry_delay_then_restart_resumes_the_chain(
         assert pending(d) == [first["run_id"]]  # recorded as pending, not lost
         d.start()
         await d.ready()
-        await eventually(lambda: len(chain(d, first["run_id"])) == 2 and chain(d, first["run_id"])[1]["final"] == 1,
-                         30, "the resumed attempt 2, final")
+        await eventually(lambda: len(chain(d, first["run_id"])) == 2
+                         and chain(d, first["run_id"])[1]["status"] == "finished", 30, "the resumed attempt 2 finished")
         a1, a2 = chain(d, first["run_id"])
         assert a2["attempt"] == 2 and a2["status"] == "finished" and a2["verdict"] == "fail"
         assert a2["started_ns"] >= a1["retry_at_ns"] - 50_000_000  # at its due time, not before
