@@ -294,8 +294,9 @@ class Engine:
 
     async def apply_config(self, config: Config) -> list[str]:
         """A reloaded config: links, metrics, what the API shows, alerting (policies, channels,
-        silences) and ``daemon.store_health`` follow it; the running components (receivers, store, runner, integrations) keep what
-        they were started with. Returns the changed settings that only a restart applies."""
+        silences) and ``daemon.store_health`` follow it; the running components (receivers, store,
+        runner, integrations) keep what they were started with. Returns the changed settings that
+        only a restart applies."""
         old, self.config = self.config, config
         self.metrics.retain(config.probes)
         self.store.settings = config.daemon.store_health  # read at each check and each kept run
