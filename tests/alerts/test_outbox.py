@@ -14,6 +14,7 @@ from tests.alerts.helpers import Clock, FlakyHook, probe, run, running, serve, s
 from tracecanary.daemon.alerts.base import Notification
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
+from tracecanary.daemon.alerts.silences import SilenceSettings
 from tracecanary.daemon.store.sqlite import SqliteStore
 from tracecanary.integrations import Integrations
 
@@ -127,3 +128,20 @@ async def test_runs_the_hook_never_saw_are_fed_on_start(store: SqliteStore) -> N
             await settled(mgr)
     assert hook.keys() == ["orders:orders-r1:failing"]
     assert hook.accepted[0]["consecutive_failures"] == 2
+
+
+async def test_reload_applies_configured_silences(store: SqliteStore) -> None:
+    hook = FlakyHook(down=False)
+    async with serve(hook.app()) as base:
+        s = settings(base)
+        mgr = AlertManager(store, s)
+        async with running(mgr):
+            silenced = s.model_copy(update={"silences": [SilenceSettings(probes=["orders"], comment="maintenance",
+                                                                         start="2020-01-01T00:00:00Z")]})
+            await mgr.reconfigure(silenced, Integrations(), [probe("orders")])
+            await mgr.on_run_finished(probe("orders"), run("orders", 1, "fail"))
+            await settled(mgr)
+            [listed] = await mgr.list_silences()
+    assert hook.accepted == [] and listed.id == "config-0" and listed.settings.comment == "maintenance" and listed.active
+    [held] = await store.list_events("alert.silenced")
+    assert held["data"]["event"] == "failing" and held["data"]["silence_id"] == "config-0"
