@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -25,11 +26,11 @@ from tracecanary.assertions.spans import Span
 from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.config.secrets import Secrets, install_log_masking
 from tracecanary.daemon.engine import Engine, Overrides
-from tracecanary.daemon.run.scheduler import Scheduler, SchedulerNotRunning
-from tracecanary.daemon.store.base import Store
+from tracecanary.daemon.run.scheduler import Scheduler, SchedulerNotRunning, cron_next_wall
+from tracecanary.daemon.store.base import RunRecord, Store, StoreFault
 from tracecanary.daemon.web.api import ApiAuth
 from tracecanary.daemon.web.control import AlertsControl, DemoControl
-from tracecanary.errors import ConfigError
+from tracecanary.errors import ConfigError, StartupError
 from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.daemon")
@@ -70,15 +71,13 @@ class Daemon:
         async with self.engine.started() as engine:
             if engine.alerts is not None:
                 self.control.alerts = engine.alerts
-            aborted = await engine.store.abort_running("daemon restart")
-            if aborted:
-                log.warning("marked runs left running by a previous process as aborted count=%d", aborted)
-            await self._upsert_probes(self.config.probes)
+            pending = await self._take_over()
             self.scheduler = Scheduler(self._fire, on_lateness=engine.metrics.lateness,
                                        on_skip=engine.metrics.skipped)
             self.scheduler.set_probes(self.config.probes)
             self.control.scheduler = self.scheduler
             async with anyio.create_task_group() as tg:
+                await self._recover_chains(tg, pending)
                 await tg.start(self.scheduler.run)
                 tg.start_soon(self._retention_loop)
                 log.info("daemon ready addresses=%s probes=%d", engine.addresses, len(self.config.probes))
@@ -86,6 +85,41 @@ class Daemon:
                     self._on_ready(self)
                 await self._signals(tg, signals)
         return 0
+
+    async def _take_over(self) -> list[RunRecord]:
+        """What a previous process left: runs still ``running`` become aborted; chains waiting for their
+        retry are returned. A store that fails here is a startup error (exit 2), like one that fails to open."""
+        store = self.engine.store
+        try:
+            aborted = await store.abort_running("daemon restart")
+            if aborted:
+                log.warning("marked runs left running by a previous process as aborted count=%d", aborted)
+            await self._upsert_probes(self.config.probes)
+            return await store.pending_retries()
+        except StoreFault as e:
+            raise StartupError(f"store {self.engine.store_url(None)}: {e}") from e
+
+    async def _recover_chains(self, tg: anyio.abc.TaskGroup, pending: list[RunRecord]) -> None:
+        """Resume each retry chain a previous process left waiting, or end it with the reason why not
+        (then its failure reaches the alert policy)."""
+        probes = {p.id: p for p in self.config.probes}
+        now_s = time.time()
+        for run in pending:
+            probe = probes.get(run.probe_id)
+            reason = chain_end_reason(probe, run, now_s)
+            if reason is not None:
+                await self.engine.runner.end_chain(probe, run, reason)
+                continue
+            assert probe is not None
+            log.info("resuming retry chain probe=%s first_run_id=%s next_attempt=%d", probe.id, run.first_run_id,
+                     run.attempt + 1)
+            tg.start_soon(self._resume, probe, run)
+
+    async def _resume(self, probe: ProbeSpec, run: RunRecord) -> None:
+        try:
+            await self.engine.runner.resume_chain(probe, run)
+        except Exception:
+            log.exception("resumed retry chain failed probe=%s first_run_id=%s", probe.id, run.first_run_id)
 
     def _web_routes(self, engine: Engine) -> list[web.AbstractRouteDef]:
         """The API and the dashboard over this daemon's Control."""
@@ -109,10 +143,14 @@ class Daemon:
             return
 
     async def drain(self) -> None:
-        """Stop firing; wait for in-flight runs up to shutdown_grace; the caller then cancels the rest."""
+        """Stop firing; end the retry chains whose retry could not finish within shutdown_grace (their
+        failure is final and alerted now); wait for in-flight runs and the other retries up to the
+        grace; the caller then cancels the rest."""
         assert self.scheduler is not None
         self.scheduler.stop()
-        with anyio.move_on_after(self.config.daemon.shutdown_grace):
+        grace_s = self.config.daemon.shutdown_grace
+        self.engine.runner.end_retries(time.time() + grace_s)
+        with anyio.move_on_after(grace_s):
             await self.engine.runner.wait_idle()
             if self.engine.alerts is not None:  # not for a dead channel: its queue waits in the outbox
                 await self.engine.alerts.wait_idle(held_ok=True)
@@ -163,6 +201,33 @@ class Daemon:
             with anyio.move_on_after(RETENTION_EVERY_S):
                 await self._retention_changed.wait()
             self._retention_changed = anyio.Event()
+
+
+def chain_end_reason(probe: ProbeSpec | None, run: RunRecord, now_s: float) -> str | None:
+    """None when a retry chain a previous process left should resume; else why it ends instead.
+
+    A chain whose retry ran and was aborted (the process died during it) ends. Otherwise it resumes
+    while its retry is at most one schedule period overdue (``every``, the cron gap after
+    the due time, or for a paused or unscheduled probe its retry delay plus timeout): later, the
+    probe's own schedule has moved on and the failure is reported as it stands.
+    """
+    if probe is None:
+        return "the probe is no longer configured"
+    if run.retry_aborted is not None:  # the retry ran and was aborted (the process died during it)
+        return run.retry_aborted
+    due_s = (run.retry_at_ns or (run.finished_ns or run.started_ns) + int(probe.retries.delay * 1e9)) / 1e9
+    if probe.every is not None and not probe.pause:
+        period_s = probe.every
+    elif probe.cron is not None and not probe.pause:
+        nxt = cron_next_wall(probe.cron, probe.timezone, due_s)
+        period_s = cron_next_wall(probe.cron, probe.timezone, nxt) - nxt
+    else:
+        period_s = probe.retries.delay + probe.timeout
+    overdue_s = now_s - due_s
+    if overdue_s > period_s:
+        return (f"the daemon was not running when the retry was due ({overdue_s:.0f}s ago, more than "
+                f"the probe's period of {period_s:g}s)")
+    return None
 
 
 class DaemonControl:

@@ -29,6 +29,7 @@ from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.config.reload import needs_restart
 from tracecanary.daemon.config.secrets import install_log_masking
 from tracecanary.daemon.observe.metrics import Metrics
+from tracecanary.daemon.observe.store_faults import StoreFaultReporter
 from tracecanary.daemon.observe.telemetry import (
     add_span_sink,
     is_own_endpoint,
@@ -39,8 +40,7 @@ from tracecanary.daemon.run.hooks import RunHook
 from tracecanary.daemon.run.runner import Runner, RunnerDeps
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.receiver import OtlpSettings
-from tracecanary.daemon.store.base import Store
-from tracecanary.daemon.store.sqlite import open_store
+from tracecanary.daemon.store.guard import GuardedStore, open_guarded
 from tracecanary.daemon.watchers.base import EventHub, Services
 from tracecanary.errors import StartupError
 from tracecanary.probes.base import ProbeResources
@@ -137,7 +137,8 @@ class Engine:
     """A condition /readyz waits for besides the engine's start (the daemon's: its scheduler runs)."""
     gc_tuning: bool = True
     """Tune the process's cyclic GC once started (see :func:`tune_gc`)."""
-    store: Store = field(init=False)
+    store: GuardedStore = field(init=False)
+    """The results store behind its guard (faults counted, reported, refused runs kept for retry)."""
     buffer: TraceBuffer = field(init=False)
     runner: Runner = field(init=False)
     services: Services = field(init=False)
@@ -148,6 +149,8 @@ class Engine:
     addresses: dict[str, str] = field(init=False, default_factory=dict)
     """Bound addresses by role (``api``, ``otlp_http``, ``otlp_grpc``): the real port when 0 was asked."""
     ready: bool = field(init=False, default=False)
+    unready: dict[str, str] = field(init=False, default_factory=dict)
+    """Named reasons /readyz answers 503 for while the engine runs (``store``: the results store fails)."""
     readiness_details: list[Callable[[], list[str]]] = field(init=False, default_factory=list)
     """Sources of /readyz ``detail`` lines (e.g. an alert channel failing with no other channel to say so);
     they inform, they do not make the daemon unready."""
@@ -182,11 +185,14 @@ class Engine:
     async def started(self, *, temporary_store: bool = False) -> AsyncIterator[Engine]:
         install_log_masking(self.config.secrets())  # the process's log lines: masked from here on
         with tempfile.TemporaryDirectory(prefix="tracecanary-") as tmp:
-            self.store = open_store(self.store_url(tmp if temporary_store else None))
-            await self.store.open()
+            self.metrics = Metrics()
+            reporter = StoreFaultReporter(self.metrics, self.set_unready, lambda: self.alerts)
+            self.store = await open_guarded(self.store_url(tmp if temporary_store else None), reporter,
+                                            self.config.daemon.store_health)
             try:
                 async with aiohttp.ClientSession() as session, anyio.create_task_group() as tg:
                     self.session = session
+                    await tg.start(self.store.run)
                     await self._build(tg)
                     if self.gc_tuning:
                         tune_gc()
@@ -213,7 +219,6 @@ class Engine:
         )
         self.services = Services(github_events=EventHub(), slack_events=None)
         self.kafka_producers = KafkaProducers()
-        self.metrics = Metrics()
         self.metrics.set_buffer_gauge(lambda: float(self.buffer.stats().spans))
         self.hooks.append(self.metrics)
         self.provider = self._telemetry()
@@ -292,13 +297,15 @@ class Engine:
         return provider
 
     async def apply_config(self, config: Config) -> list[str]:
-        """A reloaded config: links, metrics, what the API shows and alerting (policies, channels,
-        silences) follow it; the running components (receivers, store, runner, integrations) keep what
-        they were started with. Returns the changed settings that only a restart applies."""
+        """A reloaded config: links, metrics, what the API shows, alerting (policies, channels,
+        silences) and ``daemon.store_health`` follow it; the running components (receivers, store,
+        runner, integrations) keep what they were started with. Returns the changed settings that
+        only a restart applies."""
         old, self.config = self.config, config
         self.metrics.retain(config.probes)
         # Runs started under the old config may still finish: mask the old secrets and the new ones.
         self.runner.deps.secrets = self.runner.deps.secrets | config.secrets()
+        self.store.settings = config.daemon.store_health  # read at each check and each kept run
         if self.alerts is not None:
             await self.alerts.reconfigure(config.extra.alerts, config.integrations, config.probes,
                                           dashboard_url=self.dashboard_url)
@@ -416,13 +423,23 @@ class Engine:
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    def set_unready(self, name: str, reason: str | None) -> None:
+        """Hold /readyz at 503 for ``reason`` under ``name`` (one per component); None lifts it."""
+        if reason is None:
+            self.unready.pop(name, None)
+        else:
+            self.unready[name] = reason
+
     async def _readyz(self, request: web.Request) -> web.Response:
         if not self.ready or (self.ready_gate is not None and not self.ready_gate()):
             return web.json_response({"status": "starting"}, status=503)
         body: dict[str, Any] = {"status": "ready", "in_flight": len(self.runner.in_flight)}
+        if self.unready:
+            body = {"status": "unready", "reasons": [{"name": name, "reason": reason}
+                                                     for name, reason in sorted(self.unready.items())]}
         if detail := [line for source in self.readiness_details for line in source()]:
             body["detail"] = detail
-        return web.json_response(body)
+        return web.json_response(body, status=503 if self.unready else 200)
 
 
 def _correlation_attributes(config: Config) -> list[str]:

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import anyio
 
 from tracecanary.daemon.engine import Overrides
-from tracecanary.errors import ConfigError, StartupError
+from tracecanary.daemon.store.base import StoreFault
+from tracecanary.errors import ConfigError, StartupError, TracecanaryError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -123,20 +124,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         _print_config_errors(e)
         return EXIT_USAGE
-    except StartupError as e:
-        print(f"tracecanary: {e}", file=sys.stderr)
+    except (StartupError, StoreFault) as e:
+        print(_one_line(e), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAIL
     except BaseExceptionGroup as group:
-        startup = _leaf(group, StartupError)
+        startup = _leaf(group, (StartupError, StoreFault))
         if startup is None:
             raise
-        print(f"tracecanary: {startup}", file=sys.stderr)
+        print(_one_line(startup), file=sys.stderr)
         return EXIT_USAGE
 
 
-def _leaf(group: BaseExceptionGroup[BaseException], kind: type[StartupError]) -> StartupError | None:
+def _one_line(e: TracecanaryError) -> str:
+    """A startup problem as the one line the command prints (no traceback: the message says it all)."""
+    text = " ".join(str(e).split())
+    return f"tracecanary: store: {text}" if isinstance(e, StoreFault) else f"tracecanary: {text}"
+
+
+def _leaf(group: BaseExceptionGroup[BaseException],
+          kind: tuple[type[TracecanaryError], ...]) -> TracecanaryError | None:
     """The first exception of ``kind`` inside a (nested) exception group from a task group."""
     for exc in group.exceptions:
         if isinstance(exc, kind):

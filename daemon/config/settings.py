@@ -15,6 +15,7 @@ from tracecanary.daemon.config.links import LinkSettings
 from tracecanary.daemon.spans.buffer import BufferSettings
 from tracecanary.daemon.spans.kafka import KafkaSpanSettings
 from tracecanary.daemon.spans.receiver import OtlpSettings
+from tracecanary.daemon.store.guard import StoreHealthSettings
 from tracecanary.model import CREDENTIAL, StrictModel
 
 _HOSTNAME_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
@@ -67,6 +68,7 @@ class DaemonSettings(StrictModel):
     public_url: str | None = Field(None, description="Dashboard URL used in alerts (default: http://<listen>).")
     otlp: OtlpSettings = Field(default_factory=OtlpSettings)
     store: str = Field("sqlite:///tracecanary.db", description="Results store URL (sqlite:////abs/path.db).")
+    store_health: StoreHealthSettings = Field(default_factory=StoreHealthSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     buffer: BufferSettings = Field(default_factory=BufferSettings)
     kafka: KafkaSpanSettings | None = Field(None, description="Kafka span source; unset = off.")

@@ -75,6 +75,16 @@ class Metrics:
         self.runs_skipped = Counter(
             "tracecanary_runs_skipped", "Scheduled runs skipped because the previous run was still going "
             "(overlap: skip).", ["probe"], registry=r)
+        self.store_errors = Counter(
+            "tracecanary_store_errors", "Failed results-store calls by operation (insert_run, finish_run, health …).",
+            ["op"], registry=r)
+        self.runs_lost = Counter(
+            "tracecanary_runs_lost", "Run results never stored: the store failed for longer, or more of them, "
+            "than daemon.store_health allows (each is logged with its run id).", registry=r)
+        self.store_up = Gauge(
+            "tracecanary_store_up", "1 while the results store works, 0 while it fails (see /readyz for why).",
+            registry=r)
+        self.store_up.set(1.0)
         self._series: dict[Gauge | Counter | Histogram, dict[tuple[str, ...], Any]] = {m: {} for m in (
             self.probe_success, self.probe_unknown, self.probe_duration, self.runs, self.trace_spans,
             self.time_to_verdict, self.schedule_lateness)}
@@ -90,6 +100,10 @@ class Metrics:
     def record_run(self, probe: ProbeSpec, run: RunRecord) -> None:
         """Synchronous core of the hook (also used by ``check`` and benchmarks)."""
         kind = probe.kind
+        if run.retry_aborted is not None:  # a chain ended without its retry: the attempt was counted already
+            if run.verdict is not None:
+                self._child(self.probe_success, probe.id, kind).set(1.0 if run.verdict.ok else 0.0)
+            return
         if run.status is RunStatus.ABORTED or run.verdict is None:
             self._child(self.runs, probe.id, kind, "aborted").inc()
             return
@@ -126,6 +140,13 @@ class Metrics:
 
     def skipped(self, probe_id: str) -> None:
         self.runs_skipped.labels(probe_id).inc()
+
+    def store_error(self, op: str) -> None:
+        self.store_errors.labels(op).inc()
+
+    def lost_runs(self, n: int) -> None:
+        if n:
+            self.runs_lost.inc(n)
 
     def alert_sent(self, channel: str, outcome: str) -> None:
         self.alerts_sent.labels(channel, outcome).inc()

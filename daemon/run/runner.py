@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import aiohttp
 import anyio
@@ -33,9 +34,10 @@ from tracecanary.daemon.config.secrets import Secrets
 from tracecanary.daemon.run.hooks import RunHook
 from tracecanary.daemon.run.ids import new_run_id
 from tracecanary.daemon.run.judge import TraceOutcome, watch_trace
+from tracecanary.daemon.run.retries import SHUTDOWN_REASON, RetryWaits
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.sentry import SentryTraceSource
-from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
+from tracecanary.daemon.store.base import RunRecord, RunStatus, Store, StoreFault
 from tracecanary.daemon.watchers.base import Services, WatchContext
 from tracecanary.daemon.watchers.registry import WATCHERS
 from tracecanary.errors import ProbeError
@@ -82,6 +84,8 @@ class Runner:
         self._limit = anyio.Semaphore(deps.max_concurrent_runs)
         self.in_flight: dict[str, RunRecord] = {}
         self._changed = anyio.Event()
+        self._retries = RetryWaits(self._signal)
+        self._chains = 0
 
     async def run_probe(
         self, probe: ProbeSpec, *, first_run_id: str | None = None, retry_delay_override_s: float | None = None
@@ -91,32 +95,92 @@ class Runner:
         ``first_run_id`` is the first attempt's run id when the caller minted it (the scheduler does,
         so "run now" can answer with it before the run starts).
         """
-        first_run_id = first_run_id or new_run_id()
+        with self._active():
+            return await self._chain(probe, first_run_id or new_run_id(), 1, retry_delay_override_s)
+
+    async def resume_chain(self, probe: ProbeSpec, pending: RunRecord) -> list[RunRecord]:
+        """Continue a chain a previous process left waiting for its retry (``Store.pending_retries``):
+        wait until the retry is due, then run the remaining attempts; returns the new attempts."""
+        with self._active():
+            if pending.attempt > probe.retries.count:
+                await self.end_chain(probe, pending, f"the probe now has retries.count={probe.retries.count}")
+                return []
+            if not await self._retries.wait(pending, self._due_ns(probe, pending), probe.timeout,
+                                            partial(self.end_chain, probe, pending)):
+                return []
+            return await self._chain(probe, pending.first_run_id, pending.attempt + 1, None)
+
+    @contextmanager
+    def _active(self) -> Iterator[None]:
+        """A chain runs (attempts and the waits between them): ``wait_idle`` waits for it."""
+        self._chains += 1
+        try:
+            yield
+        finally:
+            self._chains -= 1
+            self._signal()
+
+    async def _chain(self, probe: ProbeSpec, first_run_id: str, start: int,
+                     retry_delay_override_s: float | None) -> list[RunRecord]:
         attempts = probe.retries.count + 1
+        delay_s = probe.retries.delay if retry_delay_override_s is None else retry_delay_override_s
         runs: list[RunRecord] = []
-        for attempt in range(1, attempts + 1):
-            last = attempt == attempts
+        for attempt in range(start, attempts + 1):
             run = await self.run_attempt(
                 probe, attempt=attempt, first_run_id=first_run_id, run_id=first_run_id if attempt == 1 else None,
-                last_attempt=last,
+                last_attempt=attempt == attempts, retry_delay_s=delay_s,
             )
             runs.append(run)
-            if run.final:
+            if run.final or not await self._retries.wait(run, self._due_ns(probe, run), probe.timeout,
+                                                         partial(self.end_chain, probe, run)):
                 break
-            delay = probe.retries.delay if retry_delay_override_s is None else retry_delay_override_s
-            await anyio.sleep(delay)
         return runs
+
+    @staticmethod
+    def _due_ns(probe: ProbeSpec, run: RunRecord) -> int:
+        if run.retry_at_ns is not None:
+            return run.retry_at_ns
+        return (run.finished_ns or run.started_ns) + int(probe.retries.delay * 1e9)  # stored before retry_at_ns
+
+    async def end_chain(self, probe: ProbeSpec | None, run: RunRecord, reason: str) -> None:
+        """End a chain whose retry will not run: its last attempt becomes final with ``reason`` (stored,
+        then the run hooks, so alerts see the failure). ``probe`` None (gone from the config): stored only."""
+        run.final, run.retry_at_ns, run.retry_aborted = True, None, reason
+        severity = run.verdict if run.verdict in (Verdict.FAIL, Verdict.ERROR) else Verdict.FAIL
+        run.findings.append(Finding(type="retry.not_run", severity=severity,
+                                    message=f"the chain ended after attempt {run.attempt} without its retry: "
+                                            f"{reason}"))
+        with anyio.CancelScope(shield=True):
+            await self.deps.store.finish_run(run)
+            if probe is not None:
+                await self._call_hooks(probe, run, finished=True)
+        log.warning("retry chain ended probe=%s first_run_id=%s run_id=%s attempt=%d verdict=%s reason=%s",
+                    run.probe_id, run.first_run_id, run.run_id, run.attempt,
+                    run.verdict.value if run.verdict else "-", reason)
+
+    def end_retries(self, deadline_wall_s: float, reason: str = SHUTDOWN_REASON) -> int:
+        """For the shutdown drain: chains whose retry could not finish (due + timeout) by
+        ``deadline_wall_s`` end now (and from now on); the others run their retry. How many ended now."""
+        return self._retries.end_due_after(deadline_wall_s, reason)
+
+    @property
+    def waiting_retries(self) -> int:
+        """Chains sleeping until their next attempt."""
+        return len(self._retries)
 
     async def run_attempt(
         self, probe: ProbeSpec, *, attempt: int = 1, first_run_id: str | None = None, run_id: str | None = None,
-        last_attempt: bool = True,
+        last_attempt: bool = True, retry_delay_s: float | None = None,
     ) -> RunRecord:
-        """One attempt under the global concurrency limit; ``run.final`` says whether a retry follows."""
+        """One attempt under the global concurrency limit; ``run.final`` says whether a retry follows
+        (then due ``retry_delay_s`` after it ends: ``run.retry_at_ns``)."""
+        delay_s = probe.retries.delay if retry_delay_s is None else retry_delay_s
         async with self._limit:
-            return await self._attempt(probe, attempt, run_id or new_run_id(), first_run_id, last_attempt)
+            return await self._attempt(probe, attempt, run_id or new_run_id(), first_run_id, last_attempt, delay_s)
 
     async def _attempt(
-        self, probe: ProbeSpec, attempt: int, run_id: str, first_run_id: str | None, last_attempt: bool
+        self, probe: ProbeSpec, attempt: int, run_id: str, first_run_id: str | None, last_attempt: bool,
+        retry_delay_s: float,
     ) -> RunRecord:
         deps = self.deps
         tctx, root_span = self._open_root(probe, run_id, attempt)
@@ -151,18 +215,21 @@ class Runner:
         finally:
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._finish(probe, ctx, run, runlog, last_attempt)
+                    await self._finish(probe, ctx, run, runlog, last_attempt, retry_delay_s)
                 finally:
                     if token is not None:
                         otel_context.detach(token)
                     self.in_flight.pop(run_id, None)
-                    self._changed.set()
-                    self._changed = anyio.Event()
+                    self._signal()
         return run
 
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
     async def wait_idle(self) -> None:
-        """Return once no run is in flight (used by the shutdown drain)."""
-        while self.in_flight:
+        """Return once no run is in flight and no retry chain is going (the shutdown drain)."""
+        while self.in_flight or self._chains:
             await self._changed.wait()
 
     def _open_root(self, probe: ProbeSpec, run_id: str, attempt: int) -> tuple[TraceContext, OtelSpan | None]:
@@ -286,7 +353,8 @@ class Runner:
             yield span
 
     async def _finish(
-        self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, runlog: RunLog, last_attempt: bool
+        self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, runlog: RunLog, last_attempt: bool,
+        retry_delay_s: float,
     ) -> None:
         try:
             with anyio.fail_after(30):
@@ -297,6 +365,7 @@ class Runner:
             run.verdict = verdict_of(run.findings)
         run.final = last_attempt or run.status is RunStatus.ABORTED or (run.verdict is not None and run.verdict.ok)
         run.finished_ns = time.time_ns()
+        run.retry_at_ns = None if run.final else run.finished_ns + int(retry_delay_s * 1e9)
         # The judge saw the probe's root span before it ended; store it with its real end and status.
         run.spans = [
             replace(s, end_ns=run.finished_ns,
@@ -313,7 +382,7 @@ class Runner:
         run.log = runlog.text() if run.verdict is not Verdict.PASS else runlog.text()[-4000:]
         self.deps.secrets.mask_in_place(run)  # one place: the store, the hooks (alerts) and reports see this
         try:
-            await self.deps.store.finish_run(run)
+            await self.deps.store.finish_run(run)  # the engine's guard keeps it when the store fails
         except Exception:
             log.exception("store write failed run_id=%s", run.run_id)
             raise
@@ -326,6 +395,9 @@ class Runner:
             call = hook.on_run_finished if finished else hook.on_run_started
             try:
                 await call(probe, run)
+            except StoreFault as e:  # reported once by the store's guard; one line per hook here
+                log.error("hook %s failed hook=%s run_id=%s: the store fails: %s", call.__name__,
+                          type(hook).__name__, run.run_id, e)
             except Exception:
                 log.exception("hook %s failed hook=%s run_id=%s", call.__name__, type(hook).__name__,
                               run.run_id)

@@ -13,6 +13,15 @@ from typing import Any, Protocol
 
 from tracecanary.assertions.spans import Span
 from tracecanary.assertions.verdict import Finding, Verdict
+from tracecanary.errors import TracecanaryError
+
+
+class StoreFault(TracecanaryError):
+    """The store cannot do its job right now: not writable, disk full, I/O error, file deleted or
+    replaced, locked. The message is one line naming the cause; the original error is ``__cause__``.
+
+    Other exceptions from a store (a constraint violated, a bug) are not faults of the store itself.
+    """
 
 
 class RunStatus(StrEnum):
@@ -50,6 +59,12 @@ class RunRecord:
     time_to_verdict_s: float | None = None
     final: bool = True
     """False when a retry follows this attempt."""
+    retry_at_ns: int | None = None
+    """While a retry is pending (``final`` False): when the next attempt is due (epoch ns). A restarted
+    daemon finds such chains with ``Store.pending_retries`` and resumes or ends them."""
+    retry_aborted: str | None = None
+    """Why the retry planned after this attempt never ran (shutdown during the retry delay, restart
+    too late, probe removed); such an attempt is then the final run of its chain."""
     spans: list[Span] = field(default_factory=list)
     """Snapshot of the judged spans (stored compressed; empty when loaded without spans)."""
 
@@ -72,8 +87,16 @@ class ProbeRow:
 class Store(Protocol):
     """What the daemon, `check`, alerts, API and dashboard need from a results store."""
 
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Connect, create or migrate the schema and prove a write; :class:`StoreFault` when that fails."""
+        ...
     async def aclose(self) -> None: ...
+    async def health(self) -> str | None:
+        """None when the store reads and writes where it was opened; else why not, in one line.
+
+        Called periodically by the engine; it may re-open a store whose file was replaced.
+        """
+        ...
 
     async def upsert_probe(self, probe_id: str, kind: str, spec: dict[str, Any], tags: list[str]) -> None: ...
     async def list_probes(self) -> list[ProbeRow]: ...
@@ -86,6 +109,11 @@ class Store(Protocol):
     ) -> list[RunRecord]: ...
     async def runs_for_trace(self, trace_id: str) -> list[RunRecord]: ...
     async def abort_running(self, reason: str) -> int: ...
+    async def pending_retries(self) -> list[RunRecord]:
+        """Attempts whose retry never completed, oldest first, without spans: not final, and every later
+        attempt of the chain (if any) aborted — then ``retry_aborted`` says so (``attempt 2 was aborted:
+        daemon restart``) and the chain is to be ended, not resumed."""
+        ...
     async def apply_retention(self, *, max_age_s: float, max_runs_per_probe: int) -> int: ...
 
     async def append_event(self, kind: str, data: dict[str, Any]) -> int: ...

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
+
 T = TypeVar("T")
 _Job = tuple[Callable[[sqlite3.Connection], Any] | None, "asyncio.Future[Any]"]
 """A function and the future its caller awaits; no function: close the connection, end the thread."""
@@ -36,14 +38,23 @@ class ConnectionThread:
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
 
-    async def start(self, setup: Callable[[sqlite3.Connection], None]) -> None:
-        """Start the thread, connect and run ``setup`` (schema, pragmas); closes again if either fails."""
+    async def start(self, setup: Callable[[sqlite3.Connection], None], *, timeout_s: float | None = None) -> None:
+        """Start the thread, connect and run ``setup`` (schema, pragmas); closes again if either fails.
+
+        ``timeout_s`` bounds the whole start (``TimeoutError``): a connection stuck inside SQLite (a
+        hung file system, a lock nobody releases) is abandoned rather than waited for — its thread
+        is a daemon thread and closes the connection if it ever comes back.
+        """
         if self._thread is not None:
             raise RuntimeError(f"{self.name}: already started")
         self._thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
         self._thread.start()
         try:
-            await self.call(setup)
+            with anyio.fail_after(timeout_s):
+                await self.call(setup)
+        except (TimeoutError, anyio.get_cancelled_exc_class()):
+            self._abandon()
+            raise
         except BaseException:
             await self.aclose()
             raise
@@ -55,6 +66,13 @@ class ConnectionThread:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._jobs.put((fn, future))
         return await future
+
+    def _abandon(self) -> None:
+        """Ask the thread to close and end once it is free again, without waiting for it."""
+        if self._closed is None:
+            self._closing = True
+            self._closed = asyncio.get_running_loop().create_future()
+            self._jobs.put((None, self._closed))
 
     async def aclose(self) -> None:
         """Run the calls already made, close the connection and end the thread. Idempotent."""

@@ -5,75 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-import anyio
 import pytest
-from aiohttp import web
 
-from tracecanary.demo.broker import free_port
+from tests.daemon.harness import DaemonProcess as Daemon
+from tests.daemon.harness import Target, eventually
 
 pytestmark = pytest.mark.anyio
-
-
-@dataclass
-class Target:
-    """A local system under test; /slow holds each request until the test releases it."""
-
-    port: int = 0
-    hits: list[tuple[str, float]] = field(default_factory=list)
-    slow_waiting: int = 0
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def ok(self, request: web.Request) -> web.Response:
-        self.hits.append((request.query.get("p", ""), time.time()))
-        return web.json_response({"ok": True})
-
-    async def slow(self, request: web.Request) -> web.Response:
-        self.hits.append(("slow", time.time()))
-        self.slow_waiting += 1
-        try:
-            await self.release.wait()
-        finally:
-            self.slow_waiting -= 1
-        return web.json_response({"ok": True})
-
-    def times(self, probe: str) -> list[float]:
-        return [t for p, t in self.hits if p == probe]
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    t = Target()
-    app = web.Application()
-    app.add_routes([web.get("/ok", t.ok), web.get("/slow", t.slow)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    t.port = runner.addresses[0][1]
-    yield t
-    t.release.set()
-    await runner.cleanup()
-
-
-async def eventually(cond: Callable[[], bool | Awaitable[bool]], timeout_s: float = 20.0, what: str = "") -> None:
-    """Bounded wait on a real condition, checked every 50 ms."""
-    with anyio.fail_after(timeout_s):
-        while True:
-            result = cond()
-            if not isinstance(result, bool):
-                result = await result
-            if result:
-                return
-            await anyio.sleep(0.05)
 
 
 def suite(target: Target, *, extra_probe: bool = False, grace: str = "5s") -> str:
@@ -104,55 +43,6 @@ probes:
     request: {{url: "{base}/ok?p=fresh"}}
 """
     return text
-
-
-class Daemon:
-    def __init__(self, config: Path, db: Path) -> None:
-        self.config, self.db = config, db
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = config.parent / "daemon.log"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tracecanary.daemon.cli.main", "run", str(self.config),
-             "--listen", f"127.0.0.1:{self.port}", "--otlp-http", "none", "--otlp-grpc", "none",
-             "--store", f"sqlite:///{self.db}"],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
-        )
-
-    async def ready(self, path: str = "/readyz") -> None:
-        """Wait until ``path`` answers 200 (/healthz: servers bound; /readyz: scheduler running)."""
-        async def check() -> bool:
-            assert self.proc is not None
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.port}{path}") as r:
-                    return r.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await eventually(check, 30, f"daemon {path}")
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    async def wait_exit(self, timeout_s: float = 20) -> int:
-        assert self.proc is not None
-        proc = self.proc
-        return await anyio.to_thread.run_sync(lambda: proc.wait(timeout=timeout_s))
-
-    def runs(self, probe: str | None = None) -> list[sqlite3.Row]:
-        con = sqlite3.connect(self.db)
-        con.row_factory = sqlite3.Row
-        try:
-            sql = "SELECT * FROM runs" + (" WHERE probe_id=?" if probe else "") + " ORDER BY started_ns"
-            return list(con.execute(sql, (probe,) if probe else ()))
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            con.close()
 
 
 def on_grid(times: list[float], interval_s: float = 1.0, tolerance_s: float = 0.35) -> bool:
