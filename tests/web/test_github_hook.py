@@ -20,7 +20,7 @@ from tracecanary.daemon.config.load import load_config
 from tracecanary.daemon.engine import Engine, Overrides
 from tracecanary.daemon.watchers.base import EventHub
 from tracecanary.daemon.web.github_hook import github_hook_routes
-from tracecanary.demo.emulators.github import hub_signature
+from tracecanary.demo.emulators.github import GitHubEmulator, hub_signature
 
 pytestmark = pytest.mark.anyio
 
@@ -92,9 +92,15 @@ async def test_a_forged_comment_cannot_pass_a_probe(tmp_path: Path, target: tupl
     """The review bot never comments; a forged, unsigned issue_comment delivery says it did. Refused (the
     default), the probe fails; only the lab switch ``allow_unsigned_webhooks`` would let it through."""
     url, fired = target
+    async with GitHubEmulator() as github:  # the REST reconcile before the window closes finds no comment
+        await _forge_against(tmp_path, url, fired, github.base_url, allow_unsigned)
+
+
+async def _forge_against(tmp_path: Path, url: str, fired: anyio.Event, github_url: str, allow_unsigned: bool) -> None:
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"""
-integrations: {{github: {{allow_unsigned_webhooks: {str(allow_unsigned).lower()}}}}}
+integrations:
+  github: {{allow_unsigned_webhooks: {str(allow_unsigned).lower()}, watch: webhook, token: t, base_url: "{github_url}"}}
 probes:
   - id: review-bot
     kind: http
