@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from tracecanary.assertions.units import Duration
 from tracecanary.daemon.alerts.base import ChannelConfigBase, EventKind
@@ -39,6 +39,10 @@ else:
 NotifyOn = Literal["failing", "recovered", "degraded"]
 DEFAULT_NOTIFY_ON: tuple[NotifyOn, ...] = ("failing", "recovered")
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s+of\s+(\d+)\s*$")
+
+
+WindowText = Annotated[str, StringConstraints(pattern=r"^\s*\d+\s+of\s+\d+\s*$")]
+"""How a failures window is written in a suite (``3 of 5``): the JSON Schema's view of it."""
 
 
 class FailureWindow(BaseModel):
@@ -74,7 +78,7 @@ class PolicySettings(BaseModel):
     failure_threshold: int = Field(2, ge=1, le=100, description="Consecutive failed final runs to fire "
                                    "(also consecutive degraded runs to report degraded).")
     recovery_threshold: int = Field(1, ge=1, le=100, description="Consecutive passing final runs to resolve.")
-    failures: Annotated[FailureWindow | None, BeforeValidator(_parse_window)] = Field(
+    failures: Annotated[FailureWindow | None, BeforeValidator(_parse_window, json_schema_input_type=WindowText | None)] = Field(
         None, description="Window rule for flapping targets, e.g. '3 of 5'; replaces failure_threshold.")
     remind_every: Duration | None = Field(None, description="Repeat the alert while still failing, e.g. 1h.")
     notify_on: list[NotifyOn] = Field(default_factory=lambda: list(DEFAULT_NOTIFY_ON),

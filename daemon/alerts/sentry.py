@@ -19,7 +19,7 @@ import logging
 import secrets
 import uuid
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import aiohttp
 from pydantic import Field
@@ -35,6 +35,7 @@ from tracecanary.daemon.alerts.base import (
     post_for_delivery,
 )
 from tracecanary.integrations import Integrations
+from tracecanary.model import CREDENTIAL
 
 if TYPE_CHECKING:
     from sentry_sdk.types import Event
@@ -47,7 +48,8 @@ class SentryChannelConfig(ChannelConfigBase):
     """Capture one Sentry event per incident (fingerprint = probe id)."""
 
     type: Literal["sentry"] = "sentry"
-    dsn: str | None = Field(None, description="Project DSN; defaults to integrations.sentry.dsn.")
+    dsn: Annotated[str | None, CREDENTIAL] = Field(
+        None, description="Project DSN; defaults to integrations.sentry.dsn.")
     environment: str | None = Field(None, description="Sentry environment of the events.")
 
     def build(self, name: str, integrations: Integrations) -> Channel:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import aiohttp
 import anyio
@@ -30,6 +30,7 @@ from tracecanary.daemon.alerts.base import (
     retry_after_s,
 )
 from tracecanary.integrations import Integrations
+from tracecanary.model import CREDENTIAL
 
 log = logging.getLogger("tracecanary.alerts.slack")
 
@@ -46,7 +47,8 @@ class SlackChannelConfig(ChannelConfigBase):
 
     type: Literal["slack"] = "slack"
     channel: str = Field(description="Channel id (C…) or name to post to.")
-    token: str | None = Field(None, description="Bot token; defaults to integrations.slack.bot_token.")
+    token: Annotated[str | None, CREDENTIAL] = Field(
+        None, description="Bot token; defaults to integrations.slack.bot_token.")
     base_url: str | None = Field(None, description="Web API base URL; defaults to integrations.slack.base_url.")
     mention: str | None = Field(None, description="Prepended to firing messages, e.g. '<!here>'.")
     rate_limit_retries: int = Field(2, ge=0, le=10, description="Retries of a rate-limited call (HTTP 429).")

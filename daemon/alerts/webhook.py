@@ -39,7 +39,7 @@ import hmac
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -56,6 +56,7 @@ from tracecanary.daemon.alerts.base import (
     post_for_delivery,
 )
 from tracecanary.integrations import Integrations
+from tracecanary.model import CREDENTIAL, HEADERS_CREDENTIAL
 
 log = logging.getLogger("tracecanary.alerts.webhook")
 SIGNATURE_HEADER = "X-Tracecanary-Signature"
@@ -76,9 +77,12 @@ class WebhookChannelConfig(ChannelConfigBase):
     """POST alerts as JSON to a URL."""
 
     type: Literal["webhook"] = "webhook"
-    url: str = Field(description="Where to POST, e.g. https://hooks.example/tracecanary.")
-    secret: str | None = Field(None, description="HMAC-SHA256 key for the X-Tracecanary-Signature header.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    url: Annotated[str, CREDENTIAL] = Field(
+        description="Where to POST, e.g. https://hooks.example/tracecanary (masked like a credential: hook URLs often carry one).")
+    secret: Annotated[str | None, CREDENTIAL] = Field(
+        None, description="HMAC-SHA256 key for the X-Tracecanary-Signature header.")
+    headers: Annotated[dict[str, str], HEADERS_CREDENTIAL] = Field(
+        default_factory=dict, description="Extra request headers (values masked like credentials).")
     body_template: str | None = Field(None, description="Jinja2 template (sandboxed) for the body; "
                                       "variables n (notification) and body (default body).")
     content_type: str = Field("application/json", description="Content-Type of the body.")

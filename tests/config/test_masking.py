@@ -6,6 +6,7 @@ import html
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote
 
 from pydantic import BaseModel
@@ -92,3 +93,24 @@ def test_log_filter_masks_message_args_and_traceback() -> None:
         logger.removeHandler(handler)
     assert records[0] == f"token={REDACTED} other='{REDACTED}'"
     assert "hunter2-pw" not in records[1] and f"?k={REDACTED}" in records[1]
+
+
+def test_literal_alert_channel_credentials_are_secrets(tmp_path: Path) -> None:
+    """Channel tokens, DSNs, hook URLs, signing secrets and headers written in clear are credentials too."""
+    from tracecanary.daemon.config.load import load_config
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("""
+alerts:
+  channels:
+    ops: {type: slack, channel: C1, token: xoxb-literal-slack-token}
+    hook: {type: webhook, url: "https://hooks.example/T0/B0/literalhookpath", secret: literal-hmac-key,
+           headers: {Authorization: Bearer literal-header-token, Content-Type: application/json}}
+    err: {type: sentry, dsn: "https://literalpublickey@o1.ingest.sentry.io/2"}
+  policies: {default: {channels: [ops, hook, err]}}
+""")
+    secrets = load_config(suite).secrets()
+    for value in ("xoxb-literal-slack-token", "https://hooks.example/T0/B0/literalhookpath", "literal-hmac-key",
+                  "Bearer literal-header-token", "https://literalpublickey@o1.ingest.sentry.io/2"):
+        assert secrets.mask_text(f"x {value} y") == f"x {REDACTED} y", value
+    assert secrets.mask_text("application/json") == "application/json"  # a public header stays readable
