@@ -1,7 +1,10 @@
 """Explanations for a miss: which expected node was not found, the closest spans, what each broke.
 
 Pure functions over the matcher's index and solver (``tree.py``). The wording follows one rule:
-state what was expected and what was observed, naming spans as ``span "name" (svc x)``.
+state what was expected and what was observed, naming spans as ``span "name" (svc x)``. Where the
+real cause is known it comes first: only tracecanary's own spans arrived; the correlated trace never
+arrived; the expected span exists, under another parent; how long the run waited. ``ordered`` misses
+show the observed start order; a ``forbid`` hit quotes the span's status message and exception.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from tracecanary.assertions.spans import Span
+from tracecanary.assertions.spans import Span, StatusCode, is_probe_span
 from tracecanary.assertions.tree import CNode, Solver, SpanIndex, bipartite, describe, max_bipartite
 from tracecanary.assertions.units import format_duration
 from tracecanary.assertions.verdict import Finding
@@ -44,6 +47,57 @@ def closest(node: CNode, scope: list[str], solver: Solver, limit: int = MAX_CLOS
     return out
 
 
+MAX_QUOTE = 200
+"""Characters of a status message or exception message a finding quotes."""
+
+
+def _quote(text: object) -> str:
+    value = str(text)
+    return f'"{value[:MAX_QUOTE]}…"' if len(value) > MAX_QUOTE else f'"{value}"'
+
+
+def error_detail(span: Span) -> str:
+    """What a span says about its own failure: its status (and message) and its exception event(s),
+    e.g. ``status ERROR "gex timeout"; exception TimeoutError "upstream took 5s"``; "" when it says nothing."""
+    parts = []
+    if span.status_code == StatusCode.ERROR or span.status_message:
+        parts.append(f"status {span.status_code.name}" + (f" {_quote(span.status_message)}"
+                                                          if span.status_message else ""))
+    for ev in span.events:
+        if ev.name != "exception":
+            continue
+        kind = ev.attributes.get("exception.type")
+        message = ev.attributes.get("exception.message")
+        text = " ".join(x for x in (str(kind) if kind else "", _quote(message) if message else "") if x)
+        parts.append(f"exception {text}" if text else "an exception event")
+        if len(parts) >= 3:
+            break
+    return "; ".join(parts)
+
+
+def forbid_message(span: Span, rule: str) -> str:
+    """The finding of a ``forbid`` hit: the span, the rule it matched, and what it says about itself."""
+    detail = error_detail(span)
+    return f"{span.label()} is forbidden: matches {rule}" + (f"; {detail}" if detail else "")
+
+
+def ancestry(index: SpanIndex, sid: str, limit: int = 4) -> str:
+    """Where a span hangs: ``under span "middleware" (svc a) ← span "POST /orders" (svc a)``, or why nowhere."""
+    span = index.by_id[sid]
+    chain: list[str] = []
+    while span.parent_span_id and len(chain) < limit:
+        parent = index.by_id.get(span.parent_span_id)
+        if parent is None:
+            chain.append(f"parent {span.parent_span_id}, which has not arrived")
+            break
+        chain.append(parent.label())
+        span = parent
+    if not chain:
+        return "as a root span (no parent)"
+    more = " ← …" if span.parent_span_id and len(chain) >= limit and span.parent_span_id in index.by_id else ""
+    return "under " + " ← ".join(chain) + more
+
+
 _EMPTY_SCOPE = {"tree": "no spans arrived", "children": "it has no child spans",
                 "descendants": "it has no descendant spans", "linked": "no span links to it"}
 
@@ -59,12 +113,19 @@ def _closest_text(items: list[dict[str, Any]], relation: str) -> str:
 
 
 class Explainer:
-    """Walks the expected tree from the failing anchors down to the deepest missing node."""
+    """Walks the expected tree from the failing anchors down to the deepest missing node.
 
-    def __init__(self, solver: Solver, in_scope: Callable[[str], bool]) -> None:
+    ``waited_s``: how long the run waited for spans (the deadline's distance from the trigger; None
+    offline). ``correlate``: the attribute and value (None: any) of the correlated trace, if any.
+    """
+
+    def __init__(self, solver: Solver, in_scope: Callable[[str], bool], *, waited_s: float | None = None,
+                 correlate: tuple[str, str | None] | None = None) -> None:
         self.solver = solver
         self.index: SpanIndex = solver.index
         self.in_scope = in_scope
+        self.waited_s = waited_s
+        self.correlate = correlate
         self.findings: list[Finding] = []
         self.missing: list[dict[str, Any]] = []
         self._scores: dict[tuple[int, str], int] = {}
@@ -112,12 +173,48 @@ class Explainer:
             best = max(partial, key=lambda x: self._score(node, x))
             self.structure(node, best)
             return
-        items = closest(node, scope, self.solver)
         have = f"found {len(found)} of {need}: " if found else ""
         count = f"{need} × " if need > 1 else ""
-        msg = f"expected {count}{describe(node.spec)}{under_txt}, {have}not found; {_closest_text(items, node.relation)}"
+        waited = f" after waiting {format_duration(self.waited_s)}" if self.waited_s is not None else ""
+        head = f"expected {count}{describe(node.spec)}{under_txt}, {have}not found{waited}"
+        if under is None and scope and all(is_probe_span(self.index.by_id[x]) for x in scope):
+            own = ", ".join(sorted({self.index.by_id[x].label() for x in scope})[:2])
+            msg = f"{head}; no spans from the system under test arrived, only tracecanary's own ({own})"
+            self._add("trace.missing", node, msg, describe(node.spec), [], under)
+            return
+        causes = [c for c in (self._correlate_missing() if under is None else None,
+                              self._elsewhere(node, under, scope, found)) if c]
+        items = closest(node, scope, self.solver)
+        closest_txt = _closest_text(items, node.relation)
+        msg = "; ".join(x for x in (head, *causes, closest_txt) if x)
         self._add("trace.missing", node, msg, describe(node.spec), [i["label"] for i in items], under,
                   closest=items)
+
+    def _correlate_missing(self) -> str | None:
+        """The correlated trace's cause: no span carrying the correlation attribute (and value) arrived."""
+        if self.correlate is None:
+            return None
+        attr, value = self.correlate
+        for span in self.index.by_id.values():
+            if attr in span.attributes and (value is None or str(span.attributes[attr]) == value):
+                return None
+        return f"no span with {attr}={value if value is not None else '…'} arrived (the trace `correlate` names)"
+
+    def _elsewhere(self, node: CNode, under: str | None, scope: list[str], found: list[str]) -> str | None:
+        """The expected span exists, but not where the node looks (another parent, another trace branch)."""
+        if under is None:
+            return None
+        here = set(scope) | set(found) | {under}
+        away = [x for x in self.index.local[node.idx] if x not in here and self.in_scope(x)]
+        if not away:
+            return None
+        total = len(away)
+        # Spans that match the whole subtree first; only the earliest few are solved (bounded work).
+        away = sorted(away, key=lambda x: (self.index.by_id[x].start_ns, x))[:MAX_CLOSEST * 10]
+        away.sort(key=lambda x: self.solver.full(node, x) is None)
+        where = [f"{self.index.by_id[x].label()} arrived {ancestry(self.index, x)}" for x in away[:2]]
+        more = f" (and {total - 2} more)" if total > 2 else ""
+        return f"it exists elsewhere: {' | '.join(where)}{more}"
 
     def structure(self, node: CNode, sid: str) -> None:
         """``sid`` satisfies ``node`` itself; explain which part of its subtree is missing."""
@@ -128,12 +225,20 @@ class Explainer:
         if node.spec.ordered and node.children:
             unordered = bipartite([cands[c.idx] for c in node.children for _ in range(c.lo)])
             if unordered is not None:
-                seen = [f'{self.index.by_id[x].name}' for c in node.children for x in cands[c.idx][:1]]
-                self._add("trace.order", node, f"children of {span.label()} out of order: expected "
-                          f"{[describe(c.spec) for c in node.children]}, observed start order {seen}",
-                          [describe(c.spec) for c in node.children], seen, sid)
+                self._out_of_order(node, span, unordered)
                 return
         self.distinct(list(node.groups()), cands, sid)
+
+    def _out_of_order(self, node: CNode, span: Span, taken: list[str]) -> None:
+        """Every ordered child has its span, not in the listed order: show the order they started in."""
+        by_id = self.index.by_id
+        started = sorted(taken, key=lambda x: (by_id[x].start_ns, x))
+        expected = [describe(c.spec) for c in node.children]
+        observed = [f'"{by_id[x].name}" (+{format_duration(max(0, by_id[x].start_ns - span.start_ns) / 1e9)})'
+                    for x in started]
+        self._add("trace.order", node, f"children of {span.label()} out of order: expected "
+                  f"{' → '.join(expected)}; observed start order {' → '.join(observed)}",
+                  expected, [by_id[x].name for x in started], span.span_id)
 
     def group(self, nodes: list[CNode], cands: dict[int, list[str]], under: str | None) -> bool:
         """Explain the sibling nodes whose counts are not met; False when every count is met."""

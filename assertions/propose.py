@@ -1,11 +1,16 @@
 """Propose an ``expect.trace`` document from recorded traces of healthy runs.
 
-Structure follows name, service and kind. A node is required only when every example has it
-(for repeated siblings: every instance of the parent has it); repeated siblings become a
-``count`` (exact when every example agrees, else a range). Consumer traces that link back to a
-span become ``linked`` nodes under it. Attributes are kept only when every instance agrees and
-they do not look volatile (ids, timestamps, hosts, ports). The trace's ``max_duration`` is the
-slowest example's times a margin; if no example has an error span, errors are forbidden.
+The proposal describes the system under test: tracecanary's own spans (the ``tracecanary probe …``
+root and its client spans) are left out, so each tree is rooted at the system's entry span (the
+server or consumer span that received the probe's request). Structure follows name, service and
+kind. Run-specific parts of names (ports, numeric ids, UUIDs, long hex) become ``*`` in a glob
+(``POST http://127.0.0.1:*/quote``), or a regex when the name holds glob characters. A node is
+required only when every example has it (for repeated siblings: every instance of the parent has
+it); repeated siblings become a ``count`` (exact when every example agrees, else a range). Consumer
+traces that link back to a span become ``linked`` nodes under it. Attributes are kept only when every
+instance agrees and they do not look volatile (ids, timestamps, hosts, ports). The trace's
+``max_duration`` is the slowest example's times a margin; if no example has an error span, errors
+are forbidden.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
-from tracecanary.assertions.spans import Span, SpanKind, StatusCode
+from tracecanary.assertions.spans import Span, SpanKind, StatusCode, is_probe_span
 
 Key = tuple[str, str, int]
+"""(the name as proposed — a glob, or ``re:`` and a regex —, service, kind)."""
 
 VOLATILE_KEY = re.compile(
     r"(^|[._])(id|ids|uuid|guid|time|timestamp|date|host|hostname|port|pid|ip|address|addr|peer|"
@@ -32,13 +38,40 @@ VOLATILE_VALUE = re.compile(
 MAX_ATTRIBUTES = 8
 
 
+# Parts of a span name that differ from run to run. A number counts as an id when it is a whole path
+# segment, is at least 3 digits long and stands alone, or is the port after a host name or IP address.
+_VOLATILE_NAME_PART = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?"
+    r"|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"|(?<![0-9a-z])(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{8,}(?![0-9a-z])"
+    r"|(?:(?<=[a-z\]]:)|(?<=\.[0-9]:)|(?<=\.[0-9]{2}:)|(?<=\.[0-9]{3}:))[0-9]{2,5}(?![0-9])"
+    r"|(?<=/)[0-9]+(?=[/?#\s]|$)"
+    r"|(?<![\w.])[0-9]{3,}(?![\w.])",
+    re.IGNORECASE,
+)
+
+
+@lru_cache(maxsize=4096)
+def name_pattern(name: str) -> str | dict[str, str]:
+    """How a proposal names a span: the name itself, with run-specific parts (ports, ids, UUIDs, hex)
+    as ``*`` in a glob; ``{matches: regex}`` when the name holds glob characters of its own."""
+    parts = _VOLATILE_NAME_PART.split(name)
+    if len(parts) == 1 and not any(c in name for c in "*?["):
+        return name
+    if not any(c in p for p in parts for c in "*?["):
+        return re.sub(r"\*+", "*", "*".join(parts))
+    return {"matches": "^" + ".+".join(re.escape(p).replace("\\ ", " ") for p in parts) + "$"}
+
+
 def _key(span: Span) -> Key:
-    return (span.name, span.service, int(span.kind))
+    pattern = name_pattern(span.name)
+    return (pattern if isinstance(pattern, str) else "re:" + pattern["matches"], span.service, int(span.kind))
 
 
 class _Example:
     def __init__(self, spans: Sequence[Span]) -> None:
-        self.spans = list(spans)
+        self.all_spans = list(spans)
+        self.spans = [s for s in self.all_spans if not is_probe_span(s)]
         ids = {s.span_id for s in self.spans}
         self.children: dict[str, list[Span]] = {}
         self.linkers: dict[str, list[Span]] = {}
@@ -53,9 +86,10 @@ class _Example:
                       if not (s.parent_span_id and s.parent_span_id in ids) and s.span_id not in linked]
 
     def duration_ns(self) -> int:
-        if not self.spans:
+        """The whole trace's span, the probe's own spans included (the judge's ``limits`` count them too)."""
+        if not self.all_spans:
             return 0
-        return max(s.end_ns for s in self.spans) - min(s.start_ns for s in self.spans)
+        return max(s.end_ns for s in self.all_spans) - min(s.start_ns for s in self.all_spans)
 
 
 def _stable_attributes(instances: list[Span]) -> dict[str, Any]:
@@ -74,7 +108,7 @@ def _stable_attributes(instances: list[Span]) -> dict[str, Any]:
 def _node(instances: list[tuple[_Example, Span]]) -> dict[str, Any]:
     """One node merging aligned instances (one span per example, or several per example)."""
     span = instances[0][1]
-    node: dict[str, Any] = {"span": span.name}
+    node: dict[str, Any] = {"span": name_pattern(span.name)}
     if span.service:
         node["service"] = span.service
     if span.kind != SpanKind.UNSPECIFIED:
@@ -157,8 +191,13 @@ def propose(traces: Sequence[Sequence[Span]], root_name: str | None = None, *,
     examples = [_Example(t) for t in traces if t]
     if not examples:
         raise ValueError("no spans in the examples: nothing to propose")
+    empty = [i for i, ex in enumerate(examples) if not ex.spans]
+    if empty:
+        raise ValueError(f"example(s) {empty} hold only tracecanary's own spans: no span of the system under "
+                         "test arrived, nothing to propose")
     if root_name is not None:
-        roots = [(ex, [s for s in ex.spans if s.name == root_name][:1]) for ex in examples]
+        roots = [(ex, [s for s in ex.spans if root_name in (s.name, name_pattern(s.name))][:1])
+                 for ex in examples]
         missing = [i for i, (_, r) in enumerate(roots) if not r]
         if missing:
             raise ValueError(f"root span {root_name!r} is absent from example(s) {missing}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -140,6 +141,18 @@ def status_ok(spec: int | list[int] | str | None, status: int) -> bool:
     return status == int(text)
 
 
+BODY_EXCERPT_BYTES = 200
+"""How much of a response body a status finding quotes."""
+
+
+def body_excerpt(body: str, limit_bytes: int = BODY_EXCERPT_BYTES) -> str:
+    """The first ``limit_bytes`` bytes of ``body`` (UTF-8), never cutting a character in half; ``…`` when cut."""
+    raw = body.encode("utf-8", errors="replace")
+    if len(raw) <= limit_bytes:
+        return body
+    return raw[:limit_bytes].decode("utf-8", errors="ignore") + "…"
+
+
 def _describe_status(spec: int | list[int] | str | None) -> str:
     return "any 2xx" if spec is None else str(spec)
 
@@ -184,7 +197,7 @@ def _judge_headers_body(exp: ResponseExpectation, response: Mapping[str, Any]) -
         body = response.get("body") or ""
         why = check(exp.body, body)
         if why is not None:
-            out.append(_finding("response.body", "expect.response.body", f"response body: {why}", exp.body, body[:200]))
+            out.append(_finding("response.body", "expect.response.body", f"response body: {why}", exp.body, body_excerpt(body)))
     return out
 
 
@@ -216,10 +229,12 @@ def judge_response(exp: ResponseExpectation | None, response: Mapping[str, Any] 
     status = int(response["status"])
     out: list[Finding] = []
     if not status_ok(exp.status, status):
+        body = body_excerpt(str(response.get("body") or ""))
+        message = f"status {status}, expected {_describe_status(exp.status)}"
         out.append(_finding(
             "response.status", "expect.response.status",
-            f"[STATUS] ({status}) expected {_describe_status(exp.status)}", _describe_status(exp.status), status,
-            details={"body": str(response.get("body") or "")[:500]},
+            f"{message}; body: {json.dumps(body, ensure_ascii=False)}" if body else f"{message}; empty body",
+            _describe_status(exp.status), status, details={"body": body},
         ))
     doc = response.get("json")
     out += _judge_json(exp, doc, doc is not None)

@@ -89,6 +89,19 @@ class Span:
         return f'span "{self.name}"{svc}'
 
 
+PROBE_SERVICE = "tracecanary"
+"""service.name of the spans the probe itself emits (its root span and client spans), by default."""
+
+PROBE_SCOPE = "tracecanary.runner"
+"""The instrumentation scope of the probe's own spans, whatever ``daemon.telemetry.service_name`` says."""
+
+
+def is_probe_span(span: Span) -> bool:
+    """Whether tracecanary itself emitted ``span`` (the run's root ``tracecanary probe …`` or a client span),
+    as opposed to the system under test."""
+    return span.scope == PROBE_SCOPE or span.service == PROBE_SERVICE or "tracecanary.probe_id" in span.attributes
+
+
 @dataclass(frozen=True, slots=True)
 class Trace:
     """The spans of one trace, indexed for the matcher.

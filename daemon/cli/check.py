@@ -13,11 +13,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from tracecanary.daemon.cli.junit import junit_xml
 from tracecanary.daemon.cli.report import (
     ProbeSummary,
     gate_failures,
     json_report,
-    junit_xml,
     markdown,
     parse_gate,
     summarize,
@@ -61,13 +61,14 @@ async def run_check(config: Config, opts: CheckOptions, console: Console | None 
     started_ns = time.time_ns()
     engine = Engine(config, opts.overrides, serve_api=opts.overrides.listen is not None)
     runs: list[RunRecord] = []
+    iteration_of: dict[str, int] = {}
     async with engine.started(temporary_store=opts.overrides.store is None and not config_store_set(config)):
         if engine.addresses:
             console.print("receivers: " + ", ".join(f"{k}={v}" for k, v in engine.addresses.items()))
-        await _run_all(engine, probes, opts, runs, console)
+        await _run_all(engine, probes, opts, runs, iteration_of, console)
         if opts.record:
             await anyio.to_thread.run_sync(_record, opts.record, runs)
-    summaries = summarize(runs, [p.id for p in probes])
+    summaries = summarize(runs, [p.id for p in probes], iteration_of)
     failed_gates = gate_failures(summaries, gates)
     code = 0 if all(s.ok for s in summaries) and not failed_gates else 1
     _print_summary(console, summaries, failed_gates)
@@ -81,7 +82,7 @@ def _write_reports(opts: CheckOptions, summaries: list[ProbeSummary], code: int,
         write_json(opts.json, json_report(summaries, exit_code=code, gates=opts.fail_if,
                                           gate_failures_=failed_gates, started_ns=started_ns))
     if opts.junit:
-        Path(opts.junit).write_text(junit_xml(summaries))
+        Path(opts.junit).write_text(junit_xml(summaries, opts.iterations))
     if opts.markdown:
         Path(opts.markdown).write_text(markdown(summaries, failed_gates))
 
@@ -91,23 +92,26 @@ def config_store_set(config: Config) -> bool:
 
 
 async def _run_all(engine: Engine, probes: Sequence[ProbeSpec], opts: CheckOptions, runs: list[RunRecord],
-                   console: Console) -> None:
+                   iteration_of: dict[str, int], console: Console) -> None:
+    """Run every probe ``opts.iterations`` times; ``iteration_of`` gets each first attempt's iteration."""
     total = len(probes) * opts.iterations
     limit = anyio.Semaphore(max(1, opts.concurrency))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("checking", total=total)
 
-        async def one(probe: ProbeSpec) -> None:
+        async def one(probe: ProbeSpec, iteration: int) -> None:
             async with limit:
                 progress.update(task, description=f"checking {probe.id}")
-                runs.extend(await engine.runner.run_probe(probe, retry_delay_override_s=opts.retry_delay_s))
+                attempts = await engine.runner.run_probe(probe, retry_delay_override_s=opts.retry_delay_s)
+                iteration_of.update((r.first_run_id, iteration) for r in attempts)
+                runs.extend(attempts)
                 progress.advance(task)
 
         async with anyio.create_task_group() as tg:
-            for _ in range(opts.iterations):
+            for iteration in range(1, opts.iterations + 1):
                 for probe in probes:
-                    tg.start_soon(one, probe)
+                    tg.start_soon(one, probe, iteration)
 
 
 def _record(directory: str, runs: list[RunRecord]) -> None:

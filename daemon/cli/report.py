@@ -1,4 +1,4 @@
-"""Reports of a `check` pass: per-probe summary, JSON (docs/report.md), JUnit XML, Markdown."""
+"""Reports of a `check` pass: per-probe summary, JSON (docs/report.md), Markdown; JUnit XML in junit.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from xml.etree import ElementTree as ET
 
 from tracecanary.assertions.units import format_duration, parse_duration_s
 from tracecanary.assertions.verdict import Verdict
@@ -36,13 +35,33 @@ def run_latency_s(run: RunRecord) -> float | None:
 
 @dataclass
 class ProbeSummary:
+    """A probe's runs in one ``check`` pass; ``iteration_of`` maps a first attempt's run id to its
+    iteration (1-based, ``--iterations``)."""
+
     probe_id: str
     kind: str
     runs: list[RunRecord] = field(default_factory=list)
+    iteration_of: dict[str, int] = field(default_factory=dict)
 
     @property
     def final_runs(self) -> list[RunRecord]:
         return [r for r in self.runs if r.final]
+
+    def attempt_groups(self) -> list[tuple[int, list[RunRecord]]]:
+        """(iteration, its attempts in order) per iteration, by iteration; retries share a first run id."""
+        groups: dict[str, list[RunRecord]] = {}
+        for r in self.runs:
+            groups.setdefault(r.first_run_id, []).append(r)
+        ordered = sorted(groups.items(), key=lambda kv: (self.iteration_of.get(kv[0], 0),
+                                                         min(r.started_ns for r in kv[1])))
+        out = []
+        for n, (first, attempts) in enumerate(ordered, start=1):
+            out.append((self.iteration_of.get(first, n), sorted(attempts, key=lambda r: r.attempt)))
+        return out
+
+    def iteration(self, run: RunRecord) -> int | None:
+        """The iteration ``run`` belongs to, when ``check`` said so."""
+        return self.iteration_of.get(run.first_run_id)
 
     @property
     def state(self) -> str:
@@ -85,6 +104,7 @@ class ProbeSummary:
         finals = self.final_runs
         errors = sum(1 for r in finals if not (r.verdict is not None and r.verdict.ok))
         return {
+            "flaky": sum(1 for _, attempts in self.attempt_groups() if is_flaky(attempts)),
             "final_runs": len(finals),
             "attempts": len(self.runs),
             "passed": sum(1 for r in finals if r.verdict is Verdict.PASS),
@@ -100,10 +120,19 @@ class ProbeSummary:
         }
 
 
-def summarize(runs: Sequence[RunRecord], order: Sequence[str]) -> list[ProbeSummary]:
+def is_flaky(attempts: Sequence[RunRecord]) -> bool:
+    """The last attempt passed (or was degraded) after an earlier one did not: a flaky pass."""
+    last = attempts[-1]
+    return len(attempts) > 1 and last.verdict is not None and last.verdict.ok
+
+
+def summarize(runs: Sequence[RunRecord], order: Sequence[str],
+              iteration_of: dict[str, int] | None = None) -> list[ProbeSummary]:
+    """Runs grouped by probe, in ``order``; ``iteration_of``: first attempt's run id → iteration."""
     by_id: dict[str, ProbeSummary] = {}
     for r in runs:
-        by_id.setdefault(r.probe_id, ProbeSummary(r.probe_id, r.kind)).runs.append(r)
+        by_id.setdefault(r.probe_id, ProbeSummary(r.probe_id, r.kind, iteration_of=dict(iteration_of or {})
+                                                  )).runs.append(r)
     return [by_id[p] for p in order if p in by_id]
 
 
@@ -140,9 +169,10 @@ def gate_failures(summaries: Sequence[ProbeSummary], gates: Sequence[tuple[str, 
 
 
 # --- renderings ----------------------------------------------------------------------------------
-def run_json(run: RunRecord) -> dict[str, Any]:
+def run_json(run: RunRecord, iteration: int | None = None) -> dict[str, Any]:
     return {
-        "run_id": run.run_id, "probe_id": run.probe_id, "kind": run.kind, "attempt": run.attempt,
+        "run_id": run.run_id, "probe_id": run.probe_id, "kind": run.kind, "iteration": iteration,
+        "attempt": run.attempt,
         "first_run_id": run.first_run_id, "final": run.final, "trace_id": run.trace_id,
         "started_ns": run.started_ns, "finished_ns": run.finished_ns, "duration_s": run.duration_s,
         "status": run.status.value, "verdict": run.verdict.value if run.verdict else None,
@@ -164,42 +194,10 @@ def json_report(summaries: Sequence[ProbeSummary], *, exit_code: int, gates: Seq
         "gate_failures": list(gate_failures_),
         "probes": [
             {"probe_id": s.probe_id, "kind": s.kind, "state": s.state, "reason": s.reason(), **s.stats(),
-             "runs": [run_json(r) for r in s.runs]}
+             "runs": [run_json(r, s.iteration(r)) for r in s.runs]}
             for s in summaries
         ],
     }
-
-
-def junit_xml(summaries: Sequence[ProbeSummary]) -> str:
-    """One <testcase> per run (attempts included), findings in the failure message; an ``unknown`` run
-    (no telemetry) is an ``<error type="unknown">``: the test could not be judged."""
-    suites = ET.Element("testsuites", name="tracecanary")
-    for s in summaries:
-        suite = ET.SubElement(suites, "testsuite", name=s.probe_id, tests=str(len(s.runs)),
-                              failures=str(sum(1 for r in s.runs if r.verdict is Verdict.FAIL)),
-                              errors=str(sum(1 for r in s.runs if r.verdict in (Verdict.ERROR, Verdict.UNKNOWN, None))),
-                              skipped="0", time=f"{sum(r.duration_s or 0 for r in s.runs):.3f}")
-        for r in s.runs:
-            case = ET.SubElement(suite, "testcase", classname=f"tracecanary.{s.kind}",
-                                 name=f"{s.probe_id} attempt {r.attempt} run {r.run_id}",
-                                 time=f"{r.duration_s or 0:.3f}")
-            text = "\n".join(str(f) for f in r.findings)
-            if r.status is RunStatus.ABORTED:
-                ET.SubElement(case, "error", message=f"aborted: {r.abort_reason}", type="aborted").text = text
-            elif r.verdict is Verdict.ERROR:
-                first = r.findings[0].message if r.findings else "error"
-                ET.SubElement(case, "error", message=first, type="error").text = text
-            elif r.verdict is Verdict.UNKNOWN:  # not judged: an error of the test setup, not a failure
-                first = r.findings[0].message if r.findings else "no telemetry"
-                ET.SubElement(case, "error", message=first, type="unknown").text = text
-            elif r.verdict is Verdict.FAIL:
-                bad = [f for f in r.findings if f.severity is Verdict.FAIL]
-                ET.SubElement(case, "failure", message=bad[0].message if bad else "fail", type="fail").text = text
-            out = f"trace_id={r.trace_id}\nverdict={r.verdict.value if r.verdict else 'aborted'}\n"
-            out += "".join(f"{k}={v}\n" for k, v in r.links.items())
-            ET.SubElement(case, "system-out").text = out
-    ET.indent(suites)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
 
 
 def _fmt(v: float | None) -> str:

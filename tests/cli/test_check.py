@@ -15,6 +15,10 @@ from aiohttp import web
 from tests.fixtures.servers import serve_in_thread
 
 HERE = Path(__file__).parent
+SUREFIRE_XSD = HERE / "surefire-test-report-3.0.xsd"
+"""Maven Surefire's report schema, verbatim from apache/maven-surefire at 14e8e1acd97e
+(maven-surefire-plugin/src/site/resources/xsd/surefire-test-report-3.0.xsd; published at
+https://maven.apache.org/surefire/maven-surefire-plugin/xsd/surefire-test-report-3.0.xsd)."""
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +98,21 @@ def test_check_reports_and_exit_codes(tmp_path: Path, target: str) -> None:
     # structured logs of a run carry its trace id
     assert f"probe=working run_id={working['runs'][0]['run_id']}" in proc.stderr
     assert f"trace_id={working['runs'][0]['trace_id']}" in proc.stderr
-    # JUnit: validates against the vendored XSD; one testcase per run, findings in the failure message
-    schema = xmlschema.XMLSchema(str(HERE / "junit.xsd"))
+    # JUnit: validates against Maven Surefire's XSD; one testcase per probe (retries are attempts of it),
+    # named by the probe id alone; findings in the failure message
+    schema = xmlschema.XMLSchema(str(SUREFIRE_XSD))
     schema.validate(str(tmp_path / "r.xml"))
     doc = schema.to_dict(str(tmp_path / "r.xml"))
-    cases = [c for s in doc["testsuite"] for c in s["testcase"]]
-    assert len(cases) == 5
-    failures = [c for c in cases if "failure" in c]
-    assert any("500" in c["failure"]["@message"] for c in failures)
+    cases = {c["@name"]: c for c in doc["testcase"]}
+    assert list(cases) == ["working", "broken", "partial", "unreachable"]
+    assert (doc["@tests"], doc["@failures"], doc["@errors"]) == ("4", "2", "1")
+    assert cases["broken"]["failure"][0]["@message"].startswith("status 500, expected 200")
+    assert "failure" not in cases["working"] and "error" not in cases["working"]
+    unreachable = cases["unreachable"]  # both attempts errored: the last is the <error>, the first a rerun
+    assert unreachable["error"]["@type"] == "error" and len(unreachable["rerunError"]) == 1
+    assert "attempt=1" in unreachable["rerunError"][0]["system-out"]
+    run_ids = [r["run_id"] for p in report["probes"] for r in p["runs"]]
+    assert not [name for name in cases for run_id in run_ids if run_id in name]
     md = (tmp_path / "r.md").read_text()
     assert "| partial | MISSING DATA |" in md
 

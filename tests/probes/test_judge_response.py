@@ -23,7 +23,7 @@ def test_default_is_any_2xx() -> None:
     assert judge_response(None, _resp(204)) == []
     [f] = judge_response(None, _resp(503, body_text="down"))
     assert f.type == "response.status" and f.observed == 503 and f.expected == "any 2xx"
-    assert "(503)" in f.message and f.details["body"] == "down"
+    assert f.message == 'status 503, expected any 2xx; body: "down"' and f.details["body"] == "down"
 
 
 @pytest.mark.parametrize(("spec", "status", "ok"), [
