@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.config.links import host_of, render_links
 from tracecanary.daemon.config.load import Config
+from tracecanary.daemon.observe.lag import LAG_INTERVAL_S, LAG_THRESHOLD_S, LagMonitor
 from tracecanary.daemon.observe.metrics import Metrics
 from tracecanary.daemon.observe.telemetry import (
     add_span_sink,
@@ -135,6 +136,12 @@ class Engine:
     """A condition /readyz waits for besides the engine's start (the daemon's: its scheduler runs)."""
     gc_tuning: bool = True
     """Tune the process's cyclic GC once started (see :func:`tune_gc`)."""
+    lag_threshold_s: float = LAG_THRESHOLD_S
+    """Event-loop stalls longer than this are logged as warnings naming where the loop was (observe/lag.py);
+    every lag feeds ``tracecanary_event_loop_lag_seconds``."""
+    lag_interval_s: float = LAG_INTERVAL_S
+    """Period of the lag monitor's ticker."""
+    lag_monitor: LagMonitor = field(init=False)
     store: Store = field(init=False)
     buffer: TraceBuffer = field(init=False)
     runner: Runner = field(init=False)
@@ -182,6 +189,9 @@ class Engine:
                 async with aiohttp.ClientSession() as session, anyio.create_task_group() as tg:
                     self.session = session
                     await self._build(tg)
+                    self.lag_monitor = LagMonitor(interval_s=self.lag_interval_s, threshold_s=self.lag_threshold_s,
+                                                  observe=self.metrics.loop_lag)
+                    await tg.start(self.lag_monitor.run)
                     if self.gc_tuning:
                         tune_gc()
                     self.ready = True
