@@ -102,6 +102,10 @@ class TraceJudge:
         self.dirty: set[str] = set()
         self.dirty_all = False
         self.memo_cleared = False
+        self.version = 0
+        """Bumped by every ``feed`` and ``add_trace``: what ``solve_steps`` prepared is for this version only."""
+        self.prepared: tuple[int, list[tuple[set[str], list[tuple[int, str]]]]] | None = None
+        """The anchors' full candidate sets and orders a full re-solve needs, built by ``solve_steps``."""
         """The memo was cleared for the pending full re-solve (``dirty_all``): what is memoised since is valid."""
         self.deep_first = sorted((n for n in self.nodes if n.relation == "tree" or any(n.groups())),
                                  key=_depth, reverse=True)
@@ -128,6 +132,7 @@ class TraceJudge:
 
     def add_trace(self, trace_id: str) -> None:
         """Search anchors in one more trace (a correlated trace the runner found)."""
+        self.version += 1
         self._join_pool(trace_id)
         for alt in self.alts:
             alt.add_trace(trace_id)
@@ -135,6 +140,7 @@ class TraceJudge:
     def feed(self, spans: Iterable[Span]) -> None:
         """Index spans of any relevant trace (probe, linking, correlated); duplicates are ignored."""
         spans = list(spans)
+        self.version += 1
         for span in spans:
             self._feed_one(span)
         if spans:
@@ -239,6 +245,18 @@ class TraceJudge:
             yield from alt.solve_steps()
         self._invalidate()
         yield from self.solver.solve_steps(self.deep_first, self._to_solve)
+        if self.dirty_all:  # the anchors are re-solved from scratch: build their candidate sets here, in slices
+            prepared = []
+            for a in self.anchors:
+                full = set(self._to_solve(a))
+                for n, x in enumerate(list(full)):
+                    if self.solver.full(a, x) is None:
+                        full.discard(x)
+                    if n % 256 == 255:
+                        yield
+                prepared.append((full, sorted((self.index.by_id[x].start_ns, x) for x in full)))
+                yield
+            self.prepared = (self.version, prepared)
 
     def _to_solve(self, node: CNode) -> list[str]:
         local = self.index.local[node.idx]
@@ -263,9 +281,14 @@ class TraceJudge:
         self._invalidate()
         by_id = self.index.by_id
         if self.dirty_all:
+            prepared = self.prepared[1] if self.prepared is not None and self.prepared[0] == self.version else None
             pool, pool_all, solve = self.pool, self.pool_all, self.solver.full
-            for a, full, order in zip(self.anchors, self.anchor_full, self.anchor_order, strict=True):
+            for i, (a, full, order) in enumerate(zip(self.anchors, self.anchor_full, self.anchor_order, strict=True)):
                 full.clear()
+                if prepared is not None:  # what solve_steps built for this very state
+                    full.update(prepared[i][0])
+                    order[:] = prepared[i][1]
+                    continue
                 local = self.index.local[a.idx]
                 if local:
                     full.update(x for x in local
@@ -273,6 +296,7 @@ class TraceJudge:
                 if full or order:
                     order[:] = sorted((by_id[x].start_ns, x) for x in full)
             self.dirty_all = self.memo_cleared = False
+            self.prepared = None
             self.dirty.clear()
             self.top = None
         if self.dirty:

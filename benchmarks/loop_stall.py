@@ -1,22 +1,24 @@
 """Event-loop stalls of a loaded engine: the longest time one step, or a garbage collection, held the loop.
 
-    python benchmarks/loop_stall.py            # ~600k buffered spans, half of them watched by 30 runs
-    python benchmarks/loop_stall.py --quick    # CI (< 60 s): ~70k buffered spans, 3 runs
+    python benchmarks/loop_stall.py                # ~600k buffered spans, half of them watched by 30 runs
+    python benchmarks/loop_stall.py --quick        # CI (< 60 s): ~100k buffered spans, 3 runs
+    python benchmarks/loop_stall.py --count 0      # the same without the expectation's count node
 
-The engine (the one `run` and `check` use, its SQLite store, OTLP/HTTP receiver and GC tuning) runs in
-this process; a load process serves the probe's webhook and posts OTLP protobuf batches to the engine:
-unwatched 16-span traces (512-span batches, 8 attributes per span) and, for each run, a 10k-span trace
-(20 services, depth up to 12) exported in 512-span batches, all runs' traces interleaved. Each run judges
-its trace against a 51-node expected tree, plus a ``count`` over thousands of spans and a ``forbid``
-rule (so the run waits for ``settle`` with its trace watched). Phases: (1) ingest only, (2) ingest and
-runs judging as spans arrive, a full collection forced at the peak (all spans buffered, the runs'
-traces watched), (3) the runs' verdicts, reports and store writes, (4) three runs whose whole trace is exported before
-the webhook answers (buffered before the run watches it).
+The engine (the one `run` and `check` use: SQLite store, OTLP/HTTP receiver, GC tuning, lag monitor) runs
+in this process; a load process serves the probes' webhook and posts OTLP protobuf batches: unwatched
+16-span traces (512-span batches, 8 attributes per span) and, for each run, a 10k-span trace (20 services,
+depth up to 12, benchmarks/assertions.py's shape) in 512-span batches, all runs' traces interleaved. Each
+run judges its trace against a 51-node expected tree, a ``count`` over thousands of spans and a ``forbid``
+rule (so it waits for ``settle`` with its trace watched). Phases: (1) ingest only; (2) ingest and 30 runs
+judging as spans arrive, then a full collection forced at the peak (~600k spans buffered, half of them in
+the watched traces); (3) the runs' verdicts, reports and store writes; (4) three runs whose whole trace
+is exported before the webhook answers (buffered before the run watches it).
 
-A 1 ms ticker measures how late the loop wakes; ``gc.callbacks`` attribute pauses to GC generations and a
-sampler thread names where the loop was during a stall. Printed per phase: the longest stall excluding
-GC time (and where), the longest gen-2 pause, p99 lag. Goals: no step over 20 ms; gen-2 pauses under
-30 ms with 600k spans buffered, half of them watched.
+Every step of the loop (each callback or task step it runs) is timed, GC time excluded, wall and CPU (on
+a shared machine wall time includes time the process was not scheduled), and named by a sampler thread;
+a 1 ms ticker gives the loop lag (one loop iteration runs every ready step); ``gc.callbacks`` give GC
+pauses per generation. Goals: no step over 20 ms; gen-2 pauses under 30 ms with 600k spans buffered,
+half of them watched.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import gc
 import json
 import logging
 import multiprocessing as mp
-import random
 import sys
 import tempfile
 import threading
@@ -78,7 +79,7 @@ def load_main(conn: Any, otlp_port: int, background: int, seed: int) -> None:
     url = f"http://127.0.0.1:{otlp_port}/v1/traces"
     headers = {"Content-Type": "application/x-protobuf"}
     runs: list[tuple[bytes, bytes]] = []
-    state: dict[str, Any] = {"expected_runs": 0, "exported": 0}
+    expected_runs = [0]
 
     async def post(session: aiohttp.ClientSession, body: bytes) -> None:
         async with session.post(url, data=body, headers=headers) as r:
@@ -95,7 +96,7 @@ def load_main(conn: Any, otlp_port: int, background: int, seed: int) -> None:
                                PLACEHOLDER_PARENT, bytes.fromhex(parent)))
             return web.json_response({"ok": True})
         runs.append((bytes.fromhex(trace_id), bytes.fromhex(parent)))
-        if len(runs) == state["expected_runs"]:
+        if len(runs) == expected_runs[0]:
             request.app["tasks"].add(asyncio.create_task(export_runs(request.app["session"])))
         return web.json_response({"ok": True})
 
@@ -108,15 +109,13 @@ def load_main(conn: Any, otlp_port: int, background: int, seed: int) -> None:
         async def worker() -> None:
             while queue:
                 await post(session, queue.pop())
-                state["exported"] += 1
 
         await asyncio.gather(*(worker() for _ in range(4)))
 
     async def expect(request: web.Request) -> web.Response:
-        doc = await request.json()
         runs.clear()
-        state.update(expected_runs=doc["runs"], exported=0)
-        return web.json_response({"bodies": doc["runs"] * len(run_bodies)})
+        expected_runs[0] = (await request.json())["runs"]
+        return web.json_response({"ok": True})
 
     async def fill(request: web.Request) -> web.Response:
         doc = await request.json()
@@ -130,15 +129,11 @@ def load_main(conn: Any, otlp_port: int, background: int, seed: int) -> None:
         await asyncio.gather(*(worker() for _ in range(doc.get("connections", 4))))
         return web.json_response({"elapsed_s": time.perf_counter() - t})
 
-    async def status(request: web.Request) -> web.Response:
-        return web.json_response({"exported": state["exported"]})
-
     async def main() -> None:
         app = web.Application(client_max_size=2**24)
         app["tasks"] = set()
         app.add_routes([web.post("/webhook", webhook), web.post("/webhook/first", webhook),
-                        web.post("/expect", expect), web.post("/fill", fill),
-                        web.get("/status", status)])
+                        web.post("/expect", expect), web.post("/fill", fill)])
         connector = aiohttp.TCPConnector(limit=16)
         async with aiohttp.ClientSession(connector=connector) as session:
             app["session"] = session
@@ -165,11 +160,8 @@ class Phase:
     gc_max_cpu_s: dict[int, float] = field(default_factory=dict)
     gc_count: dict[int, int] = field(default_factory=dict)
 
-    def worst_step(self) -> tuple[float, float, str]:
-        return max(self.steps, default=(0.0, 0.0, ""))
-
-    def worst_cpu_step(self) -> tuple[float, float, str]:
-        return max(self.steps, default=(0.0, 0.0, ""), key=lambda s: s[1])
+    def worst_step(self, by_cpu: bool = False) -> tuple[float, float, str]:
+        return max(self.steps, default=(0.0, 0.0, "-"), key=lambda s: s[1] if by_cpu else s[0])
 
 
 class Monitor:
@@ -177,7 +169,8 @@ class Monitor:
     and GC pauses per generation.
 
     Steps are timed by wrapping ``asyncio.Handle._run``, the call the loop makes for every callback and
-    task step (an instrument of this benchmark only); a sampler thread names a step running over 5 ms.
+    task step: asyncio has no public per-step hook (debug mode's slow-callback log only warns, and costs
+    more), so this instrument lives in the benchmark only. A sampler thread names a step running over 5 ms.
     """
 
     def __init__(self) -> None:
@@ -188,7 +181,7 @@ class Monitor:
         self.paused = False
         self.pauses = GcPauses()
         self.cpu_pauses = GcPauses(time.thread_time)  # CPU time of the collecting thread: what load cannot inflate
-        self.sampler = StallSampler(threading.get_ident(), overdue_s=0.005, period_s=0.002)
+        self.sampler = StallSampler(threading.get_ident(), overdue_s=0.005, period_s=0.002, depth=6)
 
     def begin(self, name: str) -> Phase:
         self.phase = Phase(name)
@@ -210,7 +203,7 @@ class Monitor:
                 monitor.phase.steps.append((step, cpu() - c0 - gc_s, sampler.sample_for(beat) or _callback_name(handle)))
 
         self.sampler.start()
-        asyncio.Handle._run = timed_run  # type: ignore[method-assign]
+        asyncio.Handle._run = timed_run  # type: ignore[method-assign]  # the benchmark's step timer, removed below
         try:
             with self.pauses, self.cpu_pauses:
                 while True:
@@ -221,17 +214,16 @@ class Monitor:
                     if not self.paused:
                         self._record(lag, gcs, cpu_gcs)
         finally:
-            asyncio.Handle._run = handle_run  # type: ignore[method-assign]
+            asyncio.Handle._run = handle_run  # type: ignore[method-assign]  # restored
             self.sampler.stop()
 
     def _record(self, lag: float, gcs: list[Any], cpu_gcs: list[Any]) -> None:
         ph = self.phase
         ph.lags_s.append(lag)
-        for p in gcs:
+        for p, cpu in zip(gcs, cpu_gcs, strict=False):
             ph.gc_max_s[p.generation] = max(ph.gc_max_s.get(p.generation, 0.0), p.duration_s)
+            ph.gc_max_cpu_s[p.generation] = max(ph.gc_max_cpu_s.get(p.generation, 0.0), cpu.duration_s)
             ph.gc_count[p.generation] = ph.gc_count.get(p.generation, 0) + 1
-        for p in cpu_gcs:
-            ph.gc_max_cpu_s[p.generation] = max(ph.gc_max_cpu_s.get(p.generation, 0.0), p.duration_s)
 
 
 def _callback_name(handle: Any) -> str:
@@ -265,15 +257,21 @@ def suite(target: str, runs_timeout_s: int, count: int) -> str:
     return json.dumps(doc, indent=1)
 
 
-def control(port: int, path: str, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+def control(port: int, path: str, doc: dict[str, Any]) -> None:
     import urllib.request
 
-    data = None if doc is None else json.dumps(doc).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(doc).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=600) as r:
-        result: dict[str, Any] = json.loads(r.read())
-        return result
+        r.read()
+
+
+@dataclass
+class Results:
+    verdicts: list[str] = field(default_factory=list)
+    findings: list[str] = field(default_factory=list)
+    peak: dict[str, Any] = field(default_factory=dict)
+    ingest_spans_s: float = 0.0
 
 
 async def bench(args: argparse.Namespace) -> int:
@@ -283,9 +281,9 @@ async def bench(args: argparse.Namespace) -> int:
 
     n_runs, fill_a, fill_b = (3, 100, 30) if args.quick else (30, 440, 146)
     otlp_port = free_port()
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    load = ctx.Process(target=load_main, args=(child, otlp_port, fill_a + fill_b + 10, 11), daemon=True)
+    parent, child = mp.get_context("spawn").Pipe()
+    load = mp.get_context("spawn").Process(target=load_main, args=(child, otlp_port, fill_a + fill_b, 11),
+                                           daemon=True)
     load.start()
     if not parent.poll(120):
         raise SystemExit("the load process did not start")
@@ -295,82 +293,78 @@ async def bench(args: argparse.Namespace) -> int:
     cfg = load_config(tmp / "suite.yaml")
     engine = Engine(cfg, Overrides(otlp_http=f"127.0.0.1:{otlp_port}", otlp_grpc="none",
                                    store=f"sqlite:///{tmp / 'loopstall.db'}"), serve_api=False)
-    monitor = Monitor()
-    verdicts: list[str] = []
-    findings: list[str] = []
-    peak: dict[str, Any] = {}
+    monitor, out = Monitor(), Results()
+
+    async def control_(path: str, doc: dict[str, Any]) -> None:
+        await anyio.to_thread.run_sync(control, load_port, path, doc)
+
+    async def runs(n: int, probe: Any = cfg.probes[0]) -> None:
+        await control_("/expect", {"runs": n})
+        async with anyio.create_task_group() as rg:
+            for _ in range(n):
+                rg.start_soon(run_one, engine, probe, out)
+
     try:
         async with engine.started(), anyio.create_task_group() as tg:
             tg.start_soon(monitor.run)
-
-            async def run_one(probe: Any = cfg.probes[0]) -> None:
-                run = await engine.runner.run_attempt(probe)
-                verdicts.append(run.verdict.value if run.verdict else "aborted")
-                if run.verdict is None or not run.verdict.ok:
-                    findings.extend(str(f) for f in run.findings[:3])
-
-            async def runs(n: int) -> None:
-                await anyio.to_thread.run_sync(control, load_port, "/expect", {"runs": n})
-                async with anyio.create_task_group() as rg:
-                    for _ in range(n):
-                        rg.start_soon(run_one)
-
             monitor.begin("warm-up (1 run, one-time costs)")
             await runs(1)
-            received0 = engine.buffer.stats().received_total
-
+            expected = engine.buffer.stats().received_total + (fill_a + fill_b) * BATCH_SPANS + n_runs * spans_per_run
             monitor.begin("1 ingest only")
             t = time.perf_counter()
-            await anyio.to_thread.run_sync(control, load_port, "/fill", {"batches": fill_a})
-            ingest_s = time.perf_counter() - t
-
+            await control_("/fill", {"batches": fill_a})
+            out.ingest_spans_s = fill_a * BATCH_SPANS / (time.perf_counter() - t)
             monitor.begin("2 ingest + runs judging as spans arrive")
-            expected = received0 + (fill_a + fill_b) * BATCH_SPANS + n_runs * spans_per_run
             async with anyio.create_task_group() as rg:
                 rg.start_soon(runs, n_runs)
-                rg.start_soon(anyio.to_thread.run_sync, control, load_port, "/fill", {"batches": fill_b})
+                rg.start_soon(control_, "/fill", {"batches": fill_b})
                 with anyio.fail_after(300):
                     while engine.buffer.stats().received_total < expected:
                         await anyio.sleep(0.05)
                 await anyio.sleep(0.2)  # the last batches' spans judged
-                peak.update(await forced_collection(engine, monitor))
+                out.peak = await forced_collection(engine, monitor)
                 monitor.begin("3 verdicts, reports and store writes")
             monitor.begin("4 runs whose 10k-span trace was buffered before they watch it")
             async with anyio.create_task_group() as rg:
                 for _ in range(3):
-                    rg.start_soon(run_one, cfg.probes[1])
+                    rg.start_soon(run_one, engine, cfg.probes[1], out)
             tg.cancel_scope.cancel()
     finally:
         load.terminate()
         load.join()
-    report(monitor, peak, verdicts, findings, ingest_s, fill_a)
-    return 0 if verdicts and all(v == "pass" for v in verdicts) else 1
+    report(monitor, out)
+    return 0 if out.verdicts and all(v == "pass" for v in out.verdicts) else 1
+
+
+async def run_one(engine: Any, probe: Any, out: Results) -> None:
+    run = await engine.runner.run_attempt(probe)
+    out.verdicts.append(run.verdict.value if run.verdict else "aborted")
+    if run.verdict is None or not run.verdict.ok:
+        out.findings.extend(str(f) for f in run.findings[:3])
 
 
 async def forced_collection(engine: Any, monitor: Monitor) -> dict[str, Any]:
     """A full collection at the peak, on the loop, as an automatic gen-2 collection would run there."""
-    stats = engine.buffer.stats()
+    spans = engine.buffer.stats().spans
     t, cpu = time.perf_counter(), time.thread_time()
     gc.collect()
     pause_s, pause_cpu_s = time.perf_counter() - t, time.thread_time() - cpu
-    monitor.paused = True  # counting objects walks the heap: not a stall the engine would see
-    t2 = time.thread_time()
+    monitor.paused = True  # what follows walks the heap: not a stall the engine would see
+    cpu = time.thread_time()
     gc.collect()
-    again_cpu_s = time.thread_time() - t2
+    again_cpu_s = time.thread_time() - cpu
     tracked = gc.get_objects()
-    objects = len(tracked)
-    kinds = Counter(type(o).__name__ for o in tracked)
-    refs: Counter[str] = Counter()
+    kinds, refs = Counter(type(o).__name__ for o in tracked), Counter[str]()
     for o in tracked:
         refs[type(o).__name__] += len(gc.get_referents(o))
-    del tracked
-    frozen = gc.get_freeze_count()
     await anyio.lowlevel.checkpoint()
     monitor.paused = False
-    top = ", ".join(f"{k} {n:,} ({refs[k]:,} refs)" for k, n in kinds.most_common(8))
-    top += "; most refs: " + ", ".join(f"{k} {n:,}" for k, n in refs.most_common(5))
-    top += f"; a second collection right after: {again_cpu_s * 1e3:.1f} ms CPU"
-    return {"pause_s": pause_s, "pause_cpu_s": pause_cpu_s, "objects": objects, "frozen": frozen, "spans": stats.spans, "top": top}
+    print(f"forced full collection at the peak ({spans:,} spans buffered, half of them watched): "
+          f"{pause_s * 1e3:.1f} ms ({pause_cpu_s * 1e3:.1f} ms CPU), another right after {again_cpu_s * 1e3:.1f} ms "
+          f"CPU; {len(tracked):,} tracked objects ({len(tracked) / max(1, spans):.2f} per buffered span, "
+          f"{gc.get_freeze_count():,} frozen); most: "
+          + ", ".join(f"{k} {n:,} ({refs[k]:,} refs)" for k, n in kinds.most_common(6)))
+    return {"pause_s": pause_s, "pause_cpu_s": pause_cpu_s}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -378,52 +372,49 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-def report(monitor: Monitor, peak: dict[str, Any], verdicts: list[str], findings: list[str],
-           ingest_s: float, fill_a: int) -> None:
-    print(f"runs: {len(verdicts)} (+1 warm-up): " + ", ".join(f"{v}={verdicts.count(v)}" for v in sorted(set(verdicts))))
-    for f in findings[:5]:
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def phase_lines(ph: Phase) -> list[str]:
+    gcs = ", ".join(f"gen{g} max {_ms(ph.gc_max_s[g])} ({_ms(ph.gc_max_cpu_s.get(g, 0))} CPU) ×{ph.gc_count[g]}"
+                    for g in sorted(ph.gc_max_s))
+    step, step_cpu, _ = ph.worst_step()
+    lines = [f"[{ph.name}] longest step (GC excluded) {_ms(step)} wall, {_ms(step_cpu)} CPU; most CPU in one step "
+             f"{_ms(ph.worst_step(by_cpu=True)[1])}; loop lag ({len(ph.lags_s)} ticks) p50 {_ms(_pct(ph.lags_s, 0.5))}, "
+             f"p99 {_ms(_pct(ph.lags_s, 0.99))}, max {_ms(max(ph.lags_s, default=0))}; gc: {gcs or 'none'}"]
+    over: dict[str, list[tuple[float, float]]] = {}
+    for wall, cpu, where in ph.steps:
+        if wall > 0.02:
+            over.setdefault(where, []).append((wall, cpu))
+    for where, ss in sorted(over.items(), key=lambda kv: -max(kv[1])[0])[:4]:
+        wall, cpu = max(ss)
+        lines.append(f"    {len(ss)} step(s) over 20 ms, longest {_ms(wall)} ({_ms(cpu)} CPU): {where}")
+    return lines
+
+
+def report(monitor: Monitor, out: Results) -> None:
+    print(f"runs: {len(out.verdicts)} (incl. warm-up): "
+          + ", ".join(f"{v}={out.verdicts.count(v)}" for v in sorted(set(out.verdicts))))
+    for f in out.findings[:5]:
         print(f"  finding: {f[:300]}")
-    print(f"ingest only: {fill_a * BATCH_SPANS / ingest_s:,.0f} spans/s wall clock")
-    if peak:
-        print(f"forced full collection at the peak ({peak['spans']:,.0f} spans buffered, half of them watched): "
-              f"{peak['pause_s'] * 1e3:.1f} ms ({peak['pause_cpu_s'] * 1e3:.1f} ms CPU), {peak['objects']:,.0f} tracked objects "
-              f"({peak['objects'] / max(1, peak['spans']):.2f} per buffered span; {peak['frozen']:,.0f} frozen)")
-        print(f"  most tracked: {peak['top']}")
-    every: list[float] = []
-    worst: tuple[float, float, str, str] = (0.0, 0.0, "", "")
-    gen2 = gen2_cpu = 0.0
+    print(f"ingest only: {out.ingest_spans_s:,.0f} spans/s wall clock")
     for ph in monitor.phases:
-        every.extend(ph.lags_s)
-        gcs = ", ".join(f"gen{g} max {ph.gc_max_s[g] * 1e3:.1f} ms ({ph.gc_max_cpu_s.get(g, 0) * 1e3:.1f} CPU) "
-                        f"×{ph.gc_count[g]}" for g in sorted(ph.gc_max_s))
-        step, step_cpu, where = ph.worst_step()
-        print(f"[{ph.name}] longest step (GC excluded) {step * 1e3:.1f} ms wall, {step_cpu * 1e3:.1f} ms CPU; "
-              f"most CPU in one step {ph.worst_cpu_step()[1] * 1e3:.1f} ms; loop lag (1 ms ticker, {len(ph.lags_s)} "
-              f"ticks) p50 {_pct(ph.lags_s, 0.5) * 1e3:.2f} ms, p99 {_pct(ph.lags_s, 0.99) * 1e3:.2f} ms, max "
-              f"{max(ph.lags_s, default=0) * 1e3:.1f} ms; gc: {gcs or 'none'}")
-        over: dict[str, list[tuple[float, float]]] = {}
-        for s, c, w in ph.steps:
-            if s > 0.02:
-                over.setdefault(w, []).append((s, c))
-        for w, ss in sorted(over.items(), key=lambda kv: -max(kv[1])[0])[:4]:
-            s, c = max(ss)
-            print(f"    {len(ss)} step(s) over 20 ms, longest {s * 1e3:.0f} ms ({c * 1e3:.0f} ms CPU): {w}")
-        if not ph.name.startswith("warm-up"):
-            if step > worst[0]:
-                worst = (step, step_cpu, where, ph.name)
-            gen2 = max(gen2, ph.gc_max_s.get(2, 0.0))
-            gen2_cpu = max(gen2_cpu, ph.gc_max_cpu_s.get(2, 0.0))
-    outside = max((st for ph in monitor.phases if not ph.name.startswith("warm-up") for st in ph.steps
-                   if "daemon.store." not in st[2]), default=(0.0, 0.0, ""))
-    print(f"SUMMARY longest step outside the store's span snapshot write: {outside[0] * 1e3:.1f} ms wall, "
-          f"{outside[1] * 1e3:.1f} ms CPU: {outside[2] or '-'}")
-    print(f"SUMMARY longest step excluding GC: {worst[0] * 1e3:.1f} ms wall, {worst[1] * 1e3:.1f} ms CPU "
-          f"(goal <= 20 ms) in phase '{worst[3]}': {worst[2]}")
-    print(f"SUMMARY longest gen-2 pause: {gen2 * 1e3:.1f} ms automatic ({gen2_cpu * 1e3:.1f} ms CPU), "
-          f"{peak.get('pause_s', 0) * 1e3:.1f} ms forced at the peak ({peak.get('pause_cpu_s', 0) * 1e3:.1f} ms CPU) "
-          f"(goal < 30 ms); loop lag p99 "
-          f"{_pct(every, 0.99) * 1e3:.2f} ms, p99.9 {_pct(every, 0.999) * 1e3:.2f} ms, max "
-          f"{max(every, default=0) * 1e3:.1f} ms over {len(every):,} ticks")
+        print("\n".join(phase_lines(ph)))
+    measured = [ph for ph in monitor.phases if not ph.name.startswith("warm-up")]
+    steps = [st for ph in measured for st in ph.steps]
+    mine = [st for st in steps if "daemon.store." not in st[2]]
+    worst, wall, cpu = (max(steps, default=(0.0, 0.0, "-")), max(mine, default=(0.0, 0.0, "-")),
+                        max(mine, default=(0.0, 0.0, "-"), key=lambda st: st[1]))
+    every = [lag for ph in monitor.phases for lag in ph.lags_s]
+    print(f"SUMMARY longest step excluding GC: {_ms(worst[0])} wall, {_ms(worst[1])} CPU (goal <= 20 ms): {worst[2]}")
+    print(f"SUMMARY steps outside the store's span snapshot write: longest {_ms(wall[0])} wall ({_ms(wall[1])} CPU) "
+          f"at {wall[2]}; most CPU in one step {_ms(cpu[1])} at {cpu[2]}")
+    print(f"SUMMARY longest gen-2 pause: {_ms(max((ph.gc_max_s.get(2, 0) for ph in measured), default=0))} automatic "
+          f"({_ms(max((ph.gc_max_cpu_s.get(2, 0) for ph in measured), default=0))} CPU), "
+          f"{_ms(out.peak.get('pause_s', 0))} forced at the peak ({_ms(out.peak.get('pause_cpu_s', 0))} CPU) "
+          f"(goal < 30 ms); loop lag p99 {_ms(_pct(every, 0.99))}, p99.9 {_ms(_pct(every, 0.999))}, "
+          f"max {_ms(max(every, default=0))} over {len(every):,} ticks")
 
 
 def main() -> int:
@@ -432,7 +423,6 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=2000,
                     help="the expectation's count over 'svc-* op-*' spans (0: no count node)")
     args = ap.parse_args()
-    random.seed(1)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
     return anyio.run(bench, args)
 
