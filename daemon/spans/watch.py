@@ -4,7 +4,8 @@ A watch follows whole traces. A trace is followed once it is added with :meth:`W
 once it holds a span linking into a trace given to :meth:`Watch.add_links_to`, or once it carries a
 span (or resource) attribute given to :meth:`Watch.add_correlation`. Following a trace delivers its
 spans already buffered and then every later span as it arrives, so nothing that arrives between two
-:meth:`Watch.wait` calls (or before the watch was set up) is missed.
+:meth:`Watch.wait` calls (or before the watch was set up) is missed. A trace followed with thousands of
+spans still undecoded is decoded by the next :meth:`Watch.wait`, a raw batch per step of the event loop.
 """
 
 from __future__ import annotations

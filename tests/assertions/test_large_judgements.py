@@ -140,3 +140,16 @@ def test_solving_in_slices_before_each_check_changes_no_result(rnd: random.Rando
         pass
     assert _same(plain.finish(), sliced.finish())
     assert plain.report() == sliced.report() | {"last_arrival_unix_ns": plain.report()["last_arrival_unix_ns"]}
+
+
+def test_containers_name_each_growing_container_and_each_child_list_once() -> None:
+    spans = _flat_trace(100)
+    exp = TraceExpectation.model_validate({"tree": [{"span": "POST /batch", "children": [{"span": "item 0"}]}]})
+    judge = TraceJudge(exp, root_trace_id=TRACE, trigger_ns=None)
+    judge.feed(spans)
+    judge.check(quiet_s=0.0)
+    first = list(judge.containers())
+    ids = {id(c) for c in first}
+    assert {id(judge.index.by_id), id(judge.solver.memo), id(judge.index.children[spans[0].span_id])} <= ids
+    again = {id(c) for c in judge.containers()}
+    assert id(judge.index.children[spans[0].span_id]) not in again and id(judge.index.by_id) in again
