@@ -9,8 +9,9 @@ deadline with full explanations. ``judge_offline`` is the same engine over a kno
 
 from __future__ import annotations
 
+import bisect
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,10 +94,22 @@ class TraceJudge:
         self.correlate_value = correlate_value
         self.corr_attr = corr.attribute if corr is not None else None
         self.trace_spans: dict[str, list[str]] = {}
+        """Span ids of fed traces outside the pool, for when they join it (few: most runs judge one trace)."""
         self.trace_edges: dict[str, set[str]] = {}
         self.anchor_full: list[set[str]] = [set() for _ in self.anchors]
+        self.anchor_order: list[list[tuple[int, str]]] = [[] for _ in self.anchors]
+        """``anchor_full`` as (start, span id), kept sorted as it changes (a ``count`` may hold thousands)."""
         self.dirty: set[str] = set()
         self.dirty_all = False
+        self.memo_cleared = False
+        self.version = 0
+        """Bumped by every ``feed`` and ``add_trace``: what ``solve_steps`` prepared is for this version only."""
+        self.prepared: tuple[int, list[tuple[set[str], list[tuple[int, str]]]]] | None = None
+        """The anchors' full candidate sets and orders a full re-solve needs, built by ``solve_steps``."""
+        """The memo was cleared for the pending full re-solve (``dirty_all``): what is memoised since is valid."""
+        self.deep_first = sorted((n for n in self.nodes if n.relation == "tree" or any(n.groups())),
+                                 key=_depth, reverse=True)
+        """The nodes ``solve_steps`` solves: anchors and nodes with children, descendants or linked nodes."""
         self.pending: list[Span] = []
         self.top: tuple[Assign | None] | None = None
         self.forbid_hits: list[tuple[int, str]] = []
@@ -119,6 +132,7 @@ class TraceJudge:
 
     def add_trace(self, trace_id: str) -> None:
         """Search anchors in one more trace (a correlated trace the runner found)."""
+        self.version += 1
         self._join_pool(trace_id)
         for alt in self.alts:
             alt.add_trace(trace_id)
@@ -126,6 +140,7 @@ class TraceJudge:
     def feed(self, spans: Iterable[Span]) -> None:
         """Index spans of any relevant trace (probe, linking, correlated); duplicates are ignored."""
         spans = list(spans)
+        self.version += 1
         for span in spans:
             self._feed_one(span)
         if spans:
@@ -137,9 +152,10 @@ class TraceJudge:
         if not self.index.add(span):
             return
         tid = span.trace_id
-        self.trace_spans.setdefault(tid, []).append(span.span_id)
         if self.pool_all or tid in self.pool:
             self._count(span)
+        else:
+            self.trace_spans.setdefault(tid, []).append(span.span_id)
         for link in span.links:
             if link.trace_id != tid:
                 self.trace_edges.setdefault(tid, set()).add(link.trace_id)
@@ -162,7 +178,7 @@ class TraceJudge:
             if tid in self.pool:
                 continue
             self.pool.add(tid)
-            for sid in self.trace_spans.get(tid, ()):
+            for sid in self.trace_spans.pop(tid, ()):
                 self.dirty.add(sid)
                 self._count(self.index.by_id[sid])
             stack.extend(self.trace_edges.get(tid, ()))
@@ -187,6 +203,21 @@ class TraceJudge:
         if depth > self.max_depth_seen:
             self.max_depth_seen = depth
 
+    def containers(self) -> Iterator[object]:
+        """The containers that grow with the spans fed (index, candidate sets, memo), alternatives' included;
+        the small per-span lists (a span's children, its linkers) only once, when new since the last call.
+
+        They hold only spans, span ids and plain values, never the judge or anything that refers back to
+        it: a host may take them out of the cyclic garbage collector's lists, so that a full collection
+        does not visit every judged span (the daemon does, for large traces).
+        """
+        yield from self.index.containers()
+        yield self.solver.memo
+        yield from self.anchor_full
+        yield from self.anchor_order
+        for alt in self.alts:
+            yield from alt.containers()
+
     def in_pool(self, sid: str) -> bool:
         return self.pool_all or self.index.by_id[sid].trace_id in self.pool
 
@@ -202,7 +233,38 @@ class TraceJudge:
 
     # ---- solving ------------------------------------------------------------------------------
 
-    def _refresh(self) -> Assign | None:
+    def solve_steps(self) -> Iterator[None]:
+        """Solve what the spans fed since the last check changed, in slices: yields after each node match
+        that had to be solved, deepest expected nodes first.
+
+        Only memoises answers (``check``, ``finish`` and ``report`` give the same results whether it ran or
+        not, and then find them solved): a host drives it to spread a large trace's solving over several
+        steps of an event loop.
+        """
+        for alt in self.alts:
+            yield from alt.solve_steps()
+        self._invalidate()
+        yield from self.solver.solve_steps(self.deep_first, self._to_solve)
+        if self.dirty_all:  # the anchors are re-solved from scratch: build their candidate sets here, in slices
+            prepared = []
+            for a in self.anchors:
+                full = set(self._to_solve(a))
+                for n, x in enumerate(list(full)):
+                    if self.solver.full(a, x) is None:
+                        full.discard(x)
+                    if n % 256 == 255:
+                        yield
+                prepared.append((full, sorted((self.index.by_id[x].start_ns, x) for x in full)))
+                yield
+            self.prepared = (self.version, prepared)
+
+    def _to_solve(self, node: CNode) -> list[str]:
+        local = self.index.local[node.idx]
+        sids = local if self.dirty_all else self.dirty & local
+        return [x for x in sids if self.in_pool(x)] if node.relation == "tree" else list(sids)
+
+    def _invalidate(self) -> None:
+        """Forget the memoised answers the spans fed since the last solve may change."""
         if self.pending:
             if self.solver.memo:
                 affected = self.index.affected(self.pending)
@@ -211,25 +273,45 @@ class TraceJudge:
             else:  # nothing solved yet: every anchor candidate is solved from scratch anyway
                 self.dirty_all = True
             self.pending.clear()
-        if self.dirty_all:
+        if self.dirty_all and not self.memo_cleared:
             self.solver.memo.clear()
-            for a, full in zip(self.anchors, self.anchor_full, strict=True):
+            self.memo_cleared = True
+
+    def _refresh(self) -> Assign | None:
+        self._invalidate()
+        by_id = self.index.by_id
+        if self.dirty_all:
+            prepared = self.prepared[1] if self.prepared is not None and self.prepared[0] == self.version else None
+            pool, pool_all, solve = self.pool, self.pool_all, self.solver.full
+            for i, (a, full, order) in enumerate(zip(self.anchors, self.anchor_full, self.anchor_order, strict=True)):
                 full.clear()
-                full.update(x for x in self.index.local[a.idx]
-                            if self.in_pool(x) and self.solver.full(a, x) is not None)
-            self.dirty_all = False
+                if prepared is not None:  # what solve_steps built for this very state
+                    full.update(prepared[i][0])
+                    order[:] = prepared[i][1]
+                    continue
+                local = self.index.local[a.idx]
+                if local:
+                    full.update(x for x in local
+                                if (pool_all or by_id[x].trace_id in pool) and solve(a, x) is not None)
+                if full or order:
+                    order[:] = sorted((by_id[x].start_ns, x) for x in full)
+            self.dirty_all = self.memo_cleared = False
+            self.prepared = None
             self.dirty.clear()
             self.top = None
         if self.dirty:
-            for a, full in zip(self.anchors, self.anchor_full, strict=True):
+            for a, full, order in zip(self.anchors, self.anchor_full, self.anchor_order, strict=True):
                 local = self.index.local[a.idx]
                 touched = (self.dirty & local) if len(self.dirty) < len(local) else {
                     x for x in local if x in self.dirty}
                 for sid in touched:
                     if self.in_pool(sid) and self.solver.full(a, sid) is not None:
-                        full.add(sid)
-                    else:
+                        if sid not in full:
+                            full.add(sid)
+                            bisect.insort(order, (by_id[sid].start_ns, sid))
+                    elif sid in full:
                         full.discard(sid)
+                        del order[bisect.bisect_left(order, (by_id[sid].start_ns, sid))]
             self.dirty.clear()
             self.top = None
         if self.top is None:
@@ -244,8 +326,8 @@ class TraceJudge:
             if len(full) < a.lo or (a.hi is not None and len(full) > a.hi):
                 return None
         slot_nodes = [a for a in self.anchors for _ in range(a.lo)]
-        got = bipartite([self._sorted(self.anchor_full[i]) for i, a in enumerate(self.anchors)
-                         for _ in range(a.lo)])
+        ordered = [[sid for _, sid in order] for order in self.anchor_order]
+        got = bipartite([ordered[i] for i, a in enumerate(self.anchors) for _ in range(a.lo)])
         if got is None:
             return None
         out: Assign = {a.idx: [] for a in self.anchors}
@@ -420,6 +502,13 @@ class TraceJudge:
             "alternatives": [{"path": a.base, "holds": a.finish().verdict in (Verdict.PASS, Verdict.DEGRADED)}
                              for a in self.alts],
         }
+
+
+def _depth(node: CNode) -> int:
+    depth = 0
+    while node.parent is not None:
+        node, depth = node.parent, depth + 1
+    return depth
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:

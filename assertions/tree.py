@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from tracecanary.assertions.bipartite import bipartite as bipartite
+from tracecanary.assertions.bipartite import max_bipartite as max_bipartite
 from tracecanary.assertions.expect import NamePattern, SpanConstraint, SpanNode
 from tracecanary.assertions.match import Matcher, check, name_matches
 from tracecanary.assertions.spans import Span, SpanKind, StatusCode
@@ -31,6 +33,9 @@ Check = Callable[[Span], str | None]
 
 Assign = dict[int, list[str]]
 """A full match's witness: child node index → the span ids given to it."""
+
+NO_GROUPS: Assign = {}
+"""The witness of a node without children, descendants or linked nodes (shared: witnesses are never changed)."""
 
 _KINDS = {k.name.lower(): k for k in SpanKind}
 _STATUSES = {s.name.lower(): s for s in StatusCode}
@@ -173,35 +178,6 @@ def compile_tree(anchors: Iterable[SpanNode], base: str = "expect.trace") -> lis
     return nodes
 
 
-def max_bipartite(slots: list[list[str]]) -> list[str | None]:
-    """A maximum matching of slots to distinct candidate spans (augmenting paths); None = unfilled."""
-    owner: dict[str, int] = {}
-
-    def augment(i: int, seen: set[str]) -> bool:
-        for sid in slots[i]:
-            if sid in seen:
-                continue
-            seen.add(sid)
-            j = owner.get(sid)
-            if j is None or augment(j, seen):
-                owner[sid] = i
-                return True
-        return False
-
-    for i in range(len(slots)):
-        augment(i, set())
-    got: list[str | None] = [None] * len(slots)
-    for sid, i in owner.items():
-        got[i] = sid
-    return got
-
-
-def bipartite(slots: list[list[str]]) -> list[str] | None:
-    """Give each slot a distinct span from its candidates, or None if impossible."""
-    got = max_bipartite(slots)
-    return None if any(g is None for g in got) else [g for g in got if g is not None]
-
-
 def _compiled_glob(pattern: str) -> Callable[[str], bool]:
     rx = re.compile(fnmatch.translate(pattern))
     return lambda name: rx.match(name) is not None
@@ -218,6 +194,8 @@ class SpanIndex:
         self.nodes = nodes
         self.by_id: dict[str, Span] = {}
         self.children: dict[str, list[str]] = {}
+        self.fresh: list[list[str]] = []
+        """Lists of ``children`` and ``linkers`` created since ``containers`` last handed them out."""
         self.linkers: dict[str, list[str]] = {}
         self.local: list[set[str]] = [set() for _ in nodes]
         # Span names repeat: which nodes' name patterns accept a name is computed once per name.
@@ -239,10 +217,18 @@ class SpanIndex:
         if sid in self.by_id:
             return False
         self.by_id[sid] = span
-        if span.parent_span_id:
-            self.children.setdefault(span.parent_span_id, []).append(sid)
+        if parent := span.parent_span_id:
+            kids = self.children.get(parent)
+            if kids is None:
+                kids = self.children[parent] = []
+                self.fresh.append(kids)
+            kids.append(sid)
         for link in span.links:
-            self.linkers.setdefault(link.span_id, []).append(sid)
+            linkers = self.linkers.get(link.span_id)
+            if linkers is None:
+                linkers = self.linkers[link.span_id] = []
+                self.fresh.append(linkers)
+            linkers.append(sid)
         nodes = self._by_name.get(span.name)
         if nodes is None:
             nodes = self._by_name[span.name] = self._exact.get(span.name, []) + [
@@ -251,6 +237,16 @@ class SpanIndex:
             if n.local_ok(span):
                 self.local[n.idx].add(sid)
         return True
+
+    def containers(self) -> Iterator[object]:
+        """The index's containers that grow with the spans (see ``TraceJudge.containers``); the lists of
+        children and linkers once each, the first time after they are created."""
+        yield self.by_id
+        yield self.children
+        yield self.linkers
+        yield from self.local
+        fresh, self.fresh = self.fresh, []
+        yield from fresh
 
     def is_below(self, sid: str, ancestor: str) -> bool:
         """True when ``ancestor`` is a proper ancestor of ``sid`` (parentage only, no links)."""
@@ -303,7 +299,9 @@ class Solver:
     def __init__(self, index: SpanIndex, within_ok: Callable[[CNode, Span], str | None]) -> None:
         self.index = index
         self.within_ok = within_ok
-        self.memo: dict[str, dict[int, Assign | None]] = {}
+        self.memo: dict[str, dict[int, Assign | tuple[()] | None]] = {}
+        """Span id → node index → full-match witness; ``()`` stands for ``NO_GROUPS``: a dict of plain values
+        stays out of the cyclic GC's lists, one holding a dict does not."""
 
     def forget(self, sids: Iterable[str]) -> None:
         for sid in sids:
@@ -312,10 +310,21 @@ class Solver:
     def full(self, node: CNode, sid: str) -> Assign | None:
         per = self.memo.get(sid)
         if per is not None and node.idx in per:
-            return per[node.idx]
+            got = per[node.idx]
+            return NO_GROUPS if isinstance(got, tuple) else got
         res = self._solve(node, sid)
-        self.memo.setdefault(sid, {})[node.idx] = res
+        self.memo.setdefault(sid, {})[node.idx] = () if res is NO_GROUPS else res
         return res
+
+    def solve_steps(self, nodes: Iterable[CNode], todo: Callable[[CNode], Iterable[str]]) -> Iterator[None]:
+        """Memoise ``full(node, sid)`` for each node, in the order given, and each span ``todo(node)`` names;
+        yields after each answer that had to be solved."""
+        for node in nodes:
+            for sid in todo(node):
+                per = self.memo.get(sid)
+                if per is None or node.idx not in per:
+                    self.full(node, sid)
+                    yield
 
     def candidates(self, node: CNode, sid: str) -> list[str]:
         """Spans in ``node``'s scope below ``sid`` that fully match it, by start time."""
@@ -340,7 +349,7 @@ class Solver:
         if node.spec.within is not None and self.within_ok(node, self.index.by_id[sid]) is not None:
             return None
         if not node.children and not node.descendants and not node.linked:
-            return {}
+            return NO_GROUPS
         cands: dict[int, list[str]] = {}
         for c in node.groups():
             got = self.candidates(c, sid)
@@ -374,7 +383,8 @@ def assign_groups(node: CNode, cands: dict[int, list[str]], index: SpanIndex) ->
     else:
         rest = list(node.groups())
     slot_nodes = [c for c in rest for _ in range(c.lo)]
-    got = bipartite([[x for x in cands[c.idx] if x not in taken] for c in slot_nodes])
+    free = {c.idx: [x for x in cands[c.idx] if x not in taken] if taken else cands[c.idx] for c in rest}
+    got = bipartite([free[c.idx] for c in slot_nodes])  # a node's slots share its list (bipartite.py)
     if got is None:
         return None
     for c, sid in zip(slot_nodes, got, strict=True):

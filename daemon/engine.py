@@ -28,6 +28,7 @@ from tracecanary.daemon.config.links import host_of, render_links
 from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.config.reload import needs_restart
 from tracecanary.daemon.config.secrets import install_log_masking
+from tracecanary.daemon.observe.lag import LAG_INTERVAL_S, LAG_THRESHOLD_S, LagMonitor
 from tracecanary.daemon.observe.metrics import Metrics
 from tracecanary.daemon.observe.store_faults import StoreFaultReporter
 from tracecanary.daemon.observe.telemetry import (
@@ -137,6 +138,12 @@ class Engine:
     """A condition /readyz waits for besides the engine's start (the daemon's: its scheduler runs)."""
     gc_tuning: bool = True
     """Tune the process's cyclic GC once started (see :func:`tune_gc`)."""
+    lag_threshold_s: float = LAG_THRESHOLD_S
+    """Event-loop stalls longer than this are logged as warnings naming where the loop was (observe/lag.py);
+    every lag feeds ``tracecanary_event_loop_lag_seconds``."""
+    lag_interval_s: float = LAG_INTERVAL_S
+    """Period of the lag monitor's ticker."""
+    lag_monitor: LagMonitor = field(init=False)
     store: GuardedStore = field(init=False)
     """The results store behind its guard (faults counted, reported, refused runs kept for retry)."""
     buffer: TraceBuffer = field(init=False)
@@ -194,6 +201,9 @@ class Engine:
                     self.session = session
                     await tg.start(self.store.run)
                     await self._build(tg)
+                    self.lag_monitor = LagMonitor(interval_s=self.lag_interval_s, threshold_s=self.lag_threshold_s,
+                                                  observe=self.metrics.loop_lag)
+                    await tg.start(self.lag_monitor.run)
                     if self.gc_tuning:
                         tune_gc()
                     self.ready = True

@@ -27,6 +27,7 @@ log = logging.getLogger("tracecanary.metrics")
 DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 SPAN_COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 20000)
 LATENESS_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
+LOOP_LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 M = TypeVar("M", Gauge, Counter, Histogram)
 
 
@@ -85,6 +86,10 @@ class Metrics:
             "tracecanary_store_up", "1 while the results store works, 0 while it fails (see /readyz for why).",
             registry=r)
         self.store_up.set(1.0)
+        self.event_loop_lag = Histogram(
+            "tracecanary_event_loop_lag_seconds", "How late the event loop ran a periodic timer: the time one "
+            "step or a garbage collection held it (observe/lag.py; steps stay under 20 ms).",
+            buckets=LOOP_LAG_BUCKETS_S, registry=r)
         self._series: dict[Gauge | Counter | Histogram, dict[tuple[str, ...], Any]] = {m: {} for m in (
             self.probe_success, self.probe_unknown, self.probe_duration, self.runs, self.trace_spans,
             self.time_to_verdict, self.schedule_lateness)}
@@ -147,6 +152,10 @@ class Metrics:
     def lost_runs(self, n: int) -> None:
         if n:
             self.runs_lost.inc(n)
+
+    def loop_lag(self, seconds: float) -> None:
+        """One tick of the event-loop lag monitor."""
+        self.event_loop_lag.observe(seconds)
 
     def alert_sent(self, channel: str, outcome: str) -> None:
         self.alerts_sent.labels(channel, outcome).inc()

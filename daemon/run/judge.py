@@ -5,6 +5,13 @@ by ``correlate`` are watched; each arriving span is fed to the incremental judge
 early as the expectation allows (DESIGN "Semantics": forbid/upper bounds fail at once; whole-trace
 rules wait for ``settle`` of quiet; otherwise the deadline decides).
 
+Never blocked: arriving spans are fed to the judge in slices of ``FEED_SLICE`` with a checkpoint between
+them; once a run judges ``LARGE_SPANS`` spans, each check first solves what changed in slices of
+``SOLVE_SLICE_S`` (``TraceJudge.solve_steps``), and the final verdict and report, one-off steps of tens of
+milliseconds for a 10k-span trace, run in a worker thread (one for the whole process: the judge is pure
+Python, more threads would only fight over the GIL, and a thread busy for long makes every GIL
+hand-back of the event loop wait). The judge is only touched by its run's task: results are the same.
+
 At the end it gathers the telemetry evidence for ``unknown`` (``assertions/telemetry.py``): whether the
 services the expectation names sent any span — in the judged trace, to the intake since the trigger
 (the buffer's intake clock), and, with Sentry as the source, whether Sentry answered with the trace.
@@ -14,10 +21,12 @@ The runner decides with the other findings in hand.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from tracecanary.assertions.expect import NamePattern, TraceExpectation
 from tracecanary.assertions.judge import JudgeState, TraceJudge
@@ -27,6 +36,7 @@ from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.intake import IntakeClock
 from tracecanary.daemon.spans.sentry import SentryTraceSource
+from tracecanary.daemon.spans.untracked import untrack
 from tracecanary.daemon.spans.watch import Watch
 from tracecanary.probes.base import ProbeContext
 
@@ -41,6 +51,41 @@ class TraceOutcome:
     """Set when the services the expectation names sent nothing since the trigger (see ``telemetry``)."""
 
 
+UNTRACK_JUDGE_SPANS = 512
+"""From this many judged spans on, the judge's containers are kept out of the cyclic GC's lists."""
+LARGE_SPANS = 2000
+"""From this many judged spans on, checks solve in slices and the final verdict and report run in the
+judging thread (checking a 10k-span trace against a 51-node tree and a ``count`` over thousands of spans
+took 10-40 ms in one step)."""
+FEED_SLICE = 1000
+"""Spans fed to the judge between two checkpoints (~1-5 ms of indexing)."""
+SOLVE_SLICE_S = 0.005
+"""Solving time between two checkpoints while a large trace is checked."""
+_T = TypeVar("_T")
+_JUDGE_THREAD: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("tracecanary_judge_thread")
+
+
+async def in_slices(steps: Iterator[None], slice_s: float, pause: Callable[[], None] | None = None) -> None:
+    """Run ``steps`` to the end, with a checkpoint (after ``pause()``) each time ``slice_s`` is used up."""
+    end_s = time.perf_counter() + slice_s
+    for _ in steps:
+        if time.perf_counter() >= end_s:
+            if pause is not None:
+                pause()
+            await anyio.lowlevel.checkpoint()
+            end_s = time.perf_counter() + slice_s
+
+
+async def off_loop(fn: Callable[[], _T]) -> _T:
+    """Run a pure judging step in the judging thread (one per event loop, shared by every run)."""
+    try:
+        limiter = _JUDGE_THREAD.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(1)
+        _JUDGE_THREAD.set(limiter)
+    return await anyio.to_thread.run_sync(fn, limiter=limiter)
+
+
 class _Tracked:
     """The set of traces a run judges, grown as links and correlations reveal more."""
 
@@ -50,16 +95,44 @@ class _Tracked:
         self.seen: set[tuple[str, str]] = set()
         self.spans: list[Span] = []
         self.last_arrival_s: float | None = None
+        untrack(self.seen)  # ids and spans only: a full collection need not visit each (spans/untracked.py)
+        untrack(self.spans)
 
     def track(self, trace_id: str) -> None:
         if trace_id in self.traces:
             return
         self.traces.add(trace_id)
-        self.watch.add_trace(trace_id)
+        self.watch.add_trace(trace_id)  # its buffered spans come with the watch's next wait
         self.watch.add_links_to(trace_id)
-        self.feed(self.buffer.trace(trace_id))
         for linking in self.buffer.linking_traces(trace_id):
             self.track(linking)
+
+    def untrack_judge(self) -> None:
+        """Take a large judge's containers out of the cyclic GC's lists (again: a dict re-enters them when it
+        gains a span), so a full collection does not visit each judged span (spans/untracked.py)."""
+        if len(self.spans) >= UNTRACK_JUDGE_SPANS:
+            for container in self.judge.containers():
+                untrack(container)
+
+    @property
+    def large(self) -> bool:
+        return len(self.spans) >= LARGE_SPANS
+
+    async def check(self, quiet_s: float) -> JudgeState:
+        """The judge's state now; a large trace is solved in slices first, letting the event loop run."""
+        if self.large:
+            await in_slices(self.judge.solve_steps(), SOLVE_SLICE_S, self.untrack_judge)
+        state = self.judge.check(quiet_s=quiet_s)
+        self.untrack_judge()
+        return state
+
+    async def feed_slices(self, spans: list[Span], arrived_s: float | None) -> None:
+        """:meth:`feed`, ``FEED_SLICE`` spans at a time, letting the event loop run in between."""
+        for i in range(0, len(spans), FEED_SLICE):
+            if i:
+                await anyio.lowlevel.checkpoint()
+            self.feed(spans[i:i + FEED_SLICE], arrived_s)
+            self.untrack_judge()  # before other tasks run (and maybe a collection)
 
     def feed(self, spans: list[Span], arrived_s: float | None = None) -> None:
         """Judge the spans not seen yet; ``arrived_s`` is when they reached the buffer (default: now)."""
@@ -100,7 +173,8 @@ async def watch_trace(
                 judge.add_trace(tid)
         state = await _loop(tracked, ctx)
     ttv = None if tracked.last_arrival_s is None else max(0.0, anyio.current_time() - tracked.last_arrival_s)
-    outcome = TraceOutcome(list(state.findings), judge.report(), tracked.spans, ttv)
+    report = await off_loop(judge.report) if tracked.large else judge.report()
+    outcome = TraceOutcome(list(state.findings), report, tracked.spans, ttv)
     _telemetry(outcome, expectation, ctx, buffer.intake)
     return outcome
 
@@ -111,18 +185,19 @@ async def _loop(tracked: _Tracked, ctx: ProbeContext) -> JudgeState:
     while True:
         now = anyio.current_time()
         quiet_s = now - (tracked.last_arrival_s if tracked.last_arrival_s is not None else started_s)
-        state = judge.check(quiet_s=quiet_s)
+        state = await tracked.check(quiet_s)
         if state.done:
             return state
+        now = anyio.current_time()
         remaining = ctx.deadline_s - now
         if remaining <= 0:
-            return judge.finish()
+            return await off_loop(judge.finish) if tracked.large else judge.finish()
         wait_s = remaining
         if state.settle_remaining_s is not None:
             wait_s = min(wait_s, max(0.0, state.settle_remaining_s) + 0.001)
         new = await tracked.watch.wait(wait_s)
         if new:
-            tracked.feed(new, tracked.watch.last_delivery_s)
+            await tracked.feed_slices(new, tracked.watch.last_delivery_s)
 
 
 async def _from_sentry(

@@ -3,11 +3,13 @@
 Protobuf batches are stored as their raw bytes, shared by the traces they hold, and decoded into
 :class:`Span` only for traces someone waits on or reads (most traces are never looked at), and kept
 decoded only while a watch follows the trace: when the last one closes, the trace goes back to its
-raw batches, so the objects the garbage collector must traverse stay few (a full collection's pause
-grows with them). The buffer never refuses spans: over its span or byte budget, or past the
-retention window, it evicts the least recently updated traces and counts them. Indexes: trace id,
-span-link target trace id, and configured correlation attributes. The buffer is not thread-safe:
-use it from the event loop.
+raw batches. Entries and decoded spans are kept out of the cyclic garbage collector's lists
+(``untracked.py``): a full collection's pause does not grow with them. A followed trace with a large
+raw backlog is decoded a batch at a time as its watches wait (``DECODE_NOW_SPANS``), not in one step.
+The buffer never refuses spans: over its span or byte budget, or past the retention window, it evicts
+the least recently updated traces and counts them. Indexes: trace id, span-link target trace id, and
+configured correlation attributes (``indexes.py``). The buffer is not thread-safe: use it from the
+event loop.
 """
 
 from __future__ import annotations
@@ -15,90 +17,38 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Hashable, Iterable
-from typing import TypeVar
+from collections.abc import Callable, Collection, Iterable
 
 from tracecanary.assertions.spans import AttrValue, Span
+from tracecanary.daemon.spans.entries import (
+    RAW_SPAN_OVERHEAD_B,
+    TRACE_OVERHEAD_B,
+    Chunk,
+    Entry,
+    discard,
+    extend,
+    plain_list,
+    span_bytes,
+    trace_key,
+)
+from tracecanary.daemon.spans.indexes import CorrKey, TraceIndexes
 from tracecanary.daemon.spans.intake import IntakeClock
 from tracecanary.daemon.spans.model import BufferSettings, BufferStats
-from tracecanary.daemon.spans.otlp import (
-    RawBatch,
-    decode_request,
-    find_attribute_hits,
-    find_link_pairs,
-    parse_request,
-)
+from tracecanary.daemon.spans.otlp import RawBatch, decode_request, parse_request
+from tracecanary.daemon.spans.untracked import untrack_spans
 from tracecanary.daemon.spans.watch import Watch, index_value
 
-__all__ = ["BufferSettings", "BufferStats", "TraceBuffer"]
+__all__ = ["DECODE_NOW_SPANS", "BufferSettings", "BufferStats", "TraceBuffer"]
 
 log = logging.getLogger("tracecanary.spans.buffer")
-_K = TypeVar("_K", bound=Hashable)
-_V = TypeVar("_V", bound=Hashable)
 
-_TRACE_OVERHEAD_B = 400
-_RAW_SPAN_OVERHEAD_B = 40
-
-
-def _span_bytes(span: Span) -> int:
-    return 350 + len(span.name) + 90 * (len(span.attributes) + len(span.events) + len(span.links))
-
-
-def _trace_key(trace_id: str) -> bytes:
-    try:
-        key = bytes.fromhex(trace_id)
-    except ValueError:
-        return b""
-    return key if len(key) == 16 else b""
-
-
-_NO_LINKS: frozenset[bytes] = frozenset()
-_NO_KEYS: frozenset[str] = frozenset()
-
-
-class _Chunk:
-    """One raw protobuf batch shared by the traces whose undecoded spans it holds.
-
-    ``live`` counts those traces; when it drops to zero the chunk leaves the lazy indexes.
-    """
-
-    __slots__ = ("body", "corr_keys", "link_targets", "live")
-
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.live = 0
-        self.link_targets: set[bytes] | frozenset[bytes] = _NO_LINKS  # a set only when there are some
-        self.corr_keys: set[str] | frozenset[str] = _NO_KEYS
-
-
-class _Entry:
-    """One buffered trace. Its decoded spans are kept only while someone watches it (GC cost).
-
-    ``chunks`` hold its undecoded spans; ``decoded`` the raw batches whose spans are in ``spans``
-    (given back to ``chunks`` when the last watch goes); ``direct`` spans came decoded (no raw form).
-    The lists are created on first use: most traces never need them.
-    """
-
-    __slots__ = ("chunks", "corr", "count", "decoded", "direct", "link_targets", "nbytes", "spans")
-
-    def __init__(self) -> None:
-        self.chunks: list[_Chunk] = []
-        self.spans: list[Span] | None = None
-        self.decoded: list[_Chunk] | None = None
-        self.direct: list[Span] | None = None
-        self.count = 0
-        self.nbytes = _TRACE_OVERHEAD_B
-        self.link_targets: set[bytes] | None = None
-        self.corr: set[tuple[str, AttrValue]] | None = None
+DECODE_NOW_SPANS = 1024
+"""A trace with more undecoded spans than this, once followed, is decoded a raw batch at a time by the
+watch's next waits (a checkpoint between batches), not in the step that follows it (~7 µs a span)."""
 
 
 class TraceBuffer:
-    """Recent spans of all traces under a span/byte budget and a retention window.
-
-    Link and correlation indexes are exact but partly lazy: a raw batch is only noted as holding
-    links into some trace (read in bulk) or the bytes of a tracked attribute key; which of its traces
-    those belong to is resolved when someone asks or waits for that target or key.
-    """
+    """Recent spans of all traces under a span/byte budget and a retention window."""
 
     def __init__(
         self,
@@ -112,21 +62,15 @@ class TraceBuffer:
         self.max_bytes = max_bytes
         self.retention_s = retention_s
         self._clock = clock
-        self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._entries: OrderedDict[bytes, Entry] = OrderedDict()
         self._updated: dict[bytes, float] = {}
         self._spans = 0
         self._bytes = 0
         self._evicted_spans = 0
         self._evicted_traces = 0
         self._received = 0
-        self._tracked: dict[str, bytes] = {k: k.encode() for k in correlation_attributes}
-        self._links: dict[bytes, set[bytes]] = {}
-        self._corr: dict[tuple[str, AttrValue], set[bytes]] = {}
-        self._link_chunks: dict[bytes, set[_Chunk]] = {}
-        self._corr_chunks: dict[str, set[_Chunk]] = {}
+        self._indexes = TraceIndexes(self._entries, correlation_attributes)
         self._watch_traces: dict[bytes, set[Watch]] = {}
-        self._watch_links: dict[bytes, set[Watch]] = {}
-        self._watch_corr: dict[tuple[str, AttrValue], set[Watch]] = {}
         self.intake = IntakeClock(clock)
         """When each service last sent a span (the evidence for an ``unknown`` verdict)."""
 
@@ -141,23 +85,25 @@ class TraceBuffer:
         """Add decoded spans; returns how many were added (all of them: the buffer never refuses)."""
         groups: dict[bytes, list[Span]] = {}
         for span in spans:
-            key = _trace_key(span.trace_id)
+            key = trace_key(span.trace_id)
             if key:
                 groups.setdefault(key, []).append(span)
+        for group in groups.values():
+            untrack_spans(group)  # plain data: nothing for a full collection to find (see untracked.py)
         now = self._clock()
         self.intake.saw_spans(groups.values(), now)
         for key, group in groups.items():
             self._touch(key, now)
-            self._index_decoded(key, group)
+            self._indexes.add_decoded(key, group)
         added = 0
         for key, group in groups.items():
             entry = self._entries.get(key) or self._touch(key, now)
-            _extend(entry, group)
+            extend(entry, group)
             if entry.direct is None:
-                entry.direct = []
+                entry.direct = plain_list()
             entry.direct.extend(group)
             entry.count += len(group)
-            nbytes = sum(_span_bytes(s) for s in group)
+            nbytes = sum(span_bytes(s) for s in group)
             entry.nbytes += nbytes
             self._bytes += nbytes
             added += len(group)
@@ -179,10 +125,12 @@ class TraceBuffer:
         self.intake.saw_batch(batch, now)
         for key in counts:
             self._touch(key, now)
-        chunk = self._new_chunk(batch)
+        chunk = self._indexes.new_chunk(batch)
         watched = self._watch_traces.keys() & counts.keys() if self._watch_traces else ()
         decoded = batch.decode_by_trace(only=watched) if watched else {}
-        per_span = len(body) // batch.span_count + _RAW_SPAN_OVERHEAD_B
+        for spans in decoded.values():
+            untrack_spans(spans)
+        per_span = len(body) // batch.span_count + RAW_SPAN_OVERHEAD_B
         for key, count in counts.items():
             entry = self._entries[key]
             group = decoded.get(key)
@@ -190,9 +138,9 @@ class TraceBuffer:
                 entry.chunks.append(chunk)
                 chunk.live += 1
             else:
-                _extend(entry, group)
+                extend(entry, group)
                 if entry.decoded is None:
-                    entry.decoded = []
+                    entry.decoded = plain_list()
                 entry.decoded.append(chunk)
                 for w in tuple(self._watch_traces.get(key, ())):
                     w.deliver(group)
@@ -200,107 +148,23 @@ class TraceBuffer:
             entry.nbytes += count * per_span
         if decoded and (chunk.link_targets or chunk.corr_keys):
             for key, group in decoded.items():
-                self._index_decoded(key, group)
+                self._indexes.add_decoded(key, group)
         if chunk.live:
-            for target in chunk.link_targets:
-                self._link_chunks.setdefault(target, set()).add(chunk)
-            for attr in chunk.corr_keys:
-                self._corr_chunks.setdefault(attr, set()).add(chunk)
+            self._indexes.keep_chunk(chunk)
         self._bytes += batch.span_count * per_span
         self._spans += batch.span_count
         self._received += batch.span_count
         self._evict(now)
         return batch.span_count
 
-    def _new_chunk(self, batch: RawBatch) -> _Chunk:
-        """The batch as a chunk noting its link targets and tracked keys (resolved now when watched)."""
-        chunk = _Chunk(batch.body)
-        if batch.has_links:
-            chunk.link_targets = batch.link_targets()
-            watched_targets = chunk.link_targets.intersection(self._watch_links)
-            if watched_targets:  # the watchers must follow the linking traces at once
-                for src, target in find_link_pairs(batch.message, watched_targets):
-                    self._index_link(src, target)
-                chunk.link_targets -= watched_targets
-        if self._tracked:
-            chunk.corr_keys = {k for k, needle in self._tracked.items() if needle in batch.body} or _NO_KEYS
-            watched_keys = chunk.corr_keys.intersection(k for k, _ in self._watch_corr)
-            if watched_keys:
-                for attr, value, tid in find_attribute_hits(batch.message, watched_keys):
-                    self._index_corr(tid, attr, value)
-                chunk.corr_keys -= watched_keys
-        return chunk
-
-    def _touch(self, key: bytes, now: float) -> _Entry:
+    def _touch(self, key: bytes, now: float) -> Entry:
         entry = self._entries.get(key)
         if entry is None:
-            entry = self._entries[key] = _Entry()
+            entry = self._entries[key] = Entry()
         else:
             self._entries.move_to_end(key)
         self._updated[key] = now
         return entry
-
-    def _index_decoded(self, key: bytes, spans: Iterable[Span]) -> None:
-        """Index links and tracked attributes of decoded spans of one trace."""
-        for span in spans:
-            for link in span.links:
-                target = _trace_key(link.trace_id)
-                if target:
-                    self._index_link(key, target)
-            if self._tracked:
-                for attrs in (span.resource, span.attributes):
-                    for k in self._tracked.keys() & attrs.keys():
-                        self._index_corr(key, k, attrs[k])
-
-    def _index_link(self, src: bytes, target: bytes) -> None:
-        entry = self._entries.get(src)
-        if entry is None:
-            return  # the linking trace was evicted
-        sources = self._links.setdefault(target, set())
-        if src in sources:
-            return
-        sources.add(src)
-        if entry.link_targets is None:
-            entry.link_targets = set()
-        entry.link_targets.add(target)
-        for w in tuple(self._watch_links.get(target, ())):
-            w.follow(src)
-
-    def _index_corr(self, tid: bytes, key: str, value: AttrValue) -> None:
-        entry = self._entries.get(tid)
-        if entry is None:
-            return
-        ikey = (key, index_value(value))
-        tids = self._corr.setdefault(ikey, set())
-        if tid in tids:
-            return
-        tids.add(tid)
-        if entry.corr is None:
-            entry.corr = set()
-        entry.corr.add(ikey)
-        for w in tuple(self._watch_corr.get(ikey, ())):
-            w.follow(tid)
-
-    def _resolve_links(self, target: bytes) -> None:
-        for chunk in self._link_chunks.pop(target, ()):
-            chunk.link_targets -= {target}
-            for src, tgt in find_link_pairs(parse_request(chunk.body), (target,)):
-                self._index_link(src, tgt)
-
-    def _resolve_corr(self, key: str) -> None:
-        for chunk in self._corr_chunks.pop(key, ()):
-            chunk.corr_keys -= {key}
-            for attr, value, tid in find_attribute_hits(parse_request(chunk.body), (key,)):
-                self._index_corr(tid, attr, value)
-
-    def _release(self, chunk: _Chunk) -> None:
-        chunk.live -= 1
-        if chunk.live:
-            return
-        for target in chunk.link_targets:
-            _discard(self._link_chunks, target, chunk)
-        for attr in chunk.corr_keys:
-            _discard(self._corr_chunks, attr, chunk)
 
     # ------------------------------------------------------------------ eviction
 
@@ -315,15 +179,10 @@ class TraceBuffer:
             key, entry = entries.popitem(last=False)
             del self._updated[key]
             self._spans -= entry.count
-            self._bytes -= entry.nbytes - _TRACE_OVERHEAD_B
+            self._bytes -= entry.nbytes - TRACE_OVERHEAD_B
             self._evicted_spans += entry.count
             self._evicted_traces += 1
-            for chunk in entry.chunks:
-                self._release(chunk)
-            for target in entry.link_targets or ():
-                _discard(self._links, target, key)
-            for ikey in entry.corr or ():
-                _discard(self._corr, ikey, key)
+            self._indexes.evicted(key, entry)
 
     def expire(self) -> None:
         """Evict traces past the retention window now (ingest does this too)."""
@@ -331,29 +190,37 @@ class TraceBuffer:
 
     # ------------------------------------------------------------------ reads
 
-    def _materialize(self, key: bytes) -> list[Span]:
-        """The decoded spans of a trace; they stay decoded only while the trace is watched."""
+    def _materialize(self, key: bytes) -> tuple[list[Span], list[Span]]:
+        """The decoded spans of a trace, and those of them decoded just now (from all its raw batches).
+
+        They stay decoded only while the trace is watched.
+        """
         entry = self._entries.get(key)
         if entry is None:
-            return []
-        if entry.chunks:
-            only = {key}
-            decoded: list[Span] = []
-            chunks = list(dict.fromkeys(entry.chunks))  # a chunk once, even if listed twice
-            for chunk in chunks:
-                decoded.extend(decode_request(parse_request(chunk.body), only, lazy=True, validated=True).spans)
-            for chunk in entry.chunks:
-                self._release(chunk)
-            entry.chunks = []
-            _extend(entry, decoded)
-            if entry.decoded is None:
-                entry.decoded = []
-            entry.decoded.extend(chunks)
-            self._index_decoded(key, decoded)
+            return [], []
+        fresh = self._decode_raw(key, entry, list(entry.chunks)) if entry.chunks else []
         spans = list(entry.spans or ())
         if key not in self._watch_traces:
             self._demote(key)
-        return spans
+        return spans, fresh
+
+    def _decode_raw(self, key: bytes, entry: Entry, chunks: list[Chunk]) -> list[Span]:
+        """Decode the trace's spans in ``chunks`` (some or all of ``entry.chunks``): raw → decoded."""
+        only = {key}
+        decoded: list[Span] = []
+        unique = list(dict.fromkeys(chunks))  # a chunk once, even if listed twice
+        for chunk in unique:
+            decoded.extend(decode_request(parse_request(chunk.body), only, lazy=True, validated=True).spans)
+        untrack_spans(decoded)
+        for chunk in chunks:
+            self._indexes.release(chunk)
+        entry.chunks[:] = [c for c in entry.chunks if c not in unique] if len(chunks) < len(entry.chunks) else []
+        extend(entry, decoded)
+        if entry.decoded is None:
+            entry.decoded = plain_list()
+        entry.decoded.extend(unique)
+        self._indexes.add_decoded(key, decoded)
+        return decoded
 
     def _demote(self, key: bytes) -> None:
         """Drop a trace's spans decoded from raw batches (back to those batches): nobody watches it."""
@@ -364,41 +231,32 @@ class TraceBuffer:
             chunk.live += 1
         entry.chunks.extend(entry.decoded)
         entry.decoded = None
-        entry.spans = list(entry.direct) if entry.direct else None
+        entry.spans = None
+        if entry.direct:
+            extend(entry, entry.direct)
 
     def trace(self, trace_id: str) -> list[Span]:
         """The buffered spans of a trace (a duplicate span id keeps its latest copy)."""
-        spans = self._materialize(_trace_key(trace_id))
+        key = trace_key(trace_id)
+        spans, fresh = self._materialize(key)
+        for w in tuple(self._watch_traces.get(key, ())):  # watches still decoding this trace's backlog
+            w.deliver(fresh)
         return list({s.span_id: s for s in spans}.values())
 
     def linking_traces(self, trace_id: str) -> set[str]:
         """Ids of buffered traces that hold a span with a link into ``trace_id``."""
-        return {k.hex() for k in self._sources_linking(_trace_key(trace_id))}
+        return {k.hex() for k in self._indexes.sources_linking(trace_key(trace_id))}
 
     def traces_with_attribute(self, key: str, value: AttrValue) -> set[str]:
         """Ids of traces with a span (or resource) attribute ``key`` equal to ``value``.
 
         Only keys in ``correlation_attributes`` or added with :meth:`track_attribute` are indexed.
         """
-        return {k.hex() for k in self._traces_correlated((key, index_value(value)))}
+        return {k.hex() for k in self._indexes.traces_correlated((key, index_value(value)))}
 
     def track_attribute(self, key: str) -> None:
         """Index one more correlation attribute, including for spans already buffered."""
-        if key in self._tracked:
-            return
-        needle = self._tracked[key] = key.encode()
-        seen: set[int] = set()
-        for tid, entry in list(self._entries.items()):
-            for chunk in entry.chunks:
-                if id(chunk) not in seen:
-                    seen.add(id(chunk))
-                    if needle in chunk.body:
-                        chunk.corr_keys = chunk.corr_keys | {key}
-                        self._corr_chunks.setdefault(key, set()).add(chunk)
-            for span in entry.spans or ():
-                for attrs in (span.resource, span.attributes):
-                    if key in attrs:
-                        self._index_corr(tid, key, attrs[key])
+        self._indexes.track_attribute(key)
 
     def watch(self) -> Watch:
         """A waiter for spans of chosen traces; use as ``with buffer.watch() as w: …``."""
@@ -407,7 +265,7 @@ class TraceBuffer:
     def stats(self) -> BufferStats:
         return BufferStats(
             spans=self._spans,
-            bytes=self._bytes + _TRACE_OVERHEAD_B * len(self._entries),
+            bytes=self._bytes + TRACE_OVERHEAD_B * len(self._entries),
             traces=len(self._entries),
             evicted_spans=self._evicted_spans,
             evicted_traces=self._evicted_traces,
@@ -417,51 +275,52 @@ class TraceBuffer:
     # ------------------------------------------------------------------ Watch registration
 
     def follow_trace(self, watch: Watch, key: bytes) -> list[Span]:
-        """Deliver spans of trace ``key`` (raw 16-byte id) to ``watch``; returns those buffered now."""
+        """Deliver spans of trace ``key`` (raw 16-byte id) to ``watch``; returns those decoded now.
+
+        A trace with more than ``DECODE_NOW_SPANS`` undecoded spans is left to the watch's backlog
+        (:meth:`decode_backlog`, from its next waits).
+        """
+        entry = self._entries.get(key)
+        others = tuple(self._watch_traces.get(key, ()))
         self._watch_traces.setdefault(key, set()).add(watch)
-        return self._materialize(key)
+        if entry is not None and entry.raw_spans > DECODE_NOW_SPANS:
+            watch.note_backlog(key)
+            return list(entry.spans or ())
+        spans, fresh = self._materialize(key)
+        for w in others:  # watches still decoding this trace's backlog
+            w.deliver(fresh)
+        return spans
+
+    def decode_backlog(self, key: bytes) -> bool:
+        """Decode one more raw batch of a followed trace and deliver its spans to the trace's watches;
+        False when none is left (or nobody follows it any more)."""
+        entry = self._entries.get(key)
+        if entry is None or not entry.chunks or key not in self._watch_traces:
+            return False
+        first = entry.chunks[0]
+        decoded = self._decode_raw(key, entry, [c for c in entry.chunks if c is first])
+        for w in tuple(self._watch_traces.get(key, ())):
+            w.deliver(decoded)
+        return True
 
     def follow_links(self, watch: Watch, target: bytes) -> set[bytes]:
         """Tell ``watch`` of traces linking into ``target``; returns those buffered now."""
-        self._watch_links.setdefault(target, set()).add(watch)
-        return self._sources_linking(target)
+        self._indexes.watch_links.setdefault(target, set()).add(watch)
+        return self._indexes.sources_linking(target)
 
-    def follow_correlation(self, watch: Watch, ikey: tuple[str, AttrValue]) -> set[bytes]:
+    def follow_correlation(self, watch: Watch, ikey: CorrKey) -> set[bytes]:
         """Tell ``watch`` of traces with the indexed attribute ``ikey``; returns those buffered now."""
-        self._watch_corr.setdefault(ikey, set()).add(watch)
-        return self._traces_correlated(ikey)
+        self._indexes.watch_corr.setdefault(ikey, set()).add(watch)
+        return self._indexes.traces_correlated(ikey)
 
     def unfollow(self, watch: Watch, traces: Collection[bytes], link_targets: Iterable[bytes],
-                 correlations: Iterable[tuple[str, AttrValue]]) -> None:
-        """Forget ``watch``; a trace nobody follows any more goes back to its raw batches (fewer GC objects)."""
+                 correlations: Iterable[CorrKey]) -> None:
+        """Forget ``watch``; a trace nobody follows any more goes back to its raw batches."""
         for key in traces:
-            _discard(self._watch_traces, key, watch)
-        for target in link_targets:
-            _discard(self._watch_links, target, watch)
-        for ikey in correlations:
-            _discard(self._watch_corr, ikey, watch)
+            discard(self._watch_traces, key, watch)
+        self._indexes.unfollow(watch, link_targets, correlations)
         for key in traces:
             if key not in self._watch_traces:
                 self._demote(key)
 
-    def _sources_linking(self, target: bytes) -> set[bytes]:
-        self._resolve_links(target)
-        return set(self._links.get(target, ()))
 
-    def _traces_correlated(self, ikey: tuple[str, AttrValue]) -> set[bytes]:
-        self._resolve_corr(ikey[0])
-        return set(self._corr.get(ikey, ()))
-
-
-def _extend(entry: _Entry, spans: list[Span]) -> None:
-    if entry.spans is None:
-        entry.spans = []
-    entry.spans.extend(spans)
-
-
-def _discard(index: dict[_K, set[_V]], key: _K, value: _V) -> None:
-    values = index.get(key)
-    if values is not None:
-        values.discard(value)
-        if not values:
-            del index[key]

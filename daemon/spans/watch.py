@@ -4,7 +4,8 @@ A watch follows whole traces. A trace is followed once it is added with :meth:`W
 once it holds a span linking into a trace given to :meth:`Watch.add_links_to`, or once it carries a
 span (or resource) attribute given to :meth:`Watch.add_correlation`. Following a trace delivers its
 spans already buffered and then every later span as it arrives, so nothing that arrives between two
-:meth:`Watch.wait` calls (or before the watch was set up) is missed.
+:meth:`Watch.wait` calls (or before the watch was set up) is missed. A trace followed with thousands of
+spans still undecoded is decoded by the next :meth:`Watch.wait`, a raw batch per step of the event loop.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 
 from tracecanary.assertions.spans import AttrValue, Span
+from tracecanary.daemon.spans.untracked import untrack
 
 if TYPE_CHECKING:
     from tracecanary.daemon.spans.buffer import TraceBuffer
@@ -31,6 +34,13 @@ def index_value(value: AttrValue) -> AttrValue:
     if isinstance(value, bytes):
         return value.hex()
     return repr(value)
+
+
+def _span_list() -> list[Span]:
+    """A list for spans only, out of the cyclic GC's lists (a run may have thousands queued: untracked.py)."""
+    spans: list[Span] = []
+    untrack(spans)
+    return spans
 
 
 def _key(trace_id: str) -> bytes:
@@ -51,7 +61,9 @@ class Watch:
         self._followed: set[bytes] = set()
         self._link_targets: set[bytes] = set()
         self._correlations: set[tuple[str, AttrValue]] = set()
-        self._pending: list[Span] = []
+        self._pending: list[Span] = _span_list()
+        self._backlog: dict[bytes, None] = {}
+        """Followed traces whose buffered spans are still to decode (``TraceBuffer.follow_trace``), in order."""
         self._event: anyio.Event | None = None
         self._closed = False
         self.last_delivery_s: float | None = None
@@ -98,6 +110,10 @@ class Watch:
         self._followed.add(key)
         self.deliver(self._buffer.follow_trace(self, key))
 
+    def note_backlog(self, key: bytes) -> None:
+        """Trace ``key`` was followed with many spans undecoded: :meth:`wait` decodes them, a batch at a time."""
+        self._backlog[key] = None
+
     def deliver(self, spans: list[Span]) -> None:
         """Queue spans for the next :meth:`wait` and wake it."""
         if not spans or self._closed:
@@ -114,8 +130,15 @@ class Watch:
         """Spans that arrived for followed traces since the last call.
 
         Returns at once when some are queued; otherwise waits up to ``timeout_s`` for the first one
-        and returns ``[]`` on timeout.
+        and returns ``[]`` on timeout. A followed trace's backlog is decoded first, one raw batch per
+        step of the event loop.
         """
+        while self._backlog and not self._closed:
+            key = next(iter(self._backlog))
+            if self._buffer.decode_backlog(key):
+                await anyio.lowlevel.checkpoint()
+            else:
+                del self._backlog[key]
         if not self._pending and timeout_s > 0:
             self._event = anyio.Event()
             try:
@@ -123,7 +146,7 @@ class Watch:
                     await self._event.wait()
             finally:
                 self._event = None
-        spans, self._pending = self._pending, []
+        spans, self._pending = self._pending, _span_list()
         return spans
 
     def close(self) -> None:
@@ -132,4 +155,5 @@ class Watch:
             return
         self._closed = True
         self._buffer.unfollow(self, self._followed, self._link_targets, self._correlations)
-        self._pending = []
+        self._pending = _span_list()
+        self._backlog.clear()

@@ -1,15 +1,17 @@
-"""TraceBuffer keeps decoded spans only while a trace is watched (fewer objects for the GC)."""
+"""TraceBuffer keeps decoded spans only while a trace is watched, out of the cyclic GC's lists."""
 
 from __future__ import annotations
 
 import gc
 import os
+import tracemalloc
 
 import pytest
 
 from tracecanary.assertions.spans import Span, SpanLink
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.otlp import RawBatch, encode_request, scan_protobuf
+from tracecanary.daemon.spans.untracked import UNTRACKING
 
 
 def tid() -> str:
@@ -79,25 +81,34 @@ async def test_indexes_and_eviction_stay_exact_after_demotion() -> None:
         buf.add_batch(raw([span(tid(), "a"), span(tid(), "b")]))
     assert buf.stats().evicted_traces >= 2
     assert buf.linking_traces(target) == set() and buf.traces_with_attribute("job.id", "J1") == set()
-    assert not buf._link_chunks and not buf._corr_chunks
+    assert not buf._indexes.link_chunks and not buf._indexes.corr_chunks
 
 
 @pytest.mark.anyio
-async def test_closing_watches_releases_the_decoded_objects() -> None:
+async def test_watched_spans_cost_the_collector_nothing_and_closing_releases_them() -> None:
     buf = TraceBuffer()
     batches = [raw([span(t, f"s{i}", attributes={"i": i}) for i in range(16)]) for t in (tid() for _ in range(20))]
     traces = [b.decode()[0].trace_id for b in batches]
-    gc.collect()
-    before = len(gc.get_objects())
-    with buf.watch() as w:
-        for t in traces:
-            w.add_trace(t)
-        for b in batches:
-            buf.add_batch(b)
-        assert len(await w.wait(1)) == 320
+    tracemalloc.start()
+    try:
         gc.collect()
-        watched = len(gc.get_objects())
-    gc.collect()
-    after = len(gc.get_objects())
-    assert watched - before >= 320 * 2  # a Span and its lazy attributes per decoded span
-    assert after - before <= 20 * 6  # back to the raw batches: a few objects per trace and batch
+        before, mem_before = len(gc.get_objects()), tracemalloc.get_traced_memory()[0]
+        with buf.watch() as w:
+            for t in traces:
+                w.add_trace(t)
+            for b in batches:
+                buf.add_batch(b)
+            got = await w.wait(1)
+            assert len(got) == 320 and got[0].attributes == {"i": 0}
+            if UNTRACKING:  # plain data, out of the collector's lists (untracked.py)
+                assert not any(gc.is_tracked(s) or gc.is_tracked(s.attributes) for s in got)
+            del got
+            gc.collect()
+            watched, mem_watched = len(gc.get_objects()), tracemalloc.get_traced_memory()[0]
+        gc.collect()
+        mem_after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert watched - before <= 20 * 8  # a few tracked objects per trace and batch, none per decoded span
+    assert mem_watched - mem_before >= 320 * 100  # the decoded spans
+    assert mem_after - mem_before <= (mem_watched - mem_before) / 4  # back to the raw batches
