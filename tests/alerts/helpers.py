@@ -52,7 +52,7 @@ class Clock:
         return self.now_s
 
 
-async def settled(mgr: AlertManager, timeout_s: float = 5.0) -> None:
+async def settled(mgr: AlertManager, timeout_s: float = 20.0) -> None:
     """Bounded wait until the manager has nothing queued or in flight."""
     with anyio.fail_after(timeout_s):
         await mgr.wait_idle()

@@ -1,4 +1,8 @@
-"""Property tests: generated traces against derived and proposed expectations."""
+"""Property tests: generated traces against derived and proposed expectations.
+
+Derandomized: the same generated examples every run, so CI never fails on a rare example it found by
+chance (run with a random seed locally to explore: remove ``derandomize`` or set HYPOTHESIS_SEED).
+"""
 
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ def _without(spans: list[Span], victim: Span) -> list[Span]:
     return [s for s in spans if s.span_id != victim.span_id]
 
 
-@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(_trees(), st.booleans())
 def test_generated_trace_satisfies_derived_expectation(tree: Tree, reverse: bool) -> None:
     """Siblings listed in any order still match: the matcher is not first-fit."""
@@ -64,7 +68,7 @@ def test_generated_trace_satisfies_derived_expectation(tree: Tree, reverse: bool
     assert state.verdict == Verdict.PASS, [str(f) for f in state.findings]
 
 
-@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(_trees(max_leaves=8), st.randoms(use_true_random=False))
 def test_removing_any_span_fails_and_names_its_node(tree: Tree, rnd: random.Random) -> None:
     root = _root(tree)
@@ -92,7 +96,7 @@ def _chain(root: Tree, path: str) -> list[str]:
     return names
 
 
-@settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(_trees(max_leaves=10), st.randoms(use_true_random=False))
 def test_incremental_equals_offline_in_any_arrival_order(tree: Tree, rnd: random.Random) -> None:
     root = _root(tree)
@@ -145,7 +149,7 @@ def _ancestors(span: Span, spans: list[Span]) -> list[Span]:
     return out
 
 
-@settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(_trees(max_leaves=8), st.integers(1, 3), st.randoms(use_true_random=False))
 def test_proposal_passes_examples_and_requires_every_common_span(
         tree: Tree, n: int, rnd: random.Random) -> None:

@@ -64,6 +64,26 @@ async def _probes(s: aiohttp.ClientSession, base: str) -> dict[str, dict[str, An
         return {}
 
 
+async def _run_now(s: aiohttp.ClientSession, base: str, probe_id: str) -> None:
+    """POST run-now; a 409 (a scheduled run of the probe is in flight: overlap skip) is retried, bounded."""
+    with anyio.fail_after(40):
+        while True:
+            async with s.post(f"{base}/api/probes/{probe_id}/run", json={}) as r:
+                if r.status == 202:
+                    return
+                assert r.status == 409, (r.status, await r.text())
+            await anyio.sleep(0.25)
+
+
+async def _idle(base: str, probe_id: str) -> None:
+    """Bounded wait until the probe has no run in flight."""
+    async with aiohttp.ClientSession() as s:
+        with anyio.fail_after(40):
+            while (last := (await _probes(s, base)).get(probe_id, {}).get("last_run")) and \
+                    last.get("status") == "running":
+                await anyio.sleep(0.1)
+
+
 async def _alerts(slack: AsyncWebClient, channel: str, event: str) -> list[dict[str, Any]]:
     """Alert messages (top level and in threads) for shop-webhook carrying ``event`` in their metadata."""
     history = await slack.conversations_history(channel=channel, include_all_metadata=True)
@@ -94,8 +114,7 @@ async def test_demo_green_then_chaos_then_recovery(daemon: Daemon, browser: Any)
             while not (probes := await _probes(s, daemon.base)):
                 await anyio.sleep(0.1)
         for probe_id in probes:  # fire every probe now instead of waiting for its scheduled phase
-            async with s.post(f"{daemon.base}/api/probes/{probe_id}/run", json={}) as r:
-                assert r.status == 202
+            await _run_now(s, daemon.base, probe_id)
         with anyio.fail_after(40):
             while True:
                 probes = await _probes(s, daemon.base)
@@ -108,6 +127,7 @@ async def test_demo_green_then_chaos_then_recovery(daemon: Daemon, browser: Any)
     assert await page.locator("#probes tbody tr.s-ok").count() == len(probes) == 6
 
     await daemon.world.set_fault("drop-span")
+    await _idle(daemon.base, "shop-webhook")  # a scheduled run in flight would refuse the click (overlap: skip)
     await page.locator('tr[data-probe="shop-webhook"] button.run-again').click()
     await page.wait_for_url("**/runs/*")
     await page.wait_for_function("document.querySelector('#run-verdict')?.innerText === 'fail'", timeout=30_000)
@@ -122,6 +142,7 @@ async def test_demo_green_then_chaos_then_recovery(daemon: Daemon, browser: Any)
     assert "shop-webhook" in firing["text"]
 
     await daemon.world.set_fault(None)
+    await _idle(daemon.base, "shop-webhook")
     await page.locator("button.run-again").click()
     await page.wait_for_function("document.querySelector('#run-verdict')?.innerText === 'pass'", timeout=30_000)
     recovered = await _wait_alert(daemon.world, "recovered")
