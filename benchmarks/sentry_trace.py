@@ -25,7 +25,7 @@ from sentry_sdk.envelope import Envelope, Item, PayloadRef
 from tracecanary.daemon.spans.sentry import SentryTraceSource
 from tracecanary.daemon.spans.sentry_convert import convert_trace
 from tracecanary.demo.emulators.sentry import SentryEmulator
-from tracecanary.demo.emulators.sentry_store import trace_view
+from tracecanary.demo.emulators.sentry_views import trace_view
 from tracecanary.integrations import SentryIntegration
 
 
