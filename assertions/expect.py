@@ -7,12 +7,15 @@ into matchers; ``judge.py`` runs them against arriving spans.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tracecanary.assertions.crossfield import cross_field_rule
 from tracecanary.assertions.match import Matcher, coerce_matcher
-from tracecanary.assertions.units import Duration
+from tracecanary.assertions.selectors import parse_assertion, parse_selector
+from tracecanary.assertions.units import Duration, parse_duration_s
 
 NamePattern = str | Matcher
 """A span or service name: exact, glob with ``*``, or an operator map such as ``{matches: regex}``."""
@@ -48,6 +51,33 @@ class EventSpec(_Strict):
     _attrs = field_validator("attributes")(classmethod(lambda cls, v: _validate_matchers(v)))
 
 
+def _count_bounds(fields: Mapping[str, Any]) -> tuple[int, int | None]:
+    """(minimum, maximum or None) of a count range; a bound that is not an integer is left out."""
+    def bound(name: str) -> int | None:
+        value = fields.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    lo, hi = 0, None
+    equals, gt, gte, lt = bound("equals"), bound("gt"), bound("gte"), bound("lt")
+    if equals is not None:
+        lo, hi = equals, equals
+    if gt is not None:
+        lo = max(lo, gt + 1)
+    if gte is not None:
+        lo = max(lo, gte)
+    for cap in (None if lt is None else lt - 1, bound("lte")):
+        if cap is not None:
+            hi = cap if hi is None else min(hi, cap)
+    return lo, hi
+
+
+def _count_problem(fields: Mapping[str, Any]) -> str | None:
+    if not fields:
+        return "empty count: expected an integer or one of equals, gt, gte, lt, lte"
+    lo, hi = _count_bounds(fields)
+    return f"count range is empty: at least {lo}, at most {hi}" if hi is not None and lo > hi else None
+
+
 class CountRange(_Strict):
     """How many distinct spans may satisfy a node: any of ``equals``, ``gt``, ``gte``, ``lt``, ``lte``."""
 
@@ -57,34 +87,29 @@ class CountRange(_Strict):
     lt: int | None = Field(None, ge=1, description="Fewer than this many.")
     lte: int | None = Field(None, ge=0, description="At most this many.")
 
-    @model_validator(mode="after")
-    def _bounds(self) -> CountRange:
-        if not self.model_fields_set:
-            raise ValueError("empty count: expected an integer or one of equals, gt, gte, lt, lte")
-        lo, hi = self.bounds()
-        if hi is not None and lo > hi:
-            raise ValueError(f"count range is empty: at least {lo}, at most {hi}")
-        return self
+    _bounds = cross_field_rule(_count_problem)
 
     def bounds(self) -> tuple[int, int | None]:
         """(minimum, maximum or None) spans."""
-        lo, hi = 0, None
-        if self.equals is not None:
-            lo, hi = self.equals, self.equals
-        if self.gt is not None:
-            lo = max(lo, self.gt + 1)
-        if self.gte is not None:
-            lo = max(lo, self.gte)
-        for cap in (None if self.lt is None else self.lt - 1, self.lte):
-            if cap is not None:
-                hi = cap if hi is None else min(hi, cap)
-        return lo, hi
+        return _count_bounds({"equals": self.equals, "gt": self.gt, "gte": self.gte, "lt": self.lt, "lte": self.lte})
 
 
 class NodeDegraded(_Strict):
     """Soft thresholds on a node: over them the run is ``degraded`` (still a pass)."""
 
     max_duration: Duration | None = Field(None, description="Matched span longer than this → degraded.")
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        return parse_duration_s(value)
+    except ValueError:
+        return None  # absent, or a field error of its own
+
+
+def _durations_problem(fields: Mapping[str, Any]) -> str | None:
+    lo, hi = _seconds(fields.get("min_duration")), _seconds(fields.get("max_duration"))
+    return f"min_duration {lo:g}s exceeds max_duration {hi:g}s" if lo is not None and hi is not None and lo > hi else None
 
 
 class SpanConstraint(_Strict):
@@ -108,12 +133,7 @@ class SpanConstraint(_Strict):
 
     _attrs = field_validator("attributes", "resource")(classmethod(lambda cls, v: _validate_matchers(v)))
 
-    @model_validator(mode="after")
-    def _durations(self) -> SpanConstraint:
-        lo, hi = self.min_duration, self.max_duration
-        if lo is not None and hi is not None and lo > hi:
-            raise ValueError(f"min_duration {lo:g}s exceeds max_duration {hi:g}s")
-        return self
+    _durations = cross_field_rule(_durations_problem)
 
 
 class SpanNode(SpanConstraint):
@@ -172,6 +192,17 @@ class Correlate(_Strict):
     equals: str = Field(description="The value; templated per run, e.g. \"{{ steps.create.json.id }}\".")
 
 
+def _valid_selector(text: str) -> str:
+    parse_selector(text)
+    return text
+
+
+def _valid_assertions(texts: list[str]) -> list[str]:
+    for text in texts:
+        parse_assertion(text)
+    return texts
+
+
 class Check(_Strict):
     """A Tracetest-style check: a selector and assertions that every selected span must satisfy."""
 
@@ -181,14 +212,8 @@ class Check(_Strict):
         alias="assert", min_length=1, description="Assertions: 'attr:http.status_code = 200', 'count >= 1'."
     )
 
-    @model_validator(mode="after")
-    def _parse(self) -> Check:
-        from tracecanary.assertions.selectors import parse_assertion, parse_selector
-
-        parse_selector(self.select)
-        for a in self.assert_:
-            parse_assertion(a)
-        return self
+    _select = field_validator("select")(classmethod(lambda cls, v: _valid_selector(v)))
+    _assert = field_validator("assert_")(classmethod(lambda cls, v: _valid_assertions(v)))
 
 
 class TracetestSpec(_Strict):
@@ -198,14 +223,8 @@ class TracetestSpec(_Strict):
     selector: str = Field("", description="Tracetest selector; empty selects every span.")
     assertions: list[str] = Field(min_length=1, description="Tracetest assertions.")
 
-    @model_validator(mode="after")
-    def _parse(self) -> TracetestSpec:
-        from tracecanary.assertions.selectors import parse_assertion, parse_selector
-
-        parse_selector(self.selector)
-        for a in self.assertions:
-            parse_assertion(a)
-        return self
+    _selector = field_validator("selector")(classmethod(lambda cls, v: _valid_selector(v)))
+    _assertions = field_validator("assertions")(classmethod(lambda cls, v: _valid_assertions(v)))
 
 
 class TraceExpectation(BaseModel):

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from tracecanary.assertions.crossfield import cross_field_rule
 from tracecanary.assertions.match import check
 from tracecanary.assertions.response import select_json
 from tracecanary.assertions.units import Duration
@@ -127,11 +128,9 @@ class GithubReview(_Strict):
                                                  "case: webhooks send it lowercase, the REST API uppercase.")
     body: Any = Field(None, description="Matcher for the review body.")
 
-    @model_validator(mode="after")
-    def _known_state(self) -> GithubReview:
-        if self.state is not None and self.state.upper() not in REVIEW_STATES:
-            raise ValueError(f"review.state {self.state!r} is not one of {', '.join(REVIEW_STATES)}")
-        return self
+    _known_state = cross_field_rule(
+        lambda fields: f"review.state {state!r} is not one of {', '.join(REVIEW_STATES)}"
+        if isinstance(state := fields.get("state"), str) and state.upper() not in REVIEW_STATES else None)
 
 
 def review_state(item: Mapping[str, Any]) -> str:
@@ -157,15 +156,16 @@ class GithubEffect(_EffectBase):
     review: GithubReview | None = None
     check_run: GithubCheckRun | None = None
 
-    @model_validator(mode="after")
-    def _target(self) -> GithubEffect:
-        if (self.pull is None) == (self.issue is None):
-            raise ValueError("a github side effect names exactly one of pull, issue")
-        if "/" not in self.repo:
-            raise ValueError(f"repo {self.repo!r}: expected owner/name")
-        if self.issue is not None and (self.review is not None or self.check_run is not None):
-            raise ValueError("review and check_run need a pull, not an issue")
-        return self
+    _target = cross_field_rule(
+        lambda fields: "a github side effect names exactly one of pull, issue"
+        if (fields.get("pull") is None) == (fields.get("issue") is None) else None)
+    _repo = cross_field_rule(
+        lambda fields: f"repo {repo!r}: expected owner/name"
+        if isinstance(repo := fields.get("repo"), str) and "/" not in repo else None)
+    _pull_only = cross_field_rule(
+        lambda fields: "review and check_run need a pull, not an issue"
+        if fields.get("issue") is not None and fields.get("pull") is None
+        and (fields.get("review") is not None or fields.get("check_run") is not None) else None)
 
 
 def _github_wants(effect: GithubEffect) -> list[str]:
@@ -447,12 +447,9 @@ class SideEffect(_Strict):
     http: HttpEffect | None = None
     sentry: SentryEffect | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> SideEffect:
-        set_ = [k for k in EFFECT_KINDS if getattr(self, k) is not None]
-        if len(set_) != 1:
-            raise ValueError(f"a side effect names exactly one of {', '.join(EFFECT_KINDS)}; got {set_ or 'none'}")
-        return self
+    _exactly_one = cross_field_rule(
+        lambda fields: None if len(set_ := [k for k in EFFECT_KINDS if fields.get(k) is not None]) == 1
+        else f"a side effect names exactly one of {', '.join(EFFECT_KINDS)}; got {set_ or 'none'}")
 
     @property
     def kind(self) -> EffectKind:

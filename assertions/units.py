@@ -101,7 +101,7 @@ def _valid_timezone(value: Any) -> str:
         raise ValueError(f"unknown timezone {value!r}")
     try:
         ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as e:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as e:  # OSError: "America" is a directory of zones
         raise ValueError(f"unknown timezone {value!r}") from e
     return value
 

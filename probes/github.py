@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import json as jsonlib
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
-from tracecanary.model import CREDENTIAL, HEADERS_CREDENTIAL, StrictModel
+from tracecanary.model import CREDENTIAL, HEADERS_CREDENTIAL, StrictModel, cross_field_rule
 from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec
 from tracecanary.probes.github_payloads import (
     ACTIONS,
@@ -45,6 +46,18 @@ def delivery_id(run_id: str) -> str:
         return str(uuid.uuid5(_DELIVERY_NAMESPACE, run_id))
 
 
+def _action_fits_event(fields: Mapping[str, Any]) -> str | None:
+    event, action = fields.get("event"), fields.get("action")
+    if not isinstance(event, str) or event not in ACTIONS or not isinstance(action, str):
+        return None  # no action, or a field error of its own
+    allowed = ACTIONS[event]
+    if action in allowed:
+        return None
+    if not allowed:
+        return f"event {event} takes no action; got {action!r}"
+    return f"action {action!r} is not one of {', '.join(allowed)} for event {event}"
+
+
 class GithubDelivery(StrictModel):
     """One webhook delivery; ``payload`` overrides are deep-merged into the generated event."""
 
@@ -65,14 +78,7 @@ class GithubDelivery(StrictModel):
         default_factory=dict, description="Extra headers (templated); their values are masked like credentials.")
     timeout: Duration | None = Field(None, description="Request timeout (default: the run's remaining time).")
 
-    @model_validator(mode="after")
-    def _action_fits_event(self) -> GithubDelivery:
-        allowed = ACTIONS[self.event]
-        if self.action is not None and self.action not in allowed:
-            if not allowed:
-                raise ValueError(f"event {self.event} takes no action; got {self.action!r}")
-            raise ValueError(f"action {self.action!r} is not one of {', '.join(allowed)} for event {self.event}")
-        return self
+    _action_fits_event = cross_field_rule(_action_fits_event)
 
     def build(self, ctx: ProbeContext) -> dict[str, Any]:
         """The rendered payload (with overrides), validated against GitHub's required fields."""

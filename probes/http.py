@@ -68,8 +68,8 @@ class PreparedRequest:
     max_redirects: int = 10
 
 
-def _one_body(raw: Mapping[str, Any]) -> str | None:
-    given = [n for n in ("json", "body", "form") if raw.get(n, raw.get(f"{n}_")) is not None]
+def _one_body(fields: Mapping[str, Any]) -> str | None:
+    given = [n for n in ("json", "body", "form") if fields.get("json_" if n == "json" else n) is not None]
     return f"request takes at most one of json, body, form; got {', '.join(given)}" if len(given) > 1 else None
 
 

@@ -9,14 +9,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Callable
-from typing import Annotated, Literal
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from tracecanary.model import CREDENTIAL, StrictModel
+from tracecanary.model import CREDENTIAL, StrictModel, cross_field_rule
 
 Algorithm = Literal["sha1", "sha256", "sha512"]
+
+
+def _hmac_fields(fields: Mapping[str, Any]) -> str | None:
+    scheme = fields.get("scheme")
+    if scheme == "hmac" and not fields.get("header"):
+        return "sign.header is required for scheme hmac"
+    if scheme in ("github", "slack") and any(fields.get(n) for n in ("header", "prefix", "timestamp_header")):
+        return f"sign.header/prefix/timestamp_header only apply to scheme hmac, not {scheme}"
+    return None
 
 
 class SignSpec(StrictModel):
@@ -31,13 +40,7 @@ class SignSpec(StrictModel):
         None, description="hmac: also send the unix time in this header and sign \"{ts}.{body}\"."
     )
 
-    @model_validator(mode="after")
-    def _hmac_needs_header(self) -> SignSpec:
-        if self.scheme == "hmac" and not self.header:
-            raise ValueError("sign.header is required for scheme hmac")
-        if self.scheme != "hmac" and (self.header or self.prefix or self.timestamp_header):
-            raise ValueError(f"sign.header/prefix/timestamp_header only apply to scheme hmac, not {self.scheme}")
-        return self
+    _hmac_needs_header = cross_field_rule(_hmac_fields)
 
 
 def hmac_hex(secret: str, message: bytes, algorithm: Algorithm = "sha256") -> str:

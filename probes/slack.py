@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import aiohttp
 import anyio
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
@@ -30,7 +31,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from tracecanary.assertions.units import Duration
 from tracecanary.errors import ProbeError
-from tracecanary.model import StrictModel
+from tracecanary.model import StrictModel, cross_field_rule
 from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec, ResponseSummary
 from tracecanary.probes.signing import slack_signature
 
@@ -76,6 +77,15 @@ def slack_client(token: str | None, base_url: str, *, max_retries: int = 3,
     )
 
 
+def _deliver_target(fields: Mapping[str, Any]) -> str | None:
+    deliver, events_api = fields.get("deliver", "post"), fields.get("events_api")
+    if deliver == "events_api" and events_api is None:
+        return "deliver: events_api needs events_api: {url, team_id, api_app_id}"
+    if deliver == "post" and events_api is not None:
+        return "events_api is only used with deliver: events_api"
+    return None
+
+
 class SlackMentionProbe(ProbeSpec):
     """Mention a bot in Slack and (with a slack side effect) wait for its reply."""
 
@@ -92,13 +102,7 @@ class SlackMentionProbe(ProbeSpec):
 
     _pacer: ChannelPacer = PrivateAttr(default_factory=ChannelPacer)
 
-    @model_validator(mode="after")
-    def _deliver_target(self) -> SlackMentionProbe:
-        if self.deliver == "events_api" and self.events_api is None:
-            raise ValueError("deliver: events_api needs events_api: {url, team_id, api_app_id}")
-        if self.deliver == "post" and self.events_api is not None:
-            raise ValueError("events_api is only used with deliver: events_api")
-        return self
+    _deliver_target = cross_field_rule(_deliver_target)
 
     def _text(self, ctx: ProbeContext) -> str:
         return f"<@{self.bot_user_id}> {ctx.render(self.text)}"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import anyio
@@ -35,7 +37,7 @@ from tracecanary.assertions.response import (
 from tracecanary.assertions.units import Duration
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.errors import ProbeError, TracecanaryError
-from tracecanary.model import StrictModel
+from tracecanary.model import StrictModel, cross_field_rule
 from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec
 from tracecanary.probes.github import GithubDelivery
 from tracecanary.probes.http import HttpRequest
@@ -62,19 +64,24 @@ class Capture(StrictModel):
         # The shorthand `id: "$.id"` (a JSONPath) is as valid in a file as the mapping.
         return {"anyOf": [{"type": "string", "description": "JSONPath into the response JSON."}, handler(core)]}
 
-    @model_validator(mode="after")
-    def _one(self) -> Capture:
-        given = [n for n in ("json_", "header", "regex") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError("a capture takes exactly one of json, header, regex")
-        if self.json_ is not None:
-            validate_json_path(self.json_)
-        if self.regex is not None:
+    _one = cross_field_rule(
+        lambda fields: None if sum(fields.get(n) is not None for n in ("json_", "header", "regex")) == 1
+        else "a capture takes exactly one of json, header, regex")
+
+    @field_validator("json_")
+    @classmethod
+    def _json_path(cls, value: str | None) -> str | None:
+        return value if value is None else validate_json_path(value)
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
             try:
-                re.compile(self.regex)
+                re.compile(value)
             except re.error as e:
-                raise ValueError(f"invalid regex {self.regex!r}: {e}") from e
-        return self
+                raise ValueError(f"invalid regex {value!r}: {e}") from e
+        return value
 
     def extract(self, record: dict[str, Any]) -> tuple[bool, Any]:
         """(found, value) from a step record."""
@@ -88,6 +95,31 @@ class Capture(StrictModel):
         if m is None:
             return (False, None)
         return (True, m.group(1) if m.groups() else m.group(0))
+
+
+def _one_action(fields: Mapping[str, Any]) -> str | None:
+    given = [a for a in ACTIONS if fields.get(a) is not None]
+    return None if len(given) == 1 else \
+        f"a step takes exactly one of {', '.join(ACTIONS)}; got {', '.join(given) or 'none'}"
+
+
+def _slack_spec(fields: Mapping[Any, Any]) -> ProbeSpec:
+    from tracecanary.probes.registry import PROBES  # the registry imports this module
+
+    return PROBES["slack_mention"].model_validate({"id": "step", "kind": "slack_mention", **fields})
+
+
+def _slack_mention_problem(fields: Mapping[str, Any]) -> str | None:
+    given = fields.get("slack_mention")
+    if not isinstance(given, Mapping):
+        return None  # absent, or not a mapping (a field error)
+    try:
+        _slack_spec(given)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"slack_mention.{where}: {first['msg']}"
+    return None
 
 
 class Step(StrictModel):
@@ -104,24 +136,11 @@ class Step(StrictModel):
     requires: str | None = Field(None, description="Skip this step unless the named step ran (for teardown).")
     _slack: ProbeSpec | None = PrivateAttr(None)
 
-    @model_validator(mode="after")
-    def _one_action(self) -> Step:
-        given = [a for a in ACTIONS if getattr(self, a) is not None]
-        if len(given) != 1:
-            raise ValueError(f"a step takes exactly one of {', '.join(ACTIONS)}; got {', '.join(given) or 'none'}")
-        if self.slack_mention is not None:
-            from tracecanary.probes.registry import PROBES  # the registry imports this module
-
-            try:
-                self._slack = PROBES["slack_mention"].model_validate(
-                    {"id": "step", "kind": "slack_mention", **self.slack_mention})
-            except ValidationError as e:
-                first = e.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"slack_mention.{where}: {first['msg']}") from None
-        if (self.capture or self.expect) and self.wait is not None:
-            raise ValueError("a wait step has no response to capture or expect")
-        return self
+    _one_action = cross_field_rule(_one_action)
+    _slack_fields = cross_field_rule(_slack_mention_problem)
+    _wait = cross_field_rule(
+        lambda fields: "a wait step has no response to capture or expect"
+        if (fields.get("capture") or fields.get("expect") is not None) and fields.get("wait") is not None else None)
 
     @property
     def label(self) -> str:
@@ -142,7 +161,9 @@ class Step(StrictModel):
             return await self.github_webhook.run(ctx)
         if self.kafka is not None:
             return await self.kafka.run(ctx)
-        assert self._slack is not None
+        assert self.slack_mention is not None
+        if self._slack is None:  # built once, on first use: it keeps its own pacing state
+            self._slack = _slack_spec(self.slack_mention)
         return await self._slack.fire(ctx)
 
 
@@ -205,6 +226,16 @@ async def run_teardown(ctx: ProbeContext, steps: list[Step], timeout_s: float, p
     return findings
 
 
+def _duplicate_names(steps: Any) -> str | None:
+    """Across the steps, validated (``Step``) or as written (mappings)."""
+    if not isinstance(steps, list):
+        return None
+    names = [s.get("name") if isinstance(s, Mapping) else getattr(s, "name", None) for s in steps]
+    counts = Counter(n for n in names if isinstance(n, str) and n)
+    dupes = sorted(n for n, times in counts.items() if times > 1)
+    return f"duplicate step name(s): {', '.join(dupes)}" if dupes else None
+
+
 class StepsProbe(ProbeSpec):
     """Several actions in order sharing one trace (create → trigger → check), then teardown."""
 
@@ -213,14 +244,7 @@ class StepsProbe(ProbeSpec):
     teardown_: list[Step] = Field(default_factory=list, alias="teardown", description="Always-run cleanup.")
     teardown_timeout: Duration = Field(30.0, description="Deadline for all teardown steps together.")
 
-    @field_validator("steps")
-    @classmethod
-    def _unique_names(cls, steps: list[Step]) -> list[Step]:
-        names = [s.name for s in steps if s.name]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"duplicate step name(s): {', '.join(dupes)}")
-        return steps
+    _unique_names = cross_field_rule(lambda fields: _duplicate_names(fields.get("steps")), at="steps")
 
     async def fire(self, ctx: ProbeContext) -> FireResult:
         last_responder = max((i for i, s in enumerate(self.steps) if s.responds), default=-1)

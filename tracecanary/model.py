@@ -4,24 +4,24 @@
 request headers): ``credential_values`` collects them from a loaded config, and the daemon masks them
 wherever data leaves the process (``daemon/config/secrets.py``). They show as ``writeOnly`` in the
 JSON Schema.
+``cross_field_rule`` (from ``tracecanary.assertions.crossfield``) reports a rule across fields in the
+same pass as the field errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    GetJsonSchemaHandler,
-    ValidationError,
-    ValidatorFunctionWrapHandler,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, ErrorDetails, InitErrorDetails
+from pydantic_core import CoreSchema
+
+from tracecanary.assertions.crossfield import cross_field_rule
+
+__all__ = ["CREDENTIAL", "HEADERS_CREDENTIAL", "PUBLIC_HEADERS", "Credential", "StrictModel", "credential_values",
+           "cross_field_rule"]
 
 
 class StrictModel(BaseModel):
@@ -101,35 +101,3 @@ def _strings(value: Any, public_keys: frozenset[str], depth: int) -> Iterator[st
     elif isinstance(value, list | tuple):
         for v in value:
             yield from _strings(v, frozenset(), depth + 1)
-
-
-def cross_field_rule(check: Callable[[Mapping[str, Any]], str | None]) -> Any:
-    """A model validator for a rule across fields, checked on the mapping as written.
-
-    Pydantic skips ``mode="after"`` validators once any field failed, so such a rule would show only
-    after the field errors are fixed; this one reports its message beside them, in the same pass.
-    Use as ``_rule = cross_field_rule(lambda raw: "…" if … else None)`` in the class body.
-    """
-
-    def validate(cls: type[BaseModel], data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        problem = check(data) if isinstance(data, Mapping) else None
-        try:
-            result = handler(data)
-        except ValidationError as e:
-            if problem is None:
-                raise
-            details: list[InitErrorDetails] = [_init_details(err) for err in e.errors()]
-            details.append({"type": "value_error", "loc": (), "input": data, "ctx": {"error": ValueError(problem)}})
-            raise ValidationError.from_exception_data(e.title, details) from None
-        if problem is not None:
-            raise ValueError(problem)
-        return result
-
-    return model_validator(mode="wrap")(classmethod(validate))  # type: ignore[arg-type]
-
-
-def _init_details(err: ErrorDetails) -> InitErrorDetails:
-    out: InitErrorDetails = {"type": err["type"], "loc": err["loc"], "input": err["input"]}
-    if "ctx" in err:
-        out["ctx"] = err["ctx"]
-    return out

@@ -18,13 +18,14 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from tracecanary.assertions.units import Duration
 from tracecanary.daemon.alerts.base import ChannelConfigBase, EventKind
 from tracecanary.daemon.alerts.registry import CHANNELS
 from tracecanary.daemon.alerts.silences import SilenceSettings
 from tracecanary.integrations import Integrations
+from tracecanary.model import cross_field_rule
 
 __all__ = [
     "AlertsSettings", "ChannelConfig", "Decision", "FailureWindow", "Observation", "PolicySettings",
@@ -53,11 +54,10 @@ class FailureWindow(BaseModel):
     count: int = Field(ge=1, le=100, description="Failures needed inside the window.")
     of: int = Field(ge=1, le=100, description="Window length in final runs.")
 
-    @model_validator(mode="after")
-    def _fits(self) -> FailureWindow:
-        if self.count > self.of:
-            raise ValueError(f"failures: {self.count} of {self.of} can never fire (count > window)")
-        return self
+    _fits = cross_field_rule(
+        lambda fields: f"failures: {count} of {of} can never fire (count > window)"
+        if isinstance(count := fields.get("count"), int) and isinstance(of := fields.get("of"), int) and count > of
+        else None)
 
 
 def _parse_window(value: Any) -> Any:

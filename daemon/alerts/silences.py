@@ -14,19 +14,59 @@ from __future__ import annotations
 import fnmatch
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
-from zoneinfo import ZoneInfo
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from tracecanary.assertions.units import CronExpression, Duration, Timezone
+from tracecanary.assertions.units import CronExpression, Duration, Timezone, parse_duration_s
 from tracecanary.daemon.store.base import Store
+from tracecanary.model import cross_field_rule
 
 log = logging.getLogger("tracecanary.alerts")
 NS_SILENCES = "alerts.silences"
+
+
+def _window_problem(fields: Mapping[str, Any]) -> str | None:
+    """The window's shape, on validated values or (when a field failed) on the values as written."""
+    one_off = fields.get("start") is not None or fields.get("end") is not None
+    recurring = fields.get("cron") is not None or fields.get("duration") is not None
+    if one_off == recurring:
+        return "set either start/end (one-off) or cron/duration (recurring)"
+    if recurring:
+        duration = fields.get("duration")
+        if fields.get("cron") is None or duration is None or _seconds(duration) == 0:
+            return "a recurring silence needs both cron and a positive duration"
+        return None
+    start, end = _instant(fields.get("start"), fields), _instant(fields.get("end"), fields)
+    return "end must be after start" if start is not None and end is not None and end <= start else None
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        return parse_duration_s(value)
+    except ValueError:
+        return None  # a field error of its own
+
+
+def _instant(value: Any, fields: Mapping[str, Any]) -> datetime | None:
+    """``value`` as an aware datetime (naive = the silence's timezone); None when it cannot be read here."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is not None:
+        return value
+    try:
+        return value.replace(tzinfo=ZoneInfo(str(fields.get("timezone", "UTC"))))
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None  # an unknown timezone: a field error of its own
 
 
 class SilenceSettings(BaseModel):
@@ -47,21 +87,10 @@ class SilenceSettings(BaseModel):
     duration: Duration | None = Field(None, description="Length of each recurring window, e.g. 2h.")
     timezone: Timezone = Field("UTC", description="IANA timezone for cron and for naive start/end.")
 
-    @model_validator(mode="after")
-    def _shape(self) -> SilenceSettings:
-        if not self.probes and not self.tags:
-            raise ValueError("a silence needs probes or tags (probes: ['*'] silences every probe)")
-        one_off = self.start is not None or self.end is not None
-        recurring = self.cron is not None or self.duration is not None
-        if one_off == recurring:
-            raise ValueError("set either start/end (one-off) or cron/duration (recurring)")
-        if recurring and (self.cron is None or not self.duration):
-            raise ValueError("a recurring silence needs both cron and a positive duration")
-        if one_off:
-            start, end = self.window_bounds()
-            if start is not None and end is not None and end <= start:
-                raise ValueError("end must be after start")
-        return self
+    _selects = cross_field_rule(
+        lambda fields: "a silence needs probes or tags (probes: ['*'] silences every probe)"
+        if not fields.get("probes") and not fields.get("tags") else None)
+    _shape = cross_field_rule(_window_problem)
 
     @property
     def kind(self) -> Literal["one-off", "recurring"]:

@@ -12,9 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 from jinja2 import meta
+from pydantic import TypeAdapter, ValidationError
 
 from tracecanary.assertions.units import parse_duration_s
+from tracecanary.daemon.alerts.policy import ChannelConfig
 from tracecanary.daemon.config.yaml_doc import Doc, Loc, line_of, render_loc
+from tracecanary.integrations import Integrations
 from tracecanary.probes.templating import Templates
 
 if TYPE_CHECKING:
@@ -150,6 +153,56 @@ def _github_errors(sections: dict[str, tuple[Doc, Any]]) -> Iterator[str]:
         loc = ("integrations", "github", "allow_unsigned_webhooks")
         yield (f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}: true has no effect with a "
                "webhook_secret (deliveries are then always verified); remove one of the two")
+
+
+# --- channel credentials -------------------------------------------------------------------------
+_CHANNEL: TypeAdapter[ChannelConfig] = TypeAdapter(ChannelConfig)
+
+
+def credential_errors(sections: dict[str, tuple[Doc, Any]], integrations: Integrations | None) -> Iterator[str]:
+    """Alert channels lacking credentials both in their own settings and in ``integrations:``
+    (``integrations`` as validated; None when that section failed).
+
+    Each channel that is valid on its own is checked, against the integrations as far as they are
+    valid, so an error elsewhere in ``alerts:`` or ``integrations:`` hides none of these.
+    """
+    found = _alerts(sections)
+    channels = found[1].get("channels") if found else None
+    if found is None or not isinstance(channels, dict):
+        return
+    doc = found[0]
+    if integrations is None:
+        integrations = _valid_part(sections["integrations"][1]) if "integrations" in sections else Integrations()
+    if integrations is None:
+        return
+    for name, raw in channels.items():
+        try:
+            channel = _CHANNEL.validate_python(raw)
+        except ValidationError:
+            continue  # reported with the alerts section
+        for problem in channel.problems(integrations):
+            key, _, text = problem.partition(": ")
+            loc = ("alerts", "channels", name, key)
+            yield f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}: {text}"
+
+
+def _valid_part(raw: Any) -> Integrations | None:
+    """``integrations:`` without the keys that failed (each reported already), or None."""
+    if not isinstance(raw, dict):
+        return None
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for _ in range(3):  # a key dropped may reveal no new error; each round drops at least one
+        try:
+            return Integrations.model_validate(data)
+        except ValidationError as e:
+            for err in e.errors():
+                section, *rest = err["loc"] or ("",)
+                inner = data.get(section)
+                if rest and isinstance(inner, dict):
+                    inner.pop(rest[0], None)
+                else:
+                    data.pop(section, None)
+    return None
 
 
 # --- templates -----------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from tracecanary.assertions.units import Duration
-from tracecanary.daemon.config.checks import RawProbe, cross_checks, template_errors
+from tracecanary.daemon.config.checks import RawProbe, credential_errors, cross_checks, template_errors
 from tracecanary.daemon.config.secrets import Secrets
 from tracecanary.daemon.config.settings import DaemonSettings, ExtraSections
 from tracecanary.daemon.config.suite_schema import schema
@@ -31,9 +31,9 @@ from tracecanary.daemon.config.yaml_doc import (
     Doc,
     Loc,
     compose,
-    error_loc,
     expand_env,
     line_of,
+    located,
     message,
     pydantic_errors,
     render_loc,
@@ -141,8 +141,7 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     extra = _extra_sections(sections, errors)
     errors.extend(cross_checks(loaded, sections))
     errors.extend(e for raw in raw_probes for e in template_errors(raw))
-    if "integrations" not in sections or "integrations" in cfg_kwargs:
-        errors.extend(_credential_errors(extra, sections, cfg_kwargs.get("integrations", Integrations())))
+    errors.extend(credential_errors(sections, cfg_kwargs.get("integrations")))
     if errors:
         # An error quotes the offending value: never in clear when it came from ${VAR} or ${file:…}.
         substituted = Secrets(v for d in docs for v in d.substituted)
@@ -205,11 +204,14 @@ def _extra_sections(sections: dict[str, tuple[Doc, Any]], errors: list[str]) -> 
     try:
         return ExtraSections.model_validate(extra_raw)
     except ValidationError as e:
+        by_top: dict[str, list[Any]] = {}
         for err in e.errors():
-            top = str(err["loc"][0])
+            by_top.setdefault(str(err["loc"][0]), []).append({**err, "loc": err["loc"][1:], "full": err})
+        for top, errs in by_top.items():
             doc = sections[top][0]
-            loc = (top, *error_loc({**err, "loc": err["loc"][1:]}, sections[top][1], ()))
-            errors.append(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}: {message(err)}")
+            for inner, err in located(errs, sections[top][1], ()):
+                loc = (top, *inner)
+                errors.append(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}: {message(err['full'])}")
         return ExtraSections()
 
 
@@ -225,7 +227,7 @@ def _load_probe(raw: RawProbe, errors: list[str]) -> ProbeSpec | None:
         errors.append(f"{where}: expected a mapping, got {shown(raw.data)}")
         return None
     kind = raw.data.get("kind")
-    if kind not in PROBES:
+    if not isinstance(kind, str) or kind not in PROBES:  # a list or a mapping is no key of PROBES
         kloc = (*loc, "kind")
         known = ", ".join(sorted(PROBES))
         what = f"unknown probe kind {kind!r}" if kind is not None else "kind is required"
@@ -236,21 +238,6 @@ def _load_probe(raw: RawProbe, errors: list[str]) -> ProbeSpec | None:
     except ValidationError as e:
         errors.extend(pydantic_errors(e, doc, loc))
         return None
-
-
-def _credential_errors(extra: ExtraSections, sections: dict[str, tuple[Doc, Any]],
-                       integrations: Integrations) -> list[str]:
-    """Alert channels lacking credentials both in their own settings and in ``integrations:``."""
-    if "alerts" not in sections:
-        return []
-    doc, _ = sections["alerts"]
-    errors = []
-    for name, channel in extra.alerts.channels.items():
-        for problem in channel.problems(integrations):
-            key, _, text = problem.partition(": ")
-            loc = ("alerts", "channels", name, key)
-            errors.append(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}: {text}")
-    return errors
 
 
 EVENTS_API_THREAD = (

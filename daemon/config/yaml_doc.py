@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,9 +196,11 @@ def render_loc(loc: Loc, data: Any) -> str:
             label: str | int = part
             if i == 1 and loc[0] == "probes" and isinstance(cursor, list) and part < len(cursor):
                 item = cursor[part]
-                if isinstance(item, dict) and isinstance(item.get("id"), str):
+                if isinstance(item, dict) and _one_line(item.get("id")):
                     label = item["id"]
             out += f"[{label}]"
+        elif not _one_line(part):
+            out += f"[{part!r}]"  # a key with a line break or a control character: one error, one line
         else:
             out += f".{part}" if out else str(part)
         if isinstance(cursor, dict):
@@ -208,6 +210,10 @@ def render_loc(loc: Loc, data: Any) -> str:
         else:
             cursor = None
     return out
+
+
+def _one_line(text: Any) -> bool:
+    return isinstance(text, str) and 0 < len(text) <= 200 and text.isprintable()
 
 
 _TYPE_PARTS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "bytes", "tuple", "set"})
@@ -303,6 +309,20 @@ def error_loc(err: Any, data: Any, prefix: Loc) -> Loc:
     return loc
 
 
+def located(errors: Iterable[Any], data: Any, prefix: Loc) -> list[tuple[Loc, Any]]:
+    """Each error with where it points in the file. A smart union member's "expected <type>" is left
+    out when another member took the value's type and says what is wrong inside it: ``count: {gte: 3,
+    lte: 1}`` is an empty range, not also "expected an integer, got a mapping"."""
+    found = []
+    for err in errors:
+        loc = error_loc(err, data, prefix)
+        refused = err["type"] in _EXPECTED and len(err["loc"]) > 0 \
+            and error_loc({**err, "loc": err["loc"][:-1]}, data, prefix) == loc  # its last part: a member's name
+        found.append((loc, err, refused))
+    taken = {loc[:n] for loc, _, refused in found if not refused for n in range(len(loc) + 1)}
+    return [(loc, err) for loc, err, refused in found if not (refused and loc in taken)]
+
+
 def pydantic_errors(e: ValidationError, doc: Doc, prefix: Loc) -> list[str]:
     """``file:line path: message`` for each error of validating the value at ``prefix``.
 
@@ -310,8 +330,7 @@ def pydantic_errors(e: ValidationError, doc: Doc, prefix: Loc) -> list[str]:
     a smart union's per-member complaints about one value are folded into one line.
     """
     by_loc: dict[Loc, list[str]] = {}
-    for err in e.errors():
-        loc = error_loc(err, doc.data, prefix)
+    for loc, err in located(e.errors(), doc.data, prefix):
         if any(loc[:len(bad)] == bad for bad in doc.unresolved):
             continue
         text = message(err)

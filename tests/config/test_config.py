@@ -33,7 +33,9 @@ def test_there_is_a_fixture_per_rule() -> None:
     for rule in ("duplicate-id", "unknown-kind", "bad-duration", "bad-cron", "unknown-key",
                  "within-over-timeout", "unknown-policy", "unknown-channel", "yaml", "binary", "not-text",
                  "alias-bomb", "non-string-key", "empty", "channel-field", "template", "regex", "status",
-                 "listen", "one-pass", "many-errors", "unsigned-webhooks", "secret-quoted", "missing-env"):
+                 "listen", "one-pass", "many-errors", "unsigned-webhooks", "secret-quoted", "missing-env",
+                 "steps-rules", "sign-rules", "slack-deliver", "github-action", "trace-rules", "side-effect-rules",
+                 "alert-rules", "channel-credentials-one-pass", "control-characters"):
         assert f"invalid-{rule}" in names
 
 

@@ -3,9 +3,12 @@ files, templates are compiled with the variables the runs really have."""
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.config.test_config import ROOT
+from tests.config.test_config import HERE, ROOT
 from tracecanary.daemon.config.checks import TEMPLATE_VARIABLES
 from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.config.yaml_doc import expand_env
@@ -110,13 +113,65 @@ def _load_text(text: bytes) -> Config | None:
             return None
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# More examples for a deeper run on one's own machine: TRACECANARY_FUZZ_EXAMPLES=5000 (CI keeps 150).
+FUZZ = settings(max_examples=int(os.environ.get("TRACECANARY_FUZZ_EXAMPLES", "150")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
 @given(DOCS)
 def test_any_structure_is_a_config_or_config_errors(doc: Any) -> None:
     _load_text(yaml.safe_dump({"probes": [doc]} if not isinstance(doc, dict) else doc).encode())
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@FUZZ
 @given(st.integers(0, len(DEMO) - 1), st.integers(1, 40), st.binary(max_size=6))
 def test_a_damaged_demo_suite_is_config_errors(at: int, cut: int, insert: bytes) -> None:
     _load_text(DEMO[:at] + insert + DEMO[at + cut:])
+
+
+# Suites that reach every model (each probe kind, steps, trace trees, side effects, alerts, silences):
+# a few values changed, removed or added anywhere in them reach the rules across fields with any type.
+SUITES = [yaml.safe_load(p.read_text()) for p in [
+    *PROJECT_SUITES, HERE / "invalid-one-pass.yaml", *sorted(HERE.glob("invalid-*-rules.yaml")),
+    HERE / "invalid-slack-deliver.yaml", HERE / "invalid-github-action.yaml",
+    HERE / "invalid-channel-credentials-one-pass.yaml"]]
+
+
+def _paths(value: Any, at: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield at
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        yield from _paths(child, (*at, key))
+
+
+def _at(doc: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        doc = doc[key]
+    return doc
+
+
+VOCABULARY = sorted({p[-1] for suite in SUITES for p in _paths(suite) if p and isinstance(p[-1], str)})
+WRITTEN = list({repr(v): v for suite in SUITES for p in _paths(suite)
+                if not isinstance(v := _at(suite, p), dict | list)}.values())
+VALUES = st.one_of(DOCS, st.sampled_from(WRITTEN))  # any structure, or a value some suite really has
+
+
+@FUZZ
+@given(st.data())
+def test_a_mutated_suite_is_a_config_or_config_errors(data: st.DataObject) -> None:
+    doc = copy.deepcopy(data.draw(st.sampled_from(SUITES)))
+    for _ in range(data.draw(st.integers(1, 3))):
+        paths = list(_paths(doc))[1:]
+        if not paths:
+            break
+        path = data.draw(st.sampled_from(paths))
+        parent = _at(doc, path[:-1])
+        action = data.draw(st.sampled_from(["replace", "delete", "add"]))
+        if action == "replace":
+            parent[path[-1]] = data.draw(VALUES)
+        elif action == "delete":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[data.draw(st.sampled_from(VOCABULARY))] = data.draw(VALUES)
+    _load_text(yaml.safe_dump(doc, sort_keys=False).encode())
