@@ -102,9 +102,13 @@ _EMPTY_SCOPE = {"tree": "no spans arrived", "children": "it has no child spans",
                 "descendants": "it has no descendant spans", "linked": "no span links to it"}
 
 
-def _closest_text(items: list[dict[str, Any]], relation: str) -> str:
+_NO_OTHER = {"tree": "no other span arrived", "children": "it has no other child spans",
+             "descendants": "it has no other descendant spans", "linked": "no other span links to it"}
+
+
+def _closest_text(items: list[dict[str, Any]], relation: str, *, other: bool = False) -> str:
     if not items:
-        return _EMPTY_SCOPE.get(relation, "no span in scope")
+        return (_NO_OTHER if other else _EMPTY_SCOPE).get(relation, "no span in scope")
     parts = []
     for it in items:
         broken = "; ".join(it["broken"]) or "its own constraints hold, its subtree does not"
@@ -162,8 +166,10 @@ class Explainer:
         if len(found) >= need:
             return
         scope = self._scope(node, under)
+        got = set(found)
         # Spans that satisfy the node itself but not its subtree; spans a sibling needs are skipped.
-        partial = [x for x in scope if x in self.index.local[node.idx] and x not in found and x not in taken]
+        local = self.index.local[node.idx]
+        partial = [x for x in scope if x in local and x not in got and x not in taken]
         for sid in partial:
             span = self.index.by_id[sid]
             if node.spec.within is not None and (why := self.solver.within_ok(node, span)) is not None:
@@ -173,10 +179,10 @@ class Explainer:
             best = max(partial, key=lambda x: self._score(node, x))
             self.structure(node, best)
             return
-        have = f"found {len(found)} of {need}: " if found else ""
+        have = f"found {len(found)} of {need}" if found else "not found"
         count = f"{need} × " if need > 1 else ""
         waited = f" after waiting {format_duration(self.waited_s)}" if self.waited_s is not None else ""
-        head = f"expected {count}{describe(node.spec)}{under_txt}, {have}not found{waited}"
+        head = f"expected {count}{describe(node.spec)}{under_txt}, {have}{waited}"
         if under is None and scope and all(is_probe_span(self.index.by_id[x]) for x in scope):
             own = ", ".join(sorted({self.index.by_id[x].label() for x in scope})[:2])
             msg = f"{head}; no spans from the system under test arrived, only tracecanary's own ({own})"
@@ -184,8 +190,9 @@ class Explainer:
             return
         causes = [c for c in (self._correlate_missing() if under is None else None,
                               self._elsewhere(node, under, scope, found)) if c]
-        items = closest(node, scope, self.solver)
-        closest_txt = _closest_text(items, node.relation)
+        others = [x for x in scope if x not in got] if got else scope
+        items = closest(node, others, self.solver)
+        closest_txt = _closest_text(items, node.relation, other=bool(got))
         msg = "; ".join(x for x in (head, *causes, closest_txt) if x)
         self._add("trace.missing", node, msg, describe(node.spec), [i["label"] for i in items], under,
                   closest=items)

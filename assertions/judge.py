@@ -17,8 +17,9 @@ from typing import Any
 
 from tracecanary.assertions import rules
 from tracecanary.assertions.expect import TraceExpectation
-from tracecanary.assertions.explain import Explainer
-from tracecanary.assertions.spans import Span
+from tracecanary.assertions.explain import Explainer, forbid_message
+from tracecanary.assertions.spans import PROBE_SERVICE as PROBE_SERVICE
+from tracecanary.assertions.spans import Span, is_probe_span
 from tracecanary.assertions.tree import (
     Assign,
     Check,
@@ -43,9 +44,6 @@ class JudgeState:
     findings: list[Finding] = field(default_factory=list)
     settle_remaining_s: float | None = None
 
-
-PROBE_SERVICE = "tracecanary"
-"""service.name of the spans the probe itself emits (root span, client spans)."""
 
 _COMPILED: dict[tuple[int, str], tuple[TraceExpectation, list[CNode], list[list[Check]], bool]] = {}
 _COMPILED_MAX = 4096
@@ -119,6 +117,8 @@ class TraceJudge:
         self.max_depth_seen = 0
         self.depth: dict[str, int] = {}
         self.last_arrival_unix_ns: int | None = None
+        self.waited_s: float | None = None
+        """How long the run waited for spans when the deadline decided (``finish(waited_s=…)``); None offline."""
         self.has_within = any(n.spec.within is not None for n in self.nodes)
         self.alts = [TraceJudge(alt, root_trace_id=root_trace_id, trigger_ns=trigger_ns,
                                 correlated_trace_ids=self.pool, correlate_value=correlate_value,
@@ -337,8 +337,8 @@ class TraceJudge:
 
     def _early_failures(self) -> list[Finding]:
         out = [Finding(type="trace.forbid", path=f"{self.base}.forbid[{i}]",
-                       message=f"{self.index.by_id[sid].label()} is forbidden: matches "
-                       f"{describe(self.exp.forbid[i])}", expected="absent", observed=sid)
+                       message=forbid_message(self.index.by_id[sid], describe(self.exp.forbid[i])),
+                       expected="absent", observed=sid)
                for i, sid in self.forbid_hits]
         out.extend(rules.limit_findings(self.exp.limits, f"{self.base}.limits", spans=self.pool_count,
                                         duration_s=self._duration_s(), depth=self.max_depth_seen))
@@ -386,8 +386,12 @@ class TraceJudge:
             return JudgeState(False, None, [], 0.0)  # may still be repaired by late spans: the deadline decides
         return JudgeState(True, verdict_of(findings), findings)
 
-    def finish(self) -> JudgeState:
-        """The final verdict (at the deadline, or over a whole known trace) with explanations."""
+    def finish(self, *, waited_s: float | None = None) -> JudgeState:
+        """The final verdict (at the deadline, or over a whole known trace) with explanations; ``waited_s``:
+        how long the run waited (its misses say so; kept for ``report``)."""
+        if waited_s is not None:
+            for judge in (self, *self.alts):
+                judge.waited_s = waited_s
         findings = self._early_failures()
         top = self._refresh()
         if top is None:
@@ -401,7 +405,8 @@ class TraceJudge:
         return JudgeState(True, verdict_of(findings), findings)
 
     def _explain(self) -> Explainer:
-        ex = Explainer(self.solver, self.in_pool)
+        correlate = (self.corr_attr, self.correlate_value) if self.corr_attr is not None else None
+        ex = Explainer(self.solver, self.in_pool, waited_s=self.waited_s, correlate=correlate)
         cands = {a.idx: self._sorted(f) for a, f in zip(self.anchors, self.anchor_full, strict=True)}
         if not ex.group(self.anchors, cands, None) and self._refresh() is None:
             ex.distinct(self.anchors, cands, None)
@@ -480,9 +485,9 @@ class TraceJudge:
         state = self.finish()
         known = set().union(*self.index.local) if self.index.local else set()
         pool = [s for s in self.index.by_id.values() if self.pool_all or s.trace_id in self.pool]
-        # The probe's own spans (its root and client spans, service "tracecanary") are never "unexpected".
+        # The probe's own spans (its root and client spans) are never "unexpected".
         unexpected = [s.span_id for s in sorted(pool, key=lambda s: s.start_ns)
-                      if s.span_id not in known and s.service != PROBE_SERVICE]
+                      if s.span_id not in known and not is_probe_span(s)]
         ex = self._explain() if self._refresh() is None else None
         nodes = self.report_nodes()
         return {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -191,13 +192,19 @@ async def _loop(tracked: _Tracked, ctx: ProbeContext) -> JudgeState:
         now = anyio.current_time()
         remaining = ctx.deadline_s - now
         if remaining <= 0:
-            return await off_loop(judge.finish) if tracked.large else judge.finish()
+            finish = partial(judge.finish, waited_s=waited_s(ctx))
+            return await off_loop(finish) if tracked.large else finish()
         wait_s = remaining
         if state.settle_remaining_s is not None:
             wait_s = min(wait_s, max(0.0, state.settle_remaining_s) + 0.001)
         new = await tracked.watch.wait(wait_s)
         if new:
             await tracked.feed_slices(new, tracked.watch.last_delivery_s)
+
+
+def waited_s(ctx: ProbeContext) -> float:
+    """How long the run has waited for its spans: since the trigger (what a miss at the deadline reports)."""
+    return max(0.0, (time.time_ns() - ctx.trigger_ns) / 1e9)
 
 
 async def _from_sentry(
@@ -231,7 +238,7 @@ async def _from_sentry(
     final = fresh(spans)
     state = final.check(quiet_s=float("inf"))
     if not state.done:
-        state = final.finish()
+        state = final.finish(waited_s=waited_s(ctx))
     outcome = TraceOutcome(list(state.findings), final.report(), [root, *spans])
     _telemetry(outcome, expectation, ctx, intake, pull)
     return outcome

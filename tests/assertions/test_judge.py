@@ -196,3 +196,17 @@ def test_correlated_trace_fed_by_the_runner_without_the_value() -> None:
     assert not judge.check(quiet_s=0).done
     judge.feed(build_spans([{"name": "job.run", "id": "j2", "trace": "t9", "attrs": {"job.id": "7"}}]))
     assert judge.check(quiet_s=0).verdict == Verdict.PASS
+
+
+def test_a_miss_at_the_deadline_says_how_long_the_run_waited() -> None:
+    s = _spans()
+    judge = _judge({"tree": TREE, "any_of": [{"tree": [{"span": "absent-too"}]}]})
+    judge.feed([s["root"], s["a"], s["b"]])
+    state = judge.finish(waited_s=30.0)
+    text = "\n".join(str(f) for f in state.findings)
+    assert 'expected span "a1" under span "a" (svc svc), not found after waiting 30s' in text
+    assert 'expected span "absent-too", not found after waiting 30s' in text  # the alternatives' misses too
+    assert "after waiting 30s" in "\n".join(f["message"] for f in judge.report()["findings"])  # kept for report
+    offline = _judge({"tree": TREE}, trigger_ns=None)
+    offline.feed([s["root"]])
+    assert "waiting" not in "\n".join(str(f) for f in offline.finish().findings)

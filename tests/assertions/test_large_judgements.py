@@ -31,7 +31,9 @@ def _groups(slots: list[list[str]]) -> list[tuple[int, int]]:
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(st.randoms(use_true_random=False))
-def test_group_matching_gives_every_node_the_spans_the_slot_search_gives(rnd: random.Random) -> None:
+def test_group_matching_fills_every_node_as_the_slot_search_does(rnd: random.Random) -> None:
+    """The flow over span classes fills the same slots as the slot search (nodes in order, each as far as
+    it goes) with a valid matching; which of the competing spans a node gets may differ."""
     universe = [f"s{i:03d}" for i in range(rnd.randint(1, 40))]
     slots: list[list[str]] = []
     for _ in range(rnd.randint(1, 5)):
@@ -39,8 +41,59 @@ def test_group_matching_gives_every_node_the_spans_the_slot_search_gives(rnd: ra
         slots.extend([cands] * rnd.randint(1, 20))
     by_slot, by_group = bp._by_slot(slots), bp._by_group(slots)
     assert [x is None for x in by_slot] == [x is None for x in by_group]
+    given_ = [x for x in by_group if x is not None]
+    assert len(given_) == len(set(given_))
     for i, j in _groups(slots):
-        assert set(by_slot[i:j]) == set(by_group[i:j])
+        assert all(x is None or x in slots[i] for x in by_group[i:j])
+        others = {x for k, c in enumerate(slots) if not i <= k < j for x in c}
+        if not set(slots[i]) & others:
+            assert set(by_slot[i:j]) == set(by_group[i:j])  # no competition: the very same spans
+
+
+def _kuhn_recursive(slots: list[list[str]]) -> list[str | None]:
+    """The textbook recursive search, the reference for the iterative one."""
+    owner: dict[str, int] = {}
+
+    def augment(i: int, seen: set[str]) -> bool:
+        for sid in slots[i]:
+            if sid not in seen:
+                seen.add(sid)
+                j = owner.get(sid)
+                if j is None or augment(j, seen):
+                    owner[sid] = i
+                    return True
+        return False
+
+    for i in range(len(slots)):
+        augment(i, set())
+    got: list[str | None] = [None] * len(slots)
+    for sid, i in owner.items():
+        got[i] = sid
+    return got
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.randoms(use_true_random=False))
+def test_the_slot_search_without_recursion_is_the_recursive_one(rnd: random.Random) -> None:
+    universe = [f"s{i}" for i in range(rnd.randint(0, 12))]
+    slots = [rnd.sample(universe, rnd.randint(0, len(universe))) for _ in range(rnd.randint(0, 12))]
+    assert bp._by_slot(slots) == _kuhn_recursive(slots)
+
+
+def test_competing_counts_of_thousands_are_a_flow_not_a_search() -> None:
+    """Two nodes wanting thousands of the same spans (the slot search took seconds here, and a recursion
+    error above ~1000): every unit found, none twice, the first node filled first."""
+    import sys
+
+    ids = [f"{i:016x}" for i in range(10_000)]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)  # nothing here may recurse deeper than a few frames
+    try:
+        got = bp.max_bipartite([ids] * 6000 + [ids[::-1]] * 6000)
+    finally:
+        sys.setrecursionlimit(limit)
+    assert got[:6000].count(None) == 0 and got[6000:].count(None) == 2000
+    assert len({x for x in got if x is not None}) == 10_000
 
 
 def test_a_count_over_thousands_of_spans_is_matched_like_a_small_one() -> None:

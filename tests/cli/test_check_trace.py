@@ -121,6 +121,8 @@ def test_dropped_span_fails_and_names_the_node(tmp_path: Path, shop: tuple[str, 
     assert run["verdict"] == "fail"
     text = "\n".join(f["message"] for f in run["findings"])
     assert "fetch-market-data" in text, text
+    assert 'expected span "fetch-market-data" under span "data-enrichment" (svc ingest), not found after waiting ' \
+        in text, text  # the deadline decided: the finding says how long the run waited
 
 
 def test_error_span_fails_at_once_via_forbid(tmp_path: Path, shop: tuple[str, int]) -> None:
@@ -130,3 +132,4 @@ def test_error_span_fails_at_once_via_forbid(tmp_path: Path, shop: tuple[str, in
     assert run["verdict"] == "fail"
     text = "\n".join(f["message"] for f in run["findings"])
     assert "fetch-gex-data" in text and "error" in text.lower(), text
+    assert 'is forbidden: matches any span (status error); status ERROR "gex timeout"' in text, text
