@@ -11,7 +11,9 @@ import fnmatch
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tracecanary.assertions.crossfield import cross_field_rule
 
 OPERATORS = ("equals", "contains", "matches", "gt", "gte", "lt", "lte", "exists", "one_of", "not")
 
@@ -32,16 +34,19 @@ class Matcher(BaseModel):
     one_of: list[Any] | None = None
     not_: Matcher | None = Field(default=None, alias="not")
 
-    @model_validator(mode="after")
-    def _check(self) -> Matcher:
-        if self.matches is not None:
+    @field_validator("matches")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
             try:
-                re.compile(self.matches)
+                re.compile(value)
             except re.error as e:
-                raise ValueError(f"invalid regex {self.matches!r}: {e}") from e
-        if not self.model_fields_set:
-            raise ValueError(f"empty matcher: expected one of {', '.join(OPERATORS)}")
-        return self
+                raise ValueError(f"invalid regex {value!r}: {e}") from e
+        return value
+
+    # In the same pass as a sibling's error (e.g. a misspelt operator beside a bad regex).
+    _not_empty = cross_field_rule(
+        lambda given: None if given else f"empty matcher: expected one of {', '.join(OPERATORS)}")
 
     def describe(self) -> str:
         parts = []

@@ -82,3 +82,15 @@ def test_a_custom_error_type_is_kept_beside_the_rule() -> None:
         _Custom.model_validate({"a": 5, "b": 3})
     assert [(e["type"], e["loc"], e["msg"]) for e in info.value.errors()] == [
         ("odd_number", ("b",), "3 is odd"), ("value_error", (), "Value error, a exceeds b")]
+
+
+def test_matcher_reports_a_bad_regex_and_a_misspelt_operator_in_one_pass() -> None:
+    from pydantic import ValidationError
+
+    from tracecanary.assertions.match import Matcher
+
+    with pytest.raises(ValidationError) as e:
+        Matcher.model_validate({"matches": "(", "typo": 1})
+    assert sorted(str(x["loc"]) for x in e.value.errors()) == ["('matches',)", "('typo',)"]
+    with pytest.raises(ValidationError, match="empty matcher"):
+        Matcher.model_validate({})
