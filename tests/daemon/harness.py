@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ import anyio
 import pytest
 from aiohttp import web
 
+from tests.daemon.support import eventually
 from tracecanary.demo.broker import free_port
 
 
@@ -72,21 +73,6 @@ class Target:
         app.add_routes([web.get("/ok", self.ok), web.get("/slow", self.slow), web.get("/fail", self.fail),
                         web.get("/fail-then-hold", self.fail_then_hold)])
         return app
-
-
-async def eventually(cond: Callable[[], bool | Awaitable[bool]], timeout_s: float = 20.0, what: str = "") -> None:
-    """Bounded wait on a real condition, checked every 50 ms."""
-    try:
-        with anyio.fail_after(timeout_s):
-            while True:
-                result = cond()
-                if not isinstance(result, bool):
-                    result = await result
-                if result:
-                    return
-                await anyio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout_s}s waiting for: {what or cond}") from None
 
 
 class DaemonProcess:
