@@ -74,18 +74,6 @@ async def idle(mgr: AlertManager) -> bool:
     return not await mgr.store.kv_list("alerts.outbox")
 
 
-@asynccontextmanager
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
 @dataclass
 class WebhookReceiver:
     """Verifies ``X-Tracecanary-Signature`` independently of the code under test; replies with the

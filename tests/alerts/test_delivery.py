@@ -10,7 +10,8 @@ import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
-from tests.alerts.helpers import Clock, WebhookReceiver, probe, run, running, serve, settled
+from tests.alerts.helpers import Clock, WebhookReceiver, probe, run, running, settled
+from tests.probes.helpers import serve
 from tracecanary.daemon.alerts.base import Notification
 from tracecanary.daemon.alerts.delivery import QueueStats
 from tracecanary.daemon.alerts.manager import AlertManager

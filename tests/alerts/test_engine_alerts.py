@@ -15,7 +15,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.alerts.helpers import WebhookReceiver, serve
+from tests.alerts.helpers import WebhookReceiver
+from tests.probes.helpers import serve
 from tracecanary.daemon.config.load import load_config
 from tracecanary.daemon.engine import Engine, Overrides
 

@@ -12,7 +12,8 @@ from collections import Counter
 import anyio
 import pytest
 
-from tests.alerts.helpers import FlakyHook, probe, run, running, serve, settled
+from tests.alerts.helpers import FlakyHook, probe, run, running, settled
+from tests.probes.helpers import serve
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
 from tracecanary.daemon.store.sqlite import SqliteStore

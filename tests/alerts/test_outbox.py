@@ -10,7 +10,8 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.alerts.helpers import Clock, FlakyHook, probe, run, running, serve, settled
+from tests.alerts.helpers import Clock, FlakyHook, probe, run, running, settled
+from tests.probes.helpers import serve
 from tracecanary.daemon.alerts.base import Notification
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings

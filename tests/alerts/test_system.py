@@ -9,7 +9,8 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.alerts.helpers import Clock, WebhookReceiver, running, serve
+from tests.alerts.helpers import Clock, WebhookReceiver, running
+from tests.probes.helpers import serve
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.alerts.policy import AlertsSettings
 from tracecanary.daemon.store.sqlite import SqliteStore

@@ -15,7 +15,8 @@ import anyio
 import pytest
 
 from tests.alerts.helpers import FlakyHook
-from tests.daemon.support import DaemonProcess, Target, eventually, serve
+from tests.daemon.support import DaemonProcess, Target, eventually
+from tests.probes.helpers import serve
 from tracecanary.demo.emulators.slack import SlackEmulator
 
 pytestmark = pytest.mark.anyio

@@ -39,7 +39,7 @@ def make_ctx(
 @asynccontextmanager
 async def serve(app: web.Application) -> AsyncIterator[str]:
     """Run ``app`` on a free loopback port; yields its base URL."""
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -26,6 +26,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from tests.probes.helpers import serve
 from tests.web.runs import seed
 from tracecanary.daemon.app import Daemon, DaemonControl
 from tracecanary.daemon.config.load import load_config
@@ -100,14 +101,8 @@ async def serve_routes(routes: Sequence[web.AbstractRouteDef]) -> AsyncIterator[
     """Serve routes on 127.0.0.1 (a free port) for the block; yields the base URL."""
     app = web.Application()
     app.add_routes(routes)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with serve(app) as base:
+        yield base
 
 
 def suite(target_url: str, *, api_token: str | None, extra_probe: bool, alert_channel: bool) -> dict[str, Any]:
