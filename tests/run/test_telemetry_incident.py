@@ -28,7 +28,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from tests.alerts.helpers import WebhookReceiver, serve
+from tests.alerts.helpers import WebhookReceiver
+from tests.probes.helpers import serve
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.app import Daemon
 from tracecanary.daemon.config.load import load_config
