@@ -1,0 +1,1 @@
+"""Membership and ownership: single, standby (Postgres lock), kafka (consumer group)."""
