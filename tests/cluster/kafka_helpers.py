@@ -1,0 +1,64 @@
+"""Helpers for kafka-mode tests: topics with N partitions, spans as the Collector exporter sends them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import anyio
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tracecanary.assertions.spans import Span, SpanKind, SpanLink
+from tracecanary.daemon.cluster.partitioner import PARTITIONERS
+from tracecanary.daemon.spans.otlp import encode_request
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{os.urandom(4).hex()}"
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        with anyio.fail_after(20):
+            await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+def span(trace_id: str, name: str, *, links: Sequence[str] = (), service: str = "svc") -> Span:
+    return Span(trace_id=trace_id, span_id=os.urandom(8).hex(), parent_span_id=None, name=name,
+                kind=SpanKind.SERVER, start_ns=1_000, end_ns=2_000, service=service,
+                links=tuple(SpanLink(trace_id=t, span_id="00f067aa0ba902b7") for t in links))
+
+
+class ExporterLikeProducer:
+    """An aiokafka producer that keys each trace by its lowercase hex id, partitioned as configured.
+
+    ``murmur2`` uses aiokafka's own DefaultPartitioner (a real producer's hash); ``sarama_compat``
+    plugs our FNV-1a function in (no Go producer here; the function is checked against vectors).
+    """
+
+    def __init__(self, bootstrap: str, partitioner: str) -> None:
+        kwargs = {}
+        if partitioner == "sarama_compat":
+            fn = PARTITIONERS["sarama_compat"]
+            kwargs["partitioner"] = lambda key, all_p, _avail: all_p[fn(key, len(all_p))]
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **kwargs)
+
+    async def __aenter__(self) -> ExporterLikeProducer:
+        await self.producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.producer.stop()
+
+    async def send_trace(self, topic: str, spans: Sequence[Span]) -> int:
+        """Send one trace as one message; returns the partition it landed on."""
+        key = spans[0].trace_id.lower().encode("ascii")
+        with anyio.fail_after(20):
+            meta = await self.producer.send_and_wait(topic, encode_request(list(spans)).SerializeToString(),
+                                                     key=key)
+        return int(meta.partition)
