@@ -145,6 +145,22 @@ class KafkaMembership:
             await self._changed.wait()
         return self._ownership
 
+    async def wait_changed(self) -> None:
+        """Return at the next ownership change."""
+        await self._changed.wait()
+
+    async def broker_alive(self, timeout_s: float | None = None) -> bool:
+        """Whether the broker answers a metadata request now (the lease keeper's proof of contact)."""
+        consumer = self._consumer
+        if consumer is None:
+            return False
+        try:
+            with anyio.fail_after(timeout_s if timeout_s is not None else self.config.session_timeout_s / 3):
+                await consumer.topics()
+        except (KafkaError, TimeoutError, OSError):
+            return False
+        return True
+
     def mint_trace_id(self) -> str:
         """A trace id landing on an owned partition, wanted by the filter. Raises NoOwnedPartitionError."""
         own = self._ownership

@@ -1,0 +1,215 @@
+"""Every final run on ``results_topic``, each run id at most once — even across kill -9.
+
+A final run becomes a row of the ``results_outbox`` table, written only while the probe's lease names
+this session (fenced). A publisher sends its session's rows one at a time (key = probe id, value = the
+run object of the ``check --json`` report) and records the partition and offset the broker acknowledged.
+An idempotent producer only covers retries within one producer session; a process killed between the
+broker's acknowledgement and that record leaves a row that looks unsent although the topic holds it.
+
+Rows of a dead session (no heartbeat for its own ``ttl_s``) are adopted by whoever holds the probe's lease.
+Before re-sending them the adopter reads the probe's partition of ``results_topic`` from the last
+acknowledged offset that must precede them, and skips run ids already there. Which offset is that: a
+session sends one row at a time, and a row's message was sent after the row was created, so it comes
+after the session's own last acknowledged message in that partition and after every message any session
+had acknowledged before the row existed. The larger of those two offsets bounds the scan from below.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import psycopg
+import psycopg_pool
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from tracecanary.daemon.cli.report import run_json
+from tracecanary.daemon.cluster.kafka_db import Conn
+from tracecanary.daemon.cluster.kafka_leases import HOLDS_SQL, LeaseBook
+from tracecanary.daemon.cluster.partitioner import murmur2_partition
+from tracecanary.daemon.store.base import RunRecord
+
+log = logging.getLogger("tracecanary.cluster.results")
+
+_ENQUEUE = f"""
+INSERT INTO results_outbox (run_id, probe_id, session_id, epoch, payload)
+SELECT %(run)s, %(probe)s, %(session)s, %(epoch)s, %(payload)s WHERE {HOLDS_SQL}
+ON CONFLICT (run_id) DO NOTHING RETURNING run_id
+"""
+_PENDING = """
+SELECT run_id, probe_id, payload FROM results_outbox WHERE session_id = %s AND acked_at IS NULL
+ORDER BY created_at, run_id LIMIT %s
+"""
+_ACK = "UPDATE results_outbox SET acked_at = now(), result_partition = %s, result_offset = %s WHERE run_id = %s"
+_ORPHANS = f"""
+SELECT o.run_id, o.probe_id, o.session_id, o.created_at FROM results_outbox o
+JOIN cluster_sessions s ON s.session_id = o.session_id
+WHERE o.acked_at IS NULL AND o.session_id <> %(session)s
+  AND s.seen_at < now() - make_interval(secs => s.ttl_s)
+  AND {HOLDS_SQL.replace("%(probe)s", "o.probe_id")}
+ORDER BY o.created_at
+"""
+_FLOOR = """
+SELECT max(result_offset) FROM results_outbox WHERE acked_at IS NOT NULL AND result_partition = %(partition)s
+  AND (acked_at < %(created)s OR session_id = %(dead)s)
+"""
+_ADOPT = "UPDATE results_outbox SET session_id = %s WHERE run_id = ANY(%s) AND acked_at IS NULL AND session_id = %s"
+
+
+@dataclass
+class OutboxStats:
+    """Counters of one publisher."""
+
+    enqueued: int = 0
+    fenced: int = 0
+    published: int = 0
+    adopted: int = 0
+    skipped_present: int = 0
+    scanned_messages: int = 0
+
+
+class ResultsOutbox:
+    """The outbox of this session and its publisher onto ``results_topic``."""
+
+    def __init__(self, pool: psycopg_pool.AsyncConnectionPool[Conn], leases: LeaseBook, *, bootstrap: str,
+                 results_topic: str, op_timeout_s: float = 10.0, batch: int = 200, idempotent: bool = True) -> None:
+        self.pool = pool
+        self.leases = leases
+        self.bootstrap = bootstrap
+        self.results_topic = results_topic
+        self.op_timeout_s = op_timeout_s
+        self.batch = batch
+        self.idempotent = idempotent
+        """Idempotent producer (covers retries within one producer session); tansu lacks InitProducerId."""
+        self.stats = OutboxStats()
+        self._producer: AIOKafkaProducer | None = None
+        self._wake = anyio.Event()
+
+    async def enqueue(self, run: RunRecord) -> bool:
+        """Record a final run for publishing; False when the lease is not ours (fenced) or it is queued."""
+        args = {"run": run.run_id, "probe": run.probe_id, "session": self.leases.session_id,
+                "epoch": self.leases.epoch, "payload": json.dumps(run_json(run), separators=(",", ":"))}
+        with anyio.fail_after(self.op_timeout_s):
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(_ENQUEUE, args)
+                added = await cur.fetchone() is not None
+        if added:
+            self.stats.enqueued += 1
+            self._wake.set()
+        else:
+            self.stats.fenced += 1
+            log.warning("result not queued: lease not held run_id=%s probe_id=%s", run.run_id, run.probe_id)
+        return added
+
+    async def start(self) -> None:
+        """Connect the producer (acks=all; idempotent unless told otherwise)."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
+                                    enable_idempotence=self.idempotent)
+        with anyio.fail_after(self.op_timeout_s * 3):
+            await producer.start()
+        self._producer = producer
+
+    async def aclose(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await producer.stop()
+
+    async def publish_pending(self) -> int:
+        """Send this session's queued rows, one at a time, recording each acknowledgement."""
+        assert self._producer is not None, "start() first"
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_PENDING, (self.leases.session_id, self.batch))
+            rows = await cur.fetchall()
+        for run_id, probe_id, payload in rows:
+            with anyio.fail_after(self.op_timeout_s):
+                meta = await self._producer.send_and_wait(
+                    self.results_topic, str(payload).encode(), key=str(probe_id).encode())
+            with anyio.CancelScope(shield=True), anyio.fail_after(self.op_timeout_s):
+                async with self.pool.connection() as conn:
+                    await conn.execute(_ACK, (meta.partition, meta.offset, run_id))
+            self.stats.published += 1
+        return len(rows)
+
+    async def adopt_orphans(self) -> int:
+        """Take over dead sessions' rows of probes this session leases; skip those already on the topic."""
+        args = {"session": self.leases.session_id}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_ORPHANS, args)
+            orphans = await cur.fetchall()
+        if not orphans:
+            return 0
+        assert self._producer is not None, "start() first"
+        n = len(await self._producer.partitions_for(self.results_topic))
+        groups: dict[tuple[int, str], list[tuple[str, Any]]] = {}
+        for run_id, probe_id, session_id, created in orphans:
+            part = murmur2_partition(str(probe_id).encode(), n)  # the producer's default partitioner
+            groups.setdefault((part, str(session_id)), []).append((str(run_id), created))
+        adopted = 0
+        for (part, dead), rows in groups.items():
+            adopted += await self._adopt_group(part, dead, rows)
+        return adopted
+
+    async def _adopt_group(self, part: int, dead: str, rows: list[tuple[str, Any]]) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_FLOOR, {"partition": part, "created": min(c for _, c in rows), "dead": dead})
+            floor = (await cur.fetchone() or (None,))[0]
+        present = await self._run_ids_on_topic(part, None if floor is None else int(floor))
+        run_ids = [r for r, _ in rows]
+        already = [r for r in run_ids if r in present]
+        async with self.pool.connection() as conn, conn.transaction():
+            for r in already:
+                await conn.execute(_ACK, (part, present[r], r))
+            await conn.execute(_ADOPT, (self.leases.session_id, [r for r in run_ids if r not in present], dead))
+        self.stats.skipped_present += len(already)
+        self.stats.adopted += len(run_ids) - len(already)
+        log.info("results adopted dead_session=%s partition=%d from_offset=%s resend=%d already_there=%d",
+                 dead, part, floor, len(run_ids) - len(already), len(already))
+        self._wake.set()
+        return len(run_ids) - len(already)
+
+    async def _run_ids_on_topic(self, part: int, floor: int | None) -> dict[str, int]:
+        """Run ids in ``results_topic`` partition ``part`` from ``floor`` (or the start) to its end."""
+        tp = TopicPartition(self.results_topic, part)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        found: dict[str, int] = {}
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            with anyio.fail_after(self.op_timeout_s * 3):
+                end = (await consumer.end_offsets([tp]))[tp]
+                if floor is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, floor)
+                while await consumer.position(tp) < end:
+                    for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                        for rec in records:
+                            self.stats.scanned_messages += 1
+                            found[str(json.loads(rec.value)["run_id"])] = int(rec.offset)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await consumer.stop()
+        return found
+
+    async def run(self, *, poll_s: float = 1.0, on_error: Callable[[BaseException], Awaitable[None]] | None = None
+                  ) -> None:
+        """Adopt orphans and publish until cancelled; woken at once by :meth:`enqueue`."""
+        while True:
+            self._wake = anyio.Event()
+            try:
+                await self.adopt_orphans()
+                while await self.publish_pending() == self.batch:
+                    pass
+            except (KafkaError, psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError, OSError) as e:
+                # reported and retried; the rows stay queued
+                log.warning("results publishing failed error=%r", str(e))
+                if on_error is not None:
+                    await on_error(e)
+            with anyio.move_on_after(poll_s):
+                await self._wake.wait()
