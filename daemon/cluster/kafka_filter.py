@@ -8,20 +8,25 @@ trace id: a dictionary lookup on the key decides, without parsing the value. A m
 
 ``scan_foreign`` also scans the messages of traces nobody here minted for span links into a wanted
 trace (a queue consumer's new trace linking back to a probe's producer span): those are kept too.
-Decoding reuses the Kafka span source's path (``daemon/spans/kafka.py``).
+Decoding reuses the Kafka span source's path (``daemon/spans/kafka.py``). A foreign protobuf message
+neither owned nor linked is offered to ``on_foreign`` (the forwarder, ``kafka_forward.py``), which
+forwards it to other owners and says whether this member waits for it too (a correlated trace).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.kafka import ingest_message
-from tracecanary.daemon.spans.otlp import decode_json, scan_protobuf
+from tracecanary.daemon.spans.otlp import RawBatch, decode_json, scan_protobuf
 
 Decision = Literal["owned", "linked", "skipped"]
+ForeignHook = Callable[[bytes, RawBatch], bool]
+"""``(message value, scanned batch) -> keep here too``."""
 
 
 @dataclass
@@ -34,6 +39,7 @@ class FilterStats:
     scanned: int = 0
     spans: int = 0
     forgotten: int = 0
+    forwarded_in: int = 0
 
 
 class TraceFilter:
@@ -45,6 +51,7 @@ class TraceFilter:
         self.stats = FilterStats()
         self._hex: OrderedDict[bytes, None] = OrderedDict()
         self._raw: set[bytes] = set()
+        self.on_foreign: ForeignHook | None = None
 
     def __len__(self) -> int:
         return len(self._hex)
@@ -106,6 +113,20 @@ class TraceFilter:
         raw = self._raw
         owned = keyless and not raw.isdisjoint(batch.trace_counts)
         linked = not owned and batch.has_links and not raw.isdisjoint(batch.link_targets())
+        if not owned and not linked and self.on_foreign is not None:
+            linked = self.on_foreign(value, batch)
         if owned or linked:
             self.stats.spans += buffer.add_batch(batch)
         return "owned" if owned else "linked" if linked else "skipped"
+
+    def accept_forwarded(self, buffer: TraceBuffer, value: bytes | None) -> int:
+        """Put a message another member forwarded here into the buffer; its traces are wanted from now on."""
+        if not value:
+            return 0
+        batch = scan_protobuf(value)
+        for raw in batch.trace_counts:
+            self.want(raw.hex())
+        self.stats.forwarded_in += 1
+        added = buffer.add_batch(batch)
+        self.stats.spans += added
+        return added

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tracecanary.assertions.spans import Span, SpanKind, SpanLink
+from tracecanary.assertions.spans import AttrValue, Span, SpanKind, SpanLink
 from tracecanary.daemon.cluster.partitioner import PARTITIONERS
 from tracecanary.daemon.spans.otlp import encode_request
 
@@ -28,9 +28,11 @@ async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         await admin.close()
 
 
-def span(trace_id: str, name: str, *, links: Sequence[str] = (), service: str = "svc") -> Span:
+def span(trace_id: str, name: str, *, links: Sequence[str] = (), service: str = "svc",
+         attributes: Mapping[str, AttrValue] | None = None) -> Span:
     return Span(trace_id=trace_id, span_id=os.urandom(8).hex(), parent_span_id=None, name=name,
                 kind=SpanKind.SERVER, start_ns=1_000, end_ns=2_000, service=service,
+                attributes=dict(attributes or {}),
                 links=tuple(SpanLink(trace_id=t, span_id="00f067aa0ba902b7") for t in links))
 
 
@@ -62,3 +64,10 @@ class ExporterLikeProducer:
             meta = await self.producer.send_and_wait(topic, encode_request(list(spans)).SerializeToString(),
                                                      key=key)
         return int(meta.partition)
+
+
+def trace_on(partitions: frozenset[int] | set[int], n: int, partitioner: str, start: int) -> str:
+    """A (foreign) trace id whose exporter key lands on one of ``partitions``."""
+    fn = PARTITIONERS[partitioner]
+    return next(t for t in (f"{start + i:032x}" for i in range(100_000))
+                if fn(t.encode("ascii"), n) in partitions)
