@@ -70,6 +70,9 @@ def new_member_id() -> str:
 class Membership(Protocol):
     """A replica's place in its cluster (``SingleMembership``, ``StandbyMembership``, later kafka)."""
 
+    address: str | None
+    """This replica's API address (host:port) as the members list shows it; set once bound."""
+
     @property
     def mode(self) -> str:
         """``single`` | ``standby`` | ``kafka``."""
@@ -84,6 +87,11 @@ class Membership(Protocol):
     @property
     def epoch(self) -> int | None:
         """The leader epoch this replica holds while active (None otherwise, and in mode single)."""
+        ...
+
+    @property
+    def previous_active(self) -> str | None:
+        """The member that was active before this one took over (None: nobody, or mode single)."""
         ...
 
     async def members(self) -> list[Member]:
@@ -144,6 +152,10 @@ class SingleMembership:
 
     @property
     def epoch(self) -> int | None:
+        return None
+
+    @property
+    def previous_active(self) -> str | None:
         return None
 
     async def members(self) -> list[Member]:

@@ -81,8 +81,7 @@ class StandbyMembership:
         self._on_deposed = on_deposed
         self._state = RoleState(Role.STANDBY)
         self._epoch: int | None = None
-        self.previous_leader: str | None = None
-        """The member that held the epoch before this replica took it over (None: nobody before)."""
+        self._previous_active: str | None = None
         self._started_ns = time.time_ns()
         self._last_ok = clock()
         self._session: anyio.CancelScope | None = None
@@ -100,6 +99,10 @@ class StandbyMembership:
     @property
     def epoch(self) -> int | None:
         return self._epoch if self._state.role is Role.ACTIVE else None
+
+    @property
+    def previous_active(self) -> str | None:
+        return self._previous_active
 
     async def members(self) -> list[Member]:
         """As of the last heartbeat (read with it, on the lock connection)."""
@@ -173,10 +176,10 @@ class StandbyMembership:
             row = await (await conn.execute(sql.TAKEOVER, {"member": self._member_id})).fetchone()
         assert row is not None
         self._epoch = int(row[0])
-        self.previous_leader = str(prev[0]) if prev is not None and prev[0] is not None else None
+        self._previous_active = str(prev[0]) if prev is not None and prev[0] is not None else None
         self._last_ok = self._clock()
         log.warning("cluster.takeover member=%s epoch=%d previous=%s", self._member_id, self._epoch,
-                    self.previous_leader or "none")
+                    self._previous_active or "none")
         self._state.set(Role.ACTIVE)
 
     # --- losing the role -------------------------------------------------------------------------

@@ -64,7 +64,7 @@ async def test_one_active_then_the_standby_takes_over_with_a_new_epoch(postgres_
     async with member(postgres_url, "c") as c:
         await eventually(lambda: c.role is Role.ACTIVE, 20, "c active")
         assert c.epoch is not None and epoch is not None and c.epoch > epoch
-        assert c.previous_leader in ("a", "b")
+        assert c.previous_active in ("a", "b")
 
 
 async def test_a_partitioned_active_is_deposed_and_its_late_writes_refused(postgres_url: str) -> None:
