@@ -24,6 +24,9 @@ from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from tracecanary.daemon.alerts.manager import AlertManager
+from tracecanary.daemon.cluster.membership import Membership, Role, SingleMembership
+from tracecanary.daemon.cluster.modes import membership_for
+from tracecanary.daemon.cluster.standby import StandbyTiming
 from tracecanary.daemon.config.links import host_of, render_links
 from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.config.reload import needs_restart
@@ -131,6 +134,11 @@ class Engine:
     serve_api: bool = True
     daemon_mode: bool = False
     """The daemon alerts and sends Sentry check-ins; a `check` pass reports through its exit code."""
+    defer_alerting: bool = False
+    """The daemon starts alerting itself when its role acts (:meth:`start_alerting`); otherwise the
+    engine does at start (daemon_mode)."""
+    standby_timing: StandbyTiming = field(default_factory=StandbyTiming)
+    """The election's durations in ``daemon.cluster.mode: standby`` (tests shorten them)."""
     routes: Sequence[RouteFactory] = ()
     """Routes beyond the engine's own (/healthz, /readyz, /metrics, /hooks/github): the daemon's API and
     dashboard. Each factory is called once the components exist."""
@@ -164,6 +172,8 @@ class Engine:
     hooks: list[RunHook] = field(init=False, default_factory=list)
     metrics: Metrics = field(init=False)
     alerts: AlertManager | None = field(init=False, default=None)
+    membership: Membership = field(init=False, default_factory=SingleMembership)
+    """This replica's role in its cluster (``daemon.cluster``); single for `check`."""
     sentry_source: SentryTraceSource | None = field(init=False, default=None)
     _exports_telemetry: bool = field(init=False, default=False)
 
@@ -194,12 +204,18 @@ class Engine:
         with tempfile.TemporaryDirectory(prefix="tracecanary-") as tmp:
             self.metrics = Metrics()
             reporter = StoreFaultReporter(self.metrics, self.set_unready, lambda: self.alerts)
-            self.store = await open_guarded(self.store_url(tmp if temporary_store else None), reporter,
-                                            self.config.daemon.store_health)
+            url = self.store_url(tmp if temporary_store else None)
+            if self.daemon_mode:
+                self.membership, url = membership_for(self.config.daemon.cluster, url, timing=self.standby_timing,
+                                                      on_deposed=lambda _: self.metrics.cluster_depositions.inc())
+            self.store = await open_guarded(url, reporter, self.config.daemon.store_health)
+            self.store.on_fenced = self.metrics.write_fenced
             try:
                 async with aiohttp.ClientSession() as session, anyio.create_task_group() as tg:
                     self.session = session
                     await tg.start(self.store.run)
+                    await tg.start(self.membership.run)
+                    tg.start_soon(self._follow_role)
                     await self._build(tg)
                     self.lag_monitor = LagMonitor(interval_s=self.lag_interval_s, threshold_s=self.lag_threshold_s,
                                                   observe=self.metrics.loop_lag)
@@ -244,20 +260,16 @@ class Engine:
         await self._serve_http(tg)
         # what the GitHub watcher's `watch: auto` needs to know whether GitHub can deliver to /hooks/github
         self.services.hook_address, self.services.public_url = self.addresses.get("api"), d.public_url
+        self.membership.address = self.addresses.get("api")
 
     async def _start_components(self, tg: anyio.abc.TaskGroup) -> None:
         """Alerts, the Slack Socket Mode listener and Sentry check-ins, each when configured."""
         cfg = self.config
         if self.daemon_mode:
-            self.alerts = AlertManager(
-                self.store, cfg.extra.alerts, dashboard_url=self.dashboard_url,
-                integrations=cfg.integrations, on_attempt=self.metrics.alert_sent,
-                tracer=self.provider.get_tracer("tracecanary.alerts") if self._exports_telemetry else None,
-            )
-            self.hooks.append(self.alerts)
-            await tg.start(self.alerts.run)
-            await self.alerts.reconcile(cfg.probes)
-            self.readiness_details.append(self.alerts.readiness_detail)
+            self.alerts = self.new_alerts()
+            self.readiness_details.append(lambda: self.alerts.readiness_detail() if self.alerts else [])
+            if not self.defer_alerting:
+                await self.start_alerting(tg)
         slack = cfg.integrations.slack
         if slack.app_token:
             from tracecanary.daemon.watchers.slack import SlackSocketListener
@@ -279,6 +291,32 @@ class Engine:
             from tracecanary.daemon.spans.sentry import SentryTraceSource
 
             self.sentry_source = SentryTraceSource(self.session, sentry)
+
+    def new_alerts(self) -> AlertManager:
+        """A fresh alert manager (the one before, if any, leaves the run hooks): built at start, and again
+        each time a replica becomes active (a stopped manager's channels are closed)."""
+        cfg = self.config
+        alerts = AlertManager(
+            self.store, cfg.extra.alerts, dashboard_url=self.dashboard_url,
+            integrations=cfg.integrations, on_attempt=self.metrics.alert_sent,
+            tracer=self.provider.get_tracer("tracecanary.alerts") if self._exports_telemetry else None,
+        )
+        if self.alerts in self.hooks:
+            self.hooks.remove(self.alerts)
+        self.hooks.append(alerts)
+        return alerts
+
+    async def start_alerting(self, tg: anyio.abc.TaskGroup) -> None:
+        """Deliver (re-queue the outbox, run the lanes) in ``tg`` and catch up on missed runs."""
+        assert self.alerts is not None
+        await tg.start(self.alerts.run)
+        await self.alerts.reconcile(self.config.probes)
+
+    async def _follow_role(self) -> None:
+        """``tracecanary_cluster_role`` and /readyz follow the role: a standby is unready (``standby``)."""
+        async for role in self.membership.roles():
+            self.metrics.set_role(role.value, [r.value for r in Role])
+            self.set_unready("cluster", "standby" if role is Role.STANDBY else None)
 
     @property
     def dashboard_url(self) -> str:
@@ -318,7 +356,7 @@ class Engine:
         self.store.settings = config.daemon.store_health  # read at each check and each kept run
         if self.alerts is not None:
             await self.alerts.reconfigure(config.extra.alerts, config.integrations, config.probes,
-                                          dashboard_url=self.dashboard_url)
+                                          dashboard_url=self.dashboard_url, close_orphans=self.membership.role.acts)
         return needs_restart(old, config)
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:

@@ -58,6 +58,8 @@ class PgCluster:
     bin_dir: Path
     run_as: str | None
     """The system user the server runs as (``postgres`` when we are root), else None (ourselves)."""
+    settings: dict[str, str]
+    """Server parameters given at each start (``postgres -c k=v``)."""
 
     @property
     def data_dir(self) -> Path:
@@ -76,11 +78,21 @@ class PgCluster:
         cmd = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args]
         return _run(cmd, self.run_as, timeout_s)
 
+    def start_server(self, *, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """``pg_ctl start`` (waits until it accepts connections); again after :meth:`stop_server` too."""
+        opts = " ".join(f"-c {k}={v}" for k, v in {**self.settings, "port": str(self.port)}.items())
+        return self.pg_ctl("start", "-w", "-t", str(int(timeout_s)), "-l", str(self.root / "server.log"),
+                           "-o", opts, timeout_s=timeout_s + 10)
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m mode`` (``immediate``: like a crash, sessions cut without a goodbye)."""
+        if (self.data_dir / "postmaster.pid").exists():
+            self.pg_ctl("stop", "-m", mode, "-w")
+
     def stop(self) -> None:
         """Stop the server (fast shutdown: open sessions are ended) and remove its folder."""
         try:
-            if (self.data_dir / "postmaster.pid").exists():
-                self.pg_ctl("stop", "-m", "fast", "-w")
+            self.stop_server()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
@@ -123,10 +135,8 @@ def start_postgres(settings: dict[str, str] | None = None, *, attempts: int = 3,
                **(settings or {})}
     last = ""
     for _ in range(attempts):
-        cluster = PgCluster(root, free_port(), bin_dir, run_as)
-        opts = " ".join(f"-c {k}={v}" for k, v in {**options, "port": str(cluster.port)}.items())
-        started = cluster.pg_ctl("start", "-w", "-t", str(int(start_timeout_s)), "-l", str(root / "server.log"),
-                                 "-o", opts, timeout_s=start_timeout_s + 10)
+        cluster = PgCluster(root, free_port(), bin_dir, run_as, options)
+        started = cluster.start_server(timeout_s=start_timeout_s)
         if started.returncode == 0:
             return cluster
         log = root / "server.log"

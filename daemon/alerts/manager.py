@@ -163,10 +163,12 @@ class AlertManager:
         return self.outbox.channels
 
     async def reconfigure(self, settings: AlertsSettings, integrations: Integrations,
-                          probes: Sequence[ProbeSpec], *, dashboard_url: str | None = None) -> None:
+                          probes: Sequence[ProbeSpec], *, dashboard_url: str | None = None,
+                          close_orphans: bool = True) -> None:
         """A reloaded config (SIGHUP): policies, channels (rebuilt when their config or the integrations
         changed; pending deliveries of a removed channel are dropped), silences and timings; incidents
-        of probes that no longer alert are closed with their recovery."""
+        of probes that no longer alert are closed with their recovery (unless ``close_orphans`` is
+        False: a standby replica leaves that to the active one)."""
         old, old_integrations = self.settings, self._integrations
         channels = {
             name: (self.outbox.lanes[name].channel
@@ -180,7 +182,8 @@ class AlertManager:
         await self.outbox.set_channels(channels)
         self.silences = Silences(self.store, settings.silences, self._clock)
         self.telemetry.after = settings.telemetry_incident_after
-        await self.close_orphans(probes, "the probe no longer alerts (configuration reloaded)")
+        if close_orphans:
+            await self.close_orphans(probes, "the probe no longer alerts (configuration reloaded)")
         log.info("alerts reconfigured channels=%s policies=%s silences=%d", ",".join(settings.channels),
                  ",".join(settings.policies), len(settings.silences))
 

@@ -90,6 +90,15 @@ class Metrics:
             "tracecanary_event_loop_lag_seconds", "How late the event loop ran a periodic timer: the time one "
             "step or a garbage collection held it (observe/lag.py; steps stay under 20 ms).",
             buckets=LOOP_LAG_BUCKETS_S, registry=r)
+        self.cluster_role = Gauge(
+            "tracecanary_cluster_role", "1 for this replica's current cluster role (single, active, standby, member), "
+            "0 for the others.", ["role"], registry=r)
+        self.cluster_fenced_writes = Counter(
+            "tracecanary_cluster_fenced_writes", "Writes refused because this replica no longer held the leader "
+            "epoch (a deposed active replica's late writes), by store operation.", ["op"], registry=r)
+        self.cluster_depositions = Counter(
+            "tracecanary_cluster_depositions", "Times this replica lost the active role (its lock connection failed "
+            "or went silent).", registry=r)
         self._series: dict[Gauge | Counter | Histogram, dict[tuple[str, ...], Any]] = {m: {} for m in (
             self.probe_success, self.probe_unknown, self.probe_duration, self.runs, self.trace_spans,
             self.time_to_verdict, self.schedule_lateness)}
@@ -156,6 +165,14 @@ class Metrics:
     def loop_lag(self, seconds: float) -> None:
         """One tick of the event-loop lag monitor."""
         self.event_loop_lag.observe(seconds)
+
+    def set_role(self, role: str, roles: Iterable[str]) -> None:
+        """``tracecanary_cluster_role``: 1 for ``role``, 0 for the other ``roles``."""
+        for name in roles:
+            self.cluster_role.labels(name).set(1.0 if name == role else 0.0)
+
+    def write_fenced(self, op: str, reason: str) -> None:
+        self.cluster_fenced_writes.labels(op).inc()
 
     def alert_sent(self, channel: str, outcome: str) -> None:
         self.alerts_sent.labels(channel, outcome).inc()

@@ -68,6 +68,8 @@ class PostgresStore(SqlStore):
         self.retry_delays_s = tuple(retry_delays_s)
         self.pool_size = pool_size
         self._pool: psycopg_pool.AsyncConnectionPool[Conn] | None = None
+        self._down = False
+        """The last call ended in a connection fault: the next one probes the server before waiting on the pool."""
 
     # --- connections -----------------------------------------------------------------------------
     def _new_pool(self) -> psycopg_pool.AsyncConnectionPool[Conn]:
@@ -108,30 +110,54 @@ class PostgresStore(SqlStore):
             return StoreFault(f"{self.where}: {what} (server unreachable or not answering)")
         return StoreFault(f"{self.where}: {one_line(e)}")
 
+    async def _unreachable(self) -> BaseException | None:
+        """Why a new connection to the server fails (refused, timed out, rejected), or None when it works:
+        the pool only says it waited, this names the cause."""
+        try:
+            with anyio.fail_after(self.op_timeout_s):
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=max(1, round(self.op_timeout_s)))
+                await conn.close()
+        except (psycopg.Error, TimeoutError) as e:
+            return e
+        return None
+
     async def _call(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
-        """``fn`` on a pooled connection, each attempt bounded by ``op_timeout_s``; retried after a
-        connection fault with backoff, then a :class:`StoreFault`."""
+        """``fn`` on a pooled connection, bounded by ``op_timeout_s``. After a connection fault the server
+        is probed with a new connection after each of ``retry_delays_s`` and ``fn`` retried once it answers;
+        then a :class:`StoreFault`. While the store is down (the last call failed so), a call probes first
+        and fails at once: callers are not held up by backoff during an outage."""
         if self._pool is None:
             raise RuntimeError("store is not open")
         pool, started = self._pool, time.monotonic()
-        for attempt, delay_s in enumerate((*self.retry_delays_s, None), start=1):
-            try:
-                with anyio.fail_after(self.op_timeout_s):
-                    async with pool.connection() as conn:
-                        return await fn(conn)
-            except RETRYABLE as e:
-                if delay_s is None:
-                    fault = self._fault_of(e, f"no answer within {self.op_timeout_s:g}s")
-                    raise StoreFault(f"{fault} ({attempt} attempts over "
-                                     f"{time.monotonic() - started:.1f}s)") from e
-                log.warning("store connection fault, retrying store=%s attempt=%d in_s=%g error=%s",
-                            self.where, attempt, delay_s, one_line(e))
-                await anyio.sleep(delay_s)
+        last: BaseException | None = await self._unreachable() if self._down else None
+        delays = (*self.retry_delays_s, None) if last is None else (None,)
+        for attempt, delay_s in enumerate(delays, start=1):
+            if last is None:
+                try:
+                    with anyio.fail_after(self.op_timeout_s):
+                        async with pool.connection() as conn:
+                            result = await fn(conn)
+                    self._down = False
+                    return result
+                except RETRYABLE as e:
+                    last = e
+                except psycopg.errors.ReadOnlySqlTransaction as e:
+                    raise StoreFault(f"{self.where}: the server is read-only (a standby?): {one_line(e)}") from e
+            if delay_s is None:
+                break
+            log.warning("store connection fault, retrying store=%s attempt=%d in_s=%g error=%s",
+                        self.where, attempt, delay_s, one_line(last))
+            await anyio.sleep(delay_s)
+            last = await self._unreachable()
+            if last is None:
                 with anyio.move_on_after(self.op_timeout_s):
                     await pool.check()  # drop the idle connections that died with the one that failed
-            except psycopg.errors.ReadOnlySqlTransaction as e:
-                raise StoreFault(f"{self.where}: the server is read-only (a standby?): {one_line(e)}") from e
-        raise AssertionError("unreachable")
+        self._down = True
+        assert last is not None
+        fault = self._fault_of(last, f"no answer within {self.op_timeout_s:g}s")
+        raise StoreFault(f"{fault} (connection lost; {attempt} attempt{'s' if attempt > 1 else ''} "
+                         f"over {time.monotonic() - started:.1f}s)") from last
 
     async def _write(self, sql: str, args: tuple[Any, ...]) -> int:
         async def run(conn: Conn) -> int:

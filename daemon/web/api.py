@@ -33,6 +33,8 @@ from tracecanary.daemon.web.dashboard.summary import (
 )
 from tracecanary.daemon.web.schema import (
     AlertsOut,
+    ClusterMemberOut,
+    ClusterOut,
     ErrorOut,
     FireOut,
     ProbeList,
@@ -186,6 +188,12 @@ class Api:
             return _error(404, "unknown silence")
         return web.Response(status=204)
 
+    async def cluster(self, request: web.Request) -> web.Response:
+        m = self.control.membership
+        members = [ClusterMemberOut.model_validate(asdict(x)) for x in await m.members()]
+        return self._json(ClusterOut(mode=m.mode, member=m.member_id, role=m.role.value, epoch=m.epoch,
+                                     members=members))
+
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
@@ -223,6 +231,7 @@ def api_routes(control: Control, *, api_token: str | None = None, read_token_req
         web.post("/api/probes/{probe_id}/run", write(api.run_probe)),
         web.get("/api/runs/{run_id}", read(api.get_run)),
         web.get("/api/alerts", read(api.list_alerts)),
+        web.get("/api/cluster", read(api.cluster)),
         web.post("/api/silences", write(api.add_silence)),
         web.delete("/api/silences/{silence_id}", write(api.remove_silence)),
     ]

@@ -16,6 +16,7 @@ from tracecanary.daemon.alerts.delivery import ChannelHealth
 from tracecanary.daemon.alerts.manager import AlertsOverview
 from tracecanary.daemon.alerts.silences import ListedSilence, SilenceSettings
 from tracecanary.daemon.alerts.system import SystemIncident
+from tracecanary.daemon.cluster.membership import Membership
 from tracecanary.daemon.config.secrets import Secrets
 from tracecanary.daemon.store.base import Store
 from tracecanary.probes.base import ProbeSpec
@@ -87,6 +88,11 @@ class Control(Protocol):
     @property
     def demo(self) -> DemoControl | None:
         """The demo world when run by `tracecanary demo` (the dashboard shows its chaos toggle)."""
+        ...
+
+    @property
+    def membership(self) -> Membership:
+        """This replica's cluster role and the members (``GET /api/cluster``, the dashboard header)."""
         ...
 
     def probes(self) -> list[ProbeSpec]:

@@ -106,7 +106,9 @@ class Dashboard:
 
     def html(self, name: str, **ctx: Any) -> str:
         """A rendered template with the config's secrets masked (in their HTML-escaped forms too)."""
-        return self.control.secrets().mask_text(self.env.get_template(name).render(**ctx))
+        membership = self.control.membership
+        cluster = {"mode": membership.mode, "role": membership.role.value, "member": membership.member_id}
+        return self.control.secrets().mask_text(self.env.get_template(name).render(cluster=cluster, **ctx))
 
     def render(self, name: str, **ctx: Any) -> web.Response:
         return web.Response(text=self.html(name, **ctx), content_type="text/html")
