@@ -23,6 +23,7 @@ import anyio
 from aiohttp import web
 
 from tracecanary.assertions.spans import Span
+from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership, rebalance_handler
 from tracecanary.daemon.cluster.membership import Membership, Role
 from tracecanary.daemon.cluster.standby import StandbyTiming
 from tracecanary.daemon.config.load import Config, load_config
@@ -125,8 +126,12 @@ class Daemon:
                 async with anyio.create_task_group() as tg:
                     if engine.alerts is not None:
                         await engine.start_alerting(tg)
+                    kafka = engine.membership if isinstance(engine.membership, KafkaClusterMembership) else None
                     self.scheduler = Scheduler(self._fire, on_lateness=engine.metrics.lateness,
-                                               on_skip=engine.metrics.skipped)
+                                               on_skip=engine.metrics.skipped,
+                                               owns=kafka.owns if kafka else lambda _: True)
+                    if kafka is not None:
+                        kafka.on_moves(rebalance_handler(kafka, engine.runner, self.scheduler, tg))
                     self.scheduler.set_probes(self.config.probes)
                     self.control.scheduler = self.scheduler
                     await self._recover_chains(tg, pending)
@@ -143,6 +148,8 @@ class Daemon:
         """:meth:`_take_over` on a takeover in mode standby: a failure is logged and the replica acts on
         (the runs stay as they are until the next takeover); the fence refuses it if it was deposed."""
         membership = self.engine.membership
+        if membership.mode == "kafka":  # each probe's new owner aborts what the previous one left (rebalance)
+            return []
         reason = "failover" if membership.previous_active not in (None, membership.member_id) else "daemon restart"
         try:
             return await self._take_over(reason)

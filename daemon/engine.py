@@ -24,6 +24,7 @@ from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from tracecanary.daemon.alerts.manager import AlertManager
+from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership
 from tracecanary.daemon.cluster.membership import Membership, Role, SingleMembership
 from tracecanary.daemon.cluster.modes import membership_for
 from tracecanary.daemon.cluster.standby import StandbyTiming
@@ -247,6 +248,7 @@ class Engine:
         self.kafka_producers = KafkaProducers()
         self.metrics.set_buffer_gauge(lambda: float(self.buffer.stats().spans))
         self.hooks.append(self.metrics)
+        mint = self._attach_kafka_member()
         self.provider = self._telemetry()
         await self._start_components(tg)
         self.runner = Runner(RunnerDeps(
@@ -256,11 +258,23 @@ class Engine:
             self_tracer=self.provider.get_tracer("tracecanary.daemon") if self._exports_telemetry else None,
             links=self.links_for, sentry_source=self.sentry_source,
             resources=ProbeResources(kafka_producers=self.kafka_producers), secrets=self.config.secrets(),
+            mint_trace_id=mint,
         ))
         await self._serve_http(tg)
         # what the GitHub watcher's `watch: auto` needs to know whether GitHub can deliver to /hooks/github
         self.services.hook_address, self.services.public_url = self.addresses.get("api"), d.public_url
         self.membership.address = self.addresses.get("api")
+
+    def _attach_kafka_member(self) -> Callable[[], str] | None:
+        """Mode kafka: the member reads spans into the buffer, publishes final runs (a run hook) and
+        mints the runs' trace ids; the gauge counts the probes it fires. Other modes: nothing."""
+        member = self.membership
+        if not isinstance(member, KafkaClusterMembership):
+            return None
+        member.attach(self.buffer, lambda: [p.id for p in self.config.probes])
+        self.hooks.append(member)
+        self.metrics.set_owned_probes_gauge(lambda: float(member.owned_probes()))
+        return member.mint_trace_id
 
     async def _start_components(self, tg: anyio.abc.TaskGroup) -> None:
         """Alerts, the Slack Socket Mode listener and Sentry check-ins, each when configured."""

@@ -23,7 +23,8 @@ SCHEMA = """
 CREATE SEQUENCE IF NOT EXISTS cluster_epoch;
 CREATE TABLE IF NOT EXISTS cluster_sessions (
     session_id TEXT PRIMARY KEY, member_id TEXT NOT NULL, ttl_s DOUBLE PRECISION NOT NULL,
-    started_at TIMESTAMPTZ NOT NULL DEFAULT now(), seen_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(), seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    address TEXT, epoch BIGINT, partitions INTEGER[], probes INTEGER
 );
 CREATE TABLE IF NOT EXISTS cluster_leases (
     probe_id TEXT PRIMARY KEY, member_id TEXT NOT NULL, session_id TEXT NOT NULL,

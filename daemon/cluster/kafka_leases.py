@@ -72,6 +72,7 @@ class LeaseBook:
         self.stats = LeaseStats()
         self._clock = clock
         self._deadline: dict[str, float] = {}
+        self._round = anyio.Event()
 
     def holds(self, probe_id: str) -> bool:
         """Whether this member may fire ``probe_id`` now."""
@@ -112,9 +113,15 @@ class LeaseBook:
         self.stats.rounds += 1
         self.stats.claimed += len(newly)
         self.stats.refused += len(set(wanted) - got)
+        self._round.set()
+        self._round = anyio.Event()
         if newly:
             log.info("leases claimed member=%s epoch=%d probes=%d", self.member_id, self.epoch, len(newly))
         return got
+
+    async def wait_round(self) -> None:
+        """Return after the next completed lease round."""
+        await self._round.wait()
 
     def drop_all(self) -> None:
         """Stop firing everything at once (the database leases lapse on their own)."""
@@ -130,16 +137,20 @@ class LeaseBook:
 
 async def keep_leases(book: LeaseBook, wanted: Callable[[], Collection[str]],
                       broker_alive: Callable[[], Awaitable[bool]], *, interval_s: float | None = None,
-                      retry_s: float = 0.2, changed: Callable[[], Awaitable[None]] | None = None) -> None:
+                      retry_s: float = 0.2, changed: Callable[[], Awaitable[None]] | None = None,
+                      on_round: Callable[[set[str]], Awaitable[None]] | None = None) -> None:
     """Run lease rounds until cancelled: every ``interval_s`` (default ttl/3), every ``retry_s`` while a
     wanted probe is refused, and at once when ``changed`` returns (a new ownership). A round renews only
-    if ``broker_alive()`` says the member still reaches the broker; otherwise leases are left to lapse."""
+    if ``broker_alive()`` says the member still reaches the broker; otherwise leases are left to lapse.
+    ``on_round(held)`` follows every renewing round (the member reports itself)."""
     interval_s = interval_s if interval_s is not None else book.ttl_s / 3
     while True:
         want = set(wanted())
         try:
             if await broker_alive():
                 got = await book.sync(want)
+                if on_round is not None:
+                    await on_round(got)
             else:
                 book.stats.skipped_rounds += 1
                 got = book.held()

@@ -1,7 +1,9 @@
 """Every final run on ``results_topic``, each run id at most once — even across kill -9.
 
-A final run becomes a row of the ``results_outbox`` table, written only while the probe's lease names
-this session (fenced). A publisher sends its session's rows one at a time (key = probe id, value = the
+A final run becomes a row of the ``results_outbox`` table (keyed by run id, so queued once). It is not
+fenced by the probe's lease: the lease fences *firing*; a run that was fired under the lease and ends
+just after the probe moved (or a cut-off member's last runs) happened and is published — by its own
+session, or, if that session died, by the probe's new owner. A publisher sends its session's rows one at a time (key = probe id, value = the
 run object of the ``check --json`` report) and records the partition and offset the broker acknowledged.
 An idempotent producer only covers retries within one producer session; a process killed between the
 broker's acknowledgement and that record leaves a row that looks unsent although the topic holds it.
@@ -36,9 +38,9 @@ from tracecanary.daemon.store.base import RunRecord
 
 log = logging.getLogger("tracecanary.cluster.results")
 
-_ENQUEUE = f"""
+_ENQUEUE = """
 INSERT INTO results_outbox (run_id, probe_id, session_id, epoch, payload)
-SELECT %(run)s, %(probe)s, %(session)s, %(epoch)s, %(payload)s WHERE {HOLDS_SQL}
+VALUES (%(run)s, %(probe)s, %(session)s, %(epoch)s, %(payload)s)
 ON CONFLICT (run_id) DO NOTHING RETURNING run_id
 """
 _PENDING = """
@@ -66,7 +68,7 @@ class OutboxStats:
     """Counters of one publisher."""
 
     enqueued: int = 0
-    fenced: int = 0
+    duplicates: int = 0
     published: int = 0
     adopted: int = 0
     skipped_present: int = 0
@@ -91,7 +93,7 @@ class ResultsOutbox:
         self._wake = anyio.Event()
 
     async def enqueue(self, run: RunRecord) -> bool:
-        """Record a final run for publishing; False when the lease is not ours (fenced) or it is queued."""
+        """Record a final run for publishing; False when that run id is queued already."""
         args = {"run": run.run_id, "probe": run.probe_id, "session": self.leases.session_id,
                 "epoch": self.leases.epoch, "payload": json.dumps(run_json(run), separators=(",", ":"))}
         with anyio.fail_after(self.op_timeout_s):
@@ -102,8 +104,7 @@ class ResultsOutbox:
             self.stats.enqueued += 1
             self._wake.set()
         else:
-            self.stats.fenced += 1
-            log.warning("result not queued: lease not held run_id=%s probe_id=%s", run.run_id, run.probe_id)
+            self.stats.duplicates += 1
         return added
 
     async def start(self) -> None:

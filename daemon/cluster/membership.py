@@ -58,7 +58,11 @@ class Member:
     alive: bool
     """Whether that report is recent (within the cluster's heartbeat timeout)."""
     epoch: int | None = None
-    """The leader epoch it holds, for the active one."""
+    """The leader epoch it holds, for the active one (mode kafka: its assignment epoch)."""
+    partitions: list[int] | None = None
+    """Mode kafka: the spans-topic partitions it owns."""
+    probes: int | None = None
+    """Mode kafka: how many probes it fires (holds the lease of)."""
 
 
 def new_member_id() -> str:

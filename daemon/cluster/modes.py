@@ -20,6 +20,8 @@ def membership_for(cluster: ClusterSettings, store_url: str, *, timing: StandbyT
     if not is_postgres_url(store_url):
         raise StartupError(f"daemon.cluster mode {cluster.mode} needs a postgresql:// store, not {store_url}")
     if cluster.mode == "kafka":
-        raise StartupError("daemon.cluster mode kafka is not built yet (use single or standby)")
+        from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership
+
+        return KafkaClusterMembership(cluster, store_url), store_url
     standby = StandbyMembership(store_url, timing=timing, on_deposed=on_deposed)
     return standby, member_url(store_url, standby.member_id)

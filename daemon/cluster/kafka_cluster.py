@@ -1,0 +1,328 @@
+"""``daemon.cluster.mode: kafka``: the Membership the daemon consumes, built from the kafka parts.
+
+One member = the consumer group membership (``kafka_membership.py``) + per-probe leases
+(``kafka_leases.py``) + the results outbox (``kafka_results.py``) + the broadcast topic and forwarding
+(``kafka_broadcast.py``, ``kafka_forward.py``). Its role is always ``member``; which probes it fires is
+:meth:`KafkaClusterMembership.owns`: the group gave it the probe's partition **and** it holds the lease.
+
+The two small topics are named after the group (``<group>.forward`` with as many partitions as the
+spans topic, ``<group>.broadcast`` with one), so clusters sharing a broker do not mix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import psycopg_pool
+from aiokafka.errors import KafkaError
+
+from tracecanary.daemon.cluster.kafka_broadcast import Broadcast
+from tracecanary.daemon.cluster.kafka_db import Conn, open_cluster_db
+from tracecanary.daemon.cluster.kafka_forward import Forwarder, ForwardRouter, ensure_topic
+from tracecanary.daemon.cluster.kafka_leases import LeaseBook, keep_leases
+from tracecanary.daemon.cluster.kafka_membership import KafkaMembership, MembershipConfig, Ownership
+from tracecanary.daemon.cluster.kafka_results import ResultsOutbox
+from tracecanary.daemon.cluster.membership import Member, Role, RoleState, new_member_id
+from tracecanary.daemon.cluster.partitioner import probe_partition, trace_key
+from tracecanary.daemon.cluster.settings import ClusterSettings
+from tracecanary.daemon.run.runner import Runner
+from tracecanary.daemon.run.scheduler import RunRefused, Scheduler
+from tracecanary.daemon.spans.buffer import TraceBuffer
+from tracecanary.daemon.store.base import RunRecord
+from tracecanary.probes.base import ProbeSpec
+
+log = logging.getLogger("tracecanary.cluster.kafka")
+
+_MEMBERS = """
+SELECT member_id, address, started_at, seen_at, seen_at > now() - make_interval(secs => ttl_s), epoch,
+       partitions, probes
+FROM cluster_sessions WHERE seen_at > now() - interval '1 hour' ORDER BY member_id, started_at
+"""
+_REPORT = ("UPDATE cluster_sessions SET address = %s, epoch = %s, partitions = %s, probes = %s "
+           "WHERE session_id = %s")
+_ABORT_LEFT = """
+UPDATE runs SET status = 'aborted', abort_reason = %s, finished_ns = COALESCE(finished_ns, %s), verdict = NULL
+WHERE status = 'running' AND probe_id = ANY(%s) RETURNING run_id, probe_id
+"""
+
+MovesHandler = Callable[[set[str], set[str]], Awaitable[None]]
+"""``(probes lost, probes gained)`` at an ownership change (the daemon aborts and re-runs)."""
+
+
+@dataclass
+class KafkaTiming:
+    """Durations of kafka mode (tests shorten them)."""
+
+    session_timeout_s: float = 10.0
+    lease_interval_s: float | None = None
+    """Default: a third of the session timeout."""
+    results_poll_s: float = 1.0
+
+
+@dataclass
+class _Parts:
+    pool: psycopg_pool.AsyncConnectionPool[Conn]
+    leases: LeaseBook
+    group: KafkaMembership
+    outbox: ResultsOutbox
+    broadcast: Broadcast
+    forwarder: Forwarder
+    handlers: list[MovesHandler] = field(default_factory=list)
+
+
+class KafkaClusterMembership:
+    """A member of a kafka-mode cluster (the Membership protocol, plus ownership and results)."""
+
+    mode = "kafka"
+
+    def __init__(self, settings: ClusterSettings, store_url: str, *, member_id: str | None = None,
+                 timing: KafkaTiming | None = None) -> None:
+        assert settings.bootstrap and settings.group, "validated at load"
+        self.settings = settings
+        self.store_url = store_url
+        self.timing = timing or KafkaTiming(session_timeout_s=settings.session_timeout)
+        self.address: str | None = None
+        self._member_id = member_id or new_member_id()
+        self._state = RoleState(Role.MEMBER)
+        self._buffer: TraceBuffer | None = None
+        self._probe_ids: Callable[[], Sequence[str]] = list
+        self._attached = anyio.Event()
+        self._parts: _Parts | None = None
+        self._on_moves: list[MovesHandler] = []
+        self._started_ns = time.time_ns()
+        self._pending_announcements: list[Awaitable[None]] = []
+        self._announce_wake = anyio.Event()
+
+    # ------------------------------------------------------------------ the Membership protocol
+    @property
+    def member_id(self) -> str:
+        return self._member_id
+
+    @property
+    def role(self) -> Role:
+        return self._state.role
+
+    @property
+    def epoch(self) -> int | None:
+        return self._parts.leases.epoch if self._parts else None
+
+    @property
+    def previous_active(self) -> str | None:
+        return None
+
+    def roles(self) -> AsyncIterator[Role]:
+        return self._state.stream()
+
+    async def members(self) -> list[Member]:
+        if self._parts is None:
+            return [Member(self._member_id, Role.MEMBER.value, self.address, self._started_ns, time.time_ns(), True)]
+        async with self._parts.pool.connection() as conn:
+            cur = await conn.execute(_MEMBERS)
+            rows = await cur.fetchall()
+        return [Member(str(m), Role.MEMBER.value, addr, int(started.timestamp() * 1e9), int(seen.timestamp() * 1e9),
+                       bool(alive), epoch, partitions=list(parts or []), probes=probes)
+                for m, addr, started, seen, alive, epoch, parts, probes in rows]
+
+    # ------------------------------------------------------------------ what the daemon wires
+    def attach(self, buffer: TraceBuffer, probe_ids: Callable[[], Sequence[str]]) -> None:
+        """The engine's trace buffer and the loaded probes (called once the engine built them)."""
+        self._buffer, self._probe_ids = buffer, probe_ids
+        self._attached.set()
+
+    def on_moves(self, handler: MovesHandler) -> None:
+        """Call ``handler(lost, gained)`` at every ownership change."""
+        self._on_moves.append(handler)
+
+    @property
+    def ownership(self) -> Ownership:
+        return self._parts.group.ownership if self._parts else Ownership(self._member_id)
+
+    def owns(self, probe_id: str) -> bool:
+        """Whether this member fires ``probe_id`` now: its partition is ours and so is its lease."""
+        parts = self._parts
+        return parts is not None and parts.group.ownership.owns_probe(probe_id) and parts.leases.holds(probe_id)
+
+    async def wait_lease_round(self) -> None:
+        """Return after this member's next lease round."""
+        if self._parts is None:
+            await anyio.sleep(0.1)  # not started yet
+            return
+        await self._parts.leases.wait_round()
+
+    def owned_probes(self) -> int:
+        """How many of the loaded probes this member fires now (``tracecanary_owned_probes``)."""
+        return sum(1 for p in self._probe_ids() if self.owns(p))
+
+    def mint_trace_id(self) -> str:
+        """A run's trace id: lands on an owned partition and is announced for linked/correlated traces."""
+        assert self._parts is not None
+        tid = self._parts.group.mint_trace_id()
+        own = self._parts.group.ownership
+        partition = self._parts.group.minter.partition_of(trace_key(tid), own.num_partitions)
+        self._announce(self._parts.broadcast.announce_trace(tid, partition))
+        return tid
+
+    def _announce(self, send: Awaitable[None]) -> None:
+        self._pending_announcements.append(send)
+        self._announce_wake.set()
+
+    async def on_run_started(self, probe: ProbeSpec, run: RunRecord) -> None:
+        """Run hook: nothing to do at start (the trace was announced when minted)."""
+
+    async def on_run_finished(self, probe: ProbeSpec, run: RunRecord) -> None:
+        """Run hook: a final run goes to the results outbox (fenced by the probe's lease)."""
+        parts = self._parts
+        if parts is not None:
+            parts.group.filter.forget(run.trace_id)
+            own = parts.group.ownership
+            if own.num_partitions:
+                part = parts.group.minter.partition_of(trace_key(run.trace_id), own.num_partitions)
+                self._announce(parts.broadcast.announce_trace(run.trace_id, part, add=False))
+            if run.final:
+                await parts.outbox.enqueue(run)
+
+    # ------------------------------------------------------------------ running
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Take part until cancelled; ready at once (role member), working once :meth:`attach` was called."""
+        task_status.started()
+        await self._attached.wait()
+        s = self.settings
+        assert s.bootstrap and s.group
+        pool = await open_cluster_db(self.store_url)
+        try:
+            await self._run(pool, s.bootstrap, s.group)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self._parts is not None:
+                    with anyio.move_on_after(5):
+                        await self._parts.leases.release_all()
+                    await self._parts.outbox.aclose()
+                await pool.close(timeout=2.0)
+
+    async def _run(self, pool: psycopg_pool.AsyncConnectionPool[Conn], bootstrap: str, group_name: str) -> None:
+        s, t = self.settings, self.timing
+        assert self._buffer is not None
+        config = MembershipConfig(bootstrap=bootstrap, group=group_name, spans_topic=s.spans_topic,
+                                  partitioner=s.partitioner, session_timeout_s=t.session_timeout_s)
+        group = KafkaMembership(config, self._buffer, member_id=self._member_id)
+        leases = LeaseBook(pool, self._member_id, ttl_s=t.session_timeout_s)
+        outbox = ResultsOutbox(pool, leases, bootstrap=bootstrap, results_topic=s.results_topic,
+                               idempotent=False)
+        broadcast = Broadcast(bootstrap, f"{group_name}.broadcast", self._member_id)
+        forwarder = Forwarder(group, ForwardRouter(broadcast.announcements, lambda: group.ownership),
+                              topic=f"{group_name}.forward")
+        async with anyio.create_task_group() as tg:
+            await tg.start(group.run)
+            first = await group.wait_assigned()
+            await ensure_topic(bootstrap, forwarder.topic, max(1, first.num_partitions))
+            await ensure_topic(bootstrap, broadcast.topic, 1)
+            await tg.start(broadcast.run)
+            await tg.start(forwarder.run)
+            await outbox.start()
+            self._parts = _Parts(pool, leases, group, outbox, broadcast, forwarder)
+            tg.start_soon(self._announcer)
+            tg.start_soon(lambda: outbox.run(poll_s=t.results_poll_s))
+            tg.start_soon(self._follow_ownership, group, leases)
+            wanted = lambda: group.ownership.probes(self._probe_ids())  # noqa: E731
+            await keep_leases(leases, wanted, group.broker_alive, interval_s=t.lease_interval_s,
+                              changed=group.wait_changed, on_round=self._report)
+
+    async def _announcer(self) -> None:
+        while True:
+            await self._announce_wake.wait()
+            self._announce_wake = anyio.Event()
+            pending, self._pending_announcements = self._pending_announcements, []
+            for send in pending:
+                try:
+                    await send
+                except (KafkaError, TimeoutError, OSError) as e:
+                    # a lost announcement costs a forwarded trace, not the member
+                    log.warning("announcement failed error=%r", str(e))
+
+    async def _follow_ownership(self, group: KafkaMembership, leases: LeaseBook) -> None:
+        previous = Ownership(self._member_id)
+        async for own in group.changes():
+            await leases.new_epoch()
+            probes = list(self._probe_ids())
+            lost = {p for p in probes if previous.owns_probe(p) and not own.owns_probe(p)}
+            gained = {p for p in probes if own.owns_probe(p) and not previous.owns_probe(p)}
+            previous = own
+            if lost or gained:
+                log.info("ownership moved member=%s epoch=%d lost=%d gained=%d", self._member_id,
+                         leases.epoch, len(lost), len(gained))
+                for handler in self._on_moves:
+                    await handler(lost, gained)
+
+    async def abort_left_runs(self, probe_ids: set[str], reason: str = "rebalance") -> dict[str, list[str]]:
+        """Record the runs another member left running for these probes ``aborted``: run ids by probe."""
+        if self._parts is None or not probe_ids:
+            return {}
+        async with self._parts.pool.connection() as conn:
+            cur = await conn.execute(_ABORT_LEFT, (reason, time.time_ns(), sorted(probe_ids)))
+            out: dict[str, list[str]] = {}
+            for run_id, probe_id in await cur.fetchall():
+                out.setdefault(str(probe_id), []).append(str(run_id))
+            return out
+
+    async def publish_aborted(self, runs: list[RunRecord]) -> None:
+        """Queue runs this member recorded aborted for a previous owner (its lease fences the write)."""
+        if self._parts is not None:
+            for run in runs:
+                await self._parts.outbox.enqueue(run)
+
+    async def _report(self, held: set[str]) -> None:
+        parts = self._parts
+        if parts is None:
+            return
+        own = parts.group.ownership
+        async with parts.pool.connection() as conn:
+            await conn.execute(_REPORT, (self.address, parts.leases.epoch, sorted(own.partitions), len(held),
+                                         parts.leases.session_id))
+
+    def partition_of_probe(self, probe_id: str) -> int | None:
+        own = self.ownership
+        return probe_partition(probe_id, own.num_partitions) if own.num_partitions else None
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the parts (for logs and the benchmark)."""
+        p = self._parts
+        if p is None:
+            return {}
+        return {"filter": p.group.filter.stats, "leases": p.leases.stats, "outbox": p.outbox.stats,
+                "forward": p.forwarder.stats, "broadcast": p.broadcast.stats, "minter": p.group.minter.stats}
+
+
+async def _run_when_owned(membership: KafkaClusterMembership, runner: Runner, scheduler: Scheduler,
+                          probe_id: str, left: list[str], timeout_s: float) -> None:
+    with anyio.move_on_after(timeout_s):
+        while not membership.owns(probe_id):  # the lease is claimed by a coming lease round
+            await membership.wait_lease_round()
+        runs = [r for r in [await runner.deps.store.get_run(run_id) for run_id in left] if r is not None]
+        await membership.publish_aborted(runs)  # the previous owner's last runs reach results_topic too
+        try:
+            scheduler.run_now(probe_id)
+        except (RunRefused, KeyError) as e:
+            log.info("re-run after rebalance refused probe=%s reason=%s", probe_id, e)
+
+
+def rebalance_handler(membership: KafkaClusterMembership, runner: Runner, scheduler: Scheduler,
+                      tg: anyio.abc.TaskGroup) -> MovesHandler:
+    """What the daemon does at an ownership change: abort its runs of probes that moved away (recorded
+    ``aborted``, reason ``rebalance``); for probes it gained, record what the previous owner left running
+    ``aborted`` too and run those probes again at once (as soon as their lease is ours)."""
+    async def handle(lost: set[str], gained: set[str]) -> None:
+        if lost:
+            aborted = runner.abort(lost, "rebalance")
+            if aborted:
+                log.warning("runs aborted: their probes moved member=%s runs=%d", membership.member_id, aborted)
+        left = await membership.abort_left_runs(gained) if gained else {}
+        for probe_id, run_ids in sorted(left.items()):
+            tg.start_soon(_run_when_owned, membership, runner, scheduler, probe_id, run_ids,
+                          membership.timing.session_timeout_s * 3)
+    return handle
