@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 
 import anyio
 import pytest
@@ -17,24 +16,16 @@ from tracecanary.daemon.store.base import RunRecord, RunStatus, StoreFault
 from tracecanary.daemon.store.guard import GuardedStore, StoreHealthSettings, open_guarded
 from tracecanary.daemon.store.postgres import PostgresStore
 from tracecanary.demo.broker import free_port
-from tracecanary.demo.pgcluster import PgCluster, start_postgres
+from tracecanary.demo.pgcluster import PgCluster
 from tracecanary.errors import StartupError
 
 pytestmark = pytest.mark.anyio
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def own_cluster() -> Iterator[PgCluster]:
-    # Committed means written (synchronous_commit on): an immediate stop is a crash and must lose nothing.
-    cluster = start_postgres({"fsync": "off"})
-    yield cluster
-    cluster.stop()
-
-
 @pytest.fixture
-def url(own_cluster: PgCluster) -> str:
-    return own_cluster.create_database(f"faults_{next(_names)}")
+def url(own_postgres: PgCluster) -> str:
+    return own_postgres.create_database(f"faults_{next(_names)}")
 
 
 def run(run_id: str) -> RunRecord:
@@ -43,13 +34,13 @@ def run(run_id: str) -> RunRecord:
                      started_ns=now, status=RunStatus.FINISHED, finished_ns=now + 1, verdict=Verdict.PASS)
 
 
-async def test_server_stopped_is_a_fault_then_recovered(own_cluster: PgCluster, url: str) -> None:
+async def test_server_stopped_is_a_fault_then_recovered(own_postgres: PgCluster, url: str) -> None:
     store = PostgresStore(url, op_timeout_s=5, retry_delays_s=(0.05, 0.2))
     await store.open()
     events = Events()
     guard = GuardedStore(store, events)
     try:
-        await _stop_and_recover(own_cluster, guard, store, events)
+        await _stop_and_recover(own_postgres, guard, store, events)
     finally:
         await guard.aclose()
 
