@@ -24,7 +24,7 @@ from aiohttp import web
 
 from tracecanary.assertions.spans import Span
 from tracecanary.daemon.cluster.membership import Membership, Role
-from tracecanary.daemon.cluster.standby import StandbyTiming
+from tracecanary.daemon.cluster.timing import StandbyTiming
 from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.config.secrets import Secrets, install_log_masking
 from tracecanary.daemon.engine import Engine, Overrides

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.cluster.membership import Membership, Role, SingleMembership
 from tracecanary.daemon.cluster.modes import membership_for
-from tracecanary.daemon.cluster.standby import StandbyTiming
+from tracecanary.daemon.cluster.timing import StandbyTiming
 from tracecanary.daemon.config.links import host_of, render_links
 from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.config.reload import needs_restart

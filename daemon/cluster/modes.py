@@ -7,7 +7,7 @@ from collections.abc import Callable
 from tracecanary.daemon.cluster.fence import member_url
 from tracecanary.daemon.cluster.membership import Membership, SingleMembership
 from tracecanary.daemon.cluster.settings import ClusterSettings, is_postgres_url
-from tracecanary.daemon.cluster.standby import StandbyMembership, StandbyTiming
+from tracecanary.daemon.cluster.timing import StandbyTiming
 from tracecanary.errors import StartupError
 
 
@@ -21,5 +21,7 @@ def membership_for(cluster: ClusterSettings, store_url: str, *, timing: StandbyT
         raise StartupError(f"daemon.cluster mode {cluster.mode} needs a postgresql:// store, not {store_url}")
     if cluster.mode == "kafka":
         raise StartupError("daemon.cluster mode kafka is not built yet (use single or standby)")
+    from tracecanary.daemon.cluster.standby import StandbyMembership  # psycopg: imported when it is used
+
     standby = StandbyMembership(store_url, timing=timing, on_deposed=on_deposed)
     return standby, member_url(store_url, standby.member_id)

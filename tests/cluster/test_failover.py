@@ -93,6 +93,12 @@ async def get(d: DaemonProcess, path: str) -> tuple[int, dict[str, object]]:
         return r.status, await r.json()
 
 
+async def page(d: DaemonProcess, path: str) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"{d.base}{path}") as r:
+        assert r.status == 200
+        return await r.text()
+
+
 async def role(d: DaemonProcess) -> str:
     status, body = await get(d, "/api/cluster")
     assert status == 200, body
@@ -137,6 +143,7 @@ async def test_kill9_of_the_active_the_standby_takes_over_and_announces_nothing_
         a, b = await start_pair(tmp_path, postgres_url, postgres_url, config)
         try:
             assert (await role(a), await role(b)) == ("active", "standby")
+            assert 'class="role role-standby"' in await page(b, "/")  # the dashboard header
             _, cluster = await get(b, "/api/cluster")
             assert cluster["mode"] == "standby" and len(cluster["members"]) == 2  # type: ignore[arg-type]
             await slack.wait_until(lambda: len(slack.messages("C0OPS")) == 1, timeout_s=60)
@@ -148,7 +155,7 @@ async def test_kill9_of_the_active_the_standby_takes_over_and_announces_nothing_
             await a.kill9()
             await b.ready(timeout_s=30)
             took_over_s = time.time() - killed_at
-            assert await role(b) == "active"
+            assert await role(b) == "active" and 'class="role role-active"' in await page(b, "/")
             await eventually(lambda: len(t.of("tick", "b")) >= 3, 30, "b firing ticks")
             first_tick_s = t.of("tick", "b")[0] - killed_at
             t.broken = False
