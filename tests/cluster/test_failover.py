@@ -204,14 +204,14 @@ async def test_a_replica_cut_from_postgres_stops_firing_and_its_late_writes_are_
             await eventually(lambda: _fenced(a), 60, "a's late writes refused")
             assert await role(b) == "active" and await role(a) == "standby"
             _, runs = await get(b, "/api/probes/slow/runs?limit=50")
-            a_fired_after_stop = t.of("tick", "a", after=cut_at + stopped_s + 0.5)
+            a_after_3s = [h for h in t.hits if h[1] == "a" and h[2] > cut_at + 3.0]
         finally:
             a.stop()
             b.stop()
     print(f"\npartition: the cut replica stopped acting {stopped_s:.2f}s after the cut (its last tick "
           f"{last_a_s:.2f}s after it); the standby took over after {took_over_s:.2f}s")
-    assert stopped_s <= 3.0 + 1.5  # 3 s without an answer, observed through a 50 ms poll of the API
-    assert a_fired_after_stop == []
+    assert a_after_3s == []  # the cut replica fired nothing from 3 s after the cut on
+    assert "cluster.deposed" in a.log_text() and "reason=no answer from PostgreSQL for" in a.log_text()
     slow_runs = runs["runs"]  # type: ignore[index]
     assert any(r["status"] == "aborted" and r["abort_reason"] == "failover" for r in slow_runs), slow_runs
 
