@@ -18,14 +18,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from aiohttp import web
 
 from tracecanary.assertions.spans import Span
-from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership, rebalance_handler
 from tracecanary.daemon.cluster.membership import Membership, Role
-from tracecanary.daemon.cluster.standby import StandbyTiming
+from tracecanary.daemon.cluster.timing import StandbyTiming
 from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.config.secrets import Secrets, install_log_masking
 from tracecanary.daemon.engine import Engine, Overrides
@@ -35,6 +35,9 @@ from tracecanary.daemon.web.api import ApiAuth
 from tracecanary.daemon.web.control import AlertsControl, DemoControl
 from tracecanary.errors import ConfigError, StartupError
 from tracecanary.probes.base import ProbeSpec
+
+if TYPE_CHECKING:
+    from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership
 
 log = logging.getLogger("tracecanary.daemon")
 RETENTION_EVERY_S = 3600.0
@@ -126,11 +129,13 @@ class Daemon:
                 async with anyio.create_task_group() as tg:
                     if engine.alerts is not None:
                         await engine.start_alerting(tg)
-                    kafka = engine.membership if isinstance(engine.membership, KafkaClusterMembership) else None
+                    kafka = _kafka_member(engine.membership)
                     self.scheduler = Scheduler(self._fire, on_lateness=engine.metrics.lateness,
                                                on_skip=engine.metrics.skipped,
                                                owns=kafka.owns if kafka else lambda _: True)
                     if kafka is not None:
+                        from tracecanary.daemon.cluster.kafka_cluster import rebalance_handler
+
                         kafka.on_moves(rebalance_handler(kafka, engine.runner, self.scheduler, tg))
                     self.scheduler.set_probes(self.config.probes)
                     self.control.scheduler = self.scheduler
@@ -345,3 +350,13 @@ class DaemonControl:
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         return self.engine.links_for(trace_id, run_id, probe_id)
+
+
+def _kafka_member(membership: Membership) -> KafkaClusterMembership | None:
+    """The membership as a kafka-mode member (imported only then: aiokafka and psycopg are heavy)."""
+    if membership.mode != "kafka":
+        return None
+    from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership
+
+    assert isinstance(membership, KafkaClusterMembership)
+    return membership

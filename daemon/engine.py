@@ -24,10 +24,9 @@ from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from tracecanary.daemon.alerts.manager import AlertManager
-from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership
 from tracecanary.daemon.cluster.membership import Membership, Role, SingleMembership
 from tracecanary.daemon.cluster.modes import membership_for
-from tracecanary.daemon.cluster.standby import StandbyTiming
+from tracecanary.daemon.cluster.timing import StandbyTiming
 from tracecanary.daemon.config.links import host_of, render_links
 from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.config.reload import needs_restart
@@ -269,8 +268,11 @@ class Engine:
         """Mode kafka: the member reads spans into the buffer, publishes final runs (a run hook) and
         mints the runs' trace ids; the gauge counts the probes it fires. Other modes: nothing."""
         member = self.membership
-        if not isinstance(member, KafkaClusterMembership):
+        if member.mode != "kafka":
             return None
+        from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership  # aiokafka: when used
+
+        assert isinstance(member, KafkaClusterMembership)
         member.attach(self.buffer, lambda: [p.id for p in self.config.probes])
         self.hooks.append(member)
         self.metrics.set_owned_probes_gauge(lambda: float(member.owned_probes()))

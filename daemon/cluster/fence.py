@@ -9,9 +9,8 @@ chain, so the store guard drops the write with an error and a metric instead of 
 
 from __future__ import annotations
 
+import sys
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
-
-import psycopg
 
 from tracecanary.daemon.cluster.pgschema import FENCED_SQLSTATE, MEMBER_GUC
 from tracecanary.errors import TracecanaryError
@@ -38,6 +37,10 @@ def member_url(url: str, member_id: str) -> str:
 
 def fenced_reason(error: BaseException) -> str | None:
     """The fence's message when ``error`` (or an error it was raised from) is a refused write; else None."""
+    if "psycopg" not in sys.modules:  # no psycopg error can exist (and its import is not paid for nothing)
+        return str(error) if isinstance(error, FencedWrite) else None
+    import psycopg
+
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:

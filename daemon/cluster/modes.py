@@ -7,7 +7,7 @@ from collections.abc import Callable
 from tracecanary.daemon.cluster.fence import member_url
 from tracecanary.daemon.cluster.membership import Membership, SingleMembership
 from tracecanary.daemon.cluster.settings import ClusterSettings, is_postgres_url
-from tracecanary.daemon.cluster.standby import StandbyMembership, StandbyTiming
+from tracecanary.daemon.cluster.timing import StandbyTiming
 from tracecanary.errors import StartupError
 
 
@@ -20,8 +20,11 @@ def membership_for(cluster: ClusterSettings, store_url: str, *, timing: StandbyT
     if not is_postgres_url(store_url):
         raise StartupError(f"daemon.cluster mode {cluster.mode} needs a postgresql:// store, not {store_url}")
     if cluster.mode == "kafka":
+        # aiokafka and psycopg: imported when used
         from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership
 
         return KafkaClusterMembership(cluster, store_url), store_url
+    from tracecanary.daemon.cluster.standby import StandbyMembership  # psycopg: imported when it is used
+
     standby = StandbyMembership(store_url, timing=timing, on_deposed=on_deposed)
     return standby, member_url(store_url, standby.member_id)

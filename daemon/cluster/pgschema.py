@@ -38,24 +38,26 @@ CREATE TABLE IF NOT EXISTS cluster_members (
 CREATE OR REPLACE FUNCTION cluster_fence() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     me TEXT := current_setting('{MEMBER_GUC}', true);
+    ns TEXT;
     lead cluster_leader%ROWTYPE;
 BEGIN
-    IF me IS NULL OR me = '' THEN
-        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+    IF me IS NOT NULL AND me <> '' THEN
+        IF TG_TABLE_NAME = 'kv' THEN
+            IF TG_OP = 'DELETE' THEN ns := OLD.namespace; ELSE ns := NEW.namespace; END IF;
+        END IF;
+        IF ns IS NULL OR ns NOT IN ({", ".join(f"'{ns}'" for ns in EXEMPT_KV_NAMESPACES)}) THEN
+            SELECT * INTO lead FROM cluster_leader WHERE id = 1;
+            IF lead.member IS DISTINCT FROM me OR NOT EXISTS (
+                    SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = lead.holder_pid AND granted
+                    AND classid = 0 AND objid = {LOCK_KEY} AND objsubid = 1) THEN
+                RAISE EXCEPTION USING ERRCODE = '{FENCED_SQLSTATE}', MESSAGE = format(
+                    'fenced: member %s is not the active replica (leader epoch %s is held by %s); write to %s refused',
+                    me, lead.epoch, COALESCE(lead.member, 'nobody'), TG_TABLE_NAME);
+            END IF;
+        END IF;
     END IF;
-    IF TG_TABLE_NAME = 'kv' AND (CASE WHEN TG_OP = 'DELETE' THEN OLD.namespace ELSE NEW.namespace END)
-            IN ({", ".join(f"'{ns}'" for ns in EXEMPT_KV_NAMESPACES)}) THEN
-        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-    END IF;
-    SELECT * INTO lead FROM cluster_leader WHERE id = 1;
-    IF lead.member IS DISTINCT FROM me OR NOT EXISTS (
-            SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = lead.holder_pid AND granted
-            AND classid = 0 AND objid = {LOCK_KEY} AND objsubid = 1) THEN
-        RAISE EXCEPTION USING ERRCODE = '{FENCED_SQLSTATE}', MESSAGE = format(
-            'fenced: member %s is not the active replica (leader epoch %s is held by %s); write to %s refused',
-            me, lead.epoch, COALESCE(lead.member, 'nobody'), TG_TABLE_NAME);
-    END IF;
-    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+    IF TG_OP = 'DELETE' THEN RETURN OLD; END IF;
+    RETURN NEW;
 END $$;
 """
 

@@ -56,11 +56,11 @@ def _mode_of(cluster: Any) -> str | None:
 
 
 def store_rule(fields: Mapping[str, Any]) -> str | None:
-    """``daemon:`` rule: standby and kafka keep their state in PostgreSQL."""
+    """``daemon:`` rule: standby and kafka keep their state in PostgreSQL. Without ``daemon.store`` the
+    store comes from ``--store``, checked at start (exit 2)."""
     mode, store = _mode_of(fields.get("cluster")), fields.get("store")
-    if mode in ("standby", "kafka") and not (isinstance(store, str) and is_postgres_url(store)):
-        shown = _scheme(store) if isinstance(store, str) else "the default sqlite:// file"
-        return f"mode {mode} needs a postgresql:// store (daemon.store is {shown})"
+    if mode in ("standby", "kafka") and isinstance(store, str) and not is_postgres_url(store):
+        return f"mode {mode} needs a postgresql:// store (daemon.store is {_scheme(store)})"
     return None
 
 

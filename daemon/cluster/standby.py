@@ -19,48 +19,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import psycopg
 from anyio.abc import TaskStatus
-from psycopg.conninfo import make_conninfo
 
 from tracecanary.daemon.cluster import pgschema as sql
-from tracecanary.daemon.cluster.fence import with_options
 from tracecanary.daemon.cluster.membership import Member, Role, RoleState, new_member_id
+from tracecanary.daemon.cluster.timing import StandbyTiming
 
 log = logging.getLogger("tracecanary.cluster")
 PRUNE_AFTER_S = 3600.0
 """Members not heard of for this long are removed from ``cluster_members``."""
-
-
-@dataclass(frozen=True)
-class StandbyTiming:
-    """The election's durations (the defaults are the documented behaviour; tests shorten them)."""
-
-    heartbeat_s: float = 1.0
-    """How often the lock connection is asked (hold or take the lock, refresh the member row)."""
-    lost_after_s: float = 3.0
-    """An active replica with no answer for this long stops acting and rejoins as standby."""
-    server_release_s: float = 6.0
-    """The server ends a lock session silent for this long (``idle_session_timeout``), freeing the lock."""
-    connect_timeout_s: float = 5.0
-    retry_s: float = 1.0
-    """Wait before reconnecting after the connection failed."""
-
-    def conninfo(self, url: str, member_id: str) -> str:
-        """The lock connection's conninfo: ``url`` plus keepalives, timeouts and the server settings."""
-        ms = int(self.server_release_s * 1000)
-        idle_s = max(1, int(self.server_release_s / 3))
-        server = with_options(url, f"idle_session_timeout={ms}", f"tcp_user_timeout={ms}",
-                              f"tcp_keepalives_idle={idle_s}", "tcp_keepalives_interval=1",
-                              "tcp_keepalives_count=2")
-        return make_conninfo(
-            server, keepalives=1, keepalives_idle=idle_s, keepalives_interval=1, keepalives_count=2,
-            tcp_user_timeout=ms, connect_timeout=max(1, int(self.connect_timeout_s)),
-            application_name=f"tracecanary lock {member_id}"[:63])
 
 
 class StandbyMembership:
@@ -121,25 +92,36 @@ class StandbyMembership:
 
     # --- the lock connection ---------------------------------------------------------------------
     async def _one_session(self) -> None:
-        """Connect, then heartbeat until the connection fails or the watchdog cancels it."""
+        """Connect, then heartbeat until the connection fails or the watchdog cancels it; the connection
+        is closed on the way out (a shutdown first marks this member as left)."""
         conn: psycopg.AsyncConnection[Any] | None = None
-        with anyio.CancelScope() as scope:
-            self._session = scope
-            try:
-                with anyio.fail_after(self.timing.connect_timeout_s + 1):
-                    conn = await psycopg.AsyncConnection.connect(
-                        self.timing.conninfo(self._url, self._member_id), autocommit=True)
-                    await self._ensure_schema(conn)
-                self._last_ok = self._clock()
-                while True:
-                    await self._tick(conn)
-                    await anyio.sleep(self.timing.heartbeat_s)
-            except (psycopg.Error, OSError, TimeoutError) as e:
-                self._lost(f"lock connection failed: {type(e).__name__}: {e}".strip())
-        self._session = None
-        self._lost("lock connection ended")
-        if conn is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self.timing.connect_timeout_s):
+        try:
+            with anyio.CancelScope() as self._session:
+                try:
+                    with anyio.fail_after(self.timing.connect_timeout_s + 1):
+                        conn = await psycopg.AsyncConnection.connect(
+                            self.timing.conninfo(self._url, self._member_id), autocommit=True)
+                        await self._ensure_schema(conn)
+                    self._last_ok = self._clock()
+                    while True:
+                        await self._tick(conn)
+                        await anyio.sleep(self.timing.heartbeat_s)
+                except (psycopg.Error, OSError, TimeoutError) as e:
+                    self._lost(f"lock connection failed: {type(e).__name__}: {e}".strip())
+        finally:
+            self._session = None
+            self._lost("lock connection ended")
+            if conn is not None:
+                await self._close(conn)
+
+    async def _close(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(min(1.0, self.timing.heartbeat_s)):
+                try:
+                    await conn.execute(sql.LEAVE, {"member": self._member_id})
+                except psycopg.Error:
+                    pass  # the connection is already gone: nothing to mark
+            with anyio.move_on_after(self.timing.connect_timeout_s):
                 await conn.close()
 
     async def _ensure_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:

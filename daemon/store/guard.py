@@ -131,8 +131,11 @@ class GuardedStore:
         try:
             await write(run)
         except Exception as e:
-            if self._fenced(op, e) is None:
+            fenced = self._fenced(op, e)
+            if fenced is None:
                 self._refused(op, run, e)
+            elif op == "insert_run":  # a deposed replica's run must not start; a result it finishes is dropped
+                raise fenced from e
             return
         self._kept.pop(run.run_id, None)
 

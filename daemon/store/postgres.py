@@ -94,7 +94,8 @@ class PostgresStore(SqlStore):
             with anyio.CancelScope(shield=True):
                 await pool.close(timeout=1.0)
             if isinstance(e, FAULTS):
-                raise self._fault_of(e, f"not opened within {self.open_timeout_s:g}s") from e
+                cause = await self._unreachable() or e  # the pool only says it waited: name the cause
+                raise StoreFault(f"{self.where}: not opened within {self.open_timeout_s:g}s: {one_line(cause)}") from e
             raise
         if applied:
             log.info("store schema migrated store=%s versions=%s", self.where, ",".join(map(str, applied)))

@@ -93,6 +93,12 @@ async def get(d: DaemonProcess, path: str) -> tuple[int, dict[str, object]]:
         return r.status, await r.json()
 
 
+async def page(d: DaemonProcess, path: str) -> str:
+    async with aiohttp.ClientSession() as s, s.get(f"{d.base}{path}") as r:
+        assert r.status == 200
+        return await r.text()
+
+
 async def role(d: DaemonProcess) -> str:
     status, body = await get(d, "/api/cluster")
     assert status == 200, body
@@ -137,6 +143,7 @@ async def test_kill9_of_the_active_the_standby_takes_over_and_announces_nothing_
         a, b = await start_pair(tmp_path, postgres_url, postgres_url, config)
         try:
             assert (await role(a), await role(b)) == ("active", "standby")
+            assert 'class="role role-standby"' in await page(b, "/")  # the dashboard header
             _, cluster = await get(b, "/api/cluster")
             assert cluster["mode"] == "standby" and len(cluster["members"]) == 2  # type: ignore[arg-type]
             await slack.wait_until(lambda: len(slack.messages("C0OPS")) == 1, timeout_s=60)
@@ -148,7 +155,7 @@ async def test_kill9_of_the_active_the_standby_takes_over_and_announces_nothing_
             await a.kill9()
             await b.ready(timeout_s=30)
             took_over_s = time.time() - killed_at
-            assert await role(b) == "active"
+            assert await role(b) == "active" and 'class="role role-active"' in await page(b, "/")
             await eventually(lambda: len(t.of("tick", "b")) >= 3, 30, "b firing ticks")
             first_tick_s = t.of("tick", "b")[0] - killed_at
             t.broken = False
@@ -197,14 +204,14 @@ async def test_a_replica_cut_from_postgres_stops_firing_and_its_late_writes_are_
             await eventually(lambda: _fenced(a), 60, "a's late writes refused")
             assert await role(b) == "active" and await role(a) == "standby"
             _, runs = await get(b, "/api/probes/slow/runs?limit=50")
-            a_fired_after_stop = t.of("tick", "a", after=cut_at + stopped_s + 0.5)
+            a_after_3s = [h for h in t.hits if h[1] == "a" and h[2] > cut_at + 3.0]
         finally:
             a.stop()
             b.stop()
     print(f"\npartition: the cut replica stopped acting {stopped_s:.2f}s after the cut (its last tick "
           f"{last_a_s:.2f}s after it); the standby took over after {took_over_s:.2f}s")
-    assert stopped_s <= 3.0 + 1.5  # 3 s without an answer, observed through a 50 ms poll of the API
-    assert a_fired_after_stop == []
+    assert a_after_3s == []  # the cut replica fired nothing from 3 s after the cut on
+    assert "cluster.deposed" in a.log_text() and "reason=no answer from PostgreSQL for" in a.log_text()
     slow_runs = runs["runs"]  # type: ignore[index]
     assert any(r["status"] == "aborted" and r["abort_reason"] == "failover" for r in slow_runs), slow_runs
 

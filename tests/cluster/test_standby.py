@@ -17,7 +17,8 @@ from tests.daemon.support import eventually
 from tests.fixtures.tcpproxy import tcp_proxy
 from tracecanary.daemon.cluster.fence import fenced_reason, member_url
 from tracecanary.daemon.cluster.membership import Role
-from tracecanary.daemon.cluster.standby import StandbyMembership, StandbyTiming
+from tracecanary.daemon.cluster.standby import StandbyMembership
+from tracecanary.daemon.cluster.timing import StandbyTiming
 
 pytestmark = pytest.mark.anyio
 
