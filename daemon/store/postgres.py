@@ -45,6 +45,9 @@ from tracecanary.daemon.store.snapshot import encode_spans
 from tracecanary.daemon.store.sqlbase import SqlStore
 
 log = logging.getLogger("tracecanary.store")
+# The pool's reconnect warnings are multi-line and repeat, while the store reports each fault in one line
+# (and the guard raises it on /readyz, the metrics and the alert): only the pool's errors are kept.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -81,11 +84,14 @@ class PostgresStore(SqlStore):
         )
 
     async def open(self) -> None:
+        """Reach the server (with the call's backoff), open the pool, migrate, prove a write; a
+        :class:`StoreFault` naming the cause (the caller names the store), bounded by ``open_timeout_s``."""
         if self._pool is not None:
             return
         pool = self._new_pool()
         try:
             with anyio.fail_after(self.open_timeout_s):
+                await self._reach(time.monotonic() + self.open_timeout_s)
                 await pool.open(wait=True, timeout=self.open_timeout_s)
                 async with pool.connection() as conn:
                     applied = await migrate(conn, self.where)
@@ -93,13 +99,29 @@ class PostgresStore(SqlStore):
         except BaseException as e:
             with anyio.CancelScope(shield=True):
                 await pool.close(timeout=1.0)
+            if isinstance(e, TimeoutError | psycopg_pool.PoolTimeout):
+                raise StoreFault(f"not opened within {self.open_timeout_s:g}s (server not answering)") from e
             if isinstance(e, FAULTS):
-                cause = await self._unreachable() or e  # the pool only says it waited: name the cause
-                raise StoreFault(f"{self.where}: not opened within {self.open_timeout_s:g}s: {one_line(cause)}") from e
+                raise StoreFault(one_line(e)) from e
             raise
         if applied:
             log.info("store schema migrated store=%s versions=%s", self.where, ",".join(map(str, applied)))
         self._pool = pool
+
+    async def _reach(self, deadline_s: float) -> None:
+        """A first connection, retried after each of ``retry_delays_s`` that ends before ``deadline_s``
+        (monotonic); the last cause as a StoreFault."""
+        cause = await self._unreachable()
+        attempts = 1
+        for delay_s in self.retry_delays_s:
+            if cause is None or time.monotonic() + delay_s >= deadline_s:
+                break
+            log.debug("store not reachable, retrying store=%s in_s=%g error=%s", self.where, delay_s, one_line(cause))
+            await anyio.sleep(delay_s)
+            cause = await self._unreachable()
+            attempts += 1
+        if cause is not None:
+            raise StoreFault(f"{one_line(cause)} ({attempts} attempt{'s' if attempts > 1 else ''})") from cause
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None

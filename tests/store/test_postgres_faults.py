@@ -5,7 +5,9 @@ reports it (what /readyz shows), keeps the runs refused meanwhile and writes the
 from __future__ import annotations
 
 import itertools
+import sys
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -67,7 +69,21 @@ async def _stop_and_recover(own_cluster: PgCluster, guard: GuardedStore, store: 
 
 async def test_an_unreachable_server_at_start_is_a_startup_error(url: str) -> None:
     nowhere = url.rsplit(":", 1)[0] + f":{free_port()}/tc"
-    with anyio.fail_after(30), pytest.raises(StoreFault, match=r"not opened within 2s: .*Connection refused"):
+    with anyio.fail_after(30), pytest.raises(StoreFault, match=r"^connection failed: .*Connection refused.* \(3 attempts\)$"):
         await PostgresStore(nowhere, open_timeout_s=2).open()
-    with anyio.fail_after(30), pytest.raises(StartupError, match=r"^store postgresql://tc@127\.0\.0\.1:\d+/tc: "):
+    with anyio.fail_after(30), pytest.raises(StartupError, match=r"^store postgresql://tc@127\.0\.0\.1:\d+/tc: connection failed: "):
         await open_guarded(nowhere, Events(), StoreHealthSettings(check_timeout=2))
+
+
+async def test_an_unreachable_server_is_one_line_and_exit_2_without_the_password(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("probes:\n  - id: p\n    kind: http\n    request: {url: 'http://127.0.0.1:9/'}\n")
+    url = f"postgresql://tc:secret-pw@127.0.0.1:{free_port()}/tc"
+    with anyio.fail_after(60):
+        proc = await anyio.run_process([sys.executable, "-m", "tracecanary.daemon.cli.main", "check", str(suite),
+                                        "--store", url, "--otlp-http", "127.0.0.1:0", "--otlp-grpc", "none"],
+                                       cwd=tmp_path, check=False)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "secret-pw" not in stderr, stderr
+    assert stderr.startswith("tracecanary: store postgresql://tc:[redacted]@127.0.0.1:") and "Connection refused" in stderr
