@@ -128,10 +128,12 @@ class PostgresStore(SqlStore):
         if pool is not None:
             await pool.close(timeout=5.0)
 
-    def _fault_of(self, e: BaseException, what: str) -> StoreFault:
+    def _fault_of(self, e: BaseException, tries: str) -> StoreFault:
+        """The one-line fault after the last attempt: the server, what happened, ``tries``."""
         if isinstance(e, TimeoutError | psycopg_pool.PoolTimeout):
-            return StoreFault(f"{self.where}: {what} (server unreachable or not answering)")
-        return StoreFault(f"{self.where}: {one_line(e)}")
+            return StoreFault(f"{self.where}: no answer within {self.op_timeout_s:g}s (server hung or unreachable; "
+                              f"{tries})")
+        return StoreFault(f"{self.where}: connection lost: {one_line(e)} ({tries})")
 
     async def _unreachable(self) -> BaseException | None:
         """Why a new connection to the server fails (refused, timed out, rejected), or None when it works:
@@ -178,9 +180,8 @@ class PostgresStore(SqlStore):
                     await pool.check()  # drop the idle connections that died with the one that failed
         self._down = True
         assert last is not None
-        fault = self._fault_of(last, f"no answer within {self.op_timeout_s:g}s")
-        raise StoreFault(f"{fault} (connection lost; {attempt} attempt{'s' if attempt > 1 else ''} "
-                         f"over {time.monotonic() - started:.1f}s)") from last
+        tries = f"{attempt} attempt{'s' if attempt > 1 else ''} over {time.monotonic() - started:.1f}s"
+        raise self._fault_of(last, tries) from last
 
     async def _write(self, sql: str, args: tuple[Any, ...]) -> int:
         async def run(conn: Conn) -> int:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import anyio
+import psycopg
 import pytest
 
 from tests.store.test_guard import Events
@@ -51,7 +52,7 @@ async def _stop_and_recover(own_cluster: PgCluster, guard: GuardedStore, store: 
     await guard.finish_run(run("before"))
     own_cluster.stop_server("immediate")  # a crash: every session cut, new connections refused
     try:
-        with anyio.fail_after(30), pytest.raises(StoreFault, match=r"connection lost; 3 attempts") as fault:
+        with anyio.fail_after(30), pytest.raises(StoreFault, match=r": connection lost: .*Connection refused.* \(3 attempts over") as fault:
             await store.list_runs()
         assert f"127.0.0.1:{own_cluster.port}" in str(fault.value) and "\n" not in str(fault.value)
         reason = await guard.check()
@@ -87,3 +88,21 @@ async def test_an_unreachable_server_is_one_line_and_exit_2_without_the_password
     assert proc.returncode == 2, stderr
     assert len(stderr.strip().splitlines()) == 1 and "secret-pw" not in stderr, stderr
     assert stderr.startswith("tracecanary: store postgresql://tc:[redacted]@127.0.0.1:") and "Connection refused" in stderr
+
+
+async def test_a_statement_that_never_answers_is_bounded_then_a_fault(url: str) -> None:
+    """A server that holds a statement forever (here: a lock another session never releases) looks like a
+    hung server: each attempt is cut at ``op_timeout_s``, then it is a fault; the store works once it answers."""
+    store = PostgresStore(url, op_timeout_s=0.5, retry_delays_s=(0.05,))
+    await store.open()
+    try:
+        async with await psycopg.AsyncConnection.connect(url) as other:
+            await other.execute("LOCK TABLE kv IN ACCESS EXCLUSIVE MODE")  # held until this transaction ends
+            with anyio.fail_after(20), pytest.raises(StoreFault, match=r": no answer within 0\.5s \(server hung or unreachable; 2 attempts over"):
+                await store.kv_put("ns", "k", 1)
+            await other.rollback()
+        await store.kv_put("ns", "k", 2)
+        assert await store.kv_get("ns", "k") == 2
+        assert await store.health() is None
+    finally:
+        await store.aclose()
