@@ -136,8 +136,9 @@ class Daemon:
                     if kafka is not None:
                         from tracecanary.daemon.cluster.kafka_cluster import rebalance_handler
 
-                        kafka.on_moves(rebalance_handler(kafka, engine.runner, self.scheduler, tg))
-                    self.scheduler.set_probes(self.config.probes)
+                        kafka.on_moves(rebalance_handler(kafka, engine.runner, self.scheduler, tg,
+                                                         reschedule=self._reschedule))
+                    self.scheduler.set_probes(self._scheduled_probes())
                     self.control.scheduler = self.scheduler
                     await self._recover_chains(tg, pending)
                     await tg.start(self.scheduler.run)
@@ -201,6 +202,19 @@ class Daemon:
 
         return [*api_routes(self.control, auth=self.auth), *dashboard_routes(self.control, auth=self.auth)]
 
+    def _scheduled_probes(self) -> list[ProbeSpec]:
+        """The probes this replica schedules: all of them, or in mode kafka those of its partitions
+        (a member's timer heap holds only its own probes; the lease is checked again at fire time)."""
+        kafka = _kafka_member(self.engine.membership)
+        if kafka is None:
+            return list(self.config.probes)
+        own = kafka.ownership
+        return [p for p in self.config.probes if own.owns_probe(p.id)]
+
+    def _reschedule(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.set_probes(self._scheduled_probes())
+
     async def _fire(self, probe: ProbeSpec, scheduled_at: float, first_run_id: str) -> None:
         await self.engine.runner.run_probe(probe, first_run_id=first_run_id)
 
@@ -245,7 +259,7 @@ class Daemon:
         install_log_masking(new.secrets())
         await self._upsert_probes(new.probes)
         if self.scheduler is not None:  # a standby's scheduler starts with the config it has then
-            self.scheduler.set_probes(new.probes)
+            self.scheduler.set_probes(self._scheduled_probes())
         a = new.extra.alerts
         log.info("config reloaded probes=%d alert_channels=%d alert_policies=%d silences=%d "
                  "retention_max_age_s=%g api_token=%s", len(new.probes), len(a.channels), len(a.policies),

@@ -51,6 +51,22 @@ UPDATE runs SET status = 'aborted', abort_reason = %s, finished_ns = COALESCE(fi
 WHERE status = 'running' AND probe_id = ANY(%s) RETURNING run_id, probe_id
 """
 
+def reaches_other_traces(probe: ProbeSpec) -> bool:
+    """Whether the probe's trace expectation reaches traces its run did not mint (``linked`` nodes)."""
+    expectation = probe.expect.trace
+    todo = [expectation] if expectation is not None else []
+    while todo:
+        exp = todo.pop()
+        nodes = list(exp.tree)
+        while nodes:
+            node = nodes.pop()
+            if node.linked:
+                return True
+            nodes.extend((*node.children, *node.descendants))
+        todo.extend(exp.any_of)
+    return False
+
+
 MovesHandler = Callable[[set[str], set[str]], Awaitable[None]]
 """``(probes lost, probes gained)`` at an ownership change (the daemon aborts and re-runs)."""
 
@@ -98,6 +114,7 @@ class KafkaClusterMembership:
         self._started_ns = time.time_ns()
         self._pending_announcements: list[Awaitable[None]] = []
         self._announce_wake = anyio.Event()
+        self._announced: set[str] = set()
 
     # ------------------------------------------------------------------ the Membership protocol
     @property
@@ -160,30 +177,39 @@ class KafkaClusterMembership:
         return sum(1 for p in self._probe_ids() if self.owns(p))
 
     def mint_trace_id(self) -> str:
-        """A run's trace id: lands on an owned partition and is announced for linked/correlated traces."""
+        """A run's trace id: lands on an owned partition (its spans reach this member)."""
         assert self._parts is not None
-        tid = self._parts.group.mint_trace_id()
-        own = self._parts.group.ownership
-        partition = self._parts.group.minter.partition_of(trace_key(tid), own.num_partitions)
-        self._announce(self._parts.broadcast.announce_trace(tid, partition))
-        return tid
+        return self._parts.group.mint_trace_id()
 
     def _announce(self, send: Awaitable[None]) -> None:
         self._pending_announcements.append(send)
         self._announce_wake.set()
 
+    def _home(self, trace_id: str) -> int | None:
+        """The spans partition a trace id lands on (None before the first assignment)."""
+        parts = self._parts
+        n = parts.group.ownership.num_partitions if parts is not None else 0
+        if parts is None or not n:
+            return None
+        return parts.group.minter.partition_of(trace_key(trace_id), n)
+
     async def on_run_started(self, probe: ProbeSpec, run: RunRecord) -> None:
-        """Run hook: nothing to do at start (the trace was announced when minted)."""
+        """Run hook: a run that expects traces it did not mint (``linked``) announces its trace id, so
+        whoever receives spans linking to it forwards them here. Other runs announce nothing."""
+        home = self._home(run.trace_id)
+        if self._parts is not None and home is not None and reaches_other_traces(probe):
+            self._announced.add(run.trace_id)
+            self._announce(self._parts.broadcast.announce_trace(run.trace_id, home))
 
     async def on_run_finished(self, probe: ProbeSpec, run: RunRecord) -> None:
-        """Run hook: a final run goes to the results outbox (fenced by the probe's lease)."""
+        """Run hook: retract the announcement; a final run goes to the results outbox."""
         parts = self._parts
         if parts is not None:
             parts.group.filter.forget(run.trace_id)
-            own = parts.group.ownership
-            if own.num_partitions:
-                part = parts.group.minter.partition_of(trace_key(run.trace_id), own.num_partitions)
-                self._announce(parts.broadcast.announce_trace(run.trace_id, part, add=False))
+            home = self._home(run.trace_id)
+            if run.trace_id in self._announced and home is not None:
+                self._announced.discard(run.trace_id)
+                self._announce(parts.broadcast.announce_trace(run.trace_id, home, add=False))
             if run.final:
                 await parts.outbox.enqueue(run)
 
@@ -312,11 +338,13 @@ async def _run_when_owned(membership: KafkaClusterMembership, runner: Runner, sc
 
 
 def rebalance_handler(membership: KafkaClusterMembership, runner: Runner, scheduler: Scheduler,
-                      tg: anyio.abc.TaskGroup) -> MovesHandler:
-    """What the daemon does at an ownership change: abort its runs of probes that moved away (recorded
-    ``aborted``, reason ``rebalance``); for probes it gained, record what the previous owner left running
-    ``aborted`` too and run those probes again at once (as soon as their lease is ours)."""
+                      tg: anyio.abc.TaskGroup, *, reschedule: Callable[[], None]) -> MovesHandler:
+    """What the daemon does at an ownership change: schedule exactly the probes now owned
+    (``reschedule``); abort its runs of probes that moved away (recorded ``aborted``, reason
+    ``rebalance``); for probes it gained, record what the previous owner left running ``aborted`` too and
+    run those probes again at once (as soon as their lease is ours)."""
     async def handle(lost: set[str], gained: set[str]) -> None:
+        reschedule()
         if lost:
             aborted = runner.abort(lost, "rebalance")
             if aborted:
