@@ -243,7 +243,7 @@ class Engine:
             max_spans=d.buffer.max_spans, max_bytes=d.buffer.max_bytes, retention_s=d.buffer.retention,
             correlation_attributes=_correlation_attributes(self.config),
         )
-        self.services = Services(github_events=EventHub(), slack_events=None)
+        self.services = Services(github_events=self._event_hub("github"), slack_events=None)
         self.kafka_producers = KafkaProducers()
         self.metrics.set_buffer_gauge(lambda: float(self.buffer.stats().spans))
         self.hooks.append(self.metrics)
@@ -257,12 +257,30 @@ class Engine:
             self_tracer=self.provider.get_tracer("tracecanary.daemon") if self._exports_telemetry else None,
             links=self.links_for, sentry_source=self.sentry_source,
             resources=ProbeResources(kafka_producers=self.kafka_producers), secrets=self.config.secrets(),
-            mint_trace_id=mint,
+            mint_trace_id=mint, announce_correlation=self._announce_correlation(),
         ))
         await self._serve_http(tg)
         # what the GitHub watcher's `watch: auto` needs to know whether GitHub can deliver to /hooks/github
         self.services.hook_address, self.services.public_url = self.addresses.get("api"), d.public_url
         self.membership.address = self.addresses.get("api")
+
+    def _event_hub(self, kind: str) -> EventHub:
+        """Where received side-effect events go: this process's watchers, or in mode kafka every member's
+        (the member whose run watches for the event may not be the one Slack or GitHub reached)."""
+        if self.membership.mode != "kafka":
+            return EventHub()
+        from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership
+
+        assert isinstance(self.membership, KafkaClusterMembership)
+        return self.membership.relay_hub(kind)
+
+    def _announce_correlation(self) -> Callable[[str, str, str], None] | None:
+        if self.membership.mode != "kafka":
+            return None
+        from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership
+
+        assert isinstance(self.membership, KafkaClusterMembership)
+        return self.membership.announce_correlation
 
     def _attach_kafka_member(self) -> Callable[[], str] | None:
         """Mode kafka: the member reads spans into the buffer, publishes final runs (a run hook) and
@@ -290,7 +308,7 @@ class Engine:
         if slack.app_token:
             from tracecanary.daemon.watchers.slack import SlackSocketListener
 
-            self.services.slack_events = EventHub()
+            self.services.slack_events = self._event_hub("slack")
             listener = SlackSocketListener(self.services.slack_events, app_token=slack.app_token,
                                            base_url=slack.base_url)
             await tg.start(listener.run)

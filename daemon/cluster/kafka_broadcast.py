@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from tracecanary.assertions.spans import AttrValue
+from tracecanary.daemon.watchers.base import Event, EventHub
 from tracecanary.errors import StartupError
 
 log = logging.getLogger("tracecanary.cluster.broadcast")
@@ -166,3 +167,33 @@ class Broadcast:
             self.stats.bad_messages += 1
             log.warning("bad broadcast message error=%r", str(e))
 
+
+
+class RelayedEventHub(EventHub):
+    """An EventHub whose events reach every member: :meth:`publish` (a webhook delivery or Socket Mode
+    envelope this member received) goes to the broadcast topic, and :meth:`deliver` (called for every
+    relayed event, this member's own included) hands it to the local watchers. If the relay fails the
+    event is delivered here at least (and the failure logged): the owner may be this member."""
+
+    def __init__(self, kind: str, relay: Callable[[str, Event], Awaitable[None]], spawn: Callable[..., None],
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kind = kind
+        self._relay = relay
+        self._spawn = spawn
+        self.relay_failures = 0
+
+    def publish(self, event: Event) -> None:
+        self._spawn(self._send, event)
+
+    async def _send(self, event: Event) -> None:
+        try:
+            await self._relay(self.kind, event)
+        except (KafkaError, TimeoutError, OSError, TypeError, ValueError) as e:
+            self.relay_failures += 1
+            log.warning("event relay failed kind=%s error=%r; delivered here only", self.kind, str(e))
+            self.deliver(event)
+
+    def deliver(self, event: Event) -> None:
+        """An event relayed by any member: offer it to this member's watchers."""
+        super().publish(event)

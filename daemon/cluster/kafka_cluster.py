@@ -22,7 +22,7 @@ import anyio.abc
 import psycopg_pool
 from aiokafka.errors import KafkaError
 
-from tracecanary.daemon.cluster.kafka_broadcast import Broadcast
+from tracecanary.daemon.cluster.kafka_broadcast import Broadcast, RelayedEventHub
 from tracecanary.daemon.cluster.kafka_db import Conn, open_cluster_db
 from tracecanary.daemon.cluster.kafka_forward import Forwarder, ForwardRouter, ensure_topic
 from tracecanary.daemon.cluster.kafka_leases import LeaseBook, keep_leases
@@ -115,6 +115,9 @@ class KafkaClusterMembership:
         self._pending_announcements: list[Awaitable[None]] = []
         self._announce_wake = anyio.Event()
         self._announced: set[str] = set()
+        self._hubs: dict[str, RelayedEventHub] = {}
+        self._values: dict[str, list[tuple[str, str]]] = {}
+        self._spawn_queue: list[tuple[Callable[..., Awaitable[None]], tuple[Any, ...]]] = []
 
     # ------------------------------------------------------------------ the Membership protocol
     @property
@@ -151,6 +154,27 @@ class KafkaClusterMembership:
         """The engine's trace buffer and the loaded probes (called once the engine built them)."""
         self._buffer, self._probe_ids = buffer, probe_ids
         self._attached.set()
+
+    def relay_hub(self, kind: str) -> RelayedEventHub:
+        """The EventHub for side-effect events of ``kind`` (``github``, ``slack``): relayed to every member."""
+        hub = self._hubs.get(kind)
+        if hub is None:
+            hub = self._hubs[kind] = RelayedEventHub(kind, self._relay_event, self._spawn)
+        return hub
+
+    async def _relay_event(self, kind: str, event: dict[str, Any]) -> None:
+        if self._parts is None:
+            raise OSError("kafka member not started yet")
+        await self._parts.broadcast.relay_event(kind, event)
+
+    async def _deliver_event(self, kind: str, event: dict[str, Any]) -> None:
+        hub = self._hubs.get(kind)
+        if hub is not None:
+            hub.deliver(event)
+
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        self._spawn_queue.append((fn, args))
+        self._announce_wake.set()
 
     def on_moves(self, handler: MovesHandler) -> None:
         """Call ``handler(lost, gained)`` at every ownership change."""
@@ -201,6 +225,13 @@ class KafkaClusterMembership:
             self._announced.add(run.trace_id)
             self._announce(self._parts.broadcast.announce_trace(run.trace_id, home))
 
+    def announce_correlation(self, trace_id: str, key: str, value: str) -> None:
+        """A run waits for traces carrying ``key=value`` (``correlate``): every member forwards them here."""
+        home = self._home(trace_id)
+        if self._parts is not None and home is not None:
+            self._values.setdefault(trace_id, []).append((key, value))
+            self._announce(self._parts.broadcast.announce_value(key, value, home))
+
     async def on_run_finished(self, probe: ProbeSpec, run: RunRecord) -> None:
         """Run hook: retract the announcement; a final run goes to the results outbox."""
         parts = self._parts
@@ -210,6 +241,9 @@ class KafkaClusterMembership:
             if run.trace_id in self._announced and home is not None:
                 self._announced.discard(run.trace_id)
                 self._announce(parts.broadcast.announce_trace(run.trace_id, home, add=False))
+            for key, value in self._values.pop(run.trace_id, []):
+                if home is not None:
+                    self._announce(parts.broadcast.announce_value(key, value, home, add=False))
             if run.final:
                 await parts.outbox.enqueue(run)
 
@@ -240,7 +274,7 @@ class KafkaClusterMembership:
         leases = LeaseBook(pool, self._member_id, ttl_s=t.session_timeout_s)
         outbox = ResultsOutbox(pool, leases, bootstrap=bootstrap, results_topic=s.results_topic,
                                idempotent=False)
-        broadcast = Broadcast(bootstrap, f"{group_name}.broadcast", self._member_id)
+        broadcast = Broadcast(bootstrap, f"{group_name}.broadcast", self._member_id, on_event=self._deliver_event)
         forwarder = Forwarder(group, ForwardRouter(broadcast.announcements, lambda: group.ownership),
                               topic=f"{group_name}.forward")
         async with anyio.create_task_group() as tg:
@@ -264,6 +298,9 @@ class KafkaClusterMembership:
             await self._announce_wake.wait()
             self._announce_wake = anyio.Event()
             pending, self._pending_announcements = self._pending_announcements, []
+            spawned, self._spawn_queue = self._spawn_queue, []
+            for fn, args in spawned:
+                await fn(*args)  # event relays handle their own failures
             for send in pending:
                 try:
                     await send

@@ -198,13 +198,17 @@ class ResultsOutbox:
                 await consumer.stop()
         return found
 
-    async def run(self, *, poll_s: float = 1.0, on_error: Callable[[BaseException], Awaitable[None]] | None = None
-                  ) -> None:
-        """Adopt orphans and publish until cancelled; woken at once by :meth:`enqueue`."""
+    async def run(self, *, poll_s: float = 1.0, adopt_every_s: float = 2.0, gather_s: float = 0.05,
+                  on_error: Callable[[BaseException], Awaitable[None]] | None = None) -> None:
+        """Publish until cancelled, woken by :meth:`enqueue` (then ``gather_s`` later, so runs finishing
+        together share one query); look for dead sessions' rows every ``adopt_every_s``."""
+        next_adopt_s = 0.0
         while True:
             self._wake = anyio.Event()
             try:
-                await self.adopt_orphans()
+                if anyio.current_time() >= next_adopt_s:
+                    next_adopt_s = anyio.current_time() + adopt_every_s
+                    await self.adopt_orphans()
                 while await self.publish_pending() == self.batch:
                     pass
             except (KafkaError, psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError, OSError) as e:
@@ -214,3 +218,4 @@ class ResultsOutbox:
                     await on_error(e)
             with anyio.move_on_after(poll_s):
                 await self._wake.wait()
+            await anyio.sleep(gather_s)

@@ -153,8 +153,10 @@ class _Tracked:
 async def watch_trace(
     expectation: TraceExpectation, ctx: ProbeContext, buffer: TraceBuffer, root: Span,
     *, sentry_source: SentryTraceSource | None = None,
+    on_correlation: Callable[[str, str, str], None] | None = None,
 ) -> TraceOutcome:
-    """Judge the run's trace; returns at the verdict or at the run deadline."""
+    """Judge the run's trace; returns at the verdict or at the run deadline. ``on_correlation(trace id,
+    attribute, value)`` hears the correlation value the run waits for (mode kafka announces it)."""
     correlate = expectation.correlate
     correlate_value = str(ctx.render(correlate.equals)) if correlate is not None else None
     judge = TraceJudge(expectation, root_trace_id=ctx.trace.trace_id, trigger_ns=ctx.trigger_ns,
@@ -169,6 +171,8 @@ async def watch_trace(
         tracked.track(ctx.trace.trace_id)
         if correlate is not None and correlate_value is not None:
             watch.add_correlation(correlate.attribute, correlate_value)
+            if on_correlation is not None:
+                on_correlation(ctx.trace.trace_id, correlate.attribute, correlate_value)
             for tid in buffer.traces_with_attribute(correlate.attribute, correlate_value):
                 tracked.track(tid)
                 judge.add_trace(tid)

@@ -75,6 +75,8 @@ class RunnerDeps:
     """Masked out of every run record before it is stored or handed to a hook (alerts, reports)."""
     mint_trace_id: Callable[[], str] | None = None
     """Where each run's trace id comes from (mode kafka: one landing on an owned partition); None: random."""
+    announce_correlation: Callable[[str, str, str], None] | None = None
+    """Told ``(trace id, attribute, value)`` a run waits for (mode kafka: other members forward matches)."""
 
 
 class Runner:
@@ -310,6 +312,7 @@ class Runner:
                 try:
                     outcome.append(await watch_trace(
                         probe.expect.trace, ctx, self.deps.buffer, root, sentry_source=self.deps.sentry_source,
+                        on_correlation=self.deps.announce_correlation,
                     ))
                 except Exception as e:
                     outcome.append(TraceOutcome([internal_error("expect.trace", e, probe.id, run.run_id)], None))

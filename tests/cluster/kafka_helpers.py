@@ -28,12 +28,15 @@ async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         await admin.close()
 
 
-def span(trace_id: str, name: str, *, links: Sequence[str] = (), service: str = "svc",
-         attributes: Mapping[str, AttrValue] | None = None) -> Span:
-    return Span(trace_id=trace_id, span_id=os.urandom(8).hex(), parent_span_id=None, name=name,
-                kind=SpanKind.SERVER, start_ns=1_000, end_ns=2_000, service=service,
+def span(trace_id: str, name: str, *, links: Sequence[str | tuple[str, str]] = (), service: str = "svc",
+         attributes: Mapping[str, AttrValue] | None = None, span_id: str | None = None,
+         parent_span_id: str | None = None) -> Span:
+    """A span; ``links`` are trace ids (any span id) or (trace id, span id) pairs."""
+    pairs = [(ln, "00f067aa0ba902b7") if isinstance(ln, str) else ln for ln in links]
+    return Span(trace_id=trace_id, span_id=span_id or os.urandom(8).hex(), parent_span_id=parent_span_id,
+                name=name, kind=SpanKind.SERVER, start_ns=1_000, end_ns=2_000, service=service,
                 attributes=dict(attributes or {}),
-                links=tuple(SpanLink(trace_id=t, span_id="00f067aa0ba902b7") for t in links))
+                links=tuple(SpanLink(trace_id=t, span_id=sid) for t, sid in pairs))
 
 
 class ExporterLikeProducer:

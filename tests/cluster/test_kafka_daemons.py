@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tests.cluster.kafka_helpers import ExporterLikeProducer, create_topic, span, unique
 from tests.daemon.support import DaemonProcess, eventually
 from tests.probes.helpers import serve
+from tracecanary.assertions.spans import Span
 from tracecanary.demo.emulators.slack import SlackEmulator
 
 pytestmark = pytest.mark.anyio
@@ -41,6 +43,7 @@ class Target:
 
     producer: ExporterLikeProducer
     spans_topic: str
+    background: anyio.abc.TaskGroup
     hits: list[tuple[str, str, float]] = field(default_factory=list)
 
     def app(self) -> web.Application:
@@ -51,10 +54,22 @@ class Target:
     async def _hit(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
         self.hits.append((path, request.query.get("who", "?"), time.time()))
-        if path == "traced":
-            trace_id = request.headers["traceparent"].split("-")[1]
-            await self.producer.send_trace(self.spans_topic, [span(trace_id, "GET /traced", service="shop")])
+        if path in ("traced", "linked"):
+            _, trace_id, parent, _ = request.headers["traceparent"].split("-")
+            server = span(trace_id, f"GET /{path}", service="shop", parent_span_id=parent)
+            await self.producer.send_trace(self.spans_topic, [server])
+            if path == "linked":  # a queue consumer's own trace, linking back: lands on any member's partition
+                consumer = span(os.urandom(16).hex(), "orders process", service="worker",
+                                links=[(trace_id, server.span_id)])
+                self.background.start_soon(self._later, [consumer])
+        if path == "job":  # a scheduled job's own trace, found by its job.id (announced once the run judges)
+            job = span(os.urandom(16).hex(), "job run", service="worker", attributes={"job.id": request.query["id"]})
+            self.background.start_soon(self._later, [job])
         return web.json_response({}, status=500 if path == "broken" else 200)
+
+    async def _later(self, spans: list[Span]) -> None:
+        await anyio.sleep(0.5)  # the other process picks the message up a moment later
+        await self.producer.send_trace(self.spans_topic, spans)
 
     def of(self, path: str, who: str | None = None, after: float = 0.0) -> list[float]:
         return [t for p, w, t in self.hits if p == path and (who is None or w == who) and t >= after]
@@ -88,6 +103,20 @@ probes:{plain}
     request: {{url: "{target}/traced?who=${{WHO}}"}}
     expect: {{trace: {{tree: [{{span: "GET /traced", service: shop}}]}}}}
     alert: {{policy: quiet}}
+  - id: linked
+    kind: http
+    every: 1s
+    timeout: 8s
+    request: {{url: "{target}/linked?who=${{WHO}}"}}
+    expect: {{trace: {{tree: [{{span: "GET /linked", linked: [{{span: "orders process", service: worker}}]}}]}}}}
+    alert: {{policy: quiet}}
+  - id: job
+    kind: http
+    every: 1s
+    timeout: 8s
+    request: {{url: "{target}/job?who=${{WHO}}&id={{{{ run_id }}}}"}}
+    expect: {{trace: {{correlate: {{attribute: job.id, equals: "{{{{ run_id }}}}"}}, tree: [{{span: "job run"}}]}}}}
+    alert: {{policy: quiet}}
 """
 
 
@@ -108,7 +137,7 @@ async def settled(d: DaemonProcess, n: int) -> bool:
         return False
     parts = [p for m in members for p in (m["partitions"] or [])]
     return (len(members) == n and sorted(parts) == list(range(SPANS_PARTITIONS))
-            and sum(m["probes"] or 0 for m in members) == len(PROBES) + 2)
+            and sum(m["probes"] or 0 for m in members) == len(PROBES) + 4)
 
 
 async def topic_run_ids(bootstrap: str, topic: str) -> list[str]:
@@ -135,10 +164,12 @@ async def world(kafka_broker) -> AsyncIterator[tuple[Target, str, str, str]]:  #
     spans, results = unique("otlp_spans"), unique("results")
     await create_topic(kafka_broker.bootstrap, spans, SPANS_PARTITIONS)
     await create_topic(kafka_broker.bootstrap, results, RESULT_PARTITIONS)
-    async with ExporterLikeProducer(kafka_broker.bootstrap, "murmur2") as producer:
-        t = Target(producer, spans)
+    async with ExporterLikeProducer(kafka_broker.bootstrap, "murmur2") as producer, \
+            anyio.create_task_group() as background:
+        t = Target(producer, spans, background)
         async with serve(t.app()) as base:
             yield t, base, spans, results
+        background.cancel_scope.cancel()
 
 
 async def test_three_members_share_probes_and_survive_kill9(
@@ -155,7 +186,7 @@ async def test_three_members_share_probes_and_survive_kill9(
             for m in members:
                 await m.ready(timeout_s=90)
             a, _, c = members
-            await eventually(lambda: settled(a, 3), 90, "three members owning 6 partitions and 32 probes")
+            await eventually(lambda: settled(a, 3), 90, "three members owning 6 partitions and 34 probes")
             steady_from = time.time() + 2.0
             await eventually(lambda: time.time() > steady_from + 6, 30, "six steady slots")
             steady_to = time.time() - 1.0
@@ -165,6 +196,11 @@ async def test_three_members_share_probes_and_survive_kill9(
             status, traced = await a.get("/api/probes/traced/runs?limit=20")
             assert status == 200
             assert any(r["verdict"] == "pass" for r in traced["runs"]), traced  # spans reached the owner
+            for probe in ("linked", "job"):  # traces the run did not mint, forwarded to its owner
+                status, runs = await a.get(f"/api/probes/{probe}/runs?limit=20")
+                verdicts = Counter(r["verdict"] for r in runs["runs"] if r["status"] == "finished")
+                print(f"{probe}: {dict(verdicts)}")
+                assert verdicts["pass"] >= 3 and verdicts["fail"] == 0, runs
             await slack.wait_until(lambda: len(slack.messages("C0OPS")) >= 1, timeout_s=60)
 
             killed_at = time.time()

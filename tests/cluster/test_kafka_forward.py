@@ -10,7 +10,7 @@ import pytest
 
 from tests.cluster.kafka_helpers import ExporterLikeProducer, create_topic, span, trace_on, unique
 from tests.daemon.support import eventually
-from tracecanary.daemon.cluster.kafka_broadcast import Broadcast
+from tracecanary.daemon.cluster.kafka_broadcast import Broadcast, RelayedEventHub
 from tracecanary.daemon.cluster.kafka_forward import Forwarder, ForwardRouter
 from tracecanary.daemon.cluster.kafka_membership import KafkaMembership, MembershipConfig
 from tracecanary.daemon.cluster.partitioner import PARTITIONERS, trace_key
@@ -95,4 +95,26 @@ async def test_linked_correlated_and_events_reach_the_owner(kafka_broker) -> Non
         await b.broadcast.relay_event("slack", {"channel": "C0ALERT", "text": "ORB_BREAKOUT"})
         await eventually(lambda: ("slack", {"channel": "C0ALERT", "text": "ORB_BREAKOUT"}) in a.events, 30,
                          "the relayed Slack event to reach a")
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_relayed_event_hub_reaches_every_member_once(kafka_broker) -> None:  # type: ignore[no-untyped-def]
+    topic = unique("bcast")
+    await create_topic(kafka_broker.bootstrap, topic, 1)
+    async with anyio.create_task_group() as tg:
+        hubs: dict[str, RelayedEventHub] = {}
+        for name in ("a", "b"):
+            async def deliver(kind: str, event: dict[str, Any], name: str = name) -> None:
+                hubs[name].deliver(event)
+            bc = Broadcast(kafka_broker.bootstrap, topic, name, on_event=deliver)
+            await tg.start(lambda task_status, bc=bc: bc.run(task_status=task_status))
+            hubs[name] = RelayedEventHub("github", bc.relay_event, tg.start_soon)
+        delivery = {"event": "issue_comment", "delivery": "d-1", "payload": {"comment": {"body": "LGTM"}}}
+        with hubs["a"].subscribe(lambda e: e.get("delivery") == "d-1") as sub_a, \
+                hubs["b"].subscribe(lambda e: e.get("delivery") == "d-1") as sub_b:
+            hubs["b"].publish(delivery)  # GitHub reached b; a's run waits for it
+            got_a, got_b = await sub_a.next_batch(30), await sub_b.next_batch(30)
+        assert got_a == [delivery] and got_b == [delivery]
+        assert hubs["a"].published == 1 and hubs["b"].published == 1  # once each, b's own copy included
         tg.cancel_scope.cancel()
