@@ -272,8 +272,7 @@ class KafkaClusterMembership:
                                   partitioner=s.partitioner, session_timeout_s=t.session_timeout_s)
         group = KafkaMembership(config, self._buffer, member_id=self._member_id)
         leases = LeaseBook(pool, self._member_id, ttl_s=t.session_timeout_s)
-        outbox = ResultsOutbox(pool, leases, bootstrap=bootstrap, results_topic=s.results_topic,
-                               idempotent=False)
+        outbox = ResultsOutbox(pool, leases, bootstrap=bootstrap, results_topic=s.results_topic)
         broadcast = Broadcast(bootstrap, f"{group_name}.broadcast", self._member_id, on_event=self._deliver_event)
         forwarder = Forwarder(group, ForwardRouter(broadcast.announcements, lambda: group.ownership),
                               topic=f"{group_name}.forward")

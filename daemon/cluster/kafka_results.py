@@ -28,7 +28,7 @@ import anyio
 import psycopg
 import psycopg_pool
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError
 
 from tracecanary.daemon.cli.report import run_json
 from tracecanary.daemon.cluster.kafka_db import Conn
@@ -73,6 +73,7 @@ class OutboxStats:
     adopted: int = 0
     skipped_present: int = 0
     scanned_messages: int = 0
+    idempotence_unsupported: bool = False
 
 
 class ResultsOutbox:
@@ -108,11 +109,24 @@ class ResultsOutbox:
         return added
 
     async def start(self) -> None:
-        """Connect the producer (acks=all; idempotent unless told otherwise)."""
+        """Connect the producer (acks=all; idempotent unless the broker refuses: then without, logged)."""
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
                                     enable_idempotence=self.idempotent)
-        with anyio.fail_after(self.op_timeout_s * 3):
-            await producer.start()
+        try:
+            with anyio.fail_after(self.op_timeout_s * 3):
+                await producer.start()
+        except (UnknownError, UnsupportedVersionError) as e:
+            with anyio.CancelScope(shield=True):
+                await producer.stop()
+            if not self.idempotent:
+                raise
+            # tansu, for one, answers InitProducerId with an error: go on without idempotence.
+            self.stats.idempotence_unsupported = True
+            log.warning("results producer: the broker refuses idempotent producers (%r); sending without "
+                        "(a send retried within one session may then repeat a run on the topic)", str(e))
+            self.idempotent = False
+            await self.start()
+            return
         self._producer = producer
 
     async def aclose(self) -> None:

@@ -66,14 +66,14 @@ async def test_crash_between_ack_and_record_publishes_each_run_once(
     dead = LeaseBook(pool, "m-dead", ttl_s=ttl_s)
     await dead.new_epoch()
     assert await dead.sync({"p1", "p2"}) == {"p1", "p2"}
-    outbox = ResultsOutbox(pool, dead, bootstrap=kafka_broker.bootstrap, results_topic=topic, batch=2,
-                           idempotent=False)  # tansu has no InitProducerId
+    outbox = ResultsOutbox(pool, dead, bootstrap=kafka_broker.bootstrap, results_topic=topic, batch=2)
     await outbox.start()
     try:
         runs = [_run(f"r{i}", "p1") for i in range(1, 5)] + [_run("r5", "p2")]
         assert all([await outbox.enqueue(r) for r in runs])
         assert not await outbox.enqueue(_run("r1", "p1"))  # a run id is queued once
         assert await outbox.publish_pending() == 2  # r1, r2 sent and recorded
+        assert outbox.stats.idempotence_unsupported  # tansu has no InitProducerId: the fallback was taken
     finally:
         await outbox.aclose()
     # kill -9 after the broker acknowledged r3 but before the outbox recorded it: the topic holds r3.
