@@ -29,7 +29,7 @@ from tracecanary.daemon.cluster.timing import StandbyTiming
 from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.config.secrets import Secrets, install_log_masking
 from tracecanary.daemon.engine import Engine, Overrides
-from tracecanary.daemon.run.scheduler import Scheduler, SchedulerNotRunning, cron_next_wall
+from tracecanary.daemon.run.scheduler import RunRefused, Scheduler, SchedulerNotRunning, cron_next_wall
 from tracecanary.daemon.store.base import RunRecord, Store, StoreFault
 from tracecanary.daemon.web.api import ApiAuth
 from tracecanary.daemon.web.control import AlertsControl, DemoControl
@@ -357,6 +357,10 @@ class DaemonControl:
         """
         if self.scheduler is None:
             raise SchedulerNotRunning("the scheduler is not running yet (the daemon is starting)")
+        kafka = _kafka_member(self.engine.membership)
+        if kafka is not None and any(p.id == probe_id for p in self.probes()) and not kafka.owns(probe_id):
+            raise RunRefused(f"probe {probe_id!r} is fired by another member of the kafka cluster (partition "
+                             f"{kafka.partition_of_probe(probe_id)}); GET /api/cluster lists who owns which")
         return self.scheduler.run_now(probe_id)
 
     def live_spans(self, trace_id: str) -> list[Span]:

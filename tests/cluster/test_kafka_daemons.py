@@ -193,6 +193,8 @@ async def test_three_members_share_probes_and_survive_kill9(
             owners_before = {p: {w for _, w, _ in [h for h in t.hits if h[0] == p and steady_from <= h[2] <= steady_to]}
                              for p in PROBES}
             c_probes = [p for p, ws in owners_before.items() if ws == {"c"}]
+            status, refused = await a.post(f"/api/probes/{c_probes[0]}/run", {})  # a does not own it
+            assert status == 503 and "fired by another member" in str(refused), refused
             status, traced = await a.get("/api/probes/traced/runs?limit=20")
             assert status == 200
             assert any(r["verdict"] == "pass" for r in traced["runs"]), traced  # spans reached the owner
