@@ -52,6 +52,9 @@ class TraceFilter:
         self._hex: OrderedDict[bytes, None] = OrderedDict()
         self._raw: set[bytes] = set()
         self.on_foreign: ForeignHook | None = None
+        self.foreign_wanted: Callable[[], bool] = lambda: True
+        """Whether anybody waits for traces it did not mint (the forwarder: any announcement). When not,
+        keyed foreign messages are skipped by their key alone, without parsing them."""
 
     def __len__(self) -> int:
         return len(self._hex)
@@ -87,7 +90,7 @@ class TraceFilter:
             stats.owned += 1
             stats.spans += ingest_message(buffer, value, encoding)
             return "owned"
-        if key is not None and not self.scan_foreign:
+        if key is not None and (not self.scan_foreign or not self.foreign_wanted()):
             stats.skipped += 1
             return "skipped"
         stats.scanned += 1

@@ -134,6 +134,7 @@ class Forwarder:
             await consumer.start()
         self._producer = producer
         self.membership.filter.on_foreign = self.offer
+        self.membership.filter.foreign_wanted = lambda: bool(self.router.announcements)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._follow_ownership, consumer)
@@ -142,6 +143,7 @@ class Forwarder:
                 await self._read_loop(consumer)
         finally:
             self.membership.filter.on_foreign = None
+            self.membership.filter.foreign_wanted = lambda: True
             self._producer = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                 await consumer.stop()

@@ -114,3 +114,24 @@ async def test_leaving_member_partitions_move_and_survivors_keep_theirs(kafka_br
         await eventually(lambda: bool(seen) and seen[-1] == members[0].ownership.partitions, 30,
                          "the change stream to deliver the new ownership")
         tg.cancel_scope.cancel()
+
+
+def test_filter_skips_foreign_messages_by_key_unless_someone_waits_for_foreign_traces() -> None:
+    from tracecanary.daemon.cluster.kafka_filter import TraceFilter
+    from tracecanary.daemon.spans.otlp import encode_request
+
+    mine, foreign = "ab" * 16, "cd" * 16
+    tf, buffer = TraceFilter(), TraceBuffer()
+    tf.want(mine)
+    value = encode_request([span(foreign, "linking", links=[mine])]).SerializeToString()
+    tf.foreign_wanted = lambda: False
+    assert tf.ingest(buffer, foreign.encode(), value, "auto") == "skipped"
+    assert tf.stats.scanned == 0  # decided by the key alone
+    tf.foreign_wanted = lambda: True
+    assert tf.ingest(buffer, foreign.encode(), value, "auto") == "linked"
+    assert tf.stats.scanned == 1 and buffer.linking_traces(mine) == {foreign}
+    own = encode_request([span(mine, "GET /probe")]).SerializeToString()
+    assert tf.ingest(buffer, mine.encode(), own, "auto") == "owned" and len(buffer.trace(mine)) == 1
+    assert tf.ingest(buffer, None, own, "auto") == "owned"  # keyless: scanned for wanted trace ids
+    tf.forget(mine)
+    assert mine not in tf and tf.ingest(buffer, mine.encode(), own, "auto") == "skipped"
