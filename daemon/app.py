@@ -272,3 +272,10 @@ class DaemonControl:
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         return self.engine.links_for(trace_id, run_id, probe_id)
+
+    def cluster_role(self) -> str | None:
+        return None  # single mode; a cluster's membership reports its role here
+
+    @property
+    def public_status(self) -> bool:
+        return self.engine.config.daemon.public_status

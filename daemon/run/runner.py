@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 import aiohttp
 import anyio
@@ -277,7 +278,7 @@ class Runner:
 
     async def _expectations(self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, root: Span) -> None:
         outcome: list[TraceOutcome] = []
-        effects: list[tuple[int, SideEffect, list[Finding]]] = []
+        effects: list[tuple[int, SideEffect, list[Finding], list[Any]]] = []
 
         async def trace_task() -> None:
             assert probe.expect.trace is not None
@@ -298,7 +299,7 @@ class Runner:
                 effects.append((i, effect, [Finding(
                     type="error", severity=Verdict.ERROR, path=f"expect.side_effects[{i}]",
                     message=f"no watcher for side effect {effect.kind!r}",
-                )]))
+                )], []))
                 return
             try:
                 # Every string of the effect (matchers too) is rendered per run here, once, like the request.
@@ -307,7 +308,7 @@ class Runner:
                 effects.append((i, effect, [Finding(
                     type="error", severity=Verdict.ERROR, path=f"expect.side_effects[{i}].{effect.kind}",
                     message=f"side effect {effect.kind}: bad template: {e}",
-                )]))
+                )], []))
                 return
             wctx = WatchContext(probe=ctx, services=self.deps.services, outputs=run.outputs,
                                 poll_interval_s=self.deps.poll_interval_s)
@@ -317,7 +318,7 @@ class Runner:
                 except Exception as e:
                     found = [internal_error(f"expect.side_effects[{i}]", e, probe.id, run.run_id)]
             effects.append((i, effect, [f if f.path else f.model_copy(update={"path": f"expect.side_effects[{i}]"})
-                                        for f in found]))
+                                        for f in found], wctx.observed))
 
         if not probe.expect.side_effects:  # the trace alone: no task group (a task and a wake-up less per run)
             if probe.expect.trace is not None:
@@ -334,9 +335,10 @@ class Runner:
             run.spans = outcome[0].spans
             run.span_count = len(outcome[0].spans)
             run.time_to_verdict_s = outcome[0].time_to_verdict_s
-        for i, effect, found in sorted(effects, key=lambda t: t[0]):
+        for i, effect, found, seen in sorted(effects, key=lambda t: t[0]):
             run.findings.extend(found)
-            run.side_effects.append({"index": i, "kind": effect.kind, "findings": [f.message for f in found]})
+            run.side_effects.append({"index": i, "kind": effect.kind, "findings": [f.message for f in found],
+                                     "observed": seen})
         if outcome and outcome[0].silence is not None:  # every finding is in: unknown, or the fail stands
             run.findings = no_telemetry(run.findings, outcome[0].silence)
 

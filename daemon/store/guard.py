@@ -28,6 +28,7 @@ from pydantic import Field
 
 from tracecanary.assertions.units import Duration
 from tracecanary.daemon.store.base import ProbeRow, RunRecord, Store, StoreFault
+from tracecanary.daemon.store.stats import RunHead, RunStats
 from tracecanary.model import StrictModel
 
 log = logging.getLogger("tracecanary.store")
@@ -257,6 +258,18 @@ class GuardedStore:
 
     async def runs_for_trace(self, trace_id: str) -> list[RunRecord]:
         return await self._call("runs_for_trace", self.inner.runs_for_trace(trace_id))
+
+    async def run_stats(
+        self, since_ns: int, until_ns: int, *, probe_id: str | None = None, bucket_ns: int | None = None
+    ) -> dict[tuple[str, int], RunStats]:
+        return await self._call("run_stats", self.inner.run_stats(
+            since_ns, until_ns, probe_id=probe_id, bucket_ns=bucket_ns))
+
+    async def recent_runs(self, probe_ids: list[str], *, limit: int) -> dict[str, list[RunHead]]:
+        return await self._call("recent_runs", self.inner.recent_runs(probe_ids, limit=limit))
+
+    async def latest_runs(self, probe_ids: list[str]) -> dict[str, RunRecord]:
+        return await self._call("latest_runs", self.inner.latest_runs(probe_ids))
 
     async def abort_running(self, reason: str) -> int:
         return await self._call("abort_running", self.inner.abort_running(reason))

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import anyio
 
 from tracecanary.assertions.verdict import Finding, Verdict
+from tracecanary.daemon.store import sqlite_stats
 from tracecanary.daemon.store.base import ProbeRow, RunRecord, RunStatus, StoreFault
 from tracecanary.daemon.store.connthread import ConnectionThread
 from tracecanary.daemon.store.groupcommit import GroupCommit, apply_batch
@@ -43,6 +44,7 @@ from tracecanary.daemon.store.sqlite_schema import (
     UPDATE_RUN,
     setup_connection,
 )
+from tracecanary.daemon.store.stats import RunHead, RunStats
 from tracecanary.errors import StartupError
 
 log = logging.getLogger("tracecanary.store")
@@ -163,8 +165,12 @@ class SqliteStore:
 
     async def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         """The rows of one read, run on the connection thread (after the writes queued before it)."""
+        return await self._read(lambda conn: conn.execute(sql, args).fetchall())
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` run on the connection thread (reads only); a storage error is a :class:`StoreFault`."""
         try:
-            return await self._connection().call(lambda conn: conn.execute(sql, args).fetchall())
+            return await self._connection().call(fn)
         except Exception as e:
             if is_fault(e):
                 raise fault_of(e, self.path) from e
@@ -275,6 +281,7 @@ class SqliteStore:
             blob = encode_spans(spans) if spans else None
             if conn.execute(UPDATE_RUN, (*values[1:], blob, run.run_id)).rowcount == 0:
                 conn.execute(INSERT_RUN_SPANS, (*values, blob))
+            sqlite_stats.invalidate(conn, run.started_ns)
 
         await self._commit(upsert)
 
@@ -322,6 +329,22 @@ class SqliteStore:
         rows = await self._query(sql, (trace_id, trace_id))
         return [self._row_to_run(r) for r in rows]
 
+    async def run_stats(
+        self, since_ns: int, until_ns: int, *, probe_id: str | None = None, bucket_ns: int | None = None
+    ) -> dict[tuple[str, int], RunStats]:
+        segs = sqlite_stats.segments(since_ns, until_ns, bucket_ns)
+        gaps = await self._read(lambda c: sqlite_stats.missing(c, segs))
+        if gaps:
+            await self._commit(lambda c: sqlite_stats.fill(c, gaps))
+        return await self._read(lambda c: sqlite_stats.read_stats(c, segs, since_ns, probe_id, bucket_ns))
+
+    async def recent_runs(self, probe_ids: list[str], *, limit: int) -> dict[str, list[RunHead]]:
+        return await self._read(lambda c: sqlite_stats.recent(c, probe_ids, limit))
+
+    async def latest_runs(self, probe_ids: list[str]) -> dict[str, RunRecord]:
+        rows = await self._read(lambda c: sqlite_stats.newest_rows(c, probe_ids, sqlite_stats.LIGHT_COLUMNS))
+        return {r[1]: self._row_to_run(r) for r in rows}
+
     async def abort_running(self, reason: str) -> int:
         return await self._write(
             "UPDATE runs SET status=?, abort_reason=?, finished_ns=COALESCE(finished_ns, ?), verdict=NULL "
@@ -347,7 +370,10 @@ class SqliteStore:
                 "(PARTITION BY probe_id ORDER BY started_ns DESC) AS rn FROM runs) WHERE rn > ?)",
                 (max_runs_per_probe,),
             )
-            return int(c1.rowcount) + int(c2.rowcount)
+            deleted = int(c1.rowcount) + int(c2.rowcount)
+            if deleted:
+                sqlite_stats.clear(conn)
+            return deleted
 
         return await self._commit(delete)
 

@@ -7,6 +7,8 @@ import logging
 import sqlite3
 import time
 
+from tracecanary.daemon.store.stats import ROLLUP_SCHEMA
+
 log = logging.getLogger("tracecanary.store")
 
 BUSY_TIMEOUT_MS = 5000
@@ -81,6 +83,7 @@ def setup_connection(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(SCHEMA)
     added = migrate(conn)
+    conn.executescript(ROLLUP_SCHEMA)
     if added:
         log.info("store schema migrated added=%s", ",".join(added))
     conn.execute("INSERT INTO kv (namespace, key, value) VALUES (?, 'opened_ns', ?) ON CONFLICT(namespace, key) "

@@ -1,0 +1,113 @@
+"""The SQLite store's aggregate reads (``stats.py`` has the portable SQL and what counts), run on its
+connection thread: rollups filled lazily for complete hours and days, invalidated by run writes."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from tracecanary.assertions.verdict import Verdict
+from tracecanary.daemon.store.base import RunStatus
+from tracecanary.daemon.store.stats import (
+    GRAIN_NS,
+    HOUR_NS,
+    RunHead,
+    RunStats,
+    Segment,
+    collect,
+    fill_sql,
+    missing_ranges,
+    plan,
+    raw_select,
+    rollup_select,
+)
+
+FILL = fill_sql()
+INVALIDATE = "DELETE FROM run_rollup_filled WHERE (grain_ns = ? AND bucket_ns = ?) OR (grain_ns = ? AND bucket_ns = ?)"
+HEAD = ("SELECT run_id, probe_id, status, verdict, final, started_ns, finished_ns FROM runs WHERE probe_id = ? "
+        "ORDER BY started_ns DESC LIMIT ?")
+
+
+def invalidate(conn: sqlite3.Connection, started_ns: int) -> None:
+    """A run of this start was written: its hour and day are re-read at the next aggregate."""
+    hour, day = GRAIN_NS["hour"], GRAIN_NS["day"]
+    conn.execute(INVALIDATE, (hour, started_ns // hour * hour, day, started_ns // day * day))
+
+
+def clear(conn: sqlite3.Connection) -> None:
+    """Runs were deleted (retention): every rollup is re-read when next needed."""
+    conn.execute("DELETE FROM run_rollup_filled")
+    conn.execute("DELETE FROM run_rollup")
+
+
+def segments(since_ns: int, until_ns: int, bucket_ns: int | None) -> list[Segment]:
+    """Where each piece of the range is read from: overview sums use day rollups; charts with whole-hour
+    buckets use hour rollups (``since`` must then be hour-aligned); finer buckets read the runs."""
+    if bucket_ns is None:
+        return plan(since_ns, until_ns)
+    if bucket_ns <= 0:
+        raise ValueError(f"bucket_ns must be positive, not {bucket_ns}")
+    if bucket_ns % HOUR_NS:
+        return [Segment(None, since_ns, until_ns)]
+    if since_ns % HOUR_NS:
+        raise ValueError("with whole-hour buckets, since_ns must be a multiple of an hour")
+    return plan(since_ns, until_ns, days=False)
+
+
+def missing(conn: sqlite3.Connection, segs: list[Segment]) -> list[tuple[int, int, int]]:
+    """Rollup buckets the segments need that are not filled: (grain, lo, hi) runs."""
+    out = []
+    for seg in segs:
+        if seg.grain is None:
+            continue
+        g = GRAIN_NS[seg.grain]
+        filled = {r[0] for r in conn.execute(
+            "SELECT bucket_ns FROM run_rollup_filled WHERE grain_ns = ? AND bucket_ns >= ? AND bucket_ns < ?",
+            (g, seg.lo_ns, seg.hi_ns))}
+        out += [(g, lo, hi) for lo, hi in missing_ranges(g, seg.lo_ns, seg.hi_ns, filled)]
+    return out
+
+
+def fill(conn: sqlite3.Connection, gaps: list[tuple[int, int, int]]) -> None:
+    """Compute the rollups of the missing buckets from the runs (in the caller's transaction)."""
+    for g, lo, hi in gaps:
+        conn.execute("DELETE FROM run_rollup WHERE grain_ns = ? AND bucket_ns >= ? AND bucket_ns < ?", (g, lo, hi))
+        conn.execute(FILL, (g, g, g, lo, hi))
+        conn.executemany("INSERT OR REPLACE INTO run_rollup_filled (grain_ns, bucket_ns) VALUES (?, ?)",
+                         [(g, b) for b in range(lo, hi, g)])
+
+
+def read_stats(conn: sqlite3.Connection, segs: list[Segment], since_ns: int, probe_id: str | None,
+               bucket_ns: int | None) -> dict[tuple[str, int], RunStats]:
+    """Sum the rollups and the raw edges of the segments (after :func:`fill`)."""
+    out: dict[tuple[str, int], RunStats] = {}
+    by_probe, bucket = probe_id is not None, bucket_ns is not None
+    head: tuple[Any, ...] = (since_ns, bucket_ns) if bucket else ()
+    tail: tuple[Any, ...] = (probe_id,) if by_probe else ()
+    for seg in segs:
+        if seg.grain is None:
+            rows = conn.execute(raw_select(by_probe, bucket), (*head, seg.lo_ns, seg.hi_ns, *tail)).fetchall()
+        else:
+            rows = conn.execute(rollup_select(by_probe, bucket),
+                                (*head, GRAIN_NS[seg.grain], seg.lo_ns, seg.hi_ns, *tail)).fetchall()
+        collect(rows, out)
+    return out
+
+
+def recent(conn: sqlite3.Connection, probe_ids: list[str], limit: int) -> dict[str, list[RunHead]]:
+    return {pid: [RunHead(r[0], r[1], RunStatus(r[2]), Verdict(r[3]) if r[3] else None, bool(r[4]), r[5], r[6])
+                  for r in conn.execute(HEAD, (pid, limit))] for pid in probe_ids}
+
+
+def newest_rows(conn: sqlite3.Connection, probe_ids: list[str], columns: str) -> list[Any]:
+    """Each probe's newest run row (``columns``), payload columns left out by the caller."""
+    sql = f"SELECT {columns} FROM runs WHERE probe_id = ? ORDER BY started_ns DESC LIMIT 1"
+    return [row for pid in probe_ids for row in conn.execute(sql, (pid,)).fetchall()]
+
+
+LIGHT_COLUMNS = (
+    "run_id, probe_id, kind, attempt, first_run_id, trace_id, started_ns, finished_ns, status, abort_reason, "
+    "verdict, final, findings, NULL, NULL, '[]', '{}', links, '', span_count, time_to_verdict_s, retry_at_ns, "
+    "retry_aborted"
+)
+"""RUN_COLUMNS with the payloads (response, report, side effects, outputs, log) left out."""
