@@ -44,7 +44,7 @@ from tracecanary.daemon.store.sqlite_schema import (
     UPDATE_RUN,
     setup_connection,
 )
-from tracecanary.daemon.store.stats import RunHead, RunStats
+from tracecanary.daemon.store.stats import RollupCache, RunHead, RunStats
 from tracecanary.errors import StartupError
 
 log = logging.getLogger("tracecanary.store")
@@ -88,6 +88,8 @@ class SqliteStore:
         """Set while the path no longer holds the opened file: writes are refused (they would be lost)."""
         self._sidecars: dict[str, FileIdentity] = {}
         """The ``-wal`` and ``-shm`` files the connection opened beside the database."""
+        self._rollups = RollupCache()
+        """Sums of whole rollup buckets (``stats.py``); touched on the connection thread only."""
 
     @property
     def in_memory(self) -> bool:
@@ -281,7 +283,7 @@ class SqliteStore:
             blob = encode_spans(spans) if spans else None
             if conn.execute(UPDATE_RUN, (*values[1:], blob, run.run_id)).rowcount == 0:
                 conn.execute(INSERT_RUN_SPANS, (*values, blob))
-            sqlite_stats.invalidate(conn, run.started_ns)
+            sqlite_stats.invalidate(conn, run.started_ns, self._rollups)
 
         await self._commit(upsert)
 
@@ -335,8 +337,9 @@ class SqliteStore:
         segs = sqlite_stats.segments(since_ns, until_ns, bucket_ns)
         gaps = await self._read(lambda c: sqlite_stats.missing(c, segs))
         if gaps:
-            await self._commit(lambda c: sqlite_stats.fill(c, gaps))
-        return await self._read(lambda c: sqlite_stats.read_stats(c, segs, since_ns, probe_id, bucket_ns))
+            await self._commit(lambda c: sqlite_stats.fill(c, gaps, self._rollups))
+        return await self._read(
+            lambda c: sqlite_stats.read_stats(c, segs, since_ns, probe_id, bucket_ns, self._rollups))
 
     async def recent_runs(self, probe_ids: list[str], *, limit: int) -> dict[str, list[RunHead]]:
         return await self._read(lambda c: sqlite_stats.recent(c, probe_ids, limit))
@@ -365,15 +368,14 @@ class SqliteStore:
 
         def delete(conn: sqlite3.Connection) -> int:
             c1 = conn.execute("DELETE FROM runs WHERE started_ns < ? AND status != ?", (horizon, "running"))
-            c2 = conn.execute(
+            starts = [r[0] for r in conn.execute(
                 "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER "
-                "(PARTITION BY probe_id ORDER BY started_ns DESC) AS rn FROM runs) WHERE rn > ?)",
+                "(PARTITION BY probe_id ORDER BY started_ns DESC) AS rn FROM runs) WHERE rn > ?) RETURNING started_ns",
                 (max_runs_per_probe,),
-            )
-            deleted = int(c1.rowcount) + int(c2.rowcount)
-            if deleted:
-                sqlite_stats.clear(conn)
-            return deleted
+            ).fetchall()]
+            if c1.rowcount or starts:  # only the rollups of the deleted runs' time go (the rest stays warm)
+                sqlite_stats.clear_before(conn, max([horizon, *starts]) + 1, self._rollups)
+            return int(c1.rowcount) + len(starts)
 
         return await self._commit(delete)
 

@@ -11,33 +11,40 @@ from tracecanary.daemon.store.base import RunStatus
 from tracecanary.daemon.store.stats import (
     GRAIN_NS,
     HOUR_NS,
+    RollupCache,
     RunHead,
     RunStats,
     Segment,
     collect,
     fill_sql,
+    merge_into,
     missing_ranges,
     plan,
     raw_select,
     rollup_select,
 )
 
-FILL = fill_sql()
+RUNS = "runs INDEXED BY runs_by_start"
+"""Without the hint SQLite's planner takes the status index and reads every finished run."""
+FILL = fill_sql(runs=RUNS)
 INVALIDATE = "DELETE FROM run_rollup_filled WHERE (grain_ns = ? AND bucket_ns = ?) OR (grain_ns = ? AND bucket_ns = ?)"
 HEAD = ("SELECT run_id, probe_id, status, verdict, final, started_ns, finished_ns FROM runs WHERE probe_id = ? "
         "ORDER BY started_ns DESC LIMIT ?")
 
 
-def invalidate(conn: sqlite3.Connection, started_ns: int) -> None:
+def invalidate(conn: sqlite3.Connection, started_ns: int, cache: RollupCache) -> None:
     """A run of this start was written: its hour and day are re-read at the next aggregate."""
     hour, day = GRAIN_NS["hour"], GRAIN_NS["day"]
-    conn.execute(INVALIDATE, (hour, started_ns // hour * hour, day, started_ns // day * day))
+    if conn.execute(INVALIDATE, (hour, started_ns // hour * hour, day, started_ns // day * day)).rowcount:
+        cache.clear()
 
 
-def clear(conn: sqlite3.Connection) -> None:
-    """Runs were deleted (retention): every rollup is re-read when next needed."""
-    conn.execute("DELETE FROM run_rollup_filled")
-    conn.execute("DELETE FROM run_rollup")
+def clear_before(conn: sqlite3.Connection, until_ns: int, cache: RollupCache) -> None:
+    """Runs started before ``until_ns`` were deleted (retention): the buckets that may hold them are
+    re-read when next needed; later ones stay."""
+    conn.execute("DELETE FROM run_rollup_filled WHERE bucket_ns < ?", (until_ns,))
+    conn.execute("DELETE FROM run_rollup WHERE bucket_ns < ?", (until_ns,))
+    cache.clear()
 
 
 def segments(since_ns: int, until_ns: int, bucket_ns: int | None) -> list[Segment]:
@@ -68,8 +75,9 @@ def missing(conn: sqlite3.Connection, segs: list[Segment]) -> list[tuple[int, in
     return out
 
 
-def fill(conn: sqlite3.Connection, gaps: list[tuple[int, int, int]]) -> None:
+def fill(conn: sqlite3.Connection, gaps: list[tuple[int, int, int]], cache: RollupCache) -> None:
     """Compute the rollups of the missing buckets from the runs (in the caller's transaction)."""
+    cache.clear()
     for g, lo, hi in gaps:
         conn.execute("DELETE FROM run_rollup WHERE grain_ns = ? AND bucket_ns >= ? AND bucket_ns < ?", (g, lo, hi))
         conn.execute(FILL, (g, g, g, lo, hi))
@@ -78,24 +86,34 @@ def fill(conn: sqlite3.Connection, gaps: list[tuple[int, int, int]]) -> None:
 
 
 def read_stats(conn: sqlite3.Connection, segs: list[Segment], since_ns: int, probe_id: str | None,
-               bucket_ns: int | None) -> dict[tuple[str, int], RunStats]:
-    """Sum the rollups and the raw edges of the segments (after :func:`fill`)."""
+               bucket_ns: int | None, cache: RollupCache) -> dict[tuple[str, int], RunStats]:
+    """Sum the rollups (cached per segment) and the raw edges of the segments (after :func:`fill`)."""
     out: dict[tuple[str, int], RunStats] = {}
     by_probe, bucket = probe_id is not None, bucket_ns is not None
     head: tuple[Any, ...] = (since_ns, bucket_ns) if bucket else ()
     tail: tuple[Any, ...] = (probe_id,) if by_probe else ()
     for seg in segs:
         if seg.grain is None:
-            rows = conn.execute(raw_select(by_probe, bucket), (*head, seg.lo_ns, seg.hi_ns, *tail)).fetchall()
-        else:
-            rows = conn.execute(rollup_select(by_probe, bucket),
-                                (*head, GRAIN_NS[seg.grain], seg.lo_ns, seg.hi_ns, *tail)).fetchall()
-        collect(rows, out)
+            collect(conn.execute(raw_select(by_probe, bucket, runs=RUNS),
+                                 (*head, seg.lo_ns, seg.hi_ns, *tail)).fetchall(), out)
+            continue
+        key = (seg.grain, seg.lo_ns, seg.hi_ns, probe_id, *head)
+        part = cache.get(key)
+        if part is None:
+            part = {}
+            collect(conn.execute(rollup_select(by_probe, bucket),
+                                 (*head, GRAIN_NS[seg.grain], seg.lo_ns, seg.hi_ns, *tail)).fetchall(), part)
+            cache.put(key, part)
+        merge_into(out, part)
     return out
 
 
+_STATUS = {s.value: s for s in RunStatus}
+_VERDICT: dict[str | None, Verdict | None] = {None: None, **{v.value: v for v in Verdict}}
+
+
 def recent(conn: sqlite3.Connection, probe_ids: list[str], limit: int) -> dict[str, list[RunHead]]:
-    return {pid: [RunHead(r[0], r[1], RunStatus(r[2]), Verdict(r[3]) if r[3] else None, bool(r[4]), r[5], r[6])
+    return {pid: [RunHead(r[0], r[1], _STATUS[r[2]], _VERDICT[r[3]], bool(r[4]), r[5], r[6])
                   for r in conn.execute(HEAD, (pid, limit))] for pid in probe_ids}
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.store.base import RunStatus
@@ -76,9 +76,8 @@ class RunStats:
         return None
 
 
-@dataclass(frozen=True)
-class RunHead:
-    """A run as the status strip shows it (no findings, spans or payloads)."""
+class RunHead(NamedTuple):
+    """A run as the status strip shows it (no findings, spans or payloads); a tuple: cheap by the thousand."""
 
     run_id: str
     probe_id: str
@@ -169,13 +168,15 @@ CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_ns, probe_id, final, s
 """Rollup tables and the covering index the raw edges and the fills read (the same on every backend)."""
 
 
-def fill_sql(true: str = "1", param: str = "?") -> str:
-    """Insert one grain's rollup rows for [lo, hi): parameters grain, grain, grain, lo, hi."""
+def fill_sql(true: str = "1", param: str = "?", runs: str = "runs") -> str:
+    """Insert one grain's rollup rows for [lo, hi): parameters grain, grain, grain, lo, hi. ``runs``: the
+    table as the backend names it (SQLite: with ``INDEXED BY runs_by_start``, or its planner takes the
+    status index and reads every finished run)."""
     p = param
     return (
         f"INSERT INTO run_rollup (grain_ns, bucket_ns, probe_id, bin, up, down, unknown) "
         f"SELECT CAST({p} AS BIGINT), (started_ns / {p}) * {p} AS b, probe_id, bin, {CLASS_SUMS.replace('verdict', 'v')} "
-        f"FROM (SELECT started_ns, probe_id, verdict AS v, {BIN_CASE} AS bin FROM runs "
+        f"FROM (SELECT started_ns, probe_id, verdict AS v, {BIN_CASE} AS bin FROM {runs} "
         f"WHERE {judged_where(true)} AND started_ns >= {p} AND started_ns < {p}) AS r "
         f"GROUP BY b, probe_id, bin"
     )
@@ -192,7 +193,7 @@ def rollup_select(by_probe: bool, bucket: bool, param: str = "?") -> str:
             f"WHERE {where} GROUP BY probe_id, k, bin")
 
 
-def raw_select(by_probe: bool, bucket: bool, true: str = "1", param: str = "?") -> str:
+def raw_select(by_probe: bool, bucket: bool, true: str = "1", param: str = "?", runs: str = "runs") -> str:
     """The same sums straight from the runs over [lo, hi): parameters [since, size,] lo, hi[, probe]."""
     p = param
     key = f"(started_ns - {p}) / {p}" if bucket else "0"
@@ -200,7 +201,34 @@ def raw_select(by_probe: bool, bucket: bool, true: str = "1", param: str = "?") 
     if by_probe:
         where += f" AND probe_id = {p}"
     return (f"SELECT probe_id, k, bin, {CLASS_SUMS.replace('verdict', 'v')} FROM (SELECT probe_id, "
-            f"{key} AS k, verdict AS v, {BIN_CASE} AS bin FROM runs WHERE {where}) AS r GROUP BY probe_id, k, bin")
+            f"{key} AS k, verdict AS v, {BIN_CASE} AS bin FROM {runs} WHERE {where}) AS r GROUP BY probe_id, k, bin")
+
+
+class RollupCache:
+    """Sums of rollup segments already read, kept until a rollup changes (a late write or retention
+    invalidated a filled bucket, or a fill): whole buckets do not change otherwise, so a warm overview
+    reads only its raw edges. Bounded; the oldest entry goes first."""
+
+    def __init__(self, max_entries: int = 256) -> None:
+        self._entries: dict[tuple[object, ...], dict[tuple[str, int], RunStats]] = {}
+        self._max = max_entries
+
+    def get(self, key: tuple[object, ...]) -> dict[tuple[str, int], RunStats] | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple[object, ...], value: dict[tuple[str, int], RunStats]) -> None:
+        if len(self._entries) >= self._max:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def merge_into(out: dict[tuple[str, int], RunStats], part: dict[tuple[str, int], RunStats]) -> None:
+    """Add one segment's sums into the result (``part`` is left as it is: it may be cached)."""
+    for key, stats in part.items():
+        out.setdefault(key, RunStats()).merge(stats)
 
 
 def collect(rows: list[tuple[str, int, int, int, int, int]], out: dict[tuple[str, int], RunStats]) -> None:

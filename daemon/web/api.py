@@ -25,6 +25,7 @@ from tracecanary.daemon.alerts.silences import ListedSilence, SilenceSettings
 from tracecanary.daemon.run.scheduler import OverlapSkipped, RunRefused
 from tracecanary.daemon.web.control import Control
 from tracecanary.daemon.web.dashboard.summary import (
+    Strips,
     iso_ns,
     probe_statuses,
     redact,
@@ -108,6 +109,7 @@ class Api:
 
     def __init__(self, control: Control) -> None:
         self.control = control
+        self.strips = Strips()
 
     def _json(self, model: BaseModel, status: int = 200) -> web.Response:
         """Every JSON body leaves through here: secrets are masked by value wherever they sit in it."""
@@ -115,7 +117,7 @@ class Api:
 
     async def list_probes(self, request: web.Request) -> web.Response:
         try:
-            rows = await probe_statuses(self.control, request.query.get("range", "24h"))
+            rows = await probe_statuses(self.control, request.query.get("range", "24h"), strips=self.strips)
         except ValueError as e:
             return _error(400, str(e))
         return self._json(ProbeList(probes=rows, generated_at=iso_ns(time.time_ns())))

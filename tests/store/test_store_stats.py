@@ -110,3 +110,12 @@ async def test_retention_clears_rollups(store: Store) -> None:
     assert (await store.run_stats(now - 7 * DAY_NS, now))[("p", 0)].runs == 1
     assert await store.apply_retention(max_age_s=86400, max_runs_per_probe=100) == 1
     assert await store.run_stats(now - 7 * DAY_NS, now) == {}
+
+
+async def test_retention_keeps_later_rollups_warm(store: Store) -> None:
+    now = time.time_ns()
+    for i in range(5):
+        await store.finish_run(_run("p", now - (i + 1) * DAY_NS, Verdict.PASS))
+    assert (await store.run_stats(now - 7 * DAY_NS, now))[("p", 0)].runs == 5
+    assert await store.apply_retention(max_age_s=30 * 86400, max_runs_per_probe=3) == 2
+    assert (await store.run_stats(now - 7 * DAY_NS, now))[("p", 0)].runs == 3

@@ -18,11 +18,13 @@ from urllib.parse import quote, urlsplit
 
 import jinja2
 from aiohttp import web
+from markupsafe import Markup, escape
 from multidict import MultiDictProxy
 
 from tracecanary.daemon.web.api import ApiAuth, Handler
 from tracecanary.daemon.web.control import Control
 from tracecanary.daemon.web.dashboard.summary import fmt_age, iso_ns
+from tracecanary.daemon.web.schema import ProbeStatus
 
 log = logging.getLogger("tracecanary.dashboard")
 HERE = Path(__file__).parent
@@ -74,6 +76,30 @@ def environment() -> jinja2.Environment:
     env.filters["secs"] = secs
     env.filters["urlq"] = lambda v: quote(str(v), safe="")
     return env
+
+
+class StripHtml:
+    """A probe's status strip as HTML, rebuilt only when its runs changed: the overview draws 30 cells for
+    each of hundreds of probes, and rendering them through the template was most of its time."""
+
+    def __init__(self, max_probes: int = 10_000) -> None:
+        self._built: dict[str, tuple[tuple[tuple[str, str | None, str], ...], Markup]] = {}
+        self._max = max_probes
+
+    def __call__(self, probe: ProbeStatus) -> Markup:
+        key = tuple((h.run_id, h.verdict, h.status) for h in probe.history)
+        hit = self._built.get(probe.id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        cells = "".join(
+            f'<a class="cell v-{escape(h.verdict or h.status)}" href="/runs/{escape(h.run_id)}" '
+            f'title="{iso_ns(h.started_ns)} {escape(LABELS.get(h.verdict or h.status, h.verdict or h.status))}"></a>'
+            for h in reversed(probe.history))
+        html = Markup(f'<span class="strip" aria-label="last runs">{cells}</span>')
+        if len(self._built) >= self._max:
+            self._built.pop(next(iter(self._built)))
+        self._built[probe.id] = (key, html)
+        return html
 
 
 class Pages:

@@ -110,8 +110,30 @@ def _range_ns(range_key: str) -> int:
     return RANGES_NS[range_key]
 
 
-def _row(probe: ProbeSpec, heads: list[RunHead], latest: RunRecord | None, stats: RunStats, day: RunStats,
-         silenced: bool, nxt: datetime | None, range_key: str, now_ns: int) -> ProbeStatus:
+class Strips:
+    """The status strips built so far, per probe, reused while the probe's latest runs are the same
+    (15k small models for 500 probes were most of the overview's time). Bounded by the probe count."""
+
+    def __init__(self, max_probes: int = 10_000) -> None:
+        self._built: dict[str, tuple[tuple[RunHead, ...], list[HistoryItem]]] = {}
+        self._max = max_probes
+
+    def strip(self, probe_id: str, heads: list[RunHead]) -> list[HistoryItem]:
+        key = tuple(heads)
+        hit = self._built.get(probe_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        items = [HistoryItem.model_construct(run_id=h.run_id, verdict=h.verdict.value if h.verdict else None,
+                                             status=h.status.value, started_ns=h.started_ns) for h in heads]
+        if len(self._built) >= self._max:
+            self._built.pop(next(iter(self._built)))
+        self._built[probe_id] = (key, items)
+        return items
+
+
+def _row(probe: ProbeSpec, heads: list[RunHead], history: list[HistoryItem], latest: RunRecord | None,
+         stats: RunStats, day: RunStats, silenced: bool, nxt: datetime | None, range_key: str,
+         now_ns: int) -> ProbeStatus:
     last_final = next((h for h in heads if h.status is RunStatus.FINISHED and h.verdict is not None and h.final),
                       None)
     return ProbeStatus(
@@ -123,13 +145,12 @@ def _row(probe: ProbeSpec, heads: list[RunHead], latest: RunRecord | None, stats
         next_run=nxt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if nxt else None,
         success_ratio_24h=day.uptime, runs_24h=day.runs, range=range_key, uptime=stats.uptime,
         runs_in_range=stats.runs, p50_duration_s=stats.quantile_s(0.5), p95_duration_s=stats.quantile_s(0.95),
-        history=[HistoryItem(run_id=h.run_id, verdict=str(h.verdict) if h.verdict else None,
-                             status=str(h.status), started_ns=h.started_ns) for h in heads],
+        history=history,
     )
 
 
 async def probe_statuses(control: Control, range_key: str = "24h", probes: list[ProbeSpec] | None = None,
-                         now_ns: int | None = None) -> list[ProbeStatus]:
+                         now_ns: int | None = None, strips: Strips | None = None) -> list[ProbeStatus]:
     """Every probe (or ``probes``), failing first, then unknown, degraded, pending, ok, silenced (config order
     within a state), with uptime and percentiles over ``range_key`` (``1h`` | ``24h`` | ``7d`` | ``30d``).
 
@@ -145,8 +166,9 @@ async def probe_statuses(control: Control, range_key: str = "24h", probes: list[
     stats = await store.run_stats(now_ns - span_ns, now_ns)
     day = stats if span_ns == DAY_NS else await store.run_stats(now_ns - DAY_NS, now_ns)
     silenced_fn = await silence_check(control)
+    strips = strips or Strips()
     rows = [
-        _row(p, heads.get(p.id, []), latest.get(p.id), stats.get((p.id, 0), RunStats()),
+        _row(p, heads.get(p.id, []), strips.strip(p.id, heads.get(p.id, [])), latest.get(p.id), stats.get((p.id, 0), RunStats()),
              day.get((p.id, 0), RunStats()), silenced_fn(p), control.next_run(p.id), range_key, now_ns)
         for p in specs
     ]

@@ -22,9 +22,9 @@ from tracecanary.daemon.web.api import AUTH_COOKIE, ApiAuth
 from tracecanary.daemon.web.control import Control
 from tracecanary.daemon.web.dashboard import charts
 from tracecanary.daemon.web.dashboard.console import Console
-from tracecanary.daemon.web.dashboard.pages import HERE, Pages
+from tracecanary.daemon.web.dashboard.pages import HERE, Pages, StripHtml
 from tracecanary.daemon.web.dashboard.public import Public
-from tracecanary.daemon.web.dashboard.summary import STATE_ORDER, probe_statuses, redact, run_summary
+from tracecanary.daemon.web.dashboard.summary import STATE_ORDER, Strips, probe_statuses, redact, run_summary
 from tracecanary.daemon.web.dashboard.waterfall import build_waterfall
 from tracecanary.daemon.web.schema import ProbeStatus
 
@@ -68,10 +68,12 @@ class Dashboard(Pages):
         super().__init__(control, auth)
         self.live_poll_s = live_poll_s
         self.live_max_s = live_max_s
+        self.strips = Strips()
+        self.strip_html = StripHtml()
 
     async def overview(self, request: web.Request) -> web.Response:
         range_key = range_of(request)
-        rows = await probe_statuses(self.control, range_key)
+        rows = await probe_statuses(self.control, range_key, strips=self.strips)
         f = {k: request.query.get(k, "").strip() for k in ("tag", "kind", "state", "q")}
         shown = [r for r in rows if matches(r, **f)]
         current = {k: v for k, v in {"range": range_key, **f}.items() if v}
@@ -84,7 +86,7 @@ class Dashboard(Pages):
             "overview.html", probes=shown, total=len(rows), f=f, range=range_key, ranges=list(RANGES_NS),
             counts={s: sum(1 for r in rows if r.state == s) for s in STATE_ORDER}, link=link,
             tags=sorted({t for r in rows for t in r.tags}), kinds=sorted({r.kind for r in rows}),
-            states=list(STATE_ORDER), role=self.control.cluster_role(), now_ns=time.time_ns(),
+            states=list(STATE_ORDER), strip=self.strip_html, role=self.control.cluster_role(), now_ns=time.time_ns(),
             channels=await self._failing_channels(), chaos=demo.chaos_state() if demo is not None else None)
 
     async def _failing_channels(self) -> list[ChannelHealth]:
