@@ -11,7 +11,15 @@ import pytest
 from tests.store.test_store import BACKENDS
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
-from tracecanary.daemon.store.stats import DAY_NS, DURATION_BINS_S, HOUR_NS, RunStats, Segment, missing_ranges, plan
+from tracecanary.daemon.store.stats import (
+    DAY_NS,
+    DURATION_BINS_S,
+    HOUR_NS,
+    RunStats,
+    Segment,
+    missing_ranges,
+    plan,
+)
 
 pytestmark = pytest.mark.anyio
 S = 10**9
