@@ -151,7 +151,7 @@ async def test_protect_reads_and_public_status(site: Site, tmp_path: Path) -> No
         def public_status(self) -> bool:
             return True
 
-    for control, open_ in ((site.control, False), (Public(site.control.engine, scheduler=site.control.scheduler), True)):
+    for control, open_ in ((site.control, False), (Public(site.control.engine, scheduler=site.control.scheduler, alerts=site.control.alerts), True)):
         routes = [*api_routes(control, api_token=TOKEN, read_token_required=True),
                   *dashboard_routes(control, api_token=TOKEN, read_token_required=True)]
         async with serve_routes(routes) as base:
