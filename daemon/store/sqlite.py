@@ -90,6 +90,8 @@ class SqliteStore:
         """The ``-wal`` and ``-shm`` files the connection opened beside the database."""
         self._rollups = RollupCache()
         """Sums of whole rollup buckets (``stats.py``); touched on the connection thread only."""
+        self._heads = sqlite_stats.HeadCache()
+        """Each probe's newest runs for the overview; touched on the connection thread only."""
 
     @property
     def in_memory(self) -> bool:
@@ -272,7 +274,13 @@ class SqliteStore:
         )
 
     async def insert_run(self, run: RunRecord) -> None:
-        await self._write(INSERT_RUN, self._run_values(run))
+        values = self._run_values(run)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(INSERT_RUN, values)
+            self._heads.drop(run.probe_id)
+
+        await self._commit(insert)
 
     async def finish_run(self, run: RunRecord) -> None:
         spans = tuple(run.spans)
@@ -284,6 +292,7 @@ class SqliteStore:
             if conn.execute(UPDATE_RUN, (*values[1:], blob, run.run_id)).rowcount == 0:
                 conn.execute(INSERT_RUN_SPANS, (*values, blob))
             sqlite_stats.invalidate(conn, run.started_ns, self._rollups)
+            self._heads.drop(run.probe_id)
 
         await self._commit(upsert)
 
@@ -342,18 +351,21 @@ class SqliteStore:
             lambda c: sqlite_stats.read_stats(c, segs, since_ns, probe_id, bucket_ns, self._rollups))
 
     async def recent_runs(self, probe_ids: list[str], *, limit: int) -> dict[str, list[RunHead]]:
-        return await self._read(lambda c: sqlite_stats.recent(c, probe_ids, limit))
+        return await self._read(lambda c: sqlite_stats.recent(c, probe_ids, limit, self._heads))
 
     async def latest_runs(self, probe_ids: list[str]) -> dict[str, RunRecord]:
-        rows = await self._read(lambda c: sqlite_stats.newest_rows(c, probe_ids, sqlite_stats.LIGHT_COLUMNS))
+        rows = await self._read(lambda c: sqlite_stats.newest_rows(c, probe_ids, sqlite_stats.LIGHT_COLUMNS, self._heads))
         return {r[1]: self._row_to_run(r) for r in rows}
 
     async def abort_running(self, reason: str) -> int:
-        return await self._write(
-            "UPDATE runs SET status=?, abort_reason=?, finished_ns=COALESCE(finished_ns, ?), verdict=NULL "
-            "WHERE status=?",
-            (RunStatus.ABORTED.value, reason, time.time_ns(), RunStatus.RUNNING.value),
-        )
+        args = (RunStatus.ABORTED.value, reason, time.time_ns(), RunStatus.RUNNING.value)
+
+        def abort(conn: sqlite3.Connection) -> int:
+            self._heads.clear()
+            return int(conn.execute("UPDATE runs SET status=?, abort_reason=?, finished_ns=COALESCE(finished_ns, ?), "
+                                    "verdict=NULL WHERE status=?", args).rowcount)
+
+        return await self._commit(abort)
 
     async def pending_retries(self) -> list[RunRecord]:
         out = []
@@ -374,6 +386,7 @@ class SqliteStore:
                 (max_runs_per_probe,),
             ).fetchall()]
             if c1.rowcount or starts:  # only the rollups of the deleted runs' time go (the rest stays warm)
+                self._heads.clear()
                 sqlite_stats.clear_before(conn, max([horizon, *starts]) + 1, self._rollups)
             return int(c1.rowcount) + len(starts)
 

@@ -112,15 +112,49 @@ _STATUS = {s.value: s for s in RunStatus}
 _VERDICT: dict[str | None, Verdict | None] = {None: None, **{v.value: v for v in Verdict}}
 
 
-def recent(conn: sqlite3.Connection, probe_ids: list[str], limit: int) -> dict[str, list[RunHead]]:
-    return {pid: [RunHead(r[0], r[1], _STATUS[r[2]], _VERDICT[r[3]], bool(r[4]), r[5], r[6])
-                  for r in conn.execute(HEAD, (pid, limit))] for pid in probe_ids}
+class HeadCache:
+    """Each probe's newest runs (the strip) and newest run row, as last read. A write of a probe's run
+    drops its entries on the connection thread, in the order of the writes, so a read never returns an
+    entry older than a write this store made; abort and retention drop them all. The overview asks for
+    every probe every few seconds: 1000 indexed queries become dictionary look-ups. (Runs another
+    process writes to the same file show once this store writes a run of that probe.)"""
+
+    def __init__(self) -> None:
+        self.heads: dict[str, tuple[int, list[RunHead]]] = {}
+        self.newest: dict[str, tuple[Any, ...] | None] = {}
+
+    def drop(self, probe_id: str) -> None:
+        self.heads.pop(probe_id, None)
+        self.newest.pop(probe_id, None)
+
+    def clear(self) -> None:
+        self.heads.clear()
+        self.newest.clear()
 
 
-def newest_rows(conn: sqlite3.Connection, probe_ids: list[str], columns: str) -> list[Any]:
-    """Each probe's newest run row (``columns``), payload columns left out by the caller."""
+def recent(conn: sqlite3.Connection, probe_ids: list[str], limit: int, cache: HeadCache) -> dict[str, list[RunHead]]:
+    out = {}
+    for pid in probe_ids:
+        hit = cache.heads.get(pid)
+        if hit is None or hit[0] < limit:
+            hit = (limit, [RunHead(r[0], r[1], _STATUS[r[2]], _VERDICT[r[3]], bool(r[4]), r[5], r[6])
+                           for r in conn.execute(HEAD, (pid, limit))])
+            cache.heads[pid] = hit
+        out[pid] = hit[1][:limit]
+    return out
+
+
+def newest_rows(conn: sqlite3.Connection, probe_ids: list[str], columns: str, cache: HeadCache) -> list[Any]:
+    """Each probe's newest run row (``columns``, the same on every call), payload columns left out."""
     sql = f"SELECT {columns} FROM runs WHERE probe_id = ? ORDER BY started_ns DESC LIMIT 1"
-    return [row for pid in probe_ids for row in conn.execute(sql, (pid,)).fetchall()]
+    out = []
+    for pid in probe_ids:
+        if pid not in cache.newest:
+            cache.newest[pid] = conn.execute(sql, (pid,)).fetchone()
+        row = cache.newest[pid]
+        if row is not None:
+            out.append(row)
+    return out
 
 
 LIGHT_COLUMNS = (
