@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import anyio
 
 from tests.web.dashboard.conftest import Site
@@ -10,6 +12,18 @@ from tracecanary.daemon.run.scheduler import OverlapSkipped
 from tracecanary.daemon.store.base import RunRecord, RunStatus
 
 RUN_TIMEOUT_S = 30.0
+REMIND_EVERY_S = 0.1
+"""The alerting fixture's ``remind_every``."""
+
+
+async def remind_due(site: Site, probe_id: str = "shop-slack") -> None:
+    """Until a reminder is due for the probe's open incident (``remind_every`` has passed since it
+    opened, once more than the reminders sent so far): a wait on the clock, bounded."""
+    state = await site.control.store.kv_get(NS_STATE, probe_id) or {}
+    due_ns = (state.get("incident_started_ns") or 0) + int((state.get("reminders", 0) + 1.5) * REMIND_EVERY_S * 1e9)
+    with anyio.fail_after(RUN_TIMEOUT_S):
+        while time.time_ns() < due_ns:
+            await anyio.sleep(0.01)
 
 
 async def fire(site: Site, probe_id: str = "shop-slack", *, status: int | None = None) -> RunRecord:
