@@ -6,20 +6,22 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from tracecanary.assertions.verdict import Verdict
-from tracecanary.daemon.store.base import RunStatus
 from tracecanary.daemon.store.stats import (
+    CLEAR_RANGE,
     GRAIN_NS,
-    HOUR_NS,
+    HEAD_COLUMNS,
+    INVALIDATE,
+    MISSING,
     RollupCache,
     RunHead,
     RunStats,
     Segment,
     collect,
     fill_sql,
+    head,
+    invalidate_args,
     merge_into,
     missing_ranges,
-    plan,
     raw_select,
     rollup_select,
 )
@@ -27,15 +29,12 @@ from tracecanary.daemon.store.stats import (
 RUNS = "runs INDEXED BY runs_by_start"
 """Without the hint SQLite's planner takes the status index and reads every finished run."""
 FILL = fill_sql(runs=RUNS)
-INVALIDATE = "DELETE FROM run_rollup_filled WHERE (grain_ns = ? AND bucket_ns = ?) OR (grain_ns = ? AND bucket_ns = ?)"
-HEAD = ("SELECT run_id, probe_id, status, verdict, final, started_ns, finished_ns FROM runs WHERE probe_id = ? "
-        "ORDER BY started_ns DESC LIMIT ?")
+HEAD = f"SELECT {HEAD_COLUMNS} FROM runs WHERE probe_id = ? ORDER BY started_ns DESC LIMIT ?"
 
 
 def invalidate(conn: sqlite3.Connection, started_ns: int, cache: RollupCache) -> None:
     """A run of this start was written: its hour and day are re-read at the next aggregate."""
-    hour, day = GRAIN_NS["hour"], GRAIN_NS["day"]
-    if conn.execute(INVALIDATE, (hour, started_ns // hour * hour, day, started_ns // day * day)).rowcount:
+    if conn.execute(INVALIDATE, invalidate_args(started_ns)).rowcount:
         cache.clear()
 
 
@@ -47,20 +46,6 @@ def clear_before(conn: sqlite3.Connection, until_ns: int, cache: RollupCache) ->
     cache.clear()
 
 
-def segments(since_ns: int, until_ns: int, bucket_ns: int | None) -> list[Segment]:
-    """Where each piece of the range is read from: overview sums use day rollups; charts with whole-hour
-    buckets use hour rollups (``since`` must then be hour-aligned); finer buckets read the runs."""
-    if bucket_ns is None:
-        return plan(since_ns, until_ns)
-    if bucket_ns <= 0:
-        raise ValueError(f"bucket_ns must be positive, not {bucket_ns}")
-    if bucket_ns % HOUR_NS:
-        return [Segment(None, since_ns, until_ns)]
-    if since_ns % HOUR_NS:
-        raise ValueError("with whole-hour buckets, since_ns must be a multiple of an hour")
-    return plan(since_ns, until_ns, days=False)
-
-
 def missing(conn: sqlite3.Connection, segs: list[Segment]) -> list[tuple[int, int, int]]:
     """Rollup buckets the segments need that are not filled: (grain, lo, hi) runs."""
     out = []
@@ -68,9 +53,7 @@ def missing(conn: sqlite3.Connection, segs: list[Segment]) -> list[tuple[int, in
         if seg.grain is None:
             continue
         g = GRAIN_NS[seg.grain]
-        filled = {r[0] for r in conn.execute(
-            "SELECT bucket_ns FROM run_rollup_filled WHERE grain_ns = ? AND bucket_ns >= ? AND bucket_ns < ?",
-            (g, seg.lo_ns, seg.hi_ns))}
+        filled = {r[0] for r in conn.execute(MISSING, (g, seg.lo_ns, seg.hi_ns))}
         out += [(g, lo, hi) for lo, hi in missing_ranges(g, seg.lo_ns, seg.hi_ns, filled)]
     return out
 
@@ -79,7 +62,7 @@ def fill(conn: sqlite3.Connection, gaps: list[tuple[int, int, int]], cache: Roll
     """Compute the rollups of the missing buckets from the runs (in the caller's transaction)."""
     cache.clear()
     for g, lo, hi in gaps:
-        conn.execute("DELETE FROM run_rollup WHERE grain_ns = ? AND bucket_ns >= ? AND bucket_ns < ?", (g, lo, hi))
+        conn.execute(CLEAR_RANGE, (g, lo, hi))
         conn.execute(FILL, (g, g, g, lo, hi))
         conn.executemany("INSERT OR REPLACE INTO run_rollup_filled (grain_ns, bucket_ns) VALUES (?, ?)",
                          [(g, b) for b in range(lo, hi, g)])
@@ -108,9 +91,6 @@ def read_stats(conn: sqlite3.Connection, segs: list[Segment], since_ns: int, pro
     return out
 
 
-_STATUS = {s.value: s for s in RunStatus}
-_VERDICT: dict[str | None, Verdict | None] = {None: None, **{v.value: v for v in Verdict}}
-
 
 class HeadCache:
     """Each probe's newest runs (the strip) and newest run row, as last read. A write of a probe's run
@@ -137,8 +117,7 @@ def recent(conn: sqlite3.Connection, probe_ids: list[str], limit: int, cache: He
     for pid in probe_ids:
         hit = cache.heads.get(pid)
         if hit is None or hit[0] < limit:
-            hit = (limit, [RunHead(r[0], r[1], _STATUS[r[2]], _VERDICT[r[3]], bool(r[4]), r[5], r[6])
-                           for r in conn.execute(HEAD, (pid, limit))])
+            hit = (limit, [head(r) for r in conn.execute(HEAD, (pid, limit))])
             cache.heads[pid] = hit
         out[pid] = hit[1][:limit]
     return out
@@ -157,9 +136,3 @@ def newest_rows(conn: sqlite3.Connection, probe_ids: list[str], columns: str, ca
     return out
 
 
-LIGHT_COLUMNS = (
-    "run_id, probe_id, kind, attempt, first_run_id, trace_id, started_ns, finished_ns, status, abort_reason, "
-    "verdict, final, findings, NULL, NULL, '[]', '{}', links, '', span_count, time_to_verdict_s, retry_at_ns, "
-    "retry_aborted"
-)
-"""RUN_COLUMNS with the payloads (response, report, side effects, outputs, log) left out."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.store.base import RunStatus
@@ -138,6 +138,20 @@ def missing_ranges(grain_ns: int, lo_ns: int, hi_ns: int, filled: set[int]) -> l
     return out
 
 
+def segments(since_ns: int, until_ns: int, bucket_ns: int | None) -> list[Segment]:
+    """Where each piece of the range is read from: overview sums use day rollups; charts with whole-hour
+    buckets use hour rollups (``since`` must then be hour-aligned); finer buckets read the runs."""
+    if bucket_ns is None:
+        return plan(since_ns, until_ns)
+    if bucket_ns <= 0:
+        raise ValueError(f"bucket_ns must be positive, not {bucket_ns}")
+    if bucket_ns % HOUR_NS:
+        return [Segment(None, since_ns, until_ns)]
+    if since_ns % HOUR_NS:
+        raise ValueError("with whole-hour buckets, since_ns must be a multiple of an hour")
+    return plan(since_ns, until_ns, days=False)
+
+
 # --- portable SQL -------------------------------------------------------------------------------------
 def judged_where(true: str = "1") -> str:
     """Rows that count (``true``: the backend's literal for the ``final`` column)."""
@@ -154,18 +168,6 @@ CLASS_SUMS = (
     "SUM(CASE WHEN verdict = 'unknown' THEN 1 ELSE 0 END)"
 )
 
-ROLLUP_SCHEMA = """
-CREATE TABLE IF NOT EXISTS run_rollup (
-    grain_ns BIGINT NOT NULL, bucket_ns BIGINT NOT NULL, probe_id TEXT NOT NULL, bin INTEGER NOT NULL,
-    up INTEGER NOT NULL, down INTEGER NOT NULL, unknown INTEGER NOT NULL,
-    PRIMARY KEY (grain_ns, bucket_ns, probe_id, bin)
-);
-CREATE TABLE IF NOT EXISTS run_rollup_filled (
-    grain_ns BIGINT NOT NULL, bucket_ns BIGINT NOT NULL, PRIMARY KEY (grain_ns, bucket_ns)
-);
-CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_ns, probe_id, final, status, verdict, finished_ns);
-"""
-"""Rollup tables and the covering index the raw edges and the fills read (the same on every backend)."""
 
 
 def fill_sql(true: str = "1", param: str = "?", runs: str = "runs") -> str:
@@ -229,6 +231,26 @@ def merge_into(out: dict[tuple[str, int], RunStats], part: dict[tuple[str, int],
     """Add one segment's sums into the result (``part`` is left as it is: it may be cached)."""
     for key, stats in part.items():
         out.setdefault(key, RunStats()).merge(stats)
+
+
+INVALIDATE = ("DELETE FROM run_rollup_filled WHERE (grain_ns = ? AND bucket_ns = ?) OR "
+              "(grain_ns = ? AND bucket_ns = ?)")
+"""A run written: its hour and day are re-read from the runs at the next aggregate."""
+MISSING = "SELECT bucket_ns FROM run_rollup_filled WHERE grain_ns = ? AND bucket_ns >= ? AND bucket_ns < ?"
+CLEAR_RANGE = "DELETE FROM run_rollup WHERE grain_ns = ? AND bucket_ns >= ? AND bucket_ns < ?"
+HEAD_COLUMNS = "run_id, probe_id, status, verdict, final, started_ns, finished_ns"
+_STATUS = {s.value: s for s in RunStatus}
+_VERDICT: dict[str | None, Verdict | None] = {None: None, **{v.value: v for v in Verdict}}
+
+
+def invalidate_args(started_ns: int) -> tuple[int, int, int, int]:
+    """:data:`INVALIDATE`'s parameters for a run of this start."""
+    return (HOUR_NS, started_ns // HOUR_NS * HOUR_NS, DAY_NS, started_ns // DAY_NS * DAY_NS)
+
+
+def head(r: Any) -> RunHead:
+    """A row of :data:`HEAD_COLUMNS` as a RunHead."""
+    return RunHead(r[0], r[1], _STATUS[r[2]], _VERDICT[r[3]], bool(r[4]), r[5], r[6])
 
 
 def collect(rows: list[tuple[str, int, int, int, int, int]], out: dict[tuple[str, int], RunStats]) -> None:

@@ -11,16 +11,24 @@ import pytest
 from tracecanary.assertions.spans import Span, SpanEvent, SpanKind, SpanLink, StatusCode
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
-from tracecanary.daemon.store.sqlite import SqliteStore, sqlite_path
+from tracecanary.daemon.store.sqlite import sqlite_path
+from tracecanary.daemon.store.urls import open_store
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp: SqliteStore(f"sqlite:///{tmp / 'tc.db'}"),
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "sqlite": lambda request, tmp: f"sqlite:///{tmp / 'tc.db'}",
+    "postgresql": lambda request, tmp: str(request.getfixturevalue("postgres_url")),  # a fresh database
 }
+"""Each backend's store URL for one test (the store is opened with ``open_store``, as the daemon does)."""
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = BACKENDS[request.param](tmp_path)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return BACKENDS[request.param](request, tmp_path)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s = open_store(store_url)
     await s.open()
     yield s
     await s.aclose()
@@ -124,16 +132,16 @@ async def test_events_and_kv(store: Store) -> None:
 
 
 @pytest.mark.anyio
-async def test_data_survives_reopen(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'tc.db'}"
-    s = SqliteStore(url)
+async def test_data_survives_reopen(store_url: str) -> None:
+    url = store_url
+    s = open_store(url)
     await s.open()
     run = _run()
     await s.insert_run(run)
     await s.upsert_probe("p", "http", {"id": "p"}, ["tier-1"])
     await s.aclose()
     await s.aclose()  # idempotent
-    s2 = SqliteStore(url)
+    s2 = open_store(url)
     await s2.open()
     assert (await s2.get_run(run.run_id)) is not None
     assert [p.probe_id for p in await s2.list_probes()] == ["p"]

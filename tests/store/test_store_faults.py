@@ -19,22 +19,16 @@ from tests.daemon.harness import immutable
 from tracecanary.assertions.spans import Span
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.store.base import RunRecord, RunStatus, StoreFault
-from tracecanary.daemon.store.sqlite import SqliteStore, open_store
+from tracecanary.daemon.store.migrations import MIGRATIONS
+from tracecanary.daemon.store.postgres import PostgresStore
+from tracecanary.daemon.store.sqlite import SqliteStore
+from tracecanary.daemon.store.urls import open_store
 from tracecanary.errors import StartupError
 
 pytestmark = pytest.mark.anyio
 
-SCHEMA_V1 = """
-CREATE TABLE runs (
-    run_id TEXT PRIMARY KEY, probe_id TEXT NOT NULL, kind TEXT NOT NULL, attempt INTEGER NOT NULL,
-    first_run_id TEXT NOT NULL, trace_id TEXT NOT NULL, started_ns INTEGER NOT NULL, finished_ns INTEGER,
-    status TEXT NOT NULL, abort_reason TEXT, verdict TEXT, final INTEGER NOT NULL DEFAULT 1,
-    findings TEXT NOT NULL DEFAULT '[]', response TEXT, trace_report TEXT, side_effects TEXT NOT NULL DEFAULT '[]',
-    outputs TEXT NOT NULL DEFAULT '{}', links TEXT NOT NULL DEFAULT '{}', log TEXT NOT NULL DEFAULT '',
-    span_count INTEGER NOT NULL DEFAULT 0, time_to_verdict_s REAL, spans BLOB
-);
-"""
-"""The runs table as the first release created it (before retry_at_ns and retry_aborted)."""
+SCHEMA_V1 = str(MIGRATIONS[0].sqlite)
+"""The tables as the first release created them (before retry_at_ns and retry_aborted, before versioning)."""
 
 
 def run(run_id: str, *, attempt: int = 1, first: str | None = None, final: bool = True, **kw: object) -> RunRecord:
@@ -90,8 +84,8 @@ async def test_open_is_bounded_when_another_process_holds_the_lock(tmp_path: Pat
 def test_unknown_scheme_is_a_startup_error() -> None:
     with pytest.raises(StartupError, match="unknown URL scheme 'mysql'"):
         open_store("mysql://x")
-    with pytest.raises(StartupError, match="Postgres backend is not built yet"):
-        open_store("postgresql://db/tc")
+    assert isinstance(open_store("postgresql://tc:pw@db:5432/tc"), PostgresStore)
+    assert isinstance(open_store("postgres://db/tc"), PostgresStore)
     assert isinstance(open_store("sqlite://"), SqliteStore)
 
 

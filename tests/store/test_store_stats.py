@@ -11,6 +11,7 @@ import pytest
 from tests.store.test_store import BACKENDS
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
+from tracecanary.daemon.store.urls import open_store
 from tracecanary.daemon.store.stats import (
     DAY_NS,
     DURATION_BINS_S,
@@ -27,7 +28,7 @@ S = 10**9
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = BACKENDS[request.param](tmp_path)
+    s = open_store(BACKENDS[request.param](request, tmp_path))
     await s.open()
     yield s
     await s.aclose()

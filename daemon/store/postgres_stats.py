@@ -1,0 +1,105 @@
+"""The PostgreSQL store's aggregate reads: the portable SQL of ``stats.py`` on a pooled connection.
+
+Replicas share the database, so nothing is cached in memory here: the rollups themselves are the
+shared cache. Fills take an exclusive transaction-level advisory lock and a late write into a complete
+bucket a shared one (see :func:`finish_with_invalidation`), so a fill never marks a bucket filled
+without a run committed into it meanwhile.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from tracecanary.daemon.store.postgres_schema import pg_sql
+from tracecanary.daemon.store.rows import LIGHT_COLUMNS
+from tracecanary.daemon.store.stats import (
+    CLEAR_RANGE,
+    GRAIN_NS,
+    HEAD_COLUMNS,
+    HOUR_NS,
+    INVALIDATE,
+    MISSING,
+    RunHead,
+    RunStats,
+    Segment,
+    collect,
+    fill_sql,
+    head,
+    invalidate_args,
+    missing_ranges,
+    raw_select,
+    rollup_select,
+)
+
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+ROLLUP_LOCK_KEY = 0x7472616365_02
+"""Advisory key of rollup fills (exclusive) and late run writes into complete buckets (shared)."""
+FILL = pg_sql(fill_sql())
+RECENT = (f"SELECT r.* FROM unnest(%s::text[]) AS p(id) CROSS JOIN LATERAL (SELECT {HEAD_COLUMNS} FROM runs "
+          "WHERE probe_id = p.id ORDER BY started_ns DESC LIMIT %s) AS r")
+NEWEST = (f"SELECT r.* FROM unnest(%s::text[]) AS p(id) CROSS JOIN LATERAL (SELECT {LIGHT_COLUMNS} FROM runs "
+          "WHERE probe_id = p.id ORDER BY started_ns DESC LIMIT 1) AS r")
+
+
+async def _gaps(conn: Conn, segs: list[Segment]) -> list[tuple[int, int, int]]:
+    out = []
+    for seg in segs:
+        if seg.grain is None:
+            continue
+        g = GRAIN_NS[seg.grain]
+        rows = await (await conn.execute(pg_sql(MISSING), (g, seg.lo_ns, seg.hi_ns))).fetchall()
+        out += [(g, lo, hi) for lo, hi in missing_ranges(g, seg.lo_ns, seg.hi_ns, {int(r[0]) for r in rows})]
+    return out
+
+
+async def fill(conn: Conn, segs: list[Segment]) -> None:
+    """Fill the buckets the segments need, once across replicas (re-checked under the lock)."""
+    if not await _gaps(conn, segs):
+        return
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK_KEY,))
+        for g, lo, hi in await _gaps(conn, segs):
+            await conn.execute(pg_sql(CLEAR_RANGE), (g, lo, hi))
+            await conn.execute(FILL, (g, g, g, lo, hi))
+            async with conn.cursor() as cur:
+                await cur.executemany("INSERT INTO run_rollup_filled (grain_ns, bucket_ns) VALUES (%s, %s) "
+                                      "ON CONFLICT DO NOTHING", [(g, b) for b in range(lo, hi, g)])
+
+
+async def read(conn: Conn, segs: list[Segment], since_ns: int, probe_id: str | None,
+               bucket_ns: int | None) -> dict[tuple[str, int], RunStats]:
+    out: dict[tuple[str, int], RunStats] = {}
+    by_probe, bucket = probe_id is not None, bucket_ns is not None
+    first: tuple[Any, ...] = (since_ns, bucket_ns) if bucket else ()
+    last: tuple[Any, ...] = (probe_id,) if by_probe else ()
+    for seg in segs:
+        if seg.grain is None:
+            sql, args = raw_select(by_probe, bucket), (*first, seg.lo_ns, seg.hi_ns, *last)
+        else:
+            sql, args = rollup_select(by_probe, bucket), (*first, GRAIN_NS[seg.grain], seg.lo_ns, seg.hi_ns, *last)
+        collect(await (await conn.execute(pg_sql(sql), args)).fetchall(), out)
+    return out
+
+
+async def recent(conn: Conn, probe_ids: list[str], limit: int) -> dict[str, list[RunHead]]:
+    out: dict[str, list[RunHead]] = {pid: [] for pid in probe_ids}
+    for r in await (await conn.execute(RECENT, (probe_ids, limit))).fetchall():
+        out[r[1]].append(head(r))
+    return out
+
+
+async def newest(conn: Conn, probe_ids: list[str]) -> list[Any]:
+    return await (await conn.execute(NEWEST, (probe_ids,))).fetchall()
+
+
+def late(started_ns: int, now_ns: int) -> bool:
+    """A run of a complete hour (its rollups may exist): its write must invalidate them."""
+    return started_ns < now_ns // HOUR_NS * HOUR_NS
+
+
+async def invalidate(conn: Conn, started_ns: int) -> None:
+    """In the caller's transaction, under the shared lock: the run's hour and day are re-read later."""
+    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (ROLLUP_LOCK_KEY,))
+    await conn.execute(pg_sql(INVALIDATE), invalidate_args(started_ns))
