@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tracecanary.daemon.alerts.policy import ProbeAlertState
 from tracecanary.daemon.store.base import Store
 
 TIMELINE_KINDS = ("alert.opened", "alert.notification", "alert.attempt", "alert.silenced", "alert.acknowledged",
@@ -78,9 +79,25 @@ def incident_probe(incident_id: str) -> str:
     return incident_id.partition(":")[0]
 
 
-async def incident_history(store: Store, *, probe_id: str | None = None,
+async def record_transition(store: Store, prev_incident: str | None, state: ProbeAlertState, run_id: str,
+                            now_s: float, why: str = "") -> None:
+    """``alert.resolved`` / ``alert.opened`` when a probe's incident closed or opened (the manager calls it
+    as it stores the probe's new state)."""
+    now_ns = int(now_s * 1e9)
+    if prev_incident and prev_incident != state.incident_id:
+        await store.append_event("alert.resolved", {
+            "probe_id": incident_probe(prev_incident), "incident_id": prev_incident, "run_id": run_id,
+            "time_ns": now_ns, "why": why or f"run {run_id} passed"})
+    if state.incident_id and state.incident_id != prev_incident:
+        await store.append_event("alert.opened", {
+            "probe_id": incident_probe(state.incident_id), "incident_id": state.incident_id,
+            "status": state.status, "run_id": run_id, "time_ns": now_ns})
+
+
+async def incident_history(store: Store, states: Mapping[str, ProbeAlertState], *, probe_id: str | None = None,
                            limit: int = EVENTS_PER_KIND) -> list[IncidentHistory]:
-    """Incidents found in the latest ``limit`` events of each kind, open first, then newest first."""
+    """Incidents found in the latest ``limit`` events of each kind, plus the open ones of ``states`` (the
+    probes' alert states: authoritative for what is open now), open first, then newest first."""
     found: dict[str, IncidentHistory] = {}
     for kind in TIMELINE_KINDS:
         for ev in await store.list_events(kind, limit=limit):
@@ -99,4 +116,9 @@ async def incident_history(store: Store, *, probe_id: str | None = None,
     for inc in found.values():
         inc.timeline.sort(key=lambda t: t.time_ns)
         inc.opened_ns = inc.timeline[0].time_ns
+    for pid, s in states.items():
+        if s.incident_id and (probe_id is None or pid == probe_id):
+            inc = found.setdefault(s.incident_id, IncidentHistory(s.incident_id, pid, "open", s.incident_started_ns or 0))
+            inc.status, inc.resolved_ns = "open", None
+            inc.acknowledged_by, inc.acknowledged_ns = s.acknowledged_by, s.acknowledged_ns
     return sorted(found.values(), key=lambda i: (i.status != "open", -i.opened_ns))

@@ -25,7 +25,12 @@ from tracecanary.assertions.telemetry import telemetry_flowed
 from tracecanary.assertions.verdict import rank
 from tracecanary.daemon.alerts.base import Channel, Notification, NotifiedFinding
 from tracecanary.daemon.alerts.delivery import ChannelHealth, DeliveryTiming, Outbox, QueueStats
-from tracecanary.daemon.alerts.incidents import IncidentHistory, incident_history, incident_probe
+from tracecanary.daemon.alerts.incidents import (
+    IncidentHistory,
+    incident_history,
+    incident_probe,
+    record_transition,
+)
 from tracecanary.daemon.alerts.policy import (
     AlertEvent,
     AlertsSettings,
@@ -239,21 +244,8 @@ class AlertManager:
             await self.outbox.announce(self._note(ev, probe, run, state, now_s), targets)
         if state.status == "ok":
             state.notified_channels = []
-        await self._record_transition(prev, state, run.run_id, now_s)
+        await record_transition(self.store, prev.incident_id, state, run.run_id, now_s)
         await self.store.kv_put(NS_STATE, probe.id, state.model_dump(mode="json"))
-
-    async def _record_transition(self, prev: ProbeAlertState, state: ProbeAlertState, run_id: str,
-                                 now_s: float, why: str = "") -> None:
-        """``alert.opened`` / ``alert.resolved`` for the incidents page's timeline (incidents.py)."""
-        now_ns = int(now_s * 1e9)
-        if prev.incident_id and prev.incident_id != state.incident_id:
-            await self.store.append_event("alert.resolved", {
-                "probe_id": incident_probe(prev.incident_id), "incident_id": prev.incident_id, "run_id": run_id,
-                "time_ns": now_ns, "why": why or f"run {run_id} passed"})
-        if state.incident_id and state.incident_id != prev.incident_id:
-            await self.store.append_event("alert.opened", {
-                "probe_id": incident_probe(state.incident_id), "incident_id": state.incident_id,
-                "status": state.status, "run_id": run_id, "time_ns": now_ns})
 
     def _note(self, ev: AlertEvent, probe: ProbeSpec, run: RunRecord, state: ProbeAlertState,
               now_s: float) -> Notification:
@@ -332,7 +324,7 @@ class AlertManager:
                     note = closing_note(state, probe_id, why, int(self._clock() * 1e9), self._dashboard_url)
                     targets = state.notified_channels or list(self.settings.channels)
                     await self.outbox.announce(note, [c for c in targets if c in self.settings.channels])
-                await self._record_transition(state, closed_state(state), "", self._clock(), why)
+                await record_transition(self.store, state.incident_id, closed_state(state), "", self._clock(), why)
                 await self.store.kv_put(NS_STATE, probe_id, closed_state(state).model_dump(mode="json"))
                 closed += 1
         return closed
@@ -398,14 +390,8 @@ class AlertManager:
 
     async def incidents(self, *, probe_id: str | None = None) -> list[IncidentHistory]:
         """Open and past incidents with their timelines (incidents.py), open first."""
-        found = await incident_history(self.store, probe_id=probe_id)
-        known = {i.incident_id for i in found}
-        for pid, value in (await self.store.kv_list(NS_STATE)).items():
-            s = ProbeAlertState.model_validate(value)
-            if s.incident_id and s.incident_id not in known and (probe_id is None or pid == probe_id):
-                found.insert(0, IncidentHistory(s.incident_id, pid, "open", s.incident_started_ns or 0,
-                                                acknowledged_by=s.acknowledged_by, acknowledged_ns=s.acknowledged_ns))
-        return found
+        states = {pid: ProbeAlertState.model_validate(v) for pid, v in (await self.store.kv_list(NS_STATE)).items()}
+        return await incident_history(self.store, states, probe_id=probe_id)
 
     async def list_alerts(self, *, limit: int = 50) -> AlertsOverview:
         """Open incidents, recent notifications and delivery attempts, newest first."""
