@@ -202,3 +202,21 @@ async def test_badge_renders_as_valid_svg(site: Site, browser: Any) -> None:
     box = await page.locator("svg").bounding_box()
     assert box and box["height"] == 20 and box["width"] > 60
     assert "shop-webhook: fail" in (await page.locator("svg title").text_content() or "")
+
+
+async def test_pages_work_with_javascript_off(alerting: AlertingSite, browser: Any) -> None:
+    context = await browser.new_context(java_script_enabled=False)
+    page = await context.new_page()
+    await page.goto(f"{alerting.base}/")
+    await page.select_option("#filters select[name=state]", "failing")
+    await page.locator("#filters button[type=submit]").click()
+    await page.wait_for_url("**state=failing**")
+    assert await _rows(page) == ["shop-webhook"]
+    await page.goto(f"{alerting.base}/probes/shop-webhook?range=7d")
+    assert await page.locator("#uptime-chart rect.ubar").count() == 28
+    await page.goto(f"{alerting.base}/silences")
+    await page.fill("#new-silence input[name=probes]", "never-*")
+    await page.locator("#new-silence button[type=submit]").click()
+    await page.wait_for_url("**/silences")
+    assert "never-*" in await page.locator("#silences tbody").inner_text()
+    await context.close()
