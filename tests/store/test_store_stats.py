@@ -11,7 +11,6 @@ import pytest
 from tests.store.test_store import BACKENDS
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
-from tracecanary.daemon.store.urls import open_store
 from tracecanary.daemon.store.stats import (
     DAY_NS,
     DURATION_BINS_S,
@@ -21,6 +20,7 @@ from tracecanary.daemon.store.stats import (
     missing_ranges,
     plan,
 )
+from tracecanary.daemon.store.urls import open_store
 
 pytestmark = pytest.mark.anyio
 S = 10**9
