@@ -90,10 +90,13 @@ CREATE TABLE IF NOT EXISTS run_rollup (
 CREATE TABLE IF NOT EXISTS run_rollup_filled (
     grain_ns BIGINT NOT NULL, bucket_ns BIGINT NOT NULL, PRIMARY KEY (grain_ns, bucket_ns)
 );
+CREATE INDEX IF NOT EXISTS run_rollup_by_probe ON run_rollup (probe_id, grain_ns, bucket_ns);
+CREATE TABLE IF NOT EXISTS run_rollup_version (one INTEGER PRIMARY KEY, version BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_ns, probe_id, final, status, verdict, finished_ns);
 """
-"""The console's rollups (``stats.py``) and the covering index their fills and raw edges read: the same
-SQL on both backends."""
+"""The console's rollups (``stats.py``), their version (bumped whenever a filled bucket changes: replicas
+keep sums in memory while it holds) and the covering index their fills and raw edges read: the same SQL
+on both backends."""
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "probes, runs, events, kv", _V1_SQLITE, _V1_POSTGRES),

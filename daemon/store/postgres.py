@@ -75,6 +75,8 @@ class PostgresStore(SqlStore):
         self.pool_size = pool_size
         self._pool: psycopg_pool.AsyncConnectionPool[Conn] | None = None
         self._down = False
+        self._rollups = postgres_stats.VersionedCache()
+        """Sums of whole rollup buckets, kept while the database's rollup version holds."""
         """The last call ended in a connection fault: the next one probes the server before waiting on the pool."""
 
     # --- connections -----------------------------------------------------------------------------
@@ -236,6 +238,7 @@ class PostgresStore(SqlStore):
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (postgres_stats.ROLLUP_LOCK_KEY,))
                     await conn.execute("DELETE FROM run_rollup_filled WHERE bucket_ns < %s", (until,))
                     await conn.execute("DELETE FROM run_rollup WHERE bucket_ns < %s", (until,))
+                    await conn.execute(postgres_stats.BUMP)
             return c1.rowcount + len(starts)
         return await self._call(delete)
 
@@ -247,7 +250,7 @@ class PostgresStore(SqlStore):
 
         async def run(conn: Conn) -> dict[tuple[str, int], RunStats]:
             await postgres_stats.fill(conn, segs)
-            return await postgres_stats.read(conn, segs, since_ns, probe_id, bucket_ns)
+            return await postgres_stats.read(conn, segs, since_ns, probe_id, bucket_ns, self._rollups)
         return await self._call(run)
 
     async def recent_runs(self, probe_ids: list[str], *, limit: int) -> dict[str, list[RunHead]]:

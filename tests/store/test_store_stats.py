@@ -128,3 +128,20 @@ async def test_retention_keeps_later_rollups_warm(store: Store) -> None:
     assert (await store.run_stats(now - 7 * DAY_NS, now))[("p", 0)].runs == 5
     assert await store.apply_retention(max_age_s=30 * 86400, max_runs_per_probe=3) == 2
     assert (await store.run_stats(now - 7 * DAY_NS, now))[("p", 0)].runs == 3
+
+
+async def test_postgres_replicas_see_each_others_late_writes(postgres_url: str) -> None:
+    """Replicas keep sums of whole buckets in memory only while the database's rollup version holds."""
+    a, b = open_store(postgres_url), open_store(postgres_url)
+    await a.open()
+    await b.open()
+    try:
+        now = time.time_ns()
+        await a.finish_run(_run("p", now - 2 * DAY_NS, Verdict.PASS))
+        assert (await a.run_stats(now - 7 * DAY_NS, now))[("p", 0)].runs == 1
+        await b.finish_run(_run("p", now - 2 * DAY_NS + 1, Verdict.FAIL))  # a late write by the other replica
+        stats = (await a.run_stats(now - 7 * DAY_NS, now))[("p", 0)]
+        assert (stats.runs, stats.down) == (2, 1)
+    finally:
+        await a.aclose()
+        await b.aclose()
