@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -45,7 +46,7 @@ from tracecanary.daemon.store.rows import (
 )
 from tracecanary.daemon.store.snapshot import encode_spans
 from tracecanary.daemon.store.sqlbase import SqlStore
-from tracecanary.daemon.store.stats import RunHead, RunStats, segments
+from tracecanary.daemon.store.stats import RunHead, RunStats, chunks, segments
 
 log = logging.getLogger("tracecanary.store")
 # The pool's reconnect warnings are multi-line and repeat, while the store reports each fault in one line
@@ -248,10 +249,10 @@ class PostgresStore(SqlStore):
     ) -> dict[tuple[str, int], RunStats]:
         segs = segments(since_ns, until_ns, bucket_ns)
 
-        async def run(conn: Conn) -> dict[tuple[str, int], RunStats]:
-            await postgres_stats.fill(conn, segs)
-            return await postgres_stats.read(conn, segs, since_ns, probe_id, bucket_ns, self._rollups)
-        return await self._call(run)
+        for part in chunks(await self._call(lambda conn: postgres_stats.gaps(conn, segs))):
+            await self._call(partial(postgres_stats.fill, part=part))  # each within the call's deadline
+        return await self._call(lambda conn: postgres_stats.read(conn, segs, since_ns, probe_id, bucket_ns,
+                                                                 self._rollups))
 
     async def recent_runs(self, probe_ids: list[str], *, limit: int) -> dict[str, list[RunHead]]:
         return await self._call(lambda conn: postgres_stats.recent(conn, probe_ids, limit))

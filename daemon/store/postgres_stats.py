@@ -50,7 +50,8 @@ NEWEST = (f"SELECT r.* FROM unnest(%s::text[]) AS p(id) CROSS JOIN LATERAL (SELE
           "WHERE probe_id = p.id ORDER BY started_ns DESC LIMIT 1) AS r")
 
 
-async def _gaps(conn: Conn, segs: list[Segment]) -> list[tuple[int, int, int]]:
+async def gaps(conn: Conn, segs: list[Segment]) -> list[tuple[int, int, int]]:
+    """Rollup buckets the segments need that are not filled: (grain, lo, hi) runs."""
     out = []
     for seg in segs:
         if seg.grain is None:
@@ -61,13 +62,12 @@ async def _gaps(conn: Conn, segs: list[Segment]) -> list[tuple[int, int, int]]:
     return out
 
 
-async def fill(conn: Conn, segs: list[Segment]) -> None:
-    """Fill the buckets the segments need, once across replicas (re-checked under the lock)."""
-    if not await _gaps(conn, segs):
-        return
+async def fill(conn: Conn, part: list[tuple[int, int, int]]) -> None:
+    """Fill these buckets once across replicas (what is still missing is re-read under the lock)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ROLLUP_LOCK_KEY,))
-        for g, lo, hi in await _gaps(conn, segs):
+        segs = [Segment("hour" if g == HOUR_NS else "day", lo, hi) for g, lo, hi in part]
+        for g, lo, hi in await gaps(conn, segs):
             await conn.execute(pg_sql(CLEAR_RANGE), (g, lo, hi))
             await conn.execute(FILL, (g, g, g, lo, hi))
             async with conn.cursor() as cur:

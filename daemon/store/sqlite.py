@@ -15,6 +15,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -48,7 +49,7 @@ from tracecanary.daemon.store.sqlite_files import (
     sidecars_of,
 )
 from tracecanary.daemon.store.sqlite_schema import setup_connection
-from tracecanary.daemon.store.stats import RollupCache, RunHead, RunStats, segments
+from tracecanary.daemon.store.stats import RollupCache, RunHead, RunStats, chunks, segments
 
 log = logging.getLogger("tracecanary.store")
 T = TypeVar("T")
@@ -298,8 +299,8 @@ class SqliteStore(SqlStore):
     ) -> dict[tuple[str, int], RunStats]:
         segs = segments(since_ns, until_ns, bucket_ns)
         gaps = await self._read(lambda c: sqlite_stats.missing(c, segs))
-        if gaps:
-            await self._commit(lambda c: sqlite_stats.fill(c, gaps, self._rollups))
+        for part in chunks(gaps):
+            await self._commit(partial(sqlite_stats.fill, gaps=part, cache=self._rollups))
         return await self._read(
             lambda c: sqlite_stats.read_stats(c, segs, since_ns, probe_id, bucket_ns, self._rollups))
 

@@ -152,6 +152,20 @@ def segments(since_ns: int, until_ns: int, bucket_ns: int | None) -> list[Segmen
     return plan(since_ns, until_ns, days=False)
 
 
+FILL_CHUNK_NS = 2 * DAY_NS
+"""Rollups are filled at most two days of runs at a time (~70k runs at 500 probes every 40 min): a cold
+30-day fill does not hold the store (SQLite's one connection, a PostgreSQL call's deadline) for seconds."""
+
+
+def chunks(gaps: list[tuple[int, int, int]], span_ns: int = FILL_CHUNK_NS) -> list[list[tuple[int, int, int]]]:
+    """The missing (grain, lo, hi) runs cut into fills of at most ``span_ns`` (a whole bucket at least)."""
+    pieces: list[tuple[int, int, int]] = []
+    for g, lo, hi in gaps:
+        step = max(g, span_ns // g * g)
+        pieces += [(g, a, min(a + step, hi)) for a in range(lo, hi, step)]
+    return [[p] for p in pieces]
+
+
 # --- portable SQL -------------------------------------------------------------------------------------
 def judged_where(true: str = "1") -> str:
     """Rows that count (``true``: the backend's literal for the ``final`` column)."""

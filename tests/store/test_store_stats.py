@@ -17,6 +17,7 @@ from tracecanary.daemon.store.stats import (
     HOUR_NS,
     RunStats,
     Segment,
+    chunks,
     missing_ranges,
     plan,
 )
@@ -52,6 +53,9 @@ def test_plan_splits_days_hours_and_raw_edges() -> None:
     ]
     assert plan(day0 + S, day0 + 2 * S) == [Segment(None, day0 + S, day0 + 2 * S)]
     assert missing_ranges(HOUR_NS, 0, 4 * HOUR_NS, {HOUR_NS}) == [(0, HOUR_NS), (2 * HOUR_NS, 4 * HOUR_NS)]
+    # a cold fill goes two days at a time (the store is not held for seconds)
+    assert chunks([(HOUR_NS, 0, 3 * DAY_NS), (DAY_NS, 0, DAY_NS)]) == [
+        [(HOUR_NS, 0, 2 * DAY_NS)], [(HOUR_NS, 2 * DAY_NS, 3 * DAY_NS)], [(DAY_NS, 0, DAY_NS)]]
 
 
 def test_quantile_interpolates_inside_the_bin() -> None:
