@@ -80,6 +80,7 @@ class Daemon:
                 await self._recover_chains(tg, pending)
                 await tg.start(self.scheduler.run)
                 tg.start_soon(self._retention_loop)
+                tg.start_soon(self._warm_console)
                 log.info("daemon ready addresses=%s probes=%d", engine.addresses, len(self.config.probes))
                 if self._on_ready is not None:
                     self._on_ready(self)
@@ -185,6 +186,19 @@ class Daemon:
         for p in probes:
             spec = secrets.mask(p.model_dump(mode="json", by_alias=True))
             await self.engine.store.upsert_probe(p.id, p.kind, spec, p.tags)
+
+    async def _warm_console(self) -> None:
+        """Fill the console's rollups once in the background at start (30 days of day and hour buckets, two
+        days at a time): the first 30-day view does not wait for them. On failure the pages fill on demand."""
+        now_ns = time.time_ns()
+        hour_ns, day_ns = 3600 * 10**9, 86_400 * 10**9
+        try:
+            await self.engine.store.run_stats(now_ns - 30 * day_ns, now_ns)
+            # the probe pages' charts read hour buckets; no probe has the empty id, so this only fills them
+            since = (now_ns // hour_ns + 1) * hour_ns - 30 * day_ns
+            await self.engine.store.run_stats(since, now_ns, probe_id="", bucket_ns=day_ns)
+        except Exception as e:
+            log.warning("console rollups not warmed (filled on demand): %s", e)
 
     async def _retention_loop(self) -> None:
         """Apply retention hourly, and at once when a reload changed it."""
