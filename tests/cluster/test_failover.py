@@ -23,9 +23,9 @@ import pytest
 from aiohttp import web
 
 from tests.daemon.support import DaemonProcess, eventually
-from tests.fixtures.tcpproxy import tcp_proxy
 from tests.probes.helpers import serve
 from tracecanary.demo.emulators.slack import SlackEmulator
+from tracecanary.demo.tcpproxy import tcp_proxy
 
 pytestmark = pytest.mark.anyio
 EVERY_S = 2.0

@@ -14,11 +14,11 @@ import psycopg
 import pytest
 
 from tests.daemon.support import eventually
-from tests.fixtures.tcpproxy import tcp_proxy
 from tracecanary.daemon.cluster.fence import fenced_reason, member_url
 from tracecanary.daemon.cluster.membership import Role
 from tracecanary.daemon.cluster.standby import StandbyMembership
 from tracecanary.daemon.cluster.timing import StandbyTiming
+from tracecanary.demo.tcpproxy import tcp_proxy
 
 pytestmark = pytest.mark.anyio
 
