@@ -176,12 +176,16 @@ class StandbyMembership:
             log.warning("cluster.lock_connection member=%s %s", self._member_id, reason)
 
     async def _watchdog(self) -> None:
-        """Depose an active replica whose lock connection has not answered for ``lost_after_s``."""
-        every_s = min(0.1, self.timing.heartbeat_s / 4)
+        """Depose an active replica whose lock connection has not answered for ``lost_after_s``: while
+        active it sleeps until that deadline (no polling delay on top of it), then checks again."""
         while True:
-            await anyio.sleep(every_s)
-            silent_s = self._clock() - self._last_ok
-            if self._state.role is Role.ACTIVE and silent_s > self.timing.lost_after_s:
-                self._lost(f"no answer from PostgreSQL for {silent_s:.1f}s")
-                if self._session is not None:
-                    self._session.cancel()
+            if self._state.role is not Role.ACTIVE:
+                await anyio.sleep(self.timing.heartbeat_s / 4)
+                continue
+            remaining_s = self._last_ok + self.timing.lost_after_s - self._clock()
+            if remaining_s > 0:
+                await anyio.sleep(min(remaining_s, self.timing.heartbeat_s))
+                continue
+            self._lost(f"no answer from PostgreSQL for {self._clock() - self._last_ok:.1f}s")
+            if self._session is not None:
+                self._session.cancel()
