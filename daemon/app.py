@@ -109,6 +109,7 @@ class Daemon:
                             self.engine.membership.member_id)
                 self._acting.cancel()
                 self._acting = None
+                self.engine.store.drop_kept("this replica is no longer the active one")
             self._role_ready.set()
 
     async def _act(self, scope: anyio.CancelScope, pending: list[RunRecord] | None,

@@ -149,6 +149,18 @@ class GuardedStore:
         log.warning("run kept in memory until the store works again run_id=%s op=%s pending=%d reason=%s",
                     run.run_id, op, len(self._kept), error)
 
+    def drop_kept(self, why: str) -> list[str]:
+        """Forget the kept runs without writing them (a deposed replica: the new active records them
+        ``aborted``/``failover``, and a write of this term must not land later); their run ids."""
+        dropped = list(self._kept)
+        self._kept.clear()
+        if dropped:
+            log.error("kept runs dropped, not written why=%s run_ids=%s", why, ",".join(dropped))
+            if self.on_fenced is not None:
+                for _ in dropped:
+                    self.on_fenced("finish_run", why)
+        return dropped
+
     def _keep(self, run: RunRecord) -> None:
         kept = self._kept.get(run.run_id)
         self._kept[run.run_id] = _Kept(run, kept.since_s if kept is not None else self._clock())

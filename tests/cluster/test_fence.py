@@ -77,3 +77,13 @@ async def test_modes_that_cannot_start_exit_2(tmp_path: Path, postgres_url: str)
     assert kafka.returncode == 2 and "mode kafka is not built yet" in kafka.stderr + kafka.stdout
 
 
+
+
+async def test_a_deposed_replica_forgets_the_runs_it_kept(tmp_path: Path) -> None:
+    """Runs kept while the store failed belong to the lost term: dropped (and counted), never written later."""
+    fenced: list[tuple[str, str]] = []
+    async with guarded(f"sqlite:///{tmp_path / 'tc.db'}", fenced) as guard:
+        guard._keep(run("k1"))
+        assert guard.drop_kept("deposed") == ["k1"] and guard.pending_runs == []
+        assert await guard.check() is None and await guard.get_run("k1") is None
+    assert fenced == [("finish_run", "deposed")]
