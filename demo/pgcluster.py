@@ -104,7 +104,8 @@ def _run(cmd: list[str], run_as: str | None, timeout_s: float) -> subprocess.Com
 
 
 def _owned_root(run_as: str | None) -> Path:
-    root = Path(tempfile.mkdtemp(prefix="tc-pg-"))
+    # Under /tmp when the server runs as another user: $TMPDIR may sit in a folder that user cannot enter.
+    root = Path(tempfile.mkdtemp(prefix="tc-pg-", dir="/tmp" if run_as is not None else None))
     if run_as is not None:
         user = pwd.getpwnam(run_as)
         os.chown(root, user.pw_uid, user.pw_gid)

@@ -45,6 +45,9 @@ from tracecanary.daemon.store.snapshot import encode_spans
 from tracecanary.daemon.store.sqlbase import SqlStore
 
 log = logging.getLogger("tracecanary.store")
+# The pool's reconnect warnings are multi-line and repeat, while the store reports each fault in one line
+# (and the guard raises it on /readyz, the metrics and the alert): only the pool's errors are kept.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 T = TypeVar("T")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 
@@ -52,6 +55,9 @@ OPEN_TIMEOUT_S = 15.0
 OP_TIMEOUT_S = 10.0
 RETRY_DELAYS_S = (0.1, 0.5, 2.0)
 POOL_SIZE = 10
+RECONNECT_TIMEOUT_S = 60.0
+"""How long the pool keeps re-opening one connection in the background; after it, connections are opened
+again on demand (an outage of any length ends with the server back)."""
 INLINE_SPANS = 200
 """Snapshots of more spans are encoded on a worker thread (10k spans take 60-90 ms)."""
 
@@ -60,13 +66,15 @@ class PostgresStore(SqlStore):
     """The Store protocol on a PostgreSQL database."""
 
     def __init__(self, url: str, *, open_timeout_s: float = OPEN_TIMEOUT_S, op_timeout_s: float = OP_TIMEOUT_S,
-                 retry_delays_s: Sequence[float] = RETRY_DELAYS_S, pool_size: int = POOL_SIZE) -> None:
+                 retry_delays_s: Sequence[float] = RETRY_DELAYS_S, pool_size: int = POOL_SIZE,
+                 reconnect_timeout_s: float = RECONNECT_TIMEOUT_S) -> None:
         self.url = url
         self.where = display_url(url)
         self.open_timeout_s = open_timeout_s
         self.op_timeout_s = op_timeout_s
         self.retry_delays_s = tuple(retry_delays_s)
         self.pool_size = pool_size
+        self.reconnect_timeout_s = reconnect_timeout_s
         self._pool: psycopg_pool.AsyncConnectionPool[Conn] | None = None
         self._down = False
         """The last call ended in a connection fault: the next one probes the server before waiting on the pool."""
@@ -75,17 +83,20 @@ class PostgresStore(SqlStore):
     def _new_pool(self) -> psycopg_pool.AsyncConnectionPool[Conn]:
         return psycopg_pool.AsyncConnectionPool(
             self.url, min_size=min(2, self.pool_size), max_size=self.pool_size, open=False,
-            timeout=self.op_timeout_s, reconnect_timeout=max(self.open_timeout_s, 60.0), name="tracecanary-store",
+            timeout=self.op_timeout_s, reconnect_timeout=self.reconnect_timeout_s, name="tracecanary-store",
             kwargs={"autocommit": True, "connect_timeout": max(1, round(self.op_timeout_s)),
                     "application_name": "tracecanary"},
         )
 
     async def open(self) -> None:
+        """Reach the server (with the call's backoff), open the pool, migrate, prove a write; a
+        :class:`StoreFault` naming the cause (the caller names the store), bounded by ``open_timeout_s``."""
         if self._pool is not None:
             return
         pool = self._new_pool()
         try:
             with anyio.fail_after(self.open_timeout_s):
+                await self._reach(time.monotonic() + self.open_timeout_s)
                 await pool.open(wait=True, timeout=self.open_timeout_s)
                 async with pool.connection() as conn:
                     applied = await migrate(conn, self.where)
@@ -93,23 +104,41 @@ class PostgresStore(SqlStore):
         except BaseException as e:
             with anyio.CancelScope(shield=True):
                 await pool.close(timeout=1.0)
+            if isinstance(e, TimeoutError | psycopg_pool.PoolTimeout):
+                raise StoreFault(f"not opened within {self.open_timeout_s:g}s (server not answering)") from e
             if isinstance(e, FAULTS):
-                cause = await self._unreachable() or e  # the pool only says it waited: name the cause
-                raise StoreFault(f"{self.where}: not opened within {self.open_timeout_s:g}s: {one_line(cause)}") from e
+                raise StoreFault(one_line(e)) from e
             raise
         if applied:
             log.info("store schema migrated store=%s versions=%s", self.where, ",".join(map(str, applied)))
         self._pool = pool
+
+    async def _reach(self, deadline_s: float) -> None:
+        """A first connection, retried after each of ``retry_delays_s`` that ends before ``deadline_s``
+        (monotonic); the last cause as a StoreFault."""
+        cause = await self._unreachable()
+        attempts = 1
+        for delay_s in self.retry_delays_s:
+            if cause is None or time.monotonic() + delay_s >= deadline_s:
+                break
+            log.debug("store not reachable, retrying store=%s in_s=%g error=%s", self.where, delay_s, one_line(cause))
+            await anyio.sleep(delay_s)
+            cause = await self._unreachable()
+            attempts += 1
+        if cause is not None:
+            raise StoreFault(f"{one_line(cause)} ({attempts} attempt{'s' if attempts > 1 else ''})") from cause
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close(timeout=5.0)
 
-    def _fault_of(self, e: BaseException, what: str) -> StoreFault:
+    def _fault_of(self, e: BaseException, tries: str) -> StoreFault:
+        """The one-line fault after the last attempt: the server, what happened, ``tries``."""
         if isinstance(e, TimeoutError | psycopg_pool.PoolTimeout):
-            return StoreFault(f"{self.where}: {what} (server unreachable or not answering)")
-        return StoreFault(f"{self.where}: {one_line(e)}")
+            return StoreFault(f"{self.where}: no answer within {self.op_timeout_s:g}s (server hung or unreachable; "
+                              f"{tries})")
+        return StoreFault(f"{self.where}: connection lost: {one_line(e)} ({tries})")
 
     async def _unreachable(self) -> BaseException | None:
         """Why a new connection to the server fails (refused, timed out, rejected), or None when it works:
@@ -156,9 +185,8 @@ class PostgresStore(SqlStore):
                     await pool.check()  # drop the idle connections that died with the one that failed
         self._down = True
         assert last is not None
-        fault = self._fault_of(last, f"no answer within {self.op_timeout_s:g}s")
-        raise StoreFault(f"{fault} (connection lost; {attempt} attempt{'s' if attempt > 1 else ''} "
-                         f"over {time.monotonic() - started:.1f}s)") from last
+        tries = f"{attempt} attempt{'s' if attempt > 1 else ''} over {time.monotonic() - started:.1f}s"
+        raise self._fault_of(last, tries) from last
 
     async def _write(self, sql: str, args: tuple[Any, ...]) -> int:
         async def run(conn: Conn) -> int:

@@ -5,9 +5,12 @@ reports it (what /readyz shows), keeps the runs refused meanwhile and writes the
 from __future__ import annotations
 
 import itertools
+import sys
 import time
+from pathlib import Path
 
 import anyio
+import psycopg
 import pytest
 
 from tests.store.test_guard import Events
@@ -49,7 +52,7 @@ async def _stop_and_recover(own_cluster: PgCluster, guard: GuardedStore, store: 
     await guard.finish_run(run("before"))
     own_cluster.stop_server("immediate")  # a crash: every session cut, new connections refused
     try:
-        with anyio.fail_after(30), pytest.raises(StoreFault, match=r"connection lost; 3 attempts") as fault:
+        with anyio.fail_after(30), pytest.raises(StoreFault, match=r": connection lost: .*Connection refused.* \(3 attempts over") as fault:
             await store.list_runs()
         assert f"127.0.0.1:{own_cluster.port}" in str(fault.value) and "\n" not in str(fault.value)
         reason = await guard.check()
@@ -67,7 +70,39 @@ async def _stop_and_recover(own_cluster: PgCluster, guard: GuardedStore, store: 
 
 async def test_an_unreachable_server_at_start_is_a_startup_error(url: str) -> None:
     nowhere = url.rsplit(":", 1)[0] + f":{free_port()}/tc"
-    with anyio.fail_after(30), pytest.raises(StoreFault, match=r"not opened within 2s: .*Connection refused"):
+    with anyio.fail_after(30), pytest.raises(StoreFault, match=r"^connection failed: .*Connection refused.* \(3 attempts\)$"):
         await PostgresStore(nowhere, open_timeout_s=2).open()
-    with anyio.fail_after(30), pytest.raises(StartupError, match=r"^store postgresql://tc@127\.0\.0\.1:\d+/tc: "):
+    with anyio.fail_after(30), pytest.raises(StartupError, match=r"^store postgresql://tc@127\.0\.0\.1:\d+/tc: connection failed: "):
         await open_guarded(nowhere, Events(), StoreHealthSettings(check_timeout=2))
+
+
+async def test_an_unreachable_server_is_one_line_and_exit_2_without_the_password(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("probes:\n  - id: p\n    kind: http\n    request: {url: 'http://127.0.0.1:9/'}\n")
+    url = f"postgresql://tc:secret-pw@127.0.0.1:{free_port()}/tc"
+    with anyio.fail_after(60):
+        proc = await anyio.run_process([sys.executable, "-m", "tracecanary.daemon.cli.main", "check", str(suite),
+                                        "--store", url, "--otlp-http", "127.0.0.1:0", "--otlp-grpc", "none"],
+                                       cwd=tmp_path, check=False)
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "secret-pw" not in stderr, stderr
+    assert stderr.startswith("tracecanary: store postgresql://tc:[redacted]@127.0.0.1:") and "Connection refused" in stderr
+
+
+async def test_a_statement_that_never_answers_is_bounded_then_a_fault(url: str) -> None:
+    """A server that holds a statement forever (here: a lock another session never releases) looks like a
+    hung server: each attempt is cut at ``op_timeout_s``, then it is a fault; the store works once it answers."""
+    store = PostgresStore(url, op_timeout_s=0.5, retry_delays_s=(0.05,))
+    await store.open()
+    try:
+        async with await psycopg.AsyncConnection.connect(url) as other:
+            await other.execute("LOCK TABLE kv IN ACCESS EXCLUSIVE MODE")  # held until this transaction ends
+            with anyio.fail_after(20), pytest.raises(StoreFault, match=r": no answer within 0\.5s \(server hung or unreachable; 2 attempts over"):
+                await store.kv_put("ns", "k", 1)
+            await other.rollback()
+        await store.kv_put("ns", "k", 2)
+        assert await store.kv_get("ns", "k") == 2
+        assert await store.health() is None
+    finally:
+        await store.aclose()
