@@ -101,6 +101,7 @@ class Daemon:
         """Act (schedule, fire, judge, alert) while the role acts; stop at once when it no longer does."""
         async for role in self.engine.membership.roles():
             if role.acts and self._acting is None:
+                await self._write_as(tg, self.engine.membership.writer)
                 self._acting = anyio.CancelScope()
                 await tg.start(self._act, self._acting, pending)
                 pending = None
@@ -111,6 +112,29 @@ class Daemon:
                 self._acting = None
                 self.engine.store.drop_kept("this replica is no longer the active one")
             self._role_ready.set()
+
+    async def _write_as(self, tg: anyio.abc.TaskGroup, writer: str | None) -> None:
+        """A term won in a fenced mode: the store is opened anew with the term's writer identity, so no
+        write of an earlier term (queued on the old connections) can land; the old store is closed."""
+        if writer is None:
+            return
+        from tracecanary.daemon.cluster.fence import member_url
+        from tracecanary.daemon.store.urls import open_store
+
+        store = open_store(member_url(self.engine.store_url(None), writer),
+                           open_timeout_s=self.config.daemon.store_health.check_timeout)
+        try:
+            await store.open()
+        except Exception:  # its writes will be refused (and counted) until the next term
+            log.exception("opening the store for this term failed writer=%s", writer)
+            return
+        old = self.engine.store.replace_inner(store)
+
+        async def close_old() -> None:
+            with anyio.CancelScope(shield=True):
+                await old.aclose()
+
+        tg.start_soon(close_old)
 
     async def _act(self, scope: anyio.CancelScope, pending: list[RunRecord] | None,
                    *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -52,6 +52,7 @@ class StandbyMembership:
         self._on_deposed = on_deposed
         self._state = RoleState(Role.STANDBY)
         self._epoch: int | None = None
+        self._writer: str | None = None
         self._previous_active: str | None = None
         self._started_ns = time.time_ns()
         self._last_ok = clock()
@@ -74,6 +75,10 @@ class StandbyMembership:
     @property
     def previous_active(self) -> str | None:
         return self._previous_active
+
+    @property
+    def writer(self) -> str | None:
+        return self._writer if self._state.role is Role.ACTIVE else None
 
     async def members(self) -> list[Member]:
         """As of the last heartbeat (read with it, on the lock connection)."""
@@ -157,7 +162,7 @@ class StandbyMembership:
             prev = await (await conn.execute(sql.PREVIOUS_LEADER)).fetchone()
             row = await (await conn.execute(sql.TAKEOVER, {"member": self._member_id})).fetchone()
         assert row is not None
-        self._epoch = int(row[0])
+        self._epoch, self._writer = int(row[0]), str(row[1])
         self._previous_active = str(prev[0]) if prev is not None and prev[0] is not None else None
         self._last_ok = self._clock()
         log.warning("cluster.takeover member=%s epoch=%d previous=%s", self._member_id, self._epoch,

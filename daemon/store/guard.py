@@ -149,6 +149,11 @@ class GuardedStore:
         log.warning("run kept in memory until the store works again run_id=%s op=%s pending=%d reason=%s",
                     run.run_id, op, len(self._kept), error)
 
+    def replace_inner(self, store: Store) -> Store:
+        """Serve from ``store`` (opened) from now on; returns the one it replaces (the caller closes it)."""
+        old, self.inner = self.inner, store
+        return old
+
     def drop_kept(self, why: str) -> list[str]:
         """Forget the kept runs without writing them (a deposed replica: the new active records them
         ``aborted``/``failover``, and a write of this term must not land later); their run ids."""
