@@ -354,6 +354,9 @@ class DaemonControl:
         KeyError: unknown probe; ``OverlapSkipped``: the policy refused; ``SchedulerNotRunning``: the
         daemon is starting or shutting down.
         """
+        if self.scheduler is None and self.engine.membership.role is Role.STANDBY:
+            raise SchedulerNotRunning("this replica is a standby: run the probe on the active one "
+                                      "(GET /api/cluster lists the members)")
         if self.scheduler is None:
             raise SchedulerNotRunning("the scheduler is not running yet (the daemon is starting)")
         return self.scheduler.run_now(probe_id)

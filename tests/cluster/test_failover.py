@@ -144,6 +144,8 @@ async def test_kill9_of_the_active_the_standby_takes_over_and_announces_nothing_
         try:
             assert (await role(a), await role(b)) == ("active", "standby")
             assert 'class="role role-standby"' in await page(b, "/")  # the dashboard header
+            status, refused = await b.post("/api/probes/tick/run", {})
+            assert status == 503 and "this replica is a standby" in str(refused)
             _, cluster = await get(b, "/api/cluster")
             assert cluster["mode"] == "standby" and len(cluster["members"]) == 2  # type: ignore[arg-type]
             await slack.wait_until(lambda: len(slack.messages("C0OPS")) == 1, timeout_s=60)
