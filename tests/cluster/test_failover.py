@@ -10,6 +10,7 @@ through a blackholed loopback proxy stops firing within 3 s and its late writes 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -207,6 +208,9 @@ async def test_a_replica_cut_from_postgres_stops_firing_and_its_late_writes_are_
             assert await role(b) == "active" and await role(a) == "standby"
             _, runs = await get(b, "/api/probes/slow/runs?limit=50")
             a_after_3s = [h for h in t.hits if h[1] == "a" and h[2] > cut_at + 3.0]
+            for d in (a, b):  # SIGTERM: the standby, then the active (drained), each exits 0
+                d.signal(signal.SIGTERM)
+                assert await d.wait_exit() == 0, d.log_text()[-2000:]
         finally:
             a.stop()
             b.stop()
