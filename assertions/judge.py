@@ -436,7 +436,7 @@ class TraceJudge:
 
     def _degraded(self) -> list[Finding]:
         out: list[Finding] = []
-        nodes = self.report_nodes()
+        nodes = self.report_nodes() if any(n.spec.degraded is not None for n in self.nodes) else {}
         for n in self.nodes:
             deg = n.spec.degraded
             sid = nodes.get(n.path)

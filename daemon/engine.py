@@ -38,6 +38,7 @@ from tracecanary.daemon.observe.telemetry import (
     setup_telemetry,
 )
 from tracecanary.daemon.run.hooks import RunHook
+from tracecanary.daemon.run.passive import PassiveJudge
 from tracecanary.daemon.run.runner import Runner, RunnerDeps
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.receiver import OtlpSettings
@@ -147,6 +148,8 @@ class Engine:
     store: GuardedStore = field(init=False)
     """The results store behind its guard (faults counted, reported, refused runs kept for retry)."""
     buffer: TraceBuffer = field(init=False)
+    passive: PassiveJudge = field(init=False)
+    """Judges real traffic for ``kind: passive`` probes (a tap on the buffer while any is configured)."""
     runner: Runner = field(init=False)
     services: Services = field(init=False)
     session: aiohttp.ClientSession = field(init=False)
@@ -230,6 +233,9 @@ class Engine:
         self.services = Services(github_events=EventHub(), slack_events=None)
         self.kafka_producers = KafkaProducers()
         self.metrics.set_buffer_gauge(lambda: float(self.buffer.stats().spans))
+        self.passive = PassiveJudge(d.buffer.max_spans, on_judged=self.metrics.passive_trace)
+        self._follow_passive(self.config)
+        tg.start_soon(self.passive.run)
         self.hooks.append(self.metrics)
         self.provider = self._telemetry()
         await self._start_components(tg)
@@ -239,7 +245,8 @@ class Engine:
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
             self_tracer=self.provider.get_tracer("tracecanary.daemon") if self._exports_telemetry else None,
             links=self.links_for, sentry_source=self.sentry_source,
-            resources=ProbeResources(kafka_producers=self.kafka_producers), secrets=self.config.secrets(),
+            resources=ProbeResources(kafka_producers=self.kafka_producers, passive=self.passive),
+            secrets=self.config.secrets(),
         ))
         await self._serve_http(tg)
         # what the GitHub watcher's `watch: auto` needs to know whether GitHub can deliver to /hooks/github
@@ -313,6 +320,7 @@ class Engine:
         only a restart applies."""
         old, self.config = self.config, config
         self.metrics.retain(config.probes)
+        self._follow_passive(config)
         # Runs started under the old config may still finish: mask the old secrets and the new ones.
         self.runner.deps.secrets = self.runner.deps.secrets | config.secrets()
         self.store.settings = config.daemon.store_health  # read at each check and each kept run
@@ -320,6 +328,13 @@ class Engine:
             await self.alerts.reconfigure(config.extra.alerts, config.integrations, config.probes,
                                           dashboard_url=self.dashboard_url)
         return needs_restart(old, config)
+
+    def _follow_passive(self, config: Config) -> None:
+        """The passive judge follows the config's passive probes; it taps the buffer only while there are some."""
+        self.passive.configure(config.probes)
+        self.buffer.remove_tap(self.passive)
+        if self.passive.active:
+            self.buffer.add_tap(self.passive)
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         """The run's trace links (the runner's :class:`LinkRenderer`): rendered once per run."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, StringConstraints, field_validator
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from tracecanary.integrations import Integrations
     from tracecanary.probes.kafka import KafkaProducers
+    from tracecanary.probes.passive import PassiveWindows
     from tracecanary.probes.templating import Templates
 
 
@@ -102,6 +103,10 @@ class ProbeSpec(StrictModel):
     inject: Inject = Field(default_factory=Inject)
     expect: Expect = Field(default_factory=Expect)
     alert: AlertRef | None = None
+
+    judges_run: ClassVar[bool] = True
+    """Whether the runner judges the run's own response, trace and side effects after ``fire``
+    (``kind: passive`` judges other traces, in the daemon's passive judge)."""
 
     @field_validator("id")
     @classmethod
@@ -208,6 +213,8 @@ class ProbeResources:
 
     kafka_producers: KafkaProducers | None = None
     """Started Kafka producers, one per bootstrap address (``probes/kafka.py``)."""
+    passive: PassiveWindows | None = None
+    """The daemon's passive judge: the counts each ``kind: passive`` run judges (``probes/passive.py``)."""
 
 
 @dataclass

@@ -90,9 +90,12 @@ class Metrics:
             "tracecanary_event_loop_lag_seconds", "How late the event loop ran a periodic timer: the time one "
             "step or a garbage collection held it (observe/lag.py; steps stay under 20 ms).",
             buckets=LOOP_LAG_BUCKETS_S, registry=r)
+        self.passive_traces = Counter(
+            "tracecanary_passive_traces", "Entry traces judged by kind: passive probes, by verdict (dropped: not "
+            "judged, the passive judge was over its span budget).", ["probe", "verdict"], registry=r)
         self._series: dict[Gauge | Counter | Histogram, dict[tuple[str, ...], Any]] = {m: {} for m in (
             self.probe_success, self.probe_unknown, self.probe_duration, self.runs, self.trace_spans,
-            self.time_to_verdict, self.schedule_lateness)}
+            self.time_to_verdict, self.schedule_lateness, self.passive_traces)}
         """The children of the probe-labelled metrics by label values: what ``retain`` prunes."""
 
     # --- RunHook ---------------------------------------------------------------------------------
@@ -143,6 +146,10 @@ class Metrics:
     def lateness(self, probe_id: str, seconds: float) -> None:
         self._child(self.schedule_lateness, probe_id).observe(max(0.0, seconds))
 
+    def passive_trace(self, probe_id: str, verdict: str) -> None:
+        """One entry trace judged (or dropped) by a passive probe."""
+        self._child(self.passive_traces, probe_id, verdict).inc()
+
     def skipped(self, probe_id: str) -> None:
         self.runs_skipped.labels(probe_id).inc()
 
@@ -169,6 +176,7 @@ class Metrics:
             self._forget(metric, lambda labels: labels not in keep)
         self._forget(self.runs, lambda labels: (labels[0], labels[1]) not in keep)
         self._forget(self.schedule_lateness, lambda labels: labels[0] not in keep_ids)
+        self._forget(self.passive_traces, lambda labels: labels[0] not in keep_ids)
 
     def _child(self, metric: M, *labels: str) -> M:
         """``metric.labels(*labels)``, kept by label values for ``retain`` (and reused: no lookup again)."""

@@ -270,7 +270,7 @@ class Runner:
         run.outputs = dict(result.outputs)
         run.findings.extend(result.findings)
         run.response = result.response.to_dict() if result.response is not None else None
-        if any(f.severity is Verdict.ERROR for f in run.findings):
+        if any(f.severity is Verdict.ERROR for f in run.findings) or not probe.judges_run:
             return
         run.findings.extend(judge_response(probe.expect.response, run.response))
         await self._expectations(probe, ctx, run, root)
