@@ -26,6 +26,7 @@ from tracecanary.assertions.spans import Span
 from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.config.secrets import Secrets, install_log_masking
 from tracecanary.daemon.engine import Engine, Overrides
+from tracecanary.daemon.run.passive import PassiveSnapshot
 from tracecanary.daemon.run.scheduler import Scheduler, SchedulerNotRunning, cron_next_wall
 from tracecanary.daemon.store.base import RunRecord, Store, StoreFault
 from tracecanary.daemon.web.api import ApiAuth
@@ -272,3 +273,6 @@ class DaemonControl:
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         return self.engine.links_for(trace_id, run_id, probe_id)
+
+    def passive(self, probe_id: str) -> PassiveSnapshot | None:
+        return self.engine.passive.snapshot(probe_id)

@@ -135,6 +135,8 @@ class PassiveJudge:
         self._timers: list[tuple[float, int, _Open]] = []
         self._seq = itertools.count()
         self._wake: anyio.Event | None = None
+        self._open_total = 0
+        self._idle: anyio.Event | None = None
         self.dropped_pending = 0
         """Pending traces (no entry span yet) dropped for the span budget."""
 
@@ -157,6 +159,8 @@ class PassiveJudge:
         for op in state.open.values():
             op.closed = True
             self._held -= op.spans + len(op.fresh)
+        self._open_total -= len(state.open)
+        self._signal_idle()
         self._held -= sum(len(spans) for _, spans in state.pending.values())
         state.open.clear()
         state.pending.clear()
@@ -223,6 +227,7 @@ class PassiveJudge:
         deadline_s = now + (start_ns + state.spec.timeout * 1e9 - self._wall_ns()) / 1e9
         op = _Open(state, key, judge, entry, deadline_s, now, spans)
         state.open[key] = op
+        self._open_total += 1
         self._queue(op)
 
     def _queue(self, op: _Open) -> None:
@@ -241,6 +246,19 @@ class PassiveJudge:
             self._held -= len(spans)
             self.dropped_pending += 1
         return True
+
+    async def settled(self) -> None:
+        """Return once no entry trace is open (each is judged by its deadline at the latest): ``demo --once``
+        takes a passive window only after the pass's traffic is judged."""
+        while self._open_total:
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def _signal_idle(self) -> None:
+        if not self._open_total and self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
     # ---- the windows (probes/passive.py) --------------------------------------------------------
 
@@ -323,6 +341,8 @@ class PassiveJudge:
         op.closed = True
         state = op.state
         del state.open[op.key]
+        self._open_total -= 1
+        self._signal_idle()
         self._held -= op.spans
         self._remember(state, op.key)
         verdict = judged.verdict or Verdict.FAIL
