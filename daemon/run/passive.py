@@ -339,6 +339,7 @@ class PassiveJudge:
 
     def _close(self, op: _Open, judged: JudgeState) -> None:
         op.closed = True
+        op.judge.release()
         state = op.state
         del state.open[op.key]
         self._open_total -= 1
