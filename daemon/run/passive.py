@@ -50,6 +50,8 @@ CHECK_SLICE = 256
 JUDGED_MEMORY = 65_536
 """Ids of judged traces remembered per probe, so late spans never start a second judgement."""
 MESSAGE_MAX = 300
+LOG_EVERY = 1000
+"""Drops for the span budget are logged on the first and then every this many (the metric counts each)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +221,10 @@ class PassiveJudge:
             self._remember(state, key)
             state.window.dropped += 1
             state.totals["dropped"] += 1
+            if state.totals["dropped"] % LOG_EVERY == 1:
+                log.warning("passive judge over its span budget: entry trace dropped probe=%s held_spans=%d "
+                            "max_spans=%d dropped_total=%d", state.spec.id, self._held, self.max_spans,
+                            state.totals["dropped"])
             if self._on_judged is not None:
                 self._on_judged(state.spec.id, "dropped")
             return
@@ -245,6 +251,10 @@ class PassiveJudge:
             _, (_, spans) = oldest.pending.popitem(last=False)
             self._held -= len(spans)
             self.dropped_pending += 1
+            if self.dropped_pending % LOG_EVERY == 1:
+                log.warning("passive judge over its span budget: oldest traces still waiting for their entry span "
+                            "dropped held_spans=%d max_spans=%d dropped_total=%d", self._held, self.max_spans,
+                            self.dropped_pending)
         return True
 
     async def settled(self) -> None:
