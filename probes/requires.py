@@ -67,6 +67,14 @@ def _address(target: str) -> tuple[str, str, int]:
     return scheme, parts.hostname, port
 
 
+def _why(error: BaseException) -> str:
+    """``connection refused`` rather than a library's wrapping of it (anyio keeps the cause)."""
+    for e in (error, error.__cause__):
+        if isinstance(e, OSError) and e.errno:
+            return os.strerror(e.errno).lower()
+    return f"{type(error).__name__}: {error}"
+
+
 async def _reachable(target: str, session: aiohttp.ClientSession, timeout_s: float) -> str | None:
     scheme, host, port = _address(target)
     try:
@@ -80,8 +88,7 @@ async def _reachable(target: str, session: aiohttp.ClientSession, timeout_s: flo
     except TimeoutError:
         return f"{target} is not reachable: no answer within {timeout_s:g}s"
     except (OSError, aiohttp.ClientError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
-        return f"{target} is not reachable: {why}"
+        return f"{target} is not reachable: {_why(e)}"
     return None
 
 
