@@ -137,6 +137,14 @@ class MetricCheck(_Strict):
         """``scrape URL`` or ``query PROMQL`` for messages."""
         return f"scrape {self.scrape}" if self.scrape is not None else f"query {self.query}"
 
+    def metric_names(self) -> list[str] | None:
+        """The metric names the check's selectors read; None when one selects by labels alone."""
+        texts = [*self.present, *(p.metric for p in (self.delta, self.value) if p is not None)]
+        if None in texts:
+            return None
+        names = [Selector.parse(t).name for t in texts if t is not None]
+        return None if None in names else [n for n in names if n is not None]
+
     def needs_baseline(self) -> bool:
         """A read before the trigger is part of the check (a delta, a quantile over bucket increases)."""
         return self.delta is not None or (self.value is not None and self.value.quantile is not None)

@@ -118,12 +118,19 @@ class Selector:
 
     def matches(self, sample: Sample, *, suffixes: Sequence[str] = ("",)) -> bool:
         """Whether ``sample`` is a series of this selector (its name plus one of ``suffixes``)."""
-        if self.name is not None and sample.name not in (self.name + s for s in suffixes):
-            return False
-        return all(m.matches({**sample.labels, "__name__": sample.name}) for m in self.matchers)
+        return bool(self.select((sample,), suffixes=suffixes))
 
     def select(self, samples: Iterable[Sample], *, suffixes: Sequence[str] = ("",)) -> list[Sample]:
-        return [s for s in samples if self.matches(s, suffixes=suffixes)]
+        """The samples of this selector (named by its name plus one of ``suffixes``)."""
+        names = None if self.name is None else frozenset(self.name + s for s in suffixes)
+        out = []
+        for sample in samples:
+            if names is not None and sample.name not in names:
+                continue
+            named = {"__name__": sample.name}
+            if all(m.matches(named if m.label == "__name__" else sample.labels) for m in self.matchers):
+                out.append(sample)
+        return out
 
     def same_name(self, samples: Iterable[Sample]) -> list[Sample]:
         """Samples of this selector's metric whatever their labels (to explain a miss)."""

@@ -99,8 +99,11 @@ async def unmet(requires: Requires, session: aiohttp.ClientSession,
     reasons = [f"{name} is not set" if name not in env else f"{name} is empty"
                for name in requires.env if not env.get(name)]
     for path in requires.files:
-        if not await anyio.Path(path).exists():
-            reasons.append(f"{path} does not exist")
+        try:
+            if not await anyio.Path(path).exists():
+                reasons.append(f"{path} does not exist")
+        except OSError as e:  # a directory on the way we may not enter
+            reasons.append(f"{path} cannot be checked: {e.strerror}")
     found: dict[int, str] = {}
 
     async def probe(i: int, target: str) -> None:

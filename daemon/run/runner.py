@@ -258,7 +258,11 @@ class Runner:
             name=f"tracecanary probe {probe.id}", kind=SpanKind.INTERNAL, start_ns=ctx.trigger_ns,
             end_ns=ctx.trigger_ns, service="tracecanary",
         )
-        pre = await before_trigger(probe, ctx, self.deps.session, self.deps.environ)
+        try:
+            pre = await before_trigger(probe, ctx, self.deps.session, self.deps.environ)
+        except Exception as e:  # a bug in the preflight costs one run
+            run.findings.append(internal_error("preflight", e, probe.id, run.run_id))
+            return
         if pre.skip_reason is not None:
             run.status, run.abort_reason = RunStatus.SKIPPED, pre.skip_reason
             return

@@ -51,8 +51,29 @@ class Baseline:
     error: str | None = None
 
 
-def parse_exposition(text: str, content_type: str = "") -> list[Sample]:
-    """Samples of a text exposition (Prometheus text format, or OpenMetrics by content type)."""
+_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created", "_info", "_gcount", "_gsum")
+
+
+def only_metrics(text: str, names: Sequence[str]) -> str:
+    """The exposition's lines that can belong to ``names`` (samples, HELP/TYPE/UNIT), and ``# EOF``.
+
+    Not a parser: a prefix test on each line, so the parser reads the few families a check names
+    instead of a service's whole exposition (50k samples take seconds). Base names (``_total``,
+    ``_bucket`` … removed) are kept whole, so a family's TYPE line and every sample of it stay."""
+    bases = tuple({next((n.removesuffix(s) for s in _SUFFIXES if n.endswith(s)), n) for n in names})
+    kept = []
+    for line in text.splitlines():
+        head = line[7:] if line.startswith(("# HELP ", "# TYPE ", "# UNIT ")) else line
+        if head.startswith(bases) or line.startswith("# EOF"):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def parse_exposition(text: str, content_type: str = "", names: Sequence[str] | None = None) -> list[Sample]:
+    """Samples of a text exposition (Prometheus text format, or OpenMetrics by content type); with
+    ``names``, only the lines of those metrics are parsed (:func:`only_metrics`)."""
+    if names is not None:
+        text = only_metrics(text, names)
     families = (openmetrics_families if "openmetrics" in content_type.lower() else text_string_to_metric_families)
     try:
         return [Sample(s.name, dict(s.labels), float(s.value)) for fam in families(text) for s in fam.samples]
@@ -78,12 +99,14 @@ async def _get(ctx: ProbeContext, url: str, timeout_s: float, *, params: dict[st
         raise MetricsReadError(f"GET {url}: {type(e).__name__}: {e}") from e
 
 
-async def scrape(ctx: ProbeContext, url: str, timeout_s: float) -> list[Sample]:
-    """GET an exposition endpoint and parse it (in a thread when large)."""
+async def scrape(ctx: ProbeContext, url: str, timeout_s: float, names: Sequence[str] | None = None) -> list[Sample]:
+    """GET an exposition endpoint and parse it — only ``names``' lines when given (in a thread when large)."""
     text, content_type = await _get(ctx, url, timeout_s, headers={"Accept": ACCEPT})
+    if content_type.lower().startswith(("text/html", "application/json")):  # a login page, an API
+        raise MetricsReadError(f"GET {url}: answered {content_type.split(';')[0]}, not a Prometheus exposition")
     if len(text) > PARSE_IN_THREAD_BYTES:
-        return await anyio.to_thread.run_sync(parse_exposition, text, content_type)
-    return parse_exposition(text, content_type)
+        return await anyio.to_thread.run_sync(parse_exposition, text, content_type, names)
+    return parse_exposition(text, content_type, names)
 
 
 def query_samples(doc: object) -> list[Sample]:
@@ -123,7 +146,7 @@ async def query(ctx: ProbeContext, promql: str, timeout_s: float) -> list[Sample
 async def read(check: MetricCheck, ctx: ProbeContext, timeout_s: float) -> list[Sample]:
     """The check's source, read once."""
     if check.scrape is not None:
-        return await scrape(ctx, check.scrape, timeout_s)
+        return await scrape(ctx, check.scrape, timeout_s, check.metric_names())
     assert check.query is not None
     return await query(ctx, check.query, timeout_s)
 
@@ -155,6 +178,7 @@ async def watch_metrics(check: MetricCheck, wctx: WatchContext, baseline: Baseli
     end_s = wctx.window_end_s(check.within if check.within is not None else float("inf"))
     attempts = Attempts(wctx.backoff)
     reads = 0
+    last: tuple[list[Sample], float] | None = None
     while True:
         closing = anyio.current_time() >= end_s
         try:
@@ -165,6 +189,7 @@ async def watch_metrics(check: MetricCheck, wctx: WatchContext, baseline: Baseli
             attempts.ok()
             reads += 1
             elapsed_s = (time.time_ns() - ctx.trigger_ns) / 1e9
+            last = (after, elapsed_s)
             judged = judge_metric(check, before, after, window_closed=closing, elapsed_s=elapsed_s, path=path)
             if judged.final:
                 ctx.log("metrics judged", source=check.source, reads=reads, findings=len(judged.findings))
@@ -174,4 +199,7 @@ async def watch_metrics(check: MetricCheck, wctx: WatchContext, baseline: Baseli
             break
         await anyio.sleep(max(0.0, min(delay_s, end_s - anyio.current_time())))
     ctx.log("metrics window closed", source=check.source, reads=reads, error=attempts.last_error)
-    return [attempts.finding(path, f"reading metrics ({check.source})")]
+    if last is None:  # never read after the trigger: nothing to judge
+        return [attempts.finding(path, f"reading metrics ({check.source})")]
+    # The last read at the window's end failed: judge the last one that worked (its time is in the finding).
+    return judge_metric(check, before, last[0], window_closed=True, elapsed_s=last[1], path=path).findings

@@ -16,7 +16,14 @@ from tests.watchers.support import probe_context
 from tracecanary.assertions.metrics import MetricCheck
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.watchers.base import Backoff, Services, WatchContext
-from tracecanary.daemon.watchers.metrics import Baseline, query_samples, read_baseline, watch_metrics
+from tracecanary.daemon.watchers.metrics import (
+    Baseline,
+    MetricsReadError,
+    parse_exposition,
+    query_samples,
+    read_baseline,
+    watch_metrics,
+)
 
 pytestmark = pytest.mark.anyio
 FAST = Backoff(initial_s=0.01, max_s=0.05)
@@ -27,11 +34,14 @@ class Exposition:
 
     def __init__(self, fail_first: int = 0, *, openmetrics: bool = False) -> None:
         self.fail_first, self.openmetrics, self.calls, self.count = fail_first, openmetrics, 0, 0
+        self.html = False
 
     async def metrics(self, request: web.Request) -> web.Response:
         self.calls += 1
         if self.calls <= self.fail_first:
             return web.Response(status=503, text="warming up")
+        if self.html:
+            return web.Response(text="<html>sign in</html>", content_type="text/html")
         if self.openmetrics:
             body = f"# TYPE jobs counter\njobs_total{{queue=\"a\"}} {self.count}\n# EOF\n"
             return web.Response(text=body, content_type="application/openmetrics-text")
@@ -80,6 +90,15 @@ async def test_a_lasting_failure_is_an_error_quoting_the_last_error() -> None:
     assert "failed until the window closed" in error.message and "HTTP 503 'warming up'" in error.message
 
 
+async def test_a_page_that_is_no_exposition_is_an_error() -> None:
+    exp = Exposition()
+    exp.html = True
+    async with serve(exp.app()) as url, aiohttp.ClientSession() as session:
+        w = wctx(session)
+        [baseline] = await read_baseline([delta(url)], w.probe)
+    assert baseline is not None and baseline.error == f"GET {url}/metrics: answered text/html, not a Prometheus exposition"
+
+
 async def test_an_unreadable_baseline_is_an_error_at_once() -> None:
     async with aiohttp.ClientSession() as session:
         w = wctx(session)
@@ -107,3 +126,17 @@ async def test_query_answers() -> None:
         check = MetricCheck.model_validate({"query": "up}", "within": "100ms", "present": ["up"]})
         [error] = await watch_metrics(check, w, None)
     assert 'Prometheus refused the query: bad_data: parse error: unexpected "}"' in error.message
+
+
+def test_only_the_named_metrics_are_parsed() -> None:
+    text = ("# HELP jobs_total Jobs.\n# TYPE jobs_total counter\njobs_total{queue=\"a\"} 3\n"
+            "# HELP lat_seconds Latency.\n# TYPE lat_seconds histogram\nlat_seconds_bucket{le=\"0.1\"} 1\n"
+            "lat_seconds_bucket{le=\"+Inf\"} 2\nlat_seconds_count 2\nlat_seconds_sum 0.3\n"
+            "# TYPE other_total counter\nother_total 9\n")
+    assert {s.name for s in parse_exposition(text, names=["jobs_total", "lat_seconds_bucket"])} == {
+        "jobs_total", "lat_seconds_bucket", "lat_seconds_count", "lat_seconds_sum"}
+    openmetrics = "# TYPE jobs counter\njobs_total 1\n# TYPE other counter\nother_total 2\n# EOF\n"
+    [jobs] = parse_exposition(openmetrics, "application/openmetrics-text; version=1.0.0", names=["jobs_total"])
+    assert (jobs.name, jobs.value) == ("jobs_total", 1.0)
+    with pytest.raises(MetricsReadError, match="not a Prometheus exposition"):
+        parse_exposition("<html>sign in</html>\n")
