@@ -43,6 +43,7 @@ probes:
     request: {{method: POST, url: "{base}/webhook"}}
   - id: needs-file
     kind: http
+    retries: {{count: 2, delay: 10ms}}   # a skip is final: never retried
     requires: {{files: ["{tmp}/client.pem"]}}
     request: {{method: POST, url: "{base}/webhook"}}
   - id: has-everything
