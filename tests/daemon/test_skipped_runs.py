@@ -79,6 +79,10 @@ probes:
 
             overview = await text(d, "/")
             assert 'badge s-skipped' in overview and f"skipped: {UNSET} is not set" in overview
+            page = await text(d, "/probes/needs-token")
+            assert 'v v-skipped' in page and f"{UNSET} is not set" in page
+            run_page = await text(d, f"/runs/{body['runs'][0]['run_id']}")
+            assert "<dt>skipped</dt>" in run_page and f"{UNSET} is not set" in run_page
             assert "needs-token" not in str(hook.accepted) and "broken" in str(hook.accepted)
             assert not [n for n in await d.notifications() if n.get("probe_id") == "needs-token"]
         finally:
