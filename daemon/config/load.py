@@ -177,9 +177,8 @@ def _read(path: Path, environ: Mapping[str, str], errors: list[str]) -> list[Doc
 
 def _required_env(doc: Doc) -> dict[int, set[str]]:
     """Each probe's ``requires.env`` names as written, by index in the file's ``probes:`` list."""
-    listed = doc.data.get("probes") if isinstance(doc.data, dict) else None
     out: dict[int, set[str]] = {}
-    for i, probe in enumerate(listed if isinstance(listed, list) else []):
+    for i, probe in enumerate(_probe_list(doc)):
         requires = probe.get("requires") if isinstance(probe, dict) else None
         names = requires.get("env") if isinstance(requires, dict) else None
         out[i] = {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
@@ -189,7 +188,8 @@ def _required_env(doc: Doc) -> dict[int, set[str]]:
 def _unset_errors(docs: list[Doc], environ: Mapping[str, str]) -> list[str]:
     """A ``${NAME}`` left unset is an error unless a ``requires.env`` names it — the probe's own for a
     value inside a probe, any probe's elsewhere (an integration token): then it expands to "" (the run
-    is skipped: an empty variable is an unmet precondition)."""
+    is skipped: an empty variable is an unmet precondition), and a ``requires.reachable``/``files``
+    entry built from it is left out (it names nothing while the variable is missing)."""
     by_doc = {id(doc): _required_env(doc) for doc in docs}
     anywhere = {n for names in by_doc.values() for ns in names.values() for n in ns}
     errors: list[str] = []
@@ -204,8 +204,24 @@ def _unset_errors(docs: list[Doc], environ: Mapping[str, str]) -> list[str]:
                 errors.append(f"{doc.path}:{line_of(doc, unset.loc)} {render_loc(unset.loc, doc.data)}: {e}")
                 doc.unresolved.add(unset.loc)
                 continue
-            _set_at(doc.data, unset.loc, value)
+            if in_probe and unset.loc[2:3] == ("requires",) and unset.loc[3:4] in (("reachable",), ("files",)):
+                _set_at(doc.data, unset.loc, _LEFT_OUT)
+            else:
+                _set_at(doc.data, unset.loc, value)
+        for probe in _probe_list(doc):
+            requires = probe.get("requires") if isinstance(probe, dict) else None
+            for key in ("reachable", "files"):
+                if isinstance(requires, dict) and isinstance(requires.get(key), list):
+                    requires[key] = [v for v in requires[key] if v is not _LEFT_OUT]
     return errors
+
+
+_LEFT_OUT = object()
+
+
+def _probe_list(doc: Doc) -> list[Any]:
+    listed = doc.data.get("probes") if isinstance(doc.data, dict) else None
+    return listed if isinstance(listed, list) else []
 
 
 def _set_at(data: Any, loc: Loc, value: Any) -> None:

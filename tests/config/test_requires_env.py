@@ -18,13 +18,18 @@ def test_unset_variables_named_by_requires_expand_to_empty(tmp_path: Path) -> No
 probes:
   - id: slack-reply
     kind: http
-    requires: {env: [SLACK_BOT_TOKEN, PROM_URL]}
+    requires:
+      env: [SLACK_BOT_TOKEN, PROM_URL]
+      reachable: ["${PROM_URL}/-/ready", "tcp://127.0.0.1:9"]
+      files: ["${PROM_URL}"]
     request: {url: "${TARGET}/x?token=${SLACK_BOT_TOKEN}"}
 """)
     cfg = load_config(tmp_path, environ={"TARGET": "http://127.0.0.1:9"})
     assert cfg.integrations.slack.bot_token == "" and cfg.integrations.prometheus.url == ""
     probe = cfg.probe("slack-reply")
     assert probe.requires.env == ["SLACK_BOT_TOKEN", "PROM_URL"]
+    # a target built from a missing variable names nothing: left out (the run is skipped for the variable)
+    assert (probe.requires.reachable, probe.requires.files) == (["tcp://127.0.0.1:9"], [])
     assert probe.model_dump()["request"]["url"] == "http://127.0.0.1:9/x?token="
     assert "http://127.0.0.1:9" in cfg.secrets()  # what was set is still a secret by provenance
 
