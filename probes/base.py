@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, StringConstraints, field_validator
 
 from tracecanary.assertions.expect import TraceExpectation
+from tracecanary.assertions.metrics import MetricCheck
 from tracecanary.assertions.response import ResponseExpectation
 from tracecanary.assertions.side_effects import SideEffect
 from tracecanary.assertions.units import CronExpression, Duration, Timezone
 from tracecanary.assertions.verdict import Finding
 from tracecanary.model import StrictModel, cross_field_rule
+from tracecanary.probes.requires import Requires
 
 if TYPE_CHECKING:
     import aiohttp
@@ -58,11 +60,13 @@ class AlertRef(StrictModel):
 
 
 class Expect(StrictModel):
-    """What a run must produce: a response, a trace, side effects."""
+    """What a run must produce: a response, a trace, side effects, movements of its own metrics."""
 
     response: ResponseExpectation | None = None
     trace: TraceExpectation | None = None
     side_effects: list[SideEffect] = Field(default_factory=list)
+    metrics: list[MetricCheck] = Field(default_factory=list, description="Checks against the system's "
+                                       "Prometheus metrics (docs/probes.md, Metrics expectations).")
 
 
 def _parse_jitter(value: Any) -> float:
@@ -102,6 +106,8 @@ class ProbeSpec(StrictModel):
     tags: list[str] = Field(default_factory=list)
     inject: Inject = Field(default_factory=Inject)
     expect: Expect = Field(default_factory=Expect)
+    requires: Requires = Field(default_factory=Requires, description="Preconditions: when one is unmet the run "
+                               "is recorded as skipped with the reason (never a failure, never alerted).")
     alert: AlertRef | None = None
 
     judges_run: ClassVar[bool] = True

@@ -73,6 +73,13 @@ class KafkaIntegration(StrictModel):
     bootstrap: str = "127.0.0.1:9092"
 
 
+class PrometheusIntegration(StrictModel):
+    """A Prometheus server's HTTP API for ``expect.metrics`` checks written as ``query:`` (PromQL)."""
+
+    url: str | None = Field(None, description="Server root, e.g. http://prometheus:9090 (/api/v1/query is appended).")
+    token: Secret = Field(None, description="Sent as Authorization: Bearer <token> (a proxy in front of Prometheus).")
+
+
 class Integrations(StrictModel):
     """The ``integrations:`` section."""
 
@@ -80,3 +87,4 @@ class Integrations(StrictModel):
     github: GithubIntegration = Field(default_factory=GithubIntegration)
     sentry: SentryIntegration = Field(default_factory=SentryIntegration)
     kafka: KafkaIntegration = Field(default_factory=KafkaIntegration)
+    prometheus: PrometheusIntegration = Field(default_factory=PrometheusIntegration)

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", help="write each run's trace to DIR as OTLP JSON Lines")
     p.add_argument("--fail-if", action="append", default=[], metavar="GATE",
                    help='e.g. "p95 > 500ms" or "error_rate > 1%%" (repeatable)')
+    p.add_argument("--fail-on-skip", action="store_true",
+                   help="exit 1 when a run was skipped (a requires: precondition unmet); default exit 0")
     _add_addresses(p)
 
     p = sub.add_parser("validate", help="validate a suite; print every error; exit 0 or 2")
@@ -185,7 +187,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             opts = CheckOptions(
                 probes=args.probe, iterations=max(1, args.iterations), concurrency=max(1, args.concurrency),
                 junit=args.junit, json=args.json, markdown=args.markdown, record=args.record,
-                fail_if=args.fail_if, overrides=_overrides(args),
+                fail_if=args.fail_if, fail_on_skip=args.fail_on_skip, overrides=_overrides(args),
             )
             from tracecanary.daemon.cli.report import parse_gate
 

@@ -48,7 +48,7 @@ class Metrics:
             ["probe", "kind"], buckets=DURATION_BUCKETS_S, registry=r)
         self.runs = Counter(
             "tracecanary_runs", "Finished runs (every attempt) by verdict (pass, degraded, unknown, fail, error); "
-            "aborted runs count as 'aborted'.",
+            "aborted runs count as 'aborted', runs skipped for an unmet requires: precondition as 'skipped'.",
             ["probe", "kind", "verdict"], registry=r)
         self.findings = Counter(
             "tracecanary_findings", "Findings reported by runs, by finding type.", ["type"], registry=r)
@@ -111,6 +111,9 @@ class Metrics:
         if run.retry_aborted is not None:  # a chain ended without its retry: the attempt was counted already
             if run.verdict is not None:
                 self._child(self.probe_success, probe.id, kind).set(1.0 if run.verdict.ok else 0.0)
+            return
+        if run.status is RunStatus.SKIPPED:  # a requires: precondition unmet: neither pass nor failure
+            self._child(self.runs, probe.id, kind, "skipped").inc()
             return
         if run.status is RunStatus.ABORTED or run.verdict is None:
             self._child(self.runs, probe.id, kind, "aborted").inc()
