@@ -29,6 +29,7 @@ from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.config.reload import needs_restart
 from tracecanary.daemon.config.secrets import install_log_masking
 from tracecanary.daemon.observe.lag import LAG_INTERVAL_S, LAG_THRESHOLD_S, LagMonitor
+from tracecanary.daemon.observe.logs import AccessLog
 from tracecanary.daemon.observe.metrics import Metrics
 from tracecanary.daemon.observe.store_faults import StoreFaultReporter
 from tracecanary.daemon.observe.telemetry import (
@@ -399,7 +400,10 @@ class Engine:
         """Serve ``app`` on ``addr`` until the task group ends; returns its runner (one site: see bound_port)."""
         # The OTLP handler decompresses itself under its size cap; aiohttp's own inflater would keep
         # inflating the rest of a gzip bomb after the 413.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=not serves_otlp)
+        access: dict[str, Any] = {"access_log": None}
+        if what == "api":  # the OTLP-only receiver keeps none: its failures are counted and logged already
+            access = {"access_log": logging.getLogger("tracecanary.access"), "access_log_class": AccessLog}
+        runner = web.AppRunner(app, handle_signals=False, auto_decompress=not serves_otlp, **access)
         await runner.setup()
         try:
             await start_site(runner, addr, what)
