@@ -97,6 +97,7 @@ class Daemon:
             if aborted:
                 log.warning("marked runs left running by a previous process as aborted count=%d", aborted)
             await self._upsert_probes(self.config.probes)
+            await self.engine.metrics.restore(store, self.config.probes)
             return await store.pending_retries()
         except StoreFault as e:
             raise StartupError(f"store {self.engine.store_url(None)}: {e}") from e

@@ -60,6 +60,8 @@ RouteFactory = Callable[["Engine"], Sequence[web.AbstractRouteDef]]
 RUNNER_SCOPE = "tracecanary.runner"
 GC_GEN0_THRESHOLD = 10_000
 """Young-generation collection threshold once the engine runs (CPython's default: 700)."""
+METRICS_REFRESH_TIMEOUT_S = 5.0
+"""How long a scrape waits for the alert states before it answers with the last ones."""
 COUNTER_SYNC_S = 5.0
 """How often the buffer's eviction count and the Kafka source's span count are folded into /metrics."""
 
@@ -231,6 +233,10 @@ class Engine:
         self.services = Services(github_events=EventHub(), slack_events=None)
         self.kafka_producers = KafkaProducers()
         self.metrics.set_buffer_gauge(lambda: float(self.buffer.stats().spans))
+        self.metrics.register(self.config.probes)
+        otlp = self.otlp_settings
+        sources = [name for name, on in (("otlp_http", otlp.http), ("otlp_grpc", otlp.grpc), ("kafka", d.kafka)) if on]
+        self.metrics.register_intake(sources, self.config.extra.alerts.channels if self.daemon_mode else ())
         self.hooks.append(self.metrics)
         self.provider = self._telemetry()
         await self._start_components(tg)
@@ -430,9 +436,22 @@ class Engine:
         hub = self.services.github_events
         assert hub is not None
         github = self.config.integrations.github
-        return [*metrics_routes(self.metrics),
+        return [*metrics_routes(self.metrics, self._refresh_metrics),
                 *github_hook_routes(hub, github.webhook_secret, allow_unsigned=github.allow_unsigned_webhooks,
                                     announce=self.config.uses_github_webhooks())]
+
+    async def _refresh_metrics(self) -> None:
+        """At each scrape: the alert state of every probe (silences start and end on the clock). A store
+        that fails keeps the last values (the store's own metrics and /readyz say why)."""
+        if self.alerts is None:
+            return
+        try:
+            with anyio.fail_after(METRICS_REFRESH_TIMEOUT_S):
+                states = await self.alerts.alert_states(self.config.probes)
+        except Exception as e:
+            log.debug("metrics.alert_state_unread error=%r", e)
+            return
+        self.metrics.set_alert_states(states)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -73,7 +73,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         out: dict[str, Any] = {"time": f"{stamp}.{int(record.msecs):03d}Z", "level": record.levelname.lower(),
-                               "logger": record.name, "message": record.getMessage()}
+                               "logger": record.name, "message": record.getMessage().rstrip("\n")}
         for key in ("trace_id", "span_id"):
             if value := record.__dict__.get(key):
                 out[key] = value
