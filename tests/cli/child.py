@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,33 @@ def json_lines(*paths: Path) -> list[dict[str, Any]]:
             assert isinstance(value, dict), f"{path.name}:{number} is not an object: {line!r}"
             records.append(value)
     return records
+
+
+def suite(tmp: Path) -> Path:
+    """Two paused probes (nothing runs unless asked) aimed at a closed port; one is silenced."""
+    dead = free_port()
+    path = tmp / "suite.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        probes:
+          - id: orders
+            kind: http
+            every: 1h
+            pause: true
+            request: {{url: "http://127.0.0.1:{dead}/"}}
+          - id: billing
+            kind: http
+            every: 1h
+            pause: true
+            tags: [maintenance]
+            request: {{url: "http://127.0.0.1:{dead}/"}}
+            expect: {{trace: {{tree: [{{span: "GET /"}}]}}}}
+        alerts:
+          silences:
+            - {{tags: [maintenance], start: "2020-01-01T00:00:00Z", comment: planned work}}
+        """))
+    return path
+
+
+def run_args(tmp: Path, config: Path) -> list[str]:
+    return ["run", str(config), "--listen", "127.0.0.1:{port}", "--otlp-http", "127.0.0.1:0",
+            "--otlp-grpc", "127.0.0.1:0", "--store", f"sqlite:///{tmp / 'tc.db'}"]

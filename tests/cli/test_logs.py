@@ -7,51 +7,19 @@ import logging
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.cli.child import json_lines, start
+from tests.cli.child import json_lines, run_args, start, suite
 from tests.daemon.harness import metric_value
 from tests.daemon.support import eventually
 from tracecanary import __version__
 from tracecanary.daemon.cli.banner import mask_url_password
 from tracecanary.daemon.cli.demo import quiet_emulators
-from tracecanary.demo.broker import free_port
 
 pytestmark = pytest.mark.anyio
 MAIN = [sys.executable, "-m", "tracecanary.daemon.cli.main"]
-
-
-def suite(tmp: Path) -> Path:
-    """Two paused probes (nothing runs unless asked) aimed at a closed port; one is silenced."""
-    dead = free_port()
-    path = tmp / "suite.yaml"
-    path.write_text(textwrap.dedent(f"""\
-        probes:
-          - id: orders
-            kind: http
-            every: 1h
-            pause: true
-            request: {{url: "http://127.0.0.1:{dead}/"}}
-          - id: billing
-            kind: http
-            every: 1h
-            pause: true
-            tags: [maintenance]
-            request: {{url: "http://127.0.0.1:{dead}/"}}
-            expect: {{trace: {{tree: [{{span: "GET /"}}]}}}}
-        alerts:
-          silences:
-            - {{tags: [maintenance], start: "2020-01-01T00:00:00Z", comment: planned work}}
-        """))
-    return path
-
-
-def run_args(tmp: Path, config: Path) -> list[str]:
-    return ["run", str(config), "--listen", "127.0.0.1:{port}", "--otlp-http", "127.0.0.1:0",
-            "--otlp-grpc", "127.0.0.1:0", "--store", f"sqlite:///{tmp / 'tc.db'}"]
 
 
 async def test_run_in_json_writes_one_object_per_line(tmp_path: Path) -> None:
