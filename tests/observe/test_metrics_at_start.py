@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cli.child import Child, run_args, start, suite
@@ -21,7 +22,9 @@ from tracecanary import __version__
 from tracecanary.daemon.observe.metrics import RUN_OUTCOMES
 
 pytestmark = pytest.mark.anyio
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "tracecanary.json"
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "deploy" / "grafana" / "tracecanary.json"
+DOCS = ROOT / "docs" / "observability.md"
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -88,6 +91,22 @@ def check_dashboard(text: str) -> None:
             "tracecanary_build_info"} <= used
 
 
+def check_documented_rules(text: str, tmp: Path) -> None:
+    """The alert rules docs/observability.md offers load in promtool and name only exposed metrics."""
+    doc = DOCS.read_text()
+    block = doc[doc.index("```yaml\ngroups:") + len("```yaml\n"):]
+    rules_file = tmp / "rules.yml"
+    rules_file.write_text(block[:block.index("```")])
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    proc = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    exposed = exposed_names(text)
+    for rule in yaml.safe_load(rules_file.read_text())["groups"][0]["rules"]:
+        names = grafana_query_names(rule["expr"])
+        assert names and names <= exposed, (rule["alert"], names - exposed)
+
+
 async def test_every_series_exists_at_start_and_the_dashboard_names_only_exposed_metrics(tmp_path: Path) -> None:
     config = suite(tmp_path)
     child = start(tmp_path, *run_args(tmp_path, config), name="first")
@@ -97,6 +116,7 @@ async def test_every_series_exists_at_start_and_the_dashboard_names_only_exposed
         check_before_any_run(text)
         assert promtool_lint(text) == ""
         check_dashboard(text)
+        check_documented_rules(text, tmp_path)
 
         assert (await child.request("POST", "/api/probes/orders/run", {}))[0] == 202
 
