@@ -15,6 +15,7 @@ import platform
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast
 
+import anyio
 from aiohttp import web
 from prometheus_client import (
     GC_COLLECTOR,
@@ -282,12 +283,15 @@ class Metrics:
 
 def metrics_routes(m: Metrics, refresh: Callable[[], Awaitable[None]] | None = None) -> list[web.RouteDef]:
     """``GET /metrics`` in the Prometheus text format (OpenMetrics when the scraper asks for it);
-    ``refresh`` updates what is read at scrape time (the alert states) first."""
+    ``refresh`` updates what is read at scrape time (the alert states) first. The encoding runs in a
+    worker thread (prometheus_client is thread-safe): with hundreds of probes it takes hundreds of
+    milliseconds, which would otherwise stall the event loop (benchmarks/metrics_scrape.py)."""
 
     async def handle(request: web.Request) -> web.Response:
         if refresh is not None:
             await refresh()
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(m.registry), headers={"Content-Type": content_type})
+        body = await anyio.to_thread.run_sync(encoder, m.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     return [web.get("/metrics", handle)]
