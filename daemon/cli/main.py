@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> Overrides:
+    """The address flags, checked like the config's addresses (a bad one is a usage error, exit 2)."""
+    from tracecanary.daemon.config.settings import listen_address
+
+    for flag, value in (("--listen", args.listen), ("--otlp-http", args.otlp_http), ("--otlp-grpc", args.otlp_grpc)):
+        if value is not None and not (value == "none" and flag != "--listen"):
+            try:
+                listen_address(value)
+            except ValueError as e:
+                raise StartupError(f"{flag}: {e}") from e
     return Overrides(listen=args.listen, otlp_http=args.otlp_http, otlp_grpc=args.otlp_grpc, store=args.store)
 
 

@@ -158,3 +158,13 @@ def test_demo_shows_emulator_access_logs_only_at_debug() -> None:
     finally:
         root.setLevel(saved[0])
         access.setLevel(saved[1])
+
+
+def test_a_bad_address_flag_is_a_usage_error_not_a_crash(tmp_path: Path) -> None:
+    config = str(suite(tmp_path))
+    for flag, value in (("--listen", "127.0.0.1:99999"), ("--otlp-grpc", "127.0.0.1:70000"), ("--listen", "[::1:80")):
+        proc = subprocess.run([*MAIN, "run", config, "--otlp-http", "none", flag, value], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert f"tracecanary: {flag}: invalid listen address '{value}'" in proc.stderr
+        assert "Traceback" not in proc.stderr and 'tracecanary exiting code=2' in proc.stderr
