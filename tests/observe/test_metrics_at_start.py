@@ -91,6 +91,19 @@ def check_dashboard(text: str) -> None:
             "tracecanary_build_info"} <= used
 
 
+
+def test_dashboard_panels_have_unique_ids_and_do_not_overlap() -> None:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    taken: dict[tuple[int, int], str] = {}
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        for cell in ((x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])):
+            assert cell not in taken, (p["title"], taken.get(cell))
+            taken[cell] = p["title"]
+
+
 def check_documented_rules(text: str, tmp: Path) -> None:
     """The alert rules docs/observability.md offers load in promtool and name only exposed metrics."""
     doc = DOCS.read_text()
