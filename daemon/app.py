@@ -57,6 +57,8 @@ class Daemon:
         self._on_ready = on_ready
         self._demo = demo
         """The demo world (its chaos toggle shows on the dashboard), when run by `tracecanary demo`."""
+        self.stop_reason: str | None = None
+        """Why ``run()`` returned (e.g. ``signal SIGTERM``): the exit line says it."""
 
     def _scheduling(self) -> bool:
         """/readyz: ready once the scheduler runs, not when the servers bind."""
@@ -96,6 +98,7 @@ class Daemon:
             if aborted:
                 log.warning("marked runs left running by a previous process as aborted count=%d", aborted)
             await self._upsert_probes(self.config.probes)
+            await self.engine.metrics.restore(store, self.config.probes)
             return await store.pending_retries()
         except StoreFault as e:
             raise StartupError(f"store {self.engine.store_url(None)}: {e}") from e
@@ -137,6 +140,7 @@ class Daemon:
             if signum == signal.SIGHUP:
                 await self.reload()
                 continue
+            self.stop_reason = f"signal {signal.Signals(signum).name}"
             log.info("shutdown signal=%s in_flight=%d grace_s=%s", signal.Signals(signum).name,
                      len(self.engine.runner.in_flight), self.config.daemon.shutdown_grace)
             await self.drain()

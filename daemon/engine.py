@@ -29,6 +29,7 @@ from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.config.reload import needs_restart
 from tracecanary.daemon.config.secrets import install_log_masking
 from tracecanary.daemon.observe.lag import LAG_INTERVAL_S, LAG_THRESHOLD_S, LagMonitor
+from tracecanary.daemon.observe.logs import AccessLog
 from tracecanary.daemon.observe.metrics import Metrics
 from tracecanary.daemon.observe.store_faults import StoreFaultReporter
 from tracecanary.daemon.observe.telemetry import (
@@ -60,6 +61,8 @@ RouteFactory = Callable[["Engine"], Sequence[web.AbstractRouteDef]]
 RUNNER_SCOPE = "tracecanary.runner"
 GC_GEN0_THRESHOLD = 10_000
 """Young-generation collection threshold once the engine runs (CPython's default: 700)."""
+METRICS_REFRESH_TIMEOUT_S = 5.0
+"""How long a scrape waits for the alert states before it answers with the last ones."""
 COUNTER_SYNC_S = 5.0
 """How often the buffer's eviction count and the Kafka source's span count are folded into /metrics."""
 
@@ -233,6 +236,10 @@ class Engine:
         self.services = Services(github_events=EventHub(), slack_events=None)
         self.kafka_producers = KafkaProducers()
         self.metrics.set_buffer_gauge(lambda: float(self.buffer.stats().spans))
+        self.metrics.register(self.config.probes)
+        otlp = self.otlp_settings
+        sources = [name for name, on in (("otlp_http", otlp.http), ("otlp_grpc", otlp.grpc), ("kafka", d.kafka)) if on]
+        self.metrics.register_intake(sources, self.config.extra.alerts.channels if self.daemon_mode else ())
         self.passive = PassiveJudge(d.buffer.max_spans, on_judged=self.metrics.passive_trace)
         self._follow_passive(self.config)
         tg.start_soon(self.passive.run)
@@ -414,7 +421,10 @@ class Engine:
         """Serve ``app`` on ``addr`` until the task group ends; returns its runner (one site: see bound_port)."""
         # The OTLP handler decompresses itself under its size cap; aiohttp's own inflater would keep
         # inflating the rest of a gzip bomb after the 413.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=not serves_otlp)
+        access: dict[str, Any] = {"access_log": None}
+        if what == "api":  # the OTLP-only receiver keeps none: its failures are counted and logged already
+            access = {"access_log": logging.getLogger("tracecanary.access"), "access_log_class": AccessLog}
+        runner = web.AppRunner(app, handle_signals=False, auto_decompress=not serves_otlp, **access)
         await runner.setup()
         try:
             await start_site(runner, addr, what)
@@ -441,9 +451,22 @@ class Engine:
         hub = self.services.github_events
         assert hub is not None
         github = self.config.integrations.github
-        return [*metrics_routes(self.metrics),
+        return [*metrics_routes(self.metrics, self._refresh_metrics),
                 *github_hook_routes(hub, github.webhook_secret, allow_unsigned=github.allow_unsigned_webhooks,
                                     announce=self.config.uses_github_webhooks())]
+
+    async def _refresh_metrics(self) -> None:
+        """At each scrape: the alert state of every probe (silences start and end on the clock). A store
+        that fails keeps the last values (the store's own metrics and /readyz say why)."""
+        if self.alerts is None:
+            return
+        try:
+            with anyio.fail_after(METRICS_REFRESH_TIMEOUT_S):
+                states = await self.alerts.alert_states(self.config.probes)
+        except Exception as e:
+            log.debug("metrics.alert_state_unread error=%r", e)
+            return
+        self.metrics.set_alert_states(states)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -50,7 +50,15 @@ def demo_config_path() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace, overrides: Overrides) -> int:
+    quiet_emulators()
     return anyio.run(_demo, args, overrides)
+
+
+def quiet_emulators() -> None:
+    """The emulators' and the shop's aiohttp access logs (``aiohttp.access``) show only at debug level:
+    the demo's own output stays readable."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def _demo(args: argparse.Namespace, overrides: Overrides) -> int:

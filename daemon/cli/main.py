@@ -14,17 +14,30 @@ from collections.abc import Sequence
 
 import anyio
 
+from tracecanary import __version__
 from tracecanary.daemon.engine import Overrides
+from tracecanary.daemon.observe.logs import LogFormat, is_json, log_uncaught, parse_level, setup_logging
 from tracecanary.daemon.store.base import StoreFault
 from tracecanary.errors import ConfigError, StartupError, TracecanaryError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("tracecanary")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
+        if is_json():  # a usage error is a log line like any other
+            log.error("%s: error: %s", self.prog, message, extra={"fields": {"usage": self.format_usage().strip()}})
+            self.exit(EXIT_USAGE)
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _log_level(name: str) -> int:
+    try:
+        return parse_level(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _add_addresses(p: argparse.ArgumentParser) -> None:
@@ -36,7 +49,11 @@ def _add_addresses(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tracecanary", description="Synthetic probes judged by their traces.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--version", action="version", version=f"tracecanary {__version__}")
+    parser.add_argument("--log-level", default="info", type=_log_level, metavar="LEVEL",
+                        help="debug, info, warning, error or critical (default: info)")
+    parser.add_argument("--log-format", default="text", choices=("text", "json"),
+                        help="text (default), or json: every line on stdout and stderr one JSON object")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("run", help="run the daemon: schedule every probe, serve OTLP, API, dashboard, /metrics")
@@ -89,54 +106,96 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> Overrides:
+    """The address flags, checked like the config's addresses (a bad one is a usage error, exit 2)."""
+    from tracecanary.daemon.config.settings import listen_address
+
+    for flag, value in (("--listen", args.listen), ("--otlp-http", args.otlp_http), ("--otlp-grpc", args.otlp_grpc)):
+        if value is not None and not (value == "none" and flag != "--listen"):
+            try:
+                listen_address(value)
+            except ValueError as e:
+                raise StartupError(f"{flag}: {e}") from e
     return Overrides(listen=args.listen, otlp_http=args.otlp_http, otlp_grpc=args.otlp_grpc, store=args.store)
 
 
 def _print_config_errors(e: ConfigError) -> None:
     for line in e.errors:
-        print(line, file=sys.stderr)
-    print(f"{len(e.errors)} error{'s' if len(e.errors) != 1 else ''}", file=sys.stderr)
+        _say(line)
+    _say(f"{len(e.errors)} error{'s' if len(e.errors) != 1 else ''}")
 
 
-class _Formatter(logging.Formatter):
-    """``time level logger message`` plus ``trace_id=…`` when the record was logged inside a run."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        trace_id = getattr(record, "trace_id", "")
-        return f"{text} trace_id={trace_id}" if trace_id else text
-
-
-def _setup_logging(level: str) -> None:
-    from tracecanary.daemon.observe.telemetry import TraceContextFilter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    handler.addFilter(TraceContextFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+def _peek_format(argv: Sequence[str]) -> LogFormat:
+    """``--log-format`` before the arguments are parsed, so a usage error is written in that format."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-format=json" or (arg == "--log-format" and argv[i + 1:i + 2] == ["json"]):
+            return "json"
+        if not arg.startswith("-"):  # the command: global options come before it
+            break
+    return "text"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging(logging.INFO, _peek_format(argv))
     args = build_parser().parse_args(argv)
-    _setup_logging(str(args.log_level))
+    setup_logging(int(args.log_level), args.log_format)
+    code, reason = _guarded(args)
+    if args.command == "run":
+        from tracecanary.daemon.cli.banner import log_exit
+
+        log_exit(code, reason)
+    return code
+
+
+def _say(line: str) -> None:
+    """A line for the user on stderr: a log record in the json format."""
+    if is_json():
+        log.error("%s", line)
+    else:
+        print(line, file=sys.stderr)
+
+
+def _guarded(args: argparse.Namespace) -> tuple[int, str]:
+    """Run the command; its exit code and, for the exit line, why it ended."""
     try:
-        return _dispatch(args)
+        if args.command == "run":
+            return _run(args)
+        return _dispatch(args), "done"
     except ConfigError as e:
         _print_config_errors(e)
-        return EXIT_USAGE
+        return EXIT_USAGE, f"configuration invalid ({len(e.errors)} error{'s' if len(e.errors) != 1 else ''})"
     except (StartupError, StoreFault) as e:
-        print(_one_line(e), file=sys.stderr)
-        return EXIT_USAGE
+        _say(line := _one_line(e))
+        return EXIT_USAGE, line
     except KeyboardInterrupt:
-        return EXIT_FAIL
+        return EXIT_FAIL, "interrupted"
     except BaseExceptionGroup as group:
         startup = _leaf(group, (StartupError, StoreFault))
         if startup is None:
-            raise
-        print(_one_line(startup), file=sys.stderr)
-        return EXIT_USAGE
+            return _crashed(group)
+        _say(line := _one_line(startup))
+        return EXIT_USAGE, line
+    except Exception as e:
+        return _crashed(e)
+
+
+def _crashed(e: BaseException) -> tuple[int, str]:
+    """A bug: its traceback logged (one JSON object in the json format), exit 1."""
+    log_uncaught(e)
+    return EXIT_FAIL, f"crashed: {type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def _run(args: argparse.Namespace) -> tuple[int, str]:
+    from tracecanary.daemon.app import Daemon
+    from tracecanary.daemon.cli.banner import log_start
+    from tracecanary.daemon.config.load import load_config
+
+    cfg = load_config(args.config)
+    overrides = _overrides(args)
+    log_start(args.config, cfg, overrides)
+    daemon = Daemon(args.config, cfg, overrides)
+    code = anyio.run(daemon.run)
+    return code, daemon.stop_reason or "stopped"
 
 
 def _one_line(e: TracecanaryError) -> str:
@@ -174,11 +233,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(json.dumps(schema(), indent=2, sort_keys=True))
         return EXIT_OK
-    if cmd == "run":
-        from tracecanary.daemon.app import Daemon
-
-        cfg = load_config(args.config)
-        return anyio.run(Daemon(args.config, cfg, _overrides(args)).run)
     if cmd == "check":
         from tracecanary.daemon.cli.check import CheckOptions, run_check
 

@@ -227,8 +227,15 @@ def _start_command(tmp_path: Path, target: Target, store_url: str, wrapper: list
     return cmd
 
 
-def _assert_one_line(stderr: str, *fragments: str) -> None:
+def _problem_lines(stderr: str) -> list[str]:
+    """stderr without `run`'s start and exit lines (the exit line must say code=2)."""
     lines = stderr.strip().splitlines()
+    assert " tracecanary starting " in lines[0] and " tracecanary exiting code=2 " in lines[-1], stderr
+    return lines[1:-1]
+
+
+def _assert_one_line(stderr: str, *fragments: str) -> None:
+    lines = _problem_lines(stderr)
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     assert lines[0].startswith("tracecanary: store"), stderr
@@ -280,8 +287,8 @@ async def test_read_only_file_system_at_start_is_exit_2(tmp_path: Path, target: 
 async def test_unknown_store_scheme_is_exit_2(tmp_path: Path, target: Target) -> None:
     code, stderr, _ = await _exit_of(_start_command(tmp_path, target, "mysql://x"), 20)
     assert code == 2, stderr
-    assert stderr.strip() == ("tracecanary: store 'mysql://x': unknown URL scheme 'mysql'; use sqlite:///PATH "
-                              "(sqlite:////abs/path.db: four slashes for an absolute path)")
+    assert _problem_lines(stderr) == [("tracecanary: store 'mysql://x': unknown URL scheme 'mysql'; use sqlite:///PATH "
+                                       "(sqlite:////abs/path.db: four slashes for an absolute path)")]
 
 
 def test_chattr_makes_a_file_read_only_for_root(tmp_path: Path) -> None:
