@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what tracecanary and its tests need on a fresh Debian machine with Python 3.11+:
-# Debian packages (as root: chromium, prometheus, nodejs/npm when missing), a venv at .venv with the
+# Debian packages (as root: chromium, prometheus, nodejs/npm, postgresql when missing), a venv at .venv with the
 # project and, with --test, the test extras and the Node packages of tests/spans/node and tests/watchers/node.
 # The project is an editable install in setuptools' default mode: its import finder maps each folder of
 # pyproject's package-dir (daemon/ -> tracecanary.daemon, ...) from any working directory, and modules added
@@ -17,6 +17,8 @@ if [ "$with_test" = 1 ]; then
   command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)
+  # tests/fixtures/postgres.py starts a throwaway PostgreSQL cluster (initdb + pg_ctl) from these binaries
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
   if [ "${#need[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
       echo "install: apt-get install ${need[*]}"

@@ -6,6 +6,7 @@ import pytest
 
 pytest_plugins = [
     "tests.fixtures.kafka", "tests.fixtures.sentry", "tests.fixtures.sentry_service", "tests.fixtures.browser",
+    "tests.fixtures.postgres",
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -198,9 +199,13 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
     return code, daemon.stop_reason or "stopped"
 
 
+_URL_PASSWORD = re.compile(r"(\w+://[^/:@\s]*):[^@\s/]*@")
+
+
 def _one_line(e: TracecanaryError) -> str:
-    """A startup problem as the one line the command prints (no traceback: the message says it all)."""
-    text = " ".join(str(e).split())
+    """A startup problem as the one line the command prints (no traceback: the message says it all).
+    A password in a URL (``--store postgresql://user:password@…`` is no config secret) is masked."""
+    text = _URL_PASSWORD.sub(r"\1:[redacted]@", " ".join(str(e).split()))
     return f"tracecanary: store: {text}" if isinstance(e, StoreFault) else f"tracecanary: {text}"
 
 

@@ -208,7 +208,7 @@ def _store_url(args: argparse.Namespace) -> str:
 
 
 async def _from_store(args: argparse.Namespace, color: bool) -> int:
-    from tracecanary.daemon.store.sqlite import open_store
+    from tracecanary.daemon.store.urls import open_store
 
     store = open_store(_store_url(args))
     await store.open()

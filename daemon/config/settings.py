@@ -67,7 +67,9 @@ class DaemonSettings(StrictModel):
     listen: str = Field("127.0.0.1:8080", description="API, dashboard, /metrics, /healthz, /hooks/github (host:port).")
     public_url: str | None = Field(None, description="Dashboard URL used in alerts (default: http://<listen>).")
     otlp: OtlpSettings = Field(default_factory=OtlpSettings)
-    store: str = Field("sqlite:///tracecanary.db", description="Results store URL (sqlite:////abs/path.db).")
+    store: str = Field("sqlite:///tracecanary.db", description="Results store URL: sqlite:////abs/path.db (four "
+                       "slashes: an absolute path) or postgresql://user:password@host:5432/db (also "
+                       "postgres://); the schema is created or migrated at start.")
     store_health: StoreHealthSettings = Field(default_factory=StoreHealthSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     buffer: BufferSettings = Field(default_factory=BufferSettings)

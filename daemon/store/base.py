@@ -1,8 +1,8 @@
 """The results store protocol: probes, runs, an append-only event log and a small key-value space.
 
-One protocol, several backends (SQLite now, Postgres with scale-out), one test suite for all
-(tests/store/test_store.py runs against every backend in ``BACKENDS``). Run writes happen inside a
-shielded scope in the runner so cancellation cannot lose a result.
+One protocol, two backends (SQLite, the default; PostgreSQL), one test suite for all
+(tests/store/test_store.py runs against every backend in ``BACKENDS``); ``urls.open_store`` picks one by
+URL. Run writes happen inside a shielded scope in the runner so cancellation cannot lose a result.
 """
 
 from __future__ import annotations

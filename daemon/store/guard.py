@@ -293,7 +293,7 @@ class GuardedStore:
 async def open_guarded(url: str, events: StoreEvents, settings: StoreHealthSettings | None = None) -> GuardedStore:
     """Open the store for ``url`` behind a guard; any reason it cannot read and write is a
     :class:`StartupError` (exit 2) of one line: unknown scheme, missing folder, read-only, locked, hung."""
-    from tracecanary.daemon.store.sqlite import open_store
+    from tracecanary.daemon.store.urls import open_store
     from tracecanary.errors import StartupError
 
     settings = settings or StoreHealthSettings()

@@ -11,7 +11,6 @@ file would swallow every later write without an error) and that it is writable.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import time
@@ -20,11 +19,21 @@ from typing import Any, TypeVar
 
 import anyio
 
-from tracecanary.assertions.verdict import Finding, Verdict
-from tracecanary.daemon.store.base import ProbeRow, RunRecord, RunStatus, StoreFault
+from tracecanary.daemon.store.base import RunRecord, StoreFault
 from tracecanary.daemon.store.connthread import ConnectionThread
 from tracecanary.daemon.store.groupcommit import GroupCommit, apply_batch
-from tracecanary.daemon.store.snapshot import decode_spans, encode_spans
+from tracecanary.daemon.store.rows import (
+    HEALTH_NS,
+    INSERT_RUN_SPANS,
+    KV_PUT,
+    RETENTION_BY_AGE,
+    RETENTION_BY_COUNT,
+    UPDATE_RUN,
+    dumps,
+    run_values,
+)
+from tracecanary.daemon.store.snapshot import encode_spans
+from tracecanary.daemon.store.sqlbase import SqlStore
 from tracecanary.daemon.store.sqlite_files import (
     FileIdentity,
     access_problem,
@@ -33,17 +42,7 @@ from tracecanary.daemon.store.sqlite_files import (
     remove_sidecars,
     sidecars_of,
 )
-from tracecanary.daemon.store.sqlite_schema import (
-    HEALTH_NS,
-    INSERT_RUN,
-    INSERT_RUN_SPANS,
-    N_COLUMNS,
-    PENDING_RETRIES,
-    RUN_COLUMNS,
-    UPDATE_RUN,
-    setup_connection,
-)
-from tracecanary.errors import StartupError
+from tracecanary.daemon.store.sqlite_schema import setup_connection
 
 log = logging.getLogger("tracecanary.store")
 T = TypeVar("T")
@@ -62,12 +61,7 @@ def sqlite_path(url: str) -> str:
     return url
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
-
-
-
-class SqliteStore:
+class SqliteStore(SqlStore):
     """The Store protocol on one SQLite file (WAL mode, one connection on its own thread).
 
     Writes go through a group commit: concurrent writers share one commit on the connection thread,
@@ -112,7 +106,7 @@ class SqliteStore:
         identity: list[FileIdentity] = []
 
         def setup(conn: sqlite3.Connection) -> None:
-            setup_connection(conn)
+            setup_connection(conn, self.path)
             if not self.in_memory:
                 identity.append(FileIdentity.of(self.path))
                 self._sidecars = sidecars_of(self.path)
@@ -214,9 +208,7 @@ class SqliteStore:
         if problem is not None:
             return problem
         try:
-            await self._write("INSERT INTO kv (namespace, key, value) VALUES (?, 'checked_ns', ?) "
-                              "ON CONFLICT(namespace, key) DO UPDATE SET value=excluded.value",
-                              (HEALTH_NS, str(time.time_ns())))
+            await self._write(KV_PUT, (HEALTH_NS, "checked_ns", str(time.time_ns())))
         except StoreFault as e:
             return str(e)
         return None
@@ -238,37 +230,10 @@ class SqliteStore:
         self._conn, self._identity = await self._connect()
         self._gone = None
 
-    # --- probes --------------------------------------------------------------------------------
-    async def upsert_probe(self, probe_id: str, kind: str, spec: dict[str, Any], tags: list[str]) -> None:
-        await self._write(
-            "INSERT INTO probes (probe_id, kind, spec, tags, updated_ns) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(probe_id) DO UPDATE SET kind=excluded.kind, spec=excluded.spec, tags=excluded.tags, "
-            "updated_ns=excluded.updated_ns",
-            (probe_id, kind, _dumps(spec), _dumps(tags), time.time_ns()),
-        )
-
-    async def list_probes(self) -> list[ProbeRow]:
-        rows = await self._query("SELECT probe_id, kind, spec, tags, updated_ns FROM probes ORDER BY probe_id")
-        return [ProbeRow(r[0], r[1], json.loads(r[2]), json.loads(r[3]), r[4]) for r in rows]
-
-    # --- runs ----------------------------------------------------------------------------------
-    def _run_values(self, run: RunRecord) -> tuple[Any, ...]:
-        return (
-            run.run_id, run.probe_id, run.kind, run.attempt, run.first_run_id, run.trace_id, run.started_ns,
-            run.finished_ns, run.status.value, run.abort_reason, run.verdict.value if run.verdict else None,
-            1 if run.final else 0, _dumps([f.model_dump(mode="json") for f in run.findings]),
-            _dumps(run.response) if run.response is not None else None,
-            _dumps(run.trace_report) if run.trace_report is not None else None,
-            _dumps(run.side_effects), _dumps(run.outputs), _dumps(run.links), run.log, run.span_count,
-            run.time_to_verdict_s, run.retry_at_ns, run.retry_aborted,
-        )
-
-    async def insert_run(self, run: RunRecord) -> None:
-        await self._write(INSERT_RUN, self._run_values(run))
-
+    # --- runs: the span snapshot, retention and events differ from sqlbase's shared SQL ----------
     async def finish_run(self, run: RunRecord) -> None:
         spans = tuple(run.spans)
-        values = self._run_values(run)
+        values = run_values(run)
 
         def upsert(conn: sqlite3.Connection) -> None:
             # Encoded on the connection thread: a 10k-span snapshot takes 60-90 ms, too long for the loop.
@@ -278,131 +243,19 @@ class SqliteStore:
 
         await self._commit(upsert)
 
-    def _row_to_run(self, r: Any, spans_blob: bytes | None = None) -> RunRecord:
-        run = RunRecord(
-            run_id=r[0], probe_id=r[1], kind=r[2], attempt=r[3], first_run_id=r[4], trace_id=r[5],
-            started_ns=r[6], finished_ns=r[7], status=RunStatus(r[8]), abort_reason=r[9],
-            verdict=Verdict(r[10]) if r[10] else None, final=bool(r[11]),
-            findings=[Finding.model_validate(f) for f in json.loads(r[12])],
-            response=json.loads(r[13]) if r[13] else None,
-            trace_report=json.loads(r[14]) if r[14] else None,
-            side_effects=json.loads(r[15]), outputs=json.loads(r[16]), links=json.loads(r[17]), log=r[18],
-            span_count=r[19], time_to_verdict_s=r[20], retry_at_ns=r[21], retry_aborted=r[22],
-        )
-        if spans_blob:
-            run.spans = decode_spans(spans_blob)
-        return run
-
-    async def get_run(self, run_id: str, *, with_spans: bool = False) -> RunRecord | None:
-        cols = RUN_COLUMNS + (", spans" if with_spans else "")
-        rows = await self._query(f"SELECT {cols} FROM runs WHERE run_id=?", (run_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        return self._row_to_run(r, r[N_COLUMNS] if with_spans else None)
-
-    async def list_runs(
-        self, probe_id: str | None = None, *, limit: int = 50, before_ns: int | None = None
-    ) -> list[RunRecord]:
-        where: list[str] = []
-        args: list[Any] = []
-        if probe_id is not None:
-            where.append("probe_id=?")
-            args.append(probe_id)
-        if before_ns is not None:
-            where.append("started_ns<?")
-            args.append(before_ns)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        sql = f"SELECT {RUN_COLUMNS} FROM runs {clause} ORDER BY started_ns DESC LIMIT ?"
-        rows = await self._query(sql, (*args, limit))
-        return [self._row_to_run(r) for r in rows]
-
-    async def runs_for_trace(self, trace_id: str) -> list[RunRecord]:
-        sql = f"SELECT {RUN_COLUMNS} FROM runs WHERE trace_id=? OR run_id=? ORDER BY started_ns"
-        rows = await self._query(sql, (trace_id, trace_id))
-        return [self._row_to_run(r) for r in rows]
-
-    async def abort_running(self, reason: str) -> int:
-        return await self._write(
-            "UPDATE runs SET status=?, abort_reason=?, finished_ns=COALESCE(finished_ns, ?), verdict=NULL "
-            "WHERE status=?",
-            (RunStatus.ABORTED.value, reason, time.time_ns(), RunStatus.RUNNING.value),
-        )
-
-    async def pending_retries(self) -> list[RunRecord]:
-        out = []
-        for r in await self._query(PENDING_RETRIES):
-            run = self._row_to_run(r)
-            run.retry_aborted = run.retry_aborted or r[N_COLUMNS]
-            out.append(run)
-        return out
-
     async def apply_retention(self, *, max_age_s: float, max_runs_per_probe: int) -> int:
         horizon = time.time_ns() - int(max_age_s * 1e9)
 
         def delete(conn: sqlite3.Connection) -> int:
-            c1 = conn.execute("DELETE FROM runs WHERE started_ns < ? AND status != ?", (horizon, "running"))
-            c2 = conn.execute(
-                "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER "
-                "(PARTITION BY probe_id ORDER BY started_ns DESC) AS rn FROM runs) WHERE rn > ?)",
-                (max_runs_per_probe,),
-            )
+            c1 = conn.execute(RETENTION_BY_AGE, (horizon,))
+            c2 = conn.execute(RETENTION_BY_COUNT, (max_runs_per_probe,))
             return int(c1.rowcount) + int(c2.rowcount)
 
         return await self._commit(delete)
 
     # --- events --------------------------------------------------------------------------------
     async def append_event(self, kind: str, data: dict[str, Any]) -> int:
-        args = (time.time_ns(), kind, _dumps(data))
+        args = (time.time_ns(), kind, dumps(data))
         return await self._commit(
             lambda conn: int(conn.execute("INSERT INTO events (time_ns, kind, data) VALUES (?, ?, ?)", args)
                              .lastrowid or 0))
-
-    async def list_events(self, kind: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
-        if kind is None:
-            sql, args = "SELECT id, time_ns, kind, data FROM events ORDER BY id DESC LIMIT ?", (limit,)
-        else:
-            sql = "SELECT id, time_ns, kind, data FROM events WHERE kind=? ORDER BY id DESC LIMIT ?"
-            args = (kind, limit)  # type: ignore[assignment]
-        rows = await self._query(sql, args)
-        return [{"id": r[0], "time_ns": r[1], "kind": r[2], "data": json.loads(r[3])} for r in rows]
-
-    # --- key-value -----------------------------------------------------------------------------
-    async def kv_get(self, namespace: str, key: str) -> Any | None:
-        rows = await self._query("SELECT value FROM kv WHERE namespace=? AND key=?", (namespace, key))
-        return json.loads(rows[0][0]) if rows else None
-
-    async def kv_put(self, namespace: str, key: str, value: Any) -> None:
-        await self._write(
-            "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) "
-            "ON CONFLICT(namespace, key) DO UPDATE SET value=excluded.value",
-            (namespace, key, _dumps(value)),
-        )
-
-    async def kv_put_if_absent(self, namespace: str, key: str, value: Any) -> bool:
-        inserted = await self._write(
-            "INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) ON CONFLICT(namespace, key) DO NOTHING",
-            (namespace, key, _dumps(value)),
-        )
-        return inserted == 1
-
-    async def kv_delete(self, namespace: str, key: str) -> None:
-        await self._write("DELETE FROM kv WHERE namespace=? AND key=?", (namespace, key))
-
-    async def kv_list(self, namespace: str) -> dict[str, Any]:
-        rows = await self._query("SELECT key, value FROM kv WHERE namespace=?", (namespace,))
-        return {r[0]: json.loads(r[1]) for r in rows}
-
-
-def open_store(url: str, *, open_timeout_s: float = OPEN_TIMEOUT_S) -> SqliteStore:
-    """The store for a URL (``sqlite:///…``; ``postgresql://`` arrives with scale-out).
-
-    An unknown scheme is a :class:`StartupError` (exit 2) naming the schemes there are.
-    """
-    scheme = url.split("://", 1)[0].lower() if "://" in url else "sqlite"
-    if scheme in ("postgres", "postgresql"):
-        raise StartupError(f"store {url!r}: the Postgres backend is not built yet; use sqlite:///PATH")
-    if scheme != "sqlite":
-        raise StartupError(f"store {url!r}: unknown URL scheme {scheme!r}; use sqlite:///PATH "
-                           "(sqlite:////abs/path.db: four slashes for an absolute path)")
-    return SqliteStore(url, open_timeout_s=open_timeout_s)

@@ -288,7 +288,8 @@ async def test_unknown_store_scheme_is_exit_2(tmp_path: Path, target: Target) ->
     code, stderr, _ = await _exit_of(_start_command(tmp_path, target, "mysql://x"), 20)
     assert code == 2, stderr
     assert _problem_lines(stderr) == [("tracecanary: store 'mysql://x': unknown URL scheme 'mysql'; use sqlite:///PATH "
-                                       "(sqlite:////abs/path.db: four slashes for an absolute path)")]
+                                       "(sqlite:////abs/path.db: four slashes for an absolute path) or "
+                                       "postgresql://USER:PASSWORD@HOST:PORT/DB")]
 
 
 def test_chattr_makes_a_file_read_only_for_root(tmp_path: Path) -> None:

@@ -8,19 +8,28 @@ from pathlib import Path
 
 import pytest
 
+from tests.store.test_store_faults import run as finished
 from tracecanary.assertions.spans import Span, SpanEvent, SpanKind, SpanLink, StatusCode
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
-from tracecanary.daemon.store.sqlite import SqliteStore, sqlite_path
+from tracecanary.daemon.store.sqlite import sqlite_path
+from tracecanary.daemon.store.urls import open_store
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp: SqliteStore(f"sqlite:///{tmp / 'tc.db'}"),
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "sqlite": lambda request, tmp: f"sqlite:///{tmp / 'tc.db'}",
+    "postgresql": lambda request, tmp: str(request.getfixturevalue("postgres_url")),  # a fresh database
 }
+"""Each backend's store URL for one test (the store is opened with ``open_store``, as the daemon does)."""
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s = BACKENDS[request.param](tmp_path)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return BACKENDS[request.param](request, tmp_path)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s = open_store(store_url)
     await s.open()
     yield s
     await s.aclose()
@@ -124,16 +133,41 @@ async def test_events_and_kv(store: Store) -> None:
 
 
 @pytest.mark.anyio
-async def test_data_survives_reopen(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'tc.db'}"
-    s = SqliteStore(url)
+async def test_pending_retries_and_ending_a_chain_keeps_its_spans(store: Store) -> None:
+    spans = [Span(trace_id="ab" * 16, span_id="cd" * 8, parent_span_id=None, name="root", service="svc")]
+    a1 = finished("a1", final=False, retry_at_ns=time.time_ns() + 10**9, spans=spans, span_count=1)
+    await store.finish_run(a1)
+    solo = finished("b1", final=False, retry_at_ns=time.time_ns())
+    await store.finish_run(solo)
+    assert [r.run_id for r in await store.pending_retries()] == ["a1", "b1"]
+    await store.finish_run(finished("a2", attempt=2, first="a1"))
+    [b1] = await store.pending_retries()  # a1 has a later attempt: not pending
+    assert b1.spans == [] and b1.retry_at_ns == solo.retry_at_ns
+    b1.final, b1.retry_at_ns, b1.retry_aborted = True, None, "shutdown during retry delay"
+    await store.finish_run(b1)  # loaded without spans: the stored snapshot stays
+    assert await store.pending_retries() == []
+    await store.finish_run(finished("c1", final=False, retry_at_ns=time.time_ns()))
+    await store.finish_run(finished("c2", attempt=2, first="c1", status=RunStatus.ABORTED, verdict=None,
+                                    abort_reason="daemon restart"))
+    [c1] = await store.pending_retries()  # its retry was aborted: pending, to be ended with that reason
+    assert (c1.run_id, c1.retry_aborted) == ("c1", "attempt 2 was aborted: daemon restart")
+    got = await store.get_run("a1", with_spans=True)
+    assert got is not None and got.spans == spans
+    ended = await store.get_run("b1")
+    assert ended is not None and ended.final and ended.retry_aborted == "shutdown during retry delay"
+
+
+@pytest.mark.anyio
+async def test_data_survives_reopen(store_url: str) -> None:
+    url = store_url
+    s = open_store(url)
     await s.open()
     run = _run()
     await s.insert_run(run)
     await s.upsert_probe("p", "http", {"id": "p"}, ["tier-1"])
     await s.aclose()
     await s.aclose()  # idempotent
-    s2 = SqliteStore(url)
+    s2 = open_store(url)
     await s2.open()
     assert (await s2.get_run(run.run_id)) is not None
     assert [p.probe_id for p in await s2.list_probes()] == ["p"]
