@@ -232,7 +232,9 @@ class TraceExpectation(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    source: Literal["buffer", "sentry"] = Field("buffer", description="Where the spans come from.")
+    source: Literal["buffer", "sentry", "jaeger", "tempo"] = Field(
+        "buffer", description="Where the spans come from: buffer (OTLP and Kafka intake), or pulled from sentry, "
+        "jaeger or tempo (integrations.<name>).")
     settle: Duration = Field(2.0, description="Quiet time after the last span before whole-trace rules pass.")
     tree: list[SpanNode] = Field(
         default_factory=list, description="Expected anchors; each matches a distinct span anywhere in the trace."

@@ -49,6 +49,7 @@ from tracecanary.probes.kafka import KafkaProducers
 
 if TYPE_CHECKING:
     from tracecanary.daemon.spans.kafka import KafkaSourceStats
+    from tracecanary.daemon.spans.pull import PullSource
     from tracecanary.daemon.spans.sentry import SentryTraceSource
 
 log = logging.getLogger("tracecanary.engine")
@@ -165,6 +166,8 @@ class Engine:
     metrics: Metrics = field(init=False)
     alerts: AlertManager | None = field(init=False, default=None)
     sentry_source: SentryTraceSource | None = field(init=False, default=None)
+    pull_sources: dict[str, PullSource] = field(init=False, default_factory=dict)
+    """Jaeger and Tempo, each when its integration has a url (Sentry is ``sentry_source``)."""
     _exports_telemetry: bool = field(init=False, default=False)
 
     @property
@@ -238,7 +241,7 @@ class Engine:
             hooks=self.hooks, services=self.services, max_concurrent_runs=d.max_concurrent_runs,
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
             self_tracer=self.provider.get_tracer("tracecanary.daemon") if self._exports_telemetry else None,
-            links=self.links_for, sentry_source=self.sentry_source,
+            links=self.links_for, sentry_source=self.sentry_source, pull_sources=self.pull_sources,
             resources=ProbeResources(kafka_producers=self.kafka_producers), secrets=self.config.secrets(),
         ))
         await self._serve_http(tg)
@@ -279,6 +282,19 @@ class Engine:
             from tracecanary.daemon.spans.sentry import SentryTraceSource
 
             self.sentry_source = SentryTraceSource(self.session, sentry)
+        self._pull_sources()
+
+    def _pull_sources(self) -> None:
+        """Jaeger and Tempo sources for the integrations that have a url."""
+        integrations = self.config.integrations
+        if integrations.jaeger.url:
+            from tracecanary.daemon.spans.jaeger import JaegerTraceSource
+
+            self.pull_sources["jaeger"] = JaegerTraceSource(self.session, integrations.jaeger)
+        if integrations.tempo.url:
+            from tracecanary.daemon.spans.tempo import TempoTraceSource
+
+            self.pull_sources["tempo"] = TempoTraceSource(self.session, integrations.tempo)
 
     @property
     def dashboard_url(self) -> str:

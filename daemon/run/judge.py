@@ -21,7 +21,7 @@ The runner decides with the other findings in hand.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -36,7 +36,7 @@ from tracecanary.assertions.telemetry import Silence, matching, named_services, 
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.intake import IntakeClock
-from tracecanary.daemon.spans.sentry import SentryTraceSource
+from tracecanary.daemon.spans.pull import PullSource
 from tracecanary.daemon.spans.untracked import untrack
 from tracecanary.daemon.spans.watch import Watch
 from tracecanary.probes.base import ProbeContext
@@ -152,15 +152,19 @@ class _Tracked:
 
 async def watch_trace(
     expectation: TraceExpectation, ctx: ProbeContext, buffer: TraceBuffer, root: Span,
-    *, sentry_source: SentryTraceSource | None = None,
+    *, sentry_source: PullSource | None = None, pull_sources: Mapping[str, PullSource] | None = None,
 ) -> TraceOutcome:
-    """Judge the run's trace; returns at the verdict or at the run deadline."""
+    """Judge the run's trace; returns at the verdict or at the run deadline.
+
+    ``expect.trace.source`` other than ``buffer`` is pulled from ``pull_sources[source]`` (``sentry_source``
+    serves ``sentry`` when given)."""
     correlate = expectation.correlate
     correlate_value = str(ctx.render(correlate.equals)) if correlate is not None else None
     judge = TraceJudge(expectation, root_trace_id=ctx.trace.trace_id, trigger_ns=ctx.trigger_ns,
                        correlate_value=correlate_value)
-    if expectation.source == "sentry":
-        return await _from_sentry(expectation, ctx, judge, root, sentry_source, buffer.intake)
+    if expectation.source != "buffer":
+        sources = {**({"sentry": sentry_source} if sentry_source is not None else {}), **(pull_sources or {})}
+        return await _from_pull(expectation, ctx, judge, root, sources.get(expectation.source), buffer.intake)
     judge.feed([root])
     with buffer.watch() as watch:
         tracked = _Tracked(buffer, watch, judge)
@@ -207,19 +211,24 @@ def waited_s(ctx: ProbeContext) -> float:
     return max(0.0, (time.time_ns() - ctx.trigger_ns) / 1e9)
 
 
-async def _from_sentry(
-    expectation: TraceExpectation, ctx: ProbeContext, judge: TraceJudge, root: Span,
-    source: SentryTraceSource | None, intake: IntakeClock,
-) -> TraceOutcome:
-    """Poll Sentry until the tree matches (or a forbid rule fails) or the deadline.
+_NEEDS = {"sentry": "integrations.sentry (org, token)", "jaeger": "integrations.jaeger (url)",
+          "tempo": "integrations.tempo (url)"}
 
-    Sentry ingests with delay and an error may arrive after its transaction, changing a span already
-    seen; so each poll judges the whole fetched trace afresh (Sentry traces are small).
+
+async def _from_pull(
+    expectation: TraceExpectation, ctx: ProbeContext, judge: TraceJudge, root: Span,
+    source: PullSource | None, intake: IntakeClock,
+) -> TraceOutcome:
+    """Poll a pull source (Sentry, Jaeger, Tempo) until the tree matches (or a forbid rule fails) or the deadline.
+
+    Backends ingest with delay and a span may change after it was first seen (a Sentry error arriving
+    after its transaction, a late Jaeger/Tempo batch); so each poll judges the whole fetched trace afresh.
     """
     if source is None:
+        name = expectation.source
         return TraceOutcome([Finding(
             type="error", severity=Verdict.ERROR, path="expect.trace.source",
-            message="expect.trace.source is sentry but integrations.sentry (org, token) is not configured",
+            message=f"expect.trace.source is {name} but {_NEEDS.get(name, 'its integration')} is not configured",
         )], None)
     latest: list[TraceJudge] = [judge]
     pull = _Pull()
@@ -240,7 +249,7 @@ async def _from_sentry(
     if not state.done:
         state = final.finish(waited_s=waited_s(ctx))
     outcome = TraceOutcome(list(state.findings), final.report(), [root, *spans])
-    _telemetry(outcome, expectation, ctx, intake, pull)
+    _telemetry(outcome, expectation, ctx, intake, pull, source.name)
     return outcome
 
 
@@ -285,7 +294,7 @@ class _Pull:
 
 
 def _telemetry(outcome: TraceOutcome, expectation: TraceExpectation, ctx: ProbeContext, intake: IntakeClock,
-               pull: _Pull | None = None) -> None:
+               pull: _Pull | None = None, source: str = "sentry") -> None:
     """Note in the report whether the named services sent spans; set ``outcome.silence`` when none did.
 
     Silent: the judged trace holds no span of theirs, the intake got none since the trigger, and a pull
@@ -313,5 +322,5 @@ def _telemetry(outcome: TraceOutcome, expectation: TraceExpectation, ctx: ProbeC
     outcome.silence = Silence(
         services=names, since_trigger_s=since_trigger_s,
         last_seen_ago_s={s: max(0.0, now_s - last[s]) for s in matching(patterns, last)},
-        pull=None if pull is None else pull.describe("sentry"),
+        pull=None if pull is None else pull.describe(source),
     )
