@@ -125,7 +125,7 @@ def _hex_ids(obj: dict[str, Any]) -> None:
 def otlp_json(message: TracesData, *, legacy: bool) -> dict[str, Any]:
     """``TracesData`` as api_v3 writes it: the Collector's OTLP/JSON (hex ids, integer enums), or
     (``legacy``) grpc-gateway protojson of 2021's OTLP (base64 ids, enum names, instrumentationLibrarySpans)."""
-    doc = MessageToDict(message, use_integers_for_enums=not legacy)
+    doc: dict[str, Any] = MessageToDict(message, use_integers_for_enums=not legacy)
     for rs in doc.get("resourceSpans", []):
         for ss in rs.get("scopeSpans", []):
             for sp in ss.get("spans", []):

@@ -52,7 +52,7 @@ def trace_by_id_response(trace: bytes, *, partial: bool, message: str = "") -> b
 
 def tempo_json(message: TracesData, *, version: TempoVersion) -> dict[str, Any]:
     """gogo jsonpb of a ``tempopb.Trace`` (``resourceSpans``), in the OTLP of that Tempo version."""
-    doc = MessageToDict(message)
+    doc: dict[str, Any] = MessageToDict(message)
     if version == "1.x":
         for rs in doc.get("resourceSpans", []):
             rs["instrumentationLibrarySpans"] = [
