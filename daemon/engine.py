@@ -282,19 +282,10 @@ class Engine:
             from tracecanary.daemon.spans.sentry import SentryTraceSource
 
             self.sentry_source = SentryTraceSource(self.session, sentry)
-        self._pull_sources()
+        from tracecanary.daemon.spans.sources import build_source, configured
 
-    def _pull_sources(self) -> None:
-        """Jaeger and Tempo sources for the integrations that have a url."""
-        integrations = self.config.integrations
-        if integrations.jaeger.url:
-            from tracecanary.daemon.spans.jaeger import JaegerTraceSource
-
-            self.pull_sources["jaeger"] = JaegerTraceSource(self.session, integrations.jaeger)
-        if integrations.tempo.url:
-            from tracecanary.daemon.spans.tempo import TempoTraceSource
-
-            self.pull_sources["tempo"] = TempoTraceSource(self.session, integrations.tempo)
+        self.pull_sources = {name: build_source(name, self.session, cfg.integrations)
+                             for name in configured(cfg.integrations) if name != "sentry"}
 
     @property
     def dashboard_url(self) -> str:

@@ -73,10 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trace", help="inspect traces")
     tsub = p.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
-    show = tsub.add_parser("show", help="print a trace waterfall from a file, the store or Sentry")
+    show = tsub.add_parser("show", help="print a trace waterfall from a file, the store, Sentry, Jaeger or Tempo")
     show.add_argument("target", help="trace file, or a trace id with --source")
-    show.add_argument("--source", choices=("file", "store", "sentry"), default="file")
-    show.add_argument("--config", help="suite (for the store URL and Sentry credentials)")
+    show.add_argument("--source", choices=("file", "store", "sentry", "jaeger", "tempo"), default="file")
+    show.add_argument("--config", help="suite (for the store URL and the Sentry/Jaeger/Tempo integration)")
     show.add_argument("--store", help="results store URL (with --source store)")
 
     p = sub.add_parser("demo", help="start the demo world and the daemon against it")

@@ -37,6 +37,7 @@ from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.intake import IntakeClock
 from tracecanary.daemon.spans.pull import PullSource
+from tracecanary.daemon.spans.sources import NEEDS
 from tracecanary.daemon.spans.untracked import untrack
 from tracecanary.daemon.spans.watch import Watch
 from tracecanary.probes.base import ProbeContext
@@ -211,10 +212,6 @@ def waited_s(ctx: ProbeContext) -> float:
     return max(0.0, (time.time_ns() - ctx.trigger_ns) / 1e9)
 
 
-_NEEDS = {"sentry": "integrations.sentry (org, token)", "jaeger": "integrations.jaeger (url)",
-          "tempo": "integrations.tempo (url)"}
-
-
 async def _from_pull(
     expectation: TraceExpectation, ctx: ProbeContext, judge: TraceJudge, root: Span,
     source: PullSource | None, intake: IntakeClock,
@@ -228,7 +225,7 @@ async def _from_pull(
         name = expectation.source
         return TraceOutcome([Finding(
             type="error", severity=Verdict.ERROR, path="expect.trace.source",
-            message=f"expect.trace.source is {name} but {_NEEDS.get(name, 'its integration')} is not configured",
+            message=f"expect.trace.source is {name} but {NEEDS.get(name, 'its integration')} is not configured",
         )], None)
     latest: list[TraceJudge] = [judge]
     pull = _Pull()
