@@ -31,6 +31,7 @@ import anyio.lowlevel
 
 from tracecanary.assertions.expect import NamePattern, TraceExpectation
 from tracecanary.assertions.judge import JudgeState, TraceJudge
+from tracecanary.assertions.outputs import trace_outputs
 from tracecanary.assertions.spans import Span
 from tracecanary.assertions.telemetry import Silence, matching, named_services, service_text
 from tracecanary.assertions.verdict import Finding, Verdict
@@ -51,6 +52,8 @@ class TraceOutcome:
     time_to_verdict_s: float | None = None
     silence: Silence | None = None
     """Set when the services the expectation names sent nothing since the trigger (see ``telemetry``)."""
+    outputs: dict[str, Any] = field(default_factory=dict)
+    """``expect.trace.outputs`` found in the judged spans (NAME → value)."""
 
 
 UNTRACK_JUDGE_SPANS = 512
@@ -180,7 +183,8 @@ async def watch_trace(
         state = await _loop(tracked, ctx)
     ttv = None if tracked.last_arrival_s is None else max(0.0, anyio.current_time() - tracked.last_arrival_s)
     report = await off_loop(judge.report) if tracked.large else judge.report()
-    outcome = TraceOutcome(list(state.findings), report, tracked.spans, ttv)
+    outcome = TraceOutcome(list(state.findings), report, tracked.spans, ttv,
+                           outputs=trace_outputs(expectation.outputs, tracked.spans) if expectation.outputs else {})
     _telemetry(outcome, expectation, ctx, buffer.intake)
     return outcome
 
@@ -245,7 +249,8 @@ async def _from_pull(
     state = final.check(quiet_s=float("inf"))
     if not state.done:
         state = final.finish(waited_s=waited_s(ctx))
-    outcome = TraceOutcome(list(state.findings), final.report(), [root, *spans])
+    outcome = TraceOutcome(list(state.findings), final.report(), [root, *spans],
+                           outputs=trace_outputs(expectation.outputs, spans) if expectation.outputs else {})
     _telemetry(outcome, expectation, ctx, intake, pull, source.name)
     return outcome
 

@@ -338,6 +338,9 @@ class Runner:
             run.spans = outcome[0].spans
             run.span_count = len(outcome[0].spans)
             run.time_to_verdict_s = outcome[0].time_to_verdict_s
+            if outcome[0].outputs:  # {{ outputs.NAME }} from here on (teardown); kept on the run
+                ctx.outputs.update(outcome[0].outputs)
+                run.outputs["trace"] = dict(outcome[0].outputs)
         for i, effect, found in sorted(effects, key=lambda t: t[0]):
             run.findings.extend(found)
             run.side_effects.append({"index": i, "kind": effect.kind, "findings": [f.message for f in found]})

@@ -25,6 +25,7 @@ from tracecanary.daemon.store.base import RunRecord
 from tracecanary.daemon.store.sqlite import SqliteStore
 from tracecanary.demo.emulators.trace_backend import TraceBackendEmulator
 from tracecanary.probes.http import HttpProbe
+from tracecanary.probes.steps import StepsProbe
 
 pytestmark = pytest.mark.anyio
 JUDGED = [FLAVOURS[0], FLAVOURS[1], FLAVOURS[3], FLAVOURS[4], FLAVOURS[7]]
@@ -33,6 +34,9 @@ TREE = [{"span": "POST /checkout", "service": "shop", "kind": "server", "childre
     {"span": "charge-card", "service": "payments", "kind": "client"},
     {"span": "orders publish", "kind": "producer"},
 ]}]
+
+
+cleaned: list[str] = []
 
 
 @asynccontextmanager
@@ -50,8 +54,13 @@ async def shop(emulator: TraceBackendEmulator, tenant: str) -> AsyncIterator[str
             assert resp.status == 200
         return web.json_response({"ok": True})
 
+    async def cleanup(request: web.Request) -> web.Response:
+        cleaned.append(request.query.get("card", ""))
+        return web.json_response({"ok": True})
+
     app = web.Application()
     app.router.add_post("/checkout", checkout)
+    app.router.add_delete("/cards", cleanup)
     async with serve(app) as base:
         yield base
 
@@ -118,3 +127,27 @@ async def test_unconfigured_source_is_an_error(tmp_path: Path) -> None:
         run = await run_once(tmp_path, flavour, None, target)
     assert run.verdict is Verdict.ERROR
     assert "expect.trace.source is tempo but integrations.tempo (url) is not configured" in run.findings[0].message
+
+
+async def test_outputs_are_recorded_and_rendered_in_teardown(tmp_path: Path) -> None:
+    flavour = FLAVOURS[3]
+    cleaned.clear()
+    store = SqliteStore(f"sqlite:///{tmp_path}/runs.db")
+    await store.open()
+    async with backend(flavour) as emulator, shop(emulator, "") as target, aiohttp.ClientSession() as session:
+        runner = Runner(RunnerDeps(store=store, buffer=TraceBuffer(), session=session,
+                                   pull_sources={"tempo": flavour.source(session, emulator.base_url)}))
+        probe = StepsProbe.model_validate({
+            "id": "checkout", "kind": "steps", "timeout": "5s",
+            "steps": [{"http": {"method": "POST", "url": target + "/checkout"}}],
+            "teardown": [{"http": {"method": "DELETE", "url": target + "/cards", "query": {"card": "{{ outputs.CARD }}"}}}],
+            "expect": {"trace": {"source": "tempo", "tree": TREE, "outputs": [
+                {"name": "CARD", "selector": 'span[name="charge-card"]', "value": "attr:card.last4"},
+                {"name": "AMOUNT", "selector": "span[service.name=\"payments\"]", "value": "attr:amount_cents"},
+                {"name": "NOPE", "selector": 'span[name="absent"]', "value": "attr:x"}]}},
+        })
+        [run] = await runner.run_probe(probe)
+    await store.aclose()
+    assert run.verdict is Verdict.PASS, [str(f) for f in run.findings]
+    assert run.outputs["trace"] == {"CARD": "4242", "AMOUNT": 1999}
+    assert cleaned == ["4242"]
