@@ -238,11 +238,7 @@ async def _from_pull(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     trace_id = args.target.lower()
-    if args.source == "sentry":
-        text = await show_sentry_trace(cfg.integrations.sentry, trace_id, cfg.extra.links)
-    else:
-        text = await show_pulled_trace(args.source, cfg.integrations, trace_id, cfg.extra.links)
-    print(text)
+    print(await show_pulled_trace(args.source, cfg.integrations, trace_id, cfg.extra.links))
     return 0
 
 
@@ -263,26 +259,11 @@ def render_errors(spans: list[Span]) -> list[str]:
     return lines
 
 
-async def show_sentry_trace(
-    integration: SentryIntegration,
-    trace_id: str,
-    links: LinkSettings | Mapping[str, str] | None = None,
-    *,
-    session: aiohttp.ClientSession | None = None,
-    timeout_s: float = 30.0,
-    color: bool = False,
-) -> str:
-    """The waterfall of ``trace_id`` as Sentry holds it, its errors, then the trace links."""
-    spans = await _fetch("sentry", Integrations(sentry=integration), trace_id, session, timeout_s)
-    trace_id = trace_id.lower()
-    if spans:
-        lines = [render_waterfall(spans, color=color).rstrip("\n")]
-        errors = render_errors(spans)
-        if errors:
-            lines += ["errors:", *errors]
-    else:
-        lines = [f"trace {trace_id}: no spans in Sentry yet (Sentry ingests with a delay; retry shortly)"]
-    return "\n".join(lines + _links(links, trace_id, integration))
+async def show_sentry_trace(integration: SentryIntegration, trace_id: str,
+                            links: LinkSettings | Mapping[str, str] | None = None, **options: Any) -> str:
+    """The waterfall of ``trace_id`` as Sentry holds it, its errors, then the trace links
+    (``options``: those of :func:`show_pulled_trace`)."""
+    return await show_pulled_trace("sentry", Integrations(sentry=integration), trace_id, links, **options)
 
 
 async def show_pulled_trace(
@@ -295,13 +276,19 @@ async def show_pulled_trace(
     timeout_s: float = 30.0,
     color: bool = False,
 ) -> str:
-    """The waterfall of ``trace_id`` as Jaeger or Tempo (``name``) holds it, then the trace links."""
+    """The waterfall of ``trace_id`` as a pull source (``name``: sentry, jaeger, tempo) holds it, the errors
+    Sentry attached, then the trace links."""
     trace_id = trace_id.lower()
     spans = await _fetch(name, integrations, trace_id, session, timeout_s)
-    if spans:
-        lines = [render_waterfall(spans, color=color).rstrip("\n")]
+    if not spans:
+        lines = [f"trace {trace_id}: no spans in Sentry yet (Sentry ingests with a delay; retry shortly)"
+                 if name == "sentry" else
+                 f"trace {trace_id}: not in {name.capitalize()} (yet: backends ingest with a delay; retry shortly)"]
     else:
-        lines = [f"trace {trace_id}: not in {name.capitalize()} (yet: backends ingest with a delay; retry shortly)"]
+        lines = [render_waterfall(spans, color=color).rstrip("\n")]
+        errors = render_errors(spans) if name == "sentry" else []
+        if errors:
+            lines += ["errors:", *errors]
     return "\n".join(lines + _links(links, trace_id, integrations.sentry))
 
 

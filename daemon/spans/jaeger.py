@@ -3,83 +3,56 @@
 Each fetch asks ``GET {url}/api/v3/traces/{trace_id}`` (OTLP-shaped, see ``otlp_pulled.py``), then the
 older ``GET {url}/api/traces/{trace_id}`` (Jaeger's JSON model, see ``jaeger_convert.py``), and uses
 whichever returns the trace; a 404 (or an empty answer) from both means "not there yet". Once v1 has
-answered while v3 said 404, the query service is taken to lack api_v3 and v1 alone is asked from then on.
+answered while v3 said 404, the query service is taken to lack api_v3 and v1 alone is asked from then on
+(``pull.VersionedSource``).
 Polling (backoff, 429 ``Retry-After``, 5xx retried) is ``pull.poll_trace``, shared with Sentry and Tempo.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
 from tracecanary.assertions.spans import Span
+from tracecanary.daemon.spans import pull
 from tracecanary.daemon.spans.jaeger_convert import convert_traces
 from tracecanary.daemon.spans.model import OtlpDecodeError
 from tracecanary.daemon.spans.otlp_pulled import decode_pulled, json_objects
-from tracecanary.daemon.spans.pull import (
-    ErrorKinds,
-    PolledSource,
-    PullApiError,
-    PullAuthError,
-    PullHttp,
-    PullRateLimitedError,
-)
 from tracecanary.integrations import JaegerIntegration
 
-log = logging.getLogger("tracecanary.spans.jaeger")
 
-
-class JaegerApiError(PullApiError):
+class JaegerApiError(pull.PullApiError):
     """Jaeger's query service answered with an error (or not at all)."""
 
 
-class JaegerAuthError(JaegerApiError, PullAuthError):
+class JaegerAuthError(JaegerApiError, pull.PullAuthError):
     """401/403 from Jaeger (or the proxy in front of it)."""
 
 
-class JaegerRateLimitedError(JaegerApiError, PullRateLimitedError):
+class JaegerRateLimitedError(JaegerApiError, pull.PullRateLimitedError):
     """429 from Jaeger (or the proxy in front of it)."""
 
 
-_ERRORS = ErrorKinds(api=JaegerApiError, auth=JaegerAuthError, rate_limited=JaegerRateLimitedError)
+_ERRORS = pull.ErrorKinds(api=JaegerApiError, auth=JaegerAuthError, rate_limited=JaegerRateLimitedError)
 
 
-class JaegerTraceSource(PolledSource):
+class JaegerTraceSource(pull.VersionedSource):
     """Fetch and poll traces from a Jaeger query service through one aiohttp session."""
 
     name = "jaeger"
+    newer_api = "api_v3"
 
-    def __init__(self, session: aiohttp.ClientSession, integration: JaegerIntegration, *,
-                 poll_initial_s: float = 1.0, poll_max_s: float = 10.0, request_timeout_s: float = 10.0,
-                 max_retry_after_s: float = 60.0) -> None:
+    def __init__(self, session: aiohttp.ClientSession, integration: JaegerIntegration, **timing_s: float) -> None:
+        """``timing_s``: ``poll_initial_s``, ``poll_max_s``, ``request_timeout_s``, ``max_retry_after_s``."""
         if not integration.url:
             raise JaegerApiError("integrations.jaeger needs url (the query service, e.g. http://jaeger:16686)")
-        self._http = PullHttp(session, integration.url, {"Accept": "application/json", **integration.headers},
-                              request_timeout_s=request_timeout_s, max_retry_after_s=max_retry_after_s,
-                              default_retry_s=poll_initial_s, errors=_ERRORS)
-        self.poll_initial_s = poll_initial_s
-        self.poll_max_s = poll_max_s
-        self.v3: bool | None = None
-        """None until known; False once v1 served a trace v3 did not find (no api_v3 here)."""
+        super().__init__(session, integration.url, {"Accept": "application/json", **integration.headers}, _ERRORS,
+                         **timing_s)
 
-    async def fetch(self, trace_id: str) -> list[Span]:
-        """The spans Jaeger holds for ``trace_id`` now (empty: not there yet)."""
-        trace_id = trace_id.lower()
-        if self.v3 is not False:
-            spans = await self._fetch_v3(trace_id)
-            if spans:
-                self.v3 = True
-                return spans
-        spans = await self._fetch_v1(trace_id)
-        if spans and self.v3 is None:
-            log.info("jaeger api_v3 did not find a trace api/traces has; asking api/traces only from now on")
-            self.v3 = False
-        return spans
-
-    async def _fetch_v3(self, trace_id: str) -> list[Span]:
+    async def fetch_newer(self, trace_id: str) -> list[Span]:
+        """``/api/v3/traces/{id}``."""
         path = f"/api/v3/traces/{trace_id}"
         reply = await self._http.get(path, passed=(404,))
         if reply.status == 404:
@@ -105,7 +78,8 @@ class JaegerTraceSource(PolledSource):
         result = chunk.get("result")
         return decode_pulled(result, trace_id) if isinstance(result, Mapping) else []
 
-    async def _fetch_v1(self, trace_id: str) -> list[Span]:
+    async def fetch_older(self, trace_id: str) -> list[Span]:
+        """``/api/traces/{id}``."""
         path = f"/api/traces/{trace_id}"
         reply = await self._http.get(path, passed=(404,))
         if reply.status == 404:

@@ -216,7 +216,48 @@ class PolledSource:
                                 poll_max_s=self.poll_max_s, on_error=on_error)
 
 
+class VersionedSource(PolledSource):
+    """A backend with a newer and an older trace-by-id API (Jaeger api_v3 and api/traces; Tempo v2 and v1).
+
+    Each fetch asks the newer one, then the older, and uses whichever returns the trace (404 or empty
+    from both: not there yet). Once the older has answered while the newer did not find the trace, the
+    backend is taken to lack the newer API, and only the older is asked from then on.
+    """
+
+    newer_api = "newer API"
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], errors: ErrorKinds, *,
+                 poll_initial_s: float = 1.0, poll_max_s: float = 10.0, request_timeout_s: float = 10.0,
+                 max_retry_after_s: float = 60.0) -> None:
+        self._http = PullHttp(session, url, headers, request_timeout_s=request_timeout_s,
+                              max_retry_after_s=max_retry_after_s, default_retry_s=poll_initial_s, errors=errors)
+        self.poll_initial_s = poll_initial_s
+        self.poll_max_s = poll_max_s
+        self.newer: bool | None = None
+        """None until known; False once the older API served a trace the newer did not find."""
+
+    async def fetch_newer(self, trace_id: str) -> list[Span]:
+        raise NotImplementedError
+
+    async def fetch_older(self, trace_id: str) -> list[Span]:
+        raise NotImplementedError
+
+    async def fetch(self, trace_id: str) -> list[Span]:
+        trace_id = trace_id.lower()
+        if self.newer is not False:
+            spans = await self.fetch_newer(trace_id)
+            if spans:
+                self.newer = True
+                return spans
+        spans = await self.fetch_older(trace_id)
+        if spans and self.newer is None:
+            log.info("%s: the %s did not find a trace the older one has; asking the older only from now on",
+                     self.name, self.newer_api)
+            self.newer = False
+        return spans
+
+
 __all__ = [
     "MAX_RESPONSE_BYTES", "ErrorKinds", "PolledSource", "PullApiError", "PullAuthError", "PullHttp", "PullRateLimitedError",
-    "PullSource", "Reply", "poll_trace", "retry_after_s",
+    "PullSource", "Reply", "VersionedSource", "poll_trace", "retry_after_s",
 ]

@@ -21,18 +21,10 @@ from collections.abc import Mapping
 import aiohttp
 
 from tracecanary.assertions.spans import Span
+from tracecanary.daemon.spans import pull
 from tracecanary.daemon.spans.model import OtlpDecodeError
 from tracecanary.daemon.spans.otlp import decode_protobuf
 from tracecanary.daemon.spans.otlp_pulled import decode_pulled
-from tracecanary.daemon.spans.pull import (
-    ErrorKinds,
-    PolledSource,
-    PullApiError,
-    PullAuthError,
-    PullHttp,
-    PullRateLimitedError,
-    Reply,
-)
 from tracecanary.integrations import TempoIntegration
 
 log = logging.getLogger("tracecanary.spans.tempo")
@@ -40,19 +32,19 @@ log = logging.getLogger("tracecanary.spans.tempo")
 ACCEPT = {"json": "application/json", "protobuf": "application/protobuf"}
 
 
-class TempoApiError(PullApiError):
+class TempoApiError(pull.PullApiError):
     """Tempo answered with an error (or not at all)."""
 
 
-class TempoAuthError(TempoApiError, PullAuthError):
+class TempoAuthError(TempoApiError, pull.PullAuthError):
     """401/403 from Tempo (or the gateway in front of it)."""
 
 
-class TempoRateLimitedError(TempoApiError, PullRateLimitedError):
+class TempoRateLimitedError(TempoApiError, pull.PullRateLimitedError):
     """429 from Tempo (or the gateway in front of it)."""
 
 
-_ERRORS = ErrorKinds(api=TempoApiError, auth=TempoAuthError, rate_limited=TempoRateLimitedError)
+_ERRORS = pull.ErrorKinds(api=TempoApiError, auth=TempoAuthError, rate_limited=TempoRateLimitedError)
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -92,41 +84,30 @@ def trace_field(body: bytes) -> tuple[bytes, int]:
     return trace, status
 
 
-class TempoTraceSource(PolledSource):
+class TempoTraceSource(pull.VersionedSource):
     """Fetch and poll traces from a Tempo query frontend through one aiohttp session."""
 
     name = "tempo"
+    newer_api = "/api/v2/traces"
 
-    def __init__(self, session: aiohttp.ClientSession, integration: TempoIntegration, *,
-                 poll_initial_s: float = 1.0, poll_max_s: float = 10.0, request_timeout_s: float = 10.0,
-                 max_retry_after_s: float = 60.0) -> None:
+    def __init__(self, session: aiohttp.ClientSession, integration: TempoIntegration, **timing_s: float) -> None:
+        """``timing_s``: ``poll_initial_s``, ``poll_max_s``, ``request_timeout_s``, ``max_retry_after_s``."""
         if not integration.url:
             raise TempoApiError("integrations.tempo needs url (the query frontend, e.g. http://tempo:3200)")
         headers = {"Accept": ACCEPT[integration.format], **integration.headers}
         if integration.tenant:
             headers["X-Scope-OrgID"] = integration.tenant
-        self._http = PullHttp(session, integration.url, headers, request_timeout_s=request_timeout_s,
-                              max_retry_after_s=max_retry_after_s, default_retry_s=poll_initial_s, errors=_ERRORS)
-        self.poll_initial_s = poll_initial_s
-        self.poll_max_s = poll_max_s
-        self.v2: bool | None = None
-        """None until known; False once v1 served a trace v2 did not find (a Tempo without /api/v2)."""
+        super().__init__(session, integration.url, headers, _ERRORS, **timing_s)
         self.partial = False
         """Whether the last v2 answer said PARTIAL (Tempo cut the trace: size limit or pruning)."""
 
-    async def fetch(self, trace_id: str) -> list[Span]:
-        """The spans Tempo holds for ``trace_id`` now (empty: not there yet)."""
-        trace_id = trace_id.lower()
-        if self.v2 is not False:
-            spans = await self._fetch(f"/api/v2/traces/{trace_id}", trace_id, v2=True)
-            if spans:
-                self.v2 = True
-                return spans
-        spans = await self._fetch(f"/api/traces/{trace_id}", trace_id, v2=False)
-        if spans and self.v2 is None:
-            log.info("tempo /api/v2/traces did not find a trace /api/traces has; asking /api/traces only from now on")
-            self.v2 = False
-        return spans
+    async def fetch_newer(self, trace_id: str) -> list[Span]:
+        """``/api/v2/traces/{id}`` (``TraceByIDResponse``)."""
+        return await self._fetch(f"/api/v2/traces/{trace_id}", trace_id, v2=True)
+
+    async def fetch_older(self, trace_id: str) -> list[Span]:
+        """``/api/traces/{id}`` (``tempopb.Trace``)."""
+        return await self._fetch(f"/api/traces/{trace_id}", trace_id, v2=False)
 
     async def _fetch(self, path: str, trace_id: str, *, v2: bool) -> list[Span]:
         reply = await self._http.get(path, passed=(404,))
@@ -139,14 +120,14 @@ class TempoTraceSource(PolledSource):
         except (OtlpDecodeError, ValueError, TypeError, AttributeError) as e:
             raise TempoApiError(f"GET {path}: unreadable trace: {e}", reply.status) from e
 
-    def _protobuf(self, reply: Reply, trace_id: str, *, v2: bool) -> list[Span]:
+    def _protobuf(self, reply: pull.Reply, trace_id: str, *, v2: bool) -> list[Span]:
         body = reply.body
         if v2:
             body, status = trace_field(body)
             self.partial = status == 1
         return [s for s in decode_protobuf(body).spans if s.trace_id == trace_id]
 
-    def _json(self, reply: Reply, path: str, trace_id: str, *, v2: bool) -> list[Span]:
+    def _json(self, reply: pull.Reply, path: str, trace_id: str, *, v2: bool) -> list[Span]:
         doc = reply.json(f"GET {path}", _ERRORS)
         if not isinstance(doc, Mapping):
             raise TempoApiError(f"GET {path}: expected an object, got {type(doc).__name__}")

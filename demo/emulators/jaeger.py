@@ -30,7 +30,7 @@ from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from tracecanary.demo.emulators.trace_backend import Stored, TraceBackendEmulator
+from tracecanary.demo.emulators.trace_backend import Stored, TraceBackendEmulator, library_spans
 
 ApiV3 = Literal["current", "grpc-gateway", "absent"]
 _KINDS = {1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
@@ -133,10 +133,8 @@ def otlp_json(message: TracesData, *, legacy: bool) -> dict[str, Any]:
                     _hex_ids(sp)
                     for ln in sp.get("links", []):
                         _hex_ids(ln)
-        if legacy:
-            rs["instrumentationLibrarySpans"] = [
-                {"instrumentationLibrary": ss.get("scope", {}), "spans": ss.get("spans", [])}
-                for ss in rs.pop("scopeSpans", [])]
+    if legacy:
+        library_spans(doc)
     return doc
 
 

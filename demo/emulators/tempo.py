@@ -24,7 +24,7 @@ from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from tracecanary.demo.emulators.trace_backend import TraceBackendEmulator
+from tracecanary.demo.emulators.trace_backend import TraceBackendEmulator, library_spans
 
 TempoVersion = Literal["2.x", "1.x"]
 PROTOBUF = "application/protobuf"
@@ -54,10 +54,7 @@ def tempo_json(message: TracesData, *, version: TempoVersion) -> dict[str, Any]:
     """gogo jsonpb of a ``tempopb.Trace`` (``resourceSpans``), in the OTLP of that Tempo version."""
     doc: dict[str, Any] = MessageToDict(message)
     if version == "1.x":
-        for rs in doc.get("resourceSpans", []):
-            rs["instrumentationLibrarySpans"] = [
-                {"instrumentationLibrary": ss.get("scope", {}), "spans": ss.get("spans", [])}
-                for ss in rs.pop("scopeSpans", [])]
+        library_spans(doc)
     return doc
 
 

@@ -16,12 +16,13 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, TracesData
+
+from tracecanary.demo.emulators.serving import Served
 
 log = logging.getLogger("tracecanary.demo.trace_backend")
 
@@ -38,7 +39,7 @@ class Stored:
     span: Any
 
 
-class TraceBackendEmulator:
+class TraceBackendEmulator(Served):
     """The common half of a trace backend emulator; subclasses add their query routes in :meth:`routes`."""
 
     label = "trace backend"
@@ -53,8 +54,6 @@ class TraceBackendEmulator:
         """Every query: (path with query string, the request's headers)."""
         self._throttle: tuple[int, int, float] = (0, 0, 0.0)
         self._failures: tuple[int, int] = (0, 503)
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
 
     # --- ingestion -------------------------------------------------------------------------------
     def ingest(self, request: ExportTraceServiceRequest | TracesData, tenant: str = "") -> int:
@@ -143,28 +142,14 @@ class TraceBackendEmulator:
         app.add_routes([web.post("/v1/traces", self._ingest_route), *self.routes()])
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on ``host:port`` (0: a free port); returns the base URL."""
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        self._runner = runner
-        self.base_url = f"http://{host}:{runner.addresses[0][1]}"
-        log.info("%s emulator listening url=%s", self.label, self.base_url)
-        return self.base_url
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
+def library_spans(doc: dict[str, Any]) -> None:
+    """Rewrite protojson ``scopeSpans``/``scope`` as the OTLP of 2021 had them (``instrumentationLibrarySpans``/
+    ``instrumentationLibrary``), which Jaeger's grpc-gateway api_v3 and Tempo 1.x wrote."""
+    for rs in doc.get("resourceSpans", []):
+        rs["instrumentationLibrarySpans"] = [
+            {"instrumentationLibrary": ss.get("scope", {}), "spans": ss.get("spans", [])}
+            for ss in rs.pop("scopeSpans", [])]
 
 
-__all__ = ["Stored", "TraceBackendEmulator"]
+__all__ = ["Stored", "TraceBackendEmulator", "library_spans"]
