@@ -14,7 +14,7 @@ hand-back of the event loop wait). The judge is only touched by its run's task: 
 
 At the end it gathers the telemetry evidence for ``unknown`` (``assertions/telemetry.py``): whether the
 services the expectation names sent any span — in the judged trace, to the intake since the trigger
-(the buffer's intake clock), and, with Sentry as the source, whether Sentry answered with the trace.
+(the buffer's intake clock), and, with a pull source (Sentry, Jaeger, Tempo), whether it answered with the trace.
 The runner decides with the other findings in hand.
 """
 

@@ -151,3 +151,18 @@ async def test_outputs_are_recorded_and_rendered_in_teardown(tmp_path: Path) -> 
     assert run.verdict is Verdict.PASS, [str(f) for f in run.findings]
     assert run.outputs["trace"] == {"CARD": "4242", "AMOUNT": 1999}
     assert cleaned == ["4242"]
+
+
+@pytest.mark.parametrize("flavour", [FLAVOURS[0], FLAVOURS[3]], ids=["jaeger", "tempo"])
+async def test_backend_down_and_nothing_sent_is_unknown(tmp_path: Path, flavour: Flavour) -> None:
+    async def quiet(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/checkout", quiet)
+    async with backend(flavour) as emulator, serve(app) as target:
+        await emulator.stop()  # its port now refuses connections
+        run = await run_once(tmp_path, flavour, emulator, target, probe_timeout="600ms")
+    assert run.verdict is Verdict.UNKNOWN, [str(f) for f in run.findings]
+    message = run.findings[0].message
+    assert f"{flavour.backend} failed: GET /api/" in message, message
