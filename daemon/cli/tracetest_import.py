@@ -186,10 +186,16 @@ def _expectations(conv: Conversion, r: Resource) -> dict[str, Any]:
     spec = r.spec
     expect: dict[str, Any] = {}
     trace: dict[str, Any] = {}
-    specs = spec.get("specs") or LList()
+    specs, raw_outputs = spec.get("specs") or LList(), spec.get("outputs") or LList()
+    for key, value in (("specs", specs), ("outputs", raw_outputs)):
+        if not isinstance(value, LList):
+            conv.omit(r.path, spec.line_of(key), f"{key} is not a list: not converted")
+    specs = specs if isinstance(specs, LList) else LList()
+    raw_outputs = raw_outputs if isinstance(raw_outputs, LList) else LList()
     if spec.get("skipTraceCollection") is True:
-        if specs:
-            conv.omit(r.path, line_of(specs, r.line), "skipTraceCollection: the specs are not converted")
+        for key, value in (("specs", specs), ("outputs", raw_outputs)):
+            if value:
+                conv.omit(r.path, line_of(value, r.line), f"skipTraceCollection: the {key} are not converted")
         return {}
     response: dict[str, Any] = {}
     kept = []
@@ -197,8 +203,7 @@ def _expectations(conv: Conversion, r: Resource) -> dict[str, Any]:
         converted = _spec(conv, r.path, specs.line_of(i), item, response)
         if converted is not None:
             kept.append(converted)
-    outputs = [o for i, raw in enumerate(spec.get("outputs") or ())
-               if (o := _output(conv, r.path, line_of(raw, r.line), raw)) is not None]
+    outputs = [o for raw in raw_outputs if (o := _output(conv, r.path, line_of(raw, r.line), raw)) is not None]
     if kept:
         trace["specs"] = kept
     if outputs:

@@ -136,3 +136,53 @@ async def test_converted_suite_runs_against_tempo(tmp_path: Path, tempo: TraceBa
     [probe] = json.loads((tmp_path / "r.json").read_text())["probes"]
     assert probe["runs"][0]["verdict"] == "pass"
     assert probe["runs"][0]["outputs"]["trace"] == {"CARD": "4242"}
+
+
+def test_odd_documents_are_listed_not_dropped(tmp_path: Path) -> None:
+    from io import StringIO
+
+    from tracecanary.daemon.cli.importer import cmd_import_tracetest
+
+    src = tmp_path / "odd.yaml"
+    src.write_text("""type: VariableSet
+spec:
+  id: staging
+  values:
+  - key: SHOP_URL
+    value: http://shop
+---
+type: Test
+spec:
+  name: odd
+  owner: team-a
+  skipTraceCollection: true
+  trigger:
+    type: http
+    httpRequest: {url: "${env:SHOP_URL}/x", method: get, auth: {type: apiKey, apiKey: {key: X-Key, value: k, in: query}}}
+  specs:
+    selector: span
+  outputs:
+  - name: BAD-NAME
+    selector: span
+    value: attr:x
+---
+type: Test
+spec:
+  name: odd
+  trigger: {type: traceid, traceid: {id: "${var:TRACE_ID}"}}
+---
+type: DataStore
+spec: {name: jaeger}
+""")
+    out, err = StringIO(), StringIO()
+    assert cmd_import_tracetest([str(src)], None, "buffer", out, err) == 1
+    lines = err.getvalue().splitlines()
+    where = [line.split(": ", 1)[0].rsplit(":", 1)[1] for line in lines[:-1]]
+    assert where == ["1", "11", "16", "19", "26", "28"], lines
+    assert "VariableSet is not a test: export its values as environment variables (SHOP_URL)" in lines[0]
+    assert "test field 'owner' is not converted" in lines[1]
+    assert "specs is not a list" in lines[2] and "skipTraceCollection: the outputs are not converted" in lines[3]
+    assert "trigger type traceid" in lines[4] and "DataStore is not a test" in lines[5]
+    [probe] = yaml.safe_load(out.getvalue())["probes"]
+    assert probe == {"id": "odd", "kind": "http", "request": {"method": "GET", "url": "${SHOP_URL}/x",
+                                                             "query": {"X-Key": "k"}}}
