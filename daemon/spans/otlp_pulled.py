@@ -22,12 +22,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from tracecanary.assertions.spans import Span
 from tracecanary.daemon.spans.model import OtlpDecodeError
 from tracecanary.daemon.spans.otlp_json import decode_document
+
+log = logging.getLogger("tracecanary.spans.pull")
 
 _ID_KEYS = (("traceId", 16), ("spanId", 8), ("parentSpanId", 8))
 
@@ -97,6 +100,8 @@ def decode_pulled(doc: Mapping[str, Any], trace_id: str) -> list[Span]:
     batch = decode_document(normalize(doc))
     if batch.rejected and not batch.spans:
         raise OtlpDecodeError(f"every span was rejected: {batch.errors[:3]}")
+    if batch.rejected:
+        log.warning("pulled trace had unreadable spans trace_id=%s %s", trace_id, batch.error_message)
     return [s for s in batch.spans if s.trace_id == trace_id]
 
 
