@@ -51,6 +51,7 @@ from tracecanary.probes.kafka import KafkaProducers
 
 if TYPE_CHECKING:
     from tracecanary.daemon.spans.kafka import KafkaSourceStats
+    from tracecanary.daemon.spans.pull import PullSource
     from tracecanary.daemon.spans.sentry import SentryTraceSource
 
 log = logging.getLogger("tracecanary.engine")
@@ -171,6 +172,8 @@ class Engine:
     metrics: Metrics = field(init=False)
     alerts: AlertManager | None = field(init=False, default=None)
     sentry_source: SentryTraceSource | None = field(init=False, default=None)
+    pull_sources: dict[str, PullSource] = field(init=False, default_factory=dict)
+    """Jaeger and Tempo, each when its integration has a url (Sentry is ``sentry_source``)."""
     _exports_telemetry: bool = field(init=False, default=False)
 
     @property
@@ -251,7 +254,7 @@ class Engine:
             hooks=self.hooks, services=self.services, max_concurrent_runs=d.max_concurrent_runs,
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
             self_tracer=self.provider.get_tracer("tracecanary.daemon") if self._exports_telemetry else None,
-            links=self.links_for, sentry_source=self.sentry_source,
+            links=self.links_for, sentry_source=self.sentry_source, pull_sources=self.pull_sources,
             resources=ProbeResources(kafka_producers=self.kafka_producers, passive=self.passive),
             secrets=self.config.secrets(),
         ))
@@ -293,6 +296,10 @@ class Engine:
             from tracecanary.daemon.spans.sentry import SentryTraceSource
 
             self.sentry_source = SentryTraceSource(self.session, sentry)
+        from tracecanary.daemon.spans.sources import build_source, configured
+
+        self.pull_sources = {name: build_source(name, self.session, cfg.integrations)
+                             for name in configured(cfg.integrations) if name != "sentry"}
 
     @property
     def dashboard_url(self) -> str:

@@ -246,6 +246,8 @@ class ProbeContext:
     root_span: OtelSpan | None = None
     resources: ProbeResources = field(default_factory=ProbeResources)
     """Long-lived clients shared across runs and owned by the engine (Kafka producers)."""
+    outputs: MutableMapping[str, Any] = field(default_factory=dict)
+    """``expect.trace.outputs`` once the trace is judged: ``{{ outputs.NAME }}`` (teardown)."""
 
     def template_vars(self) -> dict[str, Any]:
         return {
@@ -256,6 +258,7 @@ class ProbeContext:
             "traceparent": self.trace.traceparent(),
             "attempt": self.attempt,
             "steps": self.steps,
+            "outputs": self.outputs,
             "now": datetime.now().astimezone().isoformat(),
         }
 

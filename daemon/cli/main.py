@@ -1,4 +1,4 @@
-"""The ``tracecanary`` command: run, check, validate, assert, expect, trace show, demo, schema.
+"""The ``tracecanary`` command: run, check, validate, assert, expect, trace show, import, demo, schema.
 
 Exit codes, every command: 0 = all pass (degraded counts as pass), 1 = any fail or error or a failed
 ``--fail-if`` gate, 2 = config, usage or startup problem.
@@ -93,11 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trace", help="inspect traces")
     tsub = p.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
-    show = tsub.add_parser("show", help="print a trace waterfall from a file, the store or Sentry")
+    show = tsub.add_parser("show", help="print a trace waterfall from a file, the store, Sentry, Jaeger or Tempo")
     show.add_argument("target", help="trace file, or a trace id with --source")
-    show.add_argument("--source", choices=("file", "store", "sentry"), default="file")
-    show.add_argument("--config", help="suite (for the store URL and Sentry credentials)")
+    show.add_argument("--source", choices=("file", "store", "sentry", "jaeger", "tempo"), default="file")
+    show.add_argument("--config", help="suite (for the store URL and the Sentry/Jaeger/Tempo integration)")
     show.add_argument("--store", help="results store URL (with --source store)")
+
+    p = sub.add_parser("import", help="convert tests from another tool into a suite")
+    isub = p.add_subparsers(dest="import_command", required=True, parser_class=_Parser)
+    tt = isub.add_parser("tracetest", help="Tracetest tests and test suites → probes; exit 0, 1 (omissions) or 2")
+    tt.add_argument("files", nargs="+", metavar="FILE", help="Tracetest resource files (Test, TestSuite, PollingProfile)")
+    tt.add_argument("-o", "--output", metavar="SUITE", help="write the suite here (default: stdout)")
+    tt.add_argument("--source", choices=("buffer", "sentry", "jaeger", "tempo"), default="buffer",
+                    help="expect.trace.source of the probes (default: buffer)")
 
     p = sub.add_parser("demo", help="start the demo world and the daemon against it")
     p.add_argument("--once", action="store_true", help="run every demo probe once and exit with the verdicts")
@@ -268,6 +276,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tracecanary.daemon.cli.traces import cmd_trace_show
 
         return cmd_trace_show(args)
+    if cmd == "import":
+        from tracecanary.daemon.cli.importer import cmd_import_tracetest
+
+        return cmd_import_tracetest(args.files, args.output, args.source)
     if cmd == "demo":
         from tracecanary.daemon.cli.demo import cmd_demo
 

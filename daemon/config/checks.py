@@ -23,7 +23,7 @@ from tracecanary.probes.templating import Templates
 if TYPE_CHECKING:
     from tracecanary.probes.base import ProbeSpec
 
-TEMPLATE_VARIABLES = frozenset({"run_id", "probe_id", "trace_id", "span_id", "traceparent", "attempt", "steps", "now"})
+TEMPLATE_VARIABLES = frozenset({"run_id", "probe_id", "trace_id", "span_id", "traceparent", "attempt", "steps", "outputs", "now"})
 """What a probe's templates may name (``ProbeContext.template_vars``; a test keeps the two equal)."""
 UNTEMPLATED = frozenset({"description", "tags"})
 """Probe fields never rendered: text there may hold ``{{`` as it is."""

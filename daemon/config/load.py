@@ -153,7 +153,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     return Config(
         probes=[p for _, p in loaded if p is not None], extra=extra, sources=[d.path for d in docs],
         substituted=[v for d in docs for v in d.substituted],
-        warnings=_warnings([(raw.doc, raw.index, p) for raw, p in loaded if p is not None]), **cfg_kwargs,
+        warnings=_warnings([(raw.doc, raw.index, p) for raw, p in loaded if p is not None])
+        + _source_warnings([(raw.doc, raw.index, p) for raw, p in loaded if p is not None],
+                           cfg_kwargs.get("integrations") or Integrations()), **cfg_kwargs,
     )
 
 
@@ -332,6 +334,22 @@ def _warnings(probes: list[tuple[Doc, int, ProbeSpec]]) -> list[ConfigWarning]:
                 loc: Loc = ("probes", i, "expect", "side_effects", j, "slack", "in_thread")
                 found.append(ConfigWarning(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}",
                                            EVENTS_API_THREAD))
+    return found
+
+
+def _source_warnings(probes: list[tuple[Doc, int, ProbeSpec]], integrations: Integrations) -> list[ConfigWarning]:
+    """A pulled ``expect.trace.source`` whose integration is not configured (here or in another file of
+    the directory): each run would end in error."""
+    from tracecanary.daemon.spans.sources import NEEDS, PULLED, configured
+
+    ready = set(configured(integrations))
+    found: list[ConfigWarning] = []
+    for doc, i, spec in probes:
+        source = spec.expect.trace.source if spec.expect.trace is not None else "buffer"
+        if source in PULLED and source not in ready:
+            loc: Loc = ("probes", i, "expect", "trace", "source")
+            found.append(ConfigWarning(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}",
+                                       f"source {source} needs {NEEDS[source]}: each run ends in error until it is set"))
     return found
 
 

@@ -38,6 +38,7 @@ from tracecanary.daemon.run.judge import TraceOutcome, watch_trace
 from tracecanary.daemon.run.preflight import BeforeTrigger, before_trigger
 from tracecanary.daemon.run.retries import SHUTDOWN_REASON, RetryWaits
 from tracecanary.daemon.spans.buffer import TraceBuffer
+from tracecanary.daemon.spans.pull import PullSource
 from tracecanary.daemon.spans.sentry import SentryTraceSource
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store, StoreFault
 from tracecanary.daemon.watchers.base import Services, WatchContext
@@ -70,6 +71,8 @@ class RunnerDeps:
     """Renders each run's trace links once, into ``run.links`` (alerts and the dashboard read them there)."""
     sentry_source: SentryTraceSource | None = None
     """Spans pulled from Sentry for ``expect.trace.source: sentry`` (None when Sentry is not configured)."""
+    pull_sources: dict[str, PullSource] = field(default_factory=dict)
+    """The other pull sources by ``expect.trace.source`` name (``jaeger``, ``tempo``), each when configured."""
     self_tracer: Tracer | None = None
     """Tracer for the daemon's own work (judging, watching): exported, never judged."""
     resources: ProbeResources = field(default_factory=ProbeResources)
@@ -302,6 +305,7 @@ class Runner:
                 try:
                     outcome.append(await watch_trace(
                         probe.expect.trace, ctx, self.deps.buffer, root, sentry_source=self.deps.sentry_source,
+                        pull_sources=self.deps.pull_sources,
                     ))
                 except Exception as e:
                     outcome.append(TraceOutcome([internal_error("expect.trace", e, probe.id, run.run_id)], None))
@@ -362,6 +366,9 @@ class Runner:
             run.spans = outcome[0].spans
             run.span_count = len(outcome[0].spans)
             run.time_to_verdict_s = outcome[0].time_to_verdict_s
+            if outcome[0].outputs:  # {{ outputs.NAME }} from here on (teardown); kept on the run
+                ctx.outputs.update(outcome[0].outputs)
+                run.outputs["trace"] = dict(outcome[0].outputs)
         for i, effect, found in sorted(effects, key=lambda t: t[0]):
             run.findings.extend(found)
             run.side_effects.append({"index": i, "kind": effect.kind, "findings": [f.message for f in found]})
