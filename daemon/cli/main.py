@@ -207,7 +207,8 @@ def _run(args: argparse.Namespace) -> tuple[int, str]:
     return code, daemon.stop_reason or "stopped"
 
 
-_URL_PASSWORD = re.compile(r"(\w+://[^/:@\s]*):[^@\s/]*@")
+_URL_PASSWORD = re.compile(r"(\w+://[^/:@\s]*):(?!PASSWORD@)[^@\s/]*@")
+"""A password in a URL (the usage hint's literal ``USER:PASSWORD@`` placeholder is left as it is)."""
 
 
 def _one_line(e: TracecanaryError) -> str:

@@ -36,6 +36,7 @@ from tests.daemon.harness import (
     mount_namespace_available,
     unavailable,
 )
+from tests.daemon.support import problem_lines
 from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.demo.emulators.slack import SlackEmulator
 
@@ -227,15 +228,8 @@ def _start_command(tmp_path: Path, target: Target, store_url: str, wrapper: list
     return cmd
 
 
-def _problem_lines(stderr: str) -> list[str]:
-    """stderr without `run`'s start and exit lines (the exit line must say code=2)."""
-    lines = stderr.strip().splitlines()
-    assert " tracecanary starting " in lines[0] and " tracecanary exiting code=2 " in lines[-1], stderr
-    return lines[1:-1]
-
-
 def _assert_one_line(stderr: str, *fragments: str) -> None:
-    lines = _problem_lines(stderr)
+    lines = problem_lines(stderr)
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     assert lines[0].startswith("tracecanary: store"), stderr
@@ -287,7 +281,7 @@ async def test_read_only_file_system_at_start_is_exit_2(tmp_path: Path, target: 
 async def test_unknown_store_scheme_is_exit_2(tmp_path: Path, target: Target) -> None:
     code, stderr, _ = await _exit_of(_start_command(tmp_path, target, "mysql://x"), 20)
     assert code == 2, stderr
-    assert _problem_lines(stderr) == [("tracecanary: store 'mysql://x': unknown URL scheme 'mysql'; use sqlite:///PATH "
+    assert problem_lines(stderr) == [("tracecanary: store 'mysql://x': unknown URL scheme 'mysql'; use sqlite:///PATH "
                                        "(sqlite:////abs/path.db: four slashes for an absolute path) or "
                                        "postgresql://USER:PASSWORD@HOST:PORT/DB")]
 
