@@ -28,6 +28,7 @@ from tracecanary.daemon.cluster.timing import StandbyTiming
 from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.config.secrets import Secrets, install_log_masking
 from tracecanary.daemon.engine import Engine, Overrides
+from tracecanary.daemon.run.passive import PassiveSnapshot
 from tracecanary.daemon.run.scheduler import Scheduler, SchedulerNotRunning, cron_next_wall
 from tracecanary.daemon.store.base import RunRecord, Store, StoreFault
 from tracecanary.daemon.web.api import ApiAuth
@@ -63,6 +64,8 @@ class Daemon:
         """While this replica's role acts: the scope of its scheduler, alerting and retention."""
         self._role_ready = anyio.Event()
         self._acted_before = False
+        self.stop_reason: str | None = None
+        """Why ``run()`` returned (e.g. ``signal SIGTERM``): the exit line says it."""
 
     def _scheduling(self) -> bool:
         """/readyz: ready once the scheduler runs, not when the servers bind (a standby: once it waits,
@@ -83,6 +86,7 @@ class Daemon:
             membership = engine.membership
             try:
                 await self._upsert_probes(self.config.probes)
+                await engine.metrics.restore(engine.store, self.config.probes)
                 # mode single: what a previous process left is taken over before anything is served as ready
                 pending = await self._take_over("daemon restart") if membership.role is Role.SINGLE else None
             except StoreFault as e:
@@ -222,6 +226,7 @@ class Daemon:
             if signum == signal.SIGHUP:
                 await self.reload()
                 continue
+            self.stop_reason = f"signal {signal.Signals(signum).name}"
             log.info("shutdown signal=%s in_flight=%d grace_s=%s", signal.Signals(signum).name,
                      len(self.engine.runner.in_flight), self.config.daemon.shutdown_grace)
             await self.drain()
@@ -366,3 +371,6 @@ class DaemonControl:
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         return self.engine.links_for(trace_id, run_id, probe_id)
+
+    def passive(self, probe_id: str) -> PassiveSnapshot | None:
+        return self.engine.passive.snapshot(probe_id)

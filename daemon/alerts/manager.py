@@ -43,6 +43,8 @@ from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.alerts")
 NS_STATE = "alerts.state"
+ALERT_OK, ALERT_FAILING, ALERT_SILENCED = 0, 1, 2
+"""The values of ``tracecanary_alert_state`` (:meth:`AlertManager.alert_states`)."""
 MAX_FINDINGS = 5
 
 
@@ -349,6 +351,22 @@ class AlertManager:
     def system_incidents(self) -> list[SystemIncident]:
         """Open system incidents (key, summary, detail, opened_ns) for the API/dashboard/readyz."""
         return self.system.open_incidents()
+
+    async def alert_states(self, probes: Sequence[ProbeSpec]) -> dict[str, int]:
+        """Per probe id, for ``tracecanary_alert_state``: 2 while an active silence covers the probe
+        (whatever its status), else 1 while an incident is open (failing or degraded), else 0."""
+        now_s = self._clock()
+        silences = await self.silences.all()
+        stored = await self.store.kv_list(NS_STATE)
+        out: dict[str, int] = {}
+        for p in probes:
+            if silenced_by(silences, p.id, p.tags, now_s) is not None:
+                out[p.id] = ALERT_SILENCED
+            elif p.id in stored and ProbeAlertState.model_validate(stored[p.id]).status != "ok":
+                out[p.id] = ALERT_FAILING
+            else:
+                out[p.id] = ALERT_OK
+        return out
 
     # --- what the API and the dashboard ask (web.control.AlertsControl) -------------------------
     async def list_silences(self) -> list[ListedSilence]:

@@ -25,11 +25,13 @@ class StoreFault(TracecanaryError):
 
 
 class RunStatus(StrEnum):
-    """Lifecycle of a run; separate from its verdict. An aborted run has no verdict, and a reason."""
+    """Lifecycle of a run; separate from its verdict. An aborted or skipped run has no verdict, and a
+    reason (``abort_reason``); skipped: a ``requires:`` precondition was unmet, nothing was sent."""
 
     RUNNING = "running"
     FINISHED = "finished"
     ABORTED = "aborted"
+    SKIPPED = "skipped"
 
 
 @dataclass
@@ -47,6 +49,7 @@ class RunRecord:
     finished_ns: int | None = None
     verdict: Verdict | None = None
     abort_reason: str | None = None
+    """Why the run was aborted, or skipped (each unmet precondition, joined by "; ")."""
     findings: list[Finding] = field(default_factory=list)
     response: dict[str, Any] | None = None
     trace_report: dict[str, Any] | None = None

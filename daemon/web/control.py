@@ -18,6 +18,7 @@ from tracecanary.daemon.alerts.silences import ListedSilence, SilenceSettings
 from tracecanary.daemon.alerts.system import SystemIncident
 from tracecanary.daemon.cluster.membership import Membership
 from tracecanary.daemon.config.secrets import Secrets
+from tracecanary.daemon.run.passive import PassiveSnapshot
 from tracecanary.daemon.store.base import Store
 from tracecanary.probes.base import ProbeSpec
 
@@ -121,4 +122,8 @@ class Control(Protocol):
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         """Rendered trace links (Sentry, Jaeger, …) for a run stored without any."""
+        ...
+
+    def passive(self, probe_id: str) -> PassiveSnapshot | None:
+        """A ``kind: passive`` probe's current window and worst recent traces (None: no such probe)."""
         ...

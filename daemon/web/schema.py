@@ -13,7 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from tracecanary.daemon.alerts.silences import SilenceSettings
 
-ProbeState = Literal["ok", "degraded", "unknown", "failing", "silenced", "pending"]
+ProbeState = Literal["ok", "degraded", "unknown", "failing", "silenced", "pending", "skipped"]
 """``unknown``: the last final run got no spans from the services it expects (the dashboard: "no telemetry")."""
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +23,7 @@ from tracecanary.daemon.alerts.delivery import ChannelHealth
 from tracecanary.daemon.store.base import RunRecord, RunStatus
 from tracecanary.daemon.web.api import AUTH_COOKIE, ApiAuth, Handler
 from tracecanary.daemon.web.control import Control
+from tracecanary.daemon.web.dashboard.passive import passive_page
 from tracecanary.daemon.web.dashboard.summary import (
     STATE_ORDER,
     RunWindows,
@@ -253,6 +255,7 @@ def dashboard_routes(
     return [
         web.get("/", d.guard(d.overview)),
         web.get("/probes/{probe_id}", d.guard(d.probe)),
+        web.get("/probes/{probe_id}/passive", d.guard(partial(passive_page, d))),
         web.get("/runs/{run_id}", d.guard(d.run)),
         web.get("/runs/{run_id}/live", d.guard(d.run_live)),
         web.get("/incidents", d.guard(d.incidents)),
