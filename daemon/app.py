@@ -23,9 +23,12 @@ import anyio
 from aiohttp import web
 
 from tracecanary.assertions.spans import Span
+from tracecanary.daemon.cluster.membership import Membership, Role
+from tracecanary.daemon.cluster.timing import StandbyTiming
 from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.config.secrets import Secrets, install_log_masking
 from tracecanary.daemon.engine import Engine, Overrides
+from tracecanary.daemon.run.passive import PassiveSnapshot
 from tracecanary.daemon.run.scheduler import Scheduler, SchedulerNotRunning, cron_next_wall
 from tracecanary.daemon.store.base import RunRecord, Store, StoreFault
 from tracecanary.daemon.web.api import ApiAuth
@@ -42,13 +45,14 @@ class Daemon:
 
     def __init__(self, config_path: str | Path, config: Config, overrides: Overrides | None = None,
                  *, on_ready: Callable[[Daemon], None] | None = None, demo: DemoControl | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, standby_timing: StandbyTiming | None = None) -> None:
         self.config_path = Path(config_path)
         self.config = config
         self.environ: Mapping[str, str] = os.environ if environ is None else environ
         """What ``config`` was loaded with: a reload resolves ``${VAR}`` from the same mapping."""
         self.engine = Engine(config, overrides or Overrides(), daemon_mode=True, routes=[self._web_routes],
-                             ready_gate=self._scheduling)
+                             ready_gate=self._scheduling, defer_alerting=True,
+                             standby_timing=standby_timing or StandbyTiming())
         self.scheduler: Scheduler | None = None
         self.auth = ApiAuth(config.daemon.api_token, config.daemon.protect_reads)
         """The API's and the dashboard's token check, updated by a reload."""
@@ -56,9 +60,18 @@ class Daemon:
         self._on_ready = on_ready
         self._demo = demo
         """The demo world (its chaos toggle shows on the dashboard), when run by `tracecanary demo`."""
+        self._acting: anyio.CancelScope | None = None
+        """While this replica's role acts: the scope of its scheduler, alerting and retention."""
+        self._role_ready = anyio.Event()
+        self._acted_before = False
+        self.stop_reason: str | None = None
+        """Why ``run()`` returned (e.g. ``signal SIGTERM``): the exit line says it."""
 
     def _scheduling(self) -> bool:
-        """/readyz: ready once the scheduler runs, not when the servers bind."""
+        """/readyz: ready once the scheduler runs, not when the servers bind (a standby: once it waits,
+        and then /readyz says ``standby``)."""
+        if self.engine.membership.role is Role.STANDBY:
+            return self._role_ready.is_set()
         return self.scheduler is not None and self.scheduler.started
 
     async def run(self) -> int:
@@ -69,36 +82,113 @@ class Daemon:
 
     async def _run(self, signals: AsyncIterator[int]) -> int:
         async with self.engine.started() as engine:
-            if engine.alerts is not None:
-                self.control.alerts = engine.alerts
-            pending = await self._take_over()
-            self.scheduler = Scheduler(self._fire, on_lateness=engine.metrics.lateness,
-                                       on_skip=engine.metrics.skipped)
-            self.scheduler.set_probes(self.config.probes)
-            self.control.scheduler = self.scheduler
+            self.control.alerts = engine.alerts
+            membership = engine.membership
+            try:
+                await self._upsert_probes(self.config.probes)
+                await engine.metrics.restore(engine.store, self.config.probes)
+                # mode single: what a previous process left is taken over before anything is served as ready
+                pending = await self._take_over("daemon restart") if membership.role is Role.SINGLE else None
+            except StoreFault as e:
+                raise StartupError(f"store {self.engine.store_url(None)}: {e}") from e
             async with anyio.create_task_group() as tg:
-                await self._recover_chains(tg, pending)
-                await tg.start(self.scheduler.run)
-                tg.start_soon(self._retention_loop)
+                tg.start_soon(self._follow_roles, tg, pending)
                 tg.start_soon(self._warm_console)
-                log.info("daemon ready addresses=%s probes=%d", engine.addresses, len(self.config.probes))
+                await self._role_ready.wait()
+                log.info("daemon ready addresses=%s probes=%d mode=%s member=%s role=%s", engine.addresses,
+                         len(self.config.probes), membership.mode, membership.member_id, membership.role)
                 if self._on_ready is not None:
                     self._on_ready(self)
                 await self._signals(tg, signals)
         return 0
 
-    async def _take_over(self) -> list[RunRecord]:
-        """What a previous process left: runs still ``running`` become aborted; chains waiting for their
-        retry are returned. A store that fails here is a startup error (exit 2), like one that fails to open."""
-        store = self.engine.store
+    async def _follow_roles(self, tg: anyio.abc.TaskGroup, pending: list[RunRecord] | None) -> None:
+        """Act (schedule, fire, judge, alert) while the role acts; stop at once when it no longer does."""
+        async for role in self.engine.membership.roles():
+            if role.acts and self._acting is None:
+                await self._write_as(tg, self.engine.membership.writer)
+                self._acting = anyio.CancelScope()
+                await tg.start(self._act, self._acting, pending)
+                pending = None
+            elif not role.acts and self._acting is not None:
+                log.warning("stopped acting: this replica is a standby now member=%s",
+                            self.engine.membership.member_id)
+                self._acting.cancel()
+                self._acting = None
+                self.engine.store.drop_kept("this replica is no longer the active one")
+            self._role_ready.set()
+
+    async def _write_as(self, tg: anyio.abc.TaskGroup, writer: str | None) -> None:
+        """A term won in a fenced mode: the store is opened anew with the term's writer identity, so no
+        write of an earlier term (queued on the old connections) can land; the old store is closed."""
+        if writer is None:
+            return
+        from tracecanary.daemon.cluster.fence import member_url
+        from tracecanary.daemon.store.urls import open_store
+
+        store = open_store(member_url(self.engine.store_url(None), writer),
+                           open_timeout_s=self.config.daemon.store_health.check_timeout)
         try:
-            aborted = await store.abort_running("daemon restart")
-            if aborted:
-                log.warning("marked runs left running by a previous process as aborted count=%d", aborted)
-            await self._upsert_probes(self.config.probes)
-            return await store.pending_retries()
-        except StoreFault as e:
-            raise StartupError(f"store {self.engine.store_url(None)}: {e}") from e
+            await store.open()
+        except Exception:  # its writes will be refused (and counted) until the next term
+            log.exception("opening the store for this term failed writer=%s", writer)
+            return
+        old = self.engine.store.replace_inner(store)
+
+        async def close_old() -> None:
+            with anyio.CancelScope(shield=True):
+                await old.aclose()
+
+        tg.start_soon(close_old)
+
+    async def _act(self, scope: anyio.CancelScope, pending: list[RunRecord] | None,
+                   *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The active role: take over what the previous active process left, alert, schedule, retain."""
+        engine, started = self.engine, False
+        with scope:
+            try:
+                if pending is None:  # a standby taking over: the runs the deposed or dead active left
+                    pending = await self._take_over_safely()
+                if self._acted_before and engine.alerts is not None:  # a stopped manager's channels are closed
+                    engine.alerts = self.control.alerts = engine.new_alerts()
+                self._acted_before = True
+                async with anyio.create_task_group() as tg:
+                    if engine.alerts is not None:
+                        await engine.start_alerting(tg)
+                    self.scheduler = Scheduler(self._fire, on_lateness=engine.metrics.lateness,
+                                               on_skip=engine.metrics.skipped)
+                    self.scheduler.set_probes(self.config.probes)
+                    self.control.scheduler = self.scheduler
+                    await self._recover_chains(tg, pending)
+                    await tg.start(self.scheduler.run)
+                    tg.start_soon(self._retention_loop)
+                    task_status.started()
+                    started = True
+            finally:
+                self.scheduler = self.control.scheduler = None
+        if not started:  # deposed before it started: the caller goes on
+            task_status.started()
+
+    async def _take_over_safely(self) -> list[RunRecord]:
+        """:meth:`_take_over` on a takeover in mode standby: a failure is logged and the replica acts on
+        (the runs stay as they are until the next takeover); the fence refuses it if it was deposed."""
+        membership = self.engine.membership
+        reason = "failover" if membership.previous_active not in (None, membership.member_id) else "daemon restart"
+        try:
+            return await self._take_over(reason)
+        except Exception:
+            log.exception("taking over the previous active replica's runs failed member=%s", membership.member_id)
+            return []
+
+    async def _take_over(self, reason: str) -> list[RunRecord]:
+        """What a previous process left: runs still ``running`` become aborted (``reason``: daemon restart
+        or failover); chains waiting for their retry are returned."""
+        store = self.engine.store
+        aborted = await store.abort_running(reason)
+        if aborted:
+            log.warning("marked runs left running by a previous process as aborted count=%d reason=%s",
+                        aborted, reason)
+        return await store.pending_retries()
 
     async def _recover_chains(self, tg: anyio.abc.TaskGroup, pending: list[RunRecord]) -> None:
         """Resume each retry chain a previous process left waiting, or end it with the reason why not
@@ -137,6 +227,7 @@ class Daemon:
             if signum == signal.SIGHUP:
                 await self.reload()
                 continue
+            self.stop_reason = f"signal {signal.Signals(signum).name}"
             log.info("shutdown signal=%s in_flight=%d grace_s=%s", signal.Signals(signum).name,
                      len(self.engine.runner.in_flight), self.config.daemon.shutdown_grace)
             await self.drain()
@@ -147,7 +238,8 @@ class Daemon:
         """Stop firing; end the retry chains whose retry could not finish within shutdown_grace (their
         failure is final and alerted now); wait for in-flight runs and the other retries up to the
         grace; the caller then cancels the rest."""
-        assert self.scheduler is not None
+        if self.scheduler is None:  # a standby: nothing fires, nothing to drain
+            return
         self.scheduler.stop()
         grace_s = self.config.daemon.shutdown_grace
         self.engine.runner.end_retries(time.time() + grace_s)
@@ -171,8 +263,8 @@ class Daemon:
             self._retention_changed.set()
         install_log_masking(new.secrets())
         await self._upsert_probes(new.probes)
-        assert self.scheduler is not None
-        self.scheduler.set_probes(new.probes)
+        if self.scheduler is not None:  # a standby's scheduler starts with the config it has then
+            self.scheduler.set_probes(new.probes)
         a = new.extra.alerts
         log.info("config reloaded probes=%d alert_channels=%d alert_policies=%d silences=%d "
                  "retention_max_age_s=%g api_token=%s", len(new.probes), len(a.channels), len(a.policies),
@@ -262,6 +354,10 @@ class DaemonControl:
     def store(self) -> Store:
         return self.engine.store
 
+    @property
+    def membership(self) -> Membership:
+        return self.engine.membership
+
     def probes(self) -> list[ProbeSpec]:
         return list(self.engine.config.probes)
 
@@ -277,6 +373,9 @@ class DaemonControl:
         KeyError: unknown probe; ``OverlapSkipped``: the policy refused; ``SchedulerNotRunning``: the
         daemon is starting or shutting down.
         """
+        if self.scheduler is None and self.engine.membership.role is Role.STANDBY:
+            raise SchedulerNotRunning("this replica is a standby: run the probe on the active one "
+                                      "(GET /api/cluster lists the members)")
         if self.scheduler is None:
             raise SchedulerNotRunning("the scheduler is not running yet (the daemon is starting)")
         return self.scheduler.run_now(probe_id)
@@ -287,8 +386,12 @@ class DaemonControl:
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         return self.engine.links_for(trace_id, run_id, probe_id)
 
+    def passive(self, probe_id: str) -> PassiveSnapshot | None:
+        return self.engine.passive.snapshot(probe_id)
+
     def cluster_role(self) -> str | None:
-        return None  # single mode; a cluster's membership reports its role here
+        membership = self.engine.membership
+        return None if membership.role is Role.SINGLE else str(membership.role)
 
     @property
     def public_status(self) -> bool:

@@ -24,11 +24,15 @@ from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from tracecanary.daemon.alerts.manager import AlertManager
+from tracecanary.daemon.cluster.membership import Membership, Role, SingleMembership
+from tracecanary.daemon.cluster.modes import membership_for
+from tracecanary.daemon.cluster.timing import StandbyTiming
 from tracecanary.daemon.config.links import host_of, render_links
 from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.config.reload import needs_restart
 from tracecanary.daemon.config.secrets import install_log_masking
 from tracecanary.daemon.observe.lag import LAG_INTERVAL_S, LAG_THRESHOLD_S, LagMonitor
+from tracecanary.daemon.observe.logs import AccessLog
 from tracecanary.daemon.observe.metrics import Metrics
 from tracecanary.daemon.observe.store_faults import StoreFaultReporter
 from tracecanary.daemon.observe.telemetry import (
@@ -38,6 +42,7 @@ from tracecanary.daemon.observe.telemetry import (
     setup_telemetry,
 )
 from tracecanary.daemon.run.hooks import RunHook
+from tracecanary.daemon.run.passive import PassiveJudge
 from tracecanary.daemon.run.runner import Runner, RunnerDeps
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.receiver import OtlpSettings
@@ -49,6 +54,7 @@ from tracecanary.probes.kafka import KafkaProducers
 
 if TYPE_CHECKING:
     from tracecanary.daemon.spans.kafka import KafkaSourceStats
+    from tracecanary.daemon.spans.pull import PullSource
     from tracecanary.daemon.spans.sentry import SentryTraceSource
 
 log = logging.getLogger("tracecanary.engine")
@@ -59,6 +65,8 @@ RouteFactory = Callable[["Engine"], Sequence[web.AbstractRouteDef]]
 RUNNER_SCOPE = "tracecanary.runner"
 GC_GEN0_THRESHOLD = 10_000
 """Young-generation collection threshold once the engine runs (CPython's default: 700)."""
+METRICS_REFRESH_TIMEOUT_S = 5.0
+"""How long a scrape waits for the alert states before it answers with the last ones."""
 COUNTER_SYNC_S = 5.0
 """How often the buffer's eviction count and the Kafka source's span count are folded into /metrics."""
 
@@ -131,6 +139,11 @@ class Engine:
     serve_api: bool = True
     daemon_mode: bool = False
     """The daemon alerts and sends Sentry check-ins; a `check` pass reports through its exit code."""
+    defer_alerting: bool = False
+    """The daemon starts alerting itself when its role acts (:meth:`start_alerting`); otherwise the
+    engine does at start (daemon_mode)."""
+    standby_timing: StandbyTiming = field(default_factory=StandbyTiming)
+    """The election's durations in ``daemon.cluster.mode: standby`` (tests shorten them)."""
     routes: Sequence[RouteFactory] = ()
     """Routes beyond the engine's own (/healthz, /readyz, /metrics, /hooks/github): the daemon's API and
     dashboard. Each factory is called once the components exist."""
@@ -147,6 +160,8 @@ class Engine:
     store: GuardedStore = field(init=False)
     """The results store behind its guard (faults counted, reported, refused runs kept for retry)."""
     buffer: TraceBuffer = field(init=False)
+    passive: PassiveJudge = field(init=False)
+    """Judges real traffic for ``kind: passive`` probes (a tap on the buffer while any is configured)."""
     runner: Runner = field(init=False)
     services: Services = field(init=False)
     session: aiohttp.ClientSession = field(init=False)
@@ -164,7 +179,11 @@ class Engine:
     hooks: list[RunHook] = field(init=False, default_factory=list)
     metrics: Metrics = field(init=False)
     alerts: AlertManager | None = field(init=False, default=None)
+    membership: Membership = field(init=False, default_factory=SingleMembership)
+    """This replica's role in its cluster (``daemon.cluster``); single for `check`."""
     sentry_source: SentryTraceSource | None = field(init=False, default=None)
+    pull_sources: dict[str, PullSource] = field(init=False, default_factory=dict)
+    """Jaeger and Tempo, each when its integration has a url (Sentry is ``sentry_source``)."""
     _exports_telemetry: bool = field(init=False, default=False)
 
     @property
@@ -194,12 +213,18 @@ class Engine:
         with tempfile.TemporaryDirectory(prefix="tracecanary-") as tmp:
             self.metrics = Metrics()
             reporter = StoreFaultReporter(self.metrics, self.set_unready, lambda: self.alerts)
-            self.store = await open_guarded(self.store_url(tmp if temporary_store else None), reporter,
-                                            self.config.daemon.store_health)
+            url = self.store_url(tmp if temporary_store else None)
+            if self.daemon_mode:
+                self.membership, url = membership_for(self.config.daemon.cluster, url, timing=self.standby_timing,
+                                                      on_deposed=lambda _: self.metrics.cluster_depositions.inc())
+            self.store = await open_guarded(url, reporter, self.config.daemon.store_health)
+            self.store.on_fenced = self.metrics.write_fenced
             try:
                 async with aiohttp.ClientSession() as session, anyio.create_task_group() as tg:
                     self.session = session
                     await tg.start(self.store.run)
+                    await tg.start(self.membership.run)
+                    tg.start_soon(self._follow_role)
                     await self._build(tg)
                     self.lag_monitor = LagMonitor(interval_s=self.lag_interval_s, threshold_s=self.lag_threshold_s,
                                                   observe=self.metrics.loop_lag)
@@ -230,6 +255,13 @@ class Engine:
         self.services = Services(github_events=EventHub(), slack_events=None)
         self.kafka_producers = KafkaProducers()
         self.metrics.set_buffer_gauge(lambda: float(self.buffer.stats().spans))
+        self.metrics.register(self.config.probes)
+        otlp = self.otlp_settings
+        sources = [name for name, on in (("otlp_http", otlp.http), ("otlp_grpc", otlp.grpc), ("kafka", d.kafka)) if on]
+        self.metrics.register_intake(sources, self.config.extra.alerts.channels if self.daemon_mode else ())
+        self.passive = PassiveJudge(d.buffer.max_spans, on_judged=self.metrics.passive_trace)
+        self._follow_passive(self.config)
+        tg.start_soon(self.passive.run)
         self.hooks.append(self.metrics)
         self.provider = self._telemetry()
         await self._start_components(tg)
@@ -238,26 +270,23 @@ class Engine:
             hooks=self.hooks, services=self.services, max_concurrent_runs=d.max_concurrent_runs,
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
             self_tracer=self.provider.get_tracer("tracecanary.daemon") if self._exports_telemetry else None,
-            links=self.links_for, sentry_source=self.sentry_source,
-            resources=ProbeResources(kafka_producers=self.kafka_producers), secrets=self.config.secrets(),
+            links=self.links_for, sentry_source=self.sentry_source, pull_sources=self.pull_sources,
+            resources=ProbeResources(kafka_producers=self.kafka_producers, passive=self.passive),
+            secrets=self.config.secrets(),
         ))
         await self._serve_http(tg)
         # what the GitHub watcher's `watch: auto` needs to know whether GitHub can deliver to /hooks/github
         self.services.hook_address, self.services.public_url = self.addresses.get("api"), d.public_url
+        self.membership.address = self.addresses.get("api")
 
     async def _start_components(self, tg: anyio.abc.TaskGroup) -> None:
         """Alerts, the Slack Socket Mode listener and Sentry check-ins, each when configured."""
         cfg = self.config
         if self.daemon_mode:
-            self.alerts = AlertManager(
-                self.store, cfg.extra.alerts, dashboard_url=self.dashboard_url,
-                integrations=cfg.integrations, on_attempt=self.metrics.alert_sent,
-                tracer=self.provider.get_tracer("tracecanary.alerts") if self._exports_telemetry else None,
-            )
-            self.hooks.append(self.alerts)
-            await tg.start(self.alerts.run)
-            await self.alerts.reconcile(cfg.probes)
-            self.readiness_details.append(self.alerts.readiness_detail)
+            self.alerts = self.new_alerts()
+            self.readiness_details.append(lambda: self.alerts.readiness_detail() if self.alerts else [])
+            if not self.defer_alerting:
+                await self.start_alerting(tg)
         slack = cfg.integrations.slack
         if slack.app_token:
             from tracecanary.daemon.watchers.slack import SlackSocketListener
@@ -279,6 +308,36 @@ class Engine:
             from tracecanary.daemon.spans.sentry import SentryTraceSource
 
             self.sentry_source = SentryTraceSource(self.session, sentry)
+        from tracecanary.daemon.spans.sources import build_source, configured
+
+        self.pull_sources = {name: build_source(name, self.session, cfg.integrations)
+                             for name in configured(cfg.integrations) if name != "sentry"}
+
+    def new_alerts(self) -> AlertManager:
+        """A fresh alert manager (the one before, if any, leaves the run hooks): built at start, and again
+        each time a replica becomes active (a stopped manager's channels are closed)."""
+        cfg = self.config
+        alerts = AlertManager(
+            self.store, cfg.extra.alerts, dashboard_url=self.dashboard_url,
+            integrations=cfg.integrations, on_attempt=self.metrics.alert_sent,
+            tracer=self.provider.get_tracer("tracecanary.alerts") if self._exports_telemetry else None,
+        )
+        if self.alerts in self.hooks:
+            self.hooks.remove(self.alerts)
+        self.hooks.append(alerts)
+        return alerts
+
+    async def start_alerting(self, tg: anyio.abc.TaskGroup) -> None:
+        """Deliver (re-queue the outbox, run the lanes) in ``tg`` and catch up on missed runs."""
+        assert self.alerts is not None
+        await tg.start(self.alerts.run)
+        await self.alerts.reconcile(self.config.probes)
+
+    async def _follow_role(self) -> None:
+        """``tracecanary_cluster_role`` and /readyz follow the role: a standby is unready (``standby``)."""
+        async for role in self.membership.roles():
+            self.metrics.set_role(role.value, [r.value for r in Role])
+            self.set_unready("cluster", "standby" if role is Role.STANDBY else None)
 
     @property
     def dashboard_url(self) -> str:
@@ -313,13 +372,21 @@ class Engine:
         only a restart applies."""
         old, self.config = self.config, config
         self.metrics.retain(config.probes)
+        self._follow_passive(config)
         # Runs started under the old config may still finish: mask the old secrets and the new ones.
         self.runner.deps.secrets = self.runner.deps.secrets | config.secrets()
         self.store.settings = config.daemon.store_health  # read at each check and each kept run
         if self.alerts is not None:
             await self.alerts.reconfigure(config.extra.alerts, config.integrations, config.probes,
-                                          dashboard_url=self.dashboard_url)
+                                          dashboard_url=self.dashboard_url, close_orphans=self.membership.role.acts)
         return needs_restart(old, config)
+
+    def _follow_passive(self, config: Config) -> None:
+        """The passive judge follows the config's passive probes; it taps the buffer only while there are some."""
+        self.passive.configure(config.probes)
+        self.buffer.remove_tap(self.passive)
+        if self.passive.active:
+            self.buffer.add_tap(self.passive)
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         """The run's trace links (the runner's :class:`LinkRenderer`): rendered once per run."""
@@ -399,7 +466,10 @@ class Engine:
         """Serve ``app`` on ``addr`` until the task group ends; returns its runner (one site: see bound_port)."""
         # The OTLP handler decompresses itself under its size cap; aiohttp's own inflater would keep
         # inflating the rest of a gzip bomb after the 413.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=not serves_otlp)
+        access: dict[str, Any] = {"access_log": None}
+        if what == "api":  # the OTLP-only receiver keeps none: its failures are counted and logged already
+            access = {"access_log": logging.getLogger("tracecanary.access"), "access_log_class": AccessLog}
+        runner = web.AppRunner(app, handle_signals=False, auto_decompress=not serves_otlp, **access)
         await runner.setup()
         try:
             await start_site(runner, addr, what)
@@ -426,9 +496,22 @@ class Engine:
         hub = self.services.github_events
         assert hub is not None
         github = self.config.integrations.github
-        return [*metrics_routes(self.metrics),
+        return [*metrics_routes(self.metrics, self._refresh_metrics),
                 *github_hook_routes(hub, github.webhook_secret, allow_unsigned=github.allow_unsigned_webhooks,
                                     announce=self.config.uses_github_webhooks())]
+
+    async def _refresh_metrics(self) -> None:
+        """At each scrape: the alert state of every probe (silences start and end on the clock). A store
+        that fails keeps the last values (the store's own metrics and /readyz say why)."""
+        if self.alerts is None:
+            return
+        try:
+            with anyio.fail_after(METRICS_REFRESH_TIMEOUT_S):
+                states = await self.alerts.alert_states(self.config.probes)
+        except Exception as e:
+            log.debug("metrics.alert_state_unread error=%r", e)
+            return
+        self.metrics.set_alert_states(states)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

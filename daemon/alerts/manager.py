@@ -49,6 +49,8 @@ from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.alerts")
 NS_STATE = "alerts.state"
+ALERT_OK, ALERT_FAILING, ALERT_SILENCED = 0, 1, 2
+"""The values of ``tracecanary_alert_state`` (:meth:`AlertManager.alert_states`)."""
 MAX_FINDINGS = 5
 
 
@@ -170,10 +172,12 @@ class AlertManager:
         return self.outbox.channels
 
     async def reconfigure(self, settings: AlertsSettings, integrations: Integrations,
-                          probes: Sequence[ProbeSpec], *, dashboard_url: str | None = None) -> None:
+                          probes: Sequence[ProbeSpec], *, dashboard_url: str | None = None,
+                          close_orphans: bool = True) -> None:
         """A reloaded config (SIGHUP): policies, channels (rebuilt when their config or the integrations
         changed; pending deliveries of a removed channel are dropped), silences and timings; incidents
-        of probes that no longer alert are closed with their recovery."""
+        of probes that no longer alert are closed with their recovery (unless ``close_orphans`` is
+        False: a standby replica leaves that to the active one)."""
         old, old_integrations = self.settings, self._integrations
         channels = {
             name: (self.outbox.lanes[name].channel
@@ -187,7 +191,8 @@ class AlertManager:
         await self.outbox.set_channels(channels)
         self.silences = Silences(self.store, settings.silences, self._clock)
         self.telemetry.after = settings.telemetry_incident_after
-        await self.close_orphans(probes, "the probe no longer alerts (configuration reloaded)")
+        if close_orphans:
+            await self.close_orphans(probes, "the probe no longer alerts (configuration reloaded)")
         log.info("alerts reconfigured channels=%s policies=%s silences=%d", ",".join(settings.channels),
                  ",".join(settings.policies), len(settings.silences))
 
@@ -355,6 +360,22 @@ class AlertManager:
     def system_incidents(self) -> list[SystemIncident]:
         """Open system incidents (key, summary, detail, opened_ns) for the API/dashboard/readyz."""
         return self.system.open_incidents()
+
+    async def alert_states(self, probes: Sequence[ProbeSpec]) -> dict[str, int]:
+        """Per probe id, for ``tracecanary_alert_state``: 2 while an active silence covers the probe
+        (whatever its status), else 1 while an incident is open (failing or degraded), else 0."""
+        now_s = self._clock()
+        silences = await self.silences.all()
+        stored = await self.store.kv_list(NS_STATE)
+        out: dict[str, int] = {}
+        for p in probes:
+            if silenced_by(silences, p.id, p.tags, now_s) is not None:
+                out[p.id] = ALERT_SILENCED
+            elif p.id in stored and ProbeAlertState.model_validate(stored[p.id]).status != "ok":
+                out[p.id] = ALERT_FAILING
+            else:
+                out[p.id] = ALERT_OK
+        return out
 
     # --- what the API and the dashboard ask (web.control.AlertsControl) -------------------------
     async def list_silences(self) -> list[ListedSilence]:

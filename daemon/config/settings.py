@@ -11,12 +11,13 @@ from pydantic import Field, field_validator
 
 from tracecanary.assertions.units import Duration
 from tracecanary.daemon.alerts.policy import AlertsSettings
+from tracecanary.daemon.cluster.settings import ClusterSettings, kafka_source_rule, store_rule
 from tracecanary.daemon.config.links import LinkSettings
 from tracecanary.daemon.spans.buffer import BufferSettings
 from tracecanary.daemon.spans.kafka import KafkaSpanSettings
 from tracecanary.daemon.spans.receiver import OtlpSettings
 from tracecanary.daemon.store.guard import StoreHealthSettings
-from tracecanary.model import CREDENTIAL, StrictModel
+from tracecanary.model import CREDENTIAL, StrictModel, cross_field_rule
 
 _HOSTNAME_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
@@ -74,6 +75,8 @@ class DaemonSettings(StrictModel):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     buffer: BufferSettings = Field(default_factory=BufferSettings)
     kafka: KafkaSpanSettings | None = Field(None, description="Kafka span source; unset = off.")
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings,
+                                     description="How replicas share the work: single, standby or kafka.")
     max_concurrent_runs: int = Field(64, ge=1, description="Runs in flight at once, all probes together.")
     shutdown_grace: Duration = Field(30.0, description="On SIGTERM, how long in-flight runs may finish.")
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
@@ -101,6 +104,9 @@ class DaemonSettings(StrictModel):
         return value or None  # `${TRACECANARY_TOKEN:-}` unset means no token, not an empty one
 
     poll_interval: Duration = Field(2.0, description="Default poll interval of polling watchers.")
+
+    _cluster_store = cross_field_rule(store_rule, at="cluster")
+    _cluster_kafka = cross_field_rule(kafka_source_rule, at="kafka")
 
 
 class ExtraSections(StrictModel):

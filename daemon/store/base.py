@@ -1,8 +1,8 @@
 """The results store protocol: probes, runs, an append-only event log and a small key-value space.
 
-One protocol, several backends (SQLite now, Postgres with scale-out), one test suite for all
-(tests/store/test_store.py runs against every backend in ``BACKENDS``). Run writes happen inside a
-shielded scope in the runner so cancellation cannot lose a result.
+One protocol, two backends (SQLite, the default; PostgreSQL), one test suite for all
+(tests/store/test_store.py runs against every backend in ``BACKENDS``); ``urls.open_store`` picks one by
+URL. Run writes happen inside a shielded scope in the runner so cancellation cannot lose a result.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ class StoreFault(TracecanaryError):
 
 
 class RunStatus(StrEnum):
-    """Lifecycle of a run; separate from its verdict. An aborted run has no verdict, and a reason."""
+    """Lifecycle of a run; separate from its verdict. An aborted or skipped run has no verdict, and a
+    reason (``abort_reason``); skipped: a ``requires:`` precondition was unmet, nothing was sent."""
 
     RUNNING = "running"
     FINISHED = "finished"
     ABORTED = "aborted"
+    SKIPPED = "skipped"
 
 
 @dataclass
@@ -50,6 +52,7 @@ class RunRecord:
     finished_ns: int | None = None
     verdict: Verdict | None = None
     abort_reason: str | None = None
+    """Why the run was aborted, or skipped (each unmet precondition, joined by "; ")."""
     findings: list[Finding] = field(default_factory=list)
     response: dict[str, Any] | None = None
     trace_report: dict[str, Any] | None = None

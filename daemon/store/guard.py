@@ -27,6 +27,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from pydantic import Field
 
 from tracecanary.assertions.units import Duration
+from tracecanary.daemon.cluster.fence import FencedWrite, fenced_reason
 from tracecanary.daemon.store.base import ProbeRow, RunRecord, Store, StoreFault
 from tracecanary.daemon.store.stats import RunHead, RunStats
 from tracecanary.model import StrictModel
@@ -76,8 +77,12 @@ class GuardedStore:
     """A :class:`Store` that reports faults and keeps refused run results for a bounded retry."""
 
     def __init__(self, store: Store, events: StoreEvents, settings: StoreHealthSettings | None = None,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, clock: Callable[[], float] = time.monotonic,
+                 on_fenced: Callable[[str, str], None] | None = None) -> None:
+        """``on_fenced(op, reason)``: a write refused because this replica lost the leader epoch
+        (cluster mode standby): counted and logged by the caller, never kept for retry, never merged."""
         self.inner = store
+        self.on_fenced = on_fenced
         self.settings = settings or StoreHealthSettings()
         self._events = events
         self._clock = clock
@@ -101,29 +106,66 @@ class GuardedStore:
             self.failing = reason
             self._events.store_failing(reason, error)
 
+    def _fenced(self, op: str, error: BaseException) -> FencedWrite | None:
+        """A write the cluster fence refused: reported (not a fault of the store); None for other errors."""
+        reason = fenced_reason(error)
+        if reason is None:
+            return None
+        log.error("store write refused: this replica is not the active one op=%s reason=%s", op, reason)
+        if self.on_fenced is not None:
+            self.on_fenced(op, reason)
+        return error if isinstance(error, FencedWrite) else FencedWrite(reason)
+
     async def _call(self, op: str, call: Awaitable[T]) -> T:
         try:
             return await call
-        except StoreFault as e:
-            self._fault(op, e)
-            raise
         except Exception as e:
-            self._events.store_error(op, e)
+            if (fenced := self._fenced(op, e)) is not None:
+                raise fenced from e
+            if isinstance(e, StoreFault):
+                self._fault(op, e)
+            else:
+                self._events.store_error(op, e)
             raise
 
     async def _save(self, op: str, run: RunRecord, write: Callable[[RunRecord], Awaitable[None]]) -> None:
         try:
             await write(run)
-        except StoreFault as e:
-            self._fault(op, e)
-            self._keep(run)
-            log.warning("run kept in memory until the store works again run_id=%s op=%s pending=%d reason=%s",
-                        run.run_id, op, len(self._kept), e)
-            return
         except Exception as e:
-            self._events.store_error(op, e)
-            raise
+            fenced = self._fenced(op, e)
+            if fenced is None:
+                self._refused(op, run, e)
+            elif op == "insert_run":  # a deposed replica's run must not start; a result it finishes is dropped
+                raise fenced from e
+            return
         self._kept.pop(run.run_id, None)
+
+    def _refused(self, op: str, run: RunRecord, error: Exception) -> None:
+        """A run write failed: a fault keeps the run for a later write; anything else is raised."""
+        if not isinstance(error, StoreFault):
+            self._events.store_error(op, error)
+            raise error
+        self._fault(op, error)
+        self._keep(run)
+        log.warning("run kept in memory until the store works again run_id=%s op=%s pending=%d reason=%s",
+                    run.run_id, op, len(self._kept), error)
+
+    def replace_inner(self, store: Store) -> Store:
+        """Serve from ``store`` (opened) from now on; returns the one it replaces (the caller closes it)."""
+        old, self.inner = self.inner, store
+        return old
+
+    def drop_kept(self, why: str) -> list[str]:
+        """Forget the kept runs without writing them (a deposed replica: the new active records them
+        ``aborted``/``failover``, and a write of this term must not land later); their run ids."""
+        dropped = list(self._kept)
+        self._kept.clear()
+        if dropped:
+            log.error("kept runs dropped, not written why=%s run_ids=%s", why, ",".join(dropped))
+            if self.on_fenced is not None:
+                for _ in dropped:
+                    self.on_fenced("finish_run", why)
+        return dropped
 
     def _keep(self, run: RunRecord) -> None:
         kept = self._kept.get(run.run_id)
@@ -165,9 +207,12 @@ class GuardedStore:
         for run_id, kept in list(self._kept.items()):
             try:
                 await self.inner.finish_run(kept.run)
-            except StoreFault as e:
-                return str(e)
             except Exception as e:
+                if self._fenced("finish_run", e) is not None:  # another replica is active now: not ours to write
+                    self._kept.pop(run_id, None)
+                    continue
+                if isinstance(e, StoreFault):
+                    return str(e)
                 self._events.store_error("finish_run", e)
                 self._kept.pop(run_id, None)
                 self._lose([run_id], f"write failed: {type(e).__name__}: {e}")

@@ -59,6 +59,9 @@ OPEN_TIMEOUT_S = 15.0
 OP_TIMEOUT_S = 10.0
 RETRY_DELAYS_S = (0.1, 0.5, 2.0)
 POOL_SIZE = 10
+RECONNECT_TIMEOUT_S = 60.0
+"""How long the pool keeps re-opening one connection in the background; after it, connections are opened
+again on demand (an outage of any length ends with the server back)."""
 INLINE_SPANS = 200
 """Snapshots of more spans are encoded on a worker thread (10k spans take 60-90 ms)."""
 
@@ -67,13 +70,15 @@ class PostgresStore(SqlStore):
     """The Store protocol on a PostgreSQL database."""
 
     def __init__(self, url: str, *, open_timeout_s: float = OPEN_TIMEOUT_S, op_timeout_s: float = OP_TIMEOUT_S,
-                 retry_delays_s: Sequence[float] = RETRY_DELAYS_S, pool_size: int = POOL_SIZE) -> None:
+                 retry_delays_s: Sequence[float] = RETRY_DELAYS_S, pool_size: int = POOL_SIZE,
+                 reconnect_timeout_s: float = RECONNECT_TIMEOUT_S) -> None:
         self.url = url
         self.where = display_url(url)
         self.open_timeout_s = open_timeout_s
         self.op_timeout_s = op_timeout_s
         self.retry_delays_s = tuple(retry_delays_s)
         self.pool_size = pool_size
+        self.reconnect_timeout_s = reconnect_timeout_s
         self._pool: psycopg_pool.AsyncConnectionPool[Conn] | None = None
         self._down = False
         self._rollups = postgres_stats.VersionedCache()
@@ -84,7 +89,7 @@ class PostgresStore(SqlStore):
     def _new_pool(self) -> psycopg_pool.AsyncConnectionPool[Conn]:
         return psycopg_pool.AsyncConnectionPool(
             self.url, min_size=min(2, self.pool_size), max_size=self.pool_size, open=False,
-            timeout=self.op_timeout_s, reconnect_timeout=max(self.open_timeout_s, 60.0), name="tracecanary-store",
+            timeout=self.op_timeout_s, reconnect_timeout=self.reconnect_timeout_s, name="tracecanary-store",
             kwargs={"autocommit": True, "connect_timeout": max(1, round(self.op_timeout_s)),
                     "application_name": "tracecanary"},
         )

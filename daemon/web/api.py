@@ -36,6 +36,8 @@ from tracecanary.daemon.web.schema import (
     AckIn,
     AlertsOut,
     ChannelOut,
+    ClusterMemberOut,
+    ClusterOut,
     ErrorOut,
     FireOut,
     IncidentList,
@@ -227,6 +229,12 @@ class Api:
             return _error(404, "unknown silence")
         return web.Response(status=204)
 
+    async def cluster(self, request: web.Request) -> web.Response:
+        m = self.control.membership
+        members = [ClusterMemberOut.model_validate(asdict(x)) for x in await m.members()]
+        return self._json(ClusterOut(mode=m.mode, member=m.member_id, role=m.role.value, epoch=m.epoch,
+                                     members=members))
+
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
@@ -281,6 +289,7 @@ def api_routes(control: Control, *, api_token: str | None = None, read_token_req
         web.get("/api/incidents", read(api.list_incidents)),
         web.post("/api/incidents/{incident_id}/ack", write(api.ack_incident)),
         web.get("/api/silences", read(api.list_silences)),
+        web.get("/api/cluster", read(api.cluster)),
         web.post("/api/silences", write(api.add_silence)),
         web.delete("/api/silences/{silence_id}", write(api.remove_silence)),
     ]

@@ -17,7 +17,9 @@ from tracecanary.daemon.alerts.incidents import IncidentHistory
 from tracecanary.daemon.alerts.manager import AlertsOverview
 from tracecanary.daemon.alerts.silences import ListedSilence, SilenceSettings
 from tracecanary.daemon.alerts.system import SystemIncident
+from tracecanary.daemon.cluster.membership import Membership
 from tracecanary.daemon.config.secrets import Secrets
+from tracecanary.daemon.run.passive import PassiveSnapshot
 from tracecanary.daemon.store.base import Store
 from tracecanary.probes.base import ProbeSpec
 
@@ -99,6 +101,11 @@ class Control(Protocol):
         """The demo world when run by `tracecanary demo` (the dashboard shows its chaos toggle)."""
         ...
 
+    @property
+    def membership(self) -> Membership:
+        """This replica's cluster role and the members (``GET /api/cluster``, the dashboard header)."""
+        ...
+
     def probes(self) -> list[ProbeSpec]:
         """The probes of the loaded config, in config order."""
         ...
@@ -135,4 +142,8 @@ class Control(Protocol):
     @property
     def public_status(self) -> bool:
         """``daemon.public_status``: with ``protect_reads``, badges and the status page stay open."""
+        ...
+
+    def passive(self, probe_id: str) -> PassiveSnapshot | None:
+        """A ``kind: passive`` probe's current window and worst recent traces (None: no such probe)."""
         ...

@@ -13,7 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from tracecanary.daemon.alerts.silences import SilenceSettings
 
-ProbeState = Literal["ok", "degraded", "unknown", "failing", "silenced", "pending"]
+ProbeState = Literal["ok", "degraded", "unknown", "failing", "silenced", "pending", "skipped"]
 """``unknown``: the last final run got no spans from the services it expects (the dashboard: "no telemetry")."""
 
 
@@ -240,6 +240,28 @@ class SilenceList(_Out):
     silences: list[SilenceOut]
 
 
+class ClusterMemberOut(_Out):
+    """A replica of the cluster as it last reported itself."""
+
+    member: str
+    role: str = Field(description="active | standby | single | member, as last reported (left: it stopped).")
+    address: str | None = Field(None, description="Its API address (host:port).")
+    started_ns: int
+    heartbeat_ns: int = Field(description="When it last reported (epoch ns, the database's clock).")
+    alive: bool = Field(description="Whether that report is recent.")
+    epoch: int | None = Field(None, description="The leader epoch it holds (the active one).")
+
+
+class ClusterOut(_Out):
+    """This replica's place in its cluster (``daemon.cluster``)."""
+
+    mode: Literal["single", "standby", "kafka"]
+    member: str = Field(description="This replica's member id.")
+    role: Literal["active", "standby", "single", "member"]
+    epoch: int | None = Field(None, description="The leader epoch this replica holds while active.")
+    members: list[ClusterMemberOut]
+
+
 class ErrorOut(_Out):
     error: str
 
@@ -247,7 +269,7 @@ class ErrorOut(_Out):
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     HistoryItem, RunSummary, ProbeStatus, ProbeList, RunPage, FindingOut, SpanOut, TreeNode, TraceTree,
     RunDetail, FireOut, SilenceOut, AlertsOut, TimelineOut, IncidentOut, ChannelOut, IncidentList, SilenceList,
-    ErrorOut,
+    ClusterMemberOut, ClusterOut, ErrorOut,
 )
 
 
@@ -309,6 +331,10 @@ def openapi_document() -> dict[str, Any]:
         "/api/alerts": {"get": {
             "operationId": "listAlerts", "summary": "Active silences and alert states.",
             "responses": {"200": _json("AlertsOut", "Silences and alerts."), **_errors(401, 501)},
+        }},
+        "/api/cluster": {"get": {
+            "operationId": "getCluster", "summary": "This replica's cluster mode and role, and the members.",
+            "responses": {"200": _json("ClusterOut", "The cluster as this replica sees it."), **_errors(401)},
         }},
         "/api/incidents": {"get": {
             "operationId": "listIncidents", "summary": "Open and past incidents with their timelines; channel health.",

@@ -53,11 +53,15 @@ class Target:
 class DaemonProcess:
     """``tracecanary run CONFIG`` as a child process with its own port, store and log file."""
 
-    def __init__(self, config: Path, db: Path) -> None:
+    def __init__(self, config: Path, db: Path | str, *, name: str = "daemon",
+                 env: dict[str, str] | None = None) -> None:
+        """``db``: a SQLite file, or a store URL (``postgresql://…``); ``env`` is added to the environment."""
         self.config, self.db = config, db
+        self.store = db if isinstance(db, str) else f"sqlite:///{db}"
+        self.env = {**os.environ, **(env or {})}
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = config.parent / "daemon.log"
+        self.log = config.parent / f"{name}.log"
 
     @property
     def base(self) -> str:
@@ -67,24 +71,25 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tracecanary.daemon.cli.main", "run", str(self.config),
              "--listen", f"127.0.0.1:{self.port}", "--otlp-http", "none", "--otlp-grpc", "none",
-             "--store", f"sqlite:///{self.db}"],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+             "--store", self.store],
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=self.env,
         )
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    async def ready(self) -> None:
+    async def ready(self, path: str = "/readyz", timeout_s: float = 60) -> None:
+        """Until ``path`` answers 200 (``/healthz``: up, whatever its role)."""
         async def check() -> bool:
             assert self.proc is not None
             assert self.proc.poll() is None, self.log_text()[-4000:]
             try:
-                async with aiohttp.ClientSession() as s, s.get(f"{self.base}/readyz") as r:
+                async with aiohttp.ClientSession() as s, s.get(f"{self.base}{path}") as r:
                     return r.status == 200
             except aiohttp.ClientError:
                 return False
 
-        await eventually(check, 60, "daemon /readyz")
+        await eventually(check, timeout_s, f"daemon {path}")
 
     async def get(self, path: str, token: str | None = None) -> tuple[int, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -124,3 +129,11 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+
+def problem_lines(stderr: str) -> list[str]:
+    """stderr of a `tracecanary run` that failed to start, without its start and exit lines (the exit
+    line must say code=2)."""
+    lines = stderr.strip().splitlines()
+    assert " tracecanary starting " in lines[0] and " tracecanary exiting code=2 " in lines[-1], stderr
+    return lines[1:-1]

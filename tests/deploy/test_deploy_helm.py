@@ -3,6 +3,7 @@ single-replica Recreate Deployment whose probes, ports, args, volumes and suite 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -114,6 +115,7 @@ def test_rendered_deployment(tmp_path: Path) -> None:
     (c,) = pod["containers"]
     args = parse_run_args(c["args"])
     assert args.config == "/etc/tracecanary" and args.store == STORE
+    assert args.log_format == "text" and args.log_level == logging.INFO
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     want = default_ports()
     assert ports == {"http": want["http"], "otlp-http": want["otlp_http"], "otlp-grpc": want["otlp_grpc"]}
@@ -141,12 +143,12 @@ def test_rendered_deployment(tmp_path: Path) -> None:
 def test_rendered_options() -> None:
     objs = render("serviceMonitor.enabled=true", "otlpGrpcEnabled=false", "persistence.enabled=false",
                   "secretEnv.OTLP_TOKEN.secret=tc-secrets", "secretEnv.OTLP_TOKEN.key=otlp-token",
-                  "env.TARGET_URL=http://orders.shop.svc")
+                  "env.TARGET_URL=http://orders.shop.svc", "log.format=json", "log.level=debug")
     assert "PersistentVolumeClaim" not in objs
     pod = objs["Deployment"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     args = parse_run_args(c["args"])
-    assert args.otlp_grpc == "none"
+    assert args.otlp_grpc == "none" and args.log_format == "json" and args.log_level == logging.DEBUG
     assert {p["name"] for p in c["ports"]} == {"http", "otlp-http"}
     assert {p["name"] for p in objs["Service"]["spec"]["ports"]} == {"http", "otlp-http"}
     env = {e["name"]: e for e in c["env"]}
@@ -163,3 +165,32 @@ def test_suite_change_rolls_the_pod() -> None:
     a = render()["Deployment"]["spec"]["template"]["metadata"]["annotations"]["checksum/suite"]
     b = render("suite=probes: []")["Deployment"]["spec"]["template"]["metadata"]["annotations"]["checksum/suite"]
     assert a != b
+
+
+def test_two_replicas_run_active_standby(tmp_path: Path) -> None:
+    """``replicas: 2``: PostgreSQL required, the cluster mode set for the suite, pods spread over nodes,
+    every pod replaced at once (a standby never becomes Ready), no volume claim, no disruption budget."""
+    objs = render("replicas=2", "store=postgresql://tc@pg.db.svc:5432/tracecanary")
+    assert set(objs) == {"ServiceAccount", "ConfigMap", "Service", "Deployment"}  # no PVC, no PDB
+    dep = objs["Deployment"]["spec"]
+    assert dep["replicas"] == 2
+    assert dep["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "100%", "maxUnavailable": "100%"}}
+    pod = dep["template"]["spec"]
+    (c,) = pod["containers"]
+    assert parse_run_args(c["args"]).store == "postgresql://tc@pg.db.svc:5432/tracecanary"
+    assert {e["name"]: e.get("value") for e in c["env"]}["TRACECANARY_CLUSTER_MODE"] == "standby"
+    assert {v["name"]: v for v in pod["volumes"]}["data"] == {"name": "data", "emptyDir": {}}
+    [term] = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= \
+        dep["template"]["metadata"]["labels"].items()
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(objs["ConfigMap"]["data"]["suite.yaml"])
+    proc = run_tracecanary("validate", str(tmp_path), env={**clean_env(), "TRACECANARY_CLUSTER_MODE": "standby"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_two_replicas_need_postgresql() -> None:
+    argv = [helm(), "template", "rel", str(CHART), "--set", "replicas=2"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0 and "replicas > 1 runs active/standby on one PostgreSQL database" in proc.stderr

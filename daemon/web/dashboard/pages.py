@@ -113,7 +113,9 @@ class Pages:
     def html(self, name: str, **ctx: Any) -> str:
         """A rendered template with the config's secrets masked (in their HTML-escaped forms too)."""
         ctx.setdefault("token_needed", self.auth.enabled)
-        return self.control.secrets().mask_text(self.env.get_template(name).render(**ctx))
+        membership = self.control.membership
+        cluster = {"mode": membership.mode, "role": membership.role.value, "member": membership.member_id}
+        return self.control.secrets().mask_text(self.env.get_template(name).render(cluster=cluster, **ctx))
 
     def render(self, name: str, status: int = 200, **ctx: Any) -> web.Response:
         return web.Response(text=self.html(name, **ctx), content_type="text/html", status=status)

@@ -32,8 +32,9 @@ from tracecanary.probes.base import ProbeSpec
 
 HISTORY_RUNS = 30
 MAX_TREE_DEPTH = 64
-STATE_ORDER = {"failing": 0, "unknown": 1, "degraded": 2, "pending": 3, "ok": 4, "silenced": 5}
-"""Overview order; ``unknown``: the last final run got no spans from its services (shown "no telemetry")."""
+STATE_ORDER = {"failing": 0, "unknown": 1, "degraded": 2, "skipped": 3, "pending": 4, "ok": 5, "silenced": 6}
+"""Overview order; ``unknown``: the last final run got no spans from its services (shown "no telemetry");
+``skipped``: the last run was skipped, a ``requires:`` precondition unmet (its reason is shown)."""
 _SECRET_KEY = re.compile(
     r"(?i)(authorization|cookie|token|secret|password|passwd|api[-_]?key|signature|dsn|private)"
 )
@@ -90,9 +91,11 @@ async def silence_check(control: Control) -> Callable[[ProbeSpec], bool]:
     return lambda probe: any(s.matches_probe(probe.id, list(probe.tags)) for s in active)
 
 
-def _state(last_final: RunHead | None, silenced: bool) -> ProbeState:
+def _state(last_final: RunHead | None, silenced: bool, last: RunRecord | None = None) -> ProbeState:
     if silenced:
         return "silenced"
+    if last is not None and last.status is RunStatus.SKIPPED:
+        return "skipped"
     if last_final is None or last_final.verdict is None:
         return "pending"
     if last_final.verdict is Verdict.PASS:
@@ -138,7 +141,7 @@ def _row(probe: ProbeSpec, heads: list[RunHead], history: list[HistoryItem], lat
                       None)
     return ProbeStatus(
         id=probe.id, kind=probe.kind, description=probe.description, tags=list(probe.tags),
-        paused=probe.pause, schedule=schedule_text(probe), state=_state(last_final, silenced),
+        paused=probe.pause, schedule=schedule_text(probe), state=_state(last_final, silenced, latest),
         silenced=silenced, last_run=run_summary(latest) if latest else None,
         last_verdict=str(last_final.verdict) if last_final else None,
         last_verdict_age_s=(now_ns - (last_final.finished_ns or last_final.started_ns)) / 1e9 if last_final else None,

@@ -9,6 +9,7 @@ page ``public.py``; what every page shares ``pages.py``.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,6 +24,7 @@ from tracecanary.daemon.web.control import Control
 from tracecanary.daemon.web.dashboard import charts
 from tracecanary.daemon.web.dashboard.console import Console
 from tracecanary.daemon.web.dashboard.pages import HERE, Pages, StripHtml
+from tracecanary.daemon.web.dashboard.passive import passive_page
 from tracecanary.daemon.web.dashboard.public import Public
 from tracecanary.daemon.web.dashboard.summary import STATE_ORDER, Strips, probe_statuses, redact, run_summary
 from tracecanary.daemon.web.dashboard.waterfall import build_waterfall
@@ -215,6 +217,7 @@ def dashboard_routes(
     return [
         web.get("/", d.guard(d.overview)),
         web.get("/probes/{probe_id}", d.guard(d.probe)),
+        web.get("/probes/{probe_id}/passive", d.guard(partial(passive_page, d))),
         web.get("/runs/{run_id}", d.guard(d.run)),
         web.get("/runs/{run_id}/live", d.guard(d.run_live)),
         *console.routes(),

@@ -165,3 +165,18 @@ async def test_alert_routes_501_without_alert_manager(api_env: ApiEnv) -> None:
             assert r.status == 501
         async with api_env.session.post(f"{base}/api/silences", json={}, headers=api_env.auth()) as r:
             assert r.status == 501
+
+
+async def test_cluster_of_a_single_daemon(api_env: ApiEnv, openapi: dict[str, Any]) -> None:
+    async with api_env.session.get(f"{api_env.base}/api/cluster") as r:
+        assert r.status == 200
+        body = await r.json()
+    validate(openapi, "/api/cluster", "get", 200, body)
+    assert body["mode"] == "single" and body["role"] == "single" and body["epoch"] is None
+    [me] = body["members"]
+    assert me["member"] == body["member"] and me["role"] == "single" and me["alive"] is True
+    assert me["address"] == api_env.base.removeprefix("http://")
+    async with api_env.session.get(f"{api_env.base}/metrics") as r:
+        metrics = await r.text()
+    assert 'tracecanary_cluster_role{role="single"} 1.0' in metrics
+    assert 'tracecanary_cluster_role{role="standby"} 0.0' in metrics
