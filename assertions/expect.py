@@ -227,12 +227,31 @@ class TracetestSpec(_Strict):
     _assertions = field_validator("assertions")(classmethod(lambda cls, v: _valid_assertions(v)))
 
 
+class TraceOutput(_Strict):
+    """A value kept from the judged trace (Tracetest's ``outputs``): the attribute ``value`` names, read from
+    the first span (by start time) the selector picks that carries it. Recorded on the run as
+    ``outputs.trace.NAME`` and usable as ``{{ outputs.NAME }}`` in what is rendered after the trace is
+    judged (teardown)."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Output name, as in {{ outputs.NAME }}.")
+    selector: str = Field("", description="Tracetest selector; empty selects every span.")
+    value: str = Field(pattern=r"^attr:[A-Za-z_][\w.\-]*$", description="The attribute to keep: attr:KEY.")
+
+    _selector = field_validator("selector")(classmethod(lambda cls, v: _valid_selector(v)))
+
+    @property
+    def key(self) -> str:
+        return self.value.removeprefix("attr:")
+
+
 class TraceExpectation(BaseModel):
     """Expected trace shape; the same document ``tracecanary assert --expect`` takes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    source: Literal["buffer", "sentry"] = Field("buffer", description="Where the spans come from.")
+    source: Literal["buffer", "sentry", "jaeger", "tempo"] = Field(
+        "buffer", description="Where the spans come from: buffer (OTLP and Kafka intake), or pulled from sentry, "
+        "jaeger or tempo (integrations.<name>).")
     settle: Duration = Field(2.0, description="Quiet time after the last span before whole-trace rules pass.")
     tree: list[SpanNode] = Field(
         default_factory=list, description="Expected anchors; each matches a distinct span anywhere in the trace."
@@ -246,6 +265,8 @@ class TraceExpectation(BaseModel):
     )
     checks: list[Check] = Field(default_factory=list, description="Tracetest-style selector checks.")
     specs: list[TracetestSpec] = Field(default_factory=list, description="Tracetest's specs, unchanged.")
+    outputs: list[TraceOutput] = Field(
+        default_factory=list, description="Span attributes kept from the judged trace (Tracetest's outputs).")
 
     def has_whole_trace_rules(self) -> bool:
         """Rules that need the whole trace, so a pass waits for ``settle`` of quiet."""

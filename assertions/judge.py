@@ -221,6 +221,14 @@ class TraceJudge:
     def in_pool(self, sid: str) -> bool:
         return self.pool_all or self.index.by_id[sid].trace_id in self.pool
 
+    def release(self) -> None:
+        """Break the judge's one reference cycle (its solver calls back ``_within``) once it is done, so
+        refcounting frees it at once rather than the cyclic GC later (passive judging makes thousands a
+        second). The judge must not be used afterwards."""
+        self.solver.within_ok = _released
+        for alt in self.alts:
+            alt.release()
+
     def _within(self, node: CNode, span: Span) -> str | None:
         limit = node.spec.within
         origin = self.trigger_ns if self.trigger_ns is not None else self.first_start_ns
@@ -436,7 +444,7 @@ class TraceJudge:
 
     def _degraded(self) -> list[Finding]:
         out: list[Finding] = []
-        nodes = self.report_nodes()
+        nodes = self.report_nodes() if any(n.spec.degraded is not None for n in self.nodes) else {}
         for n in self.nodes:
             deg = n.spec.degraded
             sid = nodes.get(n.path)
@@ -507,6 +515,10 @@ class TraceJudge:
             "alternatives": [{"path": a.base, "holds": a.finish().verdict in (Verdict.PASS, Verdict.DEGRADED)}
                              for a in self.alts],
         }
+
+
+def _released(node: CNode, span: Span) -> str | None:
+    raise RuntimeError("TraceJudge used after release()")
 
 
 def _depth(node: CNode) -> int:

@@ -85,10 +85,20 @@ def _event_check(ev: Any) -> Check:
     return chk
 
 
+def name_predicate(pattern: NamePattern) -> Callable[[str], bool]:
+    """``name_matches`` with the pattern's form decided once: an exact name is a string comparison."""
+    if isinstance(pattern, str) and not any(c in pattern for c in "*?["):
+        return pattern.__eq__
+    if isinstance(pattern, str):
+        return _compiled_glob(pattern)
+    return partial(name_matches, pattern)
+
+
 def compile_name_check(spec: SpanConstraint) -> Check | None:
     if (name := spec.span) is None:
         return None
-    return lambda s: None if name_matches(name, s.name) else f'name "{s.name}", expected {_pattern_text(name)}'
+    ok = name_predicate(name)
+    return lambda s: None if ok(s.name) else f'name "{s.name}", expected {_pattern_text(name)}'
 
 
 def compile_checks(spec: SpanConstraint, *, with_name: bool = True) -> list[Check]:
@@ -97,7 +107,8 @@ def compile_checks(spec: SpanConstraint, *, with_name: bool = True) -> list[Chec
     if with_name and (name_check := compile_name_check(spec)) is not None:
         checks.append(name_check)
     if (svc := spec.service) is not None:
-        checks.append(lambda s: None if name_matches(svc, s.service)
+        svc_ok = name_predicate(svc)
+        checks.append(lambda s: None if svc_ok(s.service)
                       else f'service "{s.service}", expected {_pattern_text(svc)}')
     if spec.kind is not None:
         kind = _KINDS[spec.kind]
@@ -187,6 +198,37 @@ def _name_ok(pattern: Matcher | None, name: str) -> bool:
     return pattern is None or name_matches(pattern, name)
 
 
+_NameTables = tuple[dict[str, list["CNode"]], dict[str, list["CNode"]], list[tuple["CNode", Callable[[str], bool]]]]
+_NAME_TABLES: dict[int, tuple[list[CNode], _NameTables]] = {}
+_NAME_TABLES_MAX = 4096
+_BY_NAME_MAX = 10_000
+
+
+def _name_tables(nodes: list[CNode]) -> _NameTables:
+    """Exact names → nodes, patterned nodes, and the per-name memo, once per compiled node list."""
+    hit = _NAME_TABLES.get(id(nodes))
+    if hit is not None and hit[0] is nodes:
+        by_name = hit[1][0]
+        if len(by_name) > _BY_NAME_MAX:  # names with ids in them: the memo must not grow forever
+            by_name.clear()
+        return hit[1]
+    exact: dict[str, list[CNode]] = {}
+    patterned: list[tuple[CNode, Callable[[str], bool]]] = []
+    for n in nodes:
+        name = n.spec.span
+        if isinstance(name, str) and not any(c in name for c in "*?["):
+            exact.setdefault(name, []).append(n)
+        elif isinstance(name, str):
+            patterned.append((n, _compiled_glob(name)))
+        else:
+            patterned.append((n, partial(_name_ok, name)))
+    tables: _NameTables = ({}, exact, patterned)
+    if len(_NAME_TABLES) >= _NAME_TABLES_MAX:
+        _NAME_TABLES.pop(next(iter(_NAME_TABLES)))
+    _NAME_TABLES[id(nodes)] = (nodes, tables)
+    return tables
+
+
 class SpanIndex:
     """Spans by id, parentage, incoming span links, and per-node local candidates."""
 
@@ -198,18 +240,9 @@ class SpanIndex:
         """Lists of ``children`` and ``linkers`` created since ``containers`` last handed them out."""
         self.linkers: dict[str, list[str]] = {}
         self.local: list[set[str]] = [set() for _ in nodes]
-        # Span names repeat: which nodes' name patterns accept a name is computed once per name.
-        self._by_name: dict[str, list[CNode]] = {}
-        self._exact: dict[str, list[CNode]] = {}
-        self._patterned: list[tuple[CNode, Callable[[str], bool]]] = []
-        for n in nodes:
-            name = n.spec.span
-            if isinstance(name, str) and not any(c in name for c in "*?["):
-                self._exact.setdefault(name, []).append(n)
-            elif isinstance(name, str):
-                self._patterned.append((n, _compiled_glob(name)))
-            else:
-                self._patterned.append((n, partial(_name_ok, name)))
+        # Span names repeat: which nodes' name patterns accept a name is computed once per name, and
+        # shared by every index over the same compiled nodes (one judge per trace in passive judging).
+        self._by_name, self._exact, self._patterned = _name_tables(nodes)
 
     def add(self, span: Span) -> bool:
         """Index one span; False when its id was already known (duplicates are ignored)."""

@@ -29,6 +29,7 @@ from tracecanary.daemon.cluster.timing import StandbyTiming
 from tracecanary.daemon.config.load import Config, load_config
 from tracecanary.daemon.config.secrets import Secrets, install_log_masking
 from tracecanary.daemon.engine import Engine, Overrides
+from tracecanary.daemon.run.passive import PassiveSnapshot
 from tracecanary.daemon.run.scheduler import RunRefused, Scheduler, SchedulerNotRunning, cron_next_wall
 from tracecanary.daemon.store.base import RunRecord, Store, StoreFault
 from tracecanary.daemon.web.api import ApiAuth
@@ -67,6 +68,8 @@ class Daemon:
         """While this replica's role acts: the scope of its scheduler, alerting and retention."""
         self._role_ready = anyio.Event()
         self._acted_before = False
+        self.stop_reason: str | None = None
+        """Why ``run()`` returned (e.g. ``signal SIGTERM``): the exit line says it."""
 
     def _scheduling(self) -> bool:
         """/readyz: ready once the scheduler runs, not when the servers bind (a standby: once it waits,
@@ -87,12 +90,14 @@ class Daemon:
             membership = engine.membership
             try:
                 await self._upsert_probes(self.config.probes)
+                await engine.metrics.restore(engine.store, self.config.probes)
                 # mode single: what a previous process left is taken over before anything is served as ready
                 pending = await self._take_over("daemon restart") if membership.role is Role.SINGLE else None
             except StoreFault as e:
                 raise StartupError(f"store {self.engine.store_url(None)}: {e}") from e
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._follow_roles, tg, pending)
+                tg.start_soon(self._warm_console)
                 await self._role_ready.wait()
                 log.info("daemon ready addresses=%s probes=%d mode=%s member=%s role=%s", engine.addresses,
                          len(self.config.probes), membership.mode, membership.member_id, membership.role)
@@ -105,6 +110,7 @@ class Daemon:
         """Act (schedule, fire, judge, alert) while the role acts; stop at once when it no longer does."""
         async for role in self.engine.membership.roles():
             if role.acts and self._acting is None:
+                await self._write_as(tg, self.engine.membership.writer)
                 self._acting = anyio.CancelScope()
                 await tg.start(self._act, self._acting, pending)
                 pending = None
@@ -113,7 +119,31 @@ class Daemon:
                             self.engine.membership.member_id)
                 self._acting.cancel()
                 self._acting = None
+                self.engine.store.drop_kept("this replica is no longer the active one")
             self._role_ready.set()
+
+    async def _write_as(self, tg: anyio.abc.TaskGroup, writer: str | None) -> None:
+        """A term won in a fenced mode: the store is opened anew with the term's writer identity, so no
+        write of an earlier term (queued on the old connections) can land; the old store is closed."""
+        if writer is None:
+            return
+        from tracecanary.daemon.cluster.fence import member_url
+        from tracecanary.daemon.store.urls import open_store
+
+        store = open_store(member_url(self.engine.store_url(None), writer),
+                           open_timeout_s=self.config.daemon.store_health.check_timeout)
+        try:
+            await store.open()
+        except Exception:  # its writes will be refused (and counted) until the next term
+            log.exception("opening the store for this term failed writer=%s", writer)
+            return
+        old = self.engine.store.replace_inner(store)
+
+        async def close_old() -> None:
+            with anyio.CancelScope(shield=True):
+                await old.aclose()
+
+        tg.start_soon(close_old)
 
     async def _act(self, scope: anyio.CancelScope, pending: list[RunRecord] | None,
                    *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -223,6 +253,7 @@ class Daemon:
             if signum == signal.SIGHUP:
                 await self.reload()
                 continue
+            self.stop_reason = f"signal {signal.Signals(signum).name}"
             log.info("shutdown signal=%s in_flight=%d grace_s=%s", signal.Signals(signum).name,
                      len(self.engine.runner.in_flight), self.config.daemon.shutdown_grace)
             await self.drain()
@@ -273,6 +304,19 @@ class Daemon:
         for p in probes:
             spec = secrets.mask(p.model_dump(mode="json", by_alias=True))
             await self.engine.store.upsert_probe(p.id, p.kind, spec, p.tags)
+
+    async def _warm_console(self) -> None:
+        """Fill the console's rollups once in the background at start (30 days of day and hour buckets, two
+        days at a time): the first 30-day view does not wait for them. On failure the pages fill on demand."""
+        now_ns = time.time_ns()
+        hour_ns, day_ns = 3600 * 10**9, 86_400 * 10**9
+        try:
+            await self.engine.store.run_stats(now_ns - 30 * day_ns, now_ns)
+            # the probe pages' charts read hour buckets; no probe has the empty id, so this only fills them
+            since = (now_ns // hour_ns + 1) * hour_ns - 30 * day_ns
+            await self.engine.store.run_stats(since, now_ns, probe_id="", bucket_ns=day_ns)
+        except Exception as e:
+            log.warning("console rollups not warmed (filled on demand): %s", e)
 
     async def _retention_loop(self) -> None:
         """Apply retention hourly, and at once when a reload changed it."""
@@ -355,6 +399,9 @@ class DaemonControl:
         KeyError: unknown probe; ``OverlapSkipped``: the policy refused; ``SchedulerNotRunning``: the
         daemon is starting or shutting down.
         """
+        if self.scheduler is None and self.engine.membership.role is Role.STANDBY:
+            raise SchedulerNotRunning("this replica is a standby: run the probe on the active one "
+                                      "(GET /api/cluster lists the members)")
         if self.scheduler is None:
             raise SchedulerNotRunning("the scheduler is not running yet (the daemon is starting)")
         kafka = _kafka_member(self.engine.membership)
@@ -368,6 +415,17 @@ class DaemonControl:
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         return self.engine.links_for(trace_id, run_id, probe_id)
+
+    def passive(self, probe_id: str) -> PassiveSnapshot | None:
+        return self.engine.passive.snapshot(probe_id)
+
+    def cluster_role(self) -> str | None:
+        membership = self.engine.membership
+        return None if membership.role is Role.SINGLE else str(membership.role)
+
+    @property
+    def public_status(self) -> bool:
+        return self.engine.config.daemon.public_status
 
 
 def _kafka_member(membership: Membership) -> KafkaClusterMembership | None:

@@ -32,6 +32,7 @@ from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.config.reload import needs_restart
 from tracecanary.daemon.config.secrets import install_log_masking
 from tracecanary.daemon.observe.lag import LAG_INTERVAL_S, LAG_THRESHOLD_S, LagMonitor
+from tracecanary.daemon.observe.logs import AccessLog
 from tracecanary.daemon.observe.metrics import Metrics
 from tracecanary.daemon.observe.store_faults import StoreFaultReporter
 from tracecanary.daemon.observe.telemetry import (
@@ -41,6 +42,7 @@ from tracecanary.daemon.observe.telemetry import (
     setup_telemetry,
 )
 from tracecanary.daemon.run.hooks import RunHook
+from tracecanary.daemon.run.passive import PassiveJudge
 from tracecanary.daemon.run.runner import Runner, RunnerDeps
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.receiver import OtlpSettings
@@ -52,6 +54,7 @@ from tracecanary.probes.kafka import KafkaProducers
 
 if TYPE_CHECKING:
     from tracecanary.daemon.spans.kafka import KafkaSourceStats
+    from tracecanary.daemon.spans.pull import PullSource
     from tracecanary.daemon.spans.sentry import SentryTraceSource
 
 log = logging.getLogger("tracecanary.engine")
@@ -62,6 +65,8 @@ RouteFactory = Callable[["Engine"], Sequence[web.AbstractRouteDef]]
 RUNNER_SCOPE = "tracecanary.runner"
 GC_GEN0_THRESHOLD = 10_000
 """Young-generation collection threshold once the engine runs (CPython's default: 700)."""
+METRICS_REFRESH_TIMEOUT_S = 5.0
+"""How long a scrape waits for the alert states before it answers with the last ones."""
 COUNTER_SYNC_S = 5.0
 """How often the buffer's eviction count and the Kafka source's span count are folded into /metrics."""
 
@@ -155,6 +160,8 @@ class Engine:
     store: GuardedStore = field(init=False)
     """The results store behind its guard (faults counted, reported, refused runs kept for retry)."""
     buffer: TraceBuffer = field(init=False)
+    passive: PassiveJudge = field(init=False)
+    """Judges real traffic for ``kind: passive`` probes (a tap on the buffer while any is configured)."""
     runner: Runner = field(init=False)
     services: Services = field(init=False)
     session: aiohttp.ClientSession = field(init=False)
@@ -175,6 +182,8 @@ class Engine:
     membership: Membership = field(init=False, default_factory=SingleMembership)
     """This replica's role in its cluster (``daemon.cluster``); single for `check`."""
     sentry_source: SentryTraceSource | None = field(init=False, default=None)
+    pull_sources: dict[str, PullSource] = field(init=False, default_factory=dict)
+    """Jaeger and Tempo, each when its integration has a url (Sentry is ``sentry_source``)."""
     _exports_telemetry: bool = field(init=False, default=False)
 
     @property
@@ -246,6 +255,13 @@ class Engine:
         self.services = Services(github_events=self._event_hub("github"), slack_events=None)
         self.kafka_producers = KafkaProducers()
         self.metrics.set_buffer_gauge(lambda: float(self.buffer.stats().spans))
+        self.metrics.register(self.config.probes)
+        otlp = self.otlp_settings
+        sources = [name for name, on in (("otlp_http", otlp.http), ("otlp_grpc", otlp.grpc), ("kafka", d.kafka)) if on]
+        self.metrics.register_intake(sources, self.config.extra.alerts.channels if self.daemon_mode else ())
+        self.passive = PassiveJudge(d.buffer.max_spans, on_judged=self.metrics.passive_trace)
+        self._follow_passive(self.config)
+        tg.start_soon(self.passive.run)
         self.hooks.append(self.metrics)
         mint = self._attach_kafka_member()
         self.provider = self._telemetry()
@@ -255,9 +271,9 @@ class Engine:
             hooks=self.hooks, services=self.services, max_concurrent_runs=d.max_concurrent_runs,
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
             self_tracer=self.provider.get_tracer("tracecanary.daemon") if self._exports_telemetry else None,
-            links=self.links_for, sentry_source=self.sentry_source,
-            resources=ProbeResources(kafka_producers=self.kafka_producers), secrets=self.config.secrets(),
-            mint_trace_id=mint, announce_correlation=self._announce_correlation(),
+            links=self.links_for, sentry_source=self.sentry_source, pull_sources=self.pull_sources,
+            resources=ProbeResources(kafka_producers=self.kafka_producers, passive=self.passive),
+            secrets=self.config.secrets(), mint_trace_id=mint, announce_correlation=self._announce_correlation(),
         ))
         await self._serve_http(tg)
         # what the GitHub watcher's `watch: auto` needs to know whether GitHub can deliver to /hooks/github
@@ -325,6 +341,10 @@ class Engine:
             from tracecanary.daemon.spans.sentry import SentryTraceSource
 
             self.sentry_source = SentryTraceSource(self.session, sentry)
+        from tracecanary.daemon.spans.sources import build_source, configured
+
+        self.pull_sources = {name: build_source(name, self.session, cfg.integrations)
+                             for name in configured(cfg.integrations) if name != "sentry"}
 
     def new_alerts(self) -> AlertManager:
         """A fresh alert manager (the one before, if any, leaves the run hooks): built at start, and again
@@ -385,6 +405,7 @@ class Engine:
         only a restart applies."""
         old, self.config = self.config, config
         self.metrics.retain(config.probes)
+        self._follow_passive(config)
         # Runs started under the old config may still finish: mask the old secrets and the new ones.
         self.runner.deps.secrets = self.runner.deps.secrets | config.secrets()
         self.store.settings = config.daemon.store_health  # read at each check and each kept run
@@ -392,6 +413,13 @@ class Engine:
             await self.alerts.reconfigure(config.extra.alerts, config.integrations, config.probes,
                                           dashboard_url=self.dashboard_url, close_orphans=self.membership.role.acts)
         return needs_restart(old, config)
+
+    def _follow_passive(self, config: Config) -> None:
+        """The passive judge follows the config's passive probes; it taps the buffer only while there are some."""
+        self.passive.configure(config.probes)
+        self.buffer.remove_tap(self.passive)
+        if self.passive.active:
+            self.buffer.add_tap(self.passive)
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         """The run's trace links (the runner's :class:`LinkRenderer`): rendered once per run."""
@@ -471,7 +499,10 @@ class Engine:
         """Serve ``app`` on ``addr`` until the task group ends; returns its runner (one site: see bound_port)."""
         # The OTLP handler decompresses itself under its size cap; aiohttp's own inflater would keep
         # inflating the rest of a gzip bomb after the 413.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=not serves_otlp)
+        access: dict[str, Any] = {"access_log": None}
+        if what == "api":  # the OTLP-only receiver keeps none: its failures are counted and logged already
+            access = {"access_log": logging.getLogger("tracecanary.access"), "access_log_class": AccessLog}
+        runner = web.AppRunner(app, handle_signals=False, auto_decompress=not serves_otlp, **access)
         await runner.setup()
         try:
             await start_site(runner, addr, what)
@@ -498,9 +529,22 @@ class Engine:
         hub = self.services.github_events
         assert hub is not None
         github = self.config.integrations.github
-        return [*metrics_routes(self.metrics),
+        return [*metrics_routes(self.metrics, self._refresh_metrics),
                 *github_hook_routes(hub, github.webhook_secret, allow_unsigned=github.allow_unsigned_webhooks,
                                     announce=self.config.uses_github_webhooks())]
+
+    async def _refresh_metrics(self) -> None:
+        """At each scrape: the alert state of every probe (silences start and end on the clock). A store
+        that fails keeps the last values (the store's own metrics and /readyz say why)."""
+        if self.alerts is None:
+            return
+        try:
+            with anyio.fail_after(METRICS_REFRESH_TIMEOUT_S):
+                states = await self.alerts.alert_states(self.config.probes)
+        except Exception as e:
+            log.debug("metrics.alert_state_unread error=%r", e)
+            return
+        self.metrics.set_alert_states(states)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -13,16 +13,18 @@ from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, StringConstraints, field_validator
 
 from tracecanary.assertions.expect import TraceExpectation
+from tracecanary.assertions.metrics import MetricCheck
 from tracecanary.assertions.response import ResponseExpectation
 from tracecanary.assertions.side_effects import SideEffect
 from tracecanary.assertions.units import CronExpression, Duration, Timezone
 from tracecanary.assertions.verdict import Finding
 from tracecanary.model import StrictModel, cross_field_rule
+from tracecanary.probes.requires import Requires
 
 if TYPE_CHECKING:
     import aiohttp
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 
     from tracecanary.integrations import Integrations
     from tracecanary.probes.kafka import KafkaProducers
+    from tracecanary.probes.passive import PassiveWindows
     from tracecanary.probes.templating import Templates
 
 
@@ -57,11 +60,13 @@ class AlertRef(StrictModel):
 
 
 class Expect(StrictModel):
-    """What a run must produce: a response, a trace, side effects."""
+    """What a run must produce: a response, a trace, side effects, movements of its own metrics."""
 
     response: ResponseExpectation | None = None
     trace: TraceExpectation | None = None
     side_effects: list[SideEffect] = Field(default_factory=list)
+    metrics: list[MetricCheck] = Field(default_factory=list, description="Checks against the system's "
+                                       "Prometheus metrics (docs/probes.md, Metrics expectations).")
 
 
 def _parse_jitter(value: Any) -> float:
@@ -101,7 +106,13 @@ class ProbeSpec(StrictModel):
     tags: list[str] = Field(default_factory=list)
     inject: Inject = Field(default_factory=Inject)
     expect: Expect = Field(default_factory=Expect)
+    requires: Requires = Field(default_factory=Requires, description="Preconditions: when one is unmet the run "
+                               "is recorded as skipped with the reason (never a failure, never alerted).")
     alert: AlertRef | None = None
+
+    judges_run: ClassVar[bool] = True
+    """Whether the runner judges the run's own response, trace and side effects after ``fire``
+    (``kind: passive`` judges other traces, in the daemon's passive judge)."""
 
     @field_validator("id")
     @classmethod
@@ -208,6 +219,8 @@ class ProbeResources:
 
     kafka_producers: KafkaProducers | None = None
     """Started Kafka producers, one per bootstrap address (``probes/kafka.py``)."""
+    passive: PassiveWindows | None = None
+    """The daemon's passive judge: the counts each ``kind: passive`` run judges (``probes/passive.py``)."""
 
 
 @dataclass
@@ -233,6 +246,8 @@ class ProbeContext:
     root_span: OtelSpan | None = None
     resources: ProbeResources = field(default_factory=ProbeResources)
     """Long-lived clients shared across runs and owned by the engine (Kafka producers)."""
+    outputs: MutableMapping[str, Any] = field(default_factory=dict)
+    """``expect.trace.outputs`` once the trace is judged: ``{{ outputs.NAME }}`` (teardown)."""
 
     def template_vars(self) -> dict[str, Any]:
         return {
@@ -243,6 +258,7 @@ class ProbeContext:
             "traceparent": self.trace.traceparent(),
             "attempt": self.attempt,
             "steps": self.steps,
+            "outputs": self.outputs,
             "now": datetime.now().astimezone().isoformat(),
         }
 

@@ -6,6 +6,7 @@ from tracecanary.probes.base import ProbeSpec
 from tracecanary.probes.github import GithubWebhookProbe
 from tracecanary.probes.http import HttpProbe
 from tracecanary.probes.kafka import KafkaProbe
+from tracecanary.probes.passive import PassiveProbe
 from tracecanary.probes.scheduled_job import ScheduledJobProbe
 from tracecanary.probes.slack import SlackMentionProbe
 from tracecanary.probes.steps import StepsProbe
@@ -17,4 +18,5 @@ PROBES: dict[str, type[ProbeSpec]] = {
     "steps": StepsProbe,
     "scheduled_job": ScheduledJobProbe,
     "slack_mention": SlackMentionProbe,
+    "passive": PassiveProbe,
 }

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from tracecanary.model import CREDENTIAL, StrictModel
+from tracecanary.model import CREDENTIAL, HEADERS_CREDENTIAL, StrictModel
 
 Secret = Annotated[str | None, CREDENTIAL]
 """An optional credential (masked wherever data leaves the daemon)."""
@@ -73,6 +73,34 @@ class KafkaIntegration(StrictModel):
     bootstrap: str = "127.0.0.1:9092"
 
 
+class PrometheusIntegration(StrictModel):
+    """A Prometheus server's HTTP API for ``expect.metrics`` checks written as ``query:`` (PromQL)."""
+
+    url: str | None = Field(None, description="Server root, e.g. http://prometheus:9090 (/api/v1/query is appended).")
+    token: Secret = Field(None, description="Sent as Authorization: Bearer <token> (a proxy in front of Prometheus).")
+
+
+class JaegerIntegration(StrictModel):
+    """Jaeger's query service, for ``expect.trace.source: jaeger`` and ``trace show --source jaeger``."""
+
+    url: str | None = Field(None, description="Query service root, e.g. http://jaeger-query:16686 (where /api/v3/traces "
+                                              "and /api/traces are served; include a base path if one is set).")
+    headers: Annotated[dict[str, str], HEADERS_CREDENTIAL] = Field(
+        default_factory=dict, description="Headers sent with every query (e.g. Authorization for a proxy in front).")
+
+
+class TempoIntegration(StrictModel):
+    """Grafana Tempo's query frontend, for ``expect.trace.source: tempo`` and ``trace show --source tempo``."""
+
+    url: str | None = Field(None, description="Query frontend root, e.g. http://tempo:3200 (where /api/v2/traces and "
+                                              "/api/traces are served).")
+    headers: Annotated[dict[str, str], HEADERS_CREDENTIAL] = Field(
+        default_factory=dict, description="Headers sent with every query (e.g. Authorization for Grafana Cloud).")
+    tenant: str | None = Field(None, description="Tenant of a multi-tenant Tempo, sent as X-Scope-OrgID.")
+    format: Literal["json", "protobuf"] = Field(
+        "json", description="What to ask Tempo for (Accept: application/json or application/protobuf).")
+
+
 class Integrations(StrictModel):
     """The ``integrations:`` section."""
 
@@ -80,3 +108,6 @@ class Integrations(StrictModel):
     github: GithubIntegration = Field(default_factory=GithubIntegration)
     sentry: SentryIntegration = Field(default_factory=SentryIntegration)
     kafka: KafkaIntegration = Field(default_factory=KafkaIntegration)
+    prometheus: PrometheusIntegration = Field(default_factory=PrometheusIntegration)
+    jaeger: JaegerIntegration = Field(default_factory=JaegerIntegration)
+    tempo: TempoIntegration = Field(default_factory=TempoIntegration)

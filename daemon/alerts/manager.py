@@ -25,6 +25,12 @@ from tracecanary.assertions.telemetry import telemetry_flowed
 from tracecanary.assertions.verdict import rank
 from tracecanary.daemon.alerts.base import Channel, Notification, NotifiedFinding
 from tracecanary.daemon.alerts.delivery import ChannelHealth, DeliveryTiming, Outbox, QueueStats
+from tracecanary.daemon.alerts.incidents import (
+    IncidentHistory,
+    incident_history,
+    incident_probe,
+    record_transition,
+)
 from tracecanary.daemon.alerts.policy import (
     AlertEvent,
     AlertsSettings,
@@ -43,6 +49,8 @@ from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.alerts")
 NS_STATE = "alerts.state"
+ALERT_OK, ALERT_FAILING, ALERT_SILENCED = 0, 1, 2
+"""The values of ``tracecanary_alert_state`` (:meth:`AlertManager.alert_states`)."""
 MAX_FINDINGS = 5
 
 
@@ -58,6 +66,7 @@ class Incident:
     """Whether the incident was announced (a silence or ``notify_on`` may have held it back)."""
     fail_streak: int
     last_verdict: str | None
+    acknowledged_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,6 +249,7 @@ class AlertManager:
             await self.outbox.announce(self._note(ev, probe, run, state, now_s), targets)
         if state.status == "ok":
             state.notified_channels = []
+        await record_transition(self.store, prev.incident_id, state, run.run_id, now_s)
         await self.store.kv_put(NS_STATE, probe.id, state.model_dump(mode="json"))
 
     def _note(self, ev: AlertEvent, probe: ProbeSpec, run: RunRecord, state: ProbeAlertState,
@@ -319,6 +329,7 @@ class AlertManager:
                     note = closing_note(state, probe_id, why, int(self._clock() * 1e9), self._dashboard_url)
                     targets = state.notified_channels or list(self.settings.channels)
                     await self.outbox.announce(note, [c for c in targets if c in self.settings.channels])
+                await record_transition(self.store, state.incident_id, closed_state(state), "", self._clock(), why)
                 await self.store.kv_put(NS_STATE, probe_id, closed_state(state).model_dump(mode="json"))
                 closed += 1
         return closed
@@ -350,6 +361,22 @@ class AlertManager:
         """Open system incidents (key, summary, detail, opened_ns) for the API/dashboard/readyz."""
         return self.system.open_incidents()
 
+    async def alert_states(self, probes: Sequence[ProbeSpec]) -> dict[str, int]:
+        """Per probe id, for ``tracecanary_alert_state``: 2 while an active silence covers the probe
+        (whatever its status), else 1 while an incident is open (failing or degraded), else 0."""
+        now_s = self._clock()
+        silences = await self.silences.all()
+        stored = await self.store.kv_list(NS_STATE)
+        out: dict[str, int] = {}
+        for p in probes:
+            if silenced_by(silences, p.id, p.tags, now_s) is not None:
+                out[p.id] = ALERT_SILENCED
+            elif p.id in stored and ProbeAlertState.model_validate(stored[p.id]).status != "ok":
+                out[p.id] = ALERT_FAILING
+            else:
+                out[p.id] = ALERT_OK
+        return out
+
     # --- what the API and the dashboard ask (web.control.AlertsControl) -------------------------
     async def list_silences(self) -> list[ListedSilence]:
         return await self.silences.listed()
@@ -366,6 +393,27 @@ class AlertManager:
         """Per configured channel: failing flag, consecutive failures, last error and times."""
         return await self.outbox.channel_health()
 
+    async def acknowledge(self, incident_id: str, *, by: str, comment: str = "") -> bool:
+        """Acknowledge an open incident: no more reminders for it (its recovery still goes out).
+        False when no open incident has that id. Idempotent: a second acknowledgement is recorded too."""
+        probe_id = incident_probe(incident_id)
+        async with self._probe_locks.setdefault(probe_id, anyio.Lock()):
+            state = ProbeAlertState.model_validate(await self.store.kv_get(NS_STATE, probe_id) or {})
+            if state.incident_id != incident_id or state.status == "ok":
+                return False
+            now_ns = int(self._clock() * 1e9)
+            state.acknowledged_by, state.acknowledged_ns = by, now_ns
+            await self.store.append_event("alert.acknowledged", {
+                "probe_id": probe_id, "incident_id": incident_id, "by": by, "comment": comment, "time_ns": now_ns})
+            await self.store.kv_put(NS_STATE, probe_id, state.model_dump(mode="json"))
+        log.info("alert.acknowledged probe=%s incident=%s by=%s", probe_id, incident_id, by)
+        return True
+
+    async def incidents(self, *, probe_id: str | None = None) -> list[IncidentHistory]:
+        """Open and past incidents with their timelines (incidents.py), open first."""
+        states = {pid: ProbeAlertState.model_validate(v) for pid, v in (await self.store.kv_list(NS_STATE)).items()}
+        return await incident_history(self.store, states, probe_id=probe_id)
+
     async def list_alerts(self, *, limit: int = 50) -> AlertsOverview:
         """Open incidents, recent notifications and delivery attempts, newest first."""
         incidents = []
@@ -373,7 +421,7 @@ class AlertManager:
             s = ProbeAlertState.model_validate(value)
             if s.status != "ok":
                 incidents.append(Incident(probe_id, s.status, s.incident_id, s.incident_started_ns, s.notified,
-                                          s.fail_streak, s.last_verdict))
+                                          s.fail_streak, s.last_verdict, s.acknowledged_by))
 
         async def events(kind: str) -> list[AlertRecord]:
             return [AlertRecord.from_event(e) for e in await self.store.list_events(kind, limit=limit)]

@@ -164,6 +164,9 @@ class ProbeAlertState(BaseModel):
     """Start of the last run seen: a restart feeds the alert state the final runs recorded after it."""
     notified_channels: list[str] = Field(default_factory=list)
     """Channels the incident's opening went to: its recovery goes to the same ones."""
+    acknowledged_by: str | None = None
+    """Who acknowledged the open incident (no more reminders; its recovery still goes out)."""
+    acknowledged_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,7 @@ def _count(state: ProbeAlertState, obs: Observation, policy: PolicySettings) -> 
 def _open(state: ProbeAlertState, status: Literal["failing", "degraded"], incident_id: str, now_ns: int) -> None:
     state.status, state.incident_id, state.incident_started_ns = status, incident_id, now_ns
     state.notified, state.reminders, state.pass_streak = False, 0, 0
+    state.acknowledged_by, state.acknowledged_ns = None, None
 
 
 def step(
@@ -256,6 +260,7 @@ def step(
             candidates.append(_event("recovered", state.incident_id or ""))
         state.status, state.incident_id, state.incident_started_ns = "ok", None, None
         state.notified, state.reminders = False, 0
+        state.acknowledged_by, state.acknowledged_ns = None, None
         state.window = []  # a new incident needs new evidence: no re-firing on stale window failures
     elif state.status == "failing" and cls == "failed":
         candidates += _still_failing(state, policy, obs)
@@ -266,7 +271,7 @@ def _still_failing(state: ProbeAlertState, policy: PolicySettings, obs: Observat
     incident = state.incident_id or ""
     if not state.notified:
         return [_event("failing", incident)]  # a silence ended (or notify_on changed) mid-incident
-    if policy.remind_every and state.incident_started_ns is not None:
+    if policy.remind_every and state.incident_started_ns is not None and state.acknowledged_by is None:
         n = int((obs.time_ns - state.incident_started_ns) / 1e9 // policy.remind_every)
         if n > state.reminders:
             state.reminders = n

@@ -47,4 +47,5 @@ def closed_state(state: ProbeAlertState) -> ProbeAlertState:
     """``state`` with its incident closed."""
     return state.model_copy(update={
         "status": "ok", "incident_id": None, "incident_started_ns": None, "notified": False, "reminders": 0,
-        "fail_streak": 0, "degraded_streak": 0, "window": [], "notified_channels": []})
+        "fail_streak": 0, "degraded_streak": 0, "window": [], "notified_channels": [],
+        "acknowledged_by": None, "acknowledged_ns": None})

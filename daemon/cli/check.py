@@ -42,6 +42,8 @@ class CheckOptions:
     markdown: str | None = None
     record: str | None = None
     fail_if: list[str] = field(default_factory=list)
+    fail_on_skip: bool = False
+    """Exit 1 when a run was skipped (an unmet ``requires:``); default: a skip is no failure."""
     overrides: Overrides = field(default_factory=Overrides)
     retry_delay_s: float | None = None
 
@@ -70,7 +72,8 @@ async def run_check(config: Config, opts: CheckOptions, console: Console | None 
             await anyio.to_thread.run_sync(_record, opts.record, runs)
     summaries = summarize(runs, [p.id for p in probes], iteration_of)
     failed_gates = gate_failures(summaries, gates)
-    code = 0 if all(s.ok for s in summaries) and not failed_gates else 1
+    skipped = opts.fail_on_skip and any(s.skipped_runs for s in summaries)
+    code = 0 if all(s.ok for s in summaries) and not failed_gates and not skipped else 1
     _print_summary(console, summaries, failed_gates)
     await anyio.to_thread.run_sync(_write_reports, opts, summaries, code, failed_gates, started_ns)
     return code
@@ -123,7 +126,7 @@ def _record(directory: str, runs: list[RunRecord]) -> None:
             write_jsonl(str(Path(directory) / f"{r.probe_id}-{r.run_id}.jsonl"), r.spans)
 
 
-_STYLE = {"WORKING": "green", "DEGRADED": "yellow", "NO TELEMETRY": "blue", "MISSING DATA": "magenta",
+_STYLE = {"WORKING": "green", "DEGRADED": "yellow", "SKIPPED": "cyan", "NO TELEMETRY": "blue", "MISSING DATA": "magenta",
           "BROKEN": "red", "ERROR": "red"}
 
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tracecanary.demo")
 
 CHAOS_ROTATE_S = 120.0
+PASSIVE_SLACK_S = 5.0
+"""Beyond a passive probe's timeout, how long a pass waits for the traffic it made to be judged."""
 
 
 def demo_config_path() -> Path:
@@ -48,7 +50,15 @@ def demo_config_path() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace, overrides: Overrides) -> int:
+    quiet_emulators()
     return anyio.run(_demo, args, overrides)
+
+
+def quiet_emulators() -> None:
+    """The emulators' and the shop's aiohttp access logs (``aiohttp.access``) show only at debug level:
+    the demo's own output stays readable."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 async def _demo(args: argparse.Namespace, overrides: Overrides) -> int:
@@ -144,7 +154,15 @@ async def _one_pass(engine: Engine, probes: list[ProbeSpec]) -> dict[str, tuple[
 
     async with anyio.create_task_group() as tg:
         for probe in probes:
-            tg.start_soon(one, probe)
+            if probe.judges_run:
+                tg.start_soon(one, probe)
+    passive = [p for p in probes if not p.judges_run]
+    if passive:  # they judge the traffic the others made: once it is all judged (deadlines bound the wait)
+        with anyio.move_on_after(max(p.timeout for p in passive) + PASSIVE_SLACK_S):
+            await engine.passive.settled()
+        async with anyio.create_task_group() as tg:
+            for probe in passive:
+                tg.start_soon(one, probe)
     return results
 
 

@@ -13,8 +13,9 @@ writes ``rerunFailingTestsCount``:
   is a ``<rerunFailure>`` / ``<rerunError>``.
 
 ``type`` is the verdict: ``fail``, ``error``, ``unknown`` (no telemetry: the test could not be judged),
-or ``aborted``. Children follow the schema's order (failure, rerunFailure, flakyFailure, error,
-rerunError, flakyError, system-out).
+or ``aborted``. A run skipped for an unmet ``requires:`` precondition is ``<skipped message="reason"/>``
+(counted in the suite's ``skipped``; earlier attempts, if any, as reruns). Children follow the
+schema's order (failure, rerunFailure, flakyFailure, skipped, error, rerunError, flakyError, system-out).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.cli.report import ProbeSummary, is_flaky
 from tracecanary.daemon.store.base import RunRecord, RunStatus
 
-_ORDER = ("failure", "rerunFailure", "flakyFailure", "error", "rerunError", "flakyError")
+_ORDER = ("failure", "rerunFailure", "flakyFailure", "skipped", "error", "rerunError", "flakyError")
 
 
 def problem_type(run: RunRecord) -> str | None:
-    """``fail`` / ``error`` / ``unknown`` / ``aborted`` for a run that did not pass; None when it did."""
+    """``fail`` / ``error`` / ``unknown`` / ``aborted`` / ``skipped`` for a run that did not pass; None when it did."""
+    if run.status is RunStatus.SKIPPED:
+        return "skipped"
     if run.status is RunStatus.ABORTED or run.verdict is None:
         return "aborted"
     if run.verdict.ok:
@@ -52,7 +55,7 @@ def _findings_text(run: RunRecord) -> str:
 
 def _system_out(run: RunRecord) -> str:
     out = (f"attempt={run.attempt}\nrun_id={run.run_id}\ntrace_id={run.trace_id}\n"
-           f"verdict={run.verdict.value if run.verdict else 'aborted'}\n")
+           f"verdict={run.verdict.value if run.verdict else run.status.value}\n")
     return out + "".join(f"{k}={v}\n" for k, v in run.links.items())
 
 
@@ -77,9 +80,12 @@ def _elements(attempts: Sequence[RunRecord]) -> tuple[list[ET.Element], str | No
             if (kind := problem_type(r)) is not None:
                 tag = "flakyFailure" if kind == "fail" else "flakyError"
                 found.append((tag, _problem(tag, r, kind)))
+    elif outcome == "skipped":
+        found.append(("skipped", ET.Element("skipped", message=last.abort_reason or "skipped")))
     else:
         found.append(("failure" if outcome == "fail" else "error", _problem(
             "failure" if outcome == "fail" else "error", last, outcome)))
+    if outcome is not None:
         for r in earlier:
             if (kind := problem_type(r)) is not None:
                 tag = "rerunFailure" if kind == "fail" else "rerunError"
@@ -97,7 +103,7 @@ def junit_xml(summaries: Sequence[ProbeSummary], iterations: int | None = None) 
     """The Surefire-dialect JUnit document of a pass (see the module docstring); ``iterations``: the
     pass's ``--iterations`` (default: as many as a probe has attempt groups)."""
     suite = ET.Element("testsuite", name="tracecanary")
-    counts = {"tests": 0, "failures": 0, "errors": 0}
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     total_s = 0.0
     for s in summaries:
         groups = s.attempt_groups()
@@ -111,14 +117,13 @@ def junit_xml(summaries: Sequence[ProbeSummary], iterations: int | None = None) 
             case.extend(elements)
             counts["tests"] += 1
             if outcome is not None:
-                counts["failures" if outcome == "fail" else "errors"] += 1
+                counts[{"fail": "failures", "skipped": "skipped"}.get(outcome, "errors")] += 1
             system_out = _system_out(attempts[-1])
             if is_flaky(attempts):
                 system_out += f"flaky: passed on attempt {attempts[-1].attempt}\n"
             ET.SubElement(case, "system-out").text = system_out
     for key, value in counts.items():
         suite.set(key, str(value))
-    suite.set("skipped", "0")
     suite.set("time", f"{total_s:.3f}")
     ET.indent(suite)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"

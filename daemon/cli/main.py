@@ -1,4 +1,4 @@
-"""The ``tracecanary`` command: run, check, validate, assert, expect, trace show, demo, schema.
+"""The ``tracecanary`` command: run, check, validate, assert, expect, trace show, import, demo, schema.
 
 Exit codes, every command: 0 = all pass (degraded counts as pass), 1 = any fail or error or a failed
 ``--fail-if`` gate, 2 = config, usage or startup problem.
@@ -15,17 +15,30 @@ from collections.abc import Sequence
 
 import anyio
 
+from tracecanary import __version__
 from tracecanary.daemon.engine import Overrides
+from tracecanary.daemon.observe.logs import LogFormat, is_json, log_uncaught, parse_level, setup_logging
 from tracecanary.daemon.store.base import StoreFault
 from tracecanary.errors import ConfigError, StartupError, TracecanaryError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("tracecanary")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
+        if is_json():  # a usage error is a log line like any other
+            log.error("%s: error: %s", self.prog, message, extra={"fields": {"usage": self.format_usage().strip()}})
+            self.exit(EXIT_USAGE)
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _log_level(name: str) -> int:
+    try:
+        return parse_level(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _add_addresses(p: argparse.ArgumentParser) -> None:
@@ -37,7 +50,11 @@ def _add_addresses(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tracecanary", description="Synthetic probes judged by their traces.")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--version", action="version", version=f"tracecanary {__version__}")
+    parser.add_argument("--log-level", default="info", type=_log_level, metavar="LEVEL",
+                        help="debug, info, warning, error or critical (default: info)")
+    parser.add_argument("--log-format", default="text", choices=("text", "json"),
+                        help="text (default), or json: every line on stdout and stderr one JSON object")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("run", help="run the daemon: schedule every probe, serve OTLP, API, dashboard, /metrics")
@@ -55,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="DIR", help="write each run's trace to DIR as OTLP JSON Lines")
     p.add_argument("--fail-if", action="append", default=[], metavar="GATE",
                    help='e.g. "p95 > 500ms" or "error_rate > 1%%" (repeatable)')
+    p.add_argument("--fail-on-skip", action="store_true",
+                   help="exit 1 when a run was skipped (a requires: precondition unmet); default exit 0")
     _add_addresses(p)
 
     p = sub.add_parser("validate", help="validate a suite; print every error; exit 0 or 2")
@@ -74,11 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trace", help="inspect traces")
     tsub = p.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
-    show = tsub.add_parser("show", help="print a trace waterfall from a file, the store or Sentry")
+    show = tsub.add_parser("show", help="print a trace waterfall from a file, the store, Sentry, Jaeger or Tempo")
     show.add_argument("target", help="trace file, or a trace id with --source")
-    show.add_argument("--source", choices=("file", "store", "sentry"), default="file")
-    show.add_argument("--config", help="suite (for the store URL and Sentry credentials)")
+    show.add_argument("--source", choices=("file", "store", "sentry", "jaeger", "tempo"), default="file")
+    show.add_argument("--config", help="suite (for the store URL and the Sentry/Jaeger/Tempo integration)")
     show.add_argument("--store", help="results store URL (with --source store)")
+
+    p = sub.add_parser("import", help="convert tests from another tool into a suite")
+    isub = p.add_subparsers(dest="import_command", required=True, parser_class=_Parser)
+    tt = isub.add_parser("tracetest", help="Tracetest tests and test suites → probes; exit 0, 1 (omissions) or 2")
+    tt.add_argument("files", nargs="+", metavar="FILE", help="Tracetest resource files (Test, TestSuite, PollingProfile)")
+    tt.add_argument("-o", "--output", metavar="SUITE", help="write the suite here (default: stdout)")
+    tt.add_argument("--source", choices=("buffer", "sentry", "jaeger", "tempo"), default="buffer",
+                    help="expect.trace.source of the probes (default: buffer)")
 
     p = sub.add_parser("demo", help="start the demo world and the daemon against it")
     p.add_argument("--once", action="store_true", help="run every demo probe once and exit with the verdicts")
@@ -88,57 +115,100 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> Overrides:
+    """The address flags, checked like the config's addresses (a bad one is a usage error, exit 2)."""
+    from tracecanary.daemon.config.settings import listen_address
+
+    for flag, value in (("--listen", args.listen), ("--otlp-http", args.otlp_http), ("--otlp-grpc", args.otlp_grpc)):
+        if value is not None and not (value == "none" and flag != "--listen"):
+            try:
+                listen_address(value)
+            except ValueError as e:
+                raise StartupError(f"{flag}: {e}") from e
     return Overrides(listen=args.listen, otlp_http=args.otlp_http, otlp_grpc=args.otlp_grpc, store=args.store)
 
 
 def _print_config_errors(e: ConfigError) -> None:
     for line in e.errors:
-        print(line, file=sys.stderr)
-    print(f"{len(e.errors)} error{'s' if len(e.errors) != 1 else ''}", file=sys.stderr)
+        _say(line)
+    _say(f"{len(e.errors)} error{'s' if len(e.errors) != 1 else ''}")
 
 
-class _Formatter(logging.Formatter):
-    """``time level logger message`` plus ``trace_id=…`` when the record was logged inside a run."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        trace_id = getattr(record, "trace_id", "")
-        return f"{text} trace_id={trace_id}" if trace_id else text
-
-
-def _setup_logging(level: str) -> None:
-    from tracecanary.daemon.observe.telemetry import TraceContextFilter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    handler.addFilter(TraceContextFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+def _peek_format(argv: Sequence[str]) -> LogFormat:
+    """``--log-format`` before the arguments are parsed, so a usage error is written in that format."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-format=json" or (arg == "--log-format" and argv[i + 1:i + 2] == ["json"]):
+            return "json"
+        if not arg.startswith("-"):  # the command: global options come before it
+            break
+    return "text"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging(logging.INFO, _peek_format(argv))
     args = build_parser().parse_args(argv)
-    _setup_logging(str(args.log_level))
+    setup_logging(int(args.log_level), args.log_format)
+    code, reason = _guarded(args)
+    if args.command == "run":
+        from tracecanary.daemon.cli.banner import log_exit
+
+        log_exit(code, reason)
+    return code
+
+
+def _say(line: str) -> None:
+    """A line for the user on stderr: a log record in the json format."""
+    if is_json():
+        log.error("%s", line)
+    else:
+        print(line, file=sys.stderr)
+
+
+def _guarded(args: argparse.Namespace) -> tuple[int, str]:
+    """Run the command; its exit code and, for the exit line, why it ended."""
     try:
-        return _dispatch(args)
+        if args.command == "run":
+            return _run(args)
+        return _dispatch(args), "done"
     except ConfigError as e:
         _print_config_errors(e)
-        return EXIT_USAGE
+        return EXIT_USAGE, f"configuration invalid ({len(e.errors)} error{'s' if len(e.errors) != 1 else ''})"
     except (StartupError, StoreFault) as e:
-        print(_one_line(e), file=sys.stderr)
-        return EXIT_USAGE
+        _say(line := _one_line(e))
+        return EXIT_USAGE, line
     except KeyboardInterrupt:
-        return EXIT_FAIL
+        return EXIT_FAIL, "interrupted"
     except BaseExceptionGroup as group:
         startup = _leaf(group, (StartupError, StoreFault))
         if startup is None:
-            raise
-        print(_one_line(startup), file=sys.stderr)
-        return EXIT_USAGE
+            return _crashed(group)
+        _say(line := _one_line(startup))
+        return EXIT_USAGE, line
+    except Exception as e:
+        return _crashed(e)
 
 
-_URL_PASSWORD = re.compile(r"(\w+://[^/:@\s]*):[^@\s/]*@")
+def _crashed(e: BaseException) -> tuple[int, str]:
+    """A bug: its traceback logged (one JSON object in the json format), exit 1."""
+    log_uncaught(e)
+    return EXIT_FAIL, f"crashed: {type(e).__name__}: {' '.join(str(e).split())}"
+
+
+def _run(args: argparse.Namespace) -> tuple[int, str]:
+    from tracecanary.daemon.app import Daemon
+    from tracecanary.daemon.cli.banner import log_start
+    from tracecanary.daemon.config.load import load_config
+
+    cfg = load_config(args.config)
+    overrides = _overrides(args)
+    log_start(args.config, cfg, overrides)
+    daemon = Daemon(args.config, cfg, overrides)
+    code = anyio.run(daemon.run)
+    return code, daemon.stop_reason or "stopped"
+
+
+_URL_PASSWORD = re.compile(r"(\w+://[^/:@\s]*):(?!PASSWORD@)[^@\s/]*@")
+"""A password in a URL (the usage hint's literal ``USER:PASSWORD@`` placeholder is left as it is)."""
 
 
 def _one_line(e: TracecanaryError) -> str:
@@ -177,11 +247,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(json.dumps(schema(), indent=2, sort_keys=True))
         return EXIT_OK
-    if cmd == "run":
-        from tracecanary.daemon.app import Daemon
-
-        cfg = load_config(args.config)
-        return anyio.run(Daemon(args.config, cfg, _overrides(args)).run)
     if cmd == "check":
         from tracecanary.daemon.cli.check import CheckOptions, run_check
 
@@ -190,7 +255,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             opts = CheckOptions(
                 probes=args.probe, iterations=max(1, args.iterations), concurrency=max(1, args.concurrency),
                 junit=args.junit, json=args.json, markdown=args.markdown, record=args.record,
-                fail_if=args.fail_if, overrides=_overrides(args),
+                fail_if=args.fail_if, fail_on_skip=args.fail_on_skip, overrides=_overrides(args),
             )
             from tracecanary.daemon.cli.report import parse_gate
 
@@ -212,6 +277,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tracecanary.daemon.cli.traces import cmd_trace_show
 
         return cmd_trace_show(args)
+    if cmd == "import":
+        from tracecanary.daemon.cli.importer import cmd_import_tracetest
+
+        return cmd_import_tracetest(args.files, args.output, args.source)
     if cmd == "demo":
         from tracecanary.daemon.cli.demo import cmd_demo
 

@@ -27,7 +27,10 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def run_latency_s(run: RunRecord) -> float | None:
-    """The trigger's response latency when there was a response, else the run's duration."""
+    """The trigger's response latency when there was a response, else the run's duration (None for a
+    skipped run: nothing was sent)."""
+    if run.status is RunStatus.SKIPPED:
+        return None
     if run.response and isinstance(run.response.get("latency_s"), int | float):
         return float(run.response["latency_s"])
     return run.duration_s
@@ -64,10 +67,18 @@ class ProbeSummary:
         return self.iteration_of.get(run.first_run_id)
 
     @property
+    def skipped_runs(self) -> list[RunRecord]:
+        """Final runs skipped for an unmet ``requires:`` precondition."""
+        return [r for r in self.final_runs if r.status is RunStatus.SKIPPED]
+
+    @property
     def state(self) -> str:
         """WORKING, DEGRADED, NO TELEMETRY (verdict unknown), MISSING DATA (response fields absent),
-        BROKEN, or ERROR — the worst final run decides."""
-        finals = self.final_runs
+        BROKEN, or ERROR — the worst final run that ran decides; SKIPPED when none ran (a ``requires:``
+        precondition unmet every time)."""
+        finals = [r for r in self.final_runs if r.status is not RunStatus.SKIPPED]
+        if not finals and self.skipped_runs:
+            return "SKIPPED"
         if any(r.verdict is Verdict.ERROR or r.status is RunStatus.ABORTED for r in finals):
             return "ERROR"
         failed = [r for r in finals if r.verdict is Verdict.FAIL]
@@ -84,9 +95,11 @@ class ProbeSummary:
 
     @property
     def ok(self) -> bool:
-        return self.state in ("WORKING", "DEGRADED")
+        return self.state in ("WORKING", "DEGRADED", "SKIPPED")
 
     def reason(self) -> str:
+        if self.state == "SKIPPED":
+            return f"skipped: {self.skipped_runs[0].abort_reason}"
         for r in self.final_runs:
             bad = ([f for f in r.findings if f.severity in (Verdict.FAIL, Verdict.ERROR)]
                    or [f for f in r.findings if f.severity is Verdict.UNKNOWN])
@@ -102,7 +115,8 @@ class ProbeSummary:
     def stats(self) -> dict[str, Any]:
         lat = self.latencies()
         finals = self.final_runs
-        errors = sum(1 for r in finals if not (r.verdict is not None and r.verdict.ok))
+        ran = [r for r in finals if r.status is not RunStatus.SKIPPED]  # a skip is neither a pass nor a failure
+        errors = sum(1 for r in ran if not (r.verdict is not None and r.verdict.ok))
         return {
             "flaky": sum(1 for _, attempts in self.attempt_groups() if is_flaky(attempts)),
             "final_runs": len(finals),
@@ -112,7 +126,8 @@ class ProbeSummary:
             "failed": sum(1 for r in finals if r.verdict is Verdict.FAIL),
             "unknown": sum(1 for r in finals if r.verdict is Verdict.UNKNOWN),
             "errors": sum(1 for r in finals if r.verdict is Verdict.ERROR or r.status is RunStatus.ABORTED),
-            "error_rate": errors / len(finals) if finals else 0.0,
+            "skipped": len(finals) - len(ran),
+            "error_rate": errors / len(ran) if ran else 0.0,
             "p50_s": percentile(lat, 50),
             "p95_s": percentile(lat, 95),
             "p99_s": percentile(lat, 99),
@@ -176,7 +191,8 @@ def run_json(run: RunRecord, iteration: int | None = None) -> dict[str, Any]:
         "first_run_id": run.first_run_id, "final": run.final, "trace_id": run.trace_id,
         "started_ns": run.started_ns, "finished_ns": run.finished_ns, "duration_s": run.duration_s,
         "status": run.status.value, "verdict": run.verdict.value if run.verdict else None,
-        "abort_reason": run.abort_reason, "findings": [f.model_dump(mode="json") for f in run.findings],
+        "abort_reason": run.abort_reason,
+        "skip_reason": run.abort_reason if run.status is RunStatus.SKIPPED else None, "findings": [f.model_dump(mode="json") for f in run.findings],
         "response": run.response, "outputs": run.outputs, "links": run.links, "span_count": run.span_count,
         "time_to_verdict_s": run.time_to_verdict_s,
     }

@@ -1,5 +1,5 @@
 """``tracecanary assert``, ``expect`` and ``trace show``: judge recorded traces, propose expectations,
-print a trace waterfall from a file, the results store or Sentry.
+print a trace waterfall from a file, the results store, Sentry, Jaeger or Tempo.
 
 Exit codes (DESIGN "Semantics"): 0 pass or degraded, 1 fail, 2 bad input. Every input error
 names its file (and for expectation files the line of the offending key).
@@ -27,9 +27,9 @@ from tracecanary.assertions.propose import propose
 from tracecanary.assertions.spans import Span
 from tracecanary.daemon.config.links import LinkSettings, host_of, render_links
 from tracecanary.daemon.spans.files import load_spans, render_waterfall
-from tracecanary.daemon.spans.sentry import SentryTraceSource
+from tracecanary.daemon.spans.sources import NEEDS, build_source
 from tracecanary.errors import ConfigError, TracecanaryError
-from tracecanary.integrations import SentryIntegration
+from tracecanary.integrations import Integrations, SentryIntegration
 
 log = logging.getLogger("tracecanary.offline")
 
@@ -189,7 +189,7 @@ def cmd_trace_show(args: argparse.Namespace) -> int:
             return 0
         if args.source == "store":
             return anyio.run(_from_store, args, color)
-        return anyio.run(_from_sentry, args)
+        return anyio.run(_from_pull, args)
     except (OSError, ValueError, TracecanaryError) as e:
         if isinstance(e, ConfigError):
             raise
@@ -231,14 +231,14 @@ async def _from_store(args: argparse.Namespace, color: bool) -> int:
         await store.aclose()
 
 
-async def _from_sentry(args: argparse.Namespace) -> int:
+async def _from_pull(args: argparse.Namespace) -> int:
     if not args.config:
-        raise ValueError("--source sentry needs --config CONFIG (integrations.sentry: org, token, api_url)")
+        raise ValueError(f"--source {args.source} needs --config CONFIG ({NEEDS[args.source]})")
     from tracecanary.daemon.config.load import load_config
 
     cfg = load_config(args.config)
-    text = await show_sentry_trace(cfg.integrations.sentry, args.target.lower(), cfg.extra.links)
-    print(text)
+    trace_id = args.target.lower()
+    print(await show_pulled_trace(args.source, cfg.integrations, trace_id, cfg.extra.links))
     return 0
 
 
@@ -259,8 +259,16 @@ def render_errors(spans: list[Span]) -> list[str]:
     return lines
 
 
-async def show_sentry_trace(
-    integration: SentryIntegration,
+async def show_sentry_trace(integration: SentryIntegration, trace_id: str,
+                            links: LinkSettings | Mapping[str, str] | None = None, **options: Any) -> str:
+    """The waterfall of ``trace_id`` as Sentry holds it, its errors, then the trace links
+    (``options``: those of :func:`show_pulled_trace`)."""
+    return await show_pulled_trace("sentry", Integrations(sentry=integration), trace_id, links, **options)
+
+
+async def show_pulled_trace(
+    name: str,
+    integrations: Integrations,
     trace_id: str,
     links: LinkSettings | Mapping[str, str] | None = None,
     *,
@@ -268,25 +276,35 @@ async def show_sentry_trace(
     timeout_s: float = 30.0,
     color: bool = False,
 ) -> str:
-    """The waterfall of ``trace_id`` as Sentry holds it, its errors, then the trace links."""
-    async def fetch(s: aiohttp.ClientSession) -> list[Span]:
-        with anyio.fail_after(timeout_s):
-            return await SentryTraceSource(s, integration, request_timeout_s=timeout_s).fetch(trace_id)
-
-    if session is None:
-        async with aiohttp.ClientSession() as own:
-            spans = await fetch(own)
-    else:
-        spans = await fetch(session)
+    """The waterfall of ``trace_id`` as a pull source (``name``: sentry, jaeger, tempo) holds it, the errors
+    Sentry attached, then the trace links."""
     trace_id = trace_id.lower()
-    if spans:
+    spans = await _fetch(name, integrations, trace_id, session, timeout_s)
+    if not spans:
+        lines = [f"trace {trace_id}: no spans in Sentry yet (Sentry ingests with a delay; retry shortly)"
+                 if name == "sentry" else
+                 f"trace {trace_id}: not in {name.capitalize()} (yet: backends ingest with a delay; retry shortly)"]
+    else:
         lines = [render_waterfall(spans, color=color).rstrip("\n")]
-        errors = render_errors(spans)
+        errors = render_errors(spans) if name == "sentry" else []
         if errors:
             lines += ["errors:", *errors]
-    else:
-        lines = [f"trace {trace_id}: no spans in Sentry yet (Sentry ingests with a delay; retry shortly)"]
+    return "\n".join(lines + _links(links, trace_id, integrations.sentry))
+
+
+async def _fetch(name: str, integrations: Integrations, trace_id: str, session: aiohttp.ClientSession | None,
+                 timeout_s: float) -> list[Span]:
+    async def fetch(s: aiohttp.ClientSession) -> list[Span]:
+        with anyio.fail_after(timeout_s):
+            return await build_source(name, s, integrations, request_timeout_s=timeout_s).fetch(trace_id)
+
+    if session is not None:
+        return await fetch(session)
+    async with aiohttp.ClientSession() as own:
+        return await fetch(own)
+
+
+def _links(links: LinkSettings | Mapping[str, str] | None, trace_id: str, sentry: SentryIntegration) -> list[str]:
     settings = links if isinstance(links, LinkSettings) else LinkSettings(dict(links or {}))
-    rendered = render_links(settings, trace_id=trace_id, org=integration.org, host=host_of(integration.api_url))
-    lines += [f"{name}: {url}" for name, url in rendered.items()]
-    return "\n".join(lines)
+    rendered = render_links(settings, trace_id=trace_id, org=sentry.org, host=host_of(sentry.api_url))
+    return [f"{name}: {url}" for name, url in rendered.items()]

@@ -136,6 +136,10 @@ class KafkaClusterMembership:
     def previous_active(self) -> str | None:
         return None
 
+    @property
+    def writer(self) -> str | None:
+        return None  # members are fenced per probe by their leases, not by a leader term
+
     def roles(self) -> AsyncIterator[Role]:
         return self._state.stream()
 

@@ -98,6 +98,12 @@ class Membership(Protocol):
         """The member that was active before this one took over (None: nobody, or mode single)."""
         ...
 
+    @property
+    def writer(self) -> str | None:
+        """While active in a fenced mode: the identity this term's store writes carry (``<member>.e<epoch>``;
+        the daemon opens its store anew with it). None otherwise, and in mode single (not fenced)."""
+        ...
+
     async def members(self) -> list[Member]:
         """The replicas known to the cluster, this one included."""
         ...
@@ -160,6 +166,10 @@ class SingleMembership:
 
     @property
     def previous_active(self) -> str | None:
+        return None
+
+    @property
+    def writer(self) -> str | None:
         return None
 
     async def members(self) -> list[Member]:

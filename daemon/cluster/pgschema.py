@@ -1,11 +1,13 @@
 """PostgreSQL side of ``mode: standby``: the leader row, the members table and the write fence.
 
-``cluster_leader`` has one row: the leader epoch (bumped on every takeover), the member holding it and
-the backend pid of its lock connection. ``cluster_members`` has one row per replica, refreshed by its
+``cluster_leader`` has one row: the leader epoch (bumped on every takeover), the member holding it, the
+writer identity of that term (``<member>.e<epoch>``) and the backend pid of its lock connection. ``cluster_members`` has one row per replica, refreshed by its
 heartbeat. ``cluster_fence()`` is a BEFORE trigger on the tables the active role writes (runs, events,
-kv): a connection that names its member (libpq option ``-c tracecanary.member=<id>``, set on every
-store connection in mode standby) may write only while that member holds the current epoch *and* the
-lock connection recorded for it still holds the advisory lock. A deposed replica's late writes are
+kv): a connection that names a writer (libpq option ``-c tracecanary.member=<id>``, set on every
+store connection in mode standby; an active replica opens its store anew for each term it wins, as
+``<member>.e<epoch>``) may write only while that is the current term's writer *and* the lock
+connection recorded for it still holds the advisory lock — so even a replica that wins again later
+never lands a write of an earlier term. A deposed replica's late writes are
 refused with SQLSTATE ``TCF01`` (never merged); connections without the option (mode single, tools)
 are not fenced. The kv namespaces any replica may write (the store's proving writes, silences) are
 exempt.
@@ -26,10 +28,10 @@ NOW_NS = "(extract(epoch from clock_timestamp()) * 1e9)::bigint"
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS cluster_leader (
-    id INTEGER PRIMARY KEY CHECK (id = 1), epoch BIGINT NOT NULL, member TEXT, holder_pid INTEGER,
+    id INTEGER PRIMARY KEY CHECK (id = 1), epoch BIGINT NOT NULL, member TEXT, writer TEXT, holder_pid INTEGER,
     since_ns BIGINT NOT NULL
 );
-INSERT INTO cluster_leader (id, epoch, member, holder_pid, since_ns) VALUES (1, 0, NULL, NULL, 0)
+INSERT INTO cluster_leader (id, epoch, member, writer, holder_pid, since_ns) VALUES (1, 0, NULL, NULL, NULL, 0)
     ON CONFLICT (id) DO NOTHING;
 CREATE TABLE IF NOT EXISTS cluster_members (
     member TEXT PRIMARY KEY, role TEXT NOT NULL, epoch BIGINT, address TEXT, started_ns BIGINT NOT NULL,
@@ -47,12 +49,12 @@ BEGIN
         END IF;
         IF ns IS NULL OR ns NOT IN ({", ".join(f"'{ns}'" for ns in EXEMPT_KV_NAMESPACES)}) THEN
             SELECT * INTO lead FROM cluster_leader WHERE id = 1;
-            IF lead.member IS DISTINCT FROM me OR NOT EXISTS (
+            IF lead.writer IS DISTINCT FROM me OR NOT EXISTS (
                     SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = lead.holder_pid AND granted
                     AND classid = 0 AND objid = {LOCK_KEY} AND objsubid = 1) THEN
                 RAISE EXCEPTION USING ERRCODE = '{FENCED_SQLSTATE}', MESSAGE = format(
                     'fenced: member %s is not the active replica (leader epoch %s is held by %s); write to %s refused',
-                    me, lead.epoch, COALESCE(lead.member, 'nobody'), TG_TABLE_NAME);
+                    me, lead.epoch, COALESCE(lead.writer, 'nobody'), TG_TABLE_NAME);
             END IF;
         END IF;
     END IF;
@@ -76,9 +78,9 @@ END $$;
 
 
 TAKEOVER = f"""
-UPDATE cluster_leader SET epoch = epoch + 1, member = %(member)s, holder_pid = pg_backend_pid(),
-    since_ns = {NOW_NS}
-WHERE id = 1 RETURNING epoch
+UPDATE cluster_leader SET epoch = epoch + 1, member = %(member)s,
+    writer = %(member)s || '.e' || (epoch + 1)::text, holder_pid = pg_backend_pid(), since_ns = {NOW_NS}
+WHERE id = 1 RETURNING epoch, writer
 """
 PREVIOUS_LEADER = "SELECT member, epoch FROM cluster_leader WHERE id = 1 FOR UPDATE"
 HOLDS_LOCK = (f"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "

@@ -52,6 +52,7 @@ class StandbyMembership:
         self._on_deposed = on_deposed
         self._state = RoleState(Role.STANDBY)
         self._epoch: int | None = None
+        self._writer: str | None = None
         self._previous_active: str | None = None
         self._started_ns = time.time_ns()
         self._last_ok = clock()
@@ -74,6 +75,10 @@ class StandbyMembership:
     @property
     def previous_active(self) -> str | None:
         return self._previous_active
+
+    @property
+    def writer(self) -> str | None:
+        return self._writer if self._state.role is Role.ACTIVE else None
 
     async def members(self) -> list[Member]:
         """As of the last heartbeat (read with it, on the lock connection)."""
@@ -157,7 +162,7 @@ class StandbyMembership:
             prev = await (await conn.execute(sql.PREVIOUS_LEADER)).fetchone()
             row = await (await conn.execute(sql.TAKEOVER, {"member": self._member_id})).fetchone()
         assert row is not None
-        self._epoch = int(row[0])
+        self._epoch, self._writer = int(row[0]), str(row[1])
         self._previous_active = str(prev[0]) if prev is not None and prev[0] is not None else None
         self._last_ok = self._clock()
         log.warning("cluster.takeover member=%s epoch=%d previous=%s", self._member_id, self._epoch,
@@ -176,12 +181,16 @@ class StandbyMembership:
             log.warning("cluster.lock_connection member=%s %s", self._member_id, reason)
 
     async def _watchdog(self) -> None:
-        """Depose an active replica whose lock connection has not answered for ``lost_after_s``."""
-        every_s = min(0.1, self.timing.heartbeat_s / 4)
+        """Depose an active replica whose lock connection has not answered for ``lost_after_s``: while
+        active it sleeps until that deadline (no polling delay on top of it), then checks again."""
         while True:
-            await anyio.sleep(every_s)
-            silent_s = self._clock() - self._last_ok
-            if self._state.role is Role.ACTIVE and silent_s > self.timing.lost_after_s:
-                self._lost(f"no answer from PostgreSQL for {silent_s:.1f}s")
-                if self._session is not None:
-                    self._session.cancel()
+            if self._state.role is not Role.ACTIVE:
+                await anyio.sleep(self.timing.heartbeat_s / 4)
+                continue
+            remaining_s = self._last_ok + self.timing.lost_after_s - self._clock()
+            if remaining_s > 0:
+                await anyio.sleep(min(remaining_s, self.timing.heartbeat_s))
+                continue
+            self._lost(f"no answer from PostgreSQL for {self._clock() - self._last_ok:.1f}s")
+            if self._session is not None:
+                self._session.cancel()

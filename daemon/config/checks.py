@@ -23,7 +23,7 @@ from tracecanary.probes.templating import Templates
 if TYPE_CHECKING:
     from tracecanary.probes.base import ProbeSpec
 
-TEMPLATE_VARIABLES = frozenset({"run_id", "probe_id", "trace_id", "span_id", "traceparent", "attempt", "steps", "now"})
+TEMPLATE_VARIABLES = frozenset({"run_id", "probe_id", "trace_id", "span_id", "traceparent", "attempt", "steps", "outputs", "now"})
 """What a probe's templates may name (``ProbeContext.template_vars``; a test keeps the two equal)."""
 UNTEMPLATED = frozenset({"description", "tags"})
 """Probe fields never rendered: text there may hold ``{{`` as it is."""
@@ -72,7 +72,24 @@ def cross_checks(loaded: list[tuple[RawProbe, ProbeSpec | None]], sections: dict
             errors.append(f"{raw.where('alert', 'policy')}: unknown alert policy {policy!r} (known: {known})")
     errors.extend(_channel_reference_errors(sections))
     errors.extend(_github_errors(sections))
+    errors.extend(_prometheus_errors(loaded, sections))
     return errors
+
+
+def _prometheus_errors(loaded: list[tuple[RawProbe, ProbeSpec | None]],
+                       sections: dict[str, tuple[Doc, Any]]) -> Iterator[str]:
+    """A ``query:`` metrics check needs ``integrations.prometheus.url`` to send it to."""
+    integrations = sections["integrations"][1] if "integrations" in sections else None
+    prometheus = integrations.get("prometheus") if isinstance(integrations, dict) else None
+    if isinstance(prometheus, dict) and prometheus.get("url"):
+        return
+    for raw, _ in loaded:
+        expect = raw.data.get("expect") if isinstance(raw.data, dict) else None
+        checks = expect.get("metrics") if isinstance(expect, dict) else None
+        for j, check in enumerate(checks if isinstance(checks, list) else []):
+            if isinstance(check, dict) and check.get("query") is not None:
+                yield (f"{raw.where('expect', 'metrics', j, 'query')}: a query needs integrations.prometheus.url "
+                       "(the Prometheus server to send it to)")
 
 
 def _timeout_s(raw: RawProbe, spec: ProbeSpec | None) -> float | None:

@@ -28,8 +28,10 @@ from tracecanary.daemon.config.secrets import Secrets
 from tracecanary.daemon.config.settings import DaemonSettings, ExtraSections
 from tracecanary.daemon.config.suite_schema import schema
 from tracecanary.daemon.config.yaml_doc import (
+    ADDRESSES,
     Doc,
     Loc,
+    UnsetVariableError,
     compose,
     expand_env,
     line_of,
@@ -124,7 +126,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     the end, and every section of it, so one pass reports every error.
     """
     errors: list[str] = []
-    docs = _read(Path(path), os.environ if environ is None else environ, errors)
+    env = os.environ if environ is None else environ
+    docs = _read(Path(path), env, errors)
+    errors.extend(_unset_errors(docs, env))
     sections: dict[str, tuple[Doc, Any]] = {}
     raw_probes: list[RawProbe] = []
     for doc in docs:
@@ -149,7 +153,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
     return Config(
         probes=[p for _, p in loaded if p is not None], extra=extra, sources=[d.path for d in docs],
         substituted=[v for d in docs for v in d.substituted],
-        warnings=_warnings([(raw.doc, raw.index, p) for raw, p in loaded if p is not None]), **cfg_kwargs,
+        warnings=_warnings([(raw.doc, raw.index, p) for raw, p in loaded if p is not None])
+        + _source_warnings([(raw.doc, raw.index, p) for raw, p in loaded if p is not None],
+                           cfg_kwargs.get("integrations") or Integrations()), **cfg_kwargs,
     )
 
 
@@ -169,6 +175,61 @@ def _read(path: Path, environ: Mapping[str, str], errors: list[str]) -> list[Doc
         if doc is not None:
             docs.append(doc)
     return docs
+
+
+def _required_env(doc: Doc) -> dict[int, set[str]]:
+    """Each probe's ``requires.env`` names as written, by index in the file's ``probes:`` list."""
+    out: dict[int, set[str]] = {}
+    for i, probe in enumerate(_probe_list(doc)):
+        requires = probe.get("requires") if isinstance(probe, dict) else None
+        names = requires.get("env") if isinstance(requires, dict) else None
+        out[i] = {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+    return out
+
+
+def _unset_errors(docs: list[Doc], environ: Mapping[str, str]) -> list[str]:
+    """A ``${NAME}`` left unset is an error unless a ``requires.env`` names it — the probe's own for a
+    value inside a probe, any probe's elsewhere (an integration token): then it expands to "" (the run
+    is skipped: an empty variable is an unmet precondition), and a ``requires.reachable``/``files``
+    entry built from it is left out (it names nothing while the variable is missing)."""
+    by_doc = {id(doc): _required_env(doc) for doc in docs}
+    anywhere = {n for names in by_doc.values() for ns in names.values() for n in ns}
+    errors: list[str] = []
+    for doc in docs:
+        for unset in doc.unset:
+            in_probe = unset.loc[:1] == ("probes",) and len(unset.loc) > 1 and isinstance(unset.loc[1], int)
+            excused = by_doc[id(doc)].get(int(unset.loc[1]), set()) if in_probe else anywhere
+            env = {**environ, **{n: "" for n in excused if n not in environ}}
+            try:
+                value = expand_env(unset.text, env, None if unset.loc in ADDRESSES else doc.substituted)
+            except (UnsetVariableError, ValueError) as e:
+                errors.append(f"{doc.path}:{line_of(doc, unset.loc)} {render_loc(unset.loc, doc.data)}: {e}")
+                doc.unresolved.add(unset.loc)
+                continue
+            if in_probe and unset.loc[2:3] == ("requires",) and unset.loc[3:4] in (("reachable",), ("files",)):
+                _set_at(doc.data, unset.loc, _LEFT_OUT)
+            else:
+                _set_at(doc.data, unset.loc, value)
+        for probe in _probe_list(doc):
+            requires = probe.get("requires") if isinstance(probe, dict) else None
+            for key in ("reachable", "files"):
+                if isinstance(requires, dict) and isinstance(requires.get(key), list):
+                    requires[key] = [v for v in requires[key] if v is not _LEFT_OUT]
+    return errors
+
+
+_LEFT_OUT = object()
+
+
+def _probe_list(doc: Doc) -> list[Any]:
+    listed = doc.data.get("probes") if isinstance(doc.data, dict) else None
+    return listed if isinstance(listed, list) else []
+
+
+def _set_at(data: Any, loc: Loc, value: Any) -> None:
+    for part in loc[:-1]:
+        data = data[part]
+    data[loc[-1]] = value
 
 
 def _top_level(doc: Doc, sections: dict[str, tuple[Doc, Any]], errors: list[str]) -> list[RawProbe]:
@@ -273,6 +334,22 @@ def _warnings(probes: list[tuple[Doc, int, ProbeSpec]]) -> list[ConfigWarning]:
                 loc: Loc = ("probes", i, "expect", "side_effects", j, "slack", "in_thread")
                 found.append(ConfigWarning(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}",
                                            EVENTS_API_THREAD))
+    return found
+
+
+def _source_warnings(probes: list[tuple[Doc, int, ProbeSpec]], integrations: Integrations) -> list[ConfigWarning]:
+    """A pulled ``expect.trace.source`` whose integration is not configured (here or in another file of
+    the directory): each run would end in error."""
+    from tracecanary.daemon.spans.sources import NEEDS, PULLED, configured
+
+    ready = set(configured(integrations))
+    found: list[ConfigWarning] = []
+    for doc, i, spec in probes:
+        source = spec.expect.trace.source if spec.expect.trace is not None else "buffer"
+        if source in PULLED and source not in ready:
+            loc: Loc = ("probes", i, "expect", "trace", "source")
+            found.append(ConfigWarning(f"{doc.path}:{line_of(doc, loc)} {render_loc(loc, doc.data)}",
+                                       f"source {source} needs {NEEDS[source]}: each run ends in error until it is set"))
     return found
 
 

@@ -83,6 +83,8 @@ class DaemonSettings(StrictModel):
     api_token: Annotated[str | None, CREDENTIAL] = Field(
         None, description="Bearer token for API writes (and reads with protect_reads).")
     protect_reads: bool = Field(False, description="Require the api_token for reads too (API and dashboard).")
+    public_status: bool = Field(False, description="With protect_reads: keep the status badges (/badge/<probe>.svg) "
+                                "and the read-only status page (/status) open.")
 
     @field_validator("listen")
     @classmethod

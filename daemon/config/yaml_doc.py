@@ -41,6 +41,25 @@ class Doc:
     """Values that came from the environment or a file (``${VAR}``, ``${file:…}``): secrets by provenance."""
     unresolved: set[Loc] = field(default_factory=set)
     """Locations whose ``${…}`` could not be expanded (reported once; later errors there are dropped)."""
+    unset: list[Unset] = field(default_factory=list)
+    """Values naming an unset variable: errors unless a ``requires.env`` names it (``load.py`` decides)."""
+
+
+@dataclass(frozen=True)
+class Unset:
+    """A value whose ``${NAME}`` is not set, kept as written until ``requires.env`` excuses it or not."""
+
+    loc: Loc
+    name: str
+    text: str
+
+
+class UnsetVariableError(ValueError):
+    """``${NAME}`` without a default names a variable the environment does not set."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+        self.name = name
 
 
 class _Loader(yaml.SafeLoader):
@@ -128,6 +147,8 @@ class _Builder:
         if isinstance(value, str) and "${" in value:
             try:
                 value = expand_env(value, self.environ, None if loc in ADDRESSES else self.doc.substituted)
+            except UnsetVariableError as e:
+                self.doc.unset.append(Unset(loc, e.name, value))
             except ValueError as e:
                 self.errors.append((loc, str(e)))
         return value
@@ -180,7 +201,7 @@ def expand_env(text: str, environ: Mapping[str, str] | None = None, found: list[
             return env[name]
         if sep:
             return default
-        raise ValueError(f"environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+        raise UnsetVariableError(name)
 
     parts = text.split("$${")
     return "${".join(_ENV_RE.sub(sub, p) for p in parts)

@@ -3,7 +3,8 @@
 Retries belong to one check-in (keyed by ``first_run_id``): Sentry sees one execution per scheduled run,
 and its duration runs from the first attempt's start to the final attempt's end. An ``unknown`` verdict (no
 telemetry: the system may be fine) closes the check-in ``ok``: like the alert policy, Crons never pages a
-probe's owner for a dead telemetry pipeline; the daemon's "telemetry pipeline" incident does.
+probe's owner for a dead telemetry pipeline; the daemon's "telemetry pipeline" incident does. A run
+skipped for an unmet ``requires:`` closes it ``ok`` too: the schedule ran, and a skip never alerts.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.observe.sentry import CronReporter
-from tracecanary.daemon.store.base import RunRecord
+from tracecanary.daemon.store.base import RunRecord, RunStatus
 from tracecanary.probes.base import ProbeSpec
 
 
@@ -40,6 +41,7 @@ class CronHook:
         opened = self._open.pop(run.first_run_id, None)
         if opened is None:
             return
-        ok = run.verdict is not None and (run.verdict.ok or run.verdict is Verdict.UNKNOWN)
+        ok = run.status is RunStatus.SKIPPED or (
+            run.verdict is not None and (run.verdict.ok or run.verdict is Verdict.UNKNOWN))
         duration_ns = (run.finished_ns or run.started_ns) - opened.first_started_ns
         self.reporter.checkin_finish(probe, opened.check_in_id, ok, max(0.0, duration_ns / 1e9))

@@ -11,15 +11,28 @@ seen are noted here (prometheus_client offers no public listing), so a reload ca
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import platform
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar, cast
 
+import anyio
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import choose_encoder
 
+from tracecanary import __version__
 from tracecanary.assertions.verdict import Verdict
-from tracecanary.daemon.store.base import RunRecord, RunStatus
+from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
 from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.metrics")
@@ -29,12 +42,22 @@ SPAN_COUNT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000, 20000)
 LATENESS_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 LOOP_LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 M = TypeVar("M", Gauge, Counter, Histogram)
+RUN_OUTCOMES = (*(str(v) for v in Verdict), "aborted", "skipped")
+"""The ``verdict`` label values of ``tracecanary_runs_total``."""
+DROP_REASONS = ("buffer_full", "evicted", "invalid", "unauthorized", "unsupported", "throttled", "too_large",
+                "undecodable", "timeout", "disconnected")
+"""The ``reason`` label values of ``tracecanary_spans_dropped_total`` registered at start."""
+DELIVERY_OUTCOMES = ("sent", "retry", "failed", "dropped")
 
 
 class Metrics:
     """The daemon's metrics; implements RunHook (``on_run_started`` / ``on_run_finished``)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No ``*_created`` series: in the text format Prometheus stores each as a gauge of its own (one per
+        # counter and histogram child, ~13 % of all series here), named like a count (tracecanary_runs_created).
+        # Process-wide and idempotent; the ignore: prometheus_client leaves this function unannotated.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = r = registry or CollectorRegistry(auto_describe=True)
         self.probe_success = Gauge(
             "probe_success", "1 when the probe's last judged final verdict passed (pass or degraded), else 0; "
@@ -48,10 +71,11 @@ class Metrics:
             ["probe", "kind"], buckets=DURATION_BUCKETS_S, registry=r)
         self.runs = Counter(
             "tracecanary_runs", "Finished runs (every attempt) by verdict (pass, degraded, unknown, fail, error); "
-            "aborted runs count as 'aborted'.",
+            "aborted runs count as 'aborted', runs skipped for an unmet requires: precondition as 'skipped'.",
             ["probe", "kind", "verdict"], registry=r)
         self.findings = Counter(
-            "tracecanary_findings", "Findings reported by runs, by finding type.", ["type"], registry=r)
+            "tracecanary_findings", "Findings reported by runs, by probe and finding type.", ["probe", "type"],
+            registry=r)
         self.trace_spans = Histogram(
             "tracecanary_trace_spans", "Spans judged per run (runs with trace expectations).",
             ["probe", "kind"], buckets=SPAN_COUNT_BUCKETS, registry=r)
@@ -99,10 +123,82 @@ class Metrics:
         self.cluster_depositions = Counter(
             "tracecanary_cluster_depositions", "Times this replica lost the active role (its lock connection failed "
             "or went silent).", registry=r)
+        self.passive_traces = Counter(
+            "tracecanary_passive_traces", "Entry traces judged by kind: passive probes, by verdict (dropped: not "
+            "judged, the passive judge was over its span budget).", ["probe", "verdict"], registry=r)
+        self.last_run = Gauge(
+            "probe_last_run_timestamp_seconds", "Unix time the probe's latest run (any attempt, any outcome) "
+            "finished; 0 before its first. Age: time() - probe_last_run_timestamp_seconds.", ["probe"], registry=r)
+        self.alert_state = Gauge(
+            "tracecanary_alert_state", "The probe's alert state, read at scrape time: 0 ok, 1 failing (an "
+            "incident is open, failing or degraded), 2 silenced (an active silence covers the probe).",
+            ["probe"], registry=r)
+        Info("tracecanary_build", "The running tracecanary: version and Python.", registry=r).info(
+            {"version": __version__, "python_version": platform.python_version(),
+             "python_implementation": platform.python_implementation()})
+        for standard in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_* (shared)
+            r.register(standard)
         self._series: dict[Gauge | Counter | Histogram, dict[tuple[str, ...], Any]] = {m: {} for m in (
             self.probe_success, self.probe_unknown, self.probe_duration, self.runs, self.trace_spans,
-            self.time_to_verdict, self.schedule_lateness)}
+            self.time_to_verdict, self.schedule_lateness, self.runs_skipped, self.findings, self.last_run,
+            self.alert_state, self.passive_traces)}
         """The children of the probe-labelled metrics by label values: what ``retain`` prunes."""
+
+    def register(self, probes: Iterable[ProbeSpec]) -> None:
+        """Create each probe's series before its first event (counters and histograms at 0, the alert
+        state ok, the last run time 0), so rates and alert rules see the first increment. Idempotent.
+        ``probe_success`` is the exception: 0 would read as failing, so it waits for a verdict (or
+        :meth:`restore`). Findings are per type, created as they occur."""
+        for p in probes:
+            kind = p.kind
+            for verdict in RUN_OUTCOMES:
+                self._child(self.runs, p.id, kind, verdict)
+            self._child(self.probe_unknown, p.id, kind)
+            self._child(self.probe_duration, p.id, kind)
+            self._child(self.time_to_verdict, p.id, kind)
+            if p.expect.trace is not None:
+                self._child(self.trace_spans, p.id, kind)
+            self._child(self.schedule_lateness, p.id)
+            self._child(self.runs_skipped, p.id)
+            self._child(self.last_run, p.id)
+            self._child(self.alert_state, p.id)
+
+    def register_intake(self, sources: Iterable[str], channels: Iterable[str]) -> None:
+        """The span-intake and alert-delivery counters at 0 for the configured sources and channels, and
+        the known drop reasons, so a rate or an alert rule sees their first increment."""
+        for source in sources:
+            self.spans_received_total.labels(source)
+        for reason in DROP_REASONS:
+            self.spans_dropped_total.labels(reason)
+        for channel in channels:
+            for outcome in DELIVERY_OUTCOMES:
+                self.alerts_sent.labels(channel, outcome)
+
+    async def restore(self, store: Store, probes: Iterable[ProbeSpec], *, look_back: int = 20) -> None:
+        """After a restart: each probe's last run time and last judged verdict from the store, so a
+        dashboard does not lose them until the next run (a store that fails leaves them unset)."""
+        for p in probes:
+            try:
+                runs = await store.list_runs(p.id, limit=look_back)
+            except Exception as e:  # the store's own faults are reported by the store guard
+                log.warning("metrics.restore_failed probe=%s error=%s", p.id, e)
+                return
+            done = [run for run in runs if run.finished_ns is not None]
+            if done:
+                self._child(self.last_run, p.id).set(max(run.finished_ns or 0 for run in done) / 1e9)
+            judged = next((run for run in runs if run.final and run.verdict is not None), None)
+            if judged is not None and judged.verdict is not None:
+                unknown = judged.verdict is Verdict.UNKNOWN
+                self._child(self.probe_unknown, p.id, p.kind).set(1.0 if unknown else 0.0)
+            known = next((run.verdict for run in runs if run.final and run.verdict not in (None, Verdict.UNKNOWN)),
+                         None)
+            if known is not None:
+                self._child(self.probe_success, p.id, p.kind).set(1.0 if known.ok else 0.0)
+
+    def set_alert_states(self, states: Mapping[str, int]) -> None:
+        """``tracecanary_alert_state`` per probe id (0 ok, 1 failing, 2 silenced)."""
+        for probe_id, state in states.items():
+            self._child(self.alert_state, probe_id).set(float(state))
 
     # --- RunHook ---------------------------------------------------------------------------------
     async def on_run_started(self, probe: ProbeSpec, run: RunRecord) -> None:
@@ -114,16 +210,21 @@ class Metrics:
     def record_run(self, probe: ProbeSpec, run: RunRecord) -> None:
         """Synchronous core of the hook (also used by ``check`` and benchmarks)."""
         kind = probe.kind
+        if run.finished_ns is not None:
+            self._child(self.last_run, probe.id).set(run.finished_ns / 1e9)
         if run.retry_aborted is not None:  # a chain ended without its retry: the attempt was counted already
             if run.verdict is not None:
                 self._child(self.probe_success, probe.id, kind).set(1.0 if run.verdict.ok else 0.0)
+            return
+        if run.status is RunStatus.SKIPPED:  # a requires: precondition unmet: neither pass nor failure
+            self._child(self.runs, probe.id, kind, "skipped").inc()
             return
         if run.status is RunStatus.ABORTED or run.verdict is None:
             self._child(self.runs, probe.id, kind, "aborted").inc()
             return
         self._child(self.runs, probe.id, kind, str(run.verdict)).inc()
         for finding in run.findings:
-            self.findings.labels(finding.type).inc()
+            self._child(self.findings, probe.id, finding.type).inc()
         if run.duration_s is not None:
             self._child(self.probe_duration, probe.id, kind).observe(run.duration_s)
         if run.time_to_verdict_s is not None:
@@ -157,8 +258,12 @@ class Metrics:
     def lateness(self, probe_id: str, seconds: float) -> None:
         self._child(self.schedule_lateness, probe_id).observe(max(0.0, seconds))
 
+    def passive_trace(self, probe_id: str, verdict: str) -> None:
+        """One entry trace judged (or dropped) by a passive probe."""
+        self._child(self.passive_traces, probe_id, verdict).inc()
+
     def skipped(self, probe_id: str) -> None:
-        self.runs_skipped.labels(probe_id).inc()
+        self._child(self.runs_skipped, probe_id).inc()
 
     def store_error(self, op: str) -> None:
         self.store_errors.labels(op).inc()
@@ -183,14 +288,21 @@ class Metrics:
         self.alerts_sent.labels(channel, outcome).inc()
 
     def retain(self, probes: Iterable[ProbeSpec]) -> None:
-        """After a reload: forget the series of probes that are gone (stale probe_success misleads)."""
+        """After a reload: forget the series of probes that are gone (stale probe_success misleads) and
+        register the new ones."""
+        probes = list(probes)
         keep = {(p.id, p.kind) for p in probes}
         keep_ids = {pid for pid, _ in keep}
         for metric in (self.probe_success, self.probe_unknown, self.probe_duration, self.trace_spans,
                        self.time_to_verdict):
             self._forget(metric, lambda labels: labels not in keep)
         self._forget(self.runs, lambda labels: (labels[0], labels[1]) not in keep)
-        self._forget(self.schedule_lateness, lambda labels: labels[0] not in keep_ids)
+        by_id: tuple[Gauge | Counter | Histogram, ...] = (
+            self.schedule_lateness, self.runs_skipped, self.findings, self.last_run, self.alert_state,
+            self.passive_traces)
+        for one in by_id:
+            self._forget(one, lambda labels: labels[0] not in keep_ids)
+        self.register(probes)
 
     def _child(self, metric: M, *labels: str) -> M:
         """``metric.labels(*labels)``, kept by label values for ``retain`` (and reused: no lookup again)."""
@@ -207,11 +319,17 @@ class Metrics:
             del children[labels]
 
 
-def metrics_routes(m: Metrics) -> list[web.RouteDef]:
-    """``GET /metrics`` in the Prometheus text format (OpenMetrics when the scraper asks for it)."""
+def metrics_routes(m: Metrics, refresh: Callable[[], Awaitable[None]] | None = None) -> list[web.RouteDef]:
+    """``GET /metrics`` in the Prometheus text format (OpenMetrics when the scraper asks for it);
+    ``refresh`` updates what is read at scrape time (the alert states) first. The encoding runs in a
+    worker thread (prometheus_client is thread-safe): with hundreds of probes it takes hundreds of
+    milliseconds, which would otherwise stall the event loop (benchmarks/metrics_scrape.py)."""
 
     async def handle(request: web.Request) -> web.Response:
+        if refresh is not None:
+            await refresh()
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        return web.Response(body=encoder(m.registry), headers={"Content-Type": content_type})
+        body = await anyio.to_thread.run_sync(encoder, m.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     return [web.get("/metrics", handle)]

@@ -14,14 +14,14 @@ hand-back of the event loop wait). The judge is only touched by its run's task: 
 
 At the end it gathers the telemetry evidence for ``unknown`` (``assertions/telemetry.py``): whether the
 services the expectation names sent any span — in the judged trace, to the intake since the trigger
-(the buffer's intake clock), and, with Sentry as the source, whether Sentry answered with the trace.
+(the buffer's intake clock), and, with a pull source (Sentry, Jaeger, Tempo), whether it answered with the trace.
 The runner decides with the other findings in hand.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -31,12 +31,14 @@ import anyio.lowlevel
 
 from tracecanary.assertions.expect import NamePattern, TraceExpectation
 from tracecanary.assertions.judge import JudgeState, TraceJudge
+from tracecanary.assertions.outputs import trace_outputs
 from tracecanary.assertions.spans import Span
 from tracecanary.assertions.telemetry import Silence, matching, named_services, service_text
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.intake import IntakeClock
-from tracecanary.daemon.spans.sentry import SentryTraceSource
+from tracecanary.daemon.spans.pull import PullSource
+from tracecanary.daemon.spans.sources import NEEDS
 from tracecanary.daemon.spans.untracked import untrack
 from tracecanary.daemon.spans.watch import Watch
 from tracecanary.probes.base import ProbeContext
@@ -50,6 +52,8 @@ class TraceOutcome:
     time_to_verdict_s: float | None = None
     silence: Silence | None = None
     """Set when the services the expectation names sent nothing since the trigger (see ``telemetry``)."""
+    outputs: dict[str, Any] = field(default_factory=dict)
+    """``expect.trace.outputs`` found in the judged spans (NAME → value)."""
 
 
 UNTRACK_JUDGE_SPANS = 512
@@ -152,17 +156,21 @@ class _Tracked:
 
 async def watch_trace(
     expectation: TraceExpectation, ctx: ProbeContext, buffer: TraceBuffer, root: Span,
-    *, sentry_source: SentryTraceSource | None = None,
+    *, sentry_source: PullSource | None = None, pull_sources: Mapping[str, PullSource] | None = None,
     on_correlation: Callable[[str, str, str], None] | None = None,
 ) -> TraceOutcome:
-    """Judge the run's trace; returns at the verdict or at the run deadline. ``on_correlation(trace id,
-    attribute, value)`` hears the correlation value the run waits for (mode kafka announces it)."""
+    """Judge the run's trace; returns at the verdict or at the run deadline.
+
+    ``expect.trace.source`` other than ``buffer`` is pulled from ``pull_sources[source]`` (``sentry_source``
+    serves ``sentry`` when given). ``on_correlation(trace id, attribute, value)`` hears the correlation value
+    the run waits for (mode kafka announces it)."""
     correlate = expectation.correlate
     correlate_value = str(ctx.render(correlate.equals)) if correlate is not None else None
     judge = TraceJudge(expectation, root_trace_id=ctx.trace.trace_id, trigger_ns=ctx.trigger_ns,
                        correlate_value=correlate_value)
-    if expectation.source == "sentry":
-        return await _from_sentry(expectation, ctx, judge, root, sentry_source, buffer.intake)
+    if expectation.source != "buffer":
+        sources = {**({"sentry": sentry_source} if sentry_source is not None else {}), **(pull_sources or {})}
+        return await _from_pull(expectation, ctx, judge, root, sources.get(expectation.source), buffer.intake)
     judge.feed([root])
     with buffer.watch() as watch:
         tracked = _Tracked(buffer, watch, judge)
@@ -179,7 +187,8 @@ async def watch_trace(
         state = await _loop(tracked, ctx)
     ttv = None if tracked.last_arrival_s is None else max(0.0, anyio.current_time() - tracked.last_arrival_s)
     report = await off_loop(judge.report) if tracked.large else judge.report()
-    outcome = TraceOutcome(list(state.findings), report, tracked.spans, ttv)
+    outcome = TraceOutcome(list(state.findings), report, tracked.spans, ttv,
+                           outputs=trace_outputs(expectation.outputs, tracked.spans) if expectation.outputs else {})
     _telemetry(outcome, expectation, ctx, buffer.intake)
     return outcome
 
@@ -211,19 +220,20 @@ def waited_s(ctx: ProbeContext) -> float:
     return max(0.0, (time.time_ns() - ctx.trigger_ns) / 1e9)
 
 
-async def _from_sentry(
+async def _from_pull(
     expectation: TraceExpectation, ctx: ProbeContext, judge: TraceJudge, root: Span,
-    source: SentryTraceSource | None, intake: IntakeClock,
+    source: PullSource | None, intake: IntakeClock,
 ) -> TraceOutcome:
-    """Poll Sentry until the tree matches (or a forbid rule fails) or the deadline.
+    """Poll a pull source (Sentry, Jaeger, Tempo) until the tree matches (or a forbid rule fails) or the deadline.
 
-    Sentry ingests with delay and an error may arrive after its transaction, changing a span already
-    seen; so each poll judges the whole fetched trace afresh (Sentry traces are small).
+    Backends ingest with delay and a span may change after it was first seen (a Sentry error arriving
+    after its transaction, a late Jaeger/Tempo batch); so each poll judges the whole fetched trace afresh.
     """
     if source is None:
+        name = expectation.source
         return TraceOutcome([Finding(
             type="error", severity=Verdict.ERROR, path="expect.trace.source",
-            message="expect.trace.source is sentry but integrations.sentry (org, token) is not configured",
+            message=f"expect.trace.source is {name} but {NEEDS.get(name, 'its integration')} is not configured",
         )], None)
     latest: list[TraceJudge] = [judge]
     pull = _Pull()
@@ -243,8 +253,9 @@ async def _from_sentry(
     state = final.check(quiet_s=float("inf"))
     if not state.done:
         state = final.finish(waited_s=waited_s(ctx))
-    outcome = TraceOutcome(list(state.findings), final.report(), [root, *spans])
-    _telemetry(outcome, expectation, ctx, intake, pull)
+    outcome = TraceOutcome(list(state.findings), final.report(), [root, *spans],
+                           outputs=trace_outputs(expectation.outputs, spans) if expectation.outputs else {})
+    _telemetry(outcome, expectation, ctx, intake, pull, source.name)
     return outcome
 
 
@@ -289,7 +300,7 @@ class _Pull:
 
 
 def _telemetry(outcome: TraceOutcome, expectation: TraceExpectation, ctx: ProbeContext, intake: IntakeClock,
-               pull: _Pull | None = None) -> None:
+               pull: _Pull | None = None, source: str = "sentry") -> None:
     """Note in the report whether the named services sent spans; set ``outcome.silence`` when none did.
 
     Silent: the judged trace holds no span of theirs, the intake got none since the trigger, and a pull
@@ -317,5 +328,5 @@ def _telemetry(outcome: TraceOutcome, expectation: TraceExpectation, ctx: ProbeC
     outcome.silence = Silence(
         services=names, since_trigger_s=since_trigger_s,
         last_seen_ago_s={s: max(0.0, now_s - last[s]) for s in matching(patterns, last)},
-        pull=None if pull is None else pull.describe("sentry"),
+        pull=None if pull is None else pull.describe(source),
     )

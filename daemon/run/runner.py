@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 import aiohttp
 import anyio
@@ -24,6 +25,7 @@ from opentelemetry.trace import Span as OtelSpan
 from opentelemetry.trace import Status, Tracer
 from opentelemetry.trace import StatusCode as OtelStatus
 
+from tracecanary.assertions.metrics import MetricCheck
 from tracecanary.assertions.response import judge_response
 from tracecanary.assertions.side_effects import SideEffect
 from tracecanary.assertions.spans import Span, SpanKind, StatusCode
@@ -34,11 +36,14 @@ from tracecanary.daemon.config.secrets import Secrets
 from tracecanary.daemon.run.hooks import RunHook
 from tracecanary.daemon.run.ids import minting, new_run_id
 from tracecanary.daemon.run.judge import TraceOutcome, watch_trace
+from tracecanary.daemon.run.preflight import BeforeTrigger, before_trigger
 from tracecanary.daemon.run.retries import SHUTDOWN_REASON, RetryWaits
 from tracecanary.daemon.spans.buffer import TraceBuffer
+from tracecanary.daemon.spans.pull import PullSource
 from tracecanary.daemon.spans.sentry import SentryTraceSource
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store, StoreFault
 from tracecanary.daemon.watchers.base import Services, WatchContext
+from tracecanary.daemon.watchers.metrics import Baseline, watch_metrics
 from tracecanary.daemon.watchers.registry import WATCHERS
 from tracecanary.errors import ProbeError
 from tracecanary.integrations import Integrations
@@ -67,6 +72,8 @@ class RunnerDeps:
     """Renders each run's trace links once, into ``run.links`` (alerts and the dashboard read them there)."""
     sentry_source: SentryTraceSource | None = None
     """Spans pulled from Sentry for ``expect.trace.source: sentry`` (None when Sentry is not configured)."""
+    pull_sources: dict[str, PullSource] = field(default_factory=dict)
+    """The other pull sources by ``expect.trace.source`` name (``jaeger``, ``tempo``), each when configured."""
     self_tracer: Tracer | None = None
     """Tracer for the daemon's own work (judging, watching): exported, never judged."""
     resources: ProbeResources = field(default_factory=ProbeResources)
@@ -77,6 +84,8 @@ class RunnerDeps:
     """Where each run's trace id comes from (mode kafka: one landing on an owned partition); None: random."""
     announce_correlation: Callable[[str, str, str], None] | None = None
     """Told ``(trace id, attribute, value)`` a run waits for (mode kafka: other members forward matches)."""
+    environ: Mapping[str, str] | None = None
+    """Where ``requires.env`` looks (None: the process environment)."""
 
 
 class Runner:
@@ -220,7 +229,7 @@ class Runner:
             if scope.cancelled_caught and reason is not None:
                 run.status, run.verdict, run.abort_reason = RunStatus.ABORTED, None, reason
                 runlog("run aborted", reason=reason)
-            else:
+            elif run.status is RunStatus.RUNNING:  # not skipped
                 run.status = RunStatus.FINISHED
         except anyio.get_cancelled_exc_class():
             run.status, run.verdict, run.abort_reason = RunStatus.ABORTED, None, "shutdown"
@@ -280,6 +289,15 @@ class Runner:
             end_ns=ctx.trigger_ns, service="tracecanary",
         )
         try:
+            pre = await before_trigger(probe, ctx, self.deps.session, self.deps.environ)
+        except Exception as e:  # a bug in the preflight costs one run
+            run.findings.append(internal_error("preflight", e, probe.id, run.run_id))
+            return
+        if pre.skip_reason is not None:
+            run.status, run.abort_reason = RunStatus.SKIPPED, pre.skip_reason
+            return
+        run.findings.extend(pre.findings)
+        try:
             with anyio.fail_after(max(0.001, ctx.remaining_s())):
                 result = await probe.fire(ctx)
         except ProbeError as e:
@@ -297,14 +315,16 @@ class Runner:
         run.outputs = dict(result.outputs)
         run.findings.extend(result.findings)
         run.response = result.response.to_dict() if result.response is not None else None
-        if any(f.severity is Verdict.ERROR for f in run.findings):
+        if any(f.severity is Verdict.ERROR for f in run.findings) or not probe.judges_run:
             return
         run.findings.extend(judge_response(probe.expect.response, run.response))
-        await self._expectations(probe, ctx, run, root)
+        await self._expectations(probe, ctx, run, root, pre)
 
-    async def _expectations(self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, root: Span) -> None:
+    async def _expectations(self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, root: Span,
+                            pre: BeforeTrigger) -> None:
         outcome: list[TraceOutcome] = []
-        effects: list[tuple[int, SideEffect, list[Finding]]] = []
+        effects: list[tuple[int, SideEffect, list[Finding], list[Any]]] = []
+        metrics: list[tuple[int, list[Finding]]] = []
 
         async def trace_task() -> None:
             assert probe.expect.trace is not None
@@ -313,6 +333,7 @@ class Runner:
                     outcome.append(await watch_trace(
                         probe.expect.trace, ctx, self.deps.buffer, root, sentry_source=self.deps.sentry_source,
                         on_correlation=self.deps.announce_correlation,
+                        pull_sources=self.deps.pull_sources,
                     ))
                 except Exception as e:
                     outcome.append(TraceOutcome([internal_error("expect.trace", e, probe.id, run.run_id)], None))
@@ -326,7 +347,7 @@ class Runner:
                 effects.append((i, effect, [Finding(
                     type="error", severity=Verdict.ERROR, path=f"expect.side_effects[{i}]",
                     message=f"no watcher for side effect {effect.kind!r}",
-                )]))
+                )], []))
                 return
             try:
                 # Every string of the effect (matchers too) is rendered per run here, once, like the request.
@@ -335,7 +356,7 @@ class Runner:
                 effects.append((i, effect, [Finding(
                     type="error", severity=Verdict.ERROR, path=f"expect.side_effects[{i}].{effect.kind}",
                     message=f"side effect {effect.kind}: bad template: {e}",
-                )]))
+                )], []))
                 return
             wctx = WatchContext(probe=ctx, services=self.deps.services, outputs=run.outputs,
                                 poll_interval_s=self.deps.poll_interval_s)
@@ -345,9 +366,18 @@ class Runner:
                 except Exception as e:
                     found = [internal_error(f"expect.side_effects[{i}]", e, probe.id, run.run_id)]
             effects.append((i, effect, [f if f.path else f.model_copy(update={"path": f"expect.side_effects[{i}]"})
-                                        for f in found]))
+                                        for f in found], wctx.observed))
 
-        if not probe.expect.side_effects:  # the trace alone: no task group (a task and a wake-up less per run)
+        async def metrics_task(i: int, check: MetricCheck, baseline: Baseline | None) -> None:
+            wctx = WatchContext(probe=ctx, services=self.deps.services, outputs=run.outputs,
+                                poll_interval_s=self.deps.poll_interval_s)
+            with self._self_span(ctx, "tracecanary watch metrics", index=i):
+                try:
+                    metrics.append((i, await watch_metrics(check, wctx, baseline, path=f"expect.metrics[{i}]")))
+                except Exception as e:
+                    metrics.append((i, [internal_error(f"expect.metrics[{i}]", e, probe.id, run.run_id)]))
+
+        if not probe.expect.side_effects and not pre.metrics:  # the trace alone: no task group (a task less)
             if probe.expect.trace is not None:
                 await trace_task()
         else:
@@ -356,15 +386,22 @@ class Runner:
                     tg.start_soon(trace_task)
                 for i, effect in enumerate(probe.expect.side_effects):
                     tg.start_soon(effect_task, i, effect)
+                for i, check, baseline in pre.metrics:
+                    tg.start_soon(metrics_task, i, check, baseline)
         if outcome:
             run.findings.extend(outcome[0].findings)
             run.trace_report = outcome[0].report
             run.spans = outcome[0].spans
             run.span_count = len(outcome[0].spans)
             run.time_to_verdict_s = outcome[0].time_to_verdict_s
-        for i, effect, found in sorted(effects, key=lambda t: t[0]):
+            if outcome[0].outputs:  # {{ outputs.NAME }} from here on (teardown); kept on the run
+                ctx.outputs.update(outcome[0].outputs)
+                run.outputs["trace"] = dict(outcome[0].outputs)
+        for i, effect, found, seen in sorted(effects, key=lambda t: t[0]):
             run.findings.extend(found)
-            run.side_effects.append({"index": i, "kind": effect.kind, "findings": [f.message for f in found]})
+            run.side_effects.append({"index": i, "kind": effect.kind, "findings": [f.message for f in found],
+                                     "observed": seen})
+        run.findings.extend(f for _, found in sorted(metrics, key=lambda t: t[0]) for f in found)
         if outcome and outcome[0].silence is not None:  # every finding is in: unknown, or the fail stands
             run.findings = no_telemetry(run.findings, outcome[0].silence)
 
@@ -391,7 +428,8 @@ class Runner:
             run.findings.append(Finding(type="teardown", severity=Verdict.FAIL, message=f"teardown failed: {e}"))
         if run.status is RunStatus.FINISHED:
             run.verdict = verdict_of(run.findings)
-        run.final = last_attempt or run.status is RunStatus.ABORTED or (run.verdict is not None and run.verdict.ok)
+        run.final = (last_attempt or run.status in (RunStatus.ABORTED, RunStatus.SKIPPED)
+                     or (run.verdict is not None and run.verdict.ok))
         run.finished_ns = time.time_ns()
         run.retry_at_ns = None if run.final else run.finished_ns + int(retry_delay_s * 1e9)
         # The judge saw the probe's root span before it ended; store it with its real end and status.
@@ -403,8 +441,9 @@ class Runner:
         ]
         if ctx.root_span is not None:
             ok = run.verdict is not None and run.verdict.ok
-            ctx.root_span.set_attribute("tracecanary.verdict", run.verdict.value if run.verdict else "aborted")
-            ctx.root_span.set_status(Status(OtelStatus.OK if ok else OtelStatus.ERROR))
+            ctx.root_span.set_attribute("tracecanary.verdict", run.verdict.value if run.verdict else run.status.value)
+            skipped = run.status is RunStatus.SKIPPED
+            ctx.root_span.set_status(Status(OtelStatus.OK if ok or skipped else OtelStatus.ERROR))
             ctx.root_span.end()
         # Failed runs keep their whole log; passing runs keep the tail (blackbox_exporter's habit).
         run.log = runlog.text() if run.verdict is not Verdict.PASS else runlog.text()[-4000:]

@@ -35,6 +35,7 @@ from tracecanary.daemon.spans.indexes import CorrKey, TraceIndexes
 from tracecanary.daemon.spans.intake import IntakeClock
 from tracecanary.daemon.spans.model import BufferSettings, BufferStats
 from tracecanary.daemon.spans.otlp import RawBatch, decode_request, parse_request
+from tracecanary.daemon.spans.tap import SpanTap
 from tracecanary.daemon.spans.untracked import untrack_spans
 from tracecanary.daemon.spans.watch import Watch, index_value
 
@@ -71,6 +72,7 @@ class TraceBuffer:
         self._received = 0
         self._indexes = TraceIndexes(self._entries, correlation_attributes)
         self._watch_traces: dict[bytes, set[Watch]] = {}
+        self._taps: list[SpanTap] = []
         self.intake = IntakeClock(clock)
         """When each service last sent a span (the evidence for an ``unknown`` verdict)."""
 
@@ -112,6 +114,8 @@ class TraceBuffer:
         self._spans += added
         self._received += added
         self._evict(now)
+        if self._taps:
+            self._feed_taps(groups)
         return added
 
     def add_batch(self, batch: RawBatch) -> int:
@@ -126,15 +130,17 @@ class TraceBuffer:
         for key in counts:
             self._touch(key, now)
         chunk = self._indexes.new_chunk(batch)
-        watched = self._watch_traces.keys() & counts.keys() if self._watch_traces else ()
-        decoded = batch.decode_by_trace(only=watched) if watched else {}
+        watched = self._watch_traces.keys() & counts.keys() if self._watch_traces else set()
+        tapped = {k for k in counts if any(t.wants(k) for t in self._taps)} if self._taps else set()
+        wanted = watched | tapped if tapped else watched
+        decoded = batch.decode_by_trace(only=wanted) if wanted else {}
         for spans in decoded.values():
             untrack_spans(spans)
         per_span = len(body) // batch.span_count + RAW_SPAN_OVERHEAD_B
         for key, count in counts.items():
             entry = self._entries[key]
-            group = decoded.get(key)
-            if group is None:
+            group = decoded.get(key) if key in watched else None
+            if group is None:  # kept raw (a tap's copy is the tap's alone)
                 entry.chunks.append(chunk)
                 chunk.live += 1
             else:
@@ -148,14 +154,31 @@ class TraceBuffer:
             entry.nbytes += count * per_span
         if decoded and (chunk.link_targets or chunk.corr_keys):
             for key, group in decoded.items():
-                self._indexes.add_decoded(key, group)
+                if key in watched:
+                    self._indexes.add_decoded(key, group)
         if chunk.live:
             self._indexes.keep_chunk(chunk)
         self._bytes += batch.span_count * per_span
         self._spans += batch.span_count
         self._received += batch.span_count
         self._evict(now)
+        if tapped:
+            self._feed_taps({k: decoded[k] for k in tapped if k in decoded})
         return batch.span_count
+
+    def _feed_taps(self, groups: dict[bytes, list[Span]]) -> None:
+        for tap in tuple(self._taps):
+            mine = {k: g for k, g in groups.items() if tap.wants(k)}
+            if mine:
+                tap.arrived(mine)
+
+    def add_tap(self, tap: SpanTap) -> None:
+        """Feed ``tap`` the decoded spans of the traces it wants, from every later batch (``tap.py``)."""
+        self._taps.append(tap)
+
+    def remove_tap(self, tap: SpanTap) -> None:
+        if tap in self._taps:
+            self._taps.remove(tap)
 
     def _touch(self, key: bytes, now: float) -> Entry:
         entry = self._entries.get(key)

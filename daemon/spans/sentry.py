@@ -25,15 +25,21 @@ can be read: no type, and Sentry's own text as the message) plus ``sentry.level`
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import anyio
 
 from tracecanary.assertions.spans import Span
+from tracecanary.daemon.spans.pull import (
+    ErrorKinds,
+    PolledSource,
+    PullApiError,
+    PullAuthError,
+    PullHttp,
+    PullRateLimitedError,
+)
 from tracecanary.daemon.spans.sentry_convert import (
     convert_legacy,
     convert_trace,
@@ -44,35 +50,28 @@ from tracecanary.daemon.spans.sentry_convert import (
     trace_errors,
     walk_legacy,
 )
-from tracecanary.errors import TracecanaryError
 from tracecanary.integrations import SentryIntegration
 
 log = logging.getLogger("tracecanary.spans.sentry")
 
 Json = dict[str, Any]
-MAX_RESPONSE_BYTES = 32 << 20
 MAX_CACHED_EVENTS = 4096
 """Error events kept after reading (they do not change; a trace is polled many times)."""
 
 
-class SentryApiError(TracecanaryError):
+class SentryApiError(PullApiError):
     """Sentry's API answered with an error (or not at all)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
-
-class SentryAuthError(SentryApiError):
+class SentryAuthError(SentryApiError, PullAuthError):
     """401/403: the token is missing, wrong or lacks ``event:read``."""
 
 
-class SentryRateLimitedError(SentryApiError):
+class SentryRateLimitedError(SentryApiError, PullRateLimitedError):
     """429: wait ``retry_after_s`` before the next request."""
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message, 429)
-        self.retry_after_s = retry_after_s
+
+_ERRORS = ErrorKinds(api=SentryApiError, auth=SentryAuthError, rate_limited=SentryRateLimitedError)
 
 
 def _require(integration: SentryIntegration) -> tuple[str, str]:
@@ -81,8 +80,10 @@ def _require(integration: SentryIntegration) -> tuple[str, str]:
     return integration.org, integration.token
 
 
-class SentryTraceSource:
+class SentryTraceSource(PolledSource):
     """Fetch and poll traces from Sentry (or the emulator) through one aiohttp session."""
+
+    name = "sentry"
 
     def __init__(
         self,
@@ -97,9 +98,10 @@ class SentryTraceSource:
         stats_period: str = "14d",
     ) -> None:
         self._org, token = _require(integration)
-        self._session = session
-        self._api = integration.api_url.rstrip("/") + "/api/0"
-        self._headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self._http = PullHttp(session, integration.api_url.rstrip("/") + "/api/0",
+                              {"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                              request_timeout_s=request_timeout_s, max_retry_after_s=max_retry_after_s,
+                              default_retry_s=poll_initial_s, errors=_ERRORS)
         self.poll_initial_s = poll_initial_s
         self.poll_max_s = poll_max_s
         self.request_timeout_s = request_timeout_s
@@ -113,26 +115,7 @@ class SentryTraceSource:
         """None until the first lookup; then whether this Sentry only serves the legacy view."""
 
     async def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
-        url = self._api + path
-        with anyio.fail_after(self.request_timeout_s):
-            try:
-                async with self._session.get(url, params=params, headers=self._headers) as resp:
-                    body = await _read_bounded(resp, path)
-                    status = resp.status
-                    retry_after = resp.headers.get("Retry-After")
-            except aiohttp.ClientError as e:
-                raise SentryApiError(f"GET {path}: {e}") from e
-        if status == 429:
-            wait_s = min(self.max_retry_after_s, _retry_after_s(retry_after, self.poll_initial_s))
-            raise SentryRateLimitedError(f"GET {path}: 429 rate limited, retry after {wait_s:g}s", wait_s)
-        if status in (401, 403):
-            raise SentryAuthError(f"GET {path}: {status} {body[:200].decode(errors='replace')}", status)
-        if status >= 400:
-            raise SentryApiError(f"GET {path}: {status} {body[:200].decode(errors='replace')}", status)
-        try:
-            return json.loads(body)
-        except ValueError as e:
-            raise SentryApiError(f"GET {path}: invalid JSON: {e}", status) from e
+        return (await self._http.get(path, params)).json(f"GET {path}", _ERRORS)
 
     async def fetch(self, trace_id: str) -> list[Span]:
         """The spans Sentry holds for ``trace_id`` right now (possibly none yet)."""
@@ -246,64 +229,6 @@ class SentryTraceSource:
             raise SentryApiError(f"events: unexpected shape {type(data).__name__}")
         return [r for r in rows if isinstance(r, dict)]
 
-    async def poll(
-        self, trace_id: str, until: Callable[[list[Span]], bool], deadline_s: float,
-        on_error: Callable[[Exception], None] | None = None,
-    ) -> list[Span]:
-        """Fetch until ``until(spans)`` holds or the anyio-monotonic ``deadline_s``; return the last spans.
-
-        Backoff doubles from ``poll_initial_s`` to ``poll_max_s``; a 429 waits its ``Retry-After``;
-        transient failures (network, 5xx) are retried, each told to ``on_error``; auth errors raise.
-        ``until`` sees every successful fetch.
-        """
-        delay_s = self.poll_initial_s
-        last: list[Span] = []
-        attempt = 0
-        while True:
-            attempt += 1
-            wait_s = delay_s
-            try:
-                with anyio.move_on_after(max(0.0, deadline_s - anyio.current_time())):
-                    last = await self.fetch(trace_id)
-                    if until(last):
-                        log.debug("sentry trace complete trace_id=%s attempts=%d spans=%d", trace_id, attempt, len(last))
-                        return last
-                delay_s = min(delay_s * 2, self.poll_max_s)
-            except SentryAuthError:
-                raise
-            except SentryRateLimitedError as e:
-                wait_s = e.retry_after_s
-                log.info("sentry rate limited trace_id=%s retry_after_s=%g", trace_id, wait_s)
-                if on_error is not None:
-                    on_error(e)
-            except (SentryApiError, TimeoutError) as e:
-                log.warning("sentry trace fetch failed trace_id=%s error=%s", trace_id, e)
-                delay_s = min(delay_s * 2, self.poll_max_s)
-                if on_error is not None:
-                    on_error(e)
-            remaining_s = deadline_s - anyio.current_time()
-            if remaining_s <= 0:
-                return last
-            await anyio.sleep(min(wait_s, remaining_s))
-
-
-async def _read_bounded(resp: aiohttp.ClientResponse, path: str) -> bytes:
-    # StreamReader.read(n) returns what is buffered (often 64 KiB), not n bytes: read to EOF, capped.
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in resp.content.iter_chunked(1 << 16):
-        total += len(chunk)
-        if total > MAX_RESPONSE_BYTES:
-            raise SentryApiError(f"GET {path}: response over {MAX_RESPONSE_BYTES} bytes", resp.status)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _retry_after_s(header: str | None, default_s: float) -> float:
-    try:
-        return max(0.0, float(header)) if header else default_s
-    except ValueError:
-        return default_s
 
 
 __all__ = [

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tracecanary.assertions.spans import Span
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.errors import TracecanaryError
+
+if TYPE_CHECKING:
+    from tracecanary.daemon.store.stats import RunHead, RunStats
 
 
 class StoreFault(TracecanaryError):
@@ -25,11 +28,13 @@ class StoreFault(TracecanaryError):
 
 
 class RunStatus(StrEnum):
-    """Lifecycle of a run; separate from its verdict. An aborted run has no verdict, and a reason."""
+    """Lifecycle of a run; separate from its verdict. An aborted or skipped run has no verdict, and a
+    reason (``abort_reason``); skipped: a ``requires:`` precondition was unmet, nothing was sent."""
 
     RUNNING = "running"
     FINISHED = "finished"
     ABORTED = "aborted"
+    SKIPPED = "skipped"
 
 
 @dataclass
@@ -47,6 +52,7 @@ class RunRecord:
     finished_ns: int | None = None
     verdict: Verdict | None = None
     abort_reason: str | None = None
+    """Why the run was aborted, or skipped (each unmet precondition, joined by "; ")."""
     findings: list[Finding] = field(default_factory=list)
     response: dict[str, Any] | None = None
     trace_report: dict[str, Any] | None = None
@@ -108,6 +114,19 @@ class Store(Protocol):
         self, probe_id: str | None = None, *, limit: int = 50, before_ns: int | None = None
     ) -> list[RunRecord]: ...
     async def runs_for_trace(self, trace_id: str) -> list[RunRecord]: ...
+    async def run_stats(
+        self, since_ns: int, until_ns: int, *, probe_id: str | None = None, bucket_ns: int | None = None
+    ) -> dict[tuple[str, int], RunStats]:
+        """Judged runs started in [since, until) summed per (probe, bucket index) — ``stats.py`` says what
+        counts. Without ``bucket_ns`` every key's index is 0 (one sum per probe); with it, bucket i covers
+        [since + i·bucket, since + (i+1)·bucket). Served from hour and day rollups plus the raw edges."""
+        ...
+    async def recent_runs(self, probe_ids: list[str], *, limit: int) -> dict[str, list[RunHead]]:
+        """The latest ``limit`` runs of each probe, newest first (the status strip)."""
+        ...
+    async def latest_runs(self, probe_ids: list[str]) -> dict[str, RunRecord]:
+        """Each probe's newest run with its findings, without spans, response, report, log or side effects."""
+        ...
     async def abort_running(self, reason: str) -> int: ...
     async def pending_retries(self) -> list[RunRecord]:
         """Attempts whose retry never completed, oldest first, without spans: not final, and every later

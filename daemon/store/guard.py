@@ -29,6 +29,7 @@ from pydantic import Field
 from tracecanary.assertions.units import Duration
 from tracecanary.daemon.cluster.fence import FencedWrite, fenced_reason
 from tracecanary.daemon.store.base import ProbeRow, RunRecord, Store, StoreFault
+from tracecanary.daemon.store.stats import RunHead, RunStats
 from tracecanary.model import StrictModel
 
 log = logging.getLogger("tracecanary.store")
@@ -148,6 +149,23 @@ class GuardedStore:
         self._keep(run)
         log.warning("run kept in memory until the store works again run_id=%s op=%s pending=%d reason=%s",
                     run.run_id, op, len(self._kept), error)
+
+    def replace_inner(self, store: Store) -> Store:
+        """Serve from ``store`` (opened) from now on; returns the one it replaces (the caller closes it)."""
+        old, self.inner = self.inner, store
+        return old
+
+    def drop_kept(self, why: str) -> list[str]:
+        """Forget the kept runs without writing them (a deposed replica: the new active records them
+        ``aborted``/``failover``, and a write of this term must not land later); their run ids."""
+        dropped = list(self._kept)
+        self._kept.clear()
+        if dropped:
+            log.error("kept runs dropped, not written why=%s run_ids=%s", why, ",".join(dropped))
+            if self.on_fenced is not None:
+                for _ in dropped:
+                    self.on_fenced("finish_run", why)
+        return dropped
 
     def _keep(self, run: RunRecord) -> None:
         kept = self._kept.get(run.run_id)
@@ -285,6 +303,18 @@ class GuardedStore:
 
     async def runs_for_trace(self, trace_id: str) -> list[RunRecord]:
         return await self._call("runs_for_trace", self.inner.runs_for_trace(trace_id))
+
+    async def run_stats(
+        self, since_ns: int, until_ns: int, *, probe_id: str | None = None, bucket_ns: int | None = None
+    ) -> dict[tuple[str, int], RunStats]:
+        return await self._call("run_stats", self.inner.run_stats(
+            since_ns, until_ns, probe_id=probe_id, bucket_ns=bucket_ns))
+
+    async def recent_runs(self, probe_ids: list[str], *, limit: int) -> dict[str, list[RunHead]]:
+        return await self._call("recent_runs", self.inner.recent_runs(probe_ids, limit=limit))
+
+    async def latest_runs(self, probe_ids: list[str]) -> dict[str, RunRecord]:
+        return await self._call("latest_runs", self.inner.latest_runs(probe_ids))
 
     async def abort_running(self, reason: str) -> int:
         return await self._call("abort_running", self.inner.abort_running(reason))

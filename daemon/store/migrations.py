@@ -81,12 +81,31 @@ _V1_POSTGRES = (
     .replace("id BIGINT PRIMARY KEY AUTOINCREMENT", "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
 )
 
+_V3 = """
+CREATE TABLE IF NOT EXISTS run_rollup (
+    grain_ns BIGINT NOT NULL, bucket_ns BIGINT NOT NULL, probe_id TEXT NOT NULL, bin INTEGER NOT NULL,
+    up INTEGER NOT NULL, down INTEGER NOT NULL, unknown INTEGER NOT NULL,
+    PRIMARY KEY (grain_ns, bucket_ns, probe_id, bin)
+);
+CREATE TABLE IF NOT EXISTS run_rollup_filled (
+    grain_ns BIGINT NOT NULL, bucket_ns BIGINT NOT NULL, PRIMARY KEY (grain_ns, bucket_ns)
+);
+CREATE INDEX IF NOT EXISTS run_rollup_by_probe ON run_rollup (probe_id, grain_ns, bucket_ns);
+CREATE TABLE IF NOT EXISTS run_rollup_version (one INTEGER PRIMARY KEY, version BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_ns, probe_id, final, status, verdict, finished_ns);
+"""
+"""The console's rollups (``stats.py``), their version (bumped whenever a filled bucket changes: replicas
+keep sums in memory while it holds) and the covering index their fills and raw edges read: the same SQL
+on both backends."""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "probes, runs, events, kv", _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "runs.retry_at_ns, runs.retry_aborted: retry chains survive a restart",
               _sqlite_add_columns("runs", (("retry_at_ns", "INTEGER"), ("retry_aborted", "TEXT"))),
               "ALTER TABLE runs ADD COLUMN IF NOT EXISTS retry_at_ns BIGINT, "
               "ADD COLUMN IF NOT EXISTS retry_aborted TEXT"),
+    Migration(3, "run_rollup, run_rollup_filled, runs_by_start: the console's uptime and percentiles (stats.py)",
+              _V3, _V3),
 )
 LATEST = MIGRATIONS[-1].version
 """The schema version this binary writes."""

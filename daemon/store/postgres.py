@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 import psycopg
 import psycopg_pool
 
+from tracecanary.daemon.store import postgres_stats
 from tracecanary.daemon.store.base import RunRecord, StoreFault
 from tracecanary.daemon.store.postgres_schema import (
     FAULTS,
@@ -39,10 +41,12 @@ from tracecanary.daemon.store.rows import (
     RETENTION_BY_AGE,
     RETENTION_BY_COUNT,
     dumps,
+    row_to_run,
     run_values,
 )
 from tracecanary.daemon.store.snapshot import encode_spans
 from tracecanary.daemon.store.sqlbase import SqlStore
+from tracecanary.daemon.store.stats import RunHead, RunStats, chunks, segments
 
 log = logging.getLogger("tracecanary.store")
 # The pool's reconnect warnings are multi-line and repeat, while the store reports each fault in one line
@@ -77,6 +81,8 @@ class PostgresStore(SqlStore):
         self.reconnect_timeout_s = reconnect_timeout_s
         self._pool: psycopg_pool.AsyncConnectionPool[Conn] | None = None
         self._down = False
+        self._rollups = postgres_stats.VersionedCache()
+        """Sums of whole rollup buckets, kept while the database's rollup version holds."""
         """The last call ended in a connection fault: the next one probes the server before waiting on the pool."""
 
     # --- connections -----------------------------------------------------------------------------
@@ -217,7 +223,12 @@ class PostgresStore(SqlStore):
         values = (*run_values(run), blob)
 
         async def run_(conn: Conn) -> None:
-            await conn.execute(UPSERT_RUN, values)
+            if not postgres_stats.late(run.started_ns, time.time_ns()):
+                await conn.execute(UPSERT_RUN, values)
+                return
+            async with conn.transaction():  # into a complete hour: its rollups go with the write
+                await conn.execute(UPSERT_RUN, values)
+                await postgres_stats.invalidate(conn, run.started_ns)
         await self._call(run_)
 
     async def apply_retention(self, *, max_age_s: float, max_runs_per_probe: int) -> int:
@@ -226,9 +237,34 @@ class PostgresStore(SqlStore):
         async def delete(conn: Conn) -> int:
             async with conn.transaction():
                 c1 = await conn.execute(pg_sql(RETENTION_BY_AGE), (horizon,))
-                c2 = await conn.execute(pg_sql(RETENTION_BY_COUNT), (max_runs_per_probe,))
-            return c1.rowcount + c2.rowcount
+                c2 = await conn.execute(pg_sql(RETENTION_BY_COUNT + " RETURNING started_ns"), (max_runs_per_probe,))
+                starts = [int(r[0]) for r in await c2.fetchall()]
+                if c1.rowcount or starts:  # the rollups of the deleted runs' time go (the rest stays)
+                    until = max([horizon, *starts]) + 1
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (postgres_stats.ROLLUP_LOCK_KEY,))
+                    await conn.execute("DELETE FROM run_rollup_filled WHERE bucket_ns < %s", (until,))
+                    await conn.execute("DELETE FROM run_rollup WHERE bucket_ns < %s", (until,))
+                    await conn.execute(postgres_stats.BUMP)
+            return c1.rowcount + len(starts)
         return await self._call(delete)
+
+    # --- the console's aggregates (stats.py, postgres_stats.py) -------------------------------------
+    async def run_stats(
+        self, since_ns: int, until_ns: int, *, probe_id: str | None = None, bucket_ns: int | None = None
+    ) -> dict[tuple[str, int], RunStats]:
+        segs = segments(since_ns, until_ns, bucket_ns)
+
+        for part in chunks(await self._call(lambda conn: postgres_stats.gaps(conn, segs))):
+            await self._call(partial(postgres_stats.fill, part=part))  # each within the call's deadline
+        return await self._call(lambda conn: postgres_stats.read(conn, segs, since_ns, probe_id, bucket_ns,
+                                                                 self._rollups))
+
+    async def recent_runs(self, probe_ids: list[str], *, limit: int) -> dict[str, list[RunHead]]:
+        return await self._call(lambda conn: postgres_stats.recent(conn, probe_ids, limit))
+
+    async def latest_runs(self, probe_ids: list[str]) -> dict[str, RunRecord]:
+        rows = await self._call(lambda conn: postgres_stats.newest(conn, probe_ids))
+        return {r[1]: row_to_run(r) for r in rows}
 
     async def append_event(self, kind: str, data: dict[str, Any]) -> int:
         async def insert(conn: Conn) -> int:

@@ -40,6 +40,14 @@ RETENTION_BY_COUNT = (
     "DELETE FROM runs WHERE run_id IN (SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER "
     "(PARTITION BY probe_id ORDER BY started_ns DESC) AS rn FROM runs) AS ranked WHERE rn > ?)"
 )
+ABORT_RUNNING = ("UPDATE runs SET status=?, abort_reason=?, finished_ns=COALESCE(finished_ns, ?), verdict=NULL "
+                 "WHERE status=?")
+LIGHT_COLUMNS = (
+    "run_id, probe_id, kind, attempt, first_run_id, trace_id, started_ns, finished_ns, status, abort_reason, "
+    "verdict, final, findings, NULL, NULL, '[]', '{}', links, '', span_count, time_to_verdict_s, retry_at_ns, "
+    "retry_aborted"
+)
+"""RUN_COLUMNS with the payloads (response, report, side effects, outputs, log) left out: for lists."""
 KV_PUT = ("INSERT INTO kv (namespace, key, value) VALUES (?, ?, ?) "
           "ON CONFLICT(namespace, key) DO UPDATE SET value=excluded.value")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from tracecanary.daemon.store.base import ProbeRow, RunRecord, RunStatus
 from tracecanary.daemon.store.rows import (
+    ABORT_RUNNING,
     INSERT_RUN,
     KV_PUT,
     N_COLUMNS,
@@ -83,11 +84,8 @@ class SqlStore(ABC):
         return [row_to_run(r) for r in rows]
 
     async def abort_running(self, reason: str) -> int:
-        return await self._write(
-            "UPDATE runs SET status=?, abort_reason=?, finished_ns=COALESCE(finished_ns, ?), verdict=NULL "
-            "WHERE status=?",
-            (RunStatus.ABORTED.value, reason, time.time_ns(), RunStatus.RUNNING.value),
-        )
+        return await self._write(ABORT_RUNNING, (RunStatus.ABORTED.value, reason, time.time_ns(),
+                                                 RunStatus.RUNNING.value))
 
     async def pending_retries(self) -> list[RunRecord]:
         out = []

@@ -15,21 +15,27 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
 
-from tracecanary.daemon.store.base import RunRecord, StoreFault
+from tracecanary.daemon.store import sqlite_stats
+from tracecanary.daemon.store.base import RunRecord, RunStatus, StoreFault
 from tracecanary.daemon.store.connthread import ConnectionThread
 from tracecanary.daemon.store.groupcommit import GroupCommit, apply_batch
 from tracecanary.daemon.store.rows import (
+    ABORT_RUNNING,
     HEALTH_NS,
+    INSERT_RUN,
     INSERT_RUN_SPANS,
     KV_PUT,
+    LIGHT_COLUMNS,
     RETENTION_BY_AGE,
     RETENTION_BY_COUNT,
     UPDATE_RUN,
     dumps,
+    row_to_run,
     run_values,
 )
 from tracecanary.daemon.store.snapshot import encode_spans
@@ -43,6 +49,7 @@ from tracecanary.daemon.store.sqlite_files import (
     sidecars_of,
 )
 from tracecanary.daemon.store.sqlite_schema import setup_connection
+from tracecanary.daemon.store.stats import RollupCache, RunHead, RunStats, chunks, segments
 
 log = logging.getLogger("tracecanary.store")
 T = TypeVar("T")
@@ -78,6 +85,10 @@ class SqliteStore(SqlStore):
         """The inode the connection opened (None in memory)."""
         self._gone: str | None = None
         """Set while the path no longer holds the opened file: writes are refused (they would be lost)."""
+        self._rollups = RollupCache()
+        """Sums of whole rollup buckets (``stats.py``); touched on the connection thread only."""
+        self._heads = sqlite_stats.HeadCache()
+        """Each probe's newest runs for the overview; touched on the connection thread only."""
         self._sidecars: dict[str, FileIdentity] = {}
         """The ``-wal`` and ``-shm`` files the connection opened beside the database."""
 
@@ -157,8 +168,12 @@ class SqliteStore(SqlStore):
 
     async def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
         """The rows of one read, run on the connection thread (after the writes queued before it)."""
+        return await self._read(lambda conn: conn.execute(sql, args).fetchall())
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` run on the connection thread (reads only); a storage error is a :class:`StoreFault`."""
         try:
-            return await self._connection().call(lambda conn: conn.execute(sql, args).fetchall())
+            return await self._connection().call(fn)
         except Exception as e:
             if is_fault(e):
                 raise fault_of(e, self.path) from e
@@ -231,6 +246,25 @@ class SqliteStore(SqlStore):
         self._gone = None
 
     # --- runs: the span snapshot, retention and events differ from sqlbase's shared SQL ----------
+    # (and the in-memory heads of the console: every run write drops its probe's, in write order)
+    async def insert_run(self, run: RunRecord) -> None:
+        values = run_values(run)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(INSERT_RUN, values)
+            self._heads.drop(run.probe_id)
+
+        await self._commit(insert)
+
+    async def abort_running(self, reason: str) -> int:
+        args = (RunStatus.ABORTED.value, reason, time.time_ns(), RunStatus.RUNNING.value)
+
+        def abort(conn: sqlite3.Connection) -> int:
+            self._heads.clear()
+            return int(conn.execute(ABORT_RUNNING, args).rowcount)
+
+        return await self._commit(abort)
+
     async def finish_run(self, run: RunRecord) -> None:
         spans = tuple(run.spans)
         values = run_values(run)
@@ -240,6 +274,8 @@ class SqliteStore(SqlStore):
             blob = encode_spans(spans) if spans else None
             if conn.execute(UPDATE_RUN, (*values[1:], blob, run.run_id)).rowcount == 0:
                 conn.execute(INSERT_RUN_SPANS, (*values, blob))
+            sqlite_stats.invalidate(conn, run.started_ns, self._rollups)
+            self._heads.drop(run.probe_id)
 
         await self._commit(upsert)
 
@@ -248,10 +284,32 @@ class SqliteStore(SqlStore):
 
         def delete(conn: sqlite3.Connection) -> int:
             c1 = conn.execute(RETENTION_BY_AGE, (horizon,))
-            c2 = conn.execute(RETENTION_BY_COUNT, (max_runs_per_probe,))
-            return int(c1.rowcount) + int(c2.rowcount)
+            starts = [r[0] for r in conn.execute(RETENTION_BY_COUNT + " RETURNING started_ns",
+                                                 (max_runs_per_probe,)).fetchall()]
+            if c1.rowcount or starts:  # only the rollups of the deleted runs' time go (the rest stays warm)
+                self._heads.clear()
+                sqlite_stats.clear_before(conn, max([horizon, *starts]) + 1, self._rollups)
+            return int(c1.rowcount) + len(starts)
 
         return await self._commit(delete)
+
+    # --- the console's aggregates (stats.py, sqlite_stats.py) -----------------------------------
+    async def run_stats(
+        self, since_ns: int, until_ns: int, *, probe_id: str | None = None, bucket_ns: int | None = None
+    ) -> dict[tuple[str, int], RunStats]:
+        segs = segments(since_ns, until_ns, bucket_ns)
+        gaps = await self._read(lambda c: sqlite_stats.missing(c, segs))
+        for part in chunks(gaps):
+            await self._commit(partial(sqlite_stats.fill, gaps=part, cache=self._rollups))
+        return await self._read(
+            lambda c: sqlite_stats.read_stats(c, segs, since_ns, probe_id, bucket_ns, self._rollups))
+
+    async def recent_runs(self, probe_ids: list[str], *, limit: int) -> dict[str, list[RunHead]]:
+        return await self._read(lambda c: sqlite_stats.recent(c, probe_ids, limit, self._heads))
+
+    async def latest_runs(self, probe_ids: list[str]) -> dict[str, RunRecord]:
+        rows = await self._read(lambda c: sqlite_stats.newest_rows(c, probe_ids, LIGHT_COLUMNS, self._heads))
+        return {r[1]: row_to_run(r) for r in rows}
 
     # --- events --------------------------------------------------------------------------------
     async def append_event(self, kind: str, data: dict[str, Any]) -> int:

@@ -26,6 +26,7 @@ from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.probes.base import ProbeContext
 
 Event = dict[str, Any]
+MAX_OBSERVED = 20
 Predicate = Callable[[Event], bool]
 
 
@@ -160,6 +161,14 @@ class WatchContext:
     """Default poll interval for polling fallbacks (tests inject small values)."""
     backoff: Backoff = field(default_factory=Backoff)
     """Waits between retries of transient failures (5xx, connection errors) during a watch."""
+    observed: list[Any] = field(default_factory=list)
+    """What the watch saw (messages, events, comments), kept with the run: the run page shows what
+    arrived on a pass too. Set through :meth:`saw`."""
+
+    def saw(self, items: Any) -> None:
+        """Record what was seen (the latest ``MAX_OBSERVED`` items; a mapping counts as one)."""
+        batch = [items] if isinstance(items, dict) else list(items)
+        self.observed = batch[-MAX_OBSERVED:]
 
     def window_end_s(self, within_s: float) -> float:
         """anyio-monotonic time at which a side effect's ``within`` window closes (≤ run deadline)."""

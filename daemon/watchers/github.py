@@ -133,6 +133,7 @@ async def watch_github(effect: GithubEffect, ctx: WatchContext) -> list[Finding]
         observed, via = outcome, "rest"
     ctx.probe.log("github watch done", via=via, repo=effect.repo, number=number,
                   **{k: len(v) for k, v in observed.items()})
+    ctx.saw(observed)
     findings = judge_github(effect, observed)
     if reconcile_error and findings and not effect.absent:
         note = f"; the REST check before the window closed failed: {reconcile_error}"

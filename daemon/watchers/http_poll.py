@@ -67,4 +67,5 @@ async def watch_http(effect: HttpEffect, wctx: WatchContext, *, path: str = "sid
             break
         await anyio.sleep(max(0.0, wake - anyio.current_time()))  # a slow poll may overrun `every`
     wctx.probe.log("http poll done", url=rendered.request.url, polls=polls)
+    wctx.saw(seen)
     return judge_http(rendered, list(seen), path=path)

@@ -157,6 +157,7 @@ async def watch_kafka(effect: KafkaEffect, wctx: WatchContext, *, path: str = "s
         await partitions.aclose()
         await _stop(consumer)
     wctx.probe.log("kafka watch done", topic=topic, seen=len(seen))
+    wctx.saw(seen)
     return judge_kafka(rendered, list(seen), path=path)
 
 

@@ -44,6 +44,7 @@ async def watch_sentry(effect: SentryEffect, ctx: WatchContext) -> list[Finding]
                 events = await client.error_events(trace_id)
                 polls += 1
                 findings = judge_sentry(effect, events)
+                ctx.saw(events)
                 if effect.absent and findings:
                     return findings
                 if not effect.absent and not findings:
@@ -61,4 +62,5 @@ async def watch_sentry(effect: SentryEffect, ctx: WatchContext) -> list[Finding]
             break
         await anyio.sleep(min(wait_s, remaining_s))
     ctx.probe.log("sentry window closed", trace_id=trace_id, polls=polls, events=len(events))
+    ctx.saw(events)
     return judge_sentry(effect, events)

@@ -129,6 +129,7 @@ async def watch_slack(effect: SlackEffect, ctx: WatchContext) -> list[Finding]:
             return [outcome]
         seen, via, reconcile_error = outcome, "polling", None
     ctx.probe.log("slack watch done", via=via, channel=channel, seen=len(seen))
+    ctx.saw(seen)
     findings = judge_slack(effect, seen)
     if reconcile_error and findings and not effect.absent:
         note = f"; the poll before the window closed failed: {reconcile_error}"

@@ -19,12 +19,13 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from tracecanary.daemon.alerts.incidents import IncidentHistory
 from tracecanary.daemon.alerts.manager import AlertRecord
 from tracecanary.daemon.alerts.silences import ListedSilence, SilenceSettings
 from tracecanary.daemon.run.scheduler import OverlapSkipped, RunRefused
 from tracecanary.daemon.web.control import Control
 from tracecanary.daemon.web.dashboard.summary import (
-    RunWindows,
+    Strips,
     iso_ns,
     probe_statuses,
     redact,
@@ -32,14 +33,20 @@ from tracecanary.daemon.web.dashboard.summary import (
     run_summary,
 )
 from tracecanary.daemon.web.schema import (
+    AckIn,
     AlertsOut,
+    ChannelOut,
     ClusterMemberOut,
     ClusterOut,
     ErrorOut,
     FireOut,
+    IncidentList,
+    IncidentOut,
     ProbeList,
     RunPage,
+    SilenceList,
     SilenceOut,
+    TimelineOut,
     openapi_document,
 )
 
@@ -104,14 +111,17 @@ class Api:
 
     def __init__(self, control: Control) -> None:
         self.control = control
-        self.windows = RunWindows()
+        self.strips = Strips()
 
     def _json(self, model: BaseModel, status: int = 200) -> web.Response:
         """Every JSON body leaves through here: secrets are masked by value wherever they sit in it."""
         return web.json_response(self.control.secrets().mask(model.model_dump(mode="json")), status=status)
 
     async def list_probes(self, request: web.Request) -> web.Response:
-        rows = await probe_statuses(self.control, self.windows)
+        try:
+            rows = await probe_statuses(self.control, request.query.get("range", "24h"), strips=self.strips)
+        except ValueError as e:
+            return _error(400, str(e))
         return self._json(ProbeList(probes=rows, generated_at=iso_ns(time.time_ns())))
 
     async def list_runs(self, request: web.Request) -> web.Response:
@@ -164,6 +174,39 @@ class Api:
             system=[asdict(i) for i in overview.system],
         ))
 
+    async def list_incidents(self, request: web.Request) -> web.Response:
+        alerts = self.control.alerts
+        if alerts is None:
+            return _error(501, "alerting is not configured")
+        found = await alerts.incidents(probe_id=request.query.get("probe") or None)
+        return self._json(IncidentList(incidents=[incident_out(i) for i in found],
+                                       channels=[ChannelOut(**asdict(h)) for h in await alerts.channel_health()]))
+
+    async def ack_incident(self, request: web.Request) -> web.Response:
+        """200 with the incident; 404 when no open incident has that id."""
+        alerts = self.control.alerts
+        if alerts is None:
+            return _error(501, "alerting is not configured")
+        body = await request.read()
+        if len(body) > MAX_JSON_BODY:
+            return _error(400, "body too large")
+        try:
+            ack = AckIn.model_validate_json(body or b"{}")
+        except ValidationError as e:
+            return _error(400, validation_text(e))
+        incident_id = request.match_info["incident_id"]
+        if not await alerts.acknowledge(incident_id, by=ack.by, comment=ack.comment):
+            return _error(404, f"no open incident {incident_id!r}")
+        found = next(i for i in await alerts.incidents(probe_id=incident_id.partition(":")[0])
+                     if i.incident_id == incident_id)
+        return self._json(incident_out(found))
+
+    async def list_silences(self, request: web.Request) -> web.Response:
+        alerts = self.control.alerts
+        if alerts is None:
+            return _error(501, "alerting is not configured")
+        return self._json(SilenceList(silences=[silence_out(s) for s in await alerts.list_silences()]))
+
     async def add_silence(self, request: web.Request) -> web.Response:
         alerts = self.control.alerts
         if alerts is None:
@@ -173,9 +216,7 @@ class Api:
         try:
             spec = SilenceSettings.model_validate_json(await request.read())
         except ValidationError as e:
-            return _error(400, "; ".join(
-                f"{'.'.join(map(str, x['loc'])) or 'body'}: {x['msg']}" for x in e.errors(include_url=False)
-            ))
+            return _error(400, validation_text(e))
         created = await alerts.add_silence(spec)
         log.info("api silence added id=%s", created.id)
         return self._json(silence_out(created), status=201)
@@ -196,6 +237,20 @@ class Api:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
+
+
+def validation_text(e: ValidationError) -> str:
+    """A body's validation errors on one line: ``field: message; …``."""
+    return "; ".join(f"{'.'.join(map(str, x['loc'])) or 'body'}: {x['msg']}" for x in e.errors(include_url=False))
+
+
+def incident_out(i: IncidentHistory) -> IncidentOut:
+    return IncidentOut(
+        incident_id=i.incident_id, probe_id=i.probe_id, status=i.status, opened_ns=i.opened_ns,
+        resolved_ns=i.resolved_ns, acknowledged_by=i.acknowledged_by, acknowledged_ns=i.acknowledged_ns,
+        notifications=i.notifications,
+        timeline=[TimelineOut(at=iso_ns(t.time_ns), **asdict(t)) for t in i.timeline],
+    )
 
 
 def silence_out(silence: ListedSilence) -> SilenceOut:
@@ -231,6 +286,9 @@ def api_routes(control: Control, *, api_token: str | None = None, read_token_req
         web.post("/api/probes/{probe_id}/run", write(api.run_probe)),
         web.get("/api/runs/{run_id}", read(api.get_run)),
         web.get("/api/alerts", read(api.list_alerts)),
+        web.get("/api/incidents", read(api.list_incidents)),
+        web.post("/api/incidents/{incident_id}/ack", write(api.ack_incident)),
+        web.get("/api/silences", read(api.list_silences)),
         web.get("/api/cluster", read(api.cluster)),
         web.post("/api/silences", write(api.add_silence)),
         web.delete("/api/silences/{silence_id}", write(api.remove_silence)),

@@ -13,11 +13,13 @@ from typing import Protocol
 
 from tracecanary.assertions.spans import Span
 from tracecanary.daemon.alerts.delivery import ChannelHealth
+from tracecanary.daemon.alerts.incidents import IncidentHistory
 from tracecanary.daemon.alerts.manager import AlertsOverview
 from tracecanary.daemon.alerts.silences import ListedSilence, SilenceSettings
 from tracecanary.daemon.alerts.system import SystemIncident
 from tracecanary.daemon.cluster.membership import Membership
 from tracecanary.daemon.config.secrets import Secrets
+from tracecanary.daemon.run.passive import PassiveSnapshot
 from tracecanary.daemon.store.base import Store
 from tracecanary.probes.base import ProbeSpec
 
@@ -39,6 +41,15 @@ class AlertsControl(Protocol):
 
     async def list_alerts(self, *, limit: int = 50) -> AlertsOverview:
         """Open incidents, latest notifications and delivery attempts, the queue's counters."""
+        ...
+
+    async def acknowledge(self, incident_id: str, *, by: str, comment: str = "") -> bool:
+        """Acknowledge an open incident (no more reminders; the recovery still goes out); False when
+        no open incident has that id."""
+        ...
+
+    async def incidents(self, *, probe_id: str | None = None) -> list[IncidentHistory]:
+        """Open and past incidents with their timelines, open first, then newest first."""
         ...
 
     async def channel_health(self) -> list[ChannelHealth]:
@@ -121,4 +132,18 @@ class Control(Protocol):
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         """Rendered trace links (Sentry, Jaeger, …) for a run stored without any."""
+        ...
+
+    def cluster_role(self) -> str | None:
+        """This replica's role when the daemon runs in a cluster (``active``, ``standby`` …; the overview
+        shows it); None in single mode."""
+        ...
+
+    @property
+    def public_status(self) -> bool:
+        """``daemon.public_status``: with ``protect_reads``, badges and the status page stay open."""
+        ...
+
+    def passive(self, probe_id: str) -> PassiveSnapshot | None:
+        """A ``kind: passive`` probe's current window and worst recent traces (None: no such probe)."""
         ...

@@ -13,7 +13,7 @@ from pydantic.json_schema import models_json_schema
 
 from tracecanary.daemon.alerts.silences import SilenceSettings
 
-ProbeState = Literal["ok", "degraded", "unknown", "failing", "silenced", "pending"]
+ProbeState = Literal["ok", "degraded", "unknown", "failing", "silenced", "pending", "skipped"]
 """``unknown``: the last final run got no spans from the services it expects (the dashboard: "no telemetry")."""
 
 
@@ -70,9 +70,15 @@ class ProbeStatus(_Out):
     last_verdict: str | None
     last_verdict_age_s: float | None
     next_run: str | None = Field(description="ISO 8601 time of the next scheduled run.")
-    success_ratio_24h: float | None = Field(description="Share of final runs in the last 24 h that passed.")
+    success_ratio_24h: float | None = Field(description="Uptime over the last 24 h: passed (or degraded) final "
+                                            "runs over those that passed or failed; unknown runs count in neither.")
     runs_24h: int
-    p95_duration_s: float | None
+    range: str = Field(description="The range of uptime, runs_in_range and the percentiles: 1h | 24h | 7d | 30d.")
+    uptime: float | None = Field(description="Uptime over the range (as success_ratio_24h).")
+    runs_in_range: int = Field(description="Judged final runs over the range.")
+    p50_duration_s: float | None = Field(description="Median run duration over the range (histogram estimate).")
+    p95_duration_s: float | None = Field(description="95th percentile of run durations over the range "
+                                         "(histogram estimate, within a bin's width).")
     history: list[HistoryItem] = Field(description="Latest runs, newest first.")
 
 
@@ -174,6 +180,66 @@ class AlertsOut(_Out):
                                          "detail, opened_ns.")
 
 
+class TimelineOut(_Out):
+    """One step of an incident: opened, notified, attempt, held (by a silence), acknowledged, resolved."""
+
+    time_ns: int
+    at: str = Field(description="ISO 8601, UTC.")
+    what: Literal["opened", "notified", "attempt", "held", "acknowledged", "resolved"]
+    event: str | None = Field(description="The announced transition: failing, reminder, recovered, degraded.")
+    channel: str | None
+    outcome: str | None = Field(description="For an attempt: sent | retry | failed | expired | dropped.")
+    detail: str
+
+
+class IncidentOut(_Out):
+    """An incident of a probe with its timeline (oldest first)."""
+
+    incident_id: str = Field(description="'<probe id>:<first failing run id>'.")
+    probe_id: str
+    status: Literal["open", "resolved"]
+    opened_ns: int
+    resolved_ns: int | None
+    acknowledged_by: str | None
+    acknowledged_ns: int | None
+    notifications: int = Field(description="Announcements sent for it (failing, reminders, recovered).")
+    timeline: list[TimelineOut]
+
+
+class ChannelOut(_Out):
+    """An alert channel's delivery health."""
+
+    channel: str
+    failing: bool
+    consecutive_failures: int
+    failing_since_ns: int | None
+    last_error: str | None
+    last_success_ns: int | None
+    last_failure_ns: int | None
+    pending: int
+
+
+class IncidentList(_Out):
+    """Open incidents first, then past ones newest first; and the alert channels' health."""
+
+    incidents: list[IncidentOut]
+    channels: list[ChannelOut]
+
+
+class AckIn(BaseModel):
+    """Who acknowledges, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+    by: str = Field("api", min_length=1, max_length=200, description="Who acknowledges (shown in the timeline).")
+    comment: str = Field("", max_length=2000)
+
+
+class SilenceList(_Out):
+    """Configured silences, then the ones added through the API."""
+
+    silences: list[SilenceOut]
+
+
 class ClusterMemberOut(_Out):
     """A replica of the cluster as it last reported itself."""
 
@@ -204,7 +270,8 @@ class ErrorOut(_Out):
 
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     HistoryItem, RunSummary, ProbeStatus, ProbeList, RunPage, FindingOut, SpanOut, TreeNode, TraceTree,
-    RunDetail, FireOut, SilenceOut, AlertsOut, ClusterMemberOut, ClusterOut, ErrorOut,
+    RunDetail, FireOut, SilenceOut, AlertsOut, TimelineOut, IncidentOut, ChannelOut, IncidentList, SilenceList,
+    ClusterMemberOut, ClusterOut, ErrorOut,
 )
 
 
@@ -233,14 +300,16 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str, requ
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 document of the API (JSON Schema 2020-12 components from the models)."""
     _, defs = models_json_schema(
-        [*((m, "serialization") for m in SCHEMA_MODELS), (SilenceSettings, "validation")],
+        [*((m, "serialization") for m in SCHEMA_MODELS), (SilenceSettings, "validation"), (AckIn, "validation")],
         ref_template="#/components/schemas/{model}",
     )
     probe_id = _param("probe_id", "path", {"type": "string"}, "Probe id.", True)
     paths: dict[str, Any] = {
         "/api/probes": {"get": {
             "operationId": "listProbes", "summary": "Every probe with its state, last verdict and next run.",
-            "responses": {"200": _json("ProbeList", "Probes, failing first."), **_errors(401)},
+            "parameters": [_param("range", "query", {"enum": ["1h", "24h", "7d", "30d"], "default": "24h"},
+                                  "Range of uptime and percentiles.", False)],
+            "responses": {"200": _json("ProbeList", "Probes, failing first."), **_errors(400, 401)},
         }},
         "/api/probes/{probe_id}/runs": {"get": {
             "operationId": "listRuns", "summary": "A probe's runs, newest first (cursor pagination).",
@@ -269,7 +338,23 @@ def openapi_document() -> dict[str, Any]:
             "operationId": "getCluster", "summary": "This replica's cluster mode and role, and the members.",
             "responses": {"200": _json("ClusterOut", "The cluster as this replica sees it."), **_errors(401)},
         }},
-        "/api/silences": {"post": {
+        "/api/incidents": {"get": {
+            "operationId": "listIncidents", "summary": "Open and past incidents with their timelines; channel health.",
+            "parameters": [_param("probe", "query", {"type": "string"}, "Only this probe's incidents.", False)],
+            "responses": {"200": _json("IncidentList", "Incidents, open first."), **_errors(401, 501)},
+        }},
+        "/api/incidents/{incident_id}/ack": {"post": {
+            "operationId": "ackIncident", "summary": "Acknowledge an open incident: no more reminders; the "
+                                                    "recovery still goes out.",
+            "parameters": [_param("incident_id", "path", {"type": "string"}, "Incident id.", True)],
+            "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("AckIn")}}},
+            "responses": {"200": _json("IncidentOut", "The acknowledged incident."),
+                          **_errors(400, 401, 404, 415, 501)},
+        }},
+        "/api/silences": {"get": {
+            "operationId": "listSilences", "summary": "Configured silences, then the ones added through the API.",
+            "responses": {"200": _json("SilenceList", "Silences."), **_errors(401, 501)},
+        }, "post": {
             "operationId": "addSilence", "summary": "Silence probes by id glob or tag.",
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("SilenceSettings")}}},
             "responses": {"201": {"description": "The silence.", "content": {"application/json": {

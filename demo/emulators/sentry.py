@@ -27,7 +27,6 @@ import re
 import time
 import zlib
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +41,7 @@ from tracecanary.demo.emulators.sentry_views import (
     events_trace_view,
     trace_view,
 )
+from tracecanary.demo.emulators.serving import Served
 
 log = logging.getLogger("tracecanary.demo.sentry")
 
@@ -51,11 +51,13 @@ _JSON = "application/json"
 _TRACE_QUERY_RE = re.compile(r"\btrace:([0-9a-fA-F]{32})\b")
 
 
-class SentryEmulator:
+class SentryEmulator(Served):
     """An aiohttp app standing in for sentry.io; ``await start()`` returns its base URL.
 
     ``projects`` maps project id → slug. ``token`` is the API bearer token, ``public_key`` the DSN key.
     """
+
+    label = "sentry"
 
     def __init__(
         self,
@@ -112,31 +114,6 @@ class SentryEmulator:
         app.router.add_get(api + "/monitors/{slug}/checkins/", self._monitor_check_ins)
         app.router.add_get("/api/0/projects/{org}/{project}/events/{event_id}/", self._event)
         return app
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        self._runner = runner
-        bound = runner.addresses[0]
-        self.base_url = f"http://{host}:{bound[1]}"
-        log.info("sentry emulator listening url=%s org=%s", self.base_url, self.org)
-        return self.base_url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
-
-    async def __aenter__(self) -> SentryEmulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     def throttle(self, requests: int, retry_after_s: float = 1.0, *, after: int = 0) -> None:
         """Let ``after`` API requests through, then answer ``requests`` with 429 + ``Retry-After``."""

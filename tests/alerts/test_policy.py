@@ -71,6 +71,20 @@ def test_reminders(remind: str | None, every_s: float, verdicts: str, expected: 
     assert drive(policy, verdicts, every_s=every_s) == expected
 
 
+def test_acknowledged_incident_stops_reminding_but_recovers() -> None:
+    policy = PolicySettings.model_validate({"remind_every": "1m", "failure_threshold": 1})
+    state, sent = ProbeAlertState(), []
+    for i, c in enumerate("fffffp"):
+        obs = Observation(P, f"r{i}", "fail" if c == "f" else "pass", int(i * 90 * 1e9))
+        d = step(state, policy, obs, silenced=False)
+        sent += [f"{i}:{e.kind}" for e in d.send]
+        state = d.state
+        if i == 1:
+            state.acknowledged_by = "alice"  # what AlertManager.acknowledge stores
+    assert sent == ["0:failing", "1:reminder", "5:recovered"]
+    assert state.acknowledged_by is None  # a new incident starts unacknowledged
+
+
 @pytest.mark.parametrize(("verdicts", "silenced", "expected"), [
     ("ffp", "sss", ["1:~failing"]),  # silenced firing: recorded; nobody paged, so no recovery either
     ("fffp", "ss..", ["1:~failing", "2:failing", "3:recovered"]),  # silence ended mid-incident: fires late

@@ -10,6 +10,7 @@ through a blackholed loopback proxy stops firing within 3 s and its late writes 
 from __future__ import annotations
 
 import math
+import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,9 +24,9 @@ import pytest
 from aiohttp import web
 
 from tests.daemon.support import DaemonProcess, eventually
-from tests.fixtures.tcpproxy import tcp_proxy
 from tests.probes.helpers import serve
 from tracecanary.demo.emulators.slack import SlackEmulator
+from tracecanary.demo.tcpproxy import tcp_proxy
 
 pytestmark = pytest.mark.anyio
 EVERY_S = 2.0
@@ -57,7 +58,7 @@ class CountingTarget:
         return [t for p, w, t in self.hits if p == path and (who is None or w == who) and t >= after]
 
 
-def suite(target: str, slack: str, *, every: str = "2s") -> str:
+def suite(target: str, slack: str, *, every: str = "2s", extra: str = "") -> str:
     probes = "".join(f"""
   - id: {pid}
     kind: http
@@ -78,7 +79,7 @@ alerts:
     pager: {{channels: [oncall], failure_threshold: 1}}
     quiet: {{channels: []}}
   retry_delays: [100ms, 500ms]
-probes:{probes}"""
+probes:{probes}{extra}"""
 
 
 @pytest.fixture
@@ -144,6 +145,8 @@ async def test_kill9_of_the_active_the_standby_takes_over_and_announces_nothing_
         try:
             assert (await role(a), await role(b)) == ("active", "standby")
             assert 'class="role role-standby"' in await page(b, "/")  # the dashboard header
+            status, refused = await b.post("/api/probes/tick/run", {})
+            assert status == 503 and "this replica is a standby" in str(refused)
             _, cluster = await get(b, "/api/cluster")
             assert cluster["mode"] == "standby" and len(cluster["members"]) == 2  # type: ignore[arg-type]
             await slack.wait_until(lambda: len(slack.messages("C0OPS")) == 1, timeout_s=60)
@@ -205,6 +208,9 @@ async def test_a_replica_cut_from_postgres_stops_firing_and_its_late_writes_are_
             assert await role(b) == "active" and await role(a) == "standby"
             _, runs = await get(b, "/api/probes/slow/runs?limit=50")
             a_after_3s = [h for h in t.hits if h[1] == "a" and h[2] > cut_at + 3.0]
+            for d in (a, b):  # SIGTERM: the standby, then the active (drained), each exits 0
+                d.signal(signal.SIGTERM)
+                assert await d.wait_exit() == 0, d.log_text()[-2000:]
         finally:
             a.stop()
             b.stop()
@@ -225,3 +231,44 @@ async def _role_is(d: DaemonProcess, want: str) -> bool:
 
 async def _fenced(d: DaemonProcess) -> bool:
     return await metric(d, "tracecanary_cluster_fenced_writes_total") > 0
+
+
+RETRIED = """
+  - id: retried
+    kind: http
+    timeout: 5s
+    retries: {count: 1, delay: 4s}
+    request: {url: "TARGET/broken?who=${WHO}"}
+    alert: {policy: quiet}
+"""
+
+
+async def test_a_retry_chain_waiting_at_the_kill_is_resumed_by_the_new_active(
+        tmp_path: Path, postgres_url: str, target: tuple[CountingTarget, str]) -> None:
+    t, base = target
+    async with SlackEmulator(channels=["C0OPS"], retry_after_s=0) as slack:
+        config = tmp_path / "suite.yaml"
+        config.write_text(suite(base, slack.base_url, every="1h", extra=RETRIED.replace("TARGET", base)))
+        a, b = await start_pair(tmp_path, postgres_url, postgres_url, config)
+        try:
+            await a.run_now("retried")
+            await eventually(lambda: _attempts(b, "finished"), 30, "attempt 1 recorded, its retry pending")
+            await a.kill9()
+            await b.ready(timeout_s=30)
+            await eventually(lambda: len(t.of("broken", "b")) >= 1, 30, "the new active runs the retry")
+            await eventually(lambda: _attempts(b, "finished", 2), 30, "attempt 2 recorded")
+            _, runs = await get(b, "/api/probes/retried/runs")
+        finally:
+            a.stop()
+            b.stop()
+    first, second = sorted(runs["runs"], key=lambda r: r["attempt"])  # type: ignore[index]
+    assert (first["attempt"], first["final"], second["attempt"], second["final"]) == (1, False, 2, True)
+    assert second["first_run_id"] == first["run_id"] and t.of("broken", "a") and len(t.of("broken", "b")) == 1
+
+
+async def _attempts(d: DaemonProcess, status: str, attempt: int = 1) -> bool:
+    try:
+        _, body = await get(d, "/api/probes/retried/runs")
+    except aiohttp.ClientError:
+        return False
+    return any(r["status"] == status and r["attempt"] == attempt for r in body["runs"])  # type: ignore[union-attr]

@@ -43,7 +43,8 @@ async def test_only_the_epoch_holder_writes_through_the_guard(postgres_url: str)
     fenced: list[tuple[str, str]] = []
     async with member(postgres_url, "leader") as leader:
         await eventually(lambda: leader.role is Role.ACTIVE, 20, "the leader active")
-        async with guarded(member_url(postgres_url, "leader"), []) as active, \
+        assert leader.writer is not None
+        async with guarded(member_url(postgres_url, leader.writer), []) as active, \
                 guarded(member_url(postgres_url, "deposed"), fenced) as deposed:
             await active.insert_run(run("r1"))
             with pytest.raises(FencedWrite, match="fenced: member deposed is not the active replica"):
@@ -58,7 +59,7 @@ async def test_only_the_epoch_holder_writes_through_the_guard(postgres_url: str)
             assert (await active.get_run("r1")).status is RunStatus.FINISHED  # type: ignore[union-attr]
             assert await active.get_run("r2") is None
     assert [op for op, _ in fenced] == ["insert_run", "finish_run", "kv_put"]
-    assert "leader epoch 1 is held by leader" in fenced[0][1]
+    assert "leader epoch 1 is held by leader.e1" in fenced[0][1]
 
 
 def start(tmp_path: Path, mode: str, store: str) -> subprocess.CompletedProcess[str]:
@@ -77,3 +78,13 @@ async def test_modes_that_cannot_start_exit_2(tmp_path: Path, postgres_url: str)
     assert kafka.returncode == 2 and "kafka membership: cannot connect to" in kafka.stderr + kafka.stdout
 
 
+
+
+async def test_a_deposed_replica_forgets_the_runs_it_kept(tmp_path: Path) -> None:
+    """Runs kept while the store failed belong to the lost term: dropped (and counted), never written later."""
+    fenced: list[tuple[str, str]] = []
+    async with guarded(f"sqlite:///{tmp_path / 'tc.db'}", fenced) as guard:
+        guard._keep(run("k1"))
+        assert guard.drop_kept("deposed") == ["k1"] and guard.pending_runs == []
+        assert await guard.check() is None and await guard.get_run("k1") is None
+    assert fenced == [("finish_run", "deposed")]

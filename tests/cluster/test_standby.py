@@ -14,11 +14,11 @@ import psycopg
 import pytest
 
 from tests.daemon.support import eventually
-from tests.fixtures.tcpproxy import tcp_proxy
 from tracecanary.daemon.cluster.fence import fenced_reason, member_url
 from tracecanary.daemon.cluster.membership import Role
 from tracecanary.daemon.cluster.standby import StandbyMembership
 from tracecanary.daemon.cluster.timing import StandbyTiming
+from tracecanary.demo.tcpproxy import tcp_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -57,7 +57,8 @@ async def test_one_active_then_the_standby_takes_over_with_a_new_epoch(postgres_
         first, second = (a, b) if a.role is Role.ACTIVE else (b, a)
         await eventually(lambda: len(second._members) == 2, 20, "both members listed")
         assert {m.member for m in await second.members() if m.alive} == {"a", "b"}
-        await write_kv(postgres_url, first.member_id, "by-active")
+        assert first.writer == f"{first.member_id}.e{first.epoch}" and second.writer is None
+        await write_kv(postgres_url, first.writer, "by-active")
         with pytest.raises(psycopg.Error) as refused:
             await write_kv(postgres_url, second.member_id, "by-standby")
         assert "fenced: member" in (fenced_reason(refused.value) or "")
@@ -77,7 +78,8 @@ async def test_a_partitioned_active_is_deposed_and_its_late_writes_refused(postg
         via_proxy = with_port(postgres_url, proxy.port)
         async with member(via_proxy, "cut") as cut:
             await eventually(lambda: cut.role is Role.ACTIVE, 20, "the proxied member active")
-            late = await psycopg.AsyncConnection.connect(member_url(via_proxy, "cut"), autocommit=True)
+            assert cut.writer is not None
+            late = await psycopg.AsyncConnection.connect(member_url(via_proxy, cut.writer), autocommit=True)
             await late.execute("INSERT INTO kv VALUES ('alerts.state', 'before', '{}')")
             async with member(postgres_url, "other") as other:
                 await anyio.sleep(FAST.heartbeat_s * 3)

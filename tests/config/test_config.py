@@ -35,7 +35,8 @@ def test_there_is_a_fixture_per_rule() -> None:
                  "alias-bomb", "non-string-key", "empty", "channel-field", "template", "regex", "status",
                  "listen", "one-pass", "many-errors", "unsigned-webhooks", "secret-quoted", "missing-env",
                  "steps-rules", "sign-rules", "slack-deliver", "github-action", "trace-rules", "side-effect-rules",
-                 "alert-rules", "channel-credentials-one-pass", "control-characters", "cluster"):
+                 "alert-rules", "channel-credentials-one-pass", "control-characters", "cluster",
+                 "metrics-rules"):
         assert f"invalid-{rule}" in names
 
 

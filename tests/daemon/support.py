@@ -129,3 +129,11 @@ class DaemonProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
+
+
+def problem_lines(stderr: str) -> list[str]:
+    """stderr of a `tracecanary run` that failed to start, without its start and exit lines (the exit
+    line must say code=2)."""
+    lines = stderr.strip().splitlines()
+    assert " tracecanary starting " in lines[0] and " tracecanary exiting code=2 " in lines[-1], stderr
+    return lines[1:-1]

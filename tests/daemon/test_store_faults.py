@@ -36,6 +36,7 @@ from tests.daemon.harness import (
     mount_namespace_available,
     unavailable,
 )
+from tests.daemon.support import problem_lines
 from tracecanary.demo.emulators.sentry import SentryEmulator
 from tracecanary.demo.emulators.slack import SlackEmulator
 
@@ -228,7 +229,7 @@ def _start_command(tmp_path: Path, target: Target, store_url: str, wrapper: list
 
 
 def _assert_one_line(stderr: str, *fragments: str) -> None:
-    lines = stderr.strip().splitlines()
+    lines = problem_lines(stderr)
     assert len(lines) == 1, stderr
     assert "Traceback" not in stderr
     assert lines[0].startswith("tracecanary: store"), stderr
@@ -280,9 +281,9 @@ async def test_read_only_file_system_at_start_is_exit_2(tmp_path: Path, target: 
 async def test_unknown_store_scheme_is_exit_2(tmp_path: Path, target: Target) -> None:
     code, stderr, _ = await _exit_of(_start_command(tmp_path, target, "mysql://x"), 20)
     assert code == 2, stderr
-    assert stderr.strip() == ("tracecanary: store 'mysql://x': unknown URL scheme 'mysql'; use sqlite:///PATH "
-                              "(sqlite:////abs/path.db: four slashes for an absolute path) or "
-                              "postgresql://USER:PASSWORD@HOST:PORT/DB")
+    assert problem_lines(stderr) == [("tracecanary: store 'mysql://x': unknown URL scheme 'mysql'; use sqlite:///PATH "
+                                       "(sqlite:////abs/path.db: four slashes for an absolute path) or "
+                                       "postgresql://USER:PASSWORD@HOST:PORT/DB")]
 
 
 def test_chattr_makes_a_file_read_only_for_root(tmp_path: Path) -> None:

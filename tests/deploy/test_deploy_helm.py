@@ -3,6 +3,7 @@ single-replica Recreate Deployment whose probes, ports, args, volumes and suite 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -114,6 +115,7 @@ def test_rendered_deployment(tmp_path: Path) -> None:
     (c,) = pod["containers"]
     args = parse_run_args(c["args"])
     assert args.config == "/etc/tracecanary" and args.store == STORE
+    assert args.log_format == "text" and args.log_level == logging.INFO
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     want = default_ports()
     assert ports == {"http": want["http"], "otlp-http": want["otlp_http"], "otlp-grpc": want["otlp_grpc"]}
@@ -141,12 +143,12 @@ def test_rendered_deployment(tmp_path: Path) -> None:
 def test_rendered_options() -> None:
     objs = render("serviceMonitor.enabled=true", "otlpGrpcEnabled=false", "persistence.enabled=false",
                   "secretEnv.OTLP_TOKEN.secret=tc-secrets", "secretEnv.OTLP_TOKEN.key=otlp-token",
-                  "env.TARGET_URL=http://orders.shop.svc")
+                  "env.TARGET_URL=http://orders.shop.svc", "log.format=json", "log.level=debug")
     assert "PersistentVolumeClaim" not in objs
     pod = objs["Deployment"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     args = parse_run_args(c["args"])
-    assert args.otlp_grpc == "none"
+    assert args.otlp_grpc == "none" and args.log_format == "json" and args.log_level == logging.DEBUG
     assert {p["name"] for p in c["ports"]} == {"http", "otlp-http"}
     assert {p["name"] for p in objs["Service"]["spec"]["ports"]} == {"http", "otlp-http"}
     env = {e["name"]: e for e in c["env"]}

@@ -89,3 +89,20 @@ async def test_unknown_verdict_closes_the_check_in_ok(verdict: Verdict, ok: bool
     run.status, run.verdict, run.finished_ns = RunStatus.FINISHED, verdict, 3_000_000_000
     await hook.on_run_finished(probe, run)
     assert reporter.finished == [("check-in-1", ok, 2.0)]
+
+
+@pytest.mark.parametrize(("status", "ok"), [("skipped", True), ("aborted", False)])
+async def test_a_skipped_run_closes_the_check_in_ok(status: str, ok: bool) -> None:
+    """A requires: precondition unmet is never alerted: Crons sees the scheduled run as done."""
+    from tracecanary.daemon.store.base import RunRecord, RunStatus
+
+    reporter = RecordingReporter()
+    hook = CronHook(reporter)
+    probe = HttpProbe.model_validate({"id": "p", "kind": "http", "every": "60s", "requires": {"env": ["X"]},
+                                      "request": {"url": "http://127.0.0.1:9/x"}})
+    run = RunRecord(run_id="r1", probe_id="p", kind="http", attempt=1, first_run_id="r1", trace_id="0" * 32,
+                    started_ns=1_000_000_000)
+    await hook.on_run_started(probe, run)
+    run.status, run.abort_reason, run.finished_ns = RunStatus(status), "X is not set", 1_500_000_000
+    await hook.on_run_finished(probe, run)
+    assert reporter.finished == [("check-in-1", ok, 0.5)]

@@ -72,3 +72,22 @@ async def test_openmetrics_negotiation_and_retain() -> None:
     ctype, text = await scrape(m, "application/openmetrics-text; version=1.0.0")
     assert ctype.startswith("application/openmetrics-text") and text.rstrip().endswith("# EOF")
     assert 'probe="gone"' not in text and 'probe_success{kind="http",probe="orders"} 1.0' in text
+
+
+async def test_register_then_retain_keeps_each_probe_series_from_start_to_removal() -> None:
+    m = Metrics()
+    gone = ProbeSpec.model_validate({"id": "gone", "kind": "http"})
+    m.register([PROBE, gone])
+    m.set_alert_states({"orders": 2, "gone": 1})
+    got = samples((await scrape(m))[1])
+    assert got[("tracecanary_alert_state", (("probe", "orders"),))] == 2.0
+    assert got[("probe_last_run_timestamp_seconds", (("probe", "gone"),))] == 0.0
+    assert got[("tracecanary_runs_total", (("kind", "http"), ("probe", "gone"), ("verdict", "aborted")))] == 0.0
+    await m.on_run_finished(PROBE, record(1, Verdict.FAIL))
+    added = ProbeSpec.model_validate({"id": "added", "kind": "http"})
+    m.retain([PROBE, added])
+    _, text = await scrape(m)
+    got = samples(text)
+    assert 'probe="gone"' not in text
+    assert got[("tracecanary_alert_state", (("probe", "added"),))] == 0.0
+    assert got[("probe_last_run_timestamp_seconds", (("probe", "orders"),))] == 0.5  # finished_ns = 500 ms

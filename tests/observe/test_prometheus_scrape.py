@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,10 @@ import aiohttp
 import anyio
 import pytest
 from aiohttp import web
+from prometheus_client import generate_latest
 
 from tests.fixtures.prometheus import prometheus_server
+from tests.observe.promql import dashboard_queries, exposed_names, grafana_query_names
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.observe.metrics import Metrics, metrics_routes
 from tracecanary.daemon.store.base import RunRecord, RunStatus
@@ -41,18 +42,19 @@ async def wait_for_result(prom: Any, session: aiohttp.ClientSession, promql: str
 
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "tracecanary.json"
-NAME_RE = re.compile(r"\b((?:probe|tracecanary)_[a-z_]+)\b")
 
 
 async def check_dashboard_queries(prom: Any, session: aiohttp.ClientSession, m: Metrics) -> None:
-    """Every panel query of the Grafana dashboard parses in Prometheus and names only our metrics."""
-    exported = {s.name for fam in m.registry.collect() for s in fam.samples}
-    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
-    assert len(exprs) >= 12
-    for expr in exprs:
-        names = set(NAME_RE.findall(expr))
-        assert names and names <= exported, (expr, names - exported)
-        promql = expr.replace("$__rate_interval", "1m").replace("$__range", "5m").replace("$probe", ".*")
+    """Every panel query of the Grafana dashboard parses and runs in Prometheus and names only our metrics."""
+    exposed = exposed_names(generate_latest(m.registry).decode())
+    queries = dashboard_queries(json.loads(DASHBOARD.read_text()))
+    assert len(queries) >= 20
+    for query in queries:
+        names = grafana_query_names(query)
+        assert names and names <= exposed, (query, names - exposed)
+        if query.startswith("label_values("):
+            continue  # a Grafana template function, not PromQL
+        promql = query.replace("$__rate_interval", "1m").replace("$__range", "5m").replace("$probe", ".*")
         await prom.query(session, promql)  # asserts status == success (it parsed and ran)
 
 
@@ -97,7 +99,8 @@ async def test_prometheus_scrapes_probe_success_and_duration_quantile(tmp_path: 
             checks = {
                 'tracecanary_runs_total{probe="billing",verdict="fail"}': 1.0,
                 'tracecanary_runs_total{probe="billing",verdict="pass"}': 1.0,
-                'tracecanary_findings_total{type="trace.missing"}': 2.0,
+                'sum(tracecanary_findings_total{type="trace.missing"})': 2.0,
+                'tracecanary_findings_total{probe="billing",type="trace.missing"}': 1.0,
                 'tracecanary_spans_received_total{source="otlp_http"}': 1200.0,
                 'tracecanary_spans_dropped_total{reason="buffer_full"}': 3.0,
                 "tracecanary_buffer_spans": 4242.0,

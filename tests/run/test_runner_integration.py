@@ -74,6 +74,7 @@ async def test_job_is_deleted_after_its_run_was_observed(
         with anyio.fail_after(10):
             [record] = await run_probe.run_probe(_job_probe(url))
     assert record.verdict == Verdict.PASS, [str(f) for f in record.findings]
+    assert record.side_effects[0]["observed"]  # what the watch saw is kept on a pass too (the run page shows it)
     job_id = "j-1"
     assert api.events == [f"get {job_id}"] * 3 + [f"delete {job_id}"]
     assert job_id not in api.jobs

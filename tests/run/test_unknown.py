@@ -182,7 +182,7 @@ async def test_runner_records_unknown_and_metrics_learn_it(deps: RunnerDeps, tar
     assert 'tracecanary_runs_total{kind="http",probe="orders",verdict="unknown"} 1.0' in text
     assert 'tracecanary_probe_unknown{kind="http",probe="orders"} 1.0' in text
     assert "probe_success{" not in text  # could not judge: success is not known to have changed
-    assert 'tracecanary_findings_total{type="trace.no_telemetry"} 1.0' in text
+    assert 'tracecanary_findings_total{probe="orders",type="trace.no_telemetry"} 1.0' in text
 
 
 async def test_runner_keeps_fail_when_the_response_failed_too(deps: RunnerDeps, target: str) -> None:

@@ -13,6 +13,7 @@ import anyio
 import psycopg
 import pytest
 
+from tests.daemon.support import problem_lines
 from tests.store.test_store import BACKENDS
 from tracecanary.daemon.store.migrations import LATEST, MIGRATIONS
 from tracecanary.daemon.store.postgres_schema import migrate as pg_migrate
@@ -112,7 +113,7 @@ async def test_a_newer_schema_stops_the_daemon_with_exit_2(url: str, tmp_path: P
              "--listen", "127.0.0.1:0", "--otlp-http", "none", "--otlp-grpc", "none"], cwd=tmp_path, check=False)
     stderr = proc.stderr.decode()
     assert proc.returncode == 2, proc.stdout.decode() + stderr
-    lines = stderr.strip().splitlines()
+    lines = problem_lines(stderr)
     assert len(lines) == 1, stderr
     assert f"database schema version {LATEST + 1} is newer than this tracecanary's ({LATEST})" in lines[0]
     assert lines[0].startswith("tracecanary: store ")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.store.test_store_faults import run as finished
 from tracecanary.assertions.spans import Span, SpanEvent, SpanKind, SpanLink, StatusCode
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
@@ -129,6 +130,31 @@ async def test_events_and_kv(store: Store) -> None:
     assert await store.kv_get("claims", "incident-1") == {"owner": "a"}
     await store.kv_delete("alerts", "p")
     assert await store.kv_get("alerts", "p") is None
+
+
+@pytest.mark.anyio
+async def test_pending_retries_and_ending_a_chain_keeps_its_spans(store: Store) -> None:
+    spans = [Span(trace_id="ab" * 16, span_id="cd" * 8, parent_span_id=None, name="root", service="svc")]
+    a1 = finished("a1", final=False, retry_at_ns=time.time_ns() + 10**9, spans=spans, span_count=1)
+    await store.finish_run(a1)
+    solo = finished("b1", final=False, retry_at_ns=time.time_ns())
+    await store.finish_run(solo)
+    assert [r.run_id for r in await store.pending_retries()] == ["a1", "b1"]
+    await store.finish_run(finished("a2", attempt=2, first="a1"))
+    [b1] = await store.pending_retries()  # a1 has a later attempt: not pending
+    assert b1.spans == [] and b1.retry_at_ns == solo.retry_at_ns
+    b1.final, b1.retry_at_ns, b1.retry_aborted = True, None, "shutdown during retry delay"
+    await store.finish_run(b1)  # loaded without spans: the stored snapshot stays
+    assert await store.pending_retries() == []
+    await store.finish_run(finished("c1", final=False, retry_at_ns=time.time_ns()))
+    await store.finish_run(finished("c2", attempt=2, first="c1", status=RunStatus.ABORTED, verdict=None,
+                                    abort_reason="daemon restart"))
+    [c1] = await store.pending_retries()  # its retry was aborted: pending, to be ended with that reason
+    assert (c1.run_id, c1.retry_aborted) == ("c1", "attempt 2 was aborted: daemon restart")
+    got = await store.get_run("a1", with_spans=True)
+    assert got is not None and got.spans == spans
+    ended = await store.get_run("b1")
+    assert ended is not None and ended.final and ended.retry_aborted == "shutdown during retry delay"
 
 
 @pytest.mark.anyio

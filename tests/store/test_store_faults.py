@@ -1,6 +1,6 @@
 """The SQLite store's faults with real files: open refuses what it cannot write (bounded in time),
-health checks find a deleted, replaced or read-only file, an old database is migrated, retry chains
-are found pending."""
+health checks find a deleted, replaced or read-only file, an old database is migrated. (Finding retry
+chains pending is in the shared suite, test_store.py, with the ``run`` helper below.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import anyio
 import pytest
 
 from tests.daemon.harness import immutable
-from tracecanary.assertions.spans import Span
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.store.base import RunRecord, RunStatus, StoreFault
 from tracecanary.daemon.store.migrations import MIGRATIONS
@@ -159,30 +158,6 @@ async def test_an_older_database_is_migrated_and_its_pending_chain_found(tmp_pat
     with closing(sqlite3.connect(db)) as con:
         columns = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
     assert {"retry_at_ns", "retry_aborted"} <= columns
-
-
-async def test_pending_retries_and_ending_a_chain_keeps_its_spans(store: SqliteStore) -> None:
-    spans = [Span(trace_id="ab" * 16, span_id="cd" * 8, parent_span_id=None, name="root", service="svc")]
-    a1 = run("a1", final=False, retry_at_ns=time.time_ns() + 10**9, spans=spans, span_count=1)
-    await store.finish_run(a1)
-    solo = run("b1", final=False, retry_at_ns=time.time_ns())
-    await store.finish_run(solo)
-    assert [r.run_id for r in await store.pending_retries()] == ["a1", "b1"]
-    await store.finish_run(run("a2", attempt=2, first="a1"))
-    [b1] = await store.pending_retries()  # a1 has a later attempt: not pending
-    assert b1.spans == [] and b1.retry_at_ns == solo.retry_at_ns
-    b1.final, b1.retry_at_ns, b1.retry_aborted = True, None, "shutdown during retry delay"
-    await store.finish_run(b1)  # loaded without spans: the stored snapshot stays
-    assert await store.pending_retries() == []
-    await store.finish_run(run("c1", final=False, retry_at_ns=time.time_ns()))
-    await store.finish_run(run("c2", attempt=2, first="c1", status=RunStatus.ABORTED, verdict=None,
-                               abort_reason="daemon restart"))
-    [c1] = await store.pending_retries()  # its retry was aborted: pending, to be ended with that reason
-    assert (c1.run_id, c1.retry_aborted) == ("c1", "attempt 2 was aborted: daemon restart")
-    got = await store.get_run("a1", with_spans=True)
-    assert got is not None and got.spans == spans
-    ended = await store.get_run("b1")
-    assert ended is not None and ended.final and ended.retry_aborted == "shutdown during retry delay"
 
 
 class _Opened:

@@ -55,6 +55,8 @@ class Target:
     def __init__(self) -> None:
         self.hold: anyio.Event | None = None
         self.requests = 0
+        self.status = 200
+        """What ``POST /webhook`` answers (500: the probe's response expectation fails)."""
         self._provider: TracerProvider | None = None
 
     def export_to(self, endpoint: str) -> None:
@@ -69,7 +71,7 @@ class Target:
         parent = extract(dict(request.headers))
         # The exporter's POSTs block: off the event loop, which serves the daemon's receiver.
         await anyio.to_thread.run_sync(self._work, parent)
-        return web.json_response({"signal_id": "s-1"})
+        return web.json_response({"signal_id": "s-1"}, status=self.status)
 
     def _work(self, parent: otel_context.Context) -> None:
         assert self._provider is not None, "export_to() first"
@@ -105,7 +107,8 @@ async def serve_routes(routes: Sequence[web.AbstractRouteDef]) -> AsyncIterator[
         yield base
 
 
-def suite(target_url: str, *, api_token: str | None, extra_probe: bool, alert_channel: bool) -> dict[str, Any]:
+def suite(target_url: str, *, api_token: str | None, extra_probe: bool, alert_channel: bool,
+          slack_url: str | None = None, protect_reads: bool = False, public_status: bool = False) -> dict[str, Any]:
     """shop-slack fires at the target (the runs tests fire); shop-webhook (and never-run) hold history only."""
     start_at = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     common = {"kind": "http", "every": "60s", "start_at": start_at, "timeout": "10s"}
@@ -118,8 +121,15 @@ def suite(target_url: str, *, api_token: str | None, extra_probe: bool, alert_ch
         probes.append({"id": "never-run", **common, "tags": ["tier-2"], "request": {"url": f"{target_url}/webhook"}})
     doc: dict[str, Any] = {"probes": probes}
     if api_token is not None:
-        doc["daemon"] = {"api_token": api_token}
-    if alert_channel:  # a channel no policy uses: it shows on the dashboard only once it fails
+        doc["daemon"] = {"api_token": api_token, "protect_reads": protect_reads, "public_status": public_status}
+    if slack_url is not None:  # shop-slack alerts on the Slack emulator: at once, reminders every 100ms
+        probes[0]["tags"] = ["payments"]
+        doc["alerts"] = {
+            "channels": {"oncall": {"type": "slack", "channel": "C0ONCALL", "token": "xoxb-bot",
+                                    "base_url": slack_url}},
+            "policies": {"default": {"channels": ["oncall"], "failure_threshold": 1, "remind_every": "100ms"}},
+            "retry_delays": ["50ms"]}
+    elif alert_channel:  # a channel no policy uses: it shows on the dashboard only once it fails
         doc["alerts"] = {"channels": {"oncall": {"type": "slack", "channel": "C0ONCALL", "token": "xoxb-unused",
                                                  "base_url": "http://127.0.0.1:9/api/"}}}
     return doc
@@ -139,13 +149,15 @@ class RunningDaemon:
 
 @asynccontextmanager
 async def running_daemon(tmp_path: Path, *, api_token: str | None = None, extra_probe: bool = False,
-                         alert_channel: bool = False) -> AsyncIterator[RunningDaemon]:
+                         alert_channel: bool = False, slack_url: str | None = None, protect_reads: bool = False,
+                         public_status: bool = False) -> AsyncIterator[RunningDaemon]:
     """A started Daemon with the seeded history; stopped (cancelled) on exit."""
     target = Target()
     async with serve_routes([web.post("/webhook", target.webhook)]) as target_url:
         path = tmp_path / "suite.yaml"
         path.write_text(yaml.safe_dump(suite(target_url, api_token=api_token, extra_probe=extra_probe,
-                                             alert_channel=alert_channel)))
+                                             alert_channel=alert_channel, slack_url=slack_url,
+                                             protect_reads=protect_reads, public_status=public_status)))
         overrides = Overrides(listen="127.0.0.1:0", otlp_http="127.0.0.1:0", otlp_grpc="none",
                               store=f"sqlite:///{tmp_path / 'tc.db'}")
         ready = anyio.Event()

@@ -6,21 +6,21 @@ server-rendered pages agree on every number.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from tracecanary.assertions.spans import Span, Trace, group_traces, span_to_dict
 from tracecanary.assertions.verdict import Verdict
-from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
+from tracecanary.daemon.store.base import RunRecord, RunStatus
+from tracecanary.daemon.store.stats import DAY_NS, RANGES_NS, RunHead, RunStats
 from tracecanary.daemon.web.control import Control
 from tracecanary.daemon.web.schema import (
     FindingOut,
     HistoryItem,
+    ProbeState,
     ProbeStatus,
     RunDetail,
     RunSummary,
@@ -30,12 +30,11 @@ from tracecanary.daemon.web.schema import (
 )
 from tracecanary.probes.base import ProbeSpec
 
-DAY_NS = 86_400 * 10**9
 HISTORY_RUNS = 30
-WINDOW_RUNS = 500
 MAX_TREE_DEPTH = 64
-STATE_ORDER = {"failing": 0, "unknown": 1, "degraded": 2, "pending": 3, "ok": 4, "silenced": 5}
-"""Overview order; ``unknown``: the last final run got no spans from its services (shown "no telemetry")."""
+STATE_ORDER = {"failing": 0, "unknown": 1, "degraded": 2, "skipped": 3, "pending": 4, "ok": 5, "silenced": 6}
+"""Overview order; ``unknown``: the last final run got no spans from its services (shown "no telemetry");
+``skipped``: the last run was skipped, a ``requires:`` precondition unmet (its reason is shown)."""
 _SECRET_KEY = re.compile(
     r"(?i)(authorization|cookie|token|secret|password|passwd|api[-_]?key|signature|dsn|private)"
 )
@@ -84,14 +83,6 @@ def schedule_text(probe: ProbeSpec) -> str:
     return "manual"
 
 
-def p95(values: list[float]) -> float | None:
-    """Nearest-rank 95th percentile."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-
 async def silence_check(control: Control) -> Callable[[ProbeSpec], bool]:
     """A predicate: is the probe covered by an active silence now? (always False without alerting)."""
     if control.alerts is None:
@@ -100,9 +91,11 @@ async def silence_check(control: Control) -> Callable[[ProbeSpec], bool]:
     return lambda probe: any(s.matches_probe(probe.id, list(probe.tags)) for s in active)
 
 
-def _state(last_final: RunRecord | None, silenced: bool) -> str:
+def _state(last_final: RunHead | None, silenced: bool, last: RunRecord | None = None) -> ProbeState:
     if silenced:
         return "silenced"
+    if last is not None and last.status is RunStatus.SKIPPED:
+        return "skipped"
     if last_final is None or last_final.verdict is None:
         return "pending"
     if last_final.verdict is Verdict.PASS:
@@ -114,73 +107,74 @@ def _state(last_final: RunRecord | None, silenced: bool) -> str:
     return "failing"
 
 
-class RunWindows:
-    """Per-probe cache of the latest runs, re-read only when the newest run changed.
+def _range_ns(range_key: str) -> int:
+    if range_key not in RANGES_NS:
+        raise ValueError(f"unknown range {range_key!r} (one of {', '.join(RANGES_NS)})")
+    return RANGES_NS[range_key]
 
-    The overview refreshes every few seconds; re-reading 500 runs per probe each time would cost ~45 ms
-    per probe on SQLite. Asking for the newest run is cheap, and a window holding a running run is
-    never cached (its status is about to change).
-    """
+
+class Strips:
+    """The status strips built so far, per probe, reused while the probe's latest runs are the same
+    (15k small models for 500 probes were most of the overview's time). Bounded by the probe count."""
 
     def __init__(self, max_probes: int = 10_000) -> None:
-        self._cache: dict[str, tuple[tuple[str, str], list[RunRecord]]] = {}
-        self._max_probes = max_probes
+        self._built: dict[str, tuple[tuple[RunHead, ...], list[HistoryItem]]] = {}
+        self._max = max_probes
 
-    async def latest(self, store: Store, probe_id: str) -> list[RunRecord]:
-        head = await store.list_runs(probe_id, limit=1)
-        if not head:
-            self._cache.pop(probe_id, None)
-            return []
-        key = (head[0].run_id, str(head[0].status))
-        hit = self._cache.get(probe_id)
+    def strip(self, probe_id: str, heads: list[RunHead]) -> list[HistoryItem]:
+        key = tuple(heads)
+        hit = self._built.get(probe_id)
         if hit is not None and hit[0] == key:
             return hit[1]
-        runs = [
-            replace(r, response=None, trace_report=None, log="", side_effects=[], outputs={}, spans=[])
-            for r in await store.list_runs(probe_id, limit=WINDOW_RUNS)
-        ]
-        if all(r.status is not RunStatus.RUNNING for r in runs):
-            if len(self._cache) >= self._max_probes:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[probe_id] = (key, runs)
-        return runs
+        items = [HistoryItem.model_construct(run_id=h.run_id, verdict=h.verdict.value if h.verdict else None,
+                                             status=h.status.value, started_ns=h.started_ns) for h in heads]
+        if len(self._built) >= self._max:
+            self._built.pop(next(iter(self._built)))
+        self._built[probe_id] = (key, items)
+        return items
 
 
-async def probe_status(
-    control: Control, probe: ProbeSpec, now_ns: int | None = None, windows: RunWindows | None = None,
-    silenced_fn: Callable[[ProbeSpec], bool] | None = None,
-) -> ProbeStatus:
-    """One probe's overview row, from its latest runs in the store."""
-    now_ns = now_ns or time.time_ns()
-    runs = await (windows or RunWindows()).latest(control.store, probe.id)
-    judged = [r for r in runs if r.status is RunStatus.FINISHED and r.verdict is not None and r.final]
-    last_final = judged[0] if judged else None
-    day = [r for r in judged if r.started_ns >= now_ns - DAY_NS]
-    durations = [d for r in judged[:100] if (d := r.duration_s) is not None]
-    silenced = (silenced_fn or await silence_check(control))(probe)
-    nxt = control.next_run(probe.id)
+def _row(probe: ProbeSpec, heads: list[RunHead], history: list[HistoryItem], latest: RunRecord | None,
+         stats: RunStats, day: RunStats, silenced: bool, nxt: datetime | None, range_key: str,
+         now_ns: int) -> ProbeStatus:
+    last_final = next((h for h in heads if h.status is RunStatus.FINISHED and h.verdict is not None and h.final),
+                      None)
     return ProbeStatus(
         id=probe.id, kind=probe.kind, description=probe.description, tags=list(probe.tags),
-        paused=probe.pause, schedule=schedule_text(probe), state=_state(last_final, silenced),  # type: ignore[arg-type]
-        silenced=silenced, last_run=run_summary(runs[0]) if runs else None,
+        paused=probe.pause, schedule=schedule_text(probe), state=_state(last_final, silenced, latest),
+        silenced=silenced, last_run=run_summary(latest) if latest else None,
         last_verdict=str(last_final.verdict) if last_final else None,
         last_verdict_age_s=(now_ns - (last_final.finished_ns or last_final.started_ns)) / 1e9 if last_final else None,
         next_run=nxt.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z") if nxt else None,
-        success_ratio_24h=(sum(1 for r in day if r.verdict and r.verdict.ok) / len(day)) if day else None,
-        runs_24h=len(day), p95_duration_s=p95(durations),
-        history=[
-            HistoryItem(run_id=r.run_id, verdict=str(r.verdict) if r.verdict else None,
-                        status=str(r.status), started_ns=r.started_ns)
-            for r in runs[:HISTORY_RUNS]
-        ],
+        success_ratio_24h=day.uptime, runs_24h=day.runs, range=range_key, uptime=stats.uptime,
+        runs_in_range=stats.runs, p50_duration_s=stats.quantile_s(0.5), p95_duration_s=stats.quantile_s(0.95),
+        history=history,
     )
 
 
-async def probe_statuses(control: Control, windows: RunWindows | None = None) -> list[ProbeStatus]:
-    """Every probe, failing first, then unknown, degraded, pending, ok, silenced (config order within a state)."""
-    now_ns = time.time_ns()
+async def probe_statuses(control: Control, range_key: str = "24h", probes: list[ProbeSpec] | None = None,
+                         now_ns: int | None = None, strips: Strips | None = None) -> list[ProbeStatus]:
+    """Every probe (or ``probes``), failing first, then unknown, degraded, pending, ok, silenced (config order
+    within a state), with uptime and percentiles over ``range_key`` (``1h`` | ``24h`` | ``7d`` | ``30d``).
+
+    A fixed number of store reads whatever the probe count: the strip's runs, the newest runs, and the
+    aggregates over the range (and over 24 h) from the store's rollups."""
+    span_ns = _range_ns(range_key)
+    now_ns = now_ns or time.time_ns()
+    specs = control.probes() if probes is None else probes
+    ids = [p.id for p in specs]
+    store = control.store
+    heads = await store.recent_runs(ids, limit=HISTORY_RUNS)
+    latest = await store.latest_runs(ids)
+    stats = await store.run_stats(now_ns - span_ns, now_ns)
+    day = stats if span_ns == DAY_NS else await store.run_stats(now_ns - DAY_NS, now_ns)
     silenced_fn = await silence_check(control)
-    rows = [await probe_status(control, p, now_ns, windows, silenced_fn) for p in control.probes()]
+    strips = strips or Strips()
+    rows = [
+        _row(p, heads.get(p.id, []), strips.strip(p.id, heads.get(p.id, [])), latest.get(p.id), stats.get((p.id, 0), RunStats()),
+             day.get((p.id, 0), RunStats()), silenced_fn(p), control.next_run(p.id), range_key, now_ns)
+        for p in specs
+    ]
     return sorted(rows, key=lambda r: STATE_ORDER[r.state])
 
 

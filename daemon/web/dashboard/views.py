@@ -1,87 +1,44 @@
 """Server-rendered dashboard: overview, probe page, run page with the trace waterfall, live updates (SSE).
 
-Jinja2 templates and static files ship in this package; nothing to build. The pages read the same
-summaries as the JSON API (``summary.py``); "run again" POSTs to ``/api/probes/{id}/run``.
+Jinja2 templates and static files ship in this package; nothing to build, nothing fetched at run time.
+The pages read the same summaries as the JSON API (``summary.py``); "run again" POSTs to
+``/api/probes/{id}/run``. The incidents and silences pages are ``console.py``; badges and the status
+page ``public.py``; what every page shares ``pages.py``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
-from datetime import UTC, datetime
-from pathlib import Path
+from functools import partial
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 import anyio
-import jinja2
 from aiohttp import web
 
 from tracecanary.daemon.alerts.delivery import ChannelHealth
 from tracecanary.daemon.store.base import RunRecord, RunStatus
-from tracecanary.daemon.web.api import AUTH_COOKIE, ApiAuth, Handler
+from tracecanary.daemon.store.stats import RANGES_NS
+from tracecanary.daemon.web.api import AUTH_COOKIE, ApiAuth
 from tracecanary.daemon.web.control import Control
-from tracecanary.daemon.web.dashboard.summary import (
-    STATE_ORDER,
-    RunWindows,
-    fmt_age,
-    iso_ns,
-    probe_status,
-    probe_statuses,
-    redact,
-    run_summary,
-)
+from tracecanary.daemon.web.dashboard import charts
+from tracecanary.daemon.web.dashboard.console import Console
+from tracecanary.daemon.web.dashboard.pages import HERE, Pages, StripHtml
+from tracecanary.daemon.web.dashboard.passive import passive_page
+from tracecanary.daemon.web.dashboard.public import Public
+from tracecanary.daemon.web.dashboard.summary import STATE_ORDER, Strips, probe_statuses, redact, run_summary
 from tracecanary.daemon.web.dashboard.waterfall import build_waterfall
+from tracecanary.daemon.web.schema import ProbeStatus
 
-log = logging.getLogger("tracecanary.dashboard")
-HERE = Path(__file__).parent
-RUNS_ON_PROBE_PAGE = 100
+RUNS_PER_PAGE = 50
 CHART_W, CHART_H = 720, 160
 RUN_APPEAR_S = 10.0
 """How long the live stream waits for a just-fired run to be recorded before answering 404."""
-LABELS = {"unknown": "no telemetry"}
-"""How a state or verdict reads on the pages when its value alone would mislead."""
-
-
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-    )
-    env.filters["age"] = fmt_age
-    env.filters["iso_ns"] = iso_ns
-    env.filters["pretty"] = _pretty
-    env.filters["until"] = _until
-    env.filters["label"] = lambda v: LABELS.get(v, v)
-    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
-    env.filters["secs"] = lambda v: "–" if v is None else (f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s")
-    return env
-
-
-def _pretty(value: Any) -> str:
-    """Strings as they are, lists of strings one per line, anything else as indented JSON."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return "\n".join(value)
-    return json.dumps(value, indent=2, sort_keys=True, default=str)
-
-
-def _until(iso: str | None) -> str:
-    """``in 42s`` for an ISO time in the future (``due`` when past, ``–`` for none)."""
-    if not iso:
-        return "–"
-    try:
-        when = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-    except ValueError:
-        return iso
-    left = (when - datetime.now(UTC)).total_seconds()
-    return f"in {fmt_age(left)}" if left > 0 else "due"
+FILTERS = ("range", "tag", "kind", "state", "q")
 
 
 def duration_chart(runs: list[RunRecord]) -> dict[str, Any]:
-    """Bars of run durations, oldest left, colored by verdict, for an inline SVG."""
+    """Bars of run durations (the runs of this history page), oldest left, colored by verdict."""
     done = [r for r in reversed(runs) if r.duration_s is not None]
     top = max((r.duration_s or 0.0 for r in done), default=0.0) or 1.0
     step = CHART_W / max(len(done), 1)
@@ -95,40 +52,44 @@ def duration_chart(runs: list[RunRecord]) -> dict[str, Any]:
     return {"w": CHART_W, "h": CHART_H, "bars": bars, "top": f"{top * 1000:.0f} ms" if top < 1 else f"{top:.2f} s"}
 
 
-class Dashboard:
+def range_of(request: web.Request) -> str:
+    value = request.query.get("range", "24h")
+    if value not in RANGES_NS:
+        raise web.HTTPBadRequest(text=f"unknown range {value!r} (one of {', '.join(RANGES_NS)})")
+    return value
+
+
+def matches(row: ProbeStatus, tag: str, kind: str, state: str, q: str) -> bool:
+    """The overview's filters: tag, kind and state exactly; ``q`` a case-insensitive part of the id."""
+    return ((not tag or tag in row.tags) and (not kind or row.kind == kind) and (not state or row.state == state)
+            and (not q or q.lower() in row.id.lower()))
+
+
+class Dashboard(Pages):
     def __init__(self, control: Control, *, auth: ApiAuth, live_poll_s: float, live_max_s: float) -> None:
-        self.control = control
-        self.auth = auth
-        self.windows = RunWindows()
-        self.env = _env()
+        super().__init__(control, auth)
         self.live_poll_s = live_poll_s
         self.live_max_s = live_max_s
-
-    def html(self, name: str, **ctx: Any) -> str:
-        """A rendered template with the config's secrets masked (in their HTML-escaped forms too)."""
-        membership = self.control.membership
-        cluster = {"mode": membership.mode, "role": membership.role.value, "member": membership.member_id}
-        return self.control.secrets().mask_text(self.env.get_template(name).render(cluster=cluster, **ctx))
-
-    def render(self, name: str, **ctx: Any) -> web.Response:
-        return web.Response(text=self.html(name, **ctx), content_type="text/html")
+        self.strips = Strips()
+        self.strip_html = StripHtml()
 
     async def overview(self, request: web.Request) -> web.Response:
-        rows = await probe_statuses(self.control, self.windows)
-        counts = {s: sum(1 for r in rows if r.state == s) for s in STATE_ORDER}
-        demo = self.control.demo
-        return self.render("overview.html", probes=rows, counts=counts, now_ns=time.time_ns(),
-                           channels=await self._failing_channels(),
-                           chaos=demo.chaos_state() if demo is not None else None)
+        range_key = range_of(request)
+        rows = await probe_statuses(self.control, range_key, strips=self.strips)
+        f = {k: request.query.get(k, "").strip() for k in ("tag", "kind", "state", "q")}
+        shown = [r for r in rows if matches(r, **f)]
+        current = {k: v for k, v in {"range": range_key, **f}.items() if v}
 
-    async def incidents(self, request: web.Request) -> web.Response:
-        """Open probe incidents, incidents about tracecanary itself, channel health (alert links land here)."""
-        alerts = self.control.alerts
-        if alerts is None:
-            return self.render("incidents.html", enabled=False, incidents=[], system=[], channels=[])
-        overview = await alerts.list_alerts(limit=1)
-        return self.render("incidents.html", enabled=True, incidents=overview.incidents,
-                           system=alerts.system_incidents(), channels=await alerts.channel_health())
+        def link(**changes: str) -> str:
+            return "/?" + urlencode({k: v for k, v in {**current, **changes}.items() if v and k in FILTERS})
+
+        demo = self.control.demo
+        return self.render(
+            "overview.html", probes=shown, total=len(rows), f=f, range=range_key, ranges=list(RANGES_NS),
+            counts={s: sum(1 for r in rows if r.state == s) for s in STATE_ORDER}, link=link,
+            tags=sorted({t for r in rows for t in r.tags}), kinds=sorted({r.kind for r in rows}),
+            states=list(STATE_ORDER), strip=self.strip_html, role=self.control.cluster_role(), now_ns=time.time_ns(),
+            channels=await self._failing_channels(), chaos=demo.chaos_state() if demo is not None else None)
 
     async def _failing_channels(self) -> list[ChannelHealth]:
         """Alert channels that keep failing (expired token, deleted channel …), from the alert manager."""
@@ -141,11 +102,26 @@ class Dashboard:
         spec = next((p for p in self.control.probes() if p.id == pid), None)
         if spec is None:
             raise web.HTTPNotFound(text=f"unknown probe {pid}")
-        status = await probe_status(self.control, spec, windows=self.windows)
-        runs = await self.control.store.list_runs(pid, limit=RUNS_ON_PROBE_PAGE)
+        range_key = range_of(request)
+        try:
+            before = int(request.query["before"]) if request.query.get("before") else None
+        except ValueError:
+            raise web.HTTPBadRequest(text="before must be an integer (a run's started_ns)") from None
+        now_ns = time.time_ns()
+        status = (await probe_statuses(self.control, range_key, probes=[spec], now_ns=now_ns))[0]
+        win = charts.window(range_key, now_ns)
+        stats = await self.control.store.run_stats(win.since_ns, now_ns, probe_id=pid, bucket_ns=win.bucket_ns)
+        buckets = {k: s for (_, k), s in stats.items()}
+        runs = await self.control.store.list_runs(pid, limit=RUNS_PER_PAGE, before_ns=before)
+        alerts = self.control.alerts
+        incidents = await alerts.incidents(probe_id=pid) if alerts is not None else []
         shown = self.control.secrets().mask(spec.model_dump(mode="json", exclude_none=True))
-        return self.render("probe.html", probe=status, spec=redact(shown),
-                           runs=[run_summary(r) for r in runs], chart=duration_chart(runs))
+        return self.render(
+            "probe.html", probe=status, spec=redact(shown), range=range_key, ranges=list(RANGES_NS),
+            runs=[run_summary(r) for r in runs], chart=duration_chart(runs), before=before,
+            older=runs[-1].started_ns if len(runs) == RUNS_PER_PAGE else None,
+            uptime_chart=charts.uptime_chart(buckets, win), latency_chart=charts.latency_chart(buckets, win),
+            incidents=incidents, alerting=alerts is not None)
 
     async def _run_view(self, run_id: str, appear_s: float = 0.0) -> dict[str, Any]:
         """The run page's data; waits up to ``appear_s`` for a just-fired run to be recorded."""
@@ -159,12 +135,13 @@ class Dashboard:
         if live and not spans:
             spans = list(self.control.live_spans(run.trace_id))
         links = dict(run.links) or dict(self.control.links_for(run.trace_id, run.run_id, run.probe_id))
+        wf = build_waterfall(spans, run.trace_report, run.trace_id)
         return {
             "run": run_summary(run), "findings": run.findings, "live": live,
             "response": redact(run.response) if run.response is not None else None,
             "side_effects": redact(list(run.side_effects)), "outputs": redact(dict(run.outputs)),
-            "links": links, "log": run.log, "report": run.trace_report,
-            "wf": build_waterfall(spans, run.trace_report, run.trace_id), "span_count": len(spans),
+            "links": links, "log": run.log, "report": run.trace_report, "wf": wf, "span_count": len(spans),
+            "span_rows": {r.span_id for r in wf.rows if r.kind == "span"},
         }
 
     async def run(self, request: web.Request) -> web.Response:
@@ -183,8 +160,7 @@ class Dashboard:
                 view = await self._run_view(run_id)
             if view["span_count"] != last:
                 last = view["span_count"]
-                html = self.html("_waterfall.html", **view)
-                await resp.write(_sse("waterfall", html))
+                await resp.write(_sse("waterfall", self.html("_waterfall.html", **view)))
             if not view["live"]:
                 await resp.write(_sse("done", view["run"].verdict or view["run"].status))
                 break
@@ -200,18 +176,6 @@ class Dashboard:
         await demo.set_fault(str(form.get("fault", "")) or None)
         raise web.HTTPSeeOther("/")
 
-
-    def guard(self, handler: Handler) -> Handler:
-        """With ``read_token_required``, pages need the login cookie (or a bearer token)."""
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            if self.auth.read_token_required and not self.auth.allowed(request, cookie_ok=True):
-                if request.path.endswith("/live"):
-                    raise web.HTTPUnauthorized(text="log in first")
-                raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs)}")
-            return await handler(request)
-
-        return guarded
-
     async def login_form(self, request: web.Request) -> web.Response:
         return self.render("login.html", next=_safe_next(request.query.get("next")), error="")
 
@@ -219,9 +183,7 @@ class Dashboard:
         form = await request.post()
         nxt = _safe_next(str(form.get("next", "/")))
         if not self.auth.matches(str(form.get("token", ""))):
-            resp = self.render("login.html", next=nxt, error="wrong token")
-            resp.set_status(401)
-            return resp
+            return self.render("login.html", status=401, next=nxt, error="wrong token")
         resp = web.HTTPSeeOther(nxt)
         resp.set_cookie(AUTH_COOKIE, str(form["token"]), httponly=True, samesite="Strict", path="/")
         raise resp
@@ -243,19 +205,23 @@ def dashboard_routes(
     control: Control, *, api_token: str | None = None, read_token_required: bool = False,
     live_poll_s: float = 0.25, live_max_s: float = 600.0, auth: ApiAuth | None = None,
 ) -> list[web.AbstractRouteDef]:
-    """The dashboard's pages, its SSE stream, its login form and its static files.
+    """The dashboard's pages, its SSE stream, its forms, badges, its login form and its static files.
 
     With ``read_token_required`` (and a token) every page asks for the API token once (login form,
-    HttpOnly SameSite=Strict cookie); otherwise the pages are open like the API's reads.
+    HttpOnly SameSite=Strict cookie), except badges and /status under ``daemon.public_status``;
+    otherwise the pages are open like the API's reads. Form writes need the token when one is set.
     """
-    d = Dashboard(control, auth=auth or ApiAuth(api_token, read_token_required), live_poll_s=live_poll_s,
-                  live_max_s=live_max_s)
+    auth = auth or ApiAuth(api_token, read_token_required)
+    d = Dashboard(control, auth=auth, live_poll_s=live_poll_s, live_max_s=live_max_s)
+    console, public = Console(control, auth, d.env), Public(control, auth, d.env)
     return [
         web.get("/", d.guard(d.overview)),
         web.get("/probes/{probe_id}", d.guard(d.probe)),
+        web.get("/probes/{probe_id}/passive", d.guard(partial(passive_page, d))),
         web.get("/runs/{run_id}", d.guard(d.run)),
         web.get("/runs/{run_id}/live", d.guard(d.run_live)),
-        web.get("/incidents", d.guard(d.incidents)),
+        *console.routes(),
+        *public.routes(),
         web.post("/demo/chaos", d.guard(d.chaos)),
         web.get("/login", d.login_form),
         web.post("/login", d.login),

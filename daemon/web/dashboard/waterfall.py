@@ -16,6 +16,9 @@ from typing import Any
 from tracecanary.assertions.spans import Span, SpanKind, StatusCode, Trace, group_traces
 
 MAX_ROWS = 2000
+MAX_ITEMS = 100
+"""Attributes, events and links shown per span in the inspector."""
+_STATUS = {StatusCode.ERROR: "error", StatusCode.OK: "ok"}
 _KIND = {SpanKind.SERVER: "server", SpanKind.CLIENT: "client", SpanKind.PRODUCER: "producer",
          SpanKind.CONSUMER: "consumer", SpanKind.INTERNAL: "internal", SpanKind.UNSPECIFIED: ""}
 
@@ -38,6 +41,8 @@ class Row:
     note: str = ""
     path: str = ""
     attributes: dict[str, Any] = field(default_factory=dict)
+    inspect: dict[str, Any] = field(default_factory=dict)
+    """What the span inspector shows: ids, timing, status message, attributes, resource, events, links."""
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Waterfall:
     missing: int
     unexpected: int
     truncated: bool
+    errors: int = 0
+    """Spans whose status is ERROR."""
 
 
 def fmt_ms(ns: int) -> str:
@@ -62,10 +69,8 @@ class _Builder:
     def __init__(self, spans: list[Span], report: dict[str, Any] | None) -> None:
         report = report or {}
         self.t0 = min((s.start_ns for s in spans), default=0)
-        # The axis ends with the system's last span: the probe's root span lasts the whole run (up to
-        # the deadline on a miss) and would squash everything else; its bar is clipped at the edge.
-        system = [s for s in spans if not (s.service == "tracecanary" and s.parent_span_id is None)]
-        self.span_ns = max(1, max((s.end_ns for s in (system or spans)), default=0) - self.t0)
+        # The axis ends with the last span to end, the probe's root included: every bar fits.
+        self.span_ns = max(1, max((s.end_ns for s in spans), default=0) - self.t0)
         nodes = report.get("nodes") or {}
         self.matched: dict[str, str] = {sid: path for path, sid in nodes.items() if isinstance(sid, str)}
         self.unexpected = {u if isinstance(u, str) else u.get("span_id", "") for u in report.get("unexpected") or []}
@@ -73,6 +78,8 @@ class _Builder:
         for m in report.get("missing") or []:
             if m.get("reason", "trace.missing") in ("trace.missing", "trace.count"):
                 self.ghosts_under.setdefault(m.get("under"), []).append(m)
+        self.forbidden = {str(f.get("observed")) for f in report.get("findings") or []
+                          if isinstance(f, dict) and f.get("type") == "trace.forbid"}
         self.by_id = {s.span_id: s for s in spans}
         self.rows: list[Row] = []
 
@@ -87,9 +94,11 @@ class _Builder:
         # the probe's own spans (service tracecanary) are the trigger, never "unexpected"
         unexpected = s.span_id in self.unexpected and s.service != "tracecanary"
         mark = "matched" if s.span_id in self.matched else "unexpected" if unexpected else ""
+        if s.span_id in self.forbidden:
+            mark = "forbidden"
         if orphan and not mark:
             mark = "orphan"
-        status = "error" if s.status_code is StatusCode.ERROR else "ok" if s.status_code is StatusCode.OK else "unset"
+        status = _STATUS.get(s.status_code, "unset")
         note = s.status_message
         if orphan:
             note = (note + " " if note else "") + f"parent {s.parent_span_id} not in trace"
@@ -98,8 +107,21 @@ class _Builder:
             span_id=s.span_id, left_pct=self.pct(s.start_ns),
             width_pct=self.width(s.start_ns, s.duration_ns), duration=fmt_ms(s.duration_ns),
             status=status, mark=mark, note=note, path=self.matched.get(s.span_id, ""),
-            attributes={k: v for k, v in list(s.attributes.items())[:20]},
+            attributes={k: v for k, v in list(s.attributes.items())[:20]}, inspect=self.inspect(s),
         )
+
+    def inspect(self, s: Span) -> dict[str, Any]:
+        return {
+            "trace_id": s.trace_id, "span_id": s.span_id, "parent_span_id": s.parent_span_id or "",
+            "scope": s.scope, "start": "+" + fmt_ms(s.start_ns - self.t0), "duration": fmt_ms(s.duration_ns),
+            "status": _STATUS.get(s.status_code, "unset"), "status_message": s.status_message,
+            "attributes": dict(list(s.attributes.items())[:MAX_ITEMS]),
+            "resource": dict(list(s.resource.items())[:MAX_ITEMS]),
+            "events": [{"name": e.name, "at": "+" + fmt_ms(e.time_ns - self.t0),
+                        "attributes": dict(list(e.attributes.items())[:MAX_ITEMS])} for e in s.events[:MAX_ITEMS]],
+            "links": [{"trace_id": ln.trace_id, "span_id": ln.span_id, "here": ln.span_id in self.by_id,
+                       "attributes": dict(list(ln.attributes.items())[:MAX_ITEMS])} for ln in s.links[:MAX_ITEMS]],
+        }
 
     def ghost_rows(self, under: str | None, depth: int, parent: Span | None) -> None:
         for m in self.ghosts_under.pop(under, []):
@@ -157,5 +179,5 @@ def build_waterfall(spans: list[Span], report: dict[str, Any] | None, main_trace
         matched=sum(1 for r in b.rows if r.mark == "matched"),
         missing=sum(1 for r in b.rows if r.kind == "ghost"),
         unexpected=sum(1 for r in b.rows if r.mark == "unexpected"),
-        truncated=len(b.rows) >= MAX_ROWS,
+        truncated=len(b.rows) >= MAX_ROWS, errors=sum(1 for r in b.rows if r.status == "error"),
     )

@@ -20,7 +20,7 @@ async def test_failing_probe_shows_missing_node_in_waterfall(site: Site, browser
     assert await first.get_attribute("data-probe") == "shop-webhook"
     assert "failing" in (await first.locator(".badge").inner_text())
     await first.locator("a", has_text="shop-webhook").click()
-    await page.wait_for_url("**/probes/shop-webhook")
+    await page.wait_for_url("**/probes/shop-webhook?range=24h")
     assert await page.locator("#duration-chart rect.bar").count() == 12
     await page.locator("table.runs tbody tr").first.locator("a").click()
     await page.wait_for_url("**/runs/*")

@@ -43,7 +43,7 @@ async def test_run_page_waterfall_with_ghost_under_its_parent(site: Site) -> Non
     runs = await site.control.store.list_runs("shop-webhook", limit=1)
     html = await _get(f"{site.base}/runs/{runs[0].run_id}")
     names = re.findall(r'class="wf-row wf-(span|ghost)[^"]*"[^>]*>\s*<div class="wf-label"[^>]*>\s*'
-                       r'<span class="mark">[^<]*</span>\s*<span class="name">([^<]+)</span>', html)
+                       r'<span class="mark">[^<]*</span>\s*<(?:a|span) class="name"[^>]*>([^<]+)</', html)
     assert [n for _, n in names] == [
         "tracecanary probe shop-webhook", "POST /webhook", "validate-payload", "data-enrichment",
         "fetch-market-data", 'span &#34;fetch-gex-data&#34;', "orders publish", "orders process", "chat.postMessage",

@@ -56,7 +56,19 @@ document.addEventListener("click", (ev) => {
   if (b) { ev.preventDefault(); fireProbe(b.dataset.probe, b); }
 });
 
+// Forms that write carry the API token (a password field, works without JS); remember it for this browser.
+function rememberToken() {
+  const known = localStorage.getItem("tracecanary_token");
+  document.querySelectorAll("input.token").forEach((input) => {
+    if (known && !input.value) input.value = known;
+    input.form.addEventListener("submit", () => {
+      if (input.value) localStorage.setItem("tracecanary_token", input.value);
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  rememberToken();
   const live = document.querySelector("#wf-container[data-live]");
   if (live) followLive(live);
   const table = document.querySelector("#probes[data-refresh]");

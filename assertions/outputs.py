@@ -1,0 +1,23 @@
+"""Tracetest-style outputs: values kept from a judged trace (``expect.trace.outputs``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tracecanary.assertions.expect import TraceOutput
+from tracecanary.assertions.selectors import select, span_value
+from tracecanary.assertions.spans import Span
+
+
+def trace_outputs(outputs: Sequence[TraceOutput], spans: Sequence[Span]) -> dict[str, Any]:
+    """NAME → value for each output found: the first selected span (by start time) carrying the attribute.
+    An output no span provides is left out (the run records what it saw; a missing value is no failure)."""
+    found: dict[str, Any] = {}
+    for out in outputs:
+        for span in select(out.selector, spans):
+            present, value = span_value(span, out.key)
+            if present:
+                found[out.name] = value[1] if isinstance(value, tuple) and value[:1] == ("duration",) else value
+                break
+    return found
