@@ -27,6 +27,7 @@ import anyio
 from aiohttp import web
 
 from tracecanary.assertions.spans import Span
+from tracecanary.daemon.cluster.membership import SingleMembership
 from tracecanary.daemon.config.secrets import Secrets
 from tracecanary.daemon.store.base import Store
 from tracecanary.daemon.store.sqlite import sqlite_path
@@ -49,6 +50,7 @@ class BenchControl:
         self.demo: DemoControl | None = None
         self._probes = probes
         self.public_status = False
+        self.membership = SingleMembership()
 
     def probes(self) -> list[ProbeSpec]:
         return self._probes
@@ -67,6 +69,9 @@ class BenchControl:
 
     def links_for(self, trace_id: str, run_id: str, probe_id: str) -> dict[str, str]:
         return {}
+
+    def passive(self, probe_id: str) -> None:
+        return None
 
     def cluster_role(self) -> str | None:
         return None

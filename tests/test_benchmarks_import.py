@@ -23,3 +23,21 @@ def test_benchmark_imports(script: Path) -> None:
     finally:
         del sys.modules[spec.name]
     assert callable(getattr(module, "main", None)), f"{script.name}: no main()"
+
+
+def test_the_console_benchmark_control_has_every_member_of_control() -> None:
+    """benchmarks/console.py stands in for the daemon's Control; a member added to the protocol must reach it
+    (mypy does not check benchmarks/; CI's --quick run found a missing one only after the whole suite)."""
+    from tracecanary.daemon.web.control import Control
+
+    spec = importlib.util.spec_from_file_location("benchmark_console_control", BENCHMARKS[0].parent / "console.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    wanted = {name for name in vars(Control) if not name.startswith("_")}
+    control = module.BenchControl(store=None, probes=[])
+    assert wanted - set(dir(control)) == set()
