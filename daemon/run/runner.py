@@ -15,7 +15,6 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
 
 import aiohttp
 import anyio
@@ -25,30 +24,25 @@ from opentelemetry.trace import Span as OtelSpan
 from opentelemetry.trace import Status, Tracer
 from opentelemetry.trace import StatusCode as OtelStatus
 
-from tracecanary.assertions.metrics import MetricCheck
 from tracecanary.assertions.response import judge_response
-from tracecanary.assertions.side_effects import SideEffect
 from tracecanary.assertions.spans import Span, SpanKind, StatusCode
-from tracecanary.assertions.telemetry import no_telemetry
 from tracecanary.assertions.verdict import Finding, Verdict, verdict_of
 from tracecanary.daemon.config.links import LinkRenderer
 from tracecanary.daemon.config.secrets import Secrets
+from tracecanary.daemon.run.expectations import await_expectations, internal_error
 from tracecanary.daemon.run.hooks import RunHook
 from tracecanary.daemon.run.ids import minting, new_run_id
-from tracecanary.daemon.run.judge import TraceOutcome, watch_trace
-from tracecanary.daemon.run.preflight import BeforeTrigger, before_trigger
+from tracecanary.daemon.run.preflight import before_trigger
 from tracecanary.daemon.run.retries import SHUTDOWN_REASON, RetryWaits
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.pull import PullSource
 from tracecanary.daemon.spans.sentry import SentryTraceSource
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store, StoreFault
-from tracecanary.daemon.watchers.base import Services, WatchContext
-from tracecanary.daemon.watchers.metrics import Baseline, watch_metrics
-from tracecanary.daemon.watchers.registry import WATCHERS
+from tracecanary.daemon.watchers.base import Services
 from tracecanary.errors import ProbeError
 from tracecanary.integrations import Integrations
 from tracecanary.probes.base import FireResult, ProbeContext, ProbeResources, ProbeSpec, RunLog, TraceContext
-from tracecanary.probes.templating import Templates, render_spec
+from tracecanary.probes.templating import Templates
 
 log = logging.getLogger("tracecanary.runner")
 
@@ -318,104 +312,7 @@ class Runner:
         if any(f.severity is Verdict.ERROR for f in run.findings) or not probe.judges_run:
             return
         run.findings.extend(judge_response(probe.expect.response, run.response))
-        await self._expectations(probe, ctx, run, root, pre)
-
-    async def _expectations(self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, root: Span,
-                            pre: BeforeTrigger) -> None:
-        outcome: list[TraceOutcome] = []
-        effects: list[tuple[int, SideEffect, list[Finding], list[Any]]] = []
-        metrics: list[tuple[int, list[Finding]]] = []
-
-        async def trace_task() -> None:
-            assert probe.expect.trace is not None
-            with self._self_span(ctx, "tracecanary judge trace", source=probe.expect.trace.source) as span:
-                try:
-                    outcome.append(await watch_trace(
-                        probe.expect.trace, ctx, self.deps.buffer, root, sentry_source=self.deps.sentry_source,
-                        on_correlation=self.deps.announce_correlation,
-                        pull_sources=self.deps.pull_sources,
-                    ))
-                except Exception as e:
-                    outcome.append(TraceOutcome([internal_error("expect.trace", e, probe.id, run.run_id)], None))
-                if span is not None:
-                    span.set_attribute("tracecanary.findings", len(outcome[0].findings))
-                    span.set_attribute("tracecanary.spans", len(outcome[0].spans))
-
-        async def effect_task(i: int, effect: SideEffect) -> None:
-            watcher = WATCHERS.get(effect.kind)
-            if watcher is None:
-                effects.append((i, effect, [Finding(
-                    type="error", severity=Verdict.ERROR, path=f"expect.side_effects[{i}]",
-                    message=f"no watcher for side effect {effect.kind!r}",
-                )], []))
-                return
-            try:
-                # Every string of the effect (matchers too) is rendered per run here, once, like the request.
-                spec = render_spec(effect.spec, ctx.render)
-            except ProbeError as e:
-                effects.append((i, effect, [Finding(
-                    type="error", severity=Verdict.ERROR, path=f"expect.side_effects[{i}].{effect.kind}",
-                    message=f"side effect {effect.kind}: bad template: {e}",
-                )], []))
-                return
-            wctx = WatchContext(probe=ctx, services=self.deps.services, outputs=run.outputs,
-                                poll_interval_s=self.deps.poll_interval_s)
-            with self._self_span(ctx, f"tracecanary watch {effect.kind}", index=i):
-                try:
-                    found = await watcher(spec, wctx)
-                except Exception as e:
-                    found = [internal_error(f"expect.side_effects[{i}]", e, probe.id, run.run_id)]
-            effects.append((i, effect, [f if f.path else f.model_copy(update={"path": f"expect.side_effects[{i}]"})
-                                        for f in found], wctx.observed))
-
-        async def metrics_task(i: int, check: MetricCheck, baseline: Baseline | None) -> None:
-            wctx = WatchContext(probe=ctx, services=self.deps.services, outputs=run.outputs,
-                                poll_interval_s=self.deps.poll_interval_s)
-            with self._self_span(ctx, "tracecanary watch metrics", index=i):
-                try:
-                    metrics.append((i, await watch_metrics(check, wctx, baseline, path=f"expect.metrics[{i}]")))
-                except Exception as e:
-                    metrics.append((i, [internal_error(f"expect.metrics[{i}]", e, probe.id, run.run_id)]))
-
-        if not probe.expect.side_effects and not pre.metrics:  # the trace alone: no task group (a task less)
-            if probe.expect.trace is not None:
-                await trace_task()
-        else:
-            async with anyio.create_task_group() as tg:
-                if probe.expect.trace is not None:
-                    tg.start_soon(trace_task)
-                for i, effect in enumerate(probe.expect.side_effects):
-                    tg.start_soon(effect_task, i, effect)
-                for i, check, baseline in pre.metrics:
-                    tg.start_soon(metrics_task, i, check, baseline)
-        if outcome:
-            run.findings.extend(outcome[0].findings)
-            run.trace_report = outcome[0].report
-            run.spans = outcome[0].spans
-            run.span_count = len(outcome[0].spans)
-            run.time_to_verdict_s = outcome[0].time_to_verdict_s
-            if outcome[0].outputs:  # {{ outputs.NAME }} from here on (teardown); kept on the run
-                ctx.outputs.update(outcome[0].outputs)
-                run.outputs["trace"] = dict(outcome[0].outputs)
-        for i, effect, found, seen in sorted(effects, key=lambda t: t[0]):
-            run.findings.extend(found)
-            run.side_effects.append({"index": i, "kind": effect.kind, "findings": [f.message for f in found],
-                                     "observed": seen})
-        run.findings.extend(f for _, found in sorted(metrics, key=lambda t: t[0]) for f in found)
-        if outcome and outcome[0].silence is not None:  # every finding is in: unknown, or the fail stands
-            run.findings = no_telemetry(run.findings, outcome[0].silence)
-
-    @contextmanager
-    def _self_span(self, ctx: ProbeContext, name: str, **attributes: str | int) -> Iterator[OtelSpan | None]:
-        """A span of the daemon's own work under the probe's root span (exported, never judged)."""
-        tracer = self.deps.self_tracer
-        if tracer is None or ctx.root_span is None:
-            yield None
-            return
-        parent = otel_trace.set_span_in_context(ctx.root_span)
-        attrs = {f"tracecanary.{k}": v for k, v in attributes.items()}
-        with tracer.start_as_current_span(name, context=parent, attributes=attrs) as span:
-            yield span
+        await await_expectations(self.deps, probe, ctx, run, root, pre)
 
     async def _finish(
         self, probe: ProbeSpec, ctx: ProbeContext, run: RunRecord, runlog: RunLog, last_attempt: bool,
@@ -468,19 +365,6 @@ class Runner:
             except Exception:
                 log.exception("hook %s failed hook=%s run_id=%s", call.__name__, type(hook).__name__,
                               run.run_id)
-
-
-def internal_error(path: str, exc: Exception, probe_id: str, run_id: str) -> Finding:
-    """An unexpected exception becomes an ``error`` finding; it is logged and reported to Sentry."""
-    log.error("internal error path=%s probe=%s run_id=%s", path, probe_id, run_id, exc_info=exc)
-    try:
-        from tracecanary.daemon.observe.sentry import capture_daemon_exception
-
-        capture_daemon_exception(exc, probe_id, run_id)
-    except Exception:
-        log.debug("sentry capture failed", exc_info=True)
-    return Finding(type="error.internal", severity=Verdict.ERROR, path=path,
-                   message=f"internal error: {type(exc).__name__}: {exc}")
 
 
 def selected(probes: Sequence[ProbeSpec], globs: Sequence[str]) -> list[ProbeSpec]:
