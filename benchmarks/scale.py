@@ -17,6 +17,12 @@ Failover: kill -9 of one of 3 members → seconds until every probe it fired has
 
     python benchmarks/scale.py            # 120 probes, 20 s windows, session timeout 10s
     python benchmarks/scale.py --quick    # 30 probes, 6 s windows, session timeout 6s (CI)
+    python benchmarks/scale.py --costs    # only the per-id / per-message costs (no broker, no daemons)
+
+Also printed: the trace filter's cost per span message of foreign traffic (traces nobody minted, the
+bulk of a member's partitions) without passive probes (skipped by key) and with one passive probe that
+samples 1% or 100% of it (kept traces go into the buffer and the passive judge's routing; the judging
+itself is ``benchmarks/passive.py``'s figure).
 """
 
 from __future__ import annotations
@@ -35,9 +41,15 @@ import aiohttp
 from aiohttp import web
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tracecanary.assertions.spans import Span, SpanKind
+from tracecanary.daemon.cluster.kafka_filter import TraceFilter
 from tracecanary.daemon.cluster.partitioner import TraceIdMinter
+from tracecanary.daemon.run.passive import PassiveJudge
+from tracecanary.daemon.spans.buffer import TraceBuffer
+from tracecanary.daemon.spans.otlp_encode import encode_request
 from tracecanary.demo.broker import TansuBroker, free_port, start_tansu
 from tracecanary.demo.pgcluster import FAST_SETTINGS, PgCluster, start_postgres
+from tracecanary.probes.passive import PassiveProbe
 
 SPANS_PARTITIONS = 6
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -181,8 +193,43 @@ def mint_cost(n_ids: int) -> list[str]:
     return out
 
 
+def _foreign_messages(n: int) -> list[tuple[bytes, bytes]]:
+    """Real traffic as the Collector's kafka exporter writes it: (hex trace id key, 3-span OTLP message)."""
+    out = []
+    for _ in range(n):
+        tid, root, now = os.urandom(16).hex(), os.urandom(8).hex(), time.time_ns()
+        spans = [Span(tid, root, None, "POST /webhook", SpanKind.SERVER, now, now + 50_000, "ingest"),
+                 *(Span(tid, os.urandom(8).hex(), root, name, SpanKind.INTERNAL, now + 10, now + 40_000, "ingest")
+                   for name in ("validate", "charge"))]
+        out.append((tid.encode("ascii"), encode_request(spans).SerializeToString()))
+    return out
+
+
+def filter_cost(n_msgs: int) -> list[str]:
+    """µs per foreign span message through the member's trace filter, with and without a passive probe."""
+    messages, out = _foreign_messages(n_msgs), []
+    for label, sample in (("no passive probe", None), ("passive, sample 1%", "1%"), ("passive, sample 100%", "100%")):
+        buffer, judge, flt = TraceBuffer(max_spans=10 * n_msgs), PassiveJudge(10 * n_msgs), TraceFilter(scan_foreign=False)
+        if sample is not None:
+            judge.configure([PassiveProbe.model_validate({
+                "id": "p", "kind": "passive", "every": "60s", "sample": sample, "entry": {"span": "POST /webhook"},
+                "expect": {"trace": {"tree": [{"span": "POST /webhook"}]}}})])
+            buffer.add_tap(judge)
+            flt.tapped = judge.wants
+        t0 = time.perf_counter()
+        for key, value in messages:
+            flt.ingest(buffer, key, value, "otlp_proto")
+        us = (time.perf_counter() - t0) / n_msgs * 1e6
+        out.append(f"  filter {label:21s}: {us:6.2f} µs per foreign message ({flt.stats.tapped} of {n_msgs} kept)")
+    return out
+
+
 async def run(args: argparse.Namespace) -> None:
     minting = mint_cost(300 if args.quick else 3000)
+    filtering = filter_cost(2000 if args.quick else 20_000)
+    if args.costs:
+        print("\n".join(minting + filtering))
+        return
     broker, pg = start_tansu(), start_postgres(FAST_SETTINGS)
     target = Target()
     app = web.Application()
@@ -213,7 +260,7 @@ async def run(args: argparse.Namespace) -> None:
               f"of 3 members -> its probes fired on the others after {three[3]:.1f}s (goal <= 25s)")
     ratios = sorted(three[0] / one[0] for one, three in rounds)
     print(f"  median 3/1 ratio: {ratios[len(ratios) // 2]:.0%}")
-    print("\n".join(minting))
+    print("\n".join(minting + filtering))
 
 
 def main() -> None:
@@ -221,6 +268,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small and short (CI)")
     parser.add_argument("--probes", type=int, default=None)
     parser.add_argument("--window", type=float, default=None, help="measured seconds per member count")
+    parser.add_argument("--costs", action="store_true", help="only minting and filter costs (no broker)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of (1 member, 3 members)")
     args = parser.parse_args()
     args.probes = args.probes or (30 if args.quick else 120)

@@ -51,6 +51,7 @@ from tracecanary.daemon.watchers.base import EventHub, Services
 from tracecanary.errors import StartupError
 from tracecanary.probes.base import ProbeResources
 from tracecanary.probes.kafka import KafkaProducers
+from tracecanary.probes.passive import PassiveWindows
 
 if TYPE_CHECKING:
     from tracecanary.daemon.spans.kafka import KafkaSourceStats
@@ -263,7 +264,7 @@ class Engine:
         self._follow_passive(self.config)
         tg.start_soon(self.passive.run)
         self.hooks.append(self.metrics)
-        mint = self._attach_kafka_member()
+        mint, windows = self._attach_kafka_member()
         self.provider = self._telemetry()
         await self._start_components(tg)
         self.runner = Runner(RunnerDeps(
@@ -272,7 +273,7 @@ class Engine:
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
             self_tracer=self.provider.get_tracer("tracecanary.daemon") if self._exports_telemetry else None,
             links=self.links_for, sentry_source=self.sentry_source, pull_sources=self.pull_sources,
-            resources=ProbeResources(kafka_producers=self.kafka_producers, passive=self.passive),
+            resources=ProbeResources(kafka_producers=self.kafka_producers, passive=windows or self.passive),
             secrets=self.config.secrets(), mint_trace_id=mint, announce_correlation=self._announce_correlation(),
         ))
         await self._serve_http(tg)
@@ -298,19 +299,20 @@ class Engine:
         assert isinstance(self.membership, KafkaClusterMembership)
         return self.membership.announce_correlation
 
-    def _attach_kafka_member(self) -> Callable[[], str] | None:
-        """Mode kafka: the member reads spans into the buffer, publishes final runs (a run hook) and
-        mints the runs' trace ids; the gauge counts the probes it fires. Other modes: nothing."""
+    def _attach_kafka_member(self) -> tuple[Callable[[], str] | None, PassiveWindows | None]:
+        """Mode kafka: the member reads spans into the buffer (and the passive judge's sampled traffic),
+        publishes final runs (a run hook) and mints the runs' trace ids; its passive runs sum every
+        member's counts; the gauge counts the probes it fires. Other modes: nothing."""
         member = self.membership
         if member.mode != "kafka":
-            return None
+            return None, None
         from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership  # aiokafka: when used
 
         assert isinstance(member, KafkaClusterMembership)
-        member.attach(self.buffer, lambda: [p.id for p in self.config.probes])
+        member.attach(self.buffer, lambda: [p.id for p in self.config.probes], self.passive)
         self.hooks.append(member)
         self.metrics.set_owned_probes_gauge(lambda: float(member.owned_probes()))
-        return member.mint_trace_id
+        return member.mint_trace_id, member.passive_windows
 
     async def _start_components(self, tg: anyio.abc.TaskGroup) -> None:
         """Alerts, the Slack Socket Mode listener and Sentry check-ins, each when configured."""

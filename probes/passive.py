@@ -5,7 +5,7 @@ falls in the ``sample`` (by trace id, so every replica picks the same traces) is
 the daemon's passive judge (``daemon/run/passive.py``) with the same incremental judge and the same
 completion rule as a run's trace: its deadline is ``timeout`` after the entry span started. Each judged
 trace leaves a lightweight result (verdict and the kinds of its findings). Every ``every`` the probe
-records one run: ``fire`` takes the counts of the traces judged since the last run from
+records one run: ``fire`` collects the counts of the traces judged since the last run from
 ``ctx.resources.passive`` and judges their failure ratio against ``fail_if`` (fewer than
 ``min_traces`` → ``unknown``); the run goes through the usual alert policy.
 
@@ -107,8 +107,10 @@ class PassiveCounts:
 class PassiveWindows(Protocol):
     """What a passive probe's run reads: the counts judged since its previous run (then reset)."""
 
-    def take(self, probe_id: str) -> PassiveCounts:
-        """The counts of the traces ``probe_id`` judged since the last ``take``; starts a new window."""
+    async def collect(self, probe_id: str) -> PassiveCounts:
+        """The counts of the traces ``probe_id`` judged since the last ``collect``; starts a new window.
+        One process: the passive judge's own window. Kafka mode: every member's counts, summed once
+        (``daemon/cluster/kafka_passive.py``). Raises OSError when they cannot be read (nothing is lost)."""
         ...
 
 
@@ -182,7 +184,12 @@ class PassiveProbe(ProbeSpec):
         if windows is None:
             return FireResult(findings=[Finding(
                 type="error", severity=Verdict.ERROR, message="no passive judge runs in this process")])
-        counts = windows.take(self.id)
+        try:
+            counts = await windows.collect(self.id)
+        except OSError as e:
+            return FireResult(findings=[Finding(
+                type="error", severity=Verdict.ERROR,
+                message=f"cannot collect the window's counts (kept for the next run): {e}")])
         return FireResult(findings=window_findings(counts, self.fail_if, self.min_traces),
                           outputs={"passive": counts.to_dict()})
 

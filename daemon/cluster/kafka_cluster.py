@@ -27,10 +27,12 @@ from tracecanary.daemon.cluster.kafka_db import Conn, open_cluster_db
 from tracecanary.daemon.cluster.kafka_forward import Forwarder, ForwardRouter, ensure_topic
 from tracecanary.daemon.cluster.kafka_leases import LeaseBook, keep_leases
 from tracecanary.daemon.cluster.kafka_membership import KafkaMembership, MembershipConfig, Ownership
+from tracecanary.daemon.cluster.kafka_passive import MemberPassiveWindows, PassiveCountBook
 from tracecanary.daemon.cluster.kafka_results import ResultsOutbox
 from tracecanary.daemon.cluster.membership import Member, Role, RoleState, new_member_id
 from tracecanary.daemon.cluster.partitioner import probe_partition, trace_key
 from tracecanary.daemon.cluster.settings import ClusterSettings
+from tracecanary.daemon.run.passive import PassiveJudge
 from tracecanary.daemon.run.runner import Runner
 from tracecanary.daemon.run.scheduler import RunRefused, Scheduler
 from tracecanary.daemon.spans.buffer import TraceBuffer
@@ -79,6 +81,8 @@ class KafkaTiming:
     lease_interval_s: float | None = None
     """Default: a third of the session timeout."""
     results_poll_s: float = 1.0
+    passive_flush_s: float = 2.0
+    """How often each member writes its passive counts to PostgreSQL (what the owner's run sums)."""
 
 
 @dataclass
@@ -107,6 +111,9 @@ class KafkaClusterMembership:
         self._member_id = member_id or new_member_id()
         self._state = RoleState(Role.MEMBER)
         self._buffer: TraceBuffer | None = None
+        self._passive: PassiveJudge | None = None
+        self.passive_windows = MemberPassiveWindows()
+        """What this member's passive runs collect: every member's counts (``kafka_passive.py``)."""
         self._probe_ids: Callable[[], Sequence[str]] = list
         self._attached = anyio.Event()
         self._parts: _Parts | None = None
@@ -154,9 +161,10 @@ class KafkaClusterMembership:
                 for m, addr, started, seen, alive, epoch, parts, probes in rows]
 
     # ------------------------------------------------------------------ what the daemon wires
-    def attach(self, buffer: TraceBuffer, probe_ids: Callable[[], Sequence[str]]) -> None:
-        """The engine's trace buffer and the loaded probes (called once the engine built them)."""
-        self._buffer, self._probe_ids = buffer, probe_ids
+    def attach(self, buffer: TraceBuffer, probe_ids: Callable[[], Sequence[str]],
+               passive: PassiveJudge | None = None) -> None:
+        """The engine's trace buffer, the loaded probes and the passive judge (called once built)."""
+        self._buffer, self._probe_ids, self._passive = buffer, probe_ids, passive
         self._attached.set()
 
     def relay_hub(self, kind: str) -> RelayedEventHub:
@@ -276,6 +284,9 @@ class KafkaClusterMembership:
                                   partitioner=s.partitioner, session_timeout_s=t.session_timeout_s)
         group = KafkaMembership(config, self._buffer, member_id=self._member_id)
         leases = LeaseBook(pool, self._member_id, ttl_s=t.session_timeout_s)
+        judge = self._passive
+        if judge is not None:  # real traffic on owned partitions reaches the passive judge
+            group.filter.tapped = lambda raw: judge.active and judge.wants(raw)
         outbox = ResultsOutbox(pool, leases, bootstrap=bootstrap, results_topic=s.results_topic)
         broadcast = Broadcast(bootstrap, f"{group_name}.broadcast", self._member_id, on_event=self._deliver_event)
         forwarder = Forwarder(group, ForwardRouter(broadcast.announcements, lambda: group.ownership),
@@ -292,6 +303,10 @@ class KafkaClusterMembership:
             tg.start_soon(self._announcer)
             tg.start_soon(lambda: outbox.run(poll_s=t.results_poll_s))
             tg.start_soon(self._follow_ownership, group, leases)
+            if judge is not None:
+                book = PassiveCountBook(pool, judge, self._member_id, leases.session_id)
+                self.passive_windows.book = book
+                tg.start_soon(lambda: book.run(flush_s=t.passive_flush_s))
             wanted = lambda: group.ownership.probes(self._probe_ids())  # noqa: E731
             await keep_leases(leases, wanted, group.broker_alive, interval_s=t.lease_interval_s,
                               changed=group.wait_changed, on_round=self._report)
@@ -361,7 +376,8 @@ class KafkaClusterMembership:
         if p is None:
             return {}
         return {"filter": p.group.filter.stats, "leases": p.leases.stats, "outbox": p.outbox.stats,
-                "forward": p.forwarder.stats, "broadcast": p.broadcast.stats, "minter": p.group.minter.stats}
+                "forward": p.forwarder.stats, "broadcast": p.broadcast.stats, "minter": p.group.minter.stats,
+                "passive": self.passive_windows.book.stats if self.passive_windows.book else None}
 
 
 async def _run_when_owned(membership: KafkaClusterMembership, runner: Runner, scheduler: Scheduler,

@@ -1,4 +1,5 @@
-"""The PostgreSQL tables of kafka mode: per-probe leases, member sessions and the results outbox.
+"""The PostgreSQL tables of kafka mode: per-probe leases, member sessions, the results outbox and
+the members' passive counts (``kafka_passive.py``).
 
 They are created idempotently (``IF NOT EXISTS``) under a transaction-level advisory lock, so members
 starting together create them once. They live beside the store's versioned schema, not in its
@@ -38,6 +39,13 @@ CREATE TABLE IF NOT EXISTS results_outbox (
 CREATE INDEX IF NOT EXISTS results_outbox_unacked ON results_outbox (session_id) WHERE acked_at IS NULL;
 CREATE INDEX IF NOT EXISTS results_outbox_acked ON results_outbox (result_partition, result_offset)
     WHERE acked_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS passive_counts (
+    id BIGSERIAL PRIMARY KEY, probe_id TEXT NOT NULL, member_id TEXT NOT NULL, session_id TEXT NOT NULL,
+    judged INTEGER NOT NULL, failed INTEGER NOT NULL, degraded INTEGER NOT NULL, dropped INTEGER NOT NULL,
+    kinds JSONB NOT NULL, worst TEXT[] NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    consumed_at TIMESTAMPTZ, consumed_by TEXT
+);
+CREATE INDEX IF NOT EXISTS passive_counts_open ON passive_counts (probe_id) WHERE consumed_at IS NULL;
 """
 
 

@@ -11,12 +11,17 @@ trace (a queue consumer's new trace linking back to a probe's producer span): th
 Decoding reuses the Kafka span source's path (``daemon/spans/kafka.py``). A foreign protobuf message
 neither owned nor linked is offered to ``on_foreign`` (the forwarder, ``kafka_forward.py``), which
 forwards it to other owners and says whether this member waits for it too (a correlated trace).
+
+Passive probes judge real traffic, which nobody mints: while some are configured, ``tapped`` (the passive
+judge's ``wants``: a sample test on the raw trace id) keeps the foreign traces it samples too, so every
+member judges the sampled traces of its own partitions. A keyed message costs one hex decode and that
+test; without passive probes the filter is what it was (``tapped`` is None or says no at once).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,7 +29,7 @@ from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.kafka import ingest_message
 from tracecanary.daemon.spans.otlp import RawBatch, decode_json, scan_protobuf
 
-Decision = Literal["owned", "linked", "skipped"]
+Decision = Literal["owned", "linked", "tapped", "skipped"]
 ForeignHook = Callable[[bytes, RawBatch], bool]
 """``(message value, scanned batch) -> keep here too``."""
 
@@ -35,6 +40,8 @@ class FilterStats:
 
     owned: int = 0
     linked: int = 0
+    tapped: int = 0
+    """Foreign traces kept for the passive judge (real traffic in a passive probe's sample)."""
     skipped: int = 0
     scanned: int = 0
     spans: int = 0
@@ -53,6 +60,8 @@ class TraceFilter:
         self._raw: set[bytes] = set()
         self.on_foreign: ForeignHook | None = None
         self.foreign_wanted: Callable[[], bool] = lambda: True
+        self.tapped: Callable[[bytes], bool] | None = None
+        """Whether the passive judge wants a trace nobody minted (raw 16-byte id): kept too."""
         """Whether anybody waits for traces it did not mint (the forwarder: any announcement). When not,
         keyed foreign messages are skipped by their key alone, without parsing them."""
 
@@ -91,6 +100,10 @@ class TraceFilter:
             stats.spans += ingest_message(buffer, value, encoding)
             return "owned"
         if key is not None and (not self.scan_foreign or not self.foreign_wanted()):
+            if self._tapped_key(key):
+                stats.tapped += 1
+                stats.spans += ingest_message(buffer, value, encoding)
+                return "tapped"
             stats.skipped += 1
             return "skipped"
         stats.scanned += 1
@@ -99,9 +112,24 @@ class TraceFilter:
             stats.owned += 1
         elif decision == "linked":
             stats.linked += 1
+        elif decision == "tapped":
+            stats.tapped += 1
         else:
             stats.skipped += 1
         return decision
+
+    def _tapped_key(self, key: bytes) -> bool:
+        tapped = self.tapped
+        if tapped is None or len(key) != 32:
+            return False
+        try:
+            return tapped(bytes.fromhex(key.decode("ascii")))
+        except (ValueError, UnicodeDecodeError):
+            return False
+
+    def _tapped_any(self, raws: Iterable[bytes]) -> bool:
+        tapped = self.tapped
+        return tapped is not None and any(tapped(raw) for raw in raws)
 
     def _scan(self, buffer: TraceBuffer, keyless: bool, value: bytes, encoding: str) -> Decision:
         if encoding == "otlp_json" or (encoding == "auto" and value.lstrip()[:1] in (b"{", b"[")):
@@ -109,18 +137,21 @@ class TraceFilter:
             owned = keyless and any(s.trace_id.lower().encode("ascii") in self._hex for s in spans)
             linked = not owned and any(ln.trace_id.lower().encode("ascii") in self._hex
                                        for s in spans for ln in s.links)
-            if owned or linked:
+            tapped = not owned and not linked and self._tapped_any(
+                {bytes.fromhex(s.trace_id) for s in spans if len(s.trace_id) == 32})
+            if owned or linked or tapped:
                 self.stats.spans += buffer.add_spans(spans)
-            return "owned" if owned else "linked" if linked else "skipped"
+            return "owned" if owned else "linked" if linked else "tapped" if tapped else "skipped"
         batch = scan_protobuf(value)
         raw = self._raw
         owned = keyless and not raw.isdisjoint(batch.trace_counts)
         linked = not owned and batch.has_links and not raw.isdisjoint(batch.link_targets())
         if not owned and not linked and self.on_foreign is not None:
             linked = self.on_foreign(value, batch)
-        if owned or linked:
+        tapped = not owned and not linked and self._tapped_any(batch.trace_counts)
+        if owned or linked or tapped:
             self.stats.spans += buffer.add_batch(batch)
-        return "owned" if owned else "linked" if linked else "skipped"
+        return "owned" if owned else "linked" if linked else "tapped" if tapped else "skipped"
 
     def accept_forwarded(self, buffer: TraceBuffer, value: bytes | None) -> int:
         """Put a message another member forwarded here into the buffer; its traces are wanted from now on."""

@@ -279,6 +279,21 @@ class PassiveJudge:
         counts, state.window = state.window, PassiveCounts()
         return counts
 
+    async def collect(self, probe_id: str) -> PassiveCounts:
+        """:meth:`take` (the ``PassiveWindows`` of one process)."""
+        return self.take(probe_id)
+
+    def give_back(self, probe_id: str, counts: PassiveCounts) -> None:
+        """Put taken counts back into the probe's current window (they could not be stored)."""
+        state = self._probes.get(probe_id)
+        if state is not None:
+            state.window = counts + state.window
+
+    @property
+    def probe_ids(self) -> list[str]:
+        """The passive probes judged now."""
+        return list(self._probes)
+
     def snapshot(self, probe_id: str) -> PassiveSnapshot | None:
         """The probe's current window, lifetime totals and kept non-passing results (None: not passive)."""
         state = self._probes.get(probe_id)
