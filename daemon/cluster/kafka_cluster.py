@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from tracecanary.daemon.cluster.kafka_leases import LeaseBook, keep_leases
 from tracecanary.daemon.cluster.kafka_membership import KafkaMembership, MembershipConfig, Ownership
 from tracecanary.daemon.cluster.kafka_passive import MemberPassiveWindows, PassiveCountBook
 from tracecanary.daemon.cluster.kafka_results import ResultsOutbox
-from tracecanary.daemon.cluster.membership import Member, Role, RoleState, new_member_id
+from tracecanary.daemon.cluster.membership import BaseMembership, Member, Role
 from tracecanary.daemon.cluster.partitioner import probe_partition, trace_key
 from tracecanary.daemon.cluster.settings import ClusterSettings
 from tracecanary.daemon.run.passive import PassiveJudge
@@ -96,7 +96,7 @@ class _Parts:
     handlers: list[MovesHandler] = field(default_factory=list)
 
 
-class KafkaClusterMembership:
+class KafkaClusterMembership(BaseMembership):
     """A member of a kafka-mode cluster (the Membership protocol, plus ownership and results)."""
 
     mode = "kafka"
@@ -107,9 +107,7 @@ class KafkaClusterMembership:
         self.settings = settings
         self.store_url = store_url
         self.timing = timing or KafkaTiming(session_timeout_s=settings.session_timeout)
-        self.address: str | None = None
-        self._member_id = member_id or new_member_id()
-        self._state = RoleState(Role.MEMBER)
+        super().__init__(Role.MEMBER, member_id)
         self._buffer: TraceBuffer | None = None
         self._passive: PassiveJudge | None = None
         self.passive_windows = MemberPassiveWindows()
@@ -118,7 +116,6 @@ class KafkaClusterMembership:
         self._attached = anyio.Event()
         self._parts: _Parts | None = None
         self._on_moves: list[MovesHandler] = []
-        self._started_ns = time.time_ns()
         self._pending_announcements: list[Awaitable[None]] = []
         self._announce_wake = anyio.Event()
         self._announced: set[str] = set()
@@ -128,27 +125,8 @@ class KafkaClusterMembership:
 
     # ------------------------------------------------------------------ the Membership protocol
     @property
-    def member_id(self) -> str:
-        return self._member_id
-
-    @property
-    def role(self) -> Role:
-        return self._state.role
-
-    @property
     def epoch(self) -> int | None:
         return self._parts.leases.epoch if self._parts else None
-
-    @property
-    def previous_active(self) -> str | None:
-        return None
-
-    @property
-    def writer(self) -> str | None:
-        return None  # members are fenced per probe by their leases, not by a leader term
-
-    def roles(self) -> AsyncIterator[Role]:
-        return self._state.stream()
 
     async def members(self) -> list[Member]:
         if self._parts is None:

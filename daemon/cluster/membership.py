@@ -141,16 +141,18 @@ class RoleState:
                 yield seen
 
 
-class SingleMembership:
-    """``mode: single``: one process, always acting."""
+class BaseMembership:
+    """What every Membership shares: the member id, the API address, the start time, the role and its change
+    stream; no leader epoch, predecessor or fenced writer unless a mode says otherwise."""
 
-    mode = "single"
+    mode = ""
 
-    def __init__(self, member_id: str | None = None, address: str | None = None) -> None:
+    def __init__(self, role: Role, member_id: str | None = None, address: str | None = None) -> None:
         self._member_id = member_id or new_member_id()
         self.address = address
+        """This replica's API address (host:port), shown in the members list; set once bound."""
         self._started_ns = time.time_ns()
-        self._state = RoleState(Role.SINGLE)
+        self._state = RoleState(role)
 
     @property
     def member_id(self) -> str:
@@ -172,12 +174,21 @@ class SingleMembership:
     def writer(self) -> str | None:
         return None
 
+    def roles(self) -> AsyncIterator[Role]:
+        return self._state.stream()
+
+
+class SingleMembership(BaseMembership):
+    """``mode: single``: one process, always acting."""
+
+    mode = "single"
+
+    def __init__(self, member_id: str | None = None, address: str | None = None) -> None:
+        super().__init__(Role.SINGLE, member_id, address)
+
     async def members(self) -> list[Member]:
         now_ns = time.time_ns()
         return [Member(self._member_id, Role.SINGLE.value, self.address, self._started_ns, now_ns, True)]
-
-    def roles(self) -> AsyncIterator[Role]:
-        return self._state.stream()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -26,7 +26,7 @@ import psycopg
 from anyio.abc import TaskStatus
 
 from tracecanary.daemon.cluster import pgschema as sql
-from tracecanary.daemon.cluster.membership import Member, Role, RoleState, new_member_id
+from tracecanary.daemon.cluster.membership import BaseMembership, Member, Role
 from tracecanary.daemon.cluster.timing import StandbyTiming
 
 log = logging.getLogger("tracecanary.cluster")
@@ -34,7 +34,7 @@ PRUNE_AFTER_S = 3600.0
 """Members not heard of for this long are removed from ``cluster_members``."""
 
 
-class StandbyMembership:
+class StandbyMembership(BaseMembership):
     """Implements :class:`~tracecanary.daemon.cluster.membership.Membership` for ``mode: standby``."""
 
     mode = "standby"
@@ -43,31 +43,19 @@ class StandbyMembership:
                  timing: StandbyTiming = StandbyTiming(), clock: Callable[[], float] = time.monotonic,
                  on_deposed: Callable[[str], None] | None = None) -> None:
         """``url``: the postgresql:// store URL. ``on_deposed(reason)``: the active role was lost (metrics)."""
+        super().__init__(Role.STANDBY, member_id, address)
         self._url = url
-        self._member_id = member_id or new_member_id()
-        self.address = address
-        """This replica's API address (host:port), shown in the members list; set once bound."""
         self.timing = timing
         self._clock = clock
         self._on_deposed = on_deposed
-        self._state = RoleState(Role.STANDBY)
         self._epoch: int | None = None
         self._writer: str | None = None
         self._previous_active: str | None = None
-        self._started_ns = time.time_ns()
         self._last_ok = clock()
         self._session: anyio.CancelScope | None = None
         self._members: list[Member] = []
 
     # --- Membership ------------------------------------------------------------------------------
-    @property
-    def member_id(self) -> str:
-        return self._member_id
-
-    @property
-    def role(self) -> Role:
-        return self._state.role
-
     @property
     def epoch(self) -> int | None:
         return self._epoch if self._state.role is Role.ACTIVE else None
@@ -83,9 +71,6 @@ class StandbyMembership:
     async def members(self) -> list[Member]:
         """As of the last heartbeat (read with it, on the lock connection)."""
         return list(self._members)
-
-    def roles(self) -> AsyncIterator[Role]:
-        return self._state.stream()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
