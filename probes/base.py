@@ -69,16 +69,21 @@ class Expect(StrictModel):
                                        "Prometheus metrics (docs/probes.md, Metrics expectations).")
 
 
-def _parse_jitter(value: Any) -> float:
+def parse_fraction(value: Any, what: str) -> float:
+    """A percentage (``"10%"``) or a plain fraction (``0.1``) as a fraction; ValueError naming ``what``
+    otherwise. The caller checks the bounds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        frac = float(value)
-    elif isinstance(value, str) and value.strip().endswith("%"):
+        return float(value)
+    if isinstance(value, str) and value.strip().endswith("%"):
         try:
-            frac = float(value.strip()[:-1]) / 100
+            return float(value.strip()[:-1]) / 100
         except ValueError as e:
-            raise ValueError(f"invalid jitter {value!r}: expected a percentage like 10%") from e
-    else:
-        raise ValueError(f"invalid jitter {value!r}: expected a percentage like 10%")
+            raise ValueError(f"invalid {what} {value!r}: expected a percentage like 10%") from e
+    raise ValueError(f"invalid {what} {value!r}: expected a percentage like 10%")
+
+
+def _parse_jitter(value: Any) -> float:
+    frac = parse_fraction(value, "jitter")
     if not 0 <= frac <= 1:
         raise ValueError(f"invalid jitter {value!r}: must be between 0% and 100%")
     return frac

@@ -26,22 +26,14 @@ from pydantic import BeforeValidator, Field, StringConstraints, field_validator
 from tracecanary.assertions.expect import SpanConstraint, SpanNode, TraceExpectation
 from tracecanary.assertions.verdict import Finding, Verdict
 from tracecanary.model import cross_field_rule
-from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec
+from tracecanary.probes.base import FireResult, ProbeContext, ProbeSpec, parse_fraction
 
 FAIL_IF = re.compile(r"^\s*failure_ratio\s*(>=|>)\s*(\d+(?:\.\d+)?)\s*%\s*$")
 TRACE_ID_SPACE = 1 << 64
 
 
 def _parse_sample(value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        frac = float(value)
-    elif isinstance(value, str) and value.strip().endswith("%"):
-        try:
-            frac = float(value.strip()[:-1]) / 100
-        except ValueError as e:
-            raise ValueError(f"invalid sample {value!r}: expected a percentage like 10%") from e
-    else:
-        raise ValueError(f"invalid sample {value!r}: expected a percentage like 10%")
+    frac = parse_fraction(value, "sample")
     if not 0 < frac <= 1:
         raise ValueError(f"invalid sample {value!r}: must be above 0% and at most 100%")
     return frac
