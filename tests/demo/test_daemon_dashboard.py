@@ -122,6 +122,13 @@ async def test_demo_green_then_chaos_then_recovery(daemon: Daemon, browser: Any)
                 if all(p["last_verdict"] is not None for pid, p in probes.items() if pid not in passive):
                     break
                 await anyio.sleep(0.25)
+        for probe_id in probes.keys() - passive:  # an `error` (a watcher's request met a loaded machine's
+            with anyio.fail_after(60):            # deadline) is not the demo's verdict: run again, bounded
+                while probes[probe_id].get("last_verdict") == "error":
+                    await _idle(daemon.base, probe_id)
+                    await _run_now(s, daemon.base, probe_id)
+                    await _idle(daemon.base, probe_id)
+                    probes = await _probes(s, daemon.base)
         for probe_id in passive:  # its window holds the webhook's trace once judged: bounded, until it passes
             with anyio.fail_after(40):
                 while (probes[probe_id].get("last_verdict")) != "pass":
