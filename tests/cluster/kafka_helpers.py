@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 import anyio
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tracecanary.assertions.spans import AttrValue, Span, SpanKind, SpanLink
@@ -16,6 +16,27 @@ from tracecanary.daemon.spans.otlp import encode_request
 
 def unique(prefix: str) -> str:
     return f"{prefix}_{os.urandom(4).hex()}"
+
+
+async def topic_records(bootstrap: str, topic: str, partitions: int,
+                        timeout_s: float = 60.0) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every message on the topic's partitions, read from the beginning up to the end offsets seen at the start."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    out: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        with anyio.fail_after(timeout_s):
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                while await consumer.position(tp) < ends[tp]:
+                    for records in (await consumer.getmany(tp, timeout_ms=200)).values():
+                        out += records
+    finally:
+        await consumer.stop()
+    return out
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:

@@ -24,9 +24,8 @@ import anyio
 import psycopg
 import pytest
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from tests.cluster.kafka_helpers import ExporterLikeProducer, create_topic, span, unique
+from tests.cluster.kafka_helpers import ExporterLikeProducer, create_topic, span, topic_records, unique
 from tests.daemon.support import DaemonProcess, eventually
 from tests.probes.helpers import serve
 from tracecanary.assertions.spans import Span
@@ -141,22 +140,7 @@ async def settled(d: DaemonProcess, n: int) -> bool:
 
 
 async def topic_run_ids(bootstrap: str, topic: str) -> list[str]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    out: list[str] = []
-    try:
-        with anyio.fail_after(60):
-            tps = [TopicPartition(topic, p) for p in range(RESULT_PARTITIONS)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                while await consumer.position(tp) < ends[tp]:
-                    for records in (await consumer.getmany(tp, timeout_ms=200)).values():
-                        out += [json.loads(r.value)["run_id"] for r in records]
-    finally:
-        await consumer.stop()
-    return out
+    return [json.loads(r.value)["run_id"] for r in await topic_records(bootstrap, topic, RESULT_PARTITIONS)]
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ import json
 from collections import Counter
 from collections.abc import AsyncIterator
 
-import anyio
 import psycopg_pool
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
-from tests.cluster.kafka_helpers import create_topic, unique
+from tests.cluster.kafka_helpers import create_topic, topic_records, unique
 from tests.daemon.support import eventually
 from tracecanary.assertions.verdict import Verdict
 from tracecanary.daemon.cli.report import run_json
@@ -39,22 +38,8 @@ def _run(run_id: str, probe_id: str) -> RunRecord:
 
 async def _topic_run_ids(bootstrap: str, topic: str) -> list[tuple[str, str, int]]:
     """(run_id, key, partition) of every message on the topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    out: list[tuple[str, str, int]] = []
-    try:
-        with anyio.fail_after(30):
-            tps = [TopicPartition(topic, p) for p in range(RESULT_PARTITIONS)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                while await consumer.position(tp) < ends[tp]:
-                    for records in (await consumer.getmany(tp, timeout_ms=200)).values():
-                        out += [(json.loads(r.value)["run_id"], r.key.decode(), r.partition) for r in records]
-    finally:
-        await consumer.stop()
-    return out
+    return [(json.loads(r.value)["run_id"], r.key.decode(), r.partition)
+            for r in await topic_records(bootstrap, topic, RESULT_PARTITIONS, timeout_s=30)]
 
 
 @pytest.mark.anyio
