@@ -67,6 +67,18 @@ class ResponseExpectation(BaseModel):
     def _status(cls, value: int | list[int] | str | None) -> int | list[int] | str | None:
         return validate_status(value)
 
+    def status_holds(self, status: int) -> bool:
+        """Whether the response's ``status`` satisfies ``status`` (a kind with other codes, gRPC's, overrides
+        this, ``describe_status`` and ``show_status``)."""
+        return status_ok(self.status, status)
+
+    def describe_status(self) -> str:
+        """The expected status in a finding."""
+        return _describe_status(self.status)
+
+    def show_status(self, status: int) -> str:
+        """An observed status in a finding."""
+        return str(status)
 
 
 # --- judgement ---------------------------------------------------------------------------------
@@ -224,17 +236,17 @@ def judge_response(exp: ResponseExpectation | None, response: Mapping[str, Any] 
         if exp is None:
             return []
         return [_finding("response.status", "expect.response", "no response was received",
-                         _describe_status(exp.status), None)]
+                         exp.describe_status(), None)]
     exp = exp or ResponseExpectation()
     status = int(response["status"])
     out: list[Finding] = []
-    if not status_ok(exp.status, status):
+    if not exp.status_holds(status):
         body = body_excerpt(str(response.get("body") or ""))
-        message = f"status {status}, expected {_describe_status(exp.status)}"
+        message = f"status {exp.show_status(status)}, expected {exp.describe_status()}"
         out.append(_finding(
             "response.status", "expect.response.status",
             f"{message}; body: {json.dumps(body, ensure_ascii=False)}" if body else f"{message}; empty body",
-            _describe_status(exp.status), status, details={"body": body},
+            exp.describe_status(), status, details={"body": body},
         ))
     doc = response.get("json")
     out += _judge_json(exp, doc, doc is not None)
