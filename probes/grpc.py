@@ -24,6 +24,7 @@ import grpc
 import grpc.aio
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
+from opentelemetry import trace as otel_trace
 from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails
 
@@ -224,6 +225,17 @@ def _metadata(pairs: Any) -> dict[str, str]:
     return out
 
 
+def _record_status(span_id: str, code: grpc.StatusCode, details: str) -> None:
+    """``rpc.grpc.status_code`` (and an error status) on our client span, as OTel's gRPC conventions put
+    it there: a Tracetest-style selector on ``rpc.*`` attributes selects that span too."""
+    span = otel_trace.get_current_span()
+    if format(span.get_span_context().span_id, "016x") != span_id:
+        return  # no tracer in this context: no span of ours
+    span.set_attribute("rpc.grpc.status_code", int(code.value[0]))
+    if code is not grpc.StatusCode.OK:
+        span.set_status(otel_trace.Status(otel_trace.StatusCode.ERROR, f"{code.name}: {details}"))
+
+
 class GrpcProbe(ProbeSpec):
     """Make one unary gRPC call and judge its status, response, trace and side effects."""
 
@@ -258,6 +270,7 @@ class GrpcProbe(ProbeSpec):
                     initial, trailing = e.initial_metadata(), e.trailing_metadata()
                 except TimeoutError as e:
                     raise ProbeError(f"grpc {address} {req.path}: no response within {limit_s:.3g}s") from e
+            _record_status(sid, code, details)
             latency_s = time.perf_counter() - t0
         status = int(code.value[0])
         self._transport_error(code, address, req.path, details, limit_s)

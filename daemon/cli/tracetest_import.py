@@ -6,8 +6,10 @@ What converts (Tracetest's ``api/tests.yaml``, ``api/triggers.yaml``, ``api/http
 - ``trigger.type: http`` → an ``http`` probe (method, url, headers, body; ``auth`` basic/bearer as
   ``auth``, apiKey as a header or query parameter; ``sslVerification: false`` → ``verify_tls: false``);
   ``graphql`` → an ``http`` POST of ``{query, variables, operationName}``; ``kafka`` → a ``kafka`` probe
-  (brokerUrls, topic, messageKey, messageValue, headers). gRPC, traceid and the browser/load-test
-  triggers have no probe kind here: such a test is listed, not converted.
+  (brokerUrls, topic, messageKey, messageValue, headers); ``grpc`` → a ``grpc`` probe (protobufFile inline
+  or read from next to the test and inlined as ``proto``, address, method, request as ``message``, metadata;
+  ``auth`` bearer/apiKey/basic as metadata; a streaming or unknown method is listed). traceid and the
+  browser/load-test triggers have no probe kind here: such a test is listed, not converted.
 - ``specs: [{selector, name, assertions}]`` → ``expect.trace.specs`` unchanged (the judge reads the
   Tracetest dialect, ``assertions/selectors.py``); an assertion it cannot read (``| json_path`` filters,
   ``${…}`` expressions) is listed and left out. Specs on the synthetic ``Tracetest trigger`` span become
