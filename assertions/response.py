@@ -184,11 +184,12 @@ def _judge_json(exp: ResponseExpectation, doc: Any, has_json: bool) -> list[Find
             ))
     for path, matcher in exp.json_.items():
         values = select_json(path, doc) if has_json else []
-        why = check(matcher, values[0] if values else None, present=bool(values))
+        observed = values[0] if len(values) == 1 else values or None  # a wildcard's matches: the list of them
+        why = check(matcher, observed, present=bool(values))
         if why is not None:
             out.append(_finding(
                 "response.json", f"expect.response.json[{path}]", f"response JSON {path}: {why}",
-                matcher, values[0] if values else None,
+                matcher, observed,
             ))
     return out
 
