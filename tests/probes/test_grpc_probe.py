@@ -17,7 +17,7 @@ import grpc.aio
 import pytest
 from opentelemetry.trace import Tracer
 
-from tests.fixtures.grpc_server import GrpcServer, grpc_server
+from tests.fixtures.grpc_server import GrpcServer, grpc_server, self_signed
 from tests.probes.helpers import make_ctx
 from tracecanary.assertions.response import judge_response
 from tracecanary.daemon.config.load import load_config
@@ -178,3 +178,23 @@ async def test_check_judges_the_trace_the_server_continued(tmp_path: Path) -> No
     run = report["runs"][0]
     assert run["verdict"] == "pass" and server.metadata[0]["traceparent"].split("-")[1] == run["trace_id"]
 
+
+
+async def test_tls_with_a_private_ca_and_server_name(tmp_path: Path) -> None:
+    """``tls: {ca_file, server_name}``: the call verifies the server against that CA and name; a server whose
+    certificate another CA signed fails the handshake (UNAVAILABLE, a probe error naming the address)."""
+    key, cert = self_signed("pricing.tracecanary.test")
+    (tmp_path / "ca.pem").write_bytes(cert)
+    (tmp_path / "other.pem").write_bytes(self_signed("pricing.tracecanary.test")[1])
+    async with grpc_server(PROTO, {"shop.pricing.Pricing/Quote": quote}, tls=(key, cert)) as tls_server:
+        trusted = probe(tls_server.address, message={"symbol": "SPY"},
+                        tls={"ca_file": str(tmp_path / "ca.pem"), "server_name": "pricing.tracecanary.test"})
+        untrusted = probe(tls_server.address, message={"symbol": "SPY"},
+                          tls={"ca_file": str(tmp_path / "other.pem"), "server_name": "pricing.tracecanary.test"})
+        async with aiohttp.ClientSession() as session:
+            result = await trusted.fire(make_ctx(session))
+            with anyio.fail_after(30), pytest.raises(ProbeError) as e:
+                await untrusted.fire(make_ctx(session, deadline_s=5))
+    assert result.response is not None and result.response.to_dict()["status"] == 0
+    assert str(e.value).startswith(f"grpc {tls_server.address} /shop.pricing.Pricing/Quote: UNAVAILABLE: ")
+    assert [m["traceparent"] for m in tls_server.metadata][:1]  # the trusted call reached the service
