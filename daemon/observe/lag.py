@@ -89,7 +89,7 @@ class GcPauses:
 def describe_frame(frame: FrameType | None, depth: int = 4) -> str:
     """Where a thread is: its innermost frame and the next frames of tracecanary's own code, innermost first.
 
-    ``tracecanary.assertions.tree.max_bipartite:186 < tracecanary.assertions.judge.TraceJudge._solve_top:247``
+    ``tracecanary.assertions.tree.max_bipartite:186 < tracecanary.assertions.anchors.AnchorSearch._solve_top:151``
     """
     parts: list[str] = []
     first = True
