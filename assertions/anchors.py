@@ -46,6 +46,7 @@ class AnchorSearch:
         self.top: tuple[Assign | None] | None = None
 
     def in_pool(self, sid: str) -> bool:
+        """Whether the span belongs to a judged trace."""
         return self.pool_all or self.index.by_id[sid].trace_id in self.pool
 
     def restart(self) -> None:

@@ -5,6 +5,10 @@ only the anchors whose candidates were touched. A ``forbid`` hit or an exceeded 
 at once; the run passes once every positive expectation is matched and — when a rule needs the
 whole trace — ``settle`` seconds of quiet have passed. ``finish`` gives the verdict at the
 deadline with full explanations. ``judge_offline`` is the same engine over a known whole trace.
+
+The judge keeps the intake (the pool of judged traces and its whole-trace bookkeeping) and the verdicts;
+the anchors' incremental solving is ``anchors.py``, the findings, explanations and report are
+``reporting.py``, the compile cache ``compiled.py``.
 """
 
 from __future__ import annotations
@@ -169,6 +173,7 @@ class TraceJudge:
             yield from alt.containers()
 
     def in_pool(self, sid: str) -> bool:
+        """Whether the span belongs to a judged trace."""
         return self.pool_all or self.index.by_id[sid].trace_id in self.pool
 
     def release(self) -> None:
@@ -260,6 +265,7 @@ class TraceJudge:
     # ---- reporting (assertions/reporting.py) ----------------------------------------------------
 
     def matched_nodes(self) -> int:
+        """How many expected nodes have a span (``any_of`` picks the closest alternative by it)."""
         return sum(1 for v in self.report_nodes().values() if v)
 
     def report_nodes(self) -> dict[str, str | None]:

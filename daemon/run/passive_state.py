@@ -97,11 +97,13 @@ class ProbeState:
 
     @property
     def expectation(self) -> TraceExpectation:
+        """The probe's ``expect.trace``."""
         trace = self.spec.expect.trace
         assert trace is not None, "a passive probe always has expect.trace (validated at load)"
         return trace
 
     def entry_of(self, spans: Iterable[Span]) -> Span | None:
+        """The earliest of the spans that match the probe's ``entry``, if any."""
         checks = self.entry_checks
         found = [s for s in spans if all(c(s) is None for c in checks)]
         return min(found, key=lambda s: s.start_ns) if found else None
@@ -140,6 +142,7 @@ class ProbeState:
         return counts
 
     def snapshot(self) -> PassiveSnapshot:
+        """The window, totals and kept results for the dashboard (``PassiveJudge.snapshot``)."""
         w = self.window
         window = PassiveCounts(w.judged, w.failed, w.degraded, Counter(w.kinds), w.dropped, list(w.worst))
         recent = sorted(self.recent, key=lambda r: (-rank(r.verdict), -r.judged_ns))
