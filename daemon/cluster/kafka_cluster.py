@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
@@ -27,6 +27,7 @@ from tracecanary.daemon.cluster.kafka_db import Conn, open_cluster_db
 from tracecanary.daemon.cluster.kafka_forward import Forwarder, ForwardRouter, ensure_topic
 from tracecanary.daemon.cluster.kafka_leases import LeaseBook, keep_leases
 from tracecanary.daemon.cluster.kafka_membership import KafkaMembership, MembershipConfig, Ownership
+from tracecanary.daemon.cluster.kafka_park import CorrelationPark
 from tracecanary.daemon.cluster.kafka_passive import MemberPassiveWindows, PassiveCountBook
 from tracecanary.daemon.cluster.kafka_results import ResultsOutbox
 from tracecanary.daemon.cluster.membership import BaseMembership, Member, Role
@@ -83,6 +84,8 @@ class KafkaTiming:
     results_poll_s: float = 1.0
     passive_flush_s: float = 2.0
     """How often each member writes its passive counts to PostgreSQL (what the owner's run sums)."""
+    park_window_s: float = 30.0
+    """How long a foreign message carrying a correlation key waits for a late announcement (``kafka_park.py``)."""
 
 
 @dataclass
@@ -113,6 +116,7 @@ class KafkaClusterMembership(BaseMembership):
         self.passive_windows = MemberPassiveWindows()
         """What this member's passive runs collect: every member's counts (``kafka_passive.py``)."""
         self._probe_ids: Callable[[], Sequence[str]] = list
+        self._correlate_keys: Callable[[], Collection[str]] = frozenset
         self._attached = anyio.Event()
         self._parts: _Parts | None = None
         self._on_moves: list[MovesHandler] = []
@@ -140,9 +144,12 @@ class KafkaClusterMembership(BaseMembership):
 
     # ------------------------------------------------------------------ what the daemon wires
     def attach(self, buffer: TraceBuffer, probe_ids: Callable[[], Sequence[str]],
-               passive: PassiveJudge | None = None) -> None:
-        """The engine's trace buffer, the loaded probes and the passive judge (called once built)."""
+               passive: PassiveJudge | None = None, *,
+               correlate_keys: Callable[[], Collection[str]] = frozenset) -> None:
+        """The engine's trace buffer, the loaded probes, the passive judge and the probes' ``correlate``
+        attribute keys (``kafka_park.ProbeCorrelateKeys``) (called once built)."""
         self._buffer, self._probe_ids, self._passive = buffer, probe_ids, passive
+        self._correlate_keys = correlate_keys
         self._attached.set()
 
     def relay_hub(self, kind: str) -> RelayedEventHub:
@@ -267,8 +274,10 @@ class KafkaClusterMembership(BaseMembership):
             group.filter.tapped = lambda raw: judge.active and judge.wants(raw)
         outbox = ResultsOutbox(pool, leases, bootstrap=bootstrap, results_topic=s.results_topic)
         broadcast = Broadcast(bootstrap, f"{group_name}.broadcast", self._member_id, on_event=self._deliver_event)
+        seen_keys = broadcast.announcements.seen_keys
+        park = CorrelationPark(lambda: seen_keys.union(self._correlate_keys()), window_s=t.park_window_s)
         forwarder = Forwarder(group, ForwardRouter(broadcast.announcements, lambda: group.ownership),
-                              topic=f"{group_name}.forward")
+                              topic=f"{group_name}.forward", park=park)
         async with anyio.create_task_group() as tg:
             await tg.start(group.run)
             first = await group.wait_assigned()
@@ -344,6 +353,17 @@ class KafkaClusterMembership(BaseMembership):
             await conn.execute(_REPORT, (self.address, parts.leases.epoch, sorted(own.partitions), len(held),
                                          parts.leases.session_id))
 
+    @property
+    def results_idempotent(self) -> bool | None:
+        """Whether the results producer is idempotent: False when the broker refused InitProducerId
+        (tansu does) and it fell back to a plain producer; None before it started."""
+        return self._parts.outbox.idempotent if self._parts else None
+
+    def park_counts(self) -> dict[str, int]:
+        """The correlation park's counters (``tracecanary_cluster_correlate_parked_total``)."""
+        park = self._parts.forwarder.park if self._parts else None
+        return asdict(park.stats) if park is not None else {}
+
     def partition_of_probe(self, probe_id: str) -> int | None:
         own = self.ownership
         return probe_partition(probe_id, own.num_partitions) if own.num_partitions else None
@@ -354,7 +374,7 @@ class KafkaClusterMembership(BaseMembership):
         if p is None:
             return {}
         return {"filter": p.group.filter.stats, "leases": p.leases.stats, "outbox": p.outbox.stats,
-                "forward": p.forwarder.stats, "broadcast": p.broadcast.stats, "minter": p.group.minter.stats,
+                "forward": p.forwarder.stats, "park": self.park_counts(), "broadcast": p.broadcast.stats, "minter": p.group.minter.stats,
                 "passive": self.passive_windows.book.stats if self.passive_windows.book else None}
 
 
