@@ -50,9 +50,20 @@ FROM cluster_sessions WHERE seen_at > now() - interval '1 hour' ORDER BY member_
 _REPORT = ("UPDATE cluster_sessions SET address = %s, epoch = %s, partitions = %s, probes = %s "
            "WHERE session_id = %s")
 _ABORT_LEFT = """
-UPDATE runs SET status = 'aborted', abort_reason = %s, finished_ns = COALESCE(finished_ns, %s), verdict = NULL
-WHERE status = 'running' AND probe_id = ANY(%s) RETURNING run_id, probe_id
+WITH left_running AS (
+    UPDATE runs SET status = 'aborted', abort_reason = %(reason)s, finished_ns = COALESCE(finished_ns, %(now)s),
+        verdict = NULL
+    WHERE status = 'running' AND probe_id = ANY(%(probes)s) RETURNING run_id, probe_id
+)
+SELECT run_id, probe_id FROM left_running
+UNION
+SELECT r.run_id, r.probe_id FROM runs r
+WHERE r.probe_id = ANY(%(probes)s) AND r.status = 'aborted' AND r.abort_reason = %(reason)s
+  AND r.finished_ns > %(since)s
+  AND NOT EXISTS (SELECT 1 FROM runs n WHERE n.probe_id = r.probe_id AND n.started_ns > r.started_ns)
 """
+"""The runs a previous owner left: still running (recorded aborted here), or already recorded aborted by
+that owner itself a moment ago (its own rebalance handler may write first) and not run again since."""
 
 def reaches_other_traces(probe: ProbeSpec) -> bool:
     """Whether the probe's trace expectation reaches traces its run did not mint (``linked`` nodes)."""
@@ -290,6 +301,7 @@ class KafkaClusterMembership(BaseMembership):
             tg.start_soon(self._announcer)
             tg.start_soon(lambda: outbox.run(poll_s=t.results_poll_s))
             tg.start_soon(self._follow_ownership, group, leases)
+            tg.start_soon(self._watch_lapses, group, leases, t.session_timeout_s / 6)
             if judge is not None:
                 book = PassiveCountBook(pool, judge, self._member_id, leases.session_id)
                 self.passive_windows.book = book
@@ -327,12 +339,30 @@ class KafkaClusterMembership(BaseMembership):
                 for handler in self._on_moves:
                     await handler(lost, gained)
 
+    async def _watch_lapses(self, group: KafkaMembership, leases: LeaseBook, tick_s: float) -> None:
+        """A lease that lapses while the group still gives this member the probe (the broker went silent:
+        fencing) ends its runs of that probe as a move does — recorded ``aborted`` (reason ``rebalance``),
+        not failed for want of spans it can no longer read; the new owner runs the probe again."""
+        held: set[str] = set()
+        while True:
+            await anyio.sleep(tick_s)
+            now = leases.held()
+            lapsed = {p for p in held - now if group.ownership.owns_probe(p)}
+            held = now
+            if lapsed:
+                log.warning("leases lapsed member=%s probes=%d: their runs are aborted", self._member_id, len(lapsed))
+                for handler in self._on_moves:
+                    await handler(lapsed, set())
+
     async def abort_left_runs(self, probe_ids: set[str], reason: str = "rebalance") -> dict[str, list[str]]:
-        """Record the runs another member left running for these probes ``aborted``: run ids by probe."""
+        """Record the runs another member left running for these probes ``aborted``: run ids by probe (with
+        the ones it recorded aborted itself just before; see ``_ABORT_LEFT``)."""
         if self._parts is None or not probe_ids:
             return {}
         async with self._parts.pool.connection() as conn:
-            cur = await conn.execute(_ABORT_LEFT, (reason, time.time_ns(), sorted(probe_ids)))
+            now_ns = time.time_ns()
+            cur = await conn.execute(_ABORT_LEFT, {"reason": reason, "now": now_ns, "probes": sorted(probe_ids),
+                                                   "since": now_ns - int(self.timing.session_timeout_s * 3e9)})
             out: dict[str, list[str]] = {}
             for run_id, probe_id in await cur.fetchall():
                 out.setdefault(str(probe_id), []).append(str(run_id))
