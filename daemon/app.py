@@ -164,7 +164,7 @@ class Daemon:
                                                on_skip=engine.metrics.skipped,
                                                owns=kafka.owns if kafka else lambda _: True)
                     if kafka is not None:
-                        from tracecanary.daemon.cluster.kafka_cluster import rebalance_handler
+                        from tracecanary.daemon.cluster.kafka_rebalance import rebalance_handler
 
                         kafka.on_moves(rebalance_handler(kafka, engine.runner, self.scheduler, tg,
                                                          reschedule=self._reschedule))
