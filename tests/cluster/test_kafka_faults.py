@@ -135,6 +135,19 @@ class Cluster:
         seen = len(self.target.of("f0"))
         await eventually(lambda: len(self.target.of("f0")) >= seen + n, n * 5 + 10, f"{n} more slots")
 
+    async def steady(self, n: int, slots: int) -> tuple[float, dict[str, set[str]]]:
+        """Once ``n`` members own everything, a window of ``slots`` slots in which every probe fired on one
+        member only (a late join may still move partitions once: then the next window); its start and owners."""
+        await eventually(lambda: self.settled(n), 90, f"{n} members owning 6 partitions and every probe")
+        for _ in range(5):
+            await self.slots_pass(2)
+            start = time.time()
+            await self.slots_pass(slots)
+            owners = self.target.owners(start, time.time())
+            if all(len(ws) == 1 for ws in owners.values()):
+                return start, owners
+        raise AssertionError(f"no steady window: {owners}")
+
     def stop(self) -> None:
         for m in self.members.values():
             m.stop()
@@ -218,12 +231,7 @@ async def test_a_member_cut_from_the_broker_stops_and_the_others_take_over(clust
             c.start(who, proxy.bootstrap)
         for m in c.members.values():
             await m.ready(timeout_s=90)
-        await eventually(lambda: c.settled(3), 90, "three members owning 6 partitions and every probe")
-        await c.slots_pass(2)
-        steady_from = time.time()
-        await c.slots_pass(5)
-        owners = c.target.owners(steady_from, time.time())
-        assert all(len(ws) == 1 for ws in owners.values()), owners
+        steady_from, owners = await c.steady(3, 5)
         [victim] = owners["traced"]
         cut_probes = sorted(p for p, ws in owners.items() if ws == {victim})
         witness_name = next(w for w in proxies if w != victim)
@@ -262,6 +270,7 @@ async def test_a_member_cut_from_the_broker_stops_and_the_others_take_over(clust
     # tansu refuses InitProducerId: the fallback is visible and logged once per member
     assert status == 200 and view["results_idempotent"] is False, view
     assert "tracecanary_cluster_results_idempotent 0.0" in metrics
+    assert 'tracecanary_cluster_correlate_parked_total{outcome="overflowed"} 0.0' in metrics
     assert witness.log_text().count("the broker refuses idempotent producers") == 1
 
 
@@ -276,13 +285,7 @@ async def test_a_fourth_member_joins_and_only_moved_runs_are_aborted_and_rerun(c
         c.start(who)
     for m in c.members.values():
         await m.ready(timeout_s=90)
-    await eventually(lambda: c.settled(3), 90, "three members owning 6 partitions and every probe")
-    await c.slots_pass(2)
-    steady_from = time.time()
-    await c.slots_pass(6)
-    joined_at = time.time()
-    before = c.target.owners(steady_from, joined_at)
-    assert all(len(ws) == 1 for ws in before.values()), before
+    steady_from, before = await c.steady(3, 6)
     await c.start("d").ready(timeout_s=90)
     await eventually(lambda: c.settled(4), 90, "four members owning 6 partitions and every probe")
     await c.slots_pass(2)
@@ -304,7 +307,7 @@ async def test_a_fourth_member_joins_and_only_moved_runs_are_aborted_and_rerun(c
         later = [r[5] for r in await runs(c.store, f"probe_id = '{probe}' AND started_ns > {started_ns}")]
         assert later, (run_id, probe)
         reruns.append(((later[0] - finished_ns) / 1e9, (later[0] - started_ns) / 1e9))
-    print("re-runs started " + ", ".join(f"{a:.1f}s after the abort ({s:.1f}s after the aborted run's start)"
+    print("re-runs started " * bool(reruns) + ", ".join(f"{a:.1f}s after the abort ({s:.1f}s after the aborted run's start)"
                                          for a, s in reruns))
     assert all(s < EVERY_S["s0"] for _, s in reruns)  # before the slow probe's next slot
     reran = rerun_slots(aborted)
