@@ -35,6 +35,9 @@ async def _run_when_owned(membership: KafkaClusterMembership, runner: Runner, sc
             await membership.wait_lease_round()
         runs = [r for r in [await runner.deps.store.get_run(run_id) for run_id in left] if r is not None]
         await membership.publish_aborted(runs)  # the previous owner's last runs reach results_topic too
+        latest = (await runner.deps.store.latest_runs([probe_id])).get(probe_id)
+        if latest is not None and latest.run_id not in left:
+            return  # a run started since (its slot came while the lease was being claimed): nothing to redo
         try:
             scheduler.run_now(probe_id)
         except (RunRefused, KeyError) as e:
