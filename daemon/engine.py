@@ -352,6 +352,10 @@ class Engine:
 
         self.pull_sources = {name: build_source(name, self.session, cfg.integrations)
                              for name in configured(cfg.integrations) if name != "sentry"}
+        for source in (self.sentry_source, *self.pull_sources.values()):
+            if source is not None:
+                source.observe = self.metrics.trace_source_fetched
+        self.metrics.register_pull_sources(configured(cfg.integrations))
 
     def new_alerts(self) -> AlertManager:
         """A fresh alert manager (the one before, if any, leaves the run hooks): built at start, and again

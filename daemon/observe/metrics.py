@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from tracecanary import __version__
 from tracecanary.assertions.verdict import Verdict
+from tracecanary.daemon.spans.pull import FETCH_OUTCOMES
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
 from tracecanary.probes.base import ProbeSpec
 
@@ -128,6 +129,10 @@ class Metrics:
         self.passive_traces = Counter(
             "tracecanary_passive_traces", "Entry traces judged by kind: passive probes, by verdict (dropped: not "
             "judged, the passive judge was over its span budget).", ["probe", "verdict"], registry=r)
+        self.trace_source_fetches = Counter(
+            "tracecanary_trace_source_fetches", "Trace fetches from pull sources (sentry, jaeger, tempo) by outcome: "
+            "found, not_found (not there yet), rate_limited (429), auth (401/403: polling stops), error (network, "
+            "5xx, timeout, unreadable answer).", ["source", "outcome"], registry=r)
         self.last_run = Gauge(
             "probe_last_run_timestamp_seconds", "Unix time the probe's latest run (any attempt, any outcome) "
             "finished; 0 before its first. Age: time() - probe_last_run_timestamp_seconds.", ["probe"], registry=r)
@@ -175,6 +180,16 @@ class Metrics:
         for channel in channels:
             for outcome in DELIVERY_OUTCOMES:
                 self.alerts_sent.labels(channel, outcome)
+
+    def register_pull_sources(self, sources: Iterable[str]) -> None:
+        """The pull-source fetch counters at 0 for the configured sources, every outcome."""
+        for source in sources:
+            for outcome in FETCH_OUTCOMES:
+                self.trace_source_fetches.labels(source, outcome)
+
+    def trace_source_fetched(self, source: str, outcome: str) -> None:
+        """One fetch from a pull source ended with ``outcome`` (``PullSource.observe``)."""
+        self.trace_source_fetches.labels(source, outcome).inc()
 
     async def restore(self, store: Store, probes: Iterable[ProbeSpec], *, look_back: int = 20) -> None:
         """After a restart: each probe's last run time and last judged verdict from the store, so a
