@@ -164,10 +164,11 @@ class Daemon:
                                                on_skip=engine.metrics.skipped,
                                                owns=kafka.owns if kafka else lambda _: True)
                     if kafka is not None:
-                        from tracecanary.daemon.cluster.kafka_cluster import rebalance_handler
+                        from tracecanary.daemon.cluster.kafka_rebalance import rebalance_handler
 
                         kafka.on_moves(rebalance_handler(kafka, engine.runner, self.scheduler, tg,
-                                                         reschedule=self._reschedule))
+                                                         reschedule=self._reschedule,
+                                                         probes=lambda: self.config.probes))
                     self.scheduler.set_probes(self._scheduled_probes())
                     self.control.scheduler = self.scheduler
                     await self._recover_chains(tg, pending)

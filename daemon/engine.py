@@ -307,11 +307,16 @@ class Engine:
         if member.mode != "kafka":
             return None, None
         from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership  # aiokafka: when used
+        from tracecanary.daemon.cluster.kafka_park import ProbeCorrelateKeys
 
         assert isinstance(member, KafkaClusterMembership)
-        member.attach(self.buffer, lambda: [p.id for p in self.config.probes], self.passive)
+        member.attach(self.buffer, lambda: [p.id for p in self.config.probes], self.passive,
+                      correlate_keys=ProbeCorrelateKeys(lambda: self.config.probes))
         self.hooks.append(member)
         self.metrics.set_owned_probes_gauge(lambda: float(member.owned_probes()))
+        self.metrics.set_kafka_member_metrics(
+            lambda: float("nan") if member.results_idempotent is None else float(member.results_idempotent),
+            member.park_counts)
         return member.mint_trace_id, member.passive_windows
 
     async def _start_components(self, tg: anyio.abc.TaskGroup) -> None:

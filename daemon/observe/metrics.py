@@ -28,7 +28,9 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from tracecanary import __version__
 from tracecanary.assertions.verdict import Verdict
@@ -266,6 +268,20 @@ class Metrics:
         Gauge("tracecanary_owned_probes", "Probes this member fires now (mode kafka: its partitions' probes "
               "whose lease it holds).", registry=self.registry).set_function(fn)
 
+    def set_kafka_member_metrics(self, results_idempotent: Callable[[], float],
+                                 correlate_parked: Callable[[], Mapping[str, int]]) -> None:
+        """Mode kafka: ``tracecanary_cluster_results_idempotent`` and ``tracecanary_cluster_correlate_parked_total``
+        read the member's state at scrape time."""
+        Gauge("tracecanary_cluster_results_idempotent", "1 when this member publishes results with an idempotent "
+              "producer; 0 when the broker refused InitProducerId (tansu) and it fell back to a plain one (a send "
+              "retried within one session may repeat a run on results_topic); NaN before it started.",
+              registry=self.registry).set_function(results_idempotent)
+        self.registry.register(_CountsCollector(
+            "tracecanary_cluster_correlate_parked", "Foreign span messages parked for a late `correlate` "
+            "announcement, by outcome: parked, released (sent to the owner when it came), expired (nobody "
+            "announced it: real traffic), overflowed (dropped by the bound before its window ended: a late "
+            "announcement misses it).", "outcome", correlate_parked))
+
     def set_buffer_gauge(self, fn: Callable[[], float]) -> None:
         """Read the buffer's size at scrape time (no bookkeeping on the hot path)."""
         self.buffer_spans.set_function(fn)
@@ -348,3 +364,16 @@ def metrics_routes(m: Metrics, refresh: Callable[[], Awaitable[None]] | None = N
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     return [web.get("/metrics", handle)]
+
+
+class _CountsCollector(Collector):
+    """One counter family read from a mapping at scrape time (``label value -> count``)."""
+
+    def __init__(self, name: str, documentation: str, label: str, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._name, self._doc, self._label, self._counts = name, documentation, label, counts
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for value, count in sorted(self._counts().items()):
+            family.add_metric([value], float(count))
+        yield family
