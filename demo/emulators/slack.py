@@ -7,26 +7,28 @@ cursor pagination (``response_metadata.next_cursor``, base64 ``next_ts:…``), m
 ``events_api`` envelopes (redelivered until acked with ``{"envelope_id"}``) and signed Events API
 HTTP POSTs to ``events_url``. Everything is configured through the constructor; ``fail(count, …)``
 makes the next Web API calls answer an HTTP 5xx (or drop their connections), for retry tests.
+
+This module holds the server, its lifecycle, auth, rate limits, faults and the writing Web API methods;
+``slack_conversations.py`` the reading ones, ``slack_events.py`` event delivery, ``slack_state.py`` the state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import socket
 import time
 import uuid
-from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from tracecanary.demo.emulators.slack_events import EventState, SlackEventsMixin, slack_signature
+from tracecanary.demo.emulators.slack_conversations import SlackConversationsMixin
+from tracecanary.demo.emulators.slack_events import SlackEventsMixin, slack_signature
+from tracecanary.demo.emulators.slack_state import RateLimit, SlackState, SlackToken
 
 __all__ = ["RateLimit", "SlackEmulator", "SlackToken", "slack_signature"]
 
@@ -35,51 +37,10 @@ log = logging.getLogger("tracecanary.demo.slack")
 MAX_BODY_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
-class SlackToken:
-    """Who a token authenticates as: ``kind`` is user, bot or app."""
-
-    kind: str
-    user_id: str = ""
-    bot_id: str = ""
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """At most ``calls`` per ``window_s`` for one method; beyond that, 429 with ``Retry-After``."""
-
-    calls: int
-    window_s: float = 60.0
-
-
-@dataclass
-class _State(EventState):
-    messages: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
-    calls: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
-    storm_left: dict[str, int] = field(default_factory=dict)
-    rate_limited: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    faults: int = 0
-
-
-def _cursor(ts: str) -> str:
-    return base64.b64encode(f"next_ts:{ts.replace('.', '')}".encode()).decode()
-
-
-def _uncursor(cursor: str) -> str | None:
-    try:
-        raw = base64.b64decode(cursor.encode(), validate=True).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not raw.startswith("next_ts:") or len(raw) < 15:
-        return None
-    digits = raw[len("next_ts:"):]
-    return f"{digits[:-6]}.{digits[-6:]}"
-
-
-class SlackEmulator(SlackEventsMixin):
+class SlackEmulator(SlackConversationsMixin, SlackEventsMixin):
     """An aiohttp app emulating Slack; ``await start()`` returns the Web API base URL (``…/api/``)."""
 
-    state: _State
+    state: SlackState
 
     def __init__(
         self,
@@ -127,7 +88,7 @@ class SlackEmulator(SlackEventsMixin):
         self.redeliver_after_s = redeliver_after_s
         self.max_redeliveries = max_redeliveries
         self.http_ack_timeout_s = http_ack_timeout_s
-        self.state = _State(storm_left=dict(storms or {}))
+        self.state = SlackState(storm_left=dict(storms or {}))
         self._faults_left, self._fault_status, self._fault_disconnect = 0, 503, False
         self._fault_methods: frozenset[str] | None = None
         self._last_ts = 0.0
@@ -324,11 +285,6 @@ class SlackEmulator(SlackEventsMixin):
         self._last_ts = now
         return f"{now:.6f}"
 
-    def _channel_ok(self, channel: str) -> bool:
-        if self.channels is not None:
-            return channel in self.channels
-        return bool(channel) and channel[0] in "CGD"
-
     def _post_message(self, ident: SlackToken, params: dict[str, Any]) -> dict[str, Any]:
         channel = str(params.get("channel", ""))
         if not self._channel_ok(channel):
@@ -369,85 +325,3 @@ class SlackEmulator(SlackEventsMixin):
         self._touch()
         public = {k: v for k, v in msg.items() if k not in ("metadata", "reply_users")}
         return {"ok": True, "channel": channel, "ts": ts, "message": public}
-
-    def _find(self, channel: str, ts: str) -> dict[str, Any] | None:
-        for msg in self.state.messages.get(channel, []):
-            if msg["ts"] == ts:
-                return msg
-        return None
-
-    @staticmethod
-    def _limit(params: dict[str, Any], default: int) -> int:
-        try:
-            return max(1, min(999, int(params.get("limit", default))))
-        except ValueError:
-            return default
-
-    @staticmethod
-    def _view(msg: dict[str, Any], with_metadata: bool) -> dict[str, Any]:
-        return {k: v for k, v in msg.items() if with_metadata or k != "metadata"}
-
-    def _window(self, msgs: list[dict[str, Any]], params: dict[str, Any]) -> list[dict[str, Any]]:
-        oldest = float(params.get("oldest") or 0)
-        latest = float(params.get("latest") or 0) or float("inf")
-        inclusive = str(params.get("inclusive", "")).lower() in ("1", "true")
-        keep = []
-        for m in msgs:
-            t = float(m["ts"])
-            if (oldest < t < latest) or (inclusive and t in (oldest, latest)):
-                keep.append(m)
-        return keep
-
-    def _page(
-        self, msgs: list[dict[str, Any]], params: dict[str, Any], default_limit: int, newest_first: bool
-    ) -> tuple[list[dict[str, Any]], str | None] | None:
-        cursor = params.get("cursor")
-        if cursor:
-            start_ts = _uncursor(str(cursor))
-            if start_ts is None:
-                return None
-            start = float(start_ts)
-            msgs = [m for m in msgs if (float(m["ts"]) <= start if newest_first else float(m["ts"]) >= start)]
-        limit = self._limit(params, default_limit)
-        page, rest = msgs[:limit], msgs[limit:]
-        return page, (_cursor(rest[0]["ts"]) if rest else None)
-
-    def _history(self, ident: SlackToken, params: dict[str, Any]) -> dict[str, Any]:
-        channel = str(params.get("channel", ""))
-        if not self._channel_ok(channel):
-            return {"ok": False, "error": "channel_not_found"}
-        top = [m for m in self.state.messages.get(channel, []) if m.get("thread_ts") in (None, m["ts"])]
-        msgs = sorted(self._window(top, params), key=lambda m: float(m["ts"]), reverse=True)
-        paged = self._page(msgs, params, 100, newest_first=True)
-        if paged is None:
-            return {"ok": False, "error": "invalid_cursor"}
-        page, nxt = paged
-        meta = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
-        body: dict[str, Any] = {"ok": True, "messages": [self._view(m, meta) for m in page], "has_more": nxt is not None,
-                                "pin_count": 0, "channel_actions_ts": None, "channel_actions_count": 0}
-        if nxt:
-            body["response_metadata"] = {"next_cursor": nxt}
-        return body
-
-    def _replies(self, ident: SlackToken, params: dict[str, Any]) -> dict[str, Any]:
-        channel = str(params.get("channel", ""))
-        if not self._channel_ok(channel):
-            return {"ok": False, "error": "channel_not_found"}
-        ts = str(params.get("ts", ""))
-        thread = [m for m in self.state.messages.get(channel, []) if m["ts"] == ts or m.get("thread_ts") == ts]
-        parent = [m for m in thread if m["ts"] == ts]
-        if not parent:
-            # Slack: ts must be an existing message. Replies posted under a ts that is no message (a
-            # synthetic events_api mention's) do not make it one.
-            return {"ok": False, "error": "thread_not_found"}
-        replies = self._window([m for m in thread if m["ts"] != ts], params)
-        msgs = parent + sorted(replies, key=lambda m: float(m["ts"]))
-        paged = self._page(msgs, params, 1000, newest_first=False)
-        if paged is None:
-            return {"ok": False, "error": "invalid_cursor"}
-        page, nxt = paged
-        meta = str(params.get("include_all_metadata", "")).lower() in ("1", "true")
-        body: dict[str, Any] = {"ok": True, "messages": [self._view(m, meta) for m in page], "has_more": nxt is not None}
-        if nxt:
-            body["response_metadata"] = {"next_cursor": nxt}
-        return body
