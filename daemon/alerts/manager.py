@@ -4,7 +4,8 @@ Each final run of a probe advances its state (``policy.step``); the events the s
 handed to the :class:`~tracecanary.daemon.alerts.delivery.Outbox`, which claims, queues and delivers
 them off the hot path. Everything it knows lives in the store, so a restart (or another replica)
 picks up where it left off: the per-probe state in the kv namespace ``alerts.state`` (key: probe
-id), silences as ``silences.py`` says, deliveries as ``delivery.py`` says.
+id), silences as ``silences.py`` says, deliveries as ``delivery.py`` says. The read-side views the
+API asks for (open incidents, the event log, alert states) are ``overview.py``.
 
 Events: ``alert.silenced`` (held back by a silence); the outbox writes the others.
 """
@@ -13,9 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskStatus
@@ -24,13 +24,21 @@ from opentelemetry.trace import Tracer
 from tracecanary.assertions.telemetry import telemetry_flowed
 from tracecanary.assertions.verdict import rank
 from tracecanary.daemon.alerts.base import Channel, Notification, NotifiedFinding
-from tracecanary.daemon.alerts.delivery import ChannelHealth, DeliveryTiming, Outbox, QueueStats
+from tracecanary.daemon.alerts.delivery import ChannelHealth, DeliveryTiming, Outbox
 from tracecanary.daemon.alerts.incidents import (
     IncidentHistory,
     incident_history,
     incident_probe,
     record_transition,
 )
+from tracecanary.daemon.alerts.overview import ALERT_FAILING as ALERT_FAILING
+from tracecanary.daemon.alerts.overview import ALERT_OK as ALERT_OK
+from tracecanary.daemon.alerts.overview import ALERT_SILENCED as ALERT_SILENCED
+from tracecanary.daemon.alerts.overview import AlertRecord as AlertRecord
+from tracecanary.daemon.alerts.overview import AlertsOverview as AlertsOverview
+from tracecanary.daemon.alerts.overview import Incident as Incident
+from tracecanary.daemon.alerts.overview import alert_states, alerts_overview
+from tracecanary.daemon.alerts.policy import NS_STATE as NS_STATE
 from tracecanary.daemon.alerts.policy import (
     AlertEvent,
     AlertsSettings,
@@ -48,54 +56,7 @@ from tracecanary.integrations import Integrations
 from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.alerts")
-NS_STATE = "alerts.state"
-ALERT_OK, ALERT_FAILING, ALERT_SILENCED = 0, 1, 2
-"""The values of ``tracecanary_alert_state`` (:meth:`AlertManager.alert_states`)."""
 MAX_FINDINGS = 5
-
-
-@dataclass(frozen=True)
-class Incident:
-    """A probe whose alert state is not ok."""
-
-    probe_id: str
-    status: Literal["failing", "degraded"]
-    incident_id: str | None
-    incident_started_ns: int | None
-    notified: bool
-    """Whether the incident was announced (a silence or ``notify_on`` may have held it back)."""
-    fail_streak: int
-    last_verdict: str | None
-    acknowledged_by: str | None = None
-
-
-@dataclass(frozen=True)
-class AlertRecord:
-    """An entry of the store's event log (``alert.notification``, ``alert.attempt`` …)."""
-
-    id: int
-    time_ns: int
-    kind: str
-    data: dict[str, Any]
-    """The event's JSON payload as written by the outbox or the manager."""
-
-    @classmethod
-    def from_event(cls, event: Mapping[str, Any]) -> AlertRecord:
-        return cls(id=int(event["id"]), time_ns=int(event["time_ns"]), kind=str(event["kind"]),
-                   data=dict(event["data"]))
-
-
-@dataclass(frozen=True)
-class AlertsOverview:
-    """Open incidents, recent notifications, held-back events and delivery attempts (newest first)."""
-
-    incidents: list[Incident]
-    notifications: list[AlertRecord]
-    silenced: list[AlertRecord]
-    attempts: list[AlertRecord]
-    queue: QueueStats
-    system: list[SystemIncident] = field(default_factory=list)
-    """Open incidents about tracecanary itself (system.py)."""
 
 
 @dataclass(frozen=True)
@@ -361,22 +322,6 @@ class AlertManager:
         """Open system incidents (key, summary, detail, opened_ns) for the API/dashboard/readyz."""
         return self.system.open_incidents()
 
-    async def alert_states(self, probes: Sequence[ProbeSpec]) -> dict[str, int]:
-        """Per probe id, for ``tracecanary_alert_state``: 2 while an active silence covers the probe
-        (whatever its status), else 1 while an incident is open (failing or degraded), else 0."""
-        now_s = self._clock()
-        silences = await self.silences.all()
-        stored = await self.store.kv_list(NS_STATE)
-        out: dict[str, int] = {}
-        for p in probes:
-            if silenced_by(silences, p.id, p.tags, now_s) is not None:
-                out[p.id] = ALERT_SILENCED
-            elif p.id in stored and ProbeAlertState.model_validate(stored[p.id]).status != "ok":
-                out[p.id] = ALERT_FAILING
-            else:
-                out[p.id] = ALERT_OK
-        return out
-
     # --- what the API and the dashboard ask (web.control.AlertsControl) -------------------------
     async def list_silences(self) -> list[ListedSilence]:
         return await self.silences.listed()
@@ -414,20 +359,11 @@ class AlertManager:
         states = {pid: ProbeAlertState.model_validate(v) for pid, v in (await self.store.kv_list(NS_STATE)).items()}
         return await incident_history(self.store, states, probe_id=probe_id)
 
+    async def alert_states(self, probes: Sequence[ProbeSpec]) -> dict[str, int]:
+        """Per probe id, for ``tracecanary_alert_state``: 2 while an active silence covers the probe
+        (whatever its status), else 1 while an incident is open (failing or degraded), else 0."""
+        return await alert_states(self.store, self.silences, probes, self._clock())
+
     async def list_alerts(self, *, limit: int = 50) -> AlertsOverview:
         """Open incidents, recent notifications and delivery attempts, newest first."""
-        incidents = []
-        for probe_id, value in sorted((await self.store.kv_list(NS_STATE)).items()):
-            s = ProbeAlertState.model_validate(value)
-            if s.status != "ok":
-                incidents.append(Incident(probe_id, s.status, s.incident_id, s.incident_started_ns, s.notified,
-                                          s.fail_streak, s.last_verdict, s.acknowledged_by))
-
-        async def events(kind: str) -> list[AlertRecord]:
-            return [AlertRecord.from_event(e) for e in await self.store.list_events(kind, limit=limit)]
-
-        return AlertsOverview(
-            incidents=incidents, notifications=await events("alert.notification"),
-            silenced=await events("alert.silenced"), attempts=await events("alert.attempt"),
-            queue=self.outbox.stats(), system=self.system_incidents(),
-        )
+        return await alerts_overview(self.store, self.outbox, self.system, limit=limit)

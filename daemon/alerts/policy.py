@@ -141,6 +141,10 @@ def validate_references(settings: AlertsSettings, integrations: Integrations | N
     return lines
 
 
+NS_STATE = "alerts.state"
+"""The store's kv namespace of the per-probe ``ProbeAlertState`` (key: probe id)."""
+
+
 class ProbeAlertState(BaseModel):
     """Per-probe state, stored as JSON in the store's kv space (namespace ``alerts.state``)."""
 
