@@ -9,9 +9,17 @@ same number of runs is spread over 1 or 3 members; what scales is the CPU each r
     runs per member-CPU-second = runs in the window / CPU seconds all members used in it
 
 Goal: with 3 members ≥ 90% of the 1-member figure (the cluster's overhead per run stays small). Each
-member process also costs ~1.5–2% of a core while idle (its loop, store health checks, three Kafka
-consumers), so at light load (--quick: 30 runs/s) that fixed cost dominates the ratio; 120 probes/s is
-the reference figure.
+member process also costs ~1% of a core while idle (its loop and its lag ticker, store health checks,
+three Kafka consumers, lease rounds), so at light load (--quick: 30 runs/s) that fixed cost dominates the
+ratio; 120 probes/s is the reference figure.
+
+Co-location: the 3 members share this machine's cores with each other, PostgreSQL, the broker and the
+target, and a process's CPU time per run grows when other busy processes share the cores with it (a
+member doing 120 runs/s alone costs ~17% of a core, beside two busy daemons ~22%: caches and the
+host's scheduling, not our code). So each round also measures one member with a third of the probes
+(exactly a 3-member cluster's share, on a member alone): its figure is what each of the 3 members would
+reach on its own machine, with every per-member and per-run cost of the cluster, but without sharing
+the cores with the other two. Both ratios are printed; the measured one is the issue's figure.
 Failover: kill -9 of one of 3 members → seconds until every probe it fired has fired on another member
 (bounded by the session timeout; the issue's goal is ≤ 25 s with the default 10 s).
 
@@ -133,17 +141,17 @@ async def create_topics(bootstrap: str, tag: str) -> None:
         await admin.close()
 
 
-async def measure(n_members: int, args: argparse.Namespace, broker: TansuBroker, pg: PgCluster,
+async def measure(n_members: int, n_probes: int, args: argparse.Namespace, broker: TansuBroker, pg: PgCluster,
                   target: Target, target_url: str, logs: Path) -> tuple[float, int, float, float | None]:
     """(runs per member-CPU-second, runs, CPU seconds, failover seconds or None)."""
-    tag = f"{n_members}m{os.getpid()}{int(time.time())}"
+    tag = f"{n_members}m{n_probes}p{os.getpid()}{int(time.time())}"
     await create_topics(broker.bootstrap, tag)
     config = logs / f"suite-{tag}.yaml"
-    config.write_text(suite(target_url, args.probes, pg.create_database(f"scale_{tag}"), broker.bootstrap, tag,
+    config.write_text(suite(target_url, n_probes, pg.create_database(f"scale_{tag}"), broker.bootstrap, tag,
                             args.session_timeout))
     members = [Member(config, f"{tag}-{i}", logs) for i in range(n_members)]
     try:
-        await wait_settled(members, args.probes, 120)
+        await wait_settled(members, n_probes, 120)
         await asyncio.sleep(2.0)  # past the start-up work (first lease rounds, topic creation)
         cpu0, t0 = sum(m.cpu_s() for m in members), time.time()
         await asyncio.sleep(args.window)
@@ -242,24 +250,29 @@ async def run(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix="tc-scale-") as tmp:
             logs = Path(tmp)
             rounds = []
-            for _ in range(args.repeat):  # alternate, so drifting load from other work hits both alike
-                one = await measure(1, args, broker, pg, target, f"http://127.0.0.1:{port}", logs)
-                three = await measure(3, args, broker, pg, target, f"http://127.0.0.1:{port}", logs)
-                rounds.append((one, three))
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(args.repeat):  # alternate, so drifting load from other work hits all alike
+                one = await measure(1, args.probes, args, broker, pg, target, url, logs)
+                three = await measure(3, args.probes, args, broker, pg, target, url, logs)
+                share = await measure(1, args.probes // 3, args, broker, pg, target, url, logs)
+                rounds.append((one, three, share))
     finally:
         await runner.cleanup()
         broker.stop()
         pg.stop()
     print(f"scale-out on Kafka: {args.probes} probes every 1s, {args.window:g}s windows, "
           f"session_timeout {args.session_timeout}")
-    for i, (one, three) in enumerate(rounds, 1):
-        for n, (rate, runs, cpu, _) in ((1, one), (3, three)):
-            print(f"  round {i}, {n} member{'s' if n > 1 else ' '}: {runs} runs, {cpu:.2f} member-CPU-s -> "
-                  f"{rate:.1f} runs per member-CPU-second")
-        print(f"  round {i}: 3 members / 1 member: {three[0] / one[0]:.0%} (goal >= 90%); failover: kill -9 of 1 "
-              f"of 3 members -> its probes fired on the others after {three[3]:.1f}s (goal <= 25s)")
-    ratios = sorted(three[0] / one[0] for one, three in rounds)
-    print(f"  median 3/1 ratio: {ratios[len(ratios) // 2]:.0%}")
+    for i, (one, three, share) in enumerate(rounds, 1):
+        for label, (rate, runs, cpu, _) in (("1 member ", one), ("3 members", three),
+                                            (f"1 member, {args.probes // 3} probes (a 3-member share)", share)):
+            print(f"  round {i}, {label}: {runs} runs, {cpu:.2f} member-CPU-s -> {rate:.1f} runs per member-CPU-second")
+        print(f"  round {i}: 3 members / 1 member: {three[0] / one[0]:.0%} (goal >= 90%); each member alone "
+              f"(a share on a member by itself) / 1 member: {share[0] / one[0]:.0%}; failover: kill -9 of 1 of 3 "
+              f"members -> its probes fired on the others after {three[3]:.1f}s (goal <= 25s)")
+    for label, k in (("3 members / 1 member", 1), ("each member alone / 1 member", 2)):
+        ratios = sorted(r[k][0] / r[0][0] for r in rounds)
+        print(f"  {label}: median {ratios[len(ratios) // 2]:.0%}, min {ratios[0]:.0%}, max {ratios[-1]:.0%} "
+              f"({len(ratios)} rounds)")
     print("\n".join(minting + filtering))
 
 
@@ -269,7 +282,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=None)
     parser.add_argument("--window", type=float, default=None, help="measured seconds per member count")
     parser.add_argument("--costs", action="store_true", help="only minting and filter costs (no broker)")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds of (1 member, 3 members)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of (1 member, 3 members, 1 member with a third of the probes)")
     args = parser.parse_args()
     args.probes = args.probes or (30 if args.quick else 120)
     args.window = args.window or (6.0 if args.quick else 20.0)
