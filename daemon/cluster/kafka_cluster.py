@@ -83,7 +83,7 @@ class KafkaTiming:
     results_poll_s: float = 3.0
     """How often the results publisher looks without being woken (a queued run wakes it at once): retries
     after a failure and the look for dead sessions' rows."""
-    results_gather_s: float = 0.25
+    results_gather_s: float = 0.5
     """How long the results publisher lets queued runs gather before it sends them as one batch (a run
     reaches ``results_topic`` that much later; each batch costs three round trips however many runs it holds)."""
     passive_flush_s: float = 2.0
