@@ -17,12 +17,13 @@ differ by what the machine did meanwhile (±10% between rounds), side by side th
 ``--sequential`` measures one cluster at a time (as before) and also one member alone with a third of
 the probes (a 3-member cluster's share on a member by itself).
 
-Where the gap is: a member's CPU is about ``F + r·runs`` with r ≈ 1.4 ms per run and F ≈ 2% of a core
-under load (~1% idle): the lag ticker (40 wake-ups a second, ~0.5% of a core on this VM, where waking an
-idle process costs ~0.1 ms), three Kafka consumers' fetch cycles, lease rounds, the results publisher's
-cycles, and fewer events per loop wake-up when a member carries a third of the runs. 3 members pay F
-three times: at 120 runs/s that is ~20% more CPU than 1 member, and the ratio reaches 90% only near
-300 runs/s, which this machine cannot run side by side.
+Where the gap is: a member's CPU is about ``F + r·runs`` with r ≈ 1.25 ms per run and F ≈ 2.5% of a core
+under load (~1.1% idle): the lag ticker (40 of a member's ~90 idle wake-ups a second; waking an idle
+process costs ~0.1 ms on this VM), three Kafka consumers' fetch cycles, lease rounds, the results
+publisher's cycles, and fewer events per loop wake-up when a member carries a third of the runs.
+3 members pay F three times: at 120 runs/s that is ~30% more CPU than 1 member; 90% needs ~350 runs/s,
+which this machine cannot run side by side (at 200 the 1-member cluster already falls behind).
+
 Failover: kill -9 of one of 3 members → seconds until every probe it fired has fired on another member
 (bounded by the session timeout; the issue's goal is ≤ 25 s with the default 10 s).
 
