@@ -7,12 +7,14 @@ into matchers; ``judge.py`` runs them against arriving spans.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tracecanary.assertions.crossfield import cross_field_rule
+from tracecanary.assertions.filters import Filter, parse_filters
 from tracecanary.assertions.match import Matcher, coerce_matcher
 from tracecanary.assertions.selectors import parse_assertion, parse_selector
 from tracecanary.assertions.units import Duration, parse_duration_s
@@ -235,13 +237,32 @@ class TraceOutput(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Output name, as in {{ outputs.NAME }}.")
     selector: str = Field("", description="Tracetest selector; empty selects every span.")
-    value: str = Field(pattern=r"^attr:[A-Za-z_][\w.\-]*$", description="The attribute to keep: attr:KEY.")
+    value: str = Field(pattern=r"^attr:[A-Za-z_][\w.\-]*(\s*\|.*)?$",
+                       description="The attribute to keep: attr:KEY, optionally through Tracetest filters "
+                                   "(attr:http.response.body | json_path '$.id').")
 
     _selector = field_validator("selector")(classmethod(lambda cls, v: _valid_selector(v)))
 
+    @field_validator("value")
+    @classmethod
+    def _filters(cls, value: str) -> str:
+        rest = parse_filters(value[len("attr:") + len(_output_key(value)):])[1]
+        if rest.strip():
+            raise ValueError(f"unexpected {rest.strip()!r} after the filters")
+        return value
+
     @property
     def key(self) -> str:
-        return self.value.removeprefix("attr:")
+        return _output_key(self.value)
+
+    @property
+    def filters(self) -> tuple[Filter, ...]:
+        return parse_filters(self.value[len("attr:") + len(self.key):])[0]
+
+
+def _output_key(value: str) -> str:
+    m = re.match(r"attr:([A-Za-z_][\w.\-]*)", value)
+    return m.group(1) if m else ""
 
 
 class TraceExpectation(BaseModel):

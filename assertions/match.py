@@ -106,8 +106,11 @@ def check(matcher: Any, observed: Any, *, present: bool = True) -> str | None:
     if "equals" in fields and not _equal(m.equals, observed):
         return f"expected {m.equals!r}, got {observed!r}"
     if "contains" in fields:
-        if isinstance(observed, str | list | tuple):
-            if m.contains not in observed:
+        if isinstance(observed, list | tuple):
+            if not any(_equal(m.contains, item) for item in observed):
+                return f"expected to contain {m.contains!r}, got {observed!r}"
+        elif isinstance(observed, str):
+            if str(m.contains) not in observed:
                 return f"expected to contain {m.contains!r}, got {observed!r}"
         else:
             return f"expected to contain {m.contains!r}, got {observed!r}"

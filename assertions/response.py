@@ -67,6 +67,18 @@ class ResponseExpectation(BaseModel):
     def _status(cls, value: int | list[int] | str | None) -> int | list[int] | str | None:
         return validate_status(value)
 
+    def status_holds(self, status: int) -> bool:
+        """Whether the response's ``status`` satisfies ``status`` (a kind with other codes, gRPC's, overrides
+        this, ``describe_status`` and ``show_status``)."""
+        return status_ok(self.status, status)
+
+    def describe_status(self) -> str:
+        """The expected status in a finding."""
+        return _describe_status(self.status)
+
+    def show_status(self, status: int) -> str:
+        """An observed status in a finding."""
+        return str(status)
 
 
 # --- judgement ---------------------------------------------------------------------------------
@@ -172,11 +184,12 @@ def _judge_json(exp: ResponseExpectation, doc: Any, has_json: bool) -> list[Find
             ))
     for path, matcher in exp.json_.items():
         values = select_json(path, doc) if has_json else []
-        why = check(matcher, values[0] if values else None, present=bool(values))
+        observed = values[0] if len(values) == 1 else values or None  # a wildcard's matches: the list of them
+        why = check(matcher, observed, present=bool(values))
         if why is not None:
             out.append(_finding(
                 "response.json", f"expect.response.json[{path}]", f"response JSON {path}: {why}",
-                matcher, values[0] if values else None,
+                matcher, observed,
             ))
     return out
 
@@ -224,17 +237,17 @@ def judge_response(exp: ResponseExpectation | None, response: Mapping[str, Any] 
         if exp is None:
             return []
         return [_finding("response.status", "expect.response", "no response was received",
-                         _describe_status(exp.status), None)]
+                         exp.describe_status(), None)]
     exp = exp or ResponseExpectation()
     status = int(response["status"])
     out: list[Finding] = []
-    if not status_ok(exp.status, status):
+    if not exp.status_holds(status):
         body = body_excerpt(str(response.get("body") or ""))
-        message = f"status {status}, expected {_describe_status(exp.status)}"
+        message = f"status {exp.show_status(status)}, expected {exp.describe_status()}"
         out.append(_finding(
             "response.status", "expect.response.status",
             f"{message}; body: {json.dumps(body, ensure_ascii=False)}" if body else f"{message}; empty body",
-            _describe_status(exp.status), status, details={"body": body},
+            exp.describe_status(), status, details={"body": body},
         ))
     doc = response.get("json")
     out += _judge_json(exp, doc, doc is not None)

@@ -5,7 +5,8 @@ Selectors: ``span[name="x" service.name="y"]`` (AND by space inside ``[]``), ``A
 pseudo-classes ``:first``, ``:last``, ``:nth_child(n)`` (by start time). An empty selector selects
 every span. Assertions: ``attr:http.status_code = 200``, ``attr:tracetest.span.duration < 500ms``,
 ``attr:tracetest.selected_spans.count >= 1``, and the short forms ``duration < 50ms`` and
-``count >= 1``; operators ``= != < <= > >= contains not-contains``. Every selected span must
+``count >= 1``; operators ``= != < <= > >= contains not-contains``; Tracetest's filters between key and
+operator (``attr:payload | json_path '$.id' = "143"``, ``assertions/filters.py``). Every selected span must
 satisfy an assertion; ``count`` assertions judge the selection's size.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from tracecanary.assertions.filters import Filter, FilterError, apply_filters, parse_filters
 from tracecanary.assertions.spans import Span
 from tracecanary.assertions.units import InvalidDurationError, format_duration, parse_duration_s
 
@@ -44,6 +46,7 @@ class Assertion:
     key: str
     op: str
     value: Any
+    filters: tuple[Filter, ...] = ()
 
 
 _OPS = ("not-contains", "contains", "<=", ">=", "!=", "=", "<", ">")
@@ -119,19 +122,23 @@ def parse_selector(text: str) -> tuple[tuple[Step, ...], ...]:
 
 @lru_cache(maxsize=1024)
 def parse_assertion(text: str) -> Assertion:
-    """``[attr:]key op value``; raises SelectorSyntaxError naming the assertion."""
-    m = re.match(r'^\s*(?:attr:)?([A-Za-z_][\w.\-]*)\s+(' + "|".join(re.escape(o) for o in _OPS) + r')\s+(.+?)\s*$',
-                 text)
-    if not m:
-        raise SelectorSyntaxError(f"assertion {text!r}: expected '[attr:]key operator value', e.g. "
+    """``[attr:]key [| filter …] op value``; raises SelectorSyntaxError naming the assertion."""
+    m = re.match(r'^\s*(?:attr:)?([A-Za-z_][\w.\-]*)', text)
+    try:
+        filters, rest = parse_filters(text[m.end():]) if m else ((), "")
+    except FilterError as e:
+        raise SelectorSyntaxError(f"assertion {text!r}: {e}") from e
+    tail = re.match(r'^\s+(' + "|".join(re.escape(o) for o in _OPS) + r')\s+(.+?)\s*$', rest) if m else None
+    if not m or not tail:
+        raise SelectorSyntaxError(f"assertion {text!r}: expected '[attr:]key [| filter …] operator value', e.g. "
                                   "'attr:http.status_code = 200'")
-    raw = m.group(3)
-    if "|" in raw or "${" in raw:
-        raise SelectorSyntaxError(f"assertion {text!r}: filters and expressions are not supported")
+    raw = tail.group(2)
+    if "${" in raw:
+        raise SelectorSyntaxError(f"assertion {text!r}: expressions are not supported")
     t = _TOKEN.fullmatch(raw)
     quoted = bool(t and t.group(3) is None)
     value = _literal(raw[1:-1] if quoted else raw, quoted)
-    return Assertion(text, m.group(1), m.group(2), value)
+    return Assertion(text, m.group(1), tail.group(1), value, filters)
 
 
 def _span_type(span: Span) -> str:
@@ -186,6 +193,9 @@ def _num(v: Any) -> float | None:
 def compare(observed: Any, op: str, expected: Any, *, duration_key: bool = False) -> bool:
     if duration_key and isinstance(expected, int | float) and not isinstance(expected, bool):
         expected = ("duration", expected / 1e9)  # Tracetest durations without a unit are nanoseconds
+    if isinstance(observed, list) and op in ("contains", "not-contains"):  # a filter's list: membership
+        hit = any(compare(item, "=", expected) for item in observed)
+        return hit if op == "contains" else not hit
     if op in ("contains", "not-contains"):
         hit = str(_plain(expected)) in str(_plain(observed))
         return hit if op == "contains" else not hit
@@ -271,9 +281,15 @@ def run_check(selector: str, assertions: Sequence[str], spans: Sequence[Span]) -
         bad = []
         for s in picked:
             present, value = span_value(s, a.key)
-            ok = present and compare(value, a.op, a.value, duration_key=a.key in _DURATION_KEYS)
+            try:
+                present, value = apply_filters(value, a.filters) if present and a.filters else (present, value)
+            except FilterError as e:
+                bad.append(f"{s.label()}: {e}")
+                continue
+            ok = present and compare(value, a.op, a.value, duration_key=a.key in _DURATION_KEYS and not a.filters)
             if not ok:
-                bad.append(f"{s.label()} has {_show(value) if present else 'no ' + a.key}")
+                shown = a.key + "".join(f" | {f.text()}" for f in a.filters)
+                bad.append(f"{s.label()} has {_show(value) if present else 'no ' + shown}")
         if bad:
             out.append(f"{text}: {len(bad)} of {len(picked)} selected span(s) fail: " + "; ".join(bad[:3]))
     return out

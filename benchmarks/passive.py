@@ -12,7 +12,7 @@ protobuf batches of 512 spans; 3% of the traces miss a span. Three figures, each
   once and taps them into the judge — what the daemon's receiver does after reading the body;
 - sample 10%: the same with ``sample: 10%`` (90% of the traces are never decoded for the judge).
 
-The cyclic GC is tuned as the daemon's engine tunes it (``engine.tune_gc``). CPU time of this process
+The cyclic GC is tuned as the daemon's engine tunes it (``observe.lag.tune_gc``). CPU time of this process
 (``time.process_time``): other work on a shared machine slows it (caches), it is not counted in.
 """
 
@@ -25,7 +25,7 @@ import random
 import time
 
 from tracecanary.assertions.spans import Span, SpanKind
-from tracecanary.daemon.engine import tune_gc
+from tracecanary.daemon.observe.lag import tune_gc
 from tracecanary.daemon.run.passive import PassiveJudge
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.otlp import scan_protobuf

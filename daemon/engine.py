@@ -7,14 +7,11 @@ a second implementation: it starts the same engine without the scheduler.
 
 from __future__ import annotations
 
-import errno
-import gc
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +19,7 @@ import aiohttp
 import anyio
 from aiohttp import web
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.trace import Tracer
 
 from tracecanary.daemon.alerts.manager import AlertManager
 from tracecanary.daemon.cluster.membership import Membership, Role, SingleMembership
@@ -31,8 +29,8 @@ from tracecanary.daemon.config.links import host_of, render_links
 from tracecanary.daemon.config.load import Config
 from tracecanary.daemon.config.reload import needs_restart
 from tracecanary.daemon.config.secrets import install_log_masking
-from tracecanary.daemon.observe.lag import LAG_INTERVAL_S, LAG_THRESHOLD_S, LagMonitor
-from tracecanary.daemon.observe.logs import AccessLog
+from tracecanary.daemon.front import HttpFront
+from tracecanary.daemon.observe.lag import LAG_INTERVAL_S, LAG_THRESHOLD_S, LagMonitor, tune_gc
 from tracecanary.daemon.observe.metrics import Metrics
 from tracecanary.daemon.observe.store_faults import StoreFaultReporter
 from tracecanary.daemon.observe.telemetry import (
@@ -48,13 +46,11 @@ from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.receiver import OtlpSettings
 from tracecanary.daemon.store.guard import GuardedStore, open_guarded
 from tracecanary.daemon.watchers.base import EventHub, Services
-from tracecanary.errors import StartupError
 from tracecanary.probes.base import ProbeResources
 from tracecanary.probes.kafka import KafkaProducers
 from tracecanary.probes.passive import PassiveWindows
 
 if TYPE_CHECKING:
-    from tracecanary.daemon.spans.kafka import KafkaSourceStats
     from tracecanary.daemon.spans.pull import PullSource
     from tracecanary.daemon.spans.sentry import SentryTraceSource
 
@@ -64,27 +60,6 @@ RouteFactory = Callable[["Engine"], Sequence[web.AbstractRouteDef]]
 """Builds routes over a started engine (the daemon's API and dashboard)."""
 
 RUNNER_SCOPE = "tracecanary.runner"
-GC_GEN0_THRESHOLD = 10_000
-"""Young-generation collection threshold once the engine runs (CPython's default: 700)."""
-METRICS_REFRESH_TIMEOUT_S = 5.0
-"""How long a scrape waits for the alert states before it answers with the last ones."""
-COUNTER_SYNC_S = 5.0
-"""How often the buffer's eviction count and the Kafka source's span count are folded into /metrics."""
-
-
-def tune_gc() -> None:
-    """Make the cyclic GC cheap for a long-running engine (idempotent, process-wide).
-
-    Startup objects (modules, configs, compiled expectations) live forever: ``gc.freeze()`` moves
-    them out of every later collection, whose cost (and pause on the event loop) scales with what it
-    scans. A run allocates thousands of short-lived containers that refcounting frees; collecting the
-    young generation every 700 allocations instead of every 10 000 costs ~10 % of the CPU and tail
-    latency (measured with benchmarks/e2e.py).
-    """
-    gc.freeze()
-    threshold = gc.get_threshold()
-    if threshold[0] and threshold[0] < GC_GEN0_THRESHOLD:
-        gc.set_threshold(GC_GEN0_THRESHOLD, *threshold[1:])
 
 
 @dataclass
@@ -96,37 +71,6 @@ class Overrides:
     otlp_grpc: str | None = None
     """``none`` disables the gRPC receiver."""
     store: str | None = None
-
-
-def split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        return host, int(port)
-    except ValueError as e:
-        raise StartupError(f"invalid address {addr!r}: expected host:port") from e
-
-
-async def start_site(runner: web.AppRunner, addr: str, what: str) -> web.TCPSite:
-    """Bind a site; a port already in use is a startup error (exit 2), never a silent fallback."""
-    host, port = split_addr(addr)
-    # SO_REUSEADDR: a port left in TIME_WAIT is free; a port with a live listener still fails (Linux).
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise StartupError(f"{what}: address {addr} is already in use") from e
-        raise StartupError(f"{what}: cannot listen on {addr}: {e.strerror}") from e
-    return site
-
-
-def bound_port(runner: web.AppRunner) -> int:
-    """The TCP port a started runner's site listens on (the real one when the address asked for port 0)."""
-    for address in runner.addresses:  # getsockname() of every listening socket
-        if isinstance(address, tuple):  # (host, port) for IPv4, (host, port, flow, scope) for IPv6
-            return int(address[1])
-    raise RuntimeError("runner has no bound TCP socket")
 
 
 @dataclass
@@ -271,7 +215,7 @@ class Engine:
             store=self.store, buffer=self.buffer, session=self.session, integrations=self.config.integrations,
             hooks=self.hooks, services=self.services, max_concurrent_runs=d.max_concurrent_runs,
             poll_interval_s=d.poll_interval, tracer=self.provider.get_tracer(RUNNER_SCOPE),
-            self_tracer=self.provider.get_tracer("tracecanary.daemon") if self._exports_telemetry else None,
+            self_tracer=self.own_tracer("tracecanary.daemon"),
             links=self.links_for, sentry_source=self.sentry_source, pull_sources=self.pull_sources,
             resources=ProbeResources(kafka_producers=self.kafka_producers, passive=windows or self.passive),
             secrets=self.config.secrets(), mint_trace_id=mint, announce_correlation=self._announce_correlation(),
@@ -307,11 +251,16 @@ class Engine:
         if member.mode != "kafka":
             return None, None
         from tracecanary.daemon.cluster.kafka_cluster import KafkaClusterMembership  # aiokafka: when used
+        from tracecanary.daemon.cluster.kafka_park import ProbeCorrelateKeys
 
         assert isinstance(member, KafkaClusterMembership)
-        member.attach(self.buffer, lambda: [p.id for p in self.config.probes], self.passive)
+        member.attach(self.buffer, lambda: [p.id for p in self.config.probes], self.passive,
+                      correlate_keys=ProbeCorrelateKeys(lambda: self.config.probes))
         self.hooks.append(member)
         self.metrics.set_owned_probes_gauge(lambda: float(member.owned_probes()))
+        self.metrics.set_kafka_member_metrics(
+            lambda: float("nan") if member.results_idempotent is None else float(member.results_idempotent),
+            member.park_counts)
         return member.mint_trace_id, member.passive_windows
 
     async def _start_components(self, tg: anyio.abc.TaskGroup) -> None:
@@ -347,6 +296,10 @@ class Engine:
 
         self.pull_sources = {name: build_source(name, self.session, cfg.integrations)
                              for name in configured(cfg.integrations) if name != "sentry"}
+        for source in (self.sentry_source, *self.pull_sources.values()):
+            if source is not None:
+                source.observe = self.metrics.trace_source_fetched
+        self.metrics.register_pull_sources(configured(cfg.integrations))
 
     def new_alerts(self) -> AlertManager:
         """A fresh alert manager (the one before, if any, leaves the run hooks): built at start, and again
@@ -355,7 +308,7 @@ class Engine:
         alerts = AlertManager(
             self.store, cfg.extra.alerts, dashboard_url=self.dashboard_url,
             integrations=cfg.integrations, on_attempt=self.metrics.alert_sent,
-            tracer=self.provider.get_tracer("tracecanary.alerts") if self._exports_telemetry else None,
+            tracer=self.own_tracer("tracecanary.alerts"),
         )
         if self.alerts in self.hooks:
             self.hooks.remove(self.alerts)
@@ -430,126 +383,11 @@ class Engine:
                             org=sentry.org, host=host_of(sentry.api_url) if sentry.api_url else None)
 
     async def _serve_http(self, tg: anyio.abc.TaskGroup) -> None:
-        from tracecanary.daemon.spans.receiver import Ingest, otlp_routes
+        await HttpFront(self).serve(tg)
 
-        otlp = self.otlp_settings
-        self.app = web.Application(client_max_size=otlp.max_body + 1)
-        self.app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz)])
-        self.app.add_routes(self._common_routes())
-        for make in self.routes:
-            self.app.add_routes(make(self))
-        shared = otlp.http is not None and otlp.http == self.listen
-        self_tracer = self.provider.get_tracer("tracecanary.receiver") if self._exports_telemetry else None
-        http_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_http"), tracer=self_tracer,
-                             on_refused=self._refused)
-        if shared:
-            self.app.add_routes(otlp_routes(self.buffer, otlp, http_ingest))
-        if self.serve_api or shared:
-            app_runner = await self._start_app(tg, self.app, self.listen, "api", serves_otlp=shared)
-            self.addresses["api"] = f"{split_addr(self.listen)[0]}:{bound_port(app_runner)}"
-        if otlp.http is not None and not shared:
-            otlp_app = web.Application(client_max_size=otlp.max_body + 1)
-            otlp_app.add_routes(otlp_routes(self.buffer, otlp, http_ingest))
-            app_runner = await self._start_app(tg, otlp_app, otlp.http, "otlp http receiver", serves_otlp=True)
-            self.addresses["otlp_http"] = f"{split_addr(otlp.http)[0]}:{bound_port(app_runner)}"
-        elif shared:
-            self.addresses["otlp_http"] = self.addresses["api"]
-        if otlp.grpc is not None:
-            from tracecanary.daemon.spans.grpc import serve_otlp_grpc
-
-            grpc_ingest = Ingest(self.buffer, otlp, on_spans=self._counter("otlp_grpc"), tracer=self_tracer,
-                                 on_refused=self._refused)
-            port = await tg.start(partial(serve_otlp_grpc, ingest=grpc_ingest), self.buffer, otlp)
-            self.addresses["otlp_grpc"] = f"{split_addr(otlp.grpc)[0]}:{port or split_addr(otlp.grpc)[1]}"
-        kafka_stats = None
-        if self.config.daemon.kafka is not None:
-            from tracecanary.daemon.spans.kafka import KafkaSourceStats, run_kafka_source
-
-            kafka_stats = KafkaSourceStats()
-            await tg.start(partial(run_kafka_source, stats=kafka_stats), self.buffer, self.config.daemon.kafka)
-        tg.start_soon(self._sync_counters, kafka_stats)
-
-    async def _sync_counters(self, kafka_stats: KafkaSourceStats | None) -> None:
-        """Fold the buffer's eviction count and the Kafka source's span count into /metrics."""
-        evicted = kafka_spans = 0
-        while True:
-            await anyio.sleep(COUNTER_SYNC_S)
-            stats = self.buffer.stats()
-            if stats.evicted_spans > evicted:
-                self.metrics.spans_dropped("evicted", stats.evicted_spans - evicted)
-                evicted = stats.evicted_spans
-            if kafka_stats is not None and kafka_stats.spans > kafka_spans:
-                self.metrics.spans_received("kafka", kafka_stats.spans - kafka_spans)
-                kafka_spans = kafka_stats.spans
-
-    def _counter(self, source: str) -> Callable[[int, int], None]:
-        metrics = self.metrics
-
-        def count(accepted: int, rejected: int) -> None:
-            metrics.spans_received(source, accepted)
-            if rejected:
-                metrics.spans_dropped("invalid", rejected)
-
-        return count
-
-    def _refused(self, reason: str) -> None:
-        """A refused OTLP export: its spans were never read, so it counts once under its reason."""
-        self.metrics.spans_dropped(reason, 1)
-
-    async def _start_app(self, tg: anyio.abc.TaskGroup, app: web.Application, addr: str, what: str,
-                         *, serves_otlp: bool = False) -> web.AppRunner:
-        """Serve ``app`` on ``addr`` until the task group ends; returns its runner (one site: see bound_port)."""
-        # The OTLP handler decompresses itself under its size cap; aiohttp's own inflater would keep
-        # inflating the rest of a gzip bomb after the 413.
-        access: dict[str, Any] = {"access_log": None}
-        if what == "api":  # the OTLP-only receiver keeps none: its failures are counted and logged already
-            access = {"access_log": logging.getLogger("tracecanary.access"), "access_log_class": AccessLog}
-        runner = web.AppRunner(app, handle_signals=False, auto_decompress=not serves_otlp, **access)
-        await runner.setup()
-        try:
-            await start_site(runner, addr, what)
-        except BaseException:
-            await runner.cleanup()
-            raise
-
-        async def keep(task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-            task_status.started()
-            try:
-                await anyio.sleep_forever()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await runner.cleanup()
-
-        await tg.start(keep)
-        return runner
-
-    def _common_routes(self) -> list[web.RouteDef]:
-        """/metrics and /hooks/github: served by `run`, and by `check` and `demo --once` when listening."""
-        from tracecanary.daemon.observe.metrics import metrics_routes
-        from tracecanary.daemon.web.github_hook import github_hook_routes
-
-        hub = self.services.github_events
-        assert hub is not None
-        github = self.config.integrations.github
-        return [*metrics_routes(self.metrics, self._refresh_metrics),
-                *github_hook_routes(hub, github.webhook_secret, allow_unsigned=github.allow_unsigned_webhooks,
-                                    announce=self.config.uses_github_webhooks())]
-
-    async def _refresh_metrics(self) -> None:
-        """At each scrape: the alert state of every probe (silences start and end on the clock). A store
-        that fails keeps the last values (the store's own metrics and /readyz say why)."""
-        if self.alerts is None:
-            return
-        try:
-            with anyio.fail_after(METRICS_REFRESH_TIMEOUT_S):
-                states = await self.alerts.alert_states(self.config.probes)
-        except Exception as e:
-            log.debug("metrics.alert_state_unread error=%r", e)
-            return
-        self.metrics.set_alert_states(states)
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    def own_tracer(self, name: str) -> Tracer | None:
+        """A tracer for the daemon's own spans when they are exported (``telemetry.otlp_endpoint``), else None."""
+        return self.provider.get_tracer(name) if self._exports_telemetry else None
 
     def set_unready(self, name: str, reason: str | None) -> None:
         """Hold /readyz at 503 for ``reason`` under ``name`` (one per component); None lifts it."""
@@ -557,17 +395,6 @@ class Engine:
             self.unready.pop(name, None)
         else:
             self.unready[name] = reason
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        if not self.ready or (self.ready_gate is not None and not self.ready_gate()):
-            return web.json_response({"status": "starting"}, status=503)
-        body: dict[str, Any] = {"status": "ready", "in_flight": len(self.runner.in_flight)}
-        if self.unready:
-            body = {"status": "unready", "reasons": [{"name": name, "reason": reason}
-                                                     for name, reason in sorted(self.unready.items())]}
-        if detail := [line for source in self.readiness_details for line in source()]:
-            body["detail"] = detail
-        return web.json_response(body, status=503 if self.unready else 200)
 
 
 def _correlation_attributes(config: Config) -> list[str]:

@@ -33,7 +33,7 @@ from tracecanary.errors import StartupError
 
 log = logging.getLogger("tracecanary.demo.world")
 
-SERVICES = ("ingest", "worker", "bot", "scheduler")
+SERVICES = ("ingest", "worker", "bot", "scheduler", "pricing")
 WEBHOOK_SECRET = "demo-webhook-secret"
 SLACK_SIGNING_SECRET = "demo-signing-secret"
 REPO = "acme/shop"
@@ -118,6 +118,8 @@ class DemoWorld:
     github: GitHubEmulator
     sentry: SentryEmulator
     services: dict[str, str] = field(default_factory=dict)
+    announced: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Other addresses a service announced, by service (``pricing`` → ``{"grpc": "127.0.0.1:P"}``)."""
     processes: dict[str, Process] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     settings: DemoSettings = field(default_factory=DemoSettings)
@@ -180,7 +182,8 @@ class DemoWorld:
 
 
 async def _spawn(world: DemoWorld, name: str, config: dict[str, Any]) -> str:
-    """Start ``python -m tracecanary.demo.shop.<name>`` and wait for its READY line; returns its URL."""
+    """Start ``python -m tracecanary.demo.shop.<name>`` and wait for its READY line; returns its URL (other
+    addresses it announced land in ``world.announced``)."""
     errlog = (world.workdir / f"{name}.log").open("ab")
     proc = await anyio.open_process(
         [sys.executable, "-m", f"tracecanary.demo.shop.{name}", json.dumps(config)],
@@ -199,7 +202,9 @@ async def _spawn(world: DemoWorld, name: str, config: dict[str, Any]) -> str:
     line = buf.split(b"\n", 1)[0].decode()
     if not line.startswith(f"READY {name} "):
         raise StartupError(f"demo service {name} printed {line!r} instead of READY")
-    return line.split(" ", 2)[2]
+    url, *extra = line.split(" ")[2:]
+    world.announced[name] = dict(part.split("=", 1) for part in extra if "=" in part)
+    return url
 
 
 async def _open_pull(github: GitHubEmulator) -> int:
@@ -249,6 +254,7 @@ async def start_world(
             "worker": {**common, "slack_channel": CHANNELS["alerts"], "db_path": str(world.workdir / "shop.db")},
             "bot": {**common, "signing_secret": SLACK_SIGNING_SECRET},
             "scheduler": {**common, "slack_channel": CHANNELS["reports"]},
+            "pricing": common,
         }
         for name in SERVICES:
             world.services[name] = await _spawn(world, name, configs[name])
@@ -263,7 +269,7 @@ async def start_world(
             "DEMO_SLACK_TEAM": slack.team_id, "DEMO_SLACK_APP": slack.app_id,
             "DEMO_SLACK_USER_TOKEN": "xoxp-user", "DEMO_SLACK_BOT_TOKEN": "xoxb-bot", "DEMO_SLACK_APP_TOKEN": "xapp-app",
             "DEMO_GITHUB_TOKEN": "ghp-prober", "DEMO_SENTRY_TOKEN": sentry.token, "DEMO_SENTRY_DSN": sentry_dsn,
-            "DEMO_SENTRY_ORG": sentry.org,
+            "DEMO_SENTRY_ORG": sentry.org, "DEMO_PRICING_GRPC": world.announced["pricing"]["grpc"],
             **{f"DEMO_CHANNEL_{k.upper()}": v for k, v in CHANNELS.items()},
         }
         log.info("demo world ready services=%s", world.services)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tracecanary.probes.base import ProbeSpec
 from tracecanary.probes.github import GithubWebhookProbe
+from tracecanary.probes.grpc import GrpcProbe
 from tracecanary.probes.http import HttpProbe
 from tracecanary.probes.kafka import KafkaProbe
 from tracecanary.probes.passive import PassiveProbe
@@ -15,6 +16,7 @@ PROBES: dict[str, type[ProbeSpec]] = {
     "http": HttpProbe,
     "github_webhook": GithubWebhookProbe,
     "kafka": KafkaProbe,
+    "grpc": GrpcProbe,
     "steps": StepsProbe,
     "scheduled_job": ScheduledJobProbe,
     "slack_mention": SlackMentionProbe,

@@ -148,7 +148,7 @@ def test_the_installed_wheel_validates_its_demo_suite(installed: Installed, tmp_
         "DEMO_SLACK_API": "http://127.0.0.1:3/api/", "DEMO_GITHUB_API": "http://127.0.0.1:4",
         "DEMO_KAFKA_BOOTSTRAP": "127.0.0.1:5", "DEMO_WEBHOOK_SECRET": "s", "DEMO_SLACK_SIGNING_SECRET": "z",
         "DEMO_SLACK_USER_TOKEN": "xoxp-user", "DEMO_SLACK_BOT_TOKEN": "xoxb-bot", "DEMO_GITHUB_TOKEN": "ghp-prober",
-        "DEMO_BOT_USER": "U0BOT", "DEMO_GITHUB_REPO": REPO, "DEMO_GITHUB_PULL": "1",
+        "DEMO_BOT_USER": "U0BOT", "DEMO_GITHUB_REPO": REPO, "DEMO_GITHUB_PULL": "1", "DEMO_PRICING_GRPC": "127.0.0.1:6",
         **{f"DEMO_CHANNEL_{k.upper()}": v for k, v in CHANNELS.items()},
     }
     proc = _run([str(installed.tracecanary), "validate", str(demo_yaml)], cwd=tmp_path, env=env, timeout=120)

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from tracecanary.assertions.units import Duration
 from tracecanary.model import CREDENTIAL, HEADERS_CREDENTIAL, StrictModel
 
 Secret = Annotated[str | None, CREDENTIAL]
@@ -87,6 +88,11 @@ class JaegerIntegration(StrictModel):
                                               "and /api/traces are served; include a base path if one is set).")
     headers: Annotated[dict[str, str], HEADERS_CREDENTIAL] = Field(
         default_factory=dict, description="Headers sent with every query (e.g. Authorization for a proxy in front).")
+    query_window: Duration | None = Field(
+        900.0, description="Search each run's trace only in [trigger - query_window, now + query_window] "
+                           "(the time parameters of both query APIs), so the backend reads only the blocks of that "
+                           "time instead of its whole retention; covers clock skew between us and the traced "
+                           "services. null: ask without a window.")
 
 
 class TempoIntegration(StrictModel):
@@ -99,6 +105,11 @@ class TempoIntegration(StrictModel):
     tenant: str | None = Field(None, description="Tenant of a multi-tenant Tempo, sent as X-Scope-OrgID.")
     format: Literal["json", "protobuf"] = Field(
         "json", description="What to ask Tempo for (Accept: application/json or application/protobuf).")
+    query_window: Duration | None = Field(
+        900.0, description="Search each run's trace only in [trigger - query_window, now + query_window] "
+                           "(the time parameters of both query APIs), so the backend reads only the blocks of that "
+                           "time instead of its whole retention; covers clock skew between us and the traced "
+                           "services. null: ask without a window.")
 
 
 class Integrations(StrictModel):

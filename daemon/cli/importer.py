@@ -19,6 +19,17 @@ from tracecanary.daemon.cli.tracetest_import import Conversion, convert_files
 EXIT_OK, EXIT_OMISSIONS, EXIT_UNREADABLE = 0, 1, 2
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (an inlined .proto) as ``|`` blocks, as a person would write them."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def render_suite(conv: Conversion, inputs: list[Path]) -> str:
     """The converted suite as YAML: a header (inputs, environment variables, omissions), then ``probes:``."""
     lines = [f"# converted from Tracetest by `tracecanary import tracetest`: {', '.join(map(str, inputs))}"]
@@ -32,7 +43,7 @@ def render_suite(conv: Conversion, inputs: list[Path]) -> str:
     for comment, probe in conv.probes:
         lines.append("")
         lines += [f"  # {c}" if c else "  #" for c in comment.splitlines()]
-        dumped = yaml.safe_dump([probe], sort_keys=False, allow_unicode=True, width=120)
+        dumped = yaml.dump([probe], Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
         lines += [f"  {line}" if line else line for line in dumped.rstrip("\n").splitlines()]
     return "\n".join(lines) + "\n"
 

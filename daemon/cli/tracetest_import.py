@@ -6,14 +6,17 @@ What converts (Tracetest's ``api/tests.yaml``, ``api/triggers.yaml``, ``api/http
 - ``trigger.type: http`` → an ``http`` probe (method, url, headers, body; ``auth`` basic/bearer as
   ``auth``, apiKey as a header or query parameter; ``sslVerification: false`` → ``verify_tls: false``);
   ``graphql`` → an ``http`` POST of ``{query, variables, operationName}``; ``kafka`` → a ``kafka`` probe
-  (brokerUrls, topic, messageKey, messageValue, headers). gRPC, traceid and the browser/load-test
-  triggers have no probe kind here: such a test is listed, not converted.
+  (brokerUrls, topic, messageKey, messageValue, headers); ``grpc`` → a ``grpc`` probe (protobufFile inline
+  or read from next to the test and inlined as ``proto``, address, method, request as ``message``, metadata;
+  ``auth`` bearer/apiKey/basic as metadata; a streaming or unknown method is listed). traceid and the
+  browser/load-test triggers have no probe kind here: such a test is listed, not converted.
 - ``specs: [{selector, name, assertions}]`` → ``expect.trace.specs`` unchanged (the judge reads the
-  Tracetest dialect, ``assertions/selectors.py``); an assertion it cannot read (``| json_path`` filters,
-  ``${…}`` expressions) is listed and left out. Specs on the synthetic ``Tracetest trigger`` span become
-  ``expect.response`` (``tracetest.response.status`` → ``status``, ``tracetest.response.body`` →
-  ``body``, its duration → ``max_latency``).
-- ``outputs: [{name, selector, value: attr:KEY}]`` → ``expect.trace.outputs`` (``{{ outputs.NAME }}``).
+  Tracetest dialect with its filters, ``assertions/selectors.py`` and ``filters.py``); an assertion it
+  cannot read (``${…}`` expressions) is listed and left out. Specs on the synthetic ``Tracetest trigger``
+  span become ``expect.response`` (``tracetest.response.status`` → ``status``, ``tracetest.response.body``
+  → ``body``, ``tracetest.response.body | json_path 'P' OP V`` → ``json: {P: matcher}``, its duration →
+  ``max_latency``); ``tracetest.selected_spans.count = 1`` and ``span.start_time > 0`` there always hold.
+- ``outputs: [{name, selector, value: attr:KEY [| filter …]}]`` → ``expect.trace.outputs`` (``{{ outputs.NAME }}``).
 - ``pollingProfile`` → the probe ``timeout`` (the profile's ``periodic.timeout``, when the profile is
   among the inputs); ``skipTraceCollection`` → no trace expectation.
 - ``${env:X}`` / ``${var:X}`` → ``${X}`` (read from the environment when the suite loads).
@@ -28,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from tracecanary.assertions.expect import TraceOutput
 from tracecanary.assertions.selectors import SelectorSyntaxError, parse_assertion, parse_selector
 from tracecanary.assertions.units import InvalidDurationError, parse_duration_s
 from tracecanary.daemon.cli.tracetest_docs import (
@@ -256,9 +262,6 @@ def _spec(conv: Conversion, path: Path, line: int, item: Any, response: dict[str
         if rewritten is None:
             continue
         problem = _parses("assertion", rewritten)
-        if problem and "|" in rewritten:
-            problem = (f"assertion {text!r}: Tracetest filters (| json_path, | regex …) have no equivalent; "
-                       "the judge compares attribute values as they are")
         if problem:
             conv.omit(path, where, problem)
             continue
@@ -270,25 +273,71 @@ def _spec(conv: Conversion, path: Path, line: int, item: Any, response: dict[str
     return {"name": str(item["name"]), **out} if item.get("name") else out
 
 
+_ALWAYS_TRUE = {("tracetest.selected_spans.count", "=", 1), ("tracetest.selected_spans.count", ">", 0),
+                ("tracetest.selected_spans.count", ">=", 1), ("tracetest.span.start_time", ">", 0),
+                ("tracetest.span.end_time", ">", 0)}
+"""Trigger-span assertions that hold for every run here (the probe's request is the one trigger)."""
+_MATCHER_OPS = {"contains": "contains", "<": "lt", "<=": "lte", ">": "gt", ">=": "gte"}
+_TRIGGER_HELP = ("only tracetest.response.status =, tracetest.response.body (= != contains not-contains, or "
+                 "| json_path with any operator) and tracetest.span.duration < convert (to expect.response)")
+
+
+def _matcher(op: str, value: Any) -> Any:
+    """A Tracetest comparison as a response matcher (``"{}"``/``"[]"`` are the empty object and array)."""
+    value = {"{}": {}, "[]": []}.get(value, value) if isinstance(value, str) else value
+    if op == "=":
+        return value if not isinstance(value, dict | list) else {"equals": value}
+    if op == "!=":
+        return {"not": {"equals": value}}
+    if op == "not-contains":
+        return {"not": {"contains": value}}
+    return {_MATCHER_OPS[op]: value}
+
+
 def _response_assertion(conv: Conversion, path: Path, line: int, text: str, response: dict[str, Any]) -> None:
     rewritten = conv.text(text, path, line, "assertion")
     if rewritten is None:
         return
-    m = re.fullmatch(r'\s*attr:tracetest\.(response\.status|response\.body|span\.duration)\s+(=|contains|<|<=)\s+'
-                     r'(?:"((?:[^"\\]|\\.)*)"|(\S+))\s*', rewritten)
-    if m is None:
-        conv.omit(path, line, f"trigger assertion {text!r}: only tracetest.response.status =, tracetest.response.body "
-                              "= / contains and tracetest.span.duration < convert (to expect.response)")
+    placeholders: dict[str, str] = {}
+
+    def hold(m: re.Match[str]) -> str:
+        placeholders[f"__var{len(placeholders)}__"] = m.group(0)
+        return f"__var{len(placeholders) - 1}__"
+
+    try:  # ${X} values stay as written (the suite reads them from the environment)
+        a = parse_assertion(re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", hold, rewritten))
+    except SelectorSyntaxError as e:
+        conv.omit(path, line, f"trigger assertion {text!r}: {e}")
         return
-    key, op, value = m.group(1), m.group(2), m.group(3) if m.group(3) is not None else m.group(4)
-    if key == "response.status" and op == "=" and value.isdigit():
-        response["status"] = int(value)
-    elif key == "response.body" and op in ("=", "contains"):
-        response["body"] = value if op == "=" else {"contains": value}
-    elif key == "span.duration" and op in ("<", "<="):
-        response["max_latency"] = value
+    value = placeholders.get(a.value, a.value) if isinstance(a.value, str) else a.value
+    if isinstance(value, tuple):  # a duration literal
+        value = text.rsplit(None, 1)[-1]
+    filters = [(f.name, f.arg) for f in a.filters]
+    if (a.key, a.op, value) in _ALWAYS_TRUE and not filters:
+        return
+    if a.key == "tracetest.response.status" and a.op == "=" and isinstance(value, int) and not filters:
+        response["status"] = value
+    elif a.key == "tracetest.response.body" and not filters and a.op in ("=", "!=", "contains", "not-contains"):
+        response["body"] = _matcher(a.op, value) if a.op != "=" else str(value)
+    elif a.key == "tracetest.response.body" and len(filters) == 1 and filters[0][0] == "json_path":
+        json_path, matcher = str(filters[0][1]), _matcher(a.op, value)
+        if json_path in response.setdefault("json", {}):
+            conv.omit(path, line, f"trigger assertion {text!r}: a second assertion on {json_path} does not convert")
+        else:
+            response["json"][json_path] = matcher
+    elif a.key == "tracetest.span.duration" and a.op in ("<", "<=") and not filters:
+        response["max_latency"] = text.rsplit(None, 1)[-1].strip("\"'")
     else:
-        conv.omit(path, line, f"trigger assertion {text!r}: operator {op} on {key} does not convert")
+        conv.omit(path, line, f"trigger assertion {text!r}: {_TRIGGER_HELP}")
+
+
+def _output_value(value: str) -> str | None:
+    """Why an output's ``value`` does not convert (None: it does — attr:KEY, with filters or not)."""
+    try:
+        TraceOutput(name="x", value=value)
+    except ValidationError:
+        return "is not attr:KEY [| filter …]"
+    return None
 
 
 def _output(conv: Conversion, path: Path, line: int, raw: Any) -> dict[str, Any] | None:
@@ -301,8 +350,8 @@ def _output(conv: Conversion, path: Path, line: int, raw: Any) -> dict[str, Any]
         return None
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         conv.omit(path, line, f"output {name!r}: names are letters, digits and _ here")
-    elif not re.fullmatch(r"attr:[A-Za-z_][\w.\-]*", value):
-        conv.omit(path, line, f"output {name}: value {value!r} is not a plain attr:KEY (filters and expressions "
+    elif (problem := _output_value(value)) is not None:
+        conv.omit(path, line, f"output {name}: value {value!r} {problem} (filters and expressions "
                               "do not convert)")
     elif TRIGGER_SPAN.search(selector):
         conv.omit(path, line, f"output {name}: the Tracetest trigger span does not exist here (capture from the "

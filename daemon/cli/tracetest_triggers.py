@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any, Protocol
 
 from tracecanary.daemon.cli.tracetest_docs import LList, LMap, line_of
 from tracecanary.errors import TracecanaryError
+from tracecanary.probes.grpc_proto import ProtoError, check_message, compile_proto, message_class
 
 UNSUPPORTED = {
-    "grpc": "tracecanary has no gRPC probe kind",
     "traceid": "a traceid trigger judges a trace some other tool started; tracecanary starts its own",
     "cypress": "browser tests trigger from the browser, not from tracecanary",
     "playwright": "browser tests trigger from the browser, not from tracecanary",
@@ -125,6 +126,80 @@ def _kafka(conv: Texts, req: LMap, path: Path) -> dict[str, Any]:
     return {"kind": "kafka", "message": message}
 
 
+def _proto(conv: Texts, req: LMap, path: Path) -> dict[str, str]:
+    """``protobufFile`` is the .proto text, or (as the Tracetest CLI reads it) a file next to the test: its
+    text is inlined, so the suite needs nothing beside it."""
+    raw, line = str(req.get("protobufFile") or ""), req.line_of("protobufFile")
+    if not raw.strip():
+        raise TriggerError("grpc trigger without protobufFile", line)
+    if "\n" not in raw.strip() and raw.strip().endswith(".proto"):
+        target = path.parent / raw.strip()
+        try:
+            raw = target.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TriggerError(f"protobufFile {raw.strip()!r}: cannot read {target}: "
+                               f"{getattr(e, 'strerror', None) or e}", line) from None
+    return {"proto": _text(conv, raw, path, line, "protobufFile")}
+
+
+def _grpc_auth(conv: Texts, auth: Any, path: Path, line: int, metadata: dict[str, str]) -> None:
+    """Tracetest documents ``auth`` on gRPC triggers as on HTTP ones (its agent sends none of it:
+    ``AuthenticateGRPC`` is a no-op there); here it becomes metadata, as a gRPC server reads credentials."""
+    if not isinstance(auth, LMap) or not auth.get("type"):
+        return
+    kind, where = str(auth["type"]), line_of(auth, line)
+    found = auth.get(kind)
+    body: LMap = found if isinstance(found, LMap) else LMap()
+    if kind == "bearer":
+        metadata["authorization"] = "Bearer " + _text(conv, body.get("token", body.get("bearer", "")), path, where,
+                                                      "bearer token")
+    elif kind == "apiKey" and body.get("in") != "query":
+        metadata[str(body.get("key")).lower()] = _text(conv, body.get("value", ""), path, where, "apiKey")
+    elif kind == "basic" and "${" not in f"{body.get('username', '')}{body.get('password', '')}":
+        pair = f"{body.get('username', body.get('user', ''))}:{body.get('password', '')}"
+        metadata["authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    else:
+        why = {"apiKey": "an apiKey in the query has no place in a gRPC call",
+               "basic": "basic credentials from variables cannot be encoded at import (set an authorization "
+                        "metadata entry)"}.get(kind, f"auth type {kind!r} is not converted")
+        conv.omit(path, where, why)
+
+
+def _callable(request: dict[str, Any], req: LMap) -> None:
+    """The grpc probe compiles the proto at load: a test whose method is streaming or missing, or whose
+    request does not fit, is listed here rather than written into a suite that will not load."""
+    try:
+        method = compile_proto(request["proto"]).unary(request["method"])
+        if "${" not in json.dumps(request.get("message", {})):
+            check_message(request.get("message", {}), message_class(method.input_type))
+    except ProtoError as e:
+        where = req.line_of("protobufFile") if "proto line" in str(e) else req.line_of("method")
+        raise TriggerError(str(e), where) from None
+
+
+def _grpc(conv: Texts, req: LMap, path: Path) -> dict[str, Any]:
+    line = req.line
+    if not req.get("address") or not req.get("method"):
+        raise TriggerError("grpc trigger without address or method", line)
+    method = str(req["method"])
+    if "." not in method and "/" not in method and req.get("service"):
+        method = f"{req['service']}/{method}"  # older tests name the service apart
+    request: dict[str, Any] = {"address": _text(conv, req["address"], path, req.line_of("address"), "address"),
+                               "method": method, **_proto(conv, req, path)}
+    if str(req.get("request") or "").strip():
+        text = _text(conv, req["request"], path, req.line_of("request"), "request")
+        try:
+            request["message"] = json.loads(text)
+        except ValueError:
+            request["message"] = text  # a ${VAR} stands for a number: JSON once the suite loads
+    _callable(request, req)
+    metadata = {k.lower(): v for k, v in _headers(conv, req.get("metadata"), path, req.line_of("metadata")).items()}
+    _grpc_auth(conv, req.get("auth"), path, req.line_of("auth"), metadata)
+    if metadata:
+        request["metadata"] = metadata
+    return {"kind": "grpc", "request": request}
+
+
 def convert_trigger(spec: LMap, path: Path, conv: Texts) -> dict[str, Any]:
     """``{kind, request|message}`` for a test's trigger; raises :class:`TriggerError` when it cannot be one."""
     trigger = spec.get("trigger")
@@ -134,7 +209,8 @@ def convert_trigger(spec: LMap, path: Path, conv: Texts) -> dict[str, Any]:
     kind = str(trigger.get("type") or "")
     if kind in UNSUPPORTED:
         raise TriggerError(f"trigger type {kind}: {UNSUPPORTED[kind]}", trigger.line_of("type"))
-    fields = {"http": ("httpRequest", _http), "graphql": ("graphql", _graphql), "kafka": ("kafka", _kafka)}
+    fields = {"http": ("httpRequest", _http), "graphql": ("graphql", _graphql), "kafka": ("kafka", _kafka),
+              "grpc": ("grpc", _grpc)}
     if kind not in fields:
         raise TriggerError(f"unknown trigger type {kind!r}", trigger.line_of("type"))
     key, convert = fields[kind]

@@ -43,6 +43,10 @@ class Announcements:
         """Raw 16-byte trace id -> owner partition."""
         self.values: OrderedDict[tuple[str, AttrValue], int] = OrderedDict()
         """(attribute key, value) -> owner partition."""
+        self.seen_keys: set[str] = set()
+        """Every correlation key announced since this member started (what ``kafka_park.py`` parks for)."""
+        self.on_value: Callable[[str, AttrValue, int], None] | None = None
+        """Hears each value announced (``key, value, partition``): the forwarder releases parked messages."""
 
     def __bool__(self) -> bool:
         return bool(self.traces or self.values)
@@ -57,7 +61,13 @@ class Announcements:
         if kind == "trace":
             self._put(self.traces, bytes.fromhex(str(msg["trace_id"])), msg, add)
         elif kind == "value":
-            self._put(self.values, (str(msg["key"]), _value(msg["value"])), msg, add)
+            key, value = str(msg["key"]), _value(msg["value"])
+            self._put(self.values, (key, value), msg, add)
+            if add:
+                if len(self.seen_keys) < 1000:  # keys are a config's handful; values are per run
+                    self.seen_keys.add(key)
+                if self.on_value is not None:
+                    self.on_value(key, value, int(msg["partition"]))
 
     def _put(self, table: OrderedDict[Any, int], key: Any, msg: dict[str, Any], add: bool) -> None:
         if not add:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
@@ -27,14 +27,13 @@ from tracecanary.daemon.cluster.kafka_db import Conn, open_cluster_db
 from tracecanary.daemon.cluster.kafka_forward import Forwarder, ForwardRouter, ensure_topic
 from tracecanary.daemon.cluster.kafka_leases import LeaseBook, keep_leases
 from tracecanary.daemon.cluster.kafka_membership import KafkaMembership, MembershipConfig, Ownership
+from tracecanary.daemon.cluster.kafka_park import CorrelationPark
 from tracecanary.daemon.cluster.kafka_passive import MemberPassiveWindows, PassiveCountBook
 from tracecanary.daemon.cluster.kafka_results import ResultsOutbox
 from tracecanary.daemon.cluster.membership import BaseMembership, Member, Role
 from tracecanary.daemon.cluster.partitioner import probe_partition, trace_key
 from tracecanary.daemon.cluster.settings import ClusterSettings
 from tracecanary.daemon.run.passive import PassiveJudge
-from tracecanary.daemon.run.runner import Runner
-from tracecanary.daemon.run.scheduler import RunRefused, Scheduler
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.store.base import RunRecord
 from tracecanary.probes.base import ProbeSpec
@@ -49,9 +48,20 @@ FROM cluster_sessions WHERE seen_at > now() - interval '1 hour' ORDER BY member_
 _REPORT = ("UPDATE cluster_sessions SET address = %s, epoch = %s, partitions = %s, probes = %s "
            "WHERE session_id = %s")
 _ABORT_LEFT = """
-UPDATE runs SET status = 'aborted', abort_reason = %s, finished_ns = COALESCE(finished_ns, %s), verdict = NULL
-WHERE status = 'running' AND probe_id = ANY(%s) RETURNING run_id, probe_id
+WITH left_running AS (
+    UPDATE runs SET status = 'aborted', abort_reason = %(reason)s, finished_ns = COALESCE(finished_ns, %(now)s),
+        verdict = NULL
+    WHERE status = 'running' AND probe_id = ANY(%(probes)s) RETURNING run_id, probe_id
+)
+SELECT run_id, probe_id FROM left_running
+UNION
+SELECT r.run_id, r.probe_id FROM runs r
+WHERE r.probe_id = ANY(%(probes)s) AND r.status = 'aborted' AND r.abort_reason = %(reason)s
+  AND r.finished_ns > %(since)s
+  AND NOT EXISTS (SELECT 1 FROM runs n WHERE n.probe_id = r.probe_id AND n.started_ns > r.started_ns)
 """
+"""The runs a previous owner left: still running (recorded aborted here), or already recorded aborted by
+that owner itself a moment ago (its own rebalance handler may write first) and not run again since."""
 
 def reaches_other_traces(probe: ProbeSpec) -> bool:
     """Whether the probe's trace expectation reaches traces its run did not mint (``linked`` nodes)."""
@@ -88,6 +98,8 @@ class KafkaTiming:
     reaches ``results_topic`` that much later; each batch costs three round trips however many runs it holds)."""
     passive_flush_s: float = 2.0
     """How often each member writes its passive counts to PostgreSQL (what the owner's run sums)."""
+    park_window_s: float = 30.0
+    """How long a foreign message carrying a correlation key waits for a late announcement (``kafka_park.py``)."""
 
 
 @dataclass
@@ -118,6 +130,7 @@ class KafkaClusterMembership(BaseMembership):
         self.passive_windows = MemberPassiveWindows()
         """What this member's passive runs collect: every member's counts (``kafka_passive.py``)."""
         self._probe_ids: Callable[[], Sequence[str]] = list
+        self._correlate_keys: Callable[[], Collection[str]] = frozenset
         self._attached = anyio.Event()
         self._parts: _Parts | None = None
         self._on_moves: list[MovesHandler] = []
@@ -145,9 +158,12 @@ class KafkaClusterMembership(BaseMembership):
 
     # ------------------------------------------------------------------ what the daemon wires
     def attach(self, buffer: TraceBuffer, probe_ids: Callable[[], Sequence[str]],
-               passive: PassiveJudge | None = None) -> None:
-        """The engine's trace buffer, the loaded probes and the passive judge (called once built)."""
+               passive: PassiveJudge | None = None, *,
+               correlate_keys: Callable[[], Collection[str]] = frozenset) -> None:
+        """The engine's trace buffer, the loaded probes, the passive judge and the probes' ``correlate``
+        attribute keys (``kafka_park.ProbeCorrelateKeys``) (called once built)."""
         self._buffer, self._probe_ids, self._passive = buffer, probe_ids, passive
+        self._correlate_keys = correlate_keys
         self._attached.set()
 
     def relay_hub(self, kind: str) -> RelayedEventHub:
@@ -274,8 +290,10 @@ class KafkaClusterMembership(BaseMembership):
             group.filter.tapped = lambda raw: judge.active and judge.wants(raw)
         outbox = ResultsOutbox(pool, leases, bootstrap=bootstrap, results_topic=s.results_topic)
         broadcast = Broadcast(bootstrap, f"{group_name}.broadcast", self._member_id, on_event=self._deliver_event)
+        seen_keys = broadcast.announcements.seen_keys
+        park = CorrelationPark(lambda: seen_keys.union(self._correlate_keys()), window_s=t.park_window_s)
         forwarder = Forwarder(group, ForwardRouter(broadcast.announcements, lambda: group.ownership),
-                              topic=f"{group_name}.forward")
+                              topic=f"{group_name}.forward", park=park)
         async with anyio.create_task_group() as tg:
             await tg.start(group.run)
             first = await group.wait_assigned()
@@ -288,6 +306,7 @@ class KafkaClusterMembership(BaseMembership):
             tg.start_soon(self._announcer)
             tg.start_soon(lambda: outbox.run(poll_s=t.results_poll_s, gather_s=t.results_gather_s))
             tg.start_soon(self._follow_ownership, group, leases)
+            tg.start_soon(self._watch_lapses, group, leases, t.session_timeout_s / 6)
             if judge is not None:
                 book = PassiveCountBook(pool, judge, self._member_id, leases.session_id)
                 self.passive_windows.book = book
@@ -325,12 +344,30 @@ class KafkaClusterMembership(BaseMembership):
                 for handler in self._on_moves:
                     await handler(lost, gained)
 
+    async def _watch_lapses(self, group: KafkaMembership, leases: LeaseBook, tick_s: float) -> None:
+        """A lease that lapses while the group still gives this member the probe (the broker went silent:
+        fencing) ends its runs of that probe as a move does — recorded ``aborted`` (reason ``rebalance``),
+        not failed for want of spans it can no longer read; the new owner runs the probe again."""
+        held: set[str] = set()
+        while True:
+            await anyio.sleep(tick_s)
+            now = leases.held()
+            lapsed = {p for p in held - now if group.ownership.owns_probe(p)}
+            held = now
+            if lapsed:
+                log.warning("leases lapsed member=%s probes=%d: their runs are aborted", self._member_id, len(lapsed))
+                for handler in self._on_moves:
+                    await handler(lapsed, set())
+
     async def abort_left_runs(self, probe_ids: set[str], reason: str = "rebalance") -> dict[str, list[str]]:
-        """Record the runs another member left running for these probes ``aborted``: run ids by probe."""
+        """Record the runs another member left running for these probes ``aborted``: run ids by probe (with
+        the ones it recorded aborted itself just before; see ``_ABORT_LEFT``)."""
         if self._parts is None or not probe_ids:
             return {}
         async with self._parts.pool.connection() as conn:
-            cur = await conn.execute(_ABORT_LEFT, (reason, time.time_ns(), sorted(probe_ids)))
+            now_ns = time.time_ns()
+            cur = await conn.execute(_ABORT_LEFT, {"reason": reason, "now": now_ns, "probes": sorted(probe_ids),
+                                                   "since": now_ns - int(self.timing.session_timeout_s * 3e9)})
             out: dict[str, list[str]] = {}
             for run_id, probe_id in await cur.fetchall():
                 out.setdefault(str(probe_id), []).append(str(run_id))
@@ -351,6 +388,17 @@ class KafkaClusterMembership(BaseMembership):
             await conn.execute(_REPORT, (self.address, parts.leases.epoch, sorted(own.partitions), len(held),
                                          parts.leases.session_id))
 
+    @property
+    def results_idempotent(self) -> bool | None:
+        """Whether the results producer is idempotent: False when the broker refused InitProducerId
+        (tansu does) and it fell back to a plain producer; None before it started."""
+        return self._parts.outbox.idempotent if self._parts else None
+
+    def park_counts(self) -> dict[str, int]:
+        """The correlation park's counters (``tracecanary_cluster_correlate_parked_total``)."""
+        park = self._parts.forwarder.park if self._parts else None
+        return asdict(park.stats) if park is not None else {}
+
     def partition_of_probe(self, probe_id: str) -> int | None:
         own = self.ownership
         return probe_partition(probe_id, own.num_partitions) if own.num_partitions else None
@@ -362,36 +410,5 @@ class KafkaClusterMembership(BaseMembership):
             return {}
         return {"filter": p.group.filter.stats, "leases": p.leases.stats, "outbox": p.outbox.stats,
                 "forward": p.forwarder.stats, "broadcast": p.broadcast.stats, "minter": p.group.minter.stats,
-                "passive": self.passive_windows.book.stats if self.passive_windows.book else None}
-
-
-async def _run_when_owned(membership: KafkaClusterMembership, runner: Runner, scheduler: Scheduler,
-                          probe_id: str, left: list[str], timeout_s: float) -> None:
-    with anyio.move_on_after(timeout_s):
-        while not membership.owns(probe_id):  # the lease is claimed by a coming lease round
-            await membership.wait_lease_round()
-        runs = [r for r in [await runner.deps.store.get_run(run_id) for run_id in left] if r is not None]
-        await membership.publish_aborted(runs)  # the previous owner's last runs reach results_topic too
-        try:
-            scheduler.run_now(probe_id)
-        except (RunRefused, KeyError) as e:
-            log.info("re-run after rebalance refused probe=%s reason=%s", probe_id, e)
-
-
-def rebalance_handler(membership: KafkaClusterMembership, runner: Runner, scheduler: Scheduler,
-                      tg: anyio.abc.TaskGroup, *, reschedule: Callable[[], None]) -> MovesHandler:
-    """What the daemon does at an ownership change: schedule exactly the probes now owned
-    (``reschedule``); abort its runs of probes that moved away (recorded ``aborted``, reason
-    ``rebalance``); for probes it gained, record what the previous owner left running ``aborted`` too and
-    run those probes again at once (as soon as their lease is ours)."""
-    async def handle(lost: set[str], gained: set[str]) -> None:
-        reschedule()
-        if lost:
-            aborted = runner.abort(lost, "rebalance")
-            if aborted:
-                log.warning("runs aborted: their probes moved member=%s runs=%d", membership.member_id, aborted)
-        left = await membership.abort_left_runs(gained) if gained else {}
-        for probe_id, run_ids in sorted(left.items()):
-            tg.start_soon(_run_when_owned, membership, runner, scheduler, probe_id, run_ids,
-                          membership.timing.session_timeout_s * 3)
-    return handle
+                "passive": self.passive_windows.book.stats if self.passive_windows.book else None,
+                "park": self.park_counts()}

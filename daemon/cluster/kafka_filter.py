@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tracecanary.daemon.spans.buffer import TraceBuffer
-from tracecanary.daemon.spans.kafka import ingest_message
+from tracecanary.daemon.spans.kafka import ingest_message, is_json_value
 from tracecanary.daemon.spans.otlp import RawBatch, decode_json, scan_protobuf
 
 Decision = Literal["owned", "linked", "tapped", "skipped"]
@@ -132,7 +132,7 @@ class TraceFilter:
         return tapped is not None and any(tapped(raw) for raw in raws)
 
     def _scan(self, buffer: TraceBuffer, keyless: bool, value: bytes, encoding: str) -> Decision:
-        if encoding == "otlp_json" or (encoding == "auto" and value.lstrip()[:1] in (b"{", b"[")):
+        if encoding == "otlp_json" or (encoding == "auto" and is_json_value(value)):
             spans = decode_json(value).spans
             owned = keyless and any(s.trace_id.lower().encode("ascii") in self._hex for s in spans)
             linked = not owned and any(ln.trace_id.lower().encode("ascii") in self._hex

@@ -9,6 +9,9 @@ as the spans topic; each member reads exactly the forward partitions matching it
 partitions (manual assignment, re-done at every ownership change), so a forwarded trace reaches the
 owner, like its own spans. The forwarding member remembers the route of the foreign trace, so its
 later messages (children without links) follow.
+
+A correlated trace that arrives before the announcement of its value is parked (``kafka_park.py``) and
+released to its owner when the announcement comes.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from tracecanary.assertions.spans import AttrValue
 from tracecanary.daemon.cluster.kafka_broadcast import Announcements
 from tracecanary.daemon.cluster.kafka_filter import TraceFilter
 from tracecanary.daemon.cluster.kafka_membership import KafkaMembership, Ownership
+from tracecanary.daemon.cluster.kafka_park import CorrelationPark
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.otlp import OtlpDecodeError, RawBatch, find_attribute_hits, find_link_pairs
 
@@ -94,9 +99,11 @@ class Forwarder:
     """Produce forwarded messages and read the forward partitions this member owns into its buffer."""
 
     def __init__(self, membership: KafkaMembership, router: ForwardRouter, *, topic: str,
-                 op_timeout_s: float = 10.0) -> None:
+                 op_timeout_s: float = 10.0, park: CorrelationPark | None = None) -> None:
         self.membership = membership
         self.router = router
+        self.park = park
+        """Where foreign messages wait for a late ``correlate`` announcement (None: not kept)."""
         self.topic = topic
         self.op_timeout_s = op_timeout_s
         self.stats = ForwardStats()
@@ -108,12 +115,31 @@ class Forwarder:
         """The trace filter's hook for a foreign protobuf message: queue it for every other owner that
         needs it; True when this member needs it as well."""
         targets = self.router.targets(batch)
+        if not targets and self.park is not None:
+            self.park.consider(value, batch)
         mine = self.membership.ownership.partitions
         for part in targets - mine:
             self._pending.append((part, value))
         if self._pending:
             self._wake.set()
         return not targets.isdisjoint(mine)
+
+    def _release(self, key: str, value: AttrValue, partition: int) -> None:
+        """A value was announced: what the park holds for it goes to its owner now (kept, when that is us)."""
+        if self.park is None:
+            return
+        released = self.park.release(key, value)
+        mine = partition in self.membership.ownership.partitions
+        for message, traces in released:
+            for trace in traces:
+                self.router._route(trace, partition, set())  # the trace's later messages follow
+            if mine:
+                self.membership.filter.accept_forwarded(self.membership.buffer, message)
+            else:
+                self._pending.append((partition, message))
+        if released:
+            log.info("parked messages released key=%s partition=%d messages=%d", key, partition, len(released))
+            self._wake.set()
 
     async def _flush(self) -> None:
         assert self._producer is not None
@@ -133,8 +159,10 @@ class Forwarder:
             await producer.start()
             await consumer.start()
         self._producer = producer
+        park, announcements = self.park, self.router.announcements
         self.membership.filter.on_foreign = self.offer
-        self.membership.filter.foreign_wanted = lambda: bool(self.router.announcements)
+        self.membership.filter.foreign_wanted = lambda: bool(announcements) or (park is not None and park.wanted())
+        announcements.on_value = self._release
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._follow_ownership, consumer)
@@ -143,6 +171,7 @@ class Forwarder:
                 await self._read_loop(consumer)
         finally:
             self.membership.filter.on_foreign = None
+            announcements.on_value = None
             self.membership.filter.foreign_wanted = lambda: True
             self._producer = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):

@@ -108,6 +108,12 @@ class Membership(Protocol):
         """The replicas known to the cluster, this one included."""
         ...
 
+    @property
+    def results_idempotent(self) -> bool | None:
+        """Mode kafka: whether results go to ``results_topic`` through an idempotent producer (False: the
+        broker refused InitProducerId and the member fell back). None in the other modes."""
+        ...
+
     def roles(self) -> AsyncIterator[Role]:
         """The current role at once, then each change (the latest one when several happened)."""
         ...
@@ -172,6 +178,10 @@ class BaseMembership:
 
     @property
     def writer(self) -> str | None:
+        return None
+
+    @property
+    def results_idempotent(self) -> bool | None:
         return None
 
     def roles(self) -> AsyncIterator[Role]:

@@ -11,6 +11,11 @@ never lands a write of an earlier term. A deposed replica's late writes are
 refused with SQLSTATE ``TCF01`` (never merged); connections without the option (mode single, tools)
 are not fenced. The kv namespaces any replica may write (the store's proving writes, silences) are
 exempt.
+
+Unlike kafka mode's tables (store migration 4), this schema stays outside ``MIGRATIONS`` on purpose:
+the fence function and its triggers are code that must match the running binary, so each election
+session re-creates them (``CREATE OR REPLACE``, triggers dropped and re-made) — a fixed fence reaches an
+existing database at the next start, which a frozen migration step would not do.
 """
 
 from __future__ import annotations

@@ -295,7 +295,8 @@ def _load_probe(raw: RawProbe, errors: list[str]) -> ProbeSpec | None:
         errors.append(f"{doc.path}:{line_of(doc, kloc)} {render_loc(kloc, doc.data)}: {what} (known: {known})")
         return None
     try:
-        return PROBES[kind].model_validate(raw.data)
+        # the context lets a kind resolve files relative to its config file (a grpc probe's proto_file)
+        return PROBES[kind].model_validate(raw.data, context={"config_path": doc.path})
     except ValidationError as e:
         errors.extend(pydantic_errors(e, doc, loc))
         return None

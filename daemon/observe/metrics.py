@@ -28,10 +28,13 @@ from prometheus_client import (
     Info,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from tracecanary import __version__
 from tracecanary.assertions.verdict import Verdict
+from tracecanary.daemon.spans.pull import FETCH_OUTCOMES
 from tracecanary.daemon.store.base import RunRecord, RunStatus, Store
 from tracecanary.probes.base import ProbeSpec
 
@@ -126,6 +129,10 @@ class Metrics:
         self.passive_traces = Counter(
             "tracecanary_passive_traces", "Entry traces judged by kind: passive probes, by verdict (dropped: not "
             "judged, the passive judge was over its span budget).", ["probe", "verdict"], registry=r)
+        self.trace_source_fetches = Counter(
+            "tracecanary_trace_source_fetches", "Trace fetches from pull sources (sentry, jaeger, tempo) by outcome: "
+            "found, not_found (not there yet), rate_limited (429), auth (401/403: polling stops), error (network, "
+            "5xx, timeout, unreadable answer).", ["source", "outcome"], registry=r)
         self.last_run = Gauge(
             "probe_last_run_timestamp_seconds", "Unix time the probe's latest run (any attempt, any outcome) "
             "finished; 0 before its first. Age: time() - probe_last_run_timestamp_seconds.", ["probe"], registry=r)
@@ -173,6 +180,16 @@ class Metrics:
         for channel in channels:
             for outcome in DELIVERY_OUTCOMES:
                 self.alerts_sent.labels(channel, outcome)
+
+    def register_pull_sources(self, sources: Iterable[str]) -> None:
+        """The pull-source fetch counters at 0 for the configured sources, every outcome."""
+        for source in sources:
+            for outcome in FETCH_OUTCOMES:
+                self.trace_source_fetches.labels(source, outcome)
+
+    def trace_source_fetched(self, source: str, outcome: str) -> None:
+        """One fetch from a pull source ended with ``outcome`` (``PullSource.observe``)."""
+        self.trace_source_fetches.labels(source, outcome).inc()
 
     async def restore(self, store: Store, probes: Iterable[ProbeSpec], *, look_back: int = 20) -> None:
         """After a restart: each probe's last run time and last judged verdict from the store, so a
@@ -250,6 +267,20 @@ class Metrics:
         """Mode kafka: ``tracecanary_owned_probes`` reads how many probes this member fires now."""
         Gauge("tracecanary_owned_probes", "Probes this member fires now (mode kafka: its partitions' probes "
               "whose lease it holds).", registry=self.registry).set_function(fn)
+
+    def set_kafka_member_metrics(self, results_idempotent: Callable[[], float],
+                                 correlate_parked: Callable[[], Mapping[str, int]]) -> None:
+        """Mode kafka: ``tracecanary_cluster_results_idempotent`` and ``tracecanary_cluster_correlate_parked_total``
+        read the member's state at scrape time."""
+        Gauge("tracecanary_cluster_results_idempotent", "1 when this member publishes results with an idempotent "
+              "producer; 0 when the broker refused InitProducerId (tansu) and it fell back to a plain one (a send "
+              "retried within one session may repeat a run on results_topic); NaN before it started.",
+              registry=self.registry).set_function(results_idempotent)
+        self.registry.register(_CountsCollector(
+            "tracecanary_cluster_correlate_parked", "Foreign span messages parked for a late `correlate` "
+            "announcement, by outcome: parked, released (sent to the owner when it came), expired (nobody "
+            "announced it: real traffic), overflowed (dropped by the bound before its window ended: a late "
+            "announcement misses it).", "outcome", correlate_parked))
 
     def set_buffer_gauge(self, fn: Callable[[], float]) -> None:
         """Read the buffer's size at scrape time (no bookkeeping on the hot path)."""
@@ -333,3 +364,16 @@ def metrics_routes(m: Metrics, refresh: Callable[[], Awaitable[None]] | None = N
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     return [web.get("/metrics", handle)]
+
+
+class _CountsCollector(Collector):
+    """One counter family read from a mapping at scrape time (``label value -> count``)."""
+
+    def __init__(self, name: str, documentation: str, label: str, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._name, self._doc, self._label, self._counts = name, documentation, label, counts
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for value, count in sorted(self._counts().items()):
+            family.add_metric([value], float(count))
+        yield family

@@ -248,7 +248,7 @@ async def _from_pull(
         latest[0] = fresh(spans)
         return latest[0].check(quiet_s=float("inf")).done
 
-    spans = await source.poll(ctx.trace.trace_id, until, ctx.deadline_s, on_error=pull.failed)
+    spans = await source.poll(ctx.trace.trace_id, until, ctx.deadline_s, on_error=pull.failed, since_ns=ctx.trigger_ns)
     final = fresh(spans)
     state = final.check(quiet_s=float("inf"))
     if not state.done:

@@ -17,107 +17,34 @@ and — when not a pass — kept in a bounded ring for the dashboard's worst-rec
 Bounded: the spans it holds (pending and open traces) never exceed ``max_spans`` (the buffer's own
 budget): over it the oldest pending traces go first, then new entry traces are counted ``dropped``
 instead of judged. Pending traces older than the probe's ``timeout`` (plus ``settle``) are dropped:
-their entry span, had it started, would be past its deadline.
+their entry span, had it started, would be past its deadline (``passive_budget.py``). The per-probe
+state, its window and kept results live in ``passive_state.py``.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import math
 import time
-from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from tracecanary.assertions.expect import TraceExpectation
 from tracecanary.assertions.judge import JudgeState, TraceJudge
 from tracecanary.assertions.spans import Span
-from tracecanary.assertions.tree import Check, compile_checks
-from tracecanary.assertions.verdict import Verdict, rank
+from tracecanary.assertions.tree import compile_checks
+from tracecanary.daemon.run.passive_budget import SpanBudget
+from tracecanary.daemon.run.passive_state import OpenTrace, PassiveResult, PassiveSnapshot, ProbeState
 from tracecanary.probes.base import ProbeSpec
 from tracecanary.probes.passive import PassiveCounts, PassiveProbe, in_sample
 
-log = logging.getLogger("tracecanary.passive")
+__all__ = ["CHECK_SLICE", "PassiveJudge", "PassiveResult", "PassiveSnapshot"]
 
 CHECK_SLICE = 256
 """Traces checked between two checkpoints of the judging task."""
-JUDGED_MEMORY = 65_536
-"""Ids of judged traces remembered per probe, so late spans never start a second judgement."""
-MESSAGE_MAX = 300
-LOG_EVERY = 1000
-"""Drops for the span budget are logged on the first and then every this many (the metric counts each)."""
-
-
-@dataclass(frozen=True, slots=True)
-class PassiveResult:
-    """One judged entry trace: what the worst-recent view shows (not a run record)."""
-
-    trace_id: str
-    verdict: Verdict
-    kinds: tuple[str, ...]
-    """The finding types that made the verdict (``trace.missing``, ``trace.forbid`` …)."""
-    message: str
-    """The first such finding's sentence (shortened)."""
-    entry: str
-    started_ns: int
-    """When the entry span started (wall clock)."""
-    judged_ns: int
-    spans: int
-
-
-@dataclass
-class PassiveSnapshot:
-    """A probe's passive state for the dashboard."""
-
-    probe_id: str
-    window: PassiveCounts
-    totals: dict[str, int]
-    recent: list[PassiveResult]
-    """Kept non-passing results, worst first, then most recent first."""
-    open_traces: int
-    pending_traces: int
-    late_spans: int
-
-
-@dataclass(eq=False, slots=True)
-class _Open:
-    state: _Probe
-    key: bytes
-    judge: TraceJudge
-    entry: Span
-    deadline_s: float
-    last_arrival_s: float
-    fresh: list[Span]
-    spans: int = 0
-    due_s: float = math.inf
-    queued: bool = False
-    closed: bool = False
-
-
-@dataclass(eq=False)
-class _Probe:
-    spec: PassiveProbe
-    entry_checks: list[Check]
-    bound: int
-    """The sample: trace ids whose low 64 bits are below it (``PassiveProbe.sample_bound``)."""
-    pending: OrderedDict[bytes, tuple[float, list[Span]]] = field(default_factory=OrderedDict)
-    open: dict[bytes, _Open] = field(default_factory=dict)
-    judged: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
-    window: PassiveCounts = field(default_factory=PassiveCounts)
-    totals: Counter[str] = field(default_factory=Counter)
-    recent: deque[PassiveResult] = field(default_factory=deque)
-    late_spans: int = 0
-
-    def entry_of(self, spans: Iterable[Span]) -> Span | None:
-        checks = self.entry_checks
-        found = [s for s in spans if all(c(s) is None for c in checks)]
-        return min(found, key=lambda s: s.start_ns) if found else None
 
 
 class PassiveJudge:
@@ -127,43 +54,40 @@ class PassiveJudge:
     def __init__(self, max_spans: int = 1_000_000, *, clock: Callable[[], float] = time.monotonic,
                  wall_ns: Callable[[], int] = time.time_ns,
                  on_judged: Callable[[str, str], None] | None = None) -> None:
-        self.max_spans = max_spans
+        self._budget = SpanBudget(max_spans)
         self._clock, self._wall_ns = clock, wall_ns
         self._on_judged = on_judged
-        self._probes: dict[str, _Probe] = {}
-        self._states: tuple[_Probe, ...] = ()
-        self._held = 0
-        self._dirty: list[_Open] = []
-        self._timers: list[tuple[float, int, _Open]] = []
+        self._probes: dict[str, ProbeState] = {}
+        self._states: tuple[ProbeState, ...] = ()
+        self._dirty: list[OpenTrace] = []
+        self._timers: list[tuple[float, int, OpenTrace]] = []
         self._seq = itertools.count()
         self._wake: anyio.Event | None = None
         self._open_total = 0
         self._idle: anyio.Event | None = None
-        self.dropped_pending = 0
-        """Pending traces (no entry span yet) dropped for the span budget."""
 
     # ---- configuration --------------------------------------------------------------------------
 
     def configure(self, probes: Iterable[ProbeSpec]) -> None:
         """Follow the passive probes of a (re)loaded config; an unchanged probe keeps its state."""
-        states: dict[str, _Probe] = {}
+        states: dict[str, ProbeState] = {}
         for p in probes:
             if not isinstance(p, PassiveProbe) or p.pause:
                 continue
             old = self._probes.get(p.id)
-            states[p.id] = old if old is not None and old.spec == p else _Probe(p, compile_checks(p.entry), p.sample_bound())
+            states[p.id] = (old if old is not None and old.spec == p
+                            else ProbeState(p, compile_checks(p.entry), p.sample_bound()))
         for pid, old in self._probes.items():
             if states.get(pid) is not old:
                 self._forget(old)
         self._probes, self._states = states, tuple(states.values())
 
-    def _forget(self, state: _Probe) -> None:
+    def _forget(self, state: ProbeState) -> None:
+        self._budget.forget(state)
         for op in state.open.values():
             op.closed = True
-            self._held -= op.spans + len(op.fresh)
         self._open_total -= len(state.open)
         self._signal_idle()
-        self._held -= sum(len(spans) for _, spans in state.pending.values())
         state.open.clear()
         state.pending.clear()
 
@@ -172,9 +96,19 @@ class PassiveJudge:
         return bool(self._states)
 
     @property
+    def max_spans(self) -> int:
+        """The span budget (the buffer's own)."""
+        return self._budget.max_spans
+
+    @property
     def held_spans(self) -> int:
         """Spans held now (pending and open traces)."""
-        return self._held
+        return self._budget.held
+
+    @property
+    def dropped_pending(self) -> int:
+        """Pending traces (no entry span yet) dropped for the span budget."""
+        return self._budget.dropped_pending
 
     # ---- the tap (called on ingest: route only) -------------------------------------------------
 
@@ -192,12 +126,12 @@ class PassiveJudge:
         if self._dirty and self._wake is not None:
             self._wake.set()
 
-    def _route(self, state: _Probe, key: bytes, group: list[Span], now: float) -> None:
+    def _route(self, state: ProbeState, key: bytes, group: list[Span], now: float) -> None:
         op = state.open.get(key)
         if op is not None:
             op.fresh.extend(group)
             op.last_arrival_s = now
-            self._held += len(group)
+            self._budget.held += len(group)
             self._queue(op)
             return
         if key in state.judged:
@@ -205,57 +139,37 @@ class PassiveJudge:
             return
         entry = state.entry_of(group)
         pend = state.pending.get(key)
-        self._held += len(group)
+        self._budget.held += len(group)
         if entry is None:
             if pend is None:
                 state.pending[key] = (now, list(group))
             else:
                 pend[1].extend(group)
-            self._make_room()
+            self._budget.make_room(self._states)
             return
         spans = [*pend[1], *group] if pend is not None else list(group)
         if pend is not None:
             del state.pending[key]
-        if not self._make_room():
-            self._held -= len(spans)
-            self._remember(state, key)
-            state.window.dropped += 1
-            state.totals["dropped"] += 1
-            if state.totals["dropped"] % LOG_EVERY == 1:
-                log.warning("passive judge over its span budget: entry trace dropped probe=%s held_spans=%d "
-                            "max_spans=%d dropped_total=%d", state.spec.id, self._held, self.max_spans,
-                            state.totals["dropped"])
+        if not self._budget.make_room(self._states):
+            self._budget.drop_entry(state, key, len(spans))
             if self._on_judged is not None:
                 self._on_judged(state.spec.id, "dropped")
             return
+        self._open(state, key, entry, spans, now)
+
+    def _open(self, state: ProbeState, key: bytes, entry: Span, spans: list[Span], now: float) -> None:
         start_ns = entry.start_ns
-        judge = TraceJudge(_expectation(state.spec), root_trace_id=entry.trace_id, trigger_ns=start_ns)
+        judge = TraceJudge(state.expectation, root_trace_id=entry.trace_id, trigger_ns=start_ns)
         deadline_s = now + (start_ns + state.spec.timeout * 1e9 - self._wall_ns()) / 1e9
-        op = _Open(state, key, judge, entry, deadline_s, now, spans)
+        op = OpenTrace(state, key, judge, entry, deadline_s, now, spans)
         state.open[key] = op
         self._open_total += 1
         self._queue(op)
 
-    def _queue(self, op: _Open) -> None:
+    def _queue(self, op: OpenTrace) -> None:
         if not op.queued:
             op.queued = True
             self._dirty.append(op)
-
-    def _make_room(self) -> bool:
-        """Drop the oldest pending traces while over the span budget; False when still over it."""
-        while self._held > self.max_spans:
-            oldest = min((s for s in self._states if s.pending),
-                         key=lambda s: next(iter(s.pending.values()))[0], default=None)
-            if oldest is None:
-                return False
-            _, (_, spans) = oldest.pending.popitem(last=False)
-            self._held -= len(spans)
-            self.dropped_pending += 1
-            if self.dropped_pending % LOG_EVERY == 1:
-                log.warning("passive judge over its span budget: oldest traces still waiting for their entry span "
-                            "dropped held_spans=%d max_spans=%d dropped_total=%d", self._held, self.max_spans,
-                            self.dropped_pending)
-        return True
 
     async def settled(self) -> None:
         """Return once no entry trace is open (each is judged by its deadline at the latest): ``demo --once``
@@ -274,10 +188,7 @@ class PassiveJudge:
 
     def take(self, probe_id: str) -> PassiveCounts:
         state = self._probes.get(probe_id)
-        if state is None:
-            return PassiveCounts()
-        counts, state.window = state.window, PassiveCounts()
-        return counts
+        return state.take() if state is not None else PassiveCounts()
 
     async def collect(self, probe_id: str) -> PassiveCounts:
         """:meth:`take` (the ``PassiveWindows`` of one process)."""
@@ -297,13 +208,7 @@ class PassiveJudge:
     def snapshot(self, probe_id: str) -> PassiveSnapshot | None:
         """The probe's current window, lifetime totals and kept non-passing results (None: not passive)."""
         state = self._probes.get(probe_id)
-        if state is None:
-            return None
-        w = state.window
-        window = PassiveCounts(w.judged, w.failed, w.degraded, Counter(w.kinds), w.dropped, list(w.worst))
-        recent = sorted(state.recent, key=lambda r: (-rank(r.verdict), -r.judged_ns))
-        return PassiveSnapshot(probe_id, window, dict(state.totals), recent, len(state.open), len(state.pending),
-                               state.late_spans)
+        return state.snapshot() if state is not None else None
 
     # ---- judging --------------------------------------------------------------------------------
 
@@ -340,9 +245,9 @@ class PassiveJudge:
             due_s, _, op = heapq.heappop(timers)
             if not op.closed and op.due_s == due_s:
                 self._check(op, now)
-        self._sweep(now)
+        self._budget.sweep(self._states, now)
 
-    def _check(self, op: _Open, now: float) -> None:
+    def _check(self, op: OpenTrace, now: float) -> None:
         if op.fresh:
             op.judge.feed(op.fresh)
             op.spans += len(op.fresh)
@@ -362,61 +267,18 @@ class PassiveJudge:
             op.due_s = due_s
             heapq.heappush(self._timers, (due_s, next(self._seq), op))
 
-    def _close(self, op: _Open, judged: JudgeState) -> None:
+    def _close(self, op: OpenTrace, judged: JudgeState) -> None:
         op.closed = True
         op.judge.release()
         state = op.state
         del state.open[op.key]
         self._open_total -= 1
         self._signal_idle()
-        self._held -= op.spans
-        self._remember(state, op.key)
-        verdict = judged.verdict or Verdict.FAIL
-        bad = [f for f in judged.findings if f.severity is verdict] if verdict is not Verdict.PASS else []
-        result = PassiveResult(
-            trace_id=op.entry.trace_id, verdict=verdict, kinds=tuple(dict.fromkeys(f.type for f in bad)),
-            message=bad[0].message[:MESSAGE_MAX] if bad else "", entry=op.entry.label(),
-            started_ns=op.entry.start_ns, judged_ns=self._wall_ns(), spans=op.spans,
-        )
-        self._count(state, result)
+        self._budget.held -= op.spans
+        state.remember(op.key)
+        self._count(state, PassiveResult.of(op.entry, judged, judged_ns=self._wall_ns(), spans=op.spans))
 
-    def _count(self, state: _Probe, result: PassiveResult) -> None:
-        w = state.window
-        w.judged += 1
-        state.totals[result.verdict.value] += 1
-        if result.verdict is Verdict.DEGRADED:
-            w.degraded += 1
-        elif not result.verdict.ok:
-            w.failed += 1
-            w.kinds.update(result.kinds)
-            if len(w.worst) < PassiveCounts.WORST_IDS:
-                w.worst.append(result.trace_id)
-        if result.verdict is not Verdict.PASS:
-            state.recent.append(result)
-            if len(state.recent) > state.spec.recent:
-                state.recent.popleft()
+    def _count(self, state: ProbeState, result: PassiveResult) -> None:
+        state.count(result)
         if self._on_judged is not None:
             self._on_judged(state.spec.id, result.verdict.value)
-
-    def _remember(self, state: _Probe, key: bytes) -> None:
-        state.judged[key] = None
-        if len(state.judged) > JUDGED_MEMORY:
-            state.judged.popitem(last=False)
-
-    def _sweep(self, now: float) -> None:
-        """Drop pending traces whose entry span, had it started, would be past its deadline."""
-        for state in self._states:
-            horizon = now - state.spec.timeout - _expectation(state.spec).settle
-            pending = state.pending
-            while pending:
-                first_s, spans = next(iter(pending.values()))
-                if first_s >= horizon:
-                    break
-                pending.popitem(last=False)
-                self._held -= len(spans)
-
-
-def _expectation(spec: PassiveProbe) -> TraceExpectation:
-    trace = spec.expect.trace
-    assert trace is not None, "a passive probe always has expect.trace (validated at load)"
-    return trace

@@ -11,6 +11,7 @@ Polling (backoff, 429 ``Retry-After``, 5xx retried) is ``pull.poll_trace``, shar
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -49,12 +50,21 @@ class JaegerTraceSource(pull.VersionedSource):
         if not integration.url:
             raise JaegerApiError("integrations.jaeger needs url (the query service, e.g. http://jaeger:16686)")
         super().__init__(session, integration.url, {"Accept": "application/json", **integration.headers}, _ERRORS,
-                         **timing_s)
+                         window_slack_s=integration.query_window, **timing_s)
 
-    async def fetch_newer(self, trace_id: str) -> list[Span]:
+    def window_params(self, window: pull.Window | None, *, newer: bool) -> list[tuple[str, str]]:
+        """api_v3: ``start_time``/``end_time`` as RFC 3339 (Jaeger 1.6x+ reads them in ``getTrace``);
+        api/traces: ``start``/``end`` in unix microseconds (the JSON API's time unit)."""
+        if window is None:
+            return []
+        if newer:
+            return [("start_time", _rfc3339(window.start_ns)), ("end_time", _rfc3339(window.end_ns))]
+        return [("start", str(window.start_ns // 1000)), ("end", str(-(-window.end_ns // 1000)))]
+
+    async def fetch_newer(self, trace_id: str, params: list[tuple[str, str]]) -> list[Span]:
         """``/api/v3/traces/{id}``."""
         path = f"/api/v3/traces/{trace_id}"
-        reply = await self._http.get(path, passed=(404,))
+        reply = await self._http.get(path, params, passed=(404,))
         if reply.status == 404:
             return []
         spans: list[Span] = []
@@ -78,10 +88,10 @@ class JaegerTraceSource(pull.VersionedSource):
         result = chunk.get("result")
         return decode_pulled(result, trace_id) if isinstance(result, Mapping) else []
 
-    async def fetch_older(self, trace_id: str) -> list[Span]:
+    async def fetch_older(self, trace_id: str, params: list[tuple[str, str]]) -> list[Span]:
         """``/api/traces/{id}``."""
         path = f"/api/traces/{trace_id}"
-        reply = await self._http.get(path, passed=(404,))
+        reply = await self._http.get(path, params, passed=(404,))
         if reply.status == 404:
             return []
         doc = reply.json(f"GET {path}", _ERRORS)
@@ -101,6 +111,10 @@ class JaegerTraceSource(pull.VersionedSource):
         except (TypeError, ValueError, AttributeError) as e:
             raise JaegerApiError(f"GET {path}: unreadable trace: {e}") from e
 
+
+def _rfc3339(unix_ns: int) -> str:
+    seconds, nanos = divmod(unix_ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos:09d}Z"
 
 
 __all__ = ["JaegerApiError", "JaegerAuthError", "JaegerRateLimitedError", "JaegerTraceSource"]

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tracecanary.assertions.units import Duration
 from tracecanary.daemon.spans.buffer import TraceBuffer
-from tracecanary.daemon.spans.otlp import OtlpDecodeError, decode_json, scan_protobuf
+from tracecanary.daemon.spans.otlp import OtlpDecodeError, decode_json, parse_request, scan_protobuf
 from tracecanary.errors import StartupError
 
 log = logging.getLogger("tracecanary.spans.kafka")
@@ -59,15 +59,27 @@ class KafkaSourceStats:
     committed_messages: int = 0
 
 
-def _is_json(value: bytes) -> bool:
-    return value.lstrip()[:1] in (b"{", b"[")
+def is_json_value(value: bytes) -> bool:
+    """Whether an ``auto``-encoded message is OTLP/JSON: it starts with ``{`` or ``[``, perhaps after
+    whitespace. A protobuf request starts with the tag byte 0x0a (a newline) and then its first field's
+    length, which reads as ``{`` or ``[`` at 123 or 91 bytes: a value starting with whitespace is JSON only
+    when it is not a valid protobuf request."""
+    if value[:1] in (b"{", b"["):
+        return True
+    if value.lstrip()[:1] not in (b"{", b"["):
+        return False
+    try:
+        parse_request(value)
+    except OtlpDecodeError:
+        return True
+    return False
 
 
 def ingest_message(buffer: TraceBuffer, value: bytes | None, encoding: str) -> int:
     """Decode one message value into the buffer; returns spans added. Raises OtlpDecodeError."""
     if not value:
         return 0
-    if encoding == "otlp_json" or (encoding == "auto" and _is_json(value)):
+    if encoding == "otlp_json" or (encoding == "auto" and is_json_value(value)):
         return buffer.add_spans(decode_json(value).spans)
     return buffer.add_batch(scan_protobuf(value))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,13 +54,17 @@ class PullSource(Protocol):
     name: str
     """The ``expect.trace.source`` value this source serves."""
 
-    async def fetch(self, trace_id: str) -> list[Span]:
-        """The spans the backend holds for ``trace_id`` now (empty: not there yet)."""
+    observe: Callable[[str, str], None] | None
+    """Told (source name, outcome) after every fetch: found, not_found, rate_limited, auth, error."""
+
+    async def fetch(self, trace_id: str, since_ns: int | None = None) -> list[Span]:
+        """The spans the backend holds for ``trace_id`` now (empty: not there yet); ``since_ns`` (the
+        trigger, unix ns) lets a backend that takes a time window search only around it."""
         ...
 
     async def poll(
         self, trace_id: str, until: Callable[[list[Span]], bool], deadline_s: float,
-        on_error: Callable[[Exception], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None, since_ns: int | None = None,
     ) -> list[Span]:
         """Fetch until ``until(spans)`` holds or the anyio-monotonic ``deadline_s``; the last spans."""
         ...
@@ -154,17 +159,27 @@ def retry_after_s(header: str | None, default_s: float) -> float:
         return default_s
 
 
+FETCH_OUTCOMES = ("found", "not_found", "rate_limited", "auth", "error")
+"""What one fetch from a pull source came to (the ``outcome`` label of ``tracecanary_trace_source_fetches``)."""
+
+
+def _ignore(name: str, outcome: str) -> None:
+    pass
+
+
 async def poll_trace(
     name: str, fetch: Callable[[str], Awaitable[list[Span]]], trace_id: str,
     until: Callable[[list[Span]], bool], deadline_s: float, *, poll_initial_s: float, poll_max_s: float,
-    on_error: Callable[[Exception], None] | None = None,
+    on_error: Callable[[Exception], None] | None = None, observe: Callable[[str, str], None] | None = None,
 ) -> list[Span]:
     """Fetch until ``until(spans)`` holds or the anyio-monotonic ``deadline_s``; return the last spans.
 
     Backoff doubles from ``poll_initial_s`` to ``poll_max_s``; a 429 waits its ``Retry-After``;
     transient failures (network, 5xx, timeouts) are retried, each told to ``on_error``; auth errors
-    raise. ``until`` sees every successful fetch.
+    raise. ``until`` sees every successful fetch; ``observe(name, outcome)`` every fetch's outcome
+    (one of :data:`FETCH_OUTCOMES`).
     """
+    told = observe or _ignore
     delay_s = poll_initial_s
     last: list[Span] = []
     attempt = 0
@@ -174,18 +189,22 @@ async def poll_trace(
         try:
             with anyio.move_on_after(max(0.0, deadline_s - anyio.current_time())):
                 last = await fetch(trace_id)
+                told(name, "found" if last else "not_found")
                 if until(last):
                     log.debug("%s trace complete trace_id=%s attempts=%d spans=%d", name, trace_id, attempt, len(last))
                     return last
             delay_s = min(delay_s * 2, poll_max_s)
         except PullAuthError:
+            told(name, "auth")
             raise
         except PullRateLimitedError as e:
+            told(name, "rate_limited")
             wait_s = e.retry_after_s
             log.info("%s rate limited trace_id=%s retry_after_s=%g", name, trace_id, wait_s)
             if on_error is not None:
                 on_error(e)
         except (PullApiError, TimeoutError) as e:
+            told(name, "error")
             log.warning("%s trace fetch failed trace_id=%s error=%s", name, trace_id, e)
             delay_s = min(delay_s * 2, poll_max_s)
             if on_error is not None:
@@ -202,18 +221,32 @@ class PolledSource:
     name: str
     poll_initial_s: float = 1.0
     poll_max_s: float = 10.0
+    observe: Callable[[str, str], None] | None = None
+    """Told (source name, outcome) after every fetch of a poll (the engine counts them as a metric)."""
 
-    async def fetch(self, trace_id: str) -> list[Span]:
+    async def fetch(self, trace_id: str, since_ns: int | None = None) -> list[Span]:
         """The spans the backend holds for ``trace_id`` now (empty: not there yet)."""
         raise NotImplementedError
 
     async def poll(
         self, trace_id: str, until: Callable[[list[Span]], bool], deadline_s: float,
-        on_error: Callable[[Exception], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None, since_ns: int | None = None,
     ) -> list[Span]:
         """Fetch until ``until(spans)`` holds or the deadline (:func:`poll_trace`: backoff, Retry-After)."""
-        return await poll_trace(self.name, self.fetch, trace_id, until, deadline_s, poll_initial_s=self.poll_initial_s,
-                                poll_max_s=self.poll_max_s, on_error=on_error)
+
+        async def fetch(trace_id: str) -> list[Span]:
+            return await self.fetch(trace_id, since_ns)
+
+        return await poll_trace(self.name, fetch, trace_id, until, deadline_s, poll_initial_s=self.poll_initial_s,
+                                poll_max_s=self.poll_max_s, on_error=on_error, observe=self.observe)
+
+
+@dataclass(frozen=True)
+class Window:
+    """The time a trace is searched in: [trigger − slack, now + slack], unix nanoseconds."""
+
+    start_ns: int
+    end_ns: int
 
 
 class VersionedSource(PolledSource):
@@ -222,34 +255,51 @@ class VersionedSource(PolledSource):
     Each fetch asks the newer one, then the older, and uses whichever returns the trace (404 or empty
     from both: not there yet). Once the older has answered while the newer did not find the trace, the
     backend is taken to lack the newer API, and only the older is asked from then on.
+    With ``window_slack_s`` and a known trigger time, each query carries a time window (each API's own
+    parameters, :meth:`window_params`) so the backend searches only the blocks around the run, not
+    its whole retention; a backend that does not know the parameters ignores them.
     """
 
     newer_api = "newer API"
 
     def __init__(self, session: aiohttp.ClientSession, url: str, headers: Mapping[str, str], errors: ErrorKinds, *,
                  poll_initial_s: float = 1.0, poll_max_s: float = 10.0, request_timeout_s: float = 10.0,
-                 max_retry_after_s: float = 60.0) -> None:
+                 max_retry_after_s: float = 60.0, window_slack_s: float | None = None) -> None:
         self._http = PullHttp(session, url, headers, request_timeout_s=request_timeout_s,
                               max_retry_after_s=max_retry_after_s, default_retry_s=poll_initial_s, errors=errors)
         self.poll_initial_s = poll_initial_s
         self.poll_max_s = poll_max_s
+        self.window_slack_s = window_slack_s
         self.newer: bool | None = None
         """None until known; False once the older API served a trace the newer did not find."""
 
-    async def fetch_newer(self, trace_id: str) -> list[Span]:
+    def window(self, since_ns: int | None) -> Window | None:
+        """The search window for a run triggered at ``since_ns`` (None: no trigger known or no slack set)."""
+        if since_ns is None or self.window_slack_s is None:
+            return None
+        slack_ns = int(self.window_slack_s * 1e9)
+        end_ns = time.time_ns() + slack_ns
+        return Window(min(since_ns - slack_ns, end_ns), end_ns)
+
+    def window_params(self, window: Window | None, *, newer: bool) -> list[tuple[str, str]]:
+        """The query parameters that carry ``window`` to the newer or the older API."""
+        return []
+
+    async def fetch_newer(self, trace_id: str, params: list[tuple[str, str]]) -> list[Span]:
         raise NotImplementedError
 
-    async def fetch_older(self, trace_id: str) -> list[Span]:
+    async def fetch_older(self, trace_id: str, params: list[tuple[str, str]]) -> list[Span]:
         raise NotImplementedError
 
-    async def fetch(self, trace_id: str) -> list[Span]:
+    async def fetch(self, trace_id: str, since_ns: int | None = None) -> list[Span]:
         trace_id = trace_id.lower()
+        window = self.window(since_ns)
         if self.newer is not False:
-            spans = await self.fetch_newer(trace_id)
+            spans = await self.fetch_newer(trace_id, self.window_params(window, newer=True))
             if spans:
                 self.newer = True
                 return spans
-        spans = await self.fetch_older(trace_id)
+        spans = await self.fetch_older(trace_id, self.window_params(window, newer=False))
         if spans and self.newer is None:
             log.info("%s: the %s did not find a trace the older one has; asking the older only from now on",
                      self.name, self.newer_api)
@@ -258,6 +308,6 @@ class VersionedSource(PolledSource):
 
 
 __all__ = [
-    "MAX_RESPONSE_BYTES", "ErrorKinds", "PolledSource", "PullApiError", "PullAuthError", "PullHttp", "PullRateLimitedError",
-    "PullSource", "Reply", "VersionedSource", "poll_trace", "retry_after_s",
+    "FETCH_OUTCOMES", "MAX_RESPONSE_BYTES", "ErrorKinds", "PolledSource", "PullApiError", "PullAuthError", "PullHttp", "PullRateLimitedError",
+    "PullSource", "Reply", "VersionedSource", "Window", "poll_trace", "retry_after_s",
 ]

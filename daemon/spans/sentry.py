@@ -117,8 +117,9 @@ class SentryTraceSource(PolledSource):
     async def _get(self, path: str, params: list[tuple[str, str]] | None = None) -> Any:
         return (await self._http.get(path, params)).json(f"GET {path}", _ERRORS)
 
-    async def fetch(self, trace_id: str) -> list[Span]:
-        """The spans Sentry holds for ``trace_id`` right now (possibly none yet)."""
+    async def fetch(self, trace_id: str, since_ns: int | None = None) -> list[Span]:
+        """The spans Sentry holds for ``trace_id`` right now (possibly none yet); Sentry searches
+        ``statsPeriod`` back, whatever ``since_ns``."""
         trace_id = trace_id.lower()
         if self.legacy is not True:
             data = await self._fetch_new(trace_id)

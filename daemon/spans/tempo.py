@@ -97,20 +97,28 @@ class TempoTraceSource(pull.VersionedSource):
         headers = {"Accept": ACCEPT[integration.format], **integration.headers}
         if integration.tenant:
             headers["X-Scope-OrgID"] = integration.tenant
-        super().__init__(session, integration.url, headers, _ERRORS, **timing_s)
+        super().__init__(session, integration.url, headers, _ERRORS, window_slack_s=integration.query_window,
+                         **timing_s)
         self.partial = False
         """Whether the last v2 answer said PARTIAL (Tempo cut the trace: size limit or pruning)."""
 
-    async def fetch_newer(self, trace_id: str) -> list[Span]:
+    def window_params(self, window: pull.Window | None, *, newer: bool) -> list[tuple[str, str]]:
+        """``start``/``end`` in unix seconds on both APIs (Tempo then searches only the blocks of that time,
+        and the ingesters when the window reaches the present)."""
+        if window is None:
+            return []
+        return [("start", str(window.start_ns // 1_000_000_000)), ("end", str(-(-window.end_ns // 1_000_000_000)))]
+
+    async def fetch_newer(self, trace_id: str, params: list[tuple[str, str]]) -> list[Span]:
         """``/api/v2/traces/{id}`` (``TraceByIDResponse``)."""
-        return await self._fetch(f"/api/v2/traces/{trace_id}", trace_id, v2=True)
+        return await self._fetch(f"/api/v2/traces/{trace_id}", params, trace_id, v2=True)
 
-    async def fetch_older(self, trace_id: str) -> list[Span]:
+    async def fetch_older(self, trace_id: str, params: list[tuple[str, str]]) -> list[Span]:
         """``/api/traces/{id}`` (``tempopb.Trace``)."""
-        return await self._fetch(f"/api/traces/{trace_id}", trace_id, v2=False)
+        return await self._fetch(f"/api/traces/{trace_id}", params, trace_id, v2=False)
 
-    async def _fetch(self, path: str, trace_id: str, *, v2: bool) -> list[Span]:
-        reply = await self._http.get(path, passed=(404,))
+    async def _fetch(self, path: str, params: list[tuple[str, str]], trace_id: str, *, v2: bool) -> list[Span]:
+        reply = await self._http.get(path, params, passed=(404,))
         if reply.status == 404 or not reply.body.strip():
             return []
         try:

@@ -98,6 +98,43 @@ CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_ns, probe_id, final, s
 keep sums in memory while it holds) and the covering index their fills and raw edges read: the same SQL
 on both backends."""
 
+_V4_KAFKA = """
+CREATE SEQUENCE IF NOT EXISTS cluster_epoch;
+CREATE TABLE IF NOT EXISTS cluster_sessions (
+    session_id TEXT PRIMARY KEY, member_id TEXT NOT NULL, ttl_s DOUBLE PRECISION NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(), seen_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    address TEXT, epoch BIGINT, partitions INTEGER[], probes INTEGER
+);
+CREATE TABLE IF NOT EXISTS cluster_leases (
+    probe_id TEXT PRIMARY KEY, member_id TEXT NOT NULL, session_id TEXT NOT NULL,
+    epoch BIGINT NOT NULL, expires_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results_outbox (
+    run_id TEXT PRIMARY KEY, probe_id TEXT NOT NULL, session_id TEXT NOT NULL, epoch BIGINT NOT NULL,
+    payload TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    acked_at TIMESTAMPTZ, result_partition INTEGER, result_offset BIGINT
+);
+CREATE INDEX IF NOT EXISTS results_outbox_unacked ON results_outbox (session_id) WHERE acked_at IS NULL;
+CREATE INDEX IF NOT EXISTS results_outbox_acked ON results_outbox (result_partition, result_offset)
+    WHERE acked_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS passive_counts (
+    id BIGSERIAL PRIMARY KEY, probe_id TEXT NOT NULL, member_id TEXT NOT NULL, session_id TEXT NOT NULL,
+    judged INTEGER NOT NULL, failed INTEGER NOT NULL, degraded INTEGER NOT NULL, dropped INTEGER NOT NULL,
+    kinds JSONB NOT NULL, worst TEXT[] NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    consumed_at TIMESTAMPTZ, consumed_by TEXT
+);
+CREATE INDEX IF NOT EXISTS passive_counts_open ON passive_counts (probe_id) WHERE consumed_at IS NULL;
+"""
+"""Kafka mode's tables (``daemon/cluster/kafka_*.py``): the group epoch sequence, member sessions, per-probe
+leases, the results outbox and the members' passive counts. ``IF NOT EXISTS``: members of the releases
+before this migration created them themselves at start."""
+
+
+def _sqlite_nothing(conn: sqlite3.Connection) -> None:
+    """No SQLite tables: kafka mode requires a PostgreSQL store (a config error otherwise); the version
+    is still recorded, so both backends count the same versions."""
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "probes, runs, events, kv", _V1_SQLITE, _V1_POSTGRES),
     Migration(2, "runs.retry_at_ns, runs.retry_aborted: retry chains survive a restart",
@@ -106,6 +143,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               "ADD COLUMN IF NOT EXISTS retry_aborted TEXT"),
     Migration(3, "run_rollup, run_rollup_filled, runs_by_start: the console's uptime and percentiles (stats.py)",
               _V3, _V3),
+    Migration(4, "cluster_sessions, cluster_leases, results_outbox, passive_counts: kafka mode (PostgreSQL only)",
+              _sqlite_nothing, _V4_KAFKA),
 )
 LATEST = MIGRATIONS[-1].version
 """The schema version this binary writes."""

@@ -103,6 +103,10 @@ class Backoff:
         return float(min(self.max_s, self.initial_s * self.factor ** max(0, failures - 1)))
 
 
+LAST_LOOK_RESERVE_S = 1.0
+"""How long before the run's deadline a window that reaches it closes (see ``WatchContext.window_end_s``)."""
+
+
 class Attempts:
     """Transient failures of one watch: the backoff before the next attempt and the last error seen."""
 
@@ -171,9 +175,14 @@ class WatchContext:
         self.observed = batch[-MAX_OBSERVED:]
 
     def window_end_s(self, within_s: float) -> float:
-        """anyio-monotonic time at which a side effect's ``within`` window closes (≤ run deadline)."""
+        """anyio-monotonic time at which a side effect's ``within`` window closes: before the run's deadline
+        by :data:`LAST_LOOK_RESERVE_S` (at most a tenth of the time left), so the last look at the service,
+        taken when the window closes, has time to be answered instead of being cut by the deadline (which
+        would leave the effect undecided, an ``error``)."""
+        now = anyio.current_time()
         elapsed_s = (time.time_ns() - self.probe.trigger_ns) / 1e9
-        return min(self.probe.deadline_s, anyio.current_time() + max(0.0, within_s - elapsed_s))
+        reserve_s = min(LAST_LOOK_RESERVE_S, 0.1 * max(0.0, self.probe.deadline_s - now))
+        return min(self.probe.deadline_s - reserve_s, now + max(0.0, within_s - elapsed_s))
 
 
 Watcher = Callable[[Any, WatchContext], Awaitable[list[Finding]]]

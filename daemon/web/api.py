@@ -233,7 +233,7 @@ class Api:
         m = self.control.membership
         members = [ClusterMemberOut.model_validate(asdict(x)) for x in await m.members()]
         return self._json(ClusterOut(mode=m.mode, member=m.member_id, role=m.role.value, epoch=m.epoch,
-                                     members=members))
+                                     members=members, results_idempotent=m.results_idempotent))
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())

@@ -1,6 +1,6 @@
 """What the HTTP API and the dashboard may ask of the running daemon: the only seam between web/ and the rest.
 
-``DaemonControl`` (app.py) implements :class:`Control`; the alert manager (alerts/manager.py)
+``DaemonControl`` (daemon_control.py) implements :class:`Control`; the alert manager (alerts/manager.py)
 implements :class:`AlertsControl`; the demo world (demo/world.py, which imports nothing of the daemon)
 satisfies :class:`DemoControl` structurally.
 """

@@ -262,6 +262,9 @@ class ClusterOut(_Out):
     role: Literal["active", "standby", "single", "member"]
     epoch: int | None = Field(None, description="The leader epoch this replica holds while active.")
     members: list[ClusterMemberOut]
+    results_idempotent: bool | None = Field(
+        None, description="Mode kafka: whether this member publishes to results_topic with an idempotent "
+        "producer (false: the broker refused InitProducerId, as tansu does, and it fell back to a plain one).")
 
 
 class ErrorOut(_Out):

@@ -24,13 +24,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from tracecanary.demo.emulators.trace_backend import Stored, TraceBackendEmulator, library_spans
+from tracecanary.demo.emulators.trace_backend import Stored, TraceBackendEmulator, library_spans, query_window
 
 ApiV3 = Literal["current", "grpc-gateway", "absent"]
 _KINDS = {1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
@@ -155,7 +156,12 @@ class JaegerEmulator(TraceBackendEmulator):
         return request.match_info["trace_id"].lower().rjust(32, "0")
 
     async def _v1(self, request: web.Request) -> web.Response:
-        stored = self.visible(self._trace_id(request))
+        try:  # api/traces/{id}?start=&end= in unix microseconds (http_handler.go parseGetTraceParameters)
+            window = query_window(request, "start", "end", lambda v: int(v) * 1000)
+        except ValueError as e:
+            return web.json_response({"data": None, "total": 0, "limit": 0, "offset": 0,
+                                      "errors": [{"code": 400, "msg": str(e)}]}, status=400)
+        stored = self.visible(self._trace_id(request), window_ns=window)
         if not stored:
             body = {"data": None, "total": 0, "limit": 0, "offset": 0,
                     "errors": [{"code": 404, "msg": "trace not found"}]}
@@ -165,8 +171,12 @@ class JaegerEmulator(TraceBackendEmulator):
     async def _v3(self, request: web.Request) -> web.StreamResponse:
         if self.api_v3 == "absent":
             return web.Response(status=404, text="404 page not found")
-        stored = self.visible(self._trace_id(request))
         legacy = self.api_v3 == "grpc-gateway"
+        try:  # api_v3 getTrace reads start_time/end_time as RFC 3339 (Jaeger 1.6x+; the grpc-gateway ignored them)
+            window = None if legacy else query_window(request, "start_time", "end_time", _rfc3339_ns)
+        except ValueError as e:
+            return web.json_response({"error": {"httpCode": 400, "message": str(e)}}, status=400)
+        stored = self.visible(self._trace_id(request), window_ns=window)
         if not stored:
             error = {"grpcCode": 5, "httpCode": 404, "message": "trace not found", "httpStatus": "Not Found"} \
                 if legacy else {"httpCode": 404, "message": "No traces found"}
@@ -181,6 +191,13 @@ class JaegerEmulator(TraceBackendEmulator):
             await response.write(json.dumps(chunk).encode() + b"\n")
         await response.write_eof()
         return response
+
+
+def _rfc3339_ns(value: str) -> int:
+    whole, _, rest = value.partition(".")
+    fraction = rest.rstrip("Z").split("+")[0] if rest else ""
+    moment = datetime.fromisoformat(whole + ("+00:00" if value.endswith("Z") else ""))
+    return int(moment.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
 
 
 __all__ = ["ApiV3", "JaegerEmulator", "jaeger_trace_id", "otlp_json", "v1_trace"]

@@ -24,7 +24,7 @@ from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
-from tracecanary.demo.emulators.trace_backend import TraceBackendEmulator, library_spans
+from tracecanary.demo.emulators.trace_backend import TraceBackendEmulator, library_spans, query_window
 
 TempoVersion = Literal["2.x", "1.x"]
 PROTOBUF = "application/protobuf"
@@ -84,7 +84,15 @@ class TempoEmulator(TraceBackendEmulator):
         if tenant is None:
             return web.Response(status=401, text="no org id")
         trace_id = request.match_info["trace_id"].lower().rjust(32, "0")
-        stored = self.visible(trace_id, tenant)
+        try:  # start/end in unix seconds (Tempo's api docs: "Optional. Along with end define a time range")
+            window = query_window(request, "start", "end", lambda v: int(v) * 1_000_000_000)
+        except ValueError as e:
+            return web.Response(status=400, text=str(e))
+        if window is not None and window[0] > window[1]:
+            return web.Response(status=400, text="http parameter start must be before end")
+        if window is not None:  # Tempo's end is inclusive of its whole second
+            window = (window[0], window[1] + 999_999_999)
+        stored = self.visible(trace_id, tenant, window)
         if not stored:
             return web.Response(status=404)
         return TracesData(resource_spans=self.resource_spans(stored))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,11 +84,14 @@ class TraceBackendEmulator(Served):
         """The request's tenant (Tempo: ``X-Scope-OrgID``); the single-tenant default is ``""``."""
         return ""
 
-    def visible(self, trace_id: str, tenant: str = "") -> list[Stored]:
-        """The spans of ``trace_id`` a query sees now (ingested, past their delay, not hidden)."""
+    def visible(self, trace_id: str, tenant: str = "", window_ns: tuple[int, int] | None = None) -> list[Stored]:
+        """The spans of ``trace_id`` a query sees now (ingested, past their delay, not hidden), and with a
+        query's time window (unix ns) only those overlapping it, as a backend reads only that time's blocks."""
         now = time.monotonic()
         return [s for s in self._traces.get(tenant, {}).get(trace_id.lower(), ())
-                if s.visible_at_s <= now and s.span.name not in self.hidden]
+                if s.visible_at_s <= now and s.span.name not in self.hidden
+                and (window_ns is None or (s.span.start_time_unix_nano <= window_ns[1]
+                                           and s.span.end_time_unix_nano >= window_ns[0]))]
 
     def resource_spans(self, stored: list[Stored]) -> list[ResourceSpans]:
         """Stored spans regrouped as OTLP ``ResourceSpans`` (one per resource and scope, in arrival order)."""
@@ -152,4 +156,16 @@ def library_spans(doc: dict[str, Any]) -> None:
             for ss in rs.pop("scopeSpans", [])]
 
 
-__all__ = ["Stored", "TraceBackendEmulator", "library_spans"]
+def query_window(request: web.Request, start: str, end: str, parse: Callable[[str], int]) -> tuple[int, int] | None:
+    """A query's (start, end) in unix ns from two optional parameters; ValueError names a malformed one."""
+    bounds: list[int] = []
+    for name, missing in ((start, 0), (end, 1 << 63)):
+        raw = request.query.get(name)
+        try:
+            bounds.append(parse(raw) if raw else missing)
+        except ValueError as e:
+            raise ValueError(f"malformed parameter {name}: {e}") from e
+    return None if bounds == [0, 1 << 63] else (bounds[0], bounds[1])
+
+
+__all__ = ["Stored", "TraceBackendEmulator", "library_spans", "query_window"]

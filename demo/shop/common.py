@@ -2,7 +2,7 @@
 
 Each service runs in its own process (the OTel tracer provider is process-global), binds port 0 on
 loopback and prints ``READY <name> http://127.0.0.1:<port>`` once it serves, so the launcher
-(``demo/world.py``) never guesses ports. Configuration comes from one JSON argument.
+(``demo/world.py``) never guesses ports; a service serving more (gRPC) adds ``key=address`` to that line. Configuration comes from one JSON argument.
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ class Service:
     app: web.Application
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     cleanup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    announce: dict[str, str] = field(default_factory=dict)
+    """More addresses for the READY line (``grpc=127.0.0.1:PORT``)."""
 
 
 async def serve(service: Service, host: str = "127.0.0.1") -> None:
@@ -121,7 +123,8 @@ async def serve(service: Service, host: str = "127.0.0.1") -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(job()) for job in service.background]
-    print(f"READY {service.name} http://{host}:{sock.getsockname()[1]}", flush=True)
+    extra = "".join(f" {k}={v}" for k, v in service.announce.items())
+    print(f"READY {service.name} http://{host}:{sock.getsockname()[1]}{extra}", flush=True)
     try:
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)

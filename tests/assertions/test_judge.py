@@ -157,7 +157,7 @@ def test_miss_report_lists_closest_and_broken_constraints() -> None:
     ({"tree": [{"span": "x", "chidren": []}]}, "Extra inputs are not permitted"),
     ({"checks": [{"select": "span[name=]", "assert": ["count >= 1"]}]}, "missing value"),
     ({"checks": [{"select": "spam[name=\"x\"]", "assert": ["count >= 1"]}]}, "expected span[...]"),
-    ({"specs": [{"selector": "", "assertions": ["attr:x ~ 3"]}]}, "expected '[attr:]key operator value'"),
+    ({"specs": [{"selector": "", "assertions": ["attr:x ~ 3"]}]}, "expected '[attr:]key [| filter …] operator value'"),
     ({"correlate": {"attribute": "", "equals": "x"}}, "at least 1 character"),
 ])
 def test_invalid_expectations_fail_at_load(doc: dict[str, Any], message: str) -> None:

@@ -1,7 +1,9 @@
 """`tracecanary import tracetest` on documents written in the format of Tracetest's own examples
 (``tests/cli/tracetest/``: an HTTP trigger with specs, outputs and a polling profile, a Kafka trigger,
-a gRPC trigger, a test suite with a GraphQL step, a fully convertible test), through the real CLI; the
-converted suite passes `tracecanary validate`, and `tracecanary check` runs it against Tempo."""
+gRPC triggers (Pokeshop's importPokemon with an embedded proto, a proto file next to the test), a test suite
+with a GraphQL step, a fully convertible test), through the real CLI; the converted suite passes
+`tracecanary validate`, `tracecanary check` runs it against Tempo, and a converted gRPC test against a real
+grpcio server."""
 
 from __future__ import annotations
 
@@ -12,16 +14,22 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import anyio
+import grpc
+import grpc.aio
 import pytest
 import yaml
 from aiohttp import web
+from opentelemetry.trace import Tracer
 
+from tests.fixtures.grpc_server import grpc_server
 from tests.probes.helpers import serve
 from tests.spans.pull_support import FLAVOURS, backend, sample_trace
 from tracecanary.daemon.spans.otlp_encode import encode_request
+from tracecanary.demo.broker import free_port
 from tracecanary.demo.emulators.trace_backend import TraceBackendEmulator
 
 DOCS = Path(__file__).parent / "tracetest"
@@ -40,25 +48,29 @@ def test_mixed_documents_are_written_with_omissions_listed(tmp_path: Path) -> No
     proc = cli("import", "tracetest", "checkout.yaml", "kafka.yaml", "grpc.yaml", "suite/pokeshop.yaml", "-o", str(out))
     assert proc.returncode == 1, proc.stderr
     omissions = [line.split(": ", 1)[0] for line in proc.stderr.splitlines()[:-1]]
-    assert omissions == ["checkout.yaml:37", "checkout.yaml:45", "grpc.yaml:7", "suite/add.yaml:29",
-                         "suite/add.yaml:26", "suite/get.yaml:3", "suite/pokeshop.yaml:9"], proc.stderr
-    assert "Tracetest filters (| json_path" in proc.stderr and "trigger type grpc" in proc.stderr
+    assert omissions == ["suite/get.yaml:3", "suite/pokeshop.yaml:9"], proc.stderr  # json_path filters convert
     assert "${POKEMON_ID} is an output of an earlier step of suite/pokeshop.yaml:8" in proc.stderr
-    assert proc.stderr.splitlines()[-1].endswith("4 probe(s) written to " + str(out) + ", 7 item(s) not converted")
+    assert proc.stderr.splitlines()[-1].endswith("5 probe(s) written to " + str(out) + ", 2 item(s) not converted")
     doc = yaml.safe_load(out.read_text())
     assert list(doc) == ["probes"]
     probes = {p["id"]: p for p in doc["probes"]}
-    assert list(probes) == ["shop-checkout", "import-a-pokemon-reading-a-stream", "pokeshop-add", "pokeshop-get"]
+    assert list(probes) == ["shop-checkout", "import-a-pokemon-reading-a-stream", "test-grpc-stream-propagation",
+                            "pokeshop-add", "pokeshop-get"]
+    grpc_call = probes["test-grpc-stream-propagation"]["request"]  # protobufFile: a file next to the test, inlined
+    assert grpc_call["method"] == "proto.PaymentReceiver.ReceivePayment" and "service PaymentReceiver" in grpc_call["proto"]
+    assert grpc_call["message"] == {"customerId": "1234", "amount": 50000}
     checkout = probes["shop-checkout"]
     assert checkout["request"]["url"] == "${SHOP_URL}/checkout" and checkout["request"]["auth"] == {"bearer": "${SHOP_TOKEN}"}
     assert checkout["timeout"] == "30s"  # the fast-polling profile in the same file
     assert checkout["expect"]["response"] == {"status": 201, "body": {"contains": "order_id"}}
     specs = checkout["expect"]["trace"]["specs"]
     assert specs[0]["selector"] == 'span[tracetest.span.type="http" name="POST /checkout" http.method="POST"]'
-    assert specs[1]["assertions"] == ["attr:tracetest.selected_spans.count = 1"]  # the json_path one left out
+    assert specs[1]["assertions"] == ["attr:tracetest.selected_spans.count = 1",
+                                      """attr:payment.result | json_path '$.status' = "captured\""""]
     assert specs[2]["assertions"] == ['attr:messaging.destination contains "${ORDERS_TOPIC}"']
     assert checkout["expect"]["trace"]["outputs"] == [
-        {"name": "ORDER_ID", "selector": 'span[name="POST /checkout"]', "value": "attr:order.id"}]
+        {"name": "ORDER_ID", "selector": 'span[name="POST /checkout"]', "value": "attr:order.id"},
+        {"name": "PAYMENT_STATUS", "selector": 'span[name="charge-card"]', "value": "attr:payment.result | json_path '$.status'"}]
     kafka = probes["import-a-pokemon-reading-a-stream"]
     assert kafka["kind"] == "kafka" and kafka["message"] == {
         "topic": "pokemon", "bootstrap": "${KAFKA_BROKER}", "key": "snorlax-key", "value": '{"id":143}',
@@ -67,7 +79,7 @@ def test_mixed_documents_are_written_with_omissions_listed(tmp_path: Path) -> No
     assert json.loads(graphql["body"])["variables"] == {"id": "${POKEMON_ID}"}
     validated = cli("validate", str(out), env=ENV)
     assert validated.returncode == 0, validated.stderr
-    assert validated.stdout.strip() == f"{out}: ok (4 probes)"
+    assert validated.stdout.strip() == f"{out}: ok (5 probes)"
 
 
 def test_complete_document_exits_0_with_the_source(tmp_path: Path) -> None:
@@ -136,6 +148,68 @@ async def test_converted_suite_runs_against_tempo(tmp_path: Path, tempo: TraceBa
     [probe] = json.loads((tmp_path / "r.json").read_text())["probes"]
     assert probe["runs"][0]["verdict"] == "pass"
     assert probe["runs"][0]["outputs"]["trace"] == {"CARD": "4242"}
+
+
+GRPC_ENV = {"POKESHOP_GRPC": "127.0.0.1:9", "POKESHOP_TOKEN": "tok-pokeshop", "PAYMENTS_GRPC": "127.0.0.1:9",
+            "CUSTOMER_ID": "c-1", "PAYMENTS_KEY": "k"}
+
+
+def test_grpc_triggers_become_grpc_probes(tmp_path: Path) -> None:
+    out = tmp_path / "suite.yaml"
+    proc = cli("import", "tracetest", "pokeshop-grpc.yaml", "-o", str(out))
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[:-1] == [
+        "pokeshop-grpc.yaml:87: an apiKey in the query has no place in a gRPC call",
+        "pokeshop-grpc.yaml:103: test 'Payment notifications with gRPC' not converted: "
+        "proto.PaymentReceiver/NotifyPayment is server streaming: the grpc probe makes unary calls only "
+        "(one request, one response)"], proc.stderr
+    probes = {p["id"]: p for p in yaml.safe_load(out.read_text())["probes"]}
+    pokeshop = probes["import-a-pokemon-with-grpc"]
+    assert pokeshop["kind"] == "grpc" and pokeshop["request"]["message"] == {"id": 52}
+    assert pokeshop["request"]["metadata"] == {"x-pokeshop-client": "tracetest",
+                                               "authorization": "Bearer ${POKESHOP_TOKEN}"}
+    assert pokeshop["request"]["proto"].startswith('syntax = "proto3";\n') and "|" in out.read_text()
+    assert pokeshop["expect"]["trace"]["specs"][0]["assertions"] == ["attr:rpc.grpc.status_code = 0"]
+    assert probes["receive-a-payment-with-grpc"]["request"]["message"] == {"customerId": "${CUSTOMER_ID}",
+                                                                           "amount": 10}
+    validated = cli("validate", str(out), env=GRPC_ENV)
+    assert validated.returncode == 0, validated.stderr
+    assert validated.stdout.strip() == f"{out}: ok (2 probes)"
+
+
+async def import_pokemon(request: dict[str, Any], context: grpc.aio.ServicerContext, tracer: Tracer) -> dict[str, Any]:
+    with tracer.start_as_current_span("import pokemon", attributes={"pokemon.id": request["id"]}):
+        pass
+    return {"id": request["id"]}
+
+
+@pytest.mark.anyio
+async def test_converted_grpc_test_runs_against_a_grpc_server(tmp_path: Path) -> None:
+    """Tracetest's Pokeshop importPokemon test, converted, judged by `tracecanary check` against a real grpcio
+    server that continues the trace from the call metadata and sends its spans to the checker over OTLP."""
+    [doc, *_] = yaml.safe_load_all((DOCS / "pokeshop-grpc.yaml").read_text())
+    proto = doc["spec"]["trigger"]["grpc"]["protobufFile"]
+    otlp = free_port()
+    config = tmp_path / "config"
+    config.mkdir()
+    async with grpc_server(proto, {"pokeshop.Pokeshop/importPokemon": import_pokemon},
+                           otlp_endpoint=f"http://127.0.0.1:{otlp}", service_name="pokeshop-rpc") as server:
+        with anyio.fail_after(120):
+            imported = await anyio.run_process([*CLI, "import", "tracetest", str(DOCS / "pokeshop-grpc.yaml"), "-o",
+                                                str(config / "suite.yaml")], check=False)
+            assert imported.returncode == 1, imported.stderr.decode()  # the query apiKey and the stream listed
+            proc = await anyio.run_process(
+                [*CLI, "check", str(config), "--probe", "import-a-pokemon-with-grpc", "--json", str(tmp_path / "r.json"),
+                 "--otlp-http", f"127.0.0.1:{otlp}", "--otlp-grpc", "none"],
+                check=False, env={**os.environ, **GRPC_ENV, "POKESHOP_GRPC": server.address})
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    [probe] = json.loads((tmp_path / "r.json").read_text())["probes"]
+    run = probe["runs"][0]
+    assert run["verdict"] == "pass" and run["response"]["json"] == {"id": 52}
+    [seen] = server.metadata
+    assert seen["authorization"] == "Bearer tok-pokeshop" and seen["x-pokeshop-client"] == "tracetest"
+    assert seen["traceparent"].split("-")[1] == run["trace_id"]
 
 
 def test_odd_documents_are_listed_not_dropped(tmp_path: Path) -> None:

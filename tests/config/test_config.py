@@ -36,7 +36,7 @@ def test_there_is_a_fixture_per_rule() -> None:
                  "listen", "one-pass", "many-errors", "unsigned-webhooks", "secret-quoted", "missing-env",
                  "steps-rules", "sign-rules", "slack-deliver", "github-action", "trace-rules", "side-effect-rules",
                  "alert-rules", "channel-credentials-one-pass", "control-characters", "cluster",
-                 "metrics-rules"):
+                 "metrics-rules", "grpc-proto"):
         assert f"invalid-{rule}" in names
 
 

@@ -99,7 +99,7 @@ DEMO_ENV = {name: "U0BOT" if name.endswith("BOT_USER") else "acme/app" if name.e
 
 
 def test_the_demo_suite_loads_with_its_variables() -> None:
-    assert len(_load_text(DEMO).probes) == 7  # type: ignore[union-attr]
+    assert len(_load_text(DEMO).probes) == 8  # type: ignore[union-attr]
 
 
 def _load_text(text: bytes) -> Config | None:

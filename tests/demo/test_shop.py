@@ -6,16 +6,21 @@ import hashlib
 import hmac
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anyio
+import grpc
+import grpc.aio
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from tests.demo.conftest import Demo
 from tracecanary.assertions.spans import Span, SpanKind
+from tracecanary.demo.shop import pricing
 from tracecanary.demo.world import WEBHOOK_SECRET
+from tracecanary.probes.grpc_proto import compile_proto, message_class
 
 pytestmark = pytest.mark.anyio
 
@@ -191,3 +196,23 @@ async def test_ingest_reports_transactions_to_sentry_in_the_probe_trace(demo: De
                     break
                 await anyio.sleep(0.1)  # poll the Sentry API until the envelope has been ingested
     assert any(sp.get("parent_span_id") == span_id for sp in spans)
+
+
+async def test_pricing_quotes_over_grpc_in_the_callers_trace(demo: Demo) -> None:
+    schema = compile_proto((Path(pricing.__file__).parent / "pricing.proto").read_text())
+    method = schema.unary("shop.pricing.Pricing/Quote")
+    request, reply = message_class(method.input_type), message_class(method.output_type)
+    trace_id, tp = traceparent()
+    async with grpc.aio.insecure_channel(demo.world.env["DEMO_PRICING_GRPC"]) as channel:
+        quote = channel.unary_unary("/shop.pricing.Pricing/Quote", request_serializer=lambda m: m.SerializeToString(),
+                                    response_deserializer=reply.FromString)
+        answer = await quote(request(symbol="SPY", quantity=2), metadata=(("traceparent", tp),), timeout=10)
+        assert answer.symbol == "SPY" and answer.total == answer.price * 2
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await quote(request(symbol="NOPE"), timeout=10)
+        assert e.value.code() is grpc.StatusCode.NOT_FOUND
+    (server,) = await demo.sink.wait_for(in_trace(trace_id, "shop.pricing.Pricing/Quote"))
+    assert server.kind is SpanKind.SERVER and server.service == "pricing"
+    assert server.parent_span_id == tp.split("-")[2] and server.attributes["rpc.grpc.status_code"] == 0
+    children = await demo.sink.wait_for(lambda spans: [s for s in spans if s.parent_span_id == server.span_id])
+    assert {s.name for s in children} == {"price-lookup", "risk-check"}

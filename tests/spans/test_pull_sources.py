@@ -6,6 +6,7 @@ with Retry-After, 5xx and auth failures; a 64-bit Jaeger trace id; a 1,000-span 
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 
 import aiohttp
 import anyio
@@ -144,3 +145,81 @@ async def test_thousand_span_trace(flavour: Flavour) -> None:
     assert len(got) == 1000
     received = by_id(got)
     assert all(comparable(received[s.span_id]) == comparable(s) for s in sent)
+
+
+WINDOW_PARAMS = {"jaeger": ({"start_time", "end_time"}, {"start", "end"}), "tempo": ({"start", "end"}, {"start", "end"})}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS, ids=IDS)
+async def test_queries_carry_the_runs_time_window(flavour: Flavour) -> None:
+    """With a trigger time each query names [trigger - query_window, now + query_window] in the API's own
+    parameters (Jaeger api_v3 RFC 3339, api/traces µs; Tempo s); a run far from the trace finds nothing
+    (the backend reads only that time), and a source without a window asks without parameters."""
+    sent = sample_trace()
+    trigger_ns = sent[0].start_ns - 1_000_000
+    async with backend(flavour) as emulator, aiohttp.ClientSession() as session:
+        ingest(emulator, sent, flavour.tenant())
+        integration = {**flavour.integration, "query_window": "2s"}
+        source = Flavour(flavour.name, flavour.backend, flavour.options, integration).source(session, emulator.base_url)
+        assert len(await source.fetch(sent[0].trace_id, since_ns=trigger_ns)) == len(sent)
+        newer, older = WINDOW_PARAMS[flavour.backend]
+        for path, _ in emulator.requests:
+            query = dict(p.split("=", 1) for p in path.partition("?")[2].split("&") if p)
+            assert set(query) == (older if path.startswith("/api/traces/") else newer), path
+        if flavour.name != "jaeger-v3-grpc-gateway":  # (the grpc-gateway api_v3 had no window; v1 is asked next)
+            hour_ns = 3_600 * 10**9  # a trace an hour older than the run: outside its window
+            old = [replace(s, start_ns=s.start_ns - hour_ns, end_ns=s.end_ns - hour_ns) for s in sample_trace()]
+            ingest(emulator, old, flavour.tenant())
+            assert await source.fetch(old[0].trace_id, since_ns=trigger_ns) == []
+        emulator.requests.clear()
+        unbounded = Flavour(flavour.name, flavour.backend, flavour.options, {**flavour.integration, "query_window": None})
+        assert len(await unbounded.source(session, emulator.base_url).fetch(sent[0].trace_id, since_ns=trigger_ns)) \
+            == len(sent)
+        assert all("?" not in path for path, _ in emulator.requests)
+
+
+async def test_jaeger_window_is_rfc3339_and_microseconds() -> None:
+    trigger_ns = 1_790_000_000_123_456_789
+    for flavour in (FLAVOURS[0], FLAVOURS[2]):  # api_v3 answers; a Jaeger without api_v3 is asked api/traces next
+        sent = sample_trace()
+        async with backend(flavour) as emulator, aiohttp.ClientSession() as session:
+            ingest(emulator, sent)
+            assert await flavour.source(session, emulator.base_url).fetch(sent[0].trace_id, since_ns=trigger_ns)
+        query = dict(p.split("=", 1) for p in emulator.requests[-1][0].partition("?")[2].split("&"))
+        if flavour is FLAVOURS[0]:
+            assert query["start_time"] == "2026-09-21T13:58:20.123456789Z"  # 1_790_000_000 s is 14:13:20Z; minus 15m, ns kept
+        else:
+            assert int(query["start"]) == (trigger_ns - 900 * 10**9) // 1000
+
+
+async def test_every_fetch_outcome_is_observed() -> None:
+    """``observe`` (the engine's ``tracecanary_trace_source_fetches`` counter) hears each fetch: 5xx, 429,
+    not yet, found; and an auth failure that ends the poll."""
+    flavour = FLAVOURS[3]
+    sent = sample_trace()
+    seen: list[tuple[str, str]] = []
+    async with backend(flavour, ingest_delay_s=0.0) as emulator, aiohttp.ClientSession() as session:
+        source = flavour.source(session, emulator.base_url)
+        source.observe = lambda name, outcome: seen.append((name, outcome))
+        emulator.fail(1)
+        emulator.throttle(1, 0.01, after=1)
+        calls = 0
+
+        def until(spans: list[Span]) -> bool:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                ingest(emulator, sent)  # not there on the first successful fetch, there on the next
+            return len(spans) == len(sent)
+
+        await source.poll(sent[0].trace_id, until, anyio.current_time() + 20)
+    assert [o for _, o in seen] == ["error", "rate_limited", "not_found", "found"]
+    assert {n for n, _ in seen} == {"tempo"}
+    anonymous = Flavour("tempo-no-tenant", "tempo", {"multitenant": True}, {})
+    seen.clear()
+    async with backend(anonymous) as emulator, aiohttp.ClientSession() as session:
+        source = anonymous.source(session, emulator.base_url)
+        source.observe = lambda name, outcome: seen.append((name, outcome))
+        with pytest.raises(PullAuthError):
+            await source.poll(secrets.token_hex(16), bool, anyio.current_time() + 20)
+    assert seen == [("tempo", "auth")]

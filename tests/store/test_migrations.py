@@ -15,7 +15,8 @@ import pytest
 
 from tests.daemon.support import problem_lines
 from tests.store.test_store import BACKENDS
-from tracecanary.daemon.store.migrations import LATEST, MIGRATIONS
+from tracecanary.daemon.cluster.kafka_db import open_cluster_db
+from tracecanary.daemon.store.migrations import LATEST, MIGRATIONS, SchemaTooNewError
 from tracecanary.daemon.store.postgres_schema import migrate as pg_migrate
 from tracecanary.daemon.store.sqlite import sqlite_path
 from tracecanary.daemon.store.sqlite_schema import migrate as sqlite_migrate
@@ -118,3 +119,65 @@ async def test_a_newer_schema_stops_the_daemon_with_exit_2(url: str, tmp_path: P
     assert f"database schema version {LATEST + 1} is newer than this tracecanary's ({LATEST})" in lines[0]
     assert lines[0].startswith("tracecanary: store ")
     assert versions(url)[-1] == LATEST + 1  # nothing written into the newer schema
+
+
+KAFKA_VERSION = 4
+KAFKA_TABLES = {"cluster_sessions", "cluster_leases", "results_outbox", "passive_counts"}
+
+
+def tables(url: str) -> set[str]:
+    if url.startswith("sqlite"):
+        with closing(sqlite3.connect(sqlite_path(url))) as con:
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    with psycopg.connect(url) as conn:
+        return {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+
+
+@pytest.mark.anyio
+async def test_kafka_mode_tables_are_a_postgres_migration(url: str) -> None:
+    store = open_store(url)
+    await store.open()
+    await store.aclose()
+    summary = MIGRATIONS[KAFKA_VERSION - 1].summary
+    assert "kafka mode" in summary and KAFKA_VERSION in versions(url)  # recorded on both backends
+    if url.startswith("sqlite"):
+        assert not KAFKA_TABLES & tables(url)  # kafka mode requires PostgreSQL: an explicit no-op here
+    else:
+        assert KAFKA_TABLES <= tables(url)
+
+
+@pytest.mark.anyio
+async def test_the_cluster_pool_migrates_an_empty_database_before_the_store_opens(postgres_url: str) -> None:
+    pool = await open_cluster_db(postgres_url)
+    await pool.close()
+    assert versions(postgres_url) == list(range(1, LATEST + 1))
+    assert KAFKA_TABLES | {"runs", "kv"} <= tables(postgres_url)
+
+
+@pytest.mark.anyio
+async def test_kafka_tables_made_before_versioning_them_are_kept(postgres_url: str) -> None:
+    """A cluster whose members created the tables themselves (``IF NOT EXISTS`` at start, schema 3) and
+    left a lease and an unacknowledged outbox row: migration 4 keeps both."""
+    await at_version(postgres_url, KAFKA_VERSION - 1)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(MIGRATIONS[KAFKA_VERSION - 1].postgres.encode())  # what kafka_db.py used to run
+        conn.execute("INSERT INTO cluster_leases VALUES ('p', 'm1', 's1', 7, now())")
+        conn.execute("INSERT INTO results_outbox (run_id, probe_id, session_id, epoch, payload) "
+                     "VALUES ('r1', 'p', 's1', 7, '{}')")
+    pool = await open_cluster_db(postgres_url)
+    await pool.close()
+    assert versions(postgres_url) == list(range(1, LATEST + 1))
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT probe_id, epoch FROM cluster_leases").fetchall() == [("p", 7)]
+        assert conn.execute("SELECT run_id FROM results_outbox WHERE acked_at IS NULL").fetchall() == [("r1",)]
+
+
+@pytest.mark.anyio
+async def test_a_newer_schema_stops_a_kafka_member(postgres_url: str) -> None:
+    await at_version(postgres_url, LATEST)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_version (version, summary, applied_ns) VALUES (%s, 'future', 0)",
+                     (LATEST + 1,))
+    with pytest.raises(SchemaTooNewError, match=f"schema version {LATEST + 1} is newer"):
+        await open_cluster_db(postgres_url)
+    assert versions(postgres_url)[-1] == LATEST + 1

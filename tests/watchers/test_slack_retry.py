@@ -60,3 +60,20 @@ async def test_socket_mode_reconcile_retries_transient_failures() -> None:
         log, findings = await mention_and_watch(em, fast_services(EventHub()), "2s", fail=2, status=502)
     assert findings == [] and "via='socket_mode+polling'" in log
     assert em.state.faults == 2
+
+
+@pytest.mark.anyio
+async def test_window_reaching_the_deadline_leaves_the_last_look_time_to_answer() -> None:
+    """``within`` longer than the run's timeout: the window closes just before the deadline, so the last
+    poll is answered (the reply never came: a plain failure) instead of being cut by the deadline (an
+    undecided effect, ``error``) — what a loaded CI machine used to show now and then."""
+    async with slack_world(reply_text=None) as (_bot, em), aiohttp.ClientSession() as session:
+        ctx = probe_context(session, integrations(em), timeout_s=1.5)
+        fired = await SlackMentionProbe(id="bot-check", channel=CHANNEL, bot_user_id="U0BOT").fire(ctx)
+        wctx = WatchContext(probe=ctx, services=fast_services(), outputs=fired.outputs, poll_interval_s=0.05,
+                            backoff=FAST)
+        findings = await watch_slack(effect(within="10s"), wctx)
+        finished_before_deadline = anyio.current_time() <= ctx.deadline_s
+    [finding] = findings
+    assert finding.severity == Verdict.FAIL, finding
+    assert finished_before_deadline
