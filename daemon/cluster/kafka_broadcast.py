@@ -97,13 +97,16 @@ class Broadcast:
     """Send to and read from the broadcast topic."""
 
     def __init__(self, bootstrap: str, topic: str, member_id: str, *, on_event: EventHandler | None = None,
-                 announcements: Announcements | None = None, op_timeout_s: float = 10.0) -> None:
+                 announcements: Announcements | None = None, op_timeout_s: float = 10.0,
+                 idle_wait_s: float = 2.0) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.member_id = member_id
         self.on_event = on_event
         self.announcements = announcements if announcements is not None else Announcements()
         self.op_timeout_s = op_timeout_s
+        self.idle_wait_s = idle_wait_s
+        """Bound on the reader's idle wake-ups (a read returns as soon as a message arrives)."""
         self.stats = BroadcastStats()
         self._producer: AIOKafkaProducer | None = None
 
@@ -132,7 +135,8 @@ class Broadcast:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Read the topic from its end until cancelled; ready once positioned."""
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    consumer_timeout_ms=int(self.idle_wait_s * 1000))
         try:
             with anyio.fail_after(self.op_timeout_s * 3):
                 await producer.start()
@@ -152,7 +156,7 @@ class Broadcast:
         try:
             task_status.started()
             while True:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
+                for records in (await consumer.getmany(timeout_ms=int(self.idle_wait_s * 1000))).values():
                     for rec in records:
                         await self._receive(rec.value)
         finally:

@@ -90,7 +90,12 @@ class KafkaTiming:
     session_timeout_s: float = 10.0
     lease_interval_s: float | None = None
     """Default: a third of the session timeout."""
-    results_poll_s: float = 1.0
+    results_poll_s: float = 3.0
+    """How often the results publisher looks without being woken (a queued run wakes it at once): retries
+    after a failure and the look for dead sessions' rows."""
+    results_gather_s: float = 0.5
+    """How long the results publisher lets queued runs gather before it sends them as one batch (a run
+    reaches ``results_topic`` that much later; each batch costs three round trips however many runs it holds)."""
     passive_flush_s: float = 2.0
     """How often each member writes its passive counts to PostgreSQL (what the owner's run sums)."""
     park_window_s: float = 30.0
@@ -266,6 +271,8 @@ class KafkaClusterMembership(BaseMembership):
         finally:
             with anyio.CancelScope(shield=True):
                 if self._parts is not None:
+                    with anyio.move_on_after(2):  # runs that ended while the publisher gathered
+                        await self._parts.outbox.flush()
                     with anyio.move_on_after(5):
                         await self._parts.leases.release_all()
                     await self._parts.outbox.aclose()
@@ -297,7 +304,7 @@ class KafkaClusterMembership(BaseMembership):
             await outbox.start()
             self._parts = _Parts(pool, leases, group, outbox, broadcast, forwarder)
             tg.start_soon(self._announcer)
-            tg.start_soon(lambda: outbox.run(poll_s=t.results_poll_s))
+            tg.start_soon(lambda: outbox.run(poll_s=t.results_poll_s, gather_s=t.results_gather_s))
             tg.start_soon(self._follow_ownership, group, leases)
             tg.start_soon(self._watch_lapses, group, leases, t.session_timeout_s / 6)
             if judge is not None:

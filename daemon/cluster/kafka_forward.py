@@ -154,7 +154,7 @@ class Forwarder:
         cfg = self.membership.config
         producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap, acks="all")
         consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False,
-                                    auto_offset_reset="latest")
+                                    auto_offset_reset="latest", consumer_timeout_ms=int(cfg.fetcher_timeout_s * 1000))
         with anyio.fail_after(self.op_timeout_s * 3):
             await producer.start()
             await consumer.start()
@@ -198,11 +198,13 @@ class Forwarder:
     async def _read_loop(self, consumer: AIOKafkaConsumer) -> None:
         buffer: TraceBuffer = self.membership.buffer
         tf: TraceFilter = self.membership.filter
+        wait_ms = int(self.membership.config.poll_timeout_s * 1000)
         while True:
-            if not consumer.assignment():
-                await anyio.sleep(0.1)
+            if not consumer.assignment():  # no partition owned: wait for the next ownership
+                with anyio.move_on_after(self.membership.config.poll_timeout_s):
+                    await self.membership.wait_changed()
                 continue
-            for records in (await consumer.getmany(timeout_ms=500)).values():
+            for records in (await consumer.getmany(timeout_ms=wait_ms)).values():
                 for rec in records:
                     try:
                         tf.accept_forwarded(buffer, rec.value)

@@ -74,7 +74,12 @@ class MembershipConfig:
     initial_offset: Literal["latest", "earliest"] = "latest"
     encoding: Literal["auto", "otlp_proto", "otlp_json"] = "auto"
     max_records: int = 500
-    poll_timeout_s: float = 0.5
+    poll_timeout_s: float = 2.0
+    """How long one read waits for records (it returns as soon as some arrive; only a bound on idle wake-ups)."""
+    fetcher_timeout_s: float = 2.0
+    """aiokafka's ``consumer_timeout_ms``: how often a consumer's fetch task wakes with nothing to do (it also
+    wakes at every fetch answer, seek and assignment; aiokafka's default of 0.2 s is 5 idle wake-ups a second
+    per consumer, and each member runs three)."""
     scan_foreign: bool = True
     """Scan messages of traces not minted here for span links into minted traces."""
 
@@ -204,6 +209,7 @@ class KafkaMembership:
             enable_auto_commit=False,
             session_timeout_ms=session_ms,
             heartbeat_interval_ms=max(100, session_ms // 3),
+            consumer_timeout_ms=int(self.config.fetcher_timeout_s * 1000),
             partition_assignment_strategy=(self._assignor,),
         )
 

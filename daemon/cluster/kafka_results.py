@@ -3,21 +3,26 @@
 A final run becomes a row of the ``results_outbox`` table (keyed by run id, so queued once). It is not
 fenced by the probe's lease: the lease fences *firing*; a run that was fired under the lease and ends
 just after the probe moved (or a cut-off member's last runs) happened and is published — by its own
-session, or, if that session died, by the probe's new owner. A publisher sends its session's rows one at a time (key = probe id, value = the
-run object of the ``check --json`` report) and records the partition and offset the broker acknowledged.
+session, or, if that session died, by the probe's new owner. A publisher sends its session's rows in
+batches (key = probe id, value = the run object of the ``check --json`` report; every message of a batch
+is handed to the producer before the first acknowledgement is awaited, so a batch costs one produce
+request per partition) and records the partitions and offsets the broker acknowledged in one statement
+before it sends the next batch.
 An idempotent producer only covers retries within one producer session; a process killed between the
 broker's acknowledgement and that record leaves a row that looks unsent although the topic holds it.
 
 Rows of a dead session (no heartbeat for its own ``ttl_s``) are adopted by whoever holds the probe's lease.
 Before re-sending them the adopter reads the probe's partition of ``results_topic`` from the last
 acknowledged offset that must precede them, and skips run ids already there. Which offset is that: a
-session sends one row at a time, and a row's message was sent after the row was created, so it comes
-after the session's own last acknowledged message in that partition and after every message any session
-had acknowledged before the row existed. The larger of those two offsets bounds the scan from below.
+session sends one batch at a time and records a batch's acknowledgements before it sends the next (a
+producer keeps one partition's messages in the order sent), and a row's message was sent after the row
+was created, so it comes after the session's own last acknowledged message in that partition and after
+every message any session had acknowledged before the row existed. The larger of those two offsets bounds the scan from below.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -47,7 +52,10 @@ _PENDING = """
 SELECT run_id, probe_id, payload FROM results_outbox WHERE session_id = %s AND acked_at IS NULL
 ORDER BY created_at, run_id LIMIT %s
 """
-_ACK = "UPDATE results_outbox SET acked_at = now(), result_partition = %s, result_offset = %s WHERE run_id = %s"
+_ACK = """
+UPDATE results_outbox o SET acked_at = now(), result_partition = a.part, result_offset = a.off
+FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS a(run_id, part, off) WHERE o.run_id = a.run_id
+"""
 _ORPHANS = f"""
 SELECT o.run_id, o.probe_id, o.session_id, o.created_at FROM results_outbox o
 JOIN cluster_sessions s ON s.session_id = o.session_id
@@ -129,6 +137,14 @@ class ResultsOutbox:
             return
         self._producer = producer
 
+    async def flush(self) -> None:
+        """Send what this session has queued now (a clean stop; failures are logged, the rows stay queued)."""
+        try:
+            while self._producer is not None and await self.publish_pending() == self.batch:
+                pass
+        except (KafkaError, psycopg.Error, psycopg_pool.PoolTimeout, TimeoutError, OSError) as e:
+            log.warning("results not flushed at stop (they stay queued) error=%r", str(e))
+
     async def aclose(self) -> None:
         if self._producer is not None:
             producer, self._producer = self._producer, None
@@ -136,20 +152,45 @@ class ResultsOutbox:
                 await producer.stop()
 
     async def publish_pending(self) -> int:
-        """Send this session's queued rows, one at a time, recording each acknowledgement."""
+        """Send one batch of this session's queued rows, then record every acknowledgement in one statement.
+
+        Rows whose send failed stay queued (the first such error is raised after the others are recorded).
+        """
         assert self._producer is not None, "start() first"
         async with self.pool.connection() as conn:
             cur = await conn.execute(_PENDING, (self.leases.session_id, self.batch))
             rows = await cur.fetchall()
-        for run_id, probe_id, payload in rows:
+        acks: list[tuple[str, int, int]] = []
+        error: KafkaError | None = None
+        try:
             with anyio.fail_after(self.op_timeout_s):
-                meta = await self._producer.send_and_wait(
-                    self.results_topic, str(payload).encode(), key=str(probe_id).encode())
-            with anyio.CancelScope(shield=True), anyio.fail_after(self.op_timeout_s):
-                async with self.pool.connection() as conn:
-                    await conn.execute(_ACK, (meta.partition, meta.offset, run_id))
-            self.stats.published += 1
+                sent: list[tuple[str, asyncio.Future[Any]]] = []
+                for run_id, probe_id, payload in rows:
+                    try:
+                        sent.append((str(run_id), await self._producer.send(
+                            self.results_topic, str(payload).encode(), key=str(probe_id).encode())))
+                    except KafkaError as e:  # what was handed over already is still awaited and recorded
+                        error = e
+                        break
+                for run_id, delivery in sent:
+                    try:
+                        meta = await delivery
+                    except KafkaError as e:
+                        error = error or e
+                        continue
+                    acks.append((run_id, meta.partition, meta.offset))
+        finally:  # what the broker acknowledged is recorded even when the batch is cut short
+            if acks:
+                with anyio.CancelScope(shield=True), anyio.fail_after(self.op_timeout_s):
+                    await self._record_acks(acks)
+        self.stats.published += len(acks)
+        if error is not None:
+            raise error
         return len(rows)
+
+    async def _record_acks(self, acks: list[tuple[str, int, int]]) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_ACK, ([r for r, _, _ in acks], [p for _, p, _ in acks], [o for _, _, o in acks]))
 
     async def adopt_orphans(self) -> int:
         """Take over dead sessions' rows of probes this session leases; skip those already on the topic."""
@@ -178,8 +219,8 @@ class ResultsOutbox:
         run_ids = [r for r, _ in rows]
         already = [r for r in run_ids if r in present]
         async with self.pool.connection() as conn, conn.transaction():
-            for r in already:
-                await conn.execute(_ACK, (part, present[r], r))
+            if already:
+                await conn.execute(_ACK, (already, [part] * len(already), [present[r] for r in already]))
             await conn.execute(_ADOPT, (self.leases.session_id, [r for r in run_ids if r not in present], dead))
         self.stats.skipped_present += len(already)
         self.stats.adopted += len(run_ids) - len(already)

@@ -113,6 +113,8 @@ class StallSampler:
     The loop calls :meth:`beat` to start a new period (the ticker: each time it runs; a step timer: as each
     step starts). Once a period has lasted ``overdue_s``, the thread samples where the loop thread is every
     ``period_s`` until the next beat; :meth:`sample_for` names the place most samples of a period found.
+    While the loop keeps beating, the thread sleeps until the current period would be overdue (each wake-up
+    of an idle process costs the kernel more than the check).
     """
 
     MAX_SAMPLES = 64
@@ -157,10 +159,14 @@ class StallSampler:
         return top[0] + share
 
     def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
+        wait_s = self.overdue_s
+        while not self._stop.wait(wait_s):
             beat, beat_s = self._beat, self._beat_s
-            if self._clock() - beat_s < self.overdue_s:
+            since_s = self._clock() - beat_s
+            if since_s < self.overdue_s:  # sleep until this period would be overdue, not every period_s
+                wait_s = max(self.period_s, self.overdue_s - since_s)
                 continue
+            wait_s = self.period_s
             frame = sys._current_frames().get(self.loop_thread_id)
             sample = IDLE if _is_idle(frame) else describe_frame(frame, self.depth)
             del frame  # a frame keeps its locals alive

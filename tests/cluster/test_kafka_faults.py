@@ -188,11 +188,18 @@ async def outbox_drained(url: str) -> bool:
     return row == (0,)
 
 
-async def every_final_run_once(c: Cluster, before: float) -> int:
-    """``results_topic`` holds each run id at most once, and every final run that ended before ``before``."""
+ENQUEUE_MARGIN_S = 3.0
+"""A run is recorded finished, then its run-finished hook writes its outbox row: a drained outbox at time T
+covers the runs that finished a moment before T (the hook takes milliseconds; this leaves seconds)."""
+
+
+async def every_final_run_once(c: Cluster, drained_at: float) -> int:
+    """``results_topic`` holds each run id at most once, and every final run that ended before the outbox
+    was seen drained at ``drained_at`` (less :data:`ENQUEUE_MARGIN_S`)."""
     on_topic = Counter(json.loads(r.value)["run_id"] for r in await topic_records(c.bootstrap, c.results, RESULT_PARTITIONS))
     assert on_topic and max(on_topic.values()) == 1, on_topic.most_common(3)
-    final = {r[0] for r in await runs(c.store, f"final = 1 AND status <> 'running' AND finished_ns < {int(before * 1e9)}")}
+    before_ns = int((drained_at - ENQUEUE_MARGIN_S) * 1e9)
+    final = {r[0] for r in await runs(c.store, f"final = 1 AND status <> 'running' AND finished_ns < {before_ns}")}
     assert not final - set(on_topic), sorted(final - set(on_topic))[:5]
     return len(on_topic)
 
