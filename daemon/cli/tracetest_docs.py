@@ -120,10 +120,19 @@ def shown(path: Path) -> str:
         return str(path)
 
 
-def variables(text: str) -> tuple[str, set[str]]:
-    """``${env:X}``/``${var:X}`` → ``${X}``; returns the text and the names it uses."""
+BARE_VARIABLE = re.compile(r"""(?<![\w${:'"])(?:env|var):([A-Za-z_][A-Za-z0-9_]*)""")
+"""A variable an assertion's expression names without ``${}``: ``attr:test_id = var:TEST_ID``."""
+
+
+def variables(text: str, *, expression: bool = False) -> tuple[str, set[str]]:
+    """``${env:X}``/``${var:X}`` → ``${X}``; in an assertion (``expression``) a bare ``var:X``/``env:X``
+    operand too, as the quoted string ``"${X}"``. Returns the text and the names it uses."""
     names = set(VARIABLE.findall(text))
-    return VARIABLE.sub(lambda m: "${" + m.group(1) + "}", text), names
+    out = VARIABLE.sub(lambda m: "${" + m.group(1) + "}", text)
+    if expression:
+        names |= set(BARE_VARIABLE.findall(out))
+        out = BARE_VARIABLE.sub(lambda m: '"${' + m.group(1) + '}"', out)
+    return out, names
 
 
 def leftover_expression(text: str) -> bool:

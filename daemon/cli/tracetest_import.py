@@ -75,7 +75,7 @@ class Conversion:
 
     def text(self, value: str, path: Path, line: int, what: str) -> str | None:
         """A string with its variables rewritten; None (and an omission) for a leftover expression."""
-        out, names = variables(value)
+        out, names = variables(value, expression=what == "assertion")
         self.env |= names
         self.used |= names
         if leftover_expression(out):
@@ -309,7 +309,9 @@ def _response_assertion(conv: Conversion, path: Path, line: int, text: str, resp
     except SelectorSyntaxError as e:
         conv.omit(path, line, f"trigger assertion {text!r}: {e}")
         return
-    value = placeholders.get(a.value, a.value) if isinstance(a.value, str) else a.value
+    value = a.value
+    for held, original in placeholders.items() if isinstance(value, str) else ():
+        value = value.replace(held, original)
     if isinstance(value, tuple):  # a duration literal
         value = text.rsplit(None, 1)[-1]
     filters = [(f.name, f.arg) for f in a.filters]
