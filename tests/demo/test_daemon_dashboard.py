@@ -64,6 +64,16 @@ async def _probes(s: aiohttp.ClientSession, base: str) -> dict[str, dict[str, An
         return {}
 
 
+async def _ready(s: aiohttp.ClientSession, base: str) -> None:
+    """Bounded wait for /readyz 200: the store, the scheduler and every listener are up."""
+    with anyio.fail_after(40):
+        while True:
+            async with s.get(f"{base}/readyz") as r:
+                if r.status == 200:
+                    return
+            await anyio.sleep(0.1)
+
+
 async def _run_now(s: aiohttp.ClientSession, base: str, probe_id: str) -> None:
     """POST run-now; a 409 (a scheduled run of the probe is in flight: overlap skip) is retried, bounded."""
     with anyio.fail_after(40):
@@ -113,6 +123,7 @@ async def test_demo_green_then_chaos_then_recovery(daemon: Daemon, browser: Any)
         with anyio.fail_after(20):
             while not (probes := await _probes(s, daemon.base)):
                 await anyio.sleep(0.1)
+        await _ready(s, daemon.base)  # run-now goes through the scheduler, which starts after the API answers
         passive = {pid for pid, p in probes.items() if p["kind"] == "passive"}  # they judge the others' traffic
         for probe_id in probes.keys() - passive:  # fire every probe now instead of waiting for its scheduled phase
             await _run_now(s, daemon.base, probe_id)
