@@ -14,7 +14,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,6 +23,7 @@ import anyio
 import pytest
 from aiohttp import web
 
+from tests.cluster.targets import RecordingTarget
 from tests.daemon.support import DaemonProcess, eventually
 from tests.probes.helpers import serve
 from tracecanary.demo.emulators.slack import SlackEmulator
@@ -34,28 +35,16 @@ SLOW_S = 3.0
 
 
 @dataclass
-class CountingTarget:
+class CountingTarget(RecordingTarget):
     """``/tick`` answers 200, ``/broken`` 500 until healed, ``/slow`` after SLOW_S; every hit is recorded."""
 
     broken: bool = True
-    hits: list[tuple[str, str, float]] = field(default_factory=list)
-    """(path, who, arrival time.time())."""
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/{path}", self._hit)
-        return app
-
-    async def _hit(self, request: web.Request) -> web.Response:
-        path = request.match_info["path"]
-        self.hits.append((path, request.query.get("who", "?"), time.time()))
+    async def answer(self, path: str, request: web.Request) -> web.Response:
         if path == "slow":
             await anyio.sleep(SLOW_S)
         status = 500 if path == "broken" and self.broken else 200
         return web.json_response({"ok": status == 200}, status=status)
-
-    def of(self, path: str, who: str | None = None, after: float = 0.0) -> list[float]:
-        return [t for p, w, t in self.hits if p == path and (who is None or w == who) and t >= after]
 
 
 def suite(target: str, slack: str, *, every: str = "2s", extra: str = "") -> str:

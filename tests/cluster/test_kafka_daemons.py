@@ -16,7 +16,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 
 from tests.cluster.kafka_helpers import ExporterLikeProducer, create_topic, span, topic_records, unique
+from tests.cluster.targets import RecordingTarget
 from tests.daemon.support import DaemonProcess, eventually
 from tests.probes.helpers import serve
 from tracecanary.assertions.spans import Span
@@ -37,22 +38,14 @@ SPANS_PARTITIONS, RESULT_PARTITIONS = 6, 3
 
 
 @dataclass
-class Target:
+class Target(RecordingTarget):
     """``/pNN`` 200, ``/broken`` 500, ``/traced`` 200 and its span published to Kafka; hits recorded."""
 
     producer: ExporterLikeProducer
     spans_topic: str
     background: anyio.abc.TaskGroup
-    hits: list[tuple[str, str, float]] = field(default_factory=list)
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/{path}", self._hit)
-        return app
-
-    async def _hit(self, request: web.Request) -> web.Response:
-        path = request.match_info["path"]
-        self.hits.append((path, request.query.get("who", "?"), time.time()))
+    async def answer(self, path: str, request: web.Request) -> web.Response:
         if path in ("traced", "linked"):
             _, trace_id, parent, _ = request.headers["traceparent"].split("-")
             server = span(trace_id, f"GET /{path}", service="shop", parent_span_id=parent)
@@ -69,9 +62,6 @@ class Target:
     async def _later(self, spans: list[Span]) -> None:
         await anyio.sleep(0.5)  # the other process picks the message up a moment later
         await self.producer.send_trace(self.spans_topic, spans)
-
-    def of(self, path: str, who: str | None = None, after: float = 0.0) -> list[float]:
-        return [t for p, w, t in self.hits if p == path and (who is None or w == who) and t >= after]
 
 
 def suite(target: str, slack: str, bootstrap: str, group: str, spans: str, results: str, store: str) -> str:

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from tests.cluster.kafka_helpers import ExporterLikeProducer, create_topic, span, topic_records, unique
 from tests.cluster.kafka_proxy import kafka_proxy
+from tests.cluster.targets import RecordingTarget
 from tests.daemon.support import DaemonProcess, eventually
 from tests.probes.helpers import serve
 from tracecanary.demo.emulators.slack import SlackEmulator
@@ -49,21 +50,13 @@ SPANS_PARTITIONS, RESULT_PARTITIONS = 6, 3
 
 
 @dataclass
-class Target:
+class Target(RecordingTarget):
     """``/fN`` 200, ``/sN`` 200 after SLOW_S, ``/broken`` 500, ``/traced`` 200 with its span on the spans topic."""
 
     producer: ExporterLikeProducer
     spans_topic: str
-    hits: list[tuple[str, str, float]] = field(default_factory=list)
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/{path}", self._hit)
-        return app
-
-    async def _hit(self, request: web.Request) -> web.Response:
-        path = request.match_info["path"]
-        self.hits.append((path, request.query.get("who", "?"), time.time()))
+    async def answer(self, path: str, request: web.Request) -> web.Response:
         if path == "traced":
             _, trace_id, parent, _ = request.headers["traceparent"].split("-")
             await self.producer.send_trace(self.spans_topic, [span(trace_id, "GET /traced", service="shop",
@@ -71,9 +64,6 @@ class Target:
         if path in SLOW:
             await anyio.sleep(SLOW_S)
         return web.json_response({}, status=500 if path == "broken" else 200)
-
-    def of(self, path: str, *, who: str | None = None, after: float = 0.0, before: float = math.inf) -> list[float]:
-        return [t for p, w, t in self.hits if p == path and (who is None or w == who) and after <= t <= before]
 
     def owners(self, after: float, before: float) -> dict[str, set[str]]:
         return {p: {w for pp, w, t in self.hits if pp == p and after <= t <= before} for p in ALL}
