@@ -257,6 +257,8 @@ class Engine:
         member.attach(self.buffer, lambda: [p.id for p in self.config.probes], self.passive,
                       correlate_keys=ProbeCorrelateKeys(lambda: self.config.probes))
         self.hooks.append(member)
+        if not self.store.add_finish_extra(member.outbox_statement):  # PostgreSQL (mode kafka requires it)
+            log.warning("results store cannot write outbox rows with runs: each final run costs a round trip more")
         self.metrics.set_owned_probes_gauge(lambda: float(member.owned_probes()))
         self.metrics.set_kafka_member_metrics(
             lambda: float("nan") if member.results_idempotent is None else float(member.results_idempotent),

@@ -35,7 +35,7 @@ from tracecanary.daemon.cluster.partitioner import probe_partition, trace_key
 from tracecanary.daemon.cluster.settings import ClusterSettings
 from tracecanary.daemon.run.passive import PassiveJudge
 from tracecanary.daemon.spans.buffer import TraceBuffer
-from tracecanary.daemon.store.base import RunRecord
+from tracecanary.daemon.store.base import FinishStatement, RunRecord
 from tracecanary.probes.base import ProbeSpec
 
 log = logging.getLogger("tracecanary.cluster.kafka")
@@ -133,6 +133,8 @@ class KafkaClusterMembership(BaseMembership):
         self._correlate_keys: Callable[[], Collection[str]] = frozenset
         self._attached = anyio.Event()
         self._parts: _Parts | None = None
+        self._outboxed: set[str] = set()
+        """Final runs whose outbox row the store writes with the run (:meth:`outbox_statement`)."""
         self._on_moves: list[MovesHandler] = []
         self._pending_announcements: list[Awaitable[None]] = []
         self._announce_wake = anyio.Event()
@@ -255,8 +257,22 @@ class KafkaClusterMembership(BaseMembership):
             for key, value in self._values.pop(run.trace_id, []):
                 if home is not None:
                     self._announce(parts.broadcast.announce_value(key, value, home, add=False))
-            if run.final:
+            if run.run_id in self._outboxed:  # the store wrote the row with the run
+                self._outboxed.discard(run.run_id)
+                parts.outbox.queued_with_run()
+            elif run.final:
                 await parts.outbox.enqueue(run)
+
+    def outbox_statement(self, run: RunRecord) -> FinishStatement | None:
+        """The results store's finish extra (``store.base.FinishExtra``): a final run's outbox row, written
+        in the same round trip and transaction as the run itself (one round trip a run fewer)."""
+        parts = self._parts
+        if parts is None or not run.final:
+            return None
+        if len(self._outboxed) > 10_000:  # runs kept through a store outage are re-written with theirs
+            self._outboxed.clear()
+        self._outboxed.add(run.run_id)
+        return parts.outbox.statement(run)
 
     # ------------------------------------------------------------------ running
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -39,15 +39,14 @@ from tracecanary.daemon.cli.report import run_json
 from tracecanary.daemon.cluster.kafka_db import Conn
 from tracecanary.daemon.cluster.kafka_leases import HOLDS_SQL, LeaseBook
 from tracecanary.daemon.cluster.partitioner import murmur2_partition
-from tracecanary.daemon.store.base import RunRecord
+from tracecanary.daemon.store.base import FinishStatement, RunRecord
 
 log = logging.getLogger("tracecanary.cluster.results")
 
-_ENQUEUE = """
-INSERT INTO results_outbox (run_id, probe_id, session_id, epoch, payload)
-VALUES (%(run)s, %(probe)s, %(session)s, %(epoch)s, %(payload)s)
-ON CONFLICT (run_id) DO NOTHING RETURNING run_id
-"""
+_QUEUE = """
+INSERT INTO results_outbox (run_id, probe_id, session_id, epoch, payload) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (run_id) DO NOTHING"""
+_ENQUEUE = _QUEUE + " RETURNING run_id"
 _PENDING = """
 SELECT run_id, probe_id, payload FROM results_outbox WHERE session_id = %s AND acked_at IS NULL
 ORDER BY created_at, run_id LIMIT %s
@@ -101,13 +100,25 @@ class ResultsOutbox:
         self._producer: AIOKafkaProducer | None = None
         self._wake = anyio.Event()
 
+    def _row(self, run: RunRecord) -> tuple[Any, ...]:
+        return (run.run_id, run.probe_id, self.leases.session_id, self.leases.epoch,
+                json.dumps(run_json(run), separators=(",", ":")))
+
+    def statement(self, run: RunRecord) -> FinishStatement:
+        """A final run's row as a statement the results store writes in the run's own statement
+        (``store.base.FinishExtra``); then :meth:`queued_with_run`."""
+        return _QUEUE, self._row(run)
+
+    def queued_with_run(self) -> None:
+        """A final run's row was written with the run (:meth:`statement`): publish it with the next batch."""
+        self.stats.enqueued += 1
+        self._wake.set()
+
     async def enqueue(self, run: RunRecord) -> bool:
         """Record a final run for publishing; False when that run id is queued already."""
-        args = {"run": run.run_id, "probe": run.probe_id, "session": self.leases.session_id,
-                "epoch": self.leases.epoch, "payload": json.dumps(run_json(run), separators=(",", ":"))}
         with anyio.fail_after(self.op_timeout_s):
             async with self.pool.connection() as conn:
-                cur = await conn.execute(_ENQUEUE, args)
+                cur = await conn.execute(_ENQUEUE, self._row(run))
                 added = await cur.fetchone() is not None
         if added:
             self.stats.enqueued += 1

@@ -7,6 +7,7 @@ URL. Run writes happen inside a shielded scope in the runner so cancellation can
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -79,6 +80,13 @@ class RunRecord:
         if self.finished_ns is None:
             return None
         return (self.finished_ns - self.started_ns) / 1e9
+
+
+FinishStatement = tuple[str, Sequence[Any]]
+FinishExtra = Callable[["RunRecord"], FinishStatement | None]
+"""A statement (PostgreSQL SQL with ``%s`` parameters; an INSERT/UPDATE/DELETE, written as a data-modifying
+CTE of the run's upsert) to write in the same statement as a finished run, or None for this run. PostgreSQL only (``PostgresStore.finish_extras``; ``GuardedStore.add_finish_extra`` registers one):
+mode kafka writes each final run's results-outbox row so, saving a round trip per run."""
 
 
 @dataclass

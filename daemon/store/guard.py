@@ -28,7 +28,7 @@ from pydantic import Field
 
 from tracecanary.assertions.units import Duration
 from tracecanary.daemon.cluster.fence import FencedWrite, fenced_reason
-from tracecanary.daemon.store.base import ProbeRow, RunRecord, Store, StoreFault
+from tracecanary.daemon.store.base import FinishExtra, ProbeRow, RunRecord, Store, StoreFault
 from tracecanary.daemon.store.stats import RunHead, RunStats
 from tracecanary.model import StrictModel
 
@@ -90,6 +90,7 @@ class GuardedStore:
         """The reason the store fails, None while healthy."""
         self._kept: dict[str, _Kept] = {}
         self._checking_since: float | None = None
+        self._finish_extras: list[FinishExtra] = []
 
     @property
     def pending_runs(self) -> list[RunRecord]:
@@ -153,7 +154,21 @@ class GuardedStore:
     def replace_inner(self, store: Store) -> Store:
         """Serve from ``store`` (opened) from now on; returns the one it replaces (the caller closes it)."""
         old, self.inner = self.inner, store
+        if self._finish_extras:
+            self._give_extras()
         return old
+
+    def add_finish_extra(self, extra: FinishExtra) -> bool:
+        """Write ``extra``'s statement in the same round trip as each finished run (kept runs' retries
+        included); False when the backend cannot (SQLite), then the caller writes it itself."""
+        self._finish_extras.append(extra)
+        return self._give_extras()
+
+    def _give_extras(self) -> bool:
+        if not hasattr(self.inner, "finish_extras"):
+            return False
+        self.inner.finish_extras = self._finish_extras
+        return True
 
     def drop_kept(self, why: str) -> list[str]:
         """Forget the kept runs without writing them (a deposed replica: the new active records them

@@ -25,7 +25,7 @@ import psycopg
 import psycopg_pool
 
 from tracecanary.daemon.store import postgres_stats
-from tracecanary.daemon.store.base import RunRecord, StoreFault
+from tracecanary.daemon.store.base import FinishExtra, RunRecord, StoreFault
 from tracecanary.daemon.store.postgres_schema import (
     FAULTS,
     RETRYABLE,
@@ -81,6 +81,8 @@ class PostgresStore(SqlStore):
         self.reconnect_timeout_s = reconnect_timeout_s
         self._pool: psycopg_pool.AsyncConnectionPool[Conn] | None = None
         self._down = False
+        self.finish_extras: list[FinishExtra] = []
+        """Statements written in the same round trip as each finished run (``base.FinishExtra``)."""
         self._rollups = postgres_stats.VersionedCache()
         """Sums of whole rollup buckets, kept while the database's rollup version holds."""
         """The last call ended in a connection fault: the next one probes the server before waiting on the pool."""
@@ -221,13 +223,20 @@ class PostgresStore(SqlStore):
         else:
             blob = encode_spans(spans) if spans else None
         values = (*run_values(run), blob)
+        sql, args = UPSERT_RUN, values
+        extras = [st for extra in self.finish_extras if (st := extra(run)) is not None]
+        if extras:  # one statement: the run's upsert and the extras as data-modifying CTEs (atomic, one round trip)
+            *ctes, (last_sql, last_args) = extras
+            sql = "WITH finished_run AS (" + UPSERT_RUN + " RETURNING 1)" + "".join(
+                f", finish_extra_{i} AS ({cte_sql})" for i, (cte_sql, _) in enumerate(ctes)) + " " + last_sql
+            args = (*values, *(a for _, cte_args in ctes for a in cte_args), *last_args)
 
         async def run_(conn: Conn) -> None:
             if not postgres_stats.late(run.started_ns, time.time_ns()):
-                await conn.execute(UPSERT_RUN, values)
+                await conn.execute(sql, args)
                 return
             async with conn.transaction():  # into a complete hour: its rollups go with the write
-                await conn.execute(UPSERT_RUN, values)
+                await conn.execute(sql, args)
                 await postgres_stats.invalidate(conn, run.started_ns)
         await self._call(run_)
 
