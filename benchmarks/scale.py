@@ -17,12 +17,19 @@ differ by what the machine did meanwhile (±10% between rounds), side by side th
 ``--sequential`` measures one cluster at a time (as before) and also one member alone with a third of
 the probes (a 3-member cluster's share on a member by itself).
 
-Where the gap is: a member's CPU is about ``F + r·runs`` with r ≈ 1.25 ms per run and F ≈ 2.5% of a core
-under load (~1.1% idle): the lag ticker (40 of a member's ~90 idle wake-ups a second; waking an idle
-process costs ~0.1 ms on this VM), three Kafka consumers' fetch cycles, lease rounds, the results
-publisher's cycles, and fewer events per loop wake-up when a member carries a third of the runs.
-3 members pay F three times: at 120 runs/s that is ~30% more CPU than 1 member; 90% needs ~350 runs/s,
-which this machine cannot run side by side (at 200 the 1-member cluster already falls behind).
+Where the gap is — not in the cluster. Each round also measures a control beside a 1-member cluster:
+three *independent* 1-member clusters carrying a third of the probes each (no shared group, leases or
+outbox between them). Their runs per CPU-second fall as far below the 1-member figure as the 3-member
+cluster's do, so the cluster's coordination (membership, leases, results outbox, forwarding) costs no
+measurable CPU per run: printed as "cluster overhead" (3-member cluster / control, ~100%). What costs is
+the size of the process: a tracecanary process running 40 runs a second spends ~1.4 ms of CPU per run,
+one running 120 ~1.1 ms — even alone on the machine (``--sequential`` measures "a 3-member share, alone").
+A process that sleeps between short bursts starts each with cold caches (the profile of a small member is
+the big one's, with dictionary and type lookups slower: ``perf`` shows the same split, ~83% in the
+interpreter, ~9% in the kernel), and fewer concurrent runs share each loop iteration and wake-up. What a
+member pays whatever its load is now small: idle, ~0.3% of a core (~13 wake-ups a second; the event-loop
+lag monitor no longer wakes it, ``observe/lag.py``), and each final run's results-outbox row rides in the
+run's own store statement (``store.base.FinishExtra``).
 
 Failover: kill -9 of one of 3 members → seconds until every probe it fired has fired on another member
 (bounded by the session timeout; the issue's goal is ≤ 25 s with the default 10 s).
@@ -30,7 +37,7 @@ Failover: kill -9 of one of 3 members → seconds until every probe it fired has
     python benchmarks/scale.py            # 120 probes, 20 s windows, session timeout 10s, side by side
     python benchmarks/scale.py --repeat 3 # three rounds: median, min, max of the ratio
     python benchmarks/scale.py --sequential --probes 300   # one cluster at a time, at a higher load
-    python benchmarks/scale.py --quick    # 30 probes, 6 s windows, session timeout 6s (CI)
+    python benchmarks/scale.py --quick    # 30 probes, 6 s windows, session timeout 6s, no control (CI)
     python benchmarks/scale.py --costs    # only the per-id / per-message costs (no broker, no daemons)
 
 Also printed: the trace filter's cost per span message of foreign traffic (traces nobody minted, the
@@ -49,6 +56,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -174,8 +182,15 @@ def stop_members(members: list[Member]) -> None:
             m.kill9()
 
 
+def combine(results: list[Result]) -> Result:
+    """Several clusters' results as one: all their runs over all their CPU seconds."""
+    runs, cpu = sum(r[1] for r in results), sum(r[2] for r in results)
+    return runs / cpu, runs, cpu
+
+
 async def measure(shapes: list[tuple[int, int]], args: argparse.Namespace, broker: TansuBroker, pg: PgCluster,
-                  target: Target, target_url: str, logs: Path) -> tuple[list[Result], float | None]:
+                  target: Target, target_url: str, logs: Path, *,
+                  failover: bool = True) -> tuple[list[Result], float | None]:
     """Clusters of (members, probes) side by side, measured over one window (so the same other work on the
     machine weighs on each); then kill -9 of a member of the first multi-member cluster: failover seconds."""
     clusters: list[tuple[str, list[Member]]] = []
@@ -193,7 +208,7 @@ async def measure(shapes: list[tuple[int, int]], args: argparse.Namespace, broke
             runs = target.count(t0, t1, f"{tag}-")
             results.append((runs / (c1 - c0), runs, c1 - c0))
         multi = [members for _, members in clusters if len(members) > 1]
-        return results, (await failover_s(multi[0], target) if multi else None)
+        return results, (await failover_s(multi[0], target) if multi and failover else None)
     finally:
         for _, members in clusters:
             stop_members(members)
@@ -287,8 +302,13 @@ async def run(args: argparse.Namespace) -> None:
                     (share,), _ = await measure([(1, args.probes // 3)], args, broker, pg, target, url, logs)
                     rounds.append(([one, three, share], failover))
                 else:
-                    rounds.append(await measure([(1, args.probes), (3, args.probes)], args, broker, pg, target, url,
-                                                logs))
+                    results, failover = await measure([(1, args.probes), (3, args.probes)], args, broker, pg, target,
+                                                      url, logs)
+                    if args.control:  # beside 1 member: 3 independent 1-member clusters of a third of the probes
+                        control, _ = await measure([(1, args.probes)] + [(1, args.probes // 3)] * 3, args, broker, pg,
+                                                   target, url, logs, failover=False)
+                        results += [control[0], combine(control[1:])]
+                    rounds.append((results, failover))
     finally:
         await runner.cleanup()
         broker.stop()
@@ -296,15 +316,24 @@ async def run(args: argparse.Namespace) -> None:
     how = "one cluster at a time" if args.sequential else "the 1-member and the 3-member cluster side by side"
     print(f"scale-out on Kafka: {args.probes} probes every 1s, {args.window:g}s windows, "
           f"session_timeout {args.session_timeout}, {how}")
-    labels = ["1 member ", "3 members", f"1 member, {args.probes // 3} probes (a 3-member share, alone)"]
+    third = args.probes // 3
+    labels = (["1 member ", "3 members", f"1 member, {third} probes (a 3-member share, alone)"] if args.sequential else
+              ["1 member ", "3 members", "control: 1 member beside the 3 below",
+               f"control: 3 independent 1-member clusters, {third} probes each"])
     for i, (results, failover) in enumerate(rounds, 1):
         for label, (rate, runs, cpu) in zip(labels, results, strict=False):
             print(f"  round {i}, {label}: {runs} runs, {cpu:.2f} member-CPU-s -> {rate:.1f} runs per member-CPU-second")
         print(f"  round {i}: 3 members / 1 member: {results[1][0] / results[0][0]:.0%} (goal >= 90%); failover: "
               f"kill -9 of 1 of 3 members -> its probes fired on the others after {failover:.1f}s (goal <= 25s)")
-    ratios = [("3 members / 1 member", 1)] + ([("a 3-member share alone / 1 member", 2)] if args.sequential else [])
-    for label, k in ratios:
-        values = sorted(r[k][0] / r[0][0] for r, _ in rounds)
+    ratios: list[tuple[str, Callable[[list[Result]], float]]] = [("3 members / 1 member", lambda r: r[1][0] / r[0][0])]
+    if args.sequential:
+        ratios.append(("a 3-member share alone / 1 member", lambda r: r[2][0] / r[0][0]))
+    elif args.control:
+        ratios += [("control: 3 independent members of a third / 1 member", lambda r: r[3][0] / r[2][0]),
+                   ("cluster overhead: (3 members / 1) / (control 3 / 1)",
+                    lambda r: (r[1][0] / r[0][0]) / (r[3][0] / r[2][0]))]
+    for label, of in ratios:
+        values = sorted(of(r) for r, _ in rounds)
         print(f"  {label}: median {values[len(values) // 2]:.0%}, min {values[0]:.0%}, max {values[-1]:.0%} "
               f"({len(values)} rounds)")
     print("\n".join(minting + filtering))
@@ -317,12 +346,15 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=None, help="measured seconds per member count")
     parser.add_argument("--costs", action="store_true", help="only minting and filter costs (no broker)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds (each measures 1 and 3 members)")
+    parser.add_argument("--no-control", dest="control", action="store_false",
+                        help="skip the control (3 independent 1-member clusters beside 1 member); --quick skips it")
     parser.add_argument("--sequential", action="store_true",
                         help="measure one cluster at a time (as before), plus a member alone with a third of the probes")
     args = parser.parse_args()
     args.probes = args.probes or (30 if args.quick else 120)
     args.window = args.window or (6.0 if args.quick else 20.0)
     args.session_timeout = "6s" if args.quick else "10s"
+    args.control = args.control and not args.quick
     asyncio.run(run(args))
 
 
