@@ -254,8 +254,9 @@ class Engine:
         from tracecanary.daemon.cluster.kafka_park import ProbeCorrelateKeys
 
         assert isinstance(member, KafkaClusterMembership)
+        keys = ProbeCorrelateKeys(lambda: self.config.probes)
         member.attach(self.buffer, lambda: [p.id for p in self.config.probes], self.passive,
-                      correlate_keys=ProbeCorrelateKeys(lambda: self.config.probes))
+                      correlate_keys=keys, expects_linked=keys.expects_linked)
         self.hooks.append(member)
         if not self.store.add_finish_extra(member.outbox_statement):  # PostgreSQL (mode kafka requires it)
             log.warning("results store cannot write outbox rows with runs: each final run costs a round trip more")

@@ -47,6 +47,8 @@ class Announcements:
         """Every correlation key announced since this member started (what ``kafka_park.py`` parks for)."""
         self.on_value: Callable[[str, AttrValue, int], None] | None = None
         """Hears each value announced (``key, value, partition``): the forwarder releases parked messages."""
+        self.on_trace: Callable[[bytes, int], None] | None = None
+        """Hears each trace announced (raw trace id, partition): the forwarder releases the traces linking to it."""
 
     def __bool__(self) -> bool:
         return bool(self.traces or self.values)
@@ -59,7 +61,10 @@ class Announcements:
         """Apply one broadcast message (unknown types are ignored: newer members may add some)."""
         kind, add = msg.get("type"), msg.get("op") == "add"
         if kind == "trace":
-            self._put(self.traces, bytes.fromhex(str(msg["trace_id"])), msg, add)
+            trace = bytes.fromhex(str(msg["trace_id"]))
+            self._put(self.traces, trace, msg, add)
+            if add and self.on_trace is not None:
+                self.on_trace(trace, int(msg["partition"]))
         elif kind == "value":
             key, value = str(msg["key"]), _value(msg["value"])
             self._put(self.values, (key, value), msg, add)

@@ -27,7 +27,7 @@ from tracecanary.daemon.cluster.kafka_db import Conn, open_cluster_db
 from tracecanary.daemon.cluster.kafka_forward import Forwarder, ForwardRouter, ensure_topic
 from tracecanary.daemon.cluster.kafka_leases import LeaseBook, keep_leases
 from tracecanary.daemon.cluster.kafka_membership import KafkaMembership, MembershipConfig, Ownership
-from tracecanary.daemon.cluster.kafka_park import CorrelationPark
+from tracecanary.daemon.cluster.kafka_park import CorrelationPark, reaches_other_traces
 from tracecanary.daemon.cluster.kafka_passive import MemberPassiveWindows, PassiveCountBook
 from tracecanary.daemon.cluster.kafka_results import ResultsOutbox
 from tracecanary.daemon.cluster.membership import BaseMembership, Member, Role
@@ -62,22 +62,6 @@ WHERE r.probe_id = ANY(%(probes)s) AND r.status = 'aborted' AND r.abort_reason =
 """
 """The runs a previous owner left: still running (recorded aborted here), or already recorded aborted by
 that owner itself a moment ago (its own rebalance handler may write first) and not run again since."""
-
-def reaches_other_traces(probe: ProbeSpec) -> bool:
-    """Whether the probe's trace expectation reaches traces its run did not mint (``linked`` nodes)."""
-    expectation = probe.expect.trace
-    todo = [expectation] if expectation is not None else []
-    while todo:
-        exp = todo.pop()
-        nodes = list(exp.tree)
-        while nodes:
-            node = nodes.pop()
-            if node.linked:
-                return True
-            nodes.extend((*node.children, *node.descendants))
-        todo.extend(exp.any_of)
-    return False
-
 
 MovesHandler = Callable[[set[str], set[str]], Awaitable[None]]
 """``(probes lost, probes gained)`` at an ownership change (the daemon aborts and re-runs)."""
@@ -131,6 +115,7 @@ class KafkaClusterMembership(BaseMembership):
         """What this member's passive runs collect: every member's counts (``kafka_passive.py``)."""
         self._probe_ids: Callable[[], Sequence[str]] = list
         self._correlate_keys: Callable[[], Collection[str]] = frozenset
+        self._expects_linked: Callable[[], bool] = lambda: False
         self._attached = anyio.Event()
         self._parts: _Parts | None = None
         self._outboxed: set[str] = set()
@@ -161,11 +146,14 @@ class KafkaClusterMembership(BaseMembership):
     # ------------------------------------------------------------------ what the daemon wires
     def attach(self, buffer: TraceBuffer, probe_ids: Callable[[], Sequence[str]],
                passive: PassiveJudge | None = None, *,
-               correlate_keys: Callable[[], Collection[str]] = frozenset) -> None:
-        """The engine's trace buffer, the loaded probes, the passive judge and the probes' ``correlate``
-        attribute keys (``kafka_park.ProbeCorrelateKeys``) (called once built)."""
+               correlate_keys: Callable[[], Collection[str]] = frozenset,
+               expects_linked: Callable[[], bool] = lambda: False) -> None:
+        """The engine's trace buffer, the loaded probes, the passive judge, the probes' ``correlate``
+        attribute keys and whether one expects ``linked`` traces (``kafka_park.ProbeCorrelateKeys``)
+        (called once built)."""
         self._buffer, self._probe_ids, self._passive = buffer, probe_ids, passive
         self._correlate_keys = correlate_keys
+        self._expects_linked = expects_linked
         self._attached.set()
 
     def relay_hub(self, kind: str) -> RelayedEventHub:
@@ -307,7 +295,8 @@ class KafkaClusterMembership(BaseMembership):
         outbox = ResultsOutbox(pool, leases, bootstrap=bootstrap, results_topic=s.results_topic)
         broadcast = Broadcast(bootstrap, f"{group_name}.broadcast", self._member_id, on_event=self._deliver_event)
         seen_keys = broadcast.announcements.seen_keys
-        park = CorrelationPark(lambda: seen_keys.union(self._correlate_keys()), window_s=t.park_window_s)
+        park = CorrelationPark(lambda: seen_keys.union(self._correlate_keys()), window_s=t.park_window_s,
+                               linked=lambda: self._expects_linked())
         forwarder = Forwarder(group, ForwardRouter(broadcast.announcements, lambda: group.ownership),
                               topic=f"{group_name}.forward", park=park)
         async with anyio.create_task_group() as tg:

@@ -10,8 +10,8 @@ partitions (manual assignment, re-done at every ownership change), so a forwarde
 owner, like its own spans. The forwarding member remembers the route of the foreign trace, so its
 later messages (children without links) follow.
 
-A correlated trace that arrives before the announcement of its value is parked (``kafka_park.py``) and
-released to its owner when the announcement comes.
+A correlated or linking trace that arrives before the announcement of its value or of the trace it links
+to is parked (``kafka_park.py``) and released to its owner when the announcement comes.
 """
 
 from __future__ import annotations
@@ -126,9 +126,15 @@ class Forwarder:
 
     def _release(self, key: str, value: AttrValue, partition: int) -> None:
         """A value was announced: what the park holds for it goes to its owner now (kept, when that is us)."""
-        if self.park is None:
-            return
-        released = self.park.release(key, value)
+        if self.park is not None:
+            self._send_released(self.park.release(key, value), partition, f"key={key}")
+
+    def _release_linking(self, trace: bytes, partition: int) -> None:
+        """A trace was announced: parked traces linking into it go to its owner now (kept, when that is us)."""
+        if self.park is not None:
+            self._send_released(self.park.release_linking(trace), partition, "linked")
+
+    def _send_released(self, released: list[tuple[bytes, frozenset[bytes]]], partition: int, what: str) -> None:
         mine = partition in self.membership.ownership.partitions
         for message, traces in released:
             for trace in traces:
@@ -138,7 +144,7 @@ class Forwarder:
             else:
                 self._pending.append((partition, message))
         if released:
-            log.info("parked messages released key=%s partition=%d messages=%d", key, partition, len(released))
+            log.info("parked messages released %s partition=%d messages=%d", what, partition, len(released))
             self._wake.set()
 
     async def _flush(self) -> None:
@@ -163,6 +169,7 @@ class Forwarder:
         self.membership.filter.on_foreign = self.offer
         self.membership.filter.foreign_wanted = lambda: bool(announcements) or (park is not None and park.wanted())
         announcements.on_value = self._release
+        announcements.on_trace = self._release_linking
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._follow_ownership, consumer)
@@ -172,6 +179,7 @@ class Forwarder:
         finally:
             self.membership.filter.on_foreign = None
             announcements.on_value = None
+            announcements.on_trace = None
             self.membership.filter.foreign_wanted = lambda: True
             self._producer = None
             with anyio.CancelScope(shield=True), anyio.move_on_after(10):

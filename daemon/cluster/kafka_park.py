@@ -1,16 +1,19 @@
-"""Foreign span messages that may carry a ``correlate`` value nobody announced yet, kept for a while.
+"""Foreign span messages that may belong to a run whose announcement has not arrived yet, kept for a while.
 
 The race: a scheduled job's trace carries ``job.id=J-7``; the run that waits for it announces ``J-7``
 on the broadcast topic once it knows the value (after the API answered, ``kafka_broadcast.py``). The
 job's spans can reach a member through its spans partition before that announcement does: the
-forwarder finds no match, the trace is skipped, and the owner's run fails falsely.
+forwarder finds no match, the trace is skipped, and the owner's run fails falsely. ``linked`` has the
+same race, narrower: a run announces its trace id before it sends the request, but the announcement
+and the consumer's spans (a new trace *linking* to the run's) travel different topics.
 
 So a member *parks* the foreign messages that match no announcement but carry an attribute among the
-correlation keys (the loaded probes' ``correlate`` attributes and every key announced so far), and the
-later messages of those traces, for ``window_s``. A value announcement that arrives within the window
-*releases* the parked messages of the traces carrying it: the forwarder sends them to the owner (or
-keeps them when it is the owner) and routes the rest of their traces there, as if the announcement
-had come first.
+correlation keys (the loaded probes' ``correlate`` attributes and every key announced so far) or — while
+a loaded probe expects ``linked`` traces — a span link into a trace nobody announced, and the later
+messages of those traces, for ``window_s``. A value or trace announcement that arrives within the window
+*releases* the parked messages of the traces carrying it (or linking to it): the forwarder sends them to
+the owner (or keeps them when it is the owner) and routes the rest of their traces there, as if the
+announcement had come first.
 
 Bounded: at most ``max_messages`` and ``max_bytes``, the oldest go first. Most parked messages are
 real traffic no run waits for and simply *expire*; a message pushed out by the bound before its window
@@ -35,6 +38,24 @@ log = logging.getLogger("tracecanary.cluster.forward")
 
 CorrKey = tuple[str, AttrValue]
 K = TypeVar("K")
+LINK_KEY = "\x00linked"
+"""The park's pseudo attribute key for a span link: ``(LINK_KEY, linked trace id in hex)``."""
+
+
+def reaches_other_traces(probe: ProbeSpec) -> bool:
+    """Whether the probe's trace expectation reaches traces its run did not mint (``linked`` nodes)."""
+    expectation = probe.expect.trace
+    todo = [expectation] if expectation is not None else []
+    while todo:
+        exp = todo.pop()
+        nodes = list(exp.tree)
+        while nodes:
+            node = nodes.pop()
+            if node.linked:
+                return True
+            nodes.extend((*node.children, *node.descendants))
+        todo.extend(exp.any_of)
+    return False
 
 
 def correlate_keys(probes: Iterable[ProbeSpec]) -> set[str]:
@@ -75,9 +96,11 @@ class CorrelationPark:
 
     def __init__(self, keys: Callable[[], Collection[str]], *, window_s: float = 30.0,
                  max_messages: int = 10_000, max_bytes: int = 64 * 1024**2,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, linked: Callable[[], bool] = lambda: False) -> None:
         self.keys = keys
         """The correlation attribute keys worth parking for (read at every offer: a reload may change them)."""
+        self.linked = linked
+        """Whether a loaded probe expects ``linked`` traces: then messages linking into traces are parked too."""
         self.window_s = window_s
         self.max_messages = max_messages
         self.max_bytes = max_bytes
@@ -93,17 +116,20 @@ class CorrelationPark:
         return len(self._entries)
 
     def wanted(self) -> bool:
-        """Whether foreign messages are worth scanning for the park at all (some correlation key is known)."""
-        return bool(self.keys())
+        """Whether foreign messages are worth scanning for the park at all (some correlation key is known, or a
+        probe expects linked traces)."""
+        return bool(self.keys()) or self.linked()
 
     def consider(self, value: bytes, batch: RawBatch) -> bool:
-        """Park a message that matched no announcement when it carries a correlation key, or belongs to a
-        parked trace; True when parked."""
+        """Park a message that matched no announcement when it carries a correlation key or (while linked
+        traces are expected) a span link, or belongs to a parked trace; True when parked."""
         self.expire()
         traces = frozenset(batch.trace_counts)
         follows = any(t in self._by_trace for t in traces)
         keys = [k for k in self.keys() if k.encode() in value]  # a byte test before walking the spans
         hits = frozenset((k, v) for k, v, _ in find_attribute_hits(batch.message, keys)) if keys else frozenset()
+        if batch.has_links and self.linked():
+            hits |= {(LINK_KEY, t.hex()) for t in batch.link_targets() - traces}
         if not hits and not follows:
             return False
         self._seq += 1
@@ -133,6 +159,10 @@ class CorrelationPark:
             out.append((entry.value, entry.traces))
         self.stats.released += len(out)
         return out
+
+    def release_linking(self, trace_id: bytes) -> list[tuple[bytes, frozenset[bytes]]]:
+        """The parked messages of every trace with a span linking into ``trace_id`` (raw), as :meth:`release`."""
+        return self.release(LINK_KEY, trace_id.hex())
 
     def expire(self) -> None:
         """Drop the messages parked longer than the window."""
@@ -170,15 +200,25 @@ def _unindex(index: dict[K, set[int]], keys: Iterable[K], seq: int) -> None:
 
 
 class ProbeCorrelateKeys:
-    """:func:`correlate_keys` of the loaded probes, recomputed only when the probe list changes (a reload)."""
+    """:func:`correlate_keys` of the loaded probes, and whether one expects ``linked`` traces
+    (:meth:`expects_linked`), recomputed only when the probe list changes (a reload)."""
 
     def __init__(self, probes: Callable[[], Sequence[ProbeSpec]]) -> None:
         self._probes = probes
         self._seen: Sequence[ProbeSpec] | None = None
         self._keys: frozenset[str] = frozenset()
+        self._linked = False
 
-    def __call__(self) -> frozenset[str]:
+    def _current(self) -> None:
         current = self._probes()
         if current is not self._seen:
             self._seen, self._keys = current, frozenset(correlate_keys(current))
+            self._linked = any(reaches_other_traces(p) for p in current)
+
+    def __call__(self) -> frozenset[str]:
+        self._current()
         return self._keys
+
+    def expects_linked(self) -> bool:
+        self._current()
+        return self._linked

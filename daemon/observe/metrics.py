@@ -278,7 +278,7 @@ class Metrics:
               registry=self.registry).set_function(results_idempotent)
         self.registry.register(_CountsCollector(
             "tracecanary_cluster_correlate_parked", "Foreign span messages parked for a late `correlate` "
-            "announcement, by outcome: parked, released (sent to the owner when it came), expired (nobody "
+            "value or `linked` trace announcement, by outcome: parked, released (sent to the owner when it came), expired (nobody "
             "announced it: real traffic), overflowed (dropped by the bound before its window ended: a late "
             "announcement misses it).", "outcome", correlate_parked))
 

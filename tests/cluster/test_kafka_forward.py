@@ -14,11 +14,13 @@ from tracecanary.daemon.cluster.kafka_broadcast import Broadcast, RelayedEventHu
 from tracecanary.daemon.cluster.kafka_filter import TraceFilter
 from tracecanary.daemon.cluster.kafka_forward import Forwarder, ForwardRouter
 from tracecanary.daemon.cluster.kafka_membership import KafkaMembership, MembershipConfig
-from tracecanary.daemon.cluster.kafka_park import CorrelationPark
+from tracecanary.daemon.cluster.kafka_park import CorrelationPark, ProbeCorrelateKeys
 from tracecanary.daemon.cluster.partitioner import PARTITIONERS, trace_key
 from tracecanary.daemon.spans.buffer import TraceBuffer
 from tracecanary.daemon.spans.kafka import is_json_value
 from tracecanary.daemon.spans.otlp import encode_request, scan_protobuf
+from tracecanary.probes.base import ProbeSpec
+from tracecanary.probes.http import HttpProbe
 
 PARTITIONS = 4
 
@@ -165,6 +167,58 @@ async def test_a_correlated_trace_before_its_announcement_still_reaches_the_owne
         assert b.forwarder.stats.forwarded == 2 and len(parks[1]) == 1  # J-0 waits for its window
         assert not mb.buffer.trace(job_far) and not mb.buffer.trace(other) and not ma.buffer.trace(other)
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_linking_trace_before_the_run_announced_its_trace_still_reaches_the_owner(  # type: ignore[no-untyped-def]
+        kafka_broker) -> None:
+    """``linked``'s race: a consumer's trace linking to a's run reaches b before a's announcement of the run's
+    trace does. b parks it (and its child) while a linked probe is loaded; the announcement releases both to
+    a; a message linking into a trace nobody announces stays parked."""
+    parks = (CorrelationPark(frozenset, linked=lambda: True), CorrelationPark(frozenset, linked=lambda: True))
+    async with anyio.create_task_group() as tg:
+        config, a, b, spans_topic = await _two_members(tg, kafka_broker.bootstrap, parks=parks)
+        ma, mb = a.membership, b.membership
+        run_trace = ma.mint_trace_id()  # a's run: its announcement is late
+        linker = trace_on(mb.ownership.partitions, PARTITIONS, config.partitioner, 0xA200)
+        other = trace_on(mb.ownership.partitions, PARTITIONS, config.partitioner, 0xD200)
+        async with ExporterLikeProducer(kafka_broker.bootstrap, config.partitioner) as producer:
+            await producer.send_trace(spans_topic, [span(linker, "orders process", links=[run_trace])])
+            await producer.send_trace(spans_topic, [span(linker, "db insert")])  # a child: parked with its trace
+            await producer.send_trace(spans_topic, [span(other, "other", links=["0" * 31 + "1"])])
+        await eventually(lambda: parks[1].stats.parked == 3, 60, "b to park the early spans")
+        assert not ma.buffer.trace(linker)
+
+        await a.broadcast.announce_trace(run_trace, PARTITIONERS[config.partitioner](trace_key(run_trace), PARTITIONS))
+        await eventually(lambda: len(ma.buffer.trace(linker)) == 2, 60,
+                         "the parked linking trace to reach a once the run's trace is announced")
+        assert ma.buffer.linking_traces(run_trace) == {linker}
+        assert parks[1].stats.released == 2 and b.forwarder.stats.forwarded == 2 and len(parks[1]) == 1
+        assert not mb.buffer.trace(linker) and not ma.buffer.trace(other)
+        tg.cancel_scope.cancel()
+
+
+def test_linking_messages_are_parked_only_while_a_probe_expects_linked_traces() -> None:
+    target = "ab" * 16
+    body = encode_request([span("cd" * 16, "consume", links=[target])]).SerializeToString()
+    expects = [False]
+    park = CorrelationPark(frozenset, linked=lambda: expects[0])
+    assert not park.wanted() and not park.consider(body, scan_protobuf(body))
+    expects[0] = True
+    assert park.wanted() and park.consider(body, scan_protobuf(body))
+    assert park.release_linking(bytes.fromhex("ef" * 16)) == []
+    [(got, traces)] = park.release_linking(bytes.fromhex(target))
+    assert got == body and traces == {bytes.fromhex("cd" * 16)} and len(park) == 0
+
+    def probe(tree: list[dict[str, object]]) -> ProbeSpec:
+        return HttpProbe.model_validate({"id": "p", "kind": "http", "request": {"url": "http://127.0.0.1:9/"},
+                                         "expect": {"trace": {"tree": tree}}})
+    plain = [probe([{"span": "GET /"}])]
+    loaded: list[ProbeSpec] = plain
+    keys = ProbeCorrelateKeys(lambda: loaded)
+    assert not keys.expects_linked()
+    loaded = [*plain, probe([{"span": "GET /", "children": [{"span": "publish", "linked": [{"span": "consume"}]}]}])]
+    assert keys.expects_linked() and keys() == frozenset()  # a reload is seen
 
 
 def test_the_park_is_bounded_and_counts_what_it_drops() -> None:
