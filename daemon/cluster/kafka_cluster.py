@@ -253,7 +253,7 @@ class KafkaClusterMembership(BaseMembership):
 
     def outbox_statement(self, run: RunRecord) -> FinishStatement | None:
         """The results store's finish extra (``store.base.FinishExtra``): a final run's outbox row, written
-        in the same round trip and transaction as the run itself (one round trip a run fewer)."""
+        in the same statement as the run itself (one round trip a run fewer, never one without the other)."""
         parts = self._parts
         if parts is None or not run.final:
             return None
@@ -296,7 +296,7 @@ class KafkaClusterMembership(BaseMembership):
         broadcast = Broadcast(bootstrap, f"{group_name}.broadcast", self._member_id, on_event=self._deliver_event)
         seen_keys = broadcast.announcements.seen_keys
         park = CorrelationPark(lambda: seen_keys.union(self._correlate_keys()), window_s=t.park_window_s,
-                               linked=lambda: self._expects_linked())
+                               linked=self._expects_linked)
         forwarder = Forwarder(group, ForwardRouter(broadcast.announcements, lambda: group.ownership),
                               topic=f"{group_name}.forward", park=park)
         async with anyio.create_task_group() as tg:

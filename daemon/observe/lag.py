@@ -283,6 +283,11 @@ class Stall:
     """The oldest generation collected during the stall (None: no collection)."""
     where: str | None
 
+    @classmethod
+    def of(cls, lag_s: float, gcs: list[GcPause], where: str | None) -> Stall:
+        """A stall of ``lag_s`` with the garbage collections that ran within it."""
+        return cls(lag_s, sum(p.duration_s for p in gcs), max((p.generation for p in gcs), default=None), where)
+
     def cause(self) -> str:
         """What held the loop: a GC generation when collecting took most of the stall, else where it was."""
         if self.gc_generation is not None and self.gc_s >= self.lag_s / 2:
@@ -363,8 +368,7 @@ class LagMonitor:
                     if lag_s > self.threshold_s:
                         gcs = pauses.take()
                         where = sampler.sample_for(sampler.beat() - 1) if sampler is not None else None
-                        self.stall(Stall(lag_s, sum(p.duration_s for p in gcs),
-                                         max((p.generation for p in gcs), default=None), where))
+                        self.stall(Stall.of(lag_s, gcs, where))
                     else:
                         pauses.take()
                         if sampler is not None:
@@ -458,8 +462,7 @@ class _IterationClock:
             return False
         gcs = self.pauses.take()
         where = self.sampler.sample_for(self.beat) if self.sampler is not None else None
-        self.loop.call_soon(self.monitor.stall, Stall(busy_s, sum(p.duration_s for p in gcs),
-                                                      max((p.generation for p in gcs), default=None), where))
+        self.loop.call_soon(self.monitor.stall, Stall.of(busy_s, gcs, where))
         return True
 
     def _ticks(self, now: float) -> None:

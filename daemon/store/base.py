@@ -85,8 +85,9 @@ class RunRecord:
 FinishStatement = tuple[str, Sequence[Any]]
 FinishExtra = Callable[["RunRecord"], FinishStatement | None]
 """A statement (PostgreSQL SQL with ``%s`` parameters; an INSERT/UPDATE/DELETE, written as a data-modifying
-CTE of the run's upsert) to write in the same statement as a finished run, or None for this run. PostgreSQL only (``PostgresStore.finish_extras``; ``GuardedStore.add_finish_extra`` registers one):
-mode kafka writes each final run's results-outbox row so, saving a round trip per run."""
+CTE of the run's upsert) to write in the same statement as a finished run, or None for this run.
+PostgreSQL only (``PostgresStore.finish_extras``; ``GuardedStore.add_finish_extra`` registers one): mode
+kafka writes each final run's results-outbox row so, saving a round trip per run."""
 
 
 @dataclass

@@ -159,7 +159,7 @@ class GuardedStore:
         return old
 
     def add_finish_extra(self, extra: FinishExtra) -> bool:
-        """Write ``extra``'s statement in the same round trip as each finished run (kept runs' retries
+        """Write ``extra``'s statement in the same statement as each finished run (kept runs' retries
         included); False when the backend cannot (SQLite), then the caller writes it itself."""
         self._finish_extras.append(extra)
         return self._give_extras()

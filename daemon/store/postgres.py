@@ -81,11 +81,11 @@ class PostgresStore(SqlStore):
         self.reconnect_timeout_s = reconnect_timeout_s
         self._pool: psycopg_pool.AsyncConnectionPool[Conn] | None = None
         self._down = False
+        """The last call ended in a connection fault: the next one probes the server before waiting on the pool."""
         self.finish_extras: list[FinishExtra] = []
-        """Statements written in the same round trip as each finished run (``base.FinishExtra``)."""
+        """Statements written in the same statement as each finished run (``base.FinishExtra``)."""
         self._rollups = postgres_stats.VersionedCache()
         """Sums of whole rollup buckets, kept while the database's rollup version holds."""
-        """The last call ended in a connection fault: the next one probes the server before waiting on the pool."""
 
     # --- connections -----------------------------------------------------------------------------
     def _new_pool(self) -> psycopg_pool.AsyncConnectionPool[Conn]:
