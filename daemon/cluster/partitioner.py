@@ -108,20 +108,82 @@ class MintStats:
     max_candidates: int = 0
 
 
+_HEX = b"0123456789abcdef"
+_SUFFIXES = 1 << 16
+"""A candidate varies the id's last 4 hex chars (16 bits): the hash of the first 28 is computed once."""
+_STRIDE = 0x9E37
+"""Odd (so the walk visits every suffix) and ~2**16 / golden ratio, so successive suffixes differ in all
+four chars: with a step of 1 they share three, and FNV-1a's last step alone decides (4.2 tries per id
+instead of 3 with 4 of 12 partitions owned)."""
+
+
+class _TailHash:
+    """The partition of ``prefix + suffix`` for a fixed 28-char prefix and each 4-hex-char suffix.
+
+    Both hashes are sequential, so the prefix's state is computed once and a candidate costs only its
+    last 4 bytes: FNV-1a's last four steps, or murmur2's last 4-byte block (the block's own mix does not
+    depend on the prefix: one table of 2**16 entries, built on first use) and the final mix.
+    """
+
+    _murmur2_blocks: list[int] | None = None
+
+    @classmethod
+    def murmur2_blocks(cls) -> list[int]:
+        if cls._murmur2_blocks is None:
+            table = []
+            for s in range(_SUFFIXES):
+                k = int.from_bytes(bytes(_HEX[(s >> shift) & 15] for shift in (12, 8, 4, 0)), "little")
+                k = (k * _MURMUR2_M) & _MASK32
+                k ^= k >> 24
+                table.append((k * _MURMUR2_M) & _MASK32)
+            cls._murmur2_blocks = table
+        return cls._murmur2_blocks
+
+
+def _fnv1a_state(data: bytes) -> int:
+    h = _FNV32_OFFSET
+    for byte in data:
+        h = ((h ^ byte) * _FNV32_PRIME) & _MASK32
+    return h
+
+
+def _murmur2_state(data: bytes, total_length: int) -> int:
+    """murmur2's ``h`` after the whole 4-byte blocks of ``data`` (a prefix of a ``total_length`` key)."""
+    h = (_MURMUR2_SEED ^ total_length) & _MASK32
+    for i in range(len(data) // 4):
+        k = int.from_bytes(data[4 * i:4 * i + 4], "little")
+        k = (k * _MURMUR2_M) & _MASK32
+        k ^= k >> 24
+        k = (k * _MURMUR2_M) & _MASK32
+        h = ((h * _MURMUR2_M) & _MASK32) ^ k
+    return h
+
+
 class TraceIdMinter:
     """Random W3C trace ids whose exporter key hashes into an owned partition (rejection sampling).
 
-    With ``k`` of ``n`` partitions owned a call hashes ``n / k`` candidates on average; the bound
-    ``max_candidates`` (default ``max(1000, 64 * n)``) makes a miss less likely than ``e**-64``
-    whenever at least one partition is owned, so hitting it means a bug, reported as an error.
+    A call draws a random id, hashes its first 28 hex chars once, and then tries suffixes — its last 4
+    hex chars, stepping from the drawn ones by a fixed odd stride — until the whole key lands on an owned partition; after
+    ``4 n / k`` tries on one prefix (``k`` of ``n`` partitions owned) it draws a new prefix. A try costs
+    a tail of the hash (~0.3 µs) rather than a whole candidate id (a ``getrandom`` call and 32 bytes of
+    pure-Python hash, ~4 µs): a member owning few of many partitions pays ``n / k`` tries per run, so
+    this is what keeps a large cluster's minting cheap (``benchmarks/scale.py --costs``). Every id keeps
+    112 secret random bits (``secrets``) and 16 more that are unpredictable without them.
+
+    ``max_candidates`` bounds the tries per call (default ``max(1000, 64 * n)``): a miss is then less
+    likely than ``e**-64`` whenever at least one partition is owned, so hitting it means a bug, reported
+    as an error. ``rng`` makes the ids reproducible (tests).
     """
 
     def __init__(self, partitioner: PartitionerName, *, max_candidates: int | None = None,
                  rng: random.Random | None = None) -> None:
         self.partition_of: PartitionFn = PARTITIONERS[partitioner]
+        self.partitioner = partitioner
         self.max_candidates = max_candidates
         self.stats = MintStats()
         self._rng = rng
+        if partitioner == "murmur2":
+            _TailHash.murmur2_blocks()  # built here (~50 ms, once per process), not in a run's first mint
 
     def _candidate(self) -> str:
         if self._rng is not None:
@@ -130,22 +192,45 @@ class TraceIdMinter:
 
     def mint(self, owned: Collection[int], num_partitions: int) -> str:
         """A fresh 32-hex-char trace id (never all zeros) whose key lands in ``owned``."""
-        targets = {p for p in owned if 0 <= p < num_partitions}
+        n = num_partitions
+        targets = {p for p in owned if 0 <= p < n}
         if not targets:
             raise NoOwnedPartitionError(
-                f"cannot mint a trace id: no owned partition among {num_partitions} (owned: {sorted(owned)})")
-        bound = self.max_candidates or max(1000, 64 * num_partitions)
-        partition_of = self.partition_of
-        for tries in range(1, bound + 1):
+                f"cannot mint a trace id: no owned partition among {n} (owned: {sorted(owned)})")
+        bound = self.max_candidates or max(1000, 64 * n)
+        per_prefix = max(64, 4 * n // len(targets))
+        murmur = self.partitioner == "murmur2"
+        blocks = _TailHash.murmur2_blocks() if murmur else None
+        tries = 0
+        while tries < bound:
             tid = self._candidate()
-            if tid == "0" * 32:
-                continue
-            if partition_of(tid.encode("ascii"), num_partitions) in targets:
-                self._count(tries)
-                return tid
+            prefix = tid[:28]
+            start = int(tid[28:], 16)
+            if murmur:
+                hm = (_murmur2_state(prefix.encode("ascii"), 32) * _MURMUR2_M) & _MASK32
+            else:
+                h0 = _fnv1a_state(prefix.encode("ascii"))
+            for i in range(min(per_prefix, bound - tries)):
+                tries += 1
+                s = (start + i * _STRIDE) & 0xFFFF
+                if murmur:
+                    assert blocks is not None
+                    h = hm ^ blocks[s]
+                    h ^= h >> 13
+                    h = (h * _MURMUR2_M) & _MASK32
+                    h ^= h >> 15
+                    p = (h & 0x7FFFFFFF) % n
+                else:
+                    h = h0
+                    for shift in (12, 8, 4, 0):
+                        h = ((h ^ _HEX[(s >> shift) & 15]) * _FNV32_PRIME) & _MASK32
+                    p = (h if h < 0x80000000 else (1 << 32) - h) % n
+                if p in targets and (s or int(prefix, 16)):
+                    self._count(tries)
+                    return f"{prefix}{s:04x}"
         self._count(bound)
         raise NoOwnedPartitionError(
-            f"no trace id landing on partitions {sorted(targets)} of {num_partitions} after {bound} candidates")
+            f"no trace id landing on partitions {sorted(targets)} of {n} after {bound} candidates")
 
     def _count(self, tries: int) -> None:
         s = self.stats

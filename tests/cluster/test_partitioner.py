@@ -98,6 +98,23 @@ def test_minted_ids_land_on_owned_partitions(partitioner: str) -> None:
     assert 3 < minter.stats.candidates / minter.stats.minted < 12
 
 
+@pytest.mark.parametrize("partitioner", ["sarama_compat", "murmur2"])
+@pytest.mark.parametrize(("n", "owned"), [(6, {4}), (64, {0, 33}), (256, {255}), (7, {0, 1, 2, 3, 4, 5, 6})])
+def test_minted_ids_hash_whole_to_owned_partitions_with_many_partitions(partitioner: str, n: int,
+                                                                       owned: set[int]) -> None:
+    # The minter hashes a prefix once and only the last 4 chars per try: the whole id, hashed from
+    # scratch by the producer's function, must land on an owned partition, for every partition count
+    # (powers of two too, where FNV-1a's low bits decide) and across prefix redraws (1 of 256 owned).
+    minter = TraceIdMinter(partitioner, rng=random.Random(n))  # type: ignore[arg-type]
+    check = sarama_compat_partition if partitioner == "sarama_compat" else murmur2_partition
+    ids = [minter.mint(owned, n) for _ in range(300)]
+    assert all(check(trace_key(t), n) in owned for t in ids)
+    assert len({t[:28] for t in ids}) == len(ids)  # every id has its own random prefix
+    assert len(owned) == 1 or {check(trace_key(t), n) for t in ids} == owned
+    # n / k tries per id on average (wide slack: sampling).
+    assert 0.5 * n / len(owned) < minter.stats.candidates / minter.stats.minted < 2 * n / len(owned) + 1
+
+
 def test_mint_one_of_many_partitions_and_bad_inputs() -> None:
     minter = TraceIdMinter("sarama_compat")
     tid = minter.mint({63}, 64)
