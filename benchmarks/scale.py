@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -105,13 +106,32 @@ probes:{probes}
 """
 
 
+CALLCOUNT = Path(__file__).with_name("callcount.py")
+
+
 class Member:
-    def __init__(self, config: Path, who: str, logs: Path) -> None:
+    def __init__(self, config: Path, who: str, logs: Path, *, count_calls: bool = False) -> None:
         self.who, self.port = who, free_port()
+        self.calls_out = logs / f"{who}.calls"
+        launch = [str(CALLCOUNT)] if count_calls else ["-m"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tracecanary.daemon.cli.main", "run", str(config), "--listen",
+            [sys.executable, *launch, "tracecanary.daemon.cli.main", "run", str(config), "--listen",
              f"127.0.0.1:{self.port}", "--otlp-http", "none", "--otlp-grpc", "none"],
-            stdout=(logs / f"{who}.log").open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "WHO": who})
+            stdout=(logs / f"{who}.log").open("ab"), stderr=subprocess.STDOUT,
+            env={**os.environ, "WHO": who, "TC_CALLS_OUT": str(self.calls_out)})
+
+    async def calls(self) -> tuple[int, int]:
+        """(Python calls, C calls) so far, from a member started under ``callcount.py`` (SIGUSR1)."""
+        before = self.calls_out.read_text().count("\n") if self.calls_out.exists() else 0
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            lines = self.calls_out.read_text().splitlines() if self.calls_out.exists() else []
+            if len(lines) > before:
+                python, c = lines[before].split()
+                return int(python), int(c)
+            await asyncio.sleep(0.02)
+        raise SystemExit(f"member {self.who} did not report its call counts")
 
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -158,17 +178,20 @@ async def create_topics(bootstrap: str, tag: str) -> None:
 
 Result = tuple[float, int, float]
 """(runs per member-CPU-second, runs, member-CPU seconds) of one cluster in the measured window."""
+Calls = tuple[float, float]
+"""(Python calls, C calls) per run of one cluster's members in the measured window (``--calls``)."""
 
 
 async def start_cluster(n_members: int, n_probes: int, args: argparse.Namespace, broker: TansuBroker,
-                        pg: PgCluster, target_url: str, logs: Path) -> tuple[str, list[Member]]:
+                        pg: PgCluster, target_url: str, logs: Path, *,
+                        count_calls: bool = False) -> tuple[str, list[Member]]:
     """A cluster of its own (group, topics, database); its members are named ``<tag>-<i>``."""
     tag = f"c{n_members}m{n_probes}p{os.getpid()}x{time.time_ns() % 10**10}"
     await create_topics(broker.bootstrap, tag)
     config = logs / f"suite-{tag}.yaml"
     config.write_text(suite(target_url, n_probes, pg.create_database(f"scale_{tag}"), broker.bootstrap, tag,
                             args.session_timeout))
-    return tag, [Member(config, f"{tag}-{i}", logs) for i in range(n_members)]
+    return tag, [Member(config, f"{tag}-{i}", logs, count_calls=count_calls) for i in range(n_members)]
 
 
 def stop_members(members: list[Member]) -> None:
@@ -188,27 +211,38 @@ def combine(results: list[Result]) -> Result:
     return runs / cpu, runs, cpu
 
 
+async def cluster_calls(members: list[Member]) -> tuple[int, int]:
+    counts = [await m.calls() for m in members]
+    return sum(p for p, _ in counts), sum(c for _, c in counts)
+
+
 async def measure(shapes: list[tuple[int, int]], args: argparse.Namespace, broker: TansuBroker, pg: PgCluster,
-                  target: Target, target_url: str, logs: Path, *,
-                  failover: bool = True) -> tuple[list[Result], float | None]:
+                  target: Target, target_url: str, logs: Path, *, failover: bool = True,
+                  count_calls: bool = False) -> tuple[list[Result], float | None, list[Calls]]:
     """Clusters of (members, probes) side by side, measured over one window (so the same other work on the
-    machine weighs on each); then kill -9 of a member of the first multi-member cluster: failover seconds."""
+    machine weighs on each); then kill -9 of a member of the first multi-member cluster: failover seconds.
+    ``count_calls``: members run under ``callcount.py`` and each cluster's calls per run are returned too."""
     clusters: list[tuple[str, list[Member]]] = []
     try:
         for n_members, n_probes in shapes:
-            clusters.append(await start_cluster(n_members, n_probes, args, broker, pg, target_url, logs))
+            clusters.append(await start_cluster(n_members, n_probes, args, broker, pg, target_url, logs,
+                                                count_calls=count_calls))
         for (_, n_probes), (_, members) in zip(shapes, clusters, strict=True):
             await wait_settled(members, n_probes, 120)
         await asyncio.sleep(2.0)  # past the start-up work (first lease rounds, topic creation)
+        calls0 = [await cluster_calls(members) for _, members in clusters] if count_calls else []
         cpu0, t0 = [sum(m.cpu_s() for m in members) for _, members in clusters], time.time()
         await asyncio.sleep(args.window)
         cpu1, t1 = [sum(m.cpu_s() for m in members) for _, members in clusters], time.time()
-        results = []
-        for (tag, _), c0, c1 in zip(clusters, cpu0, cpu1, strict=True):
+        calls1 = [await cluster_calls(members) for _, members in clusters] if count_calls else []
+        results, calls = [], []
+        for i, ((tag, _), c0, c1) in enumerate(zip(clusters, cpu0, cpu1, strict=True)):
             runs = target.count(t0, t1, f"{tag}-")
             results.append((runs / (c1 - c0), runs, c1 - c0))
+            if count_calls:
+                calls.append(((calls1[i][0] - calls0[i][0]) / runs, (calls1[i][1] - calls0[i][1]) / runs))
         multi = [members for _, members in clusters if len(members) > 1]
-        return results, (await failover_s(multi[0], target) if multi and failover else None)
+        return results, (await failover_s(multi[0], target) if multi and failover else None), calls
     finally:
         for _, members in clusters:
             stop_members(members)
@@ -294,21 +328,26 @@ async def run(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory(prefix="tc-scale-") as tmp:
             logs = Path(tmp)
             rounds = []
+            counted: list[list[Calls]] = []
             url = f"http://127.0.0.1:{port}"
             for _ in range(args.repeat):
                 if args.sequential:  # one cluster at a time, alternating, then a 3-member share on one member
-                    (one,), _ = await measure([(1, args.probes)], args, broker, pg, target, url, logs)
-                    (three,), failover = await measure([(3, args.probes)], args, broker, pg, target, url, logs)
-                    (share,), _ = await measure([(1, args.probes // 3)], args, broker, pg, target, url, logs)
+                    (one,), _, _ = await measure([(1, args.probes)], args, broker, pg, target, url, logs)
+                    (three,), failover, _ = await measure([(3, args.probes)], args, broker, pg, target, url, logs)
+                    (share,), _, _ = await measure([(1, args.probes // 3)], args, broker, pg, target, url, logs)
                     rounds.append(([one, three, share], failover))
                 else:
-                    results, failover = await measure([(1, args.probes), (3, args.probes)], args, broker, pg, target,
-                                                      url, logs)
+                    results, failover, _ = await measure([(1, args.probes), (3, args.probes)], args, broker, pg,
+                                                         target, url, logs)
                     if args.control:  # beside 1 member: 3 independent 1-member clusters of a third of the probes
-                        control, _ = await measure([(1, args.probes)] + [(1, args.probes // 3)] * 3, args, broker, pg,
-                                                   target, url, logs, failover=False)
+                        control, _, _ = await measure([(1, args.probes)] + [(1, args.probes // 3)] * 3, args, broker,
+                                                      pg, target, url, logs, failover=False)
                         results += [control[0], combine(control[1:])]
                     rounds.append((results, failover))
+                if args.calls:  # the work per run, counted: 1 and 3 members side by side under callcount.py
+                    _, _, calls = await measure([(1, args.probes), (3, args.probes)], args, broker, pg, target,
+                                                url, logs, failover=False, count_calls=True)
+                    counted.append(calls)
     finally:
         await runner.cleanup()
         broker.stop()
@@ -336,6 +375,10 @@ async def run(args: argparse.Namespace) -> None:
         values = sorted(of(r) for r, _ in rounds)
         print(f"  {label}: median {values[len(values) // 2]:.0%}, min {values[0]:.0%}, max {values[-1]:.0%} "
               f"({len(values)} rounds)")
+    for i, ((p1, c1), (p3, c3)) in enumerate(counted, 1):
+        print(f"  round {i}, work per run (function calls, members under callcount.py): 1 member {p1:.0f} Python + "
+              f"{c1:.0f} C, 3 members {p3:.0f} + {c3:.0f} -> 3 members / 1 member: {(p1 + c1) / (p3 + c3):.0%} "
+              f"(Python calls alone {p1 / p3:.0%})")
     print("\n".join(minting + filtering))
 
 
@@ -348,6 +391,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="rounds (each measures 1 and 3 members)")
     parser.add_argument("--no-control", dest="control", action="store_false",
                         help="skip the control (3 independent 1-member clusters beside 1 member); --quick skips it")
+    parser.add_argument("--no-calls", dest="calls", action="store_false",
+                        help="skip counting each run's function calls with 1 and 3 members (callcount.py)")
     parser.add_argument("--sequential", action="store_true",
                         help="measure one cluster at a time (as before), plus a member alone with a third of the probes")
     args = parser.parse_args()

@@ -318,7 +318,7 @@ class KafkaClusterMembership(BaseMembership):
                 tg.start_soon(lambda: book.run(flush_s=t.passive_flush_s))
             wanted = lambda: group.ownership.probes(self._probe_ids())  # noqa: E731
             await keep_leases(leases, wanted, group.broker_alive, interval_s=t.lease_interval_s,
-                              changed=group.wait_changed, on_round=self._report)
+                              changed=group.change_event, on_round=self._report)
 
     async def _announcer(self) -> None:
         while True:

@@ -137,14 +137,17 @@ class LeaseBook:
 
 async def keep_leases(book: LeaseBook, wanted: Callable[[], Collection[str]],
                       broker_alive: Callable[[], Awaitable[bool]], *, interval_s: float | None = None,
-                      retry_s: float = 0.2, changed: Callable[[], Awaitable[None]] | None = None,
+                      retry_s: float = 0.2, changed: Callable[[], anyio.Event] | None = None,
                       on_round: Callable[[set[str]], Awaitable[None]] | None = None) -> None:
     """Run lease rounds until cancelled: every ``interval_s`` (default ttl/3), every ``retry_s`` while a
-    wanted probe is refused, and at once when ``changed`` returns (a new ownership). A round renews only
-    if ``broker_alive()`` says the member still reaches the broker; otherwise leases are left to lapse.
-    ``on_round(held)`` follows every renewing round (the member reports itself)."""
+    wanted probe is refused, and at once after a new ownership: ``changed()`` is the event the next one
+    sets, taken before a round reads ``wanted()``, so an ownership that arrives while a round is under way
+    (``broker_alive()`` is a broker round trip) starts the next round at once instead of an interval
+    later. A round renews only if ``broker_alive()`` says the member still reaches the broker; otherwise
+    leases are left to lapse. ``on_round(held)`` follows every renewing round (the member reports itself)."""
     interval_s = interval_s if interval_s is not None else book.ttl_s / 3
     while True:
+        change = changed() if changed is not None else None
         want = set(wanted())
         try:
             if await broker_alive():
@@ -160,8 +163,8 @@ async def keep_leases(book: LeaseBook, wanted: Callable[[], Collection[str]],
             got = book.held()
             log.warning("lease round failed member=%s error=%r", book.member_id, str(e))
         delay = retry_s if want - got else interval_s
-        if changed is None:
+        if change is None:
             await anyio.sleep(delay)
         else:
             with anyio.move_on_after(delay):
-                await changed()
+                await change.wait()

@@ -66,3 +66,32 @@ async def test_member_cut_off_from_broker_stops_and_lease_moves(pool: psycopg_po
         assert a.stats.skipped_rounds > 0
         tg.cancel_scope.cancel()
     assert stopped_after_s <= ttl_s + 5.0  # bounded by the lease; generous slack for a loaded machine
+
+
+@pytest.mark.anyio
+async def test_ownership_arriving_during_a_round_starts_the_next_round_at_once(
+        pool: psycopg_pool.AsyncConnectionPool[Conn]) -> None:
+    # The member's round checks the broker first (a round trip). A new ownership published meanwhile
+    # used to be missed — the round then waited on the *next* change — so the gained probes were claimed
+    # only an interval later (3.3 s with the default 10 s session timeout: failover 18 s instead of 15).
+    book = LeaseBook(pool, "a", ttl_s=30.0)
+    owned = {"p1"}
+    event = anyio.Event()
+    in_round, release = anyio.Event(), anyio.Event()
+
+    async def alive() -> bool:
+        if not in_round.is_set():
+            in_round.set()
+            await release.wait()
+        return True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: keep_leases(book, lambda: set(owned), alive, changed=lambda: event))
+        await in_round.wait()
+        owned.add("p2")  # the ownership changes while the first round waits on the broker
+        event.set()
+        event = anyio.Event()
+        release.set()
+        with anyio.fail_after(5):  # the interval is 10 s: only the missed change can wake the keeper sooner
+            await eventually(lambda: book.holds("p2"), 5, "the gained probe to be claimed")
+        tg.cancel_scope.cancel()
