@@ -1,6 +1,6 @@
 """Run a module with every function call counted — ``benchmarks/scale.py --calls`` starts members this way.
 
-    python benchmarks/callcount.py tracecanary.daemon.cli.main run suite.yaml ...
+    python benchmarks/tools/callcount.py tracecanary.daemon.cli.main run suite.yaml ...
 
 A profile hook (``sys.setprofile``, on every thread) counts Python calls (each start or resumption of a
 Python frame, coroutines included) and calls of C functions. On SIGUSR1 the process appends
