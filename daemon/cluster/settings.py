@@ -40,7 +40,10 @@ class ClusterSettings(StrictModel):
         "sarama_compat", description="mode kafka: the partitioner of the producer writing spans_topic "
         "(the Collector: sarama_compat; Java clients: murmur2).")
     results_topic: str = Field("tracecanary.results", description="mode kafka: where run results are published.")
-    session_timeout: Duration = Field(10.0, gt=0, description="mode kafka: consumer group session timeout.")
+    session_timeout: Duration = Field(
+        10.0, gt=0, description="mode kafka: consumer group session timeout: the broker drops a silent member "
+        "after it, and the member's probes move (plus the broker's join round); leases lapse after it too. "
+        "Members heartbeat every third of it, at most every 1s.")
 
     _kafka = cross_field_rule(_kafka_fields)
 
