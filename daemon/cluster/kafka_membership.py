@@ -42,11 +42,12 @@ HEARTBEAT_MAX_MS = 1000
 def heartbeat_ms(session_ms: int) -> int:
     """The group heartbeat interval: a third of the session timeout, at most 1 s (at least 100 ms).
 
-    A member learns that the group rebalances at its next heartbeat. After a member dies, the survivors
-    rejoin one heartbeat apart at most, and the join round waits for the last of them (on tansu a round
-    also lasts half the session timeout). With the 10 s default a third was 3.3 s: kill -9 → probes firing
-    again took 15-19 s on tansu depending on how the survivors' heartbeats fell; with 1 s, 15-16 s. The
-    cost is under one more request a second per member.
+    A member learns that the group rebalances at its next heartbeat, so after a member dies the survivors
+    rejoin up to one heartbeat apart, and the assignment waits for the last of them (on tansu each join
+    also lasts half the session timeout). With the 10 s default a third was 3.3 s, and a late survivor
+    added up to that to the failover (kill -9 → probes firing again: 15-19 s on tansu); at 1 s they
+    rejoin together (with the lease keeper's fix, 14.9-15.5 s). The cost is under one more request a
+    second per member.
     """
     return max(100, min(HEARTBEAT_MAX_MS, session_ms // 3))
 

@@ -15,6 +15,7 @@ string** (32 ASCII bytes), not the 16 raw bytes.
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
 from collections.abc import Callable, Collection, Mapping
@@ -117,27 +118,20 @@ four chars: with a step of 1 they share three, and FNV-1a's last step alone deci
 instead of 3 with 4 of 12 partitions owned)."""
 
 
-class _TailHash:
-    """The partition of ``prefix + suffix`` for a fixed 28-char prefix and each 4-hex-char suffix.
+@functools.cache
+def _murmur2_last_blocks() -> list[int]:
+    """murmur2's mixed ``k`` for each 4-hex-char suffix as a 32-byte key's last block, by suffix value.
 
-    Both hashes are sequential, so the prefix's state is computed once and a candidate costs only its
-    last 4 bytes: FNV-1a's last four steps, or murmur2's last 4-byte block (the block's own mix does not
-    depend on the prefix: one table of 2**16 entries, built on first use) and the final mix.
+    The block's own mix does not depend on the rest of the key, so a try costs a table look-up, one
+    multiply-xor and the final mix. 2**16 entries, built once per process (~50 ms).
     """
-
-    _murmur2_blocks: list[int] | None = None
-
-    @classmethod
-    def murmur2_blocks(cls) -> list[int]:
-        if cls._murmur2_blocks is None:
-            table = []
-            for s in range(_SUFFIXES):
-                k = int.from_bytes(bytes(_HEX[(s >> shift) & 15] for shift in (12, 8, 4, 0)), "little")
-                k = (k * _MURMUR2_M) & _MASK32
-                k ^= k >> 24
-                table.append((k * _MURMUR2_M) & _MASK32)
-            cls._murmur2_blocks = table
-        return cls._murmur2_blocks
+    table = []
+    for s in range(_SUFFIXES):
+        k = int.from_bytes(bytes(_HEX[(s >> shift) & 15] for shift in (12, 8, 4, 0)), "little")
+        k = (k * _MURMUR2_M) & _MASK32
+        k ^= k >> 24
+        table.append((k * _MURMUR2_M) & _MASK32)
+    return table
 
 
 def _fnv1a_state(data: bytes) -> int:
@@ -162,13 +156,15 @@ def _murmur2_state(data: bytes, total_length: int) -> int:
 class TraceIdMinter:
     """Random W3C trace ids whose exporter key hashes into an owned partition (rejection sampling).
 
-    A call draws a random id, hashes its first 28 hex chars once, and then tries suffixes — its last 4
-    hex chars, stepping from the drawn ones by a fixed odd stride — until the whole key lands on an owned partition; after
-    ``4 n / k`` tries on one prefix (``k`` of ``n`` partitions owned) it draws a new prefix. A try costs
-    a tail of the hash (~0.3 µs) rather than a whole candidate id (a ``getrandom`` call and 32 bytes of
-    pure-Python hash, ~4 µs): a member owning few of many partitions pays ``n / k`` tries per run, so
-    this is what keeps a large cluster's minting cheap (``benchmarks/scale.py --costs``). Every id keeps
-    112 secret random bits (``secrets``) and 16 more that are unpredictable without them.
+    A call draws a random id and hashes its first 28 hex chars once. Then it tries suffixes — the last 4
+    hex chars, stepping from the drawn ones by a fixed odd stride — until the whole key lands on an owned
+    partition, and after ``4 n / k`` tries on one prefix (``k`` of ``n`` partitions owned) it draws a new
+    prefix. Both hashes are sequential, so a try costs only the hash's tail (~0.3 µs: FNV-1a's last four
+    steps, or murmur2's last block from a table and its final mix) rather than a whole candidate (a
+    ``getrandom`` call and 32 bytes of pure-Python hash, ~4 µs). A member owning few of many partitions
+    pays ``n / k`` tries per run: this keeps a large cluster's minting cheap (``benchmarks/scale.py
+    --costs``). Every id keeps 112 secret random bits (``secrets``) and 16 more that are unpredictable
+    without them.
 
     ``max_candidates`` bounds the tries per call (default ``max(1000, 64 * n)``): a miss is then less
     likely than ``e**-64`` whenever at least one partition is owned, so hitting it means a bug, reported
@@ -183,7 +179,7 @@ class TraceIdMinter:
         self.stats = MintStats()
         self._rng = rng
         if partitioner == "murmur2":
-            _TailHash.murmur2_blocks()  # built here (~50 ms, once per process), not in a run's first mint
+            _murmur2_last_blocks()  # built here (~50 ms, once per process), not in a run's first mint
 
     def _candidate(self) -> str:
         if self._rng is not None:
@@ -199,38 +195,52 @@ class TraceIdMinter:
                 f"cannot mint a trace id: no owned partition among {n} (owned: {sorted(owned)})")
         bound = self.max_candidates or max(1000, 64 * n)
         per_prefix = max(64, 4 * n // len(targets))
-        murmur = self.partitioner == "murmur2"
-        blocks = _TailHash.murmur2_blocks() if murmur else None
         tries = 0
         while tries < bound:
             tid = self._candidate()
-            prefix = tid[:28]
-            start = int(tid[28:], 16)
-            if murmur:
-                hm = (_murmur2_state(prefix.encode("ascii"), 32) * _MURMUR2_M) & _MASK32
-            else:
-                h0 = _fnv1a_state(prefix.encode("ascii"))
-            for i in range(min(per_prefix, bound - tries)):
-                tries += 1
-                s = (start + i * _STRIDE) & 0xFFFF
-                if murmur:
-                    assert blocks is not None
-                    h = hm ^ blocks[s]
-                    h ^= h >> 13
-                    h = (h * _MURMUR2_M) & _MASK32
-                    h ^= h >> 15
-                    p = (h & 0x7FFFFFFF) % n
-                else:
-                    h = h0
-                    for shift in (12, 8, 4, 0):
-                        h = ((h ^ _HEX[(s >> shift) & 15]) * _FNV32_PRIME) & _MASK32
-                    p = (h if h < 0x80000000 else (1 << 32) - h) % n
-                if p in targets and (s or int(prefix, 16)):
-                    self._count(tries)
-                    return f"{prefix}{s:04x}"
+            prefix, start, span = tid[:28], int(tid[28:], 16), min(per_prefix, bound - tries)
+            suffix = (self._murmur2_suffix if self.partitioner == "murmur2" else self._fnv1a_suffix)(
+                prefix, start, span, n, targets)
+            if suffix is not None:
+                used, s = suffix
+                self._count(tries + used)
+                return f"{prefix}{s:04x}"
+            tries += span
         self._count(bound)
         raise NoOwnedPartitionError(
             f"no trace id landing on partitions {sorted(targets)} of {n} after {bound} candidates")
+
+    @staticmethod
+    def _murmur2_suffix(prefix: str, start: int, span: int, n: int,
+                        targets: set[int]) -> tuple[int, int] | None:
+        """(tries used, suffix) of the first of ``span`` suffixes that puts ``prefix + suffix`` on a target."""
+        blocks = _murmur2_last_blocks()
+        hm = (_murmur2_state(prefix.encode("ascii"), 32) * _MURMUR2_M) & _MASK32
+        nonzero_prefix = int(prefix, 16) != 0
+        for i in range(span):
+            s = (start + i * _STRIDE) & 0xFFFF
+            h = hm ^ blocks[s]
+            h ^= h >> 13
+            h = (h * _MURMUR2_M) & _MASK32
+            h ^= h >> 15
+            if (h & 0x7FFFFFFF) % n in targets and (s or nonzero_prefix):
+                return i + 1, s
+        return None
+
+    @staticmethod
+    def _fnv1a_suffix(prefix: str, start: int, span: int, n: int,
+                      targets: set[int]) -> tuple[int, int] | None:
+        """As :meth:`_murmur2_suffix`, for Sarama's FNV-1a partitioner (``|int32(h)| mod n``)."""
+        h0 = _fnv1a_state(prefix.encode("ascii"))
+        nonzero_prefix = int(prefix, 16) != 0
+        for i in range(span):
+            s = (start + i * _STRIDE) & 0xFFFF
+            h = h0
+            for shift in (12, 8, 4, 0):
+                h = ((h ^ _HEX[(s >> shift) & 15]) * _FNV32_PRIME) & _MASK32
+            if (h if h < 0x80000000 else (1 << 32) - h) % n in targets and (s or nonzero_prefix):
+                return i + 1, s
+        return None
 
     def _count(self, tries: int) -> None:
         s = self.stats
