@@ -189,7 +189,7 @@ async def create_topics(bootstrap: str, tag: str) -> None:
 Result = tuple[float, int, float]
 """(runs per member-CPU-second, runs, member-CPU seconds) of one cluster in the measured window."""
 Calls = tuple[float, float]
-"""(Python calls, C calls) per run of one cluster's members in the measured window (``--calls``)."""
+"""(Python calls, C calls) per run of one cluster's members in the measured window (the round under the call counter)."""
 
 
 async def start_cluster(n_members: int, n_probes: int, args: argparse.Namespace, broker: TansuBroker,
