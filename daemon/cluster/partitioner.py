@@ -47,18 +47,22 @@ def fnv1a_32(data: bytes) -> int:
     return h
 
 
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``), as a signed 32-bit int."""
-    length = len(data)
-    h = (_MURMUR2_SEED ^ length) & _MASK32
-    blocks = length // 4
-    for i in range(blocks):
+def _murmur2_state(data: bytes, total_length: int) -> int:
+    """murmur2's ``h`` after the whole 4-byte blocks of ``data``, a prefix of a ``total_length``-byte key."""
+    h = (_MURMUR2_SEED ^ total_length) & _MASK32
+    for i in range(len(data) // 4):
         k = int.from_bytes(data[4 * i:4 * i + 4], "little")
         k = (k * _MURMUR2_M) & _MASK32
         k ^= k >> 24
         k = (k * _MURMUR2_M) & _MASK32
         h = ((h * _MURMUR2_M) & _MASK32) ^ k
-    tail = data[4 * blocks:]
+    return h
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``), as a signed 32-bit int."""
+    h = _murmur2_state(data, len(data))
+    tail = data[4 * (len(data) // 4):]
     if tail:
         # Java's switch falls through from the highest remaining byte down.
         for i in range(len(tail) - 1, -1, -1):
@@ -132,25 +136,6 @@ def _murmur2_last_blocks() -> list[int]:
         k ^= k >> 24
         table.append((k * _MURMUR2_M) & _MASK32)
     return table
-
-
-def _fnv1a_state(data: bytes) -> int:
-    h = _FNV32_OFFSET
-    for byte in data:
-        h = ((h ^ byte) * _FNV32_PRIME) & _MASK32
-    return h
-
-
-def _murmur2_state(data: bytes, total_length: int) -> int:
-    """murmur2's ``h`` after the whole 4-byte blocks of ``data`` (a prefix of a ``total_length`` key)."""
-    h = (_MURMUR2_SEED ^ total_length) & _MASK32
-    for i in range(len(data) // 4):
-        k = int.from_bytes(data[4 * i:4 * i + 4], "little")
-        k = (k * _MURMUR2_M) & _MASK32
-        k ^= k >> 24
-        k = (k * _MURMUR2_M) & _MASK32
-        h = ((h * _MURMUR2_M) & _MASK32) ^ k
-    return h
 
 
 class TraceIdMinter:
@@ -231,7 +216,7 @@ class TraceIdMinter:
     def _fnv1a_suffix(prefix: str, start: int, span: int, n: int,
                       targets: set[int]) -> tuple[int, int] | None:
         """As :meth:`_murmur2_suffix`, for Sarama's FNV-1a partitioner (``|int32(h)| mod n``)."""
-        h0 = _fnv1a_state(prefix.encode("ascii"))
+        h0 = fnv1a_32(prefix.encode("ascii"))  # the state after the prefix
         nonzero_prefix = int(prefix, 16) != 0
         for i in range(span):
             s = (start + i * _STRIDE) & 0xFFFF
